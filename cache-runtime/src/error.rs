@@ -1,0 +1,104 @@
+//! The one error type of the crate.
+
+use std::time::Duration;
+
+/// Everything that can go wrong in a cache operation.
+///
+/// Every variant is a value the caller can match on; none of them is ever turned into a panic. Memoized
+/// functions never see these errors: `#[pg_cached]` logs them and runs the function instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// The namespace is empty, too long, or uses characters outside `[A-Za-z0-9_.-]`.
+    #[error("invalid cache namespace {namespace:?}: {reason}")]
+    InvalidNamespace {
+        /// The namespace as given.
+        namespace: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// The key cannot be stored: it is empty, contains a NUL character, or is longer than the column allows.
+    #[error("invalid cache key: {reason}")]
+    InvalidKey {
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The key is longer than the `cache_key` column (`VARCHAR(500)`). Keys are never truncated, since two
+    /// truncated keys could collide; use [`cache_key!`](crate::cache_key) to get a short hashed key.
+    #[error("cache key is {chars} characters long; the limit is {max}")]
+    KeyTooLong {
+        /// The key's length in characters.
+        chars: usize,
+        /// The column's limit.
+        max: usize,
+    },
+
+    /// The value contains something PostgreSQL's `jsonb` cannot hold exactly.
+    #[error("value cannot be stored as JSONB: {reason}")]
+    UnsupportedValue {
+        /// What was found (a NaN, an infinity, a NUL character) and where.
+        reason: String,
+    },
+
+    /// The serialized value is larger than the configured limit. Nothing was sent to the database.
+    #[error("serialized value exceeds the size limit of {limit} bytes")]
+    ValueTooLarge {
+        /// The configured limit ([`PgCacheBuilder::max_value_bytes`](crate::PgCacheBuilder::max_value_bytes)).
+        limit: usize,
+    },
+
+    /// The value's `Serialize` implementation failed.
+    #[error("serializing the value failed: {0}")]
+    Serialize(#[source] serde_json::Error),
+
+    /// A time-to-live that cannot be represented: zero, or longer than 10,000 years.
+    #[error("invalid ttl {0:?}: it must be more than zero and at most 10,000 years")]
+    InvalidTtl(Duration),
+
+    /// The database did not answer within the operation timeout.
+    #[error("cache operation `{operation}` timed out after {after:?}")]
+    Timeout {
+        /// Which operation timed out.
+        operation: &'static str,
+        /// The configured timeout.
+        after: Duration,
+    },
+
+    /// The database returned an error, or could not be reached.
+    #[error("database error during `{operation}`: {source}")]
+    Database {
+        /// Which operation failed.
+        operation: &'static str,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
+
+    /// Applying the embedded migrations failed.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+
+    /// A setting is missing or malformed (for example `DATABASE_URL`).
+    #[error("configuration error: {0}")]
+    Config(String),
+}
+
+impl CacheError {
+    pub(crate) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> CacheError {
+        move |source| CacheError::Database { operation, source }
+    }
+
+    /// True when the error says the database could not be used (unreachable, timed out, failed), as opposed
+    /// to a problem with the key or value given.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            CacheError::Timeout { .. } | CacheError::Database { .. }
+        )
+    }
+}
+
+/// `Result` with [`CacheError`].
+pub type Result<T, E = CacheError> = std::result::Result<T, E>;

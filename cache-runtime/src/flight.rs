@@ -1,0 +1,122 @@
+//! In-process single-flight: concurrent calls with one key share one computation.
+//!
+//! Each key in flight has a [`tokio::sync::OnceCell`]. Every caller joins the cell; the first to get into
+//! `get_or_init` is the leader and computes, the others wait for the value it publishes. `OnceCell` is what
+//! makes a cancelled leader harmless: if the leader's future is dropped mid-computation, the cell stays empty
+//! and the next waiter runs its own initializer, so followers are never stranded.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OnceCell;
+
+/// What a leader hands to the callers that waited for it.
+#[derive(Debug, Clone)]
+pub(crate) enum Shared {
+    /// The outcome as stored JSON; followers decode their own copy.
+    Json(Arc<str>),
+    /// The outcome was not cacheable (an `Err`, a `None`, a value JSONB cannot hold): each follower runs the
+    /// function itself, since the outcome cannot be copied to it.
+    NotShared,
+}
+
+type Cell = OnceCell<Shared>;
+
+#[derive(Debug, Default)]
+pub(crate) struct Flights {
+    in_flight: Mutex<HashMap<String, Arc<Cell>>>,
+}
+
+impl Flights {
+    /// Joins the flight for `key`, starting one if there is none.
+    pub(crate) fn join(&self, key: &str) -> Ticket<'_> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let cell = Arc::clone(map.entry(key.to_owned()).or_default());
+        Ticket {
+            flights: self,
+            key: key.to_owned(),
+            cell,
+            leader: false,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+}
+
+/// One caller's membership in a flight. Dropping it removes the flight when it is over: when the leader is
+/// done (it may still be writing the value to the store until then, and late callers keep joining the
+/// finished flight meanwhile instead of missing), or when it was abandoned with nobody waiting.
+#[derive(Debug)]
+pub(crate) struct Ticket<'a> {
+    flights: &'a Flights,
+    key: String,
+    cell: Arc<Cell>,
+    leader: bool,
+}
+
+impl Ticket<'_> {
+    pub(crate) fn cell(&self) -> &Cell {
+        &self.cell
+    }
+
+    /// Marks this caller as the one that computed the value.
+    pub(crate) fn lead(&mut self) {
+        self.leader = true;
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .flights
+            .in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(current) = map.get(&self.key) else {
+            return;
+        };
+        if !Arc::ptr_eq(current, &self.cell) {
+            return;
+        }
+        // Under the lock nobody can join, so the count is exact: the map's reference plus ours.
+        let alone = Arc::strong_count(&self.cell) <= 2;
+        let finished_leader = self.leader && self.cell.initialized();
+        if finished_leader || alone {
+            map.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn flights_are_removed_when_done_or_abandoned() {
+        let flights = Flights::default();
+        {
+            let mut ticket = flights.join("k");
+            ticket
+                .cell()
+                .get_or_init(|| async { Shared::NotShared })
+                .await;
+            ticket.lead();
+        }
+        assert_eq!(flights.len(), 0);
+        {
+            let _abandoned = flights.join("k");
+        }
+        assert_eq!(flights.len(), 0);
+        let a = flights.join("k");
+        let b = flights.join("k");
+        drop(a);
+        assert_eq!(flights.len(), 1, "b still waits");
+        drop(b);
+        assert_eq!(flights.len(), 0);
+    }
+}

@@ -1,0 +1,257 @@
+//! Counters kept by this process, and the reports built from them and from the table.
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// What one namespace's counters count. All are since this `PgCache` was built, in this process only.
+#[derive(Debug, Default)]
+pub(crate) struct NamespaceCounters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) executions: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
+    pub(crate) local_hits: AtomicU64,
+    pub(crate) local_misses: AtomicU64,
+}
+
+/// Which counter to bump.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Event {
+    /// Served from PostgreSQL.
+    Hit,
+    /// Not in PostgreSQL (or expired, or of the wrong shape).
+    Miss,
+    /// A cache operation failed; the caller was served without the cache.
+    Error,
+    /// Served by waiting for another caller's computation (single-flight).
+    Coalesced,
+    /// The memoized function's body ran.
+    Execution,
+    /// An expired value was served while a refresh ran (stale-while-revalidate).
+    StaleServed,
+    /// Served from the in-process tier.
+    LocalHit,
+    /// Not in the in-process tier.
+    LocalMiss,
+}
+
+impl NamespaceCounters {
+    fn counter(&self, event: Event) -> &AtomicU64 {
+        match event {
+            Event::Hit => &self.hits,
+            Event::Miss => &self.misses,
+            Event::Error => &self.errors,
+            Event::Coalesced => &self.coalesced,
+            Event::Execution => &self.executions,
+            Event::StaleServed => &self.stale_served,
+            Event::LocalHit => &self.local_hits,
+            Event::LocalMiss => &self.local_misses,
+        }
+    }
+}
+
+/// Per-namespace counters, created on first use.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    by_namespace: RwLock<HashMap<String, Arc<NamespaceCounters>>>,
+}
+
+impl Counters {
+    pub(crate) fn record(&self, namespace: &str, event: Event) {
+        self.namespace(namespace)
+            .counter(event)
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn namespace(&self, namespace: &str) -> Arc<NamespaceCounters> {
+        // A poisoned lock only means another thread panicked while holding it; the map is still usable.
+        if let Some(found) = self
+            .by_namespace
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(namespace)
+        {
+            return Arc::clone(found);
+        }
+        let mut map = self.by_namespace.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(map.entry(namespace.to_owned()).or_default())
+    }
+
+    pub(crate) fn snapshot(&self) -> HashMap<String, ProcessCounts> {
+        let map = self.by_namespace.read().unwrap_or_else(|e| e.into_inner());
+        map.iter()
+            .map(|(ns, c)| (ns.clone(), ProcessCounts::from(&**c)))
+            .collect()
+    }
+}
+
+/// The namespace of a key: what comes before the first `:` (the whole key when there is none).
+pub(crate) fn namespace_of(key: &str) -> &str {
+    key.split_once(':').map_or(key, |(ns, _)| ns)
+}
+
+/// This process's counters for one namespace (or all of them, added up).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct ProcessCounts {
+    /// Lookups answered from PostgreSQL.
+    pub hits: u64,
+    /// Lookups that found nothing usable in PostgreSQL.
+    pub misses: u64,
+    /// Cache operations that failed; the caller ran uncached.
+    pub errors: u64,
+    /// Calls answered by joining another caller's computation (single-flight).
+    pub coalesced: u64,
+    /// Times a memoized function's body actually ran.
+    pub executions: u64,
+    /// Expired values served while a background refresh ran.
+    pub stale_served: u64,
+    /// Lookups answered from the in-process tier.
+    pub local_hits: u64,
+    /// Lookups that missed the in-process tier and went on to PostgreSQL.
+    pub local_misses: u64,
+}
+
+impl From<&NamespaceCounters> for ProcessCounts {
+    fn from(c: &NamespaceCounters) -> Self {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ProcessCounts {
+            hits: get(&c.hits),
+            misses: get(&c.misses),
+            errors: get(&c.errors),
+            coalesced: get(&c.coalesced),
+            executions: get(&c.executions),
+            stale_served: get(&c.stale_served),
+            local_hits: get(&c.local_hits),
+            local_misses: get(&c.local_misses),
+        }
+    }
+}
+
+impl ProcessCounts {
+    /// Share of lookups served from a cache tier (PostgreSQL, in-process, or a joined computation), 0 to 1.
+    /// `None` before the first lookup.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        let served = self.hits + self.local_hits + self.coalesced + self.stale_served;
+        let total = served + self.misses;
+        (total > 0).then(|| served as f64 / total as f64)
+    }
+
+    fn add(&mut self, other: &ProcessCounts) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.errors += other.errors;
+        self.coalesced += other.coalesced;
+        self.executions += other.executions;
+        self.stale_served += other.stale_served;
+        self.local_hits += other.local_hits;
+        self.local_misses += other.local_misses;
+    }
+}
+
+/// One namespace in [`CacheStats`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NamespaceStats {
+    /// The namespace (the part of the key before the first `:`).
+    pub namespace: String,
+    /// Rows in the table, expired or not.
+    pub entries: u64,
+    /// Rows that have not expired.
+    pub active: u64,
+    /// This process's counters for the namespace.
+    pub process: ProcessCounts,
+}
+
+/// A snapshot of the table and of this process's counters, from [`PgCache::stats`](crate::PgCache::stats).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CacheStats {
+    /// Rows in the table, expired or not.
+    pub total_entries: u64,
+    /// Rows that have not expired.
+    pub active_entries: u64,
+    /// Rows that have expired and wait for a sweep.
+    pub expired_entries: u64,
+    /// The table's size on disk, indexes and TOAST included (`pg_total_relation_size`).
+    pub bytes_on_disk: u64,
+    /// This process's counters, all namespaces added up.
+    pub process: ProcessCounts,
+    /// Per namespace, sorted by name: every namespace with rows or with counters in this process.
+    pub namespaces: Vec<NamespaceStats>,
+}
+
+impl CacheStats {
+    pub(crate) fn assemble(
+        table: Vec<(String, u64, u64)>,
+        bytes_on_disk: u64,
+        counters: HashMap<String, ProcessCounts>,
+    ) -> CacheStats {
+        let mut by_ns: std::collections::BTreeMap<String, NamespaceStats> = table
+            .into_iter()
+            .map(|(namespace, entries, active)| {
+                let stats = NamespaceStats {
+                    namespace: namespace.clone(),
+                    entries,
+                    active,
+                    process: Default::default(),
+                };
+                (namespace, stats)
+            })
+            .collect();
+        let mut process = ProcessCounts::default();
+        for (namespace, counts) in counters {
+            process.add(&counts);
+            by_ns
+                .entry(namespace.clone())
+                .or_insert_with(|| NamespaceStats {
+                    namespace,
+                    entries: 0,
+                    active: 0,
+                    process: Default::default(),
+                })
+                .process = counts;
+        }
+        let total_entries = by_ns.values().map(|n| n.entries).sum();
+        let active_entries = by_ns.values().map(|n| n.active).sum();
+        CacheStats {
+            total_entries,
+            active_entries,
+            expired_entries: total_entries - active_entries,
+            bytes_on_disk,
+            process,
+            namespaces: by_ns.into_values().collect(),
+        }
+    }
+
+    /// The stats of one namespace, if it has rows or counters.
+    pub fn namespace(&self, namespace: &str) -> Option<&NamespaceStats> {
+        self.namespaces.iter().find(|n| n.namespace == namespace)
+    }
+}
+
+/// Overall state in a [`HealthReport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthStatus {
+    /// The database answered and the table is readable.
+    Healthy,
+    /// The database answered, but something is off (for example the table is missing: run `migrate()`).
+    Degraded,
+    /// The database could not be reached in time. Memoized functions run uncached meanwhile.
+    Unhealthy,
+}
+
+/// The result of [`PgCache::health_check`](crate::PgCache::health_check). Building it never fails or panics.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthReport {
+    /// Overall state.
+    pub status: HealthStatus,
+    /// Rows in the table, when it could be counted.
+    pub total_entries: Option<u64>,
+    /// Round trip of a trivial query, in milliseconds, when the database answered.
+    pub latency_ms: Option<f64>,
+    /// What went wrong, when something did.
+    pub error: Option<String>,
+}
