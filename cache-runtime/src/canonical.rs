@@ -7,7 +7,7 @@
 //!   string and byte string is length-prefixed and every value is tagged, so `("ab", "c")` and `("a", "bc")`
 //!   encode differently.
 //! - **JSONB checks** ([`crate::codec`]): the same walk, with a sink that keeps nothing, rejects what
-//!   PostgreSQL's `jsonb` cannot hold or serde_json would write lossily (NaN, infinities, U+0000).
+//!   PostgreSQL's `jsonb` cannot hold or serde_json would write lossily (NaN, infinities, -0.0, U+0000).
 
 use serde::ser::{self, Serialize};
 use sha2::Digest;
@@ -127,6 +127,12 @@ impl<'a, S: Sink> Encoder<'a, S> {
     }
 
     fn float(&mut self, v: f64) -> Result<(), EncodeError> {
+        // jsonb stores numbers as `numeric`, which has no negative zero: -0.0 would come back as 0.0.
+        if S::CHECK_JSONB && v == 0.0 && v.is_sign_negative() {
+            return Err(EncodeError::Unsupported(
+                "the float -0.0 would come back from jsonb as 0.0 (numeric has no negative zero)".into(),
+            ));
+        }
         if !v.is_finite() {
             if S::CHECK_JSONB {
                 return Err(EncodeError::Unsupported(format!(

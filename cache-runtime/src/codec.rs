@@ -1,7 +1,8 @@
 //! Values to and from the JSON that goes in the `data` column.
 //!
 //! Encoding first walks the value once to reject what `jsonb` cannot hold exactly (NaN and infinities, which
-//! serde_json would silently write as `null`, and U+0000, which `jsonb` refuses), then writes JSON through a
+//! serde_json would silently write as `null`; -0.0, which `numeric` turns into 0; and U+0000, which `jsonb`
+//! refuses), then writes JSON through a
 //! writer that stops at the size limit, so an oversized value costs at most `limit` bytes of memory and no
 //! network I/O.
 
@@ -61,7 +62,7 @@ mod tests {
 
     #[test]
     fn rejects_what_jsonb_cannot_hold() {
-        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0] {
             assert!(matches!(
                 encode(&value, 1024),
                 Err(CacheError::UnsupportedValue { .. })

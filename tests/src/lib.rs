@@ -1,1 +1,49 @@
+//! Helpers shared by the integration tests.
 
+use cache_runtime::PgCache;
+use sqlx::PgPool;
+use std::time::Duration;
+
+/// A cache over a test's own database, with the background sweeper off so tests control sweeps.
+pub async fn cache_on(pool: PgPool) -> PgCache {
+    PgCache::builder()
+        .pool(pool)
+        .sweep_interval(None)
+        .build()
+        .await
+        .expect("building a cache over an existing pool does no I/O")
+}
+
+/// A cache whose database never answers: a local TCP port that accepts connections and says nothing.
+/// Every operation must then end with a timeout, never hang.
+pub async fn cache_on_silent_server(op_timeout: Duration) -> PgCache {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+    let port = listener.local_addr().expect("local address").port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    PgCache::builder()
+        .database_url(format!("postgres://postgres@127.0.0.1:{port}/silent"))
+        .op_timeout(op_timeout)
+        .sweep_interval(None)
+        .build_lazy()
+        .expect("a well-formed URL")
+}
+
+/// A cache whose database refuses connections (nothing listens on the port).
+pub fn cache_on_closed_port() -> PgCache {
+    PgCache::builder()
+        .database_url("postgres://postgres@127.0.0.1:1/nothing")
+        .op_timeout(Duration::from_millis(200))
+        .sweep_interval(None)
+        .build_lazy()
+        .expect("a well-formed URL")
+}
+
+/// Installs a tracing subscriber once, so failing tests show the library's warnings.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("cache_runtime=debug,warn").try_init();
+}
