@@ -151,10 +151,7 @@ impl<'a, S: Sink> Encoder<'a, S> {
 }
 
 /// Encodes a whole value into `sink`.
-pub(crate) fn encode<S: Sink, T: Serialize + ?Sized>(
-    sink: &mut S,
-    value: &T,
-) -> Result<(), EncodeError> {
+pub(crate) fn encode<S: Sink, T: Serialize + ?Sized>(sink: &mut S, value: &T) -> Result<(), EncodeError> {
     value.serialize(&mut Encoder::new(sink))
 }
 
@@ -248,20 +245,11 @@ impl<'a, 'b, S: Sink> ser::Serializer for &'b mut Encoder<'a, S> {
     fn serialize_unit_struct(self, _name: &'static str) -> Result<(), EncodeError> {
         self.serialize_unit()
     }
-    fn serialize_unit_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        variant: &'static str,
-    ) -> Result<(), EncodeError> {
+    fn serialize_unit_variant(self, _: &'static str, _: u32, variant: &'static str) -> Result<(), EncodeError> {
         self.len_prefixed(tag::UNIT_VARIANT, variant.as_bytes());
         Ok(())
     }
-    fn serialize_newtype_struct<T: Serialize + ?Sized>(
-        self,
-        _: &'static str,
-        value: &T,
-    ) -> Result<(), EncodeError> {
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(self, _: &'static str, value: &T) -> Result<(), EncodeError> {
         value.serialize(self)
     }
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
@@ -281,11 +269,7 @@ impl<'a, 'b, S: Sink> ser::Serializer for &'b mut Encoder<'a, S> {
     fn serialize_tuple(self, len: usize) -> Result<Self::SerializeTuple, EncodeError> {
         self.serialize_seq(Some(len))
     }
-    fn serialize_tuple_struct(
-        self,
-        _: &'static str,
-        len: usize,
-    ) -> Result<Self::SerializeTupleStruct, EncodeError> {
+    fn serialize_tuple_struct(self, _: &'static str, len: usize) -> Result<Self::SerializeTupleStruct, EncodeError> {
         self.serialize_seq(Some(len))
     }
     fn serialize_tuple_variant(
@@ -300,17 +284,9 @@ impl<'a, 'b, S: Sink> ser::Serializer for &'b mut Encoder<'a, S> {
     }
     fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, EncodeError> {
         self.sink.put(&[tag::MAP]);
-        Ok(MapCompound {
-            enc: self,
-            entries: Vec::new(),
-            pending_key: None,
-        })
+        Ok(MapCompound { enc: self, entries: Vec::new(), pending_key: None })
     }
-    fn serialize_struct(
-        self,
-        _: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeStruct, EncodeError> {
+    fn serialize_struct(self, _: &'static str, _len: usize) -> Result<Self::SerializeStruct, EncodeError> {
         // Struct fields come in declaration order, which is already deterministic: no sorting needed.
         self.sink.put(&[tag::MAP]);
         Ok(Compound { enc: self })
@@ -336,11 +312,7 @@ impl<S: Sink> Compound<'_, '_, S> {
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
         value.serialize(&mut *self.enc)
     }
-    fn field<T: Serialize + ?Sized>(
-        &mut self,
-        name: &'static str,
-        value: &T,
-    ) -> Result<(), EncodeError> {
+    fn field<T: Serialize + ?Sized>(&mut self, name: &'static str, value: &T) -> Result<(), EncodeError> {
         self.enc.string(name)?;
         value.serialize(&mut *self.enc)
     }
@@ -374,11 +346,7 @@ forward_compound!(
 impl<S: Sink> ser::SerializeStruct for Compound<'_, '_, S> {
     type Ok = ();
     type Error = EncodeError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), EncodeError> {
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), EncodeError> {
         self.field(key, value)
     }
     fn end(self) -> Result<(), EncodeError> {
@@ -389,11 +357,7 @@ impl<S: Sink> ser::SerializeStruct for Compound<'_, '_, S> {
 impl<S: Sink> ser::SerializeStructVariant for Compound<'_, '_, S> {
     type Ok = ();
     type Error = EncodeError;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        key: &'static str,
-        value: &T,
-    ) -> Result<(), EncodeError> {
+    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), EncodeError> {
         self.field(key, value)
     }
     fn end(self) -> Result<(), EncodeError> {
@@ -430,9 +394,10 @@ impl<S: Sink> ser::SerializeMap for MapCompound<'_, '_, S> {
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), EncodeError> {
         if S::SORT_MAPS {
-            let key = self.pending_key.take().ok_or_else(|| {
-                EncodeError::Custom("serialize_value called before serialize_key".into())
-            })?;
+            let key = self
+                .pending_key
+                .take()
+                .ok_or_else(|| EncodeError::Custom("serialize_value called before serialize_key".into()))?;
             self.entries.push((key, encode_to_vec(value)?));
             Ok(())
         } else {

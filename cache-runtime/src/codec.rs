@@ -18,18 +18,14 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, limit: usize) -> Result<S
         EncodeError::Unsupported(reason) => CacheError::UnsupportedValue { reason },
         EncodeError::Custom(msg) => CacheError::Serialize(serde::ser::Error::custom(msg)),
     })?;
-    let mut writer = LimitedWriter {
-        buf: Vec::new(),
-        limit,
-    };
+    let mut writer = LimitedWriter { buf: Vec::new(), limit };
     match serde_json::to_writer(&mut writer, value) {
         Ok(()) => {}
         Err(err) if err.is_io() => return Err(CacheError::ValueTooLarge { limit }),
         Err(err) => return Err(CacheError::Serialize(err)),
     }
     // serde_json only ever writes UTF-8.
-    String::from_utf8(writer.buf)
-        .map_err(|err| CacheError::Serialize(serde::ser::Error::custom(err)))
+    String::from_utf8(writer.buf).map_err(|err| CacheError::Serialize(serde::ser::Error::custom(err)))
 }
 
 /// Parses stored JSON. A failure means the stored shape no longer matches the type: callers treat it as a miss.
@@ -63,47 +59,23 @@ mod tests {
     #[test]
     fn rejects_what_jsonb_cannot_hold() {
         for value in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -0.0] {
-            assert!(matches!(
-                encode(&value, 1024),
-                Err(CacheError::UnsupportedValue { .. })
-            ));
-            assert!(matches!(
-                encode(&Some(value), 1024),
-                Err(CacheError::UnsupportedValue { .. })
-            ));
-            assert!(matches!(
-                encode(&vec![1.0, value], 1024),
-                Err(CacheError::UnsupportedValue { .. })
-            ));
+            assert!(matches!(encode(&value, 1024), Err(CacheError::UnsupportedValue { .. })));
+            assert!(matches!(encode(&Some(value), 1024), Err(CacheError::UnsupportedValue { .. })));
+            assert!(matches!(encode(&vec![1.0, value], 1024), Err(CacheError::UnsupportedValue { .. })));
         }
-        assert!(matches!(
-            encode("a\0b", 1024),
-            Err(CacheError::UnsupportedValue { .. })
-        ));
+        assert!(matches!(encode("a\0b", 1024), Err(CacheError::UnsupportedValue { .. })));
         let mut map = BTreeMap::new();
         map.insert("k\0".to_string(), 1);
-        assert!(matches!(
-            encode(&map, 1024),
-            Err(CacheError::UnsupportedValue { .. })
-        ));
-        assert!(matches!(
-            encode(&'\0', 1024),
-            Err(CacheError::UnsupportedValue { .. })
-        ));
+        assert!(matches!(encode(&map, 1024), Err(CacheError::UnsupportedValue { .. })));
+        assert!(matches!(encode(&'\0', 1024), Err(CacheError::UnsupportedValue { .. })));
     }
 
     #[test]
     fn size_limit_is_enforced_while_writing() {
         let big = "x".repeat(10_000);
-        assert!(matches!(
-            encode(&big, 1000),
-            Err(CacheError::ValueTooLarge { limit: 1000 })
-        ));
+        assert!(matches!(encode(&big, 1000), Err(CacheError::ValueTooLarge { limit: 1000 })));
         assert!(encode(&big, 10_002).is_ok());
-        assert!(matches!(
-            encode(&big, 10_001),
-            Err(CacheError::ValueTooLarge { .. })
-        ));
+        assert!(matches!(encode(&big, 10_001), Err(CacheError::ValueTooLarge { .. })));
     }
 
     #[test]

@@ -93,10 +93,7 @@ impl CacheError {
     /// True when the error says the database could not be used (unreachable, timed out, failed), as opposed
     /// to a problem with the key or value given.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            CacheError::Timeout { .. } | CacheError::Database { .. }
-        )
+        matches!(self, CacheError::Timeout { .. } | CacheError::Database { .. })
     }
 }
 

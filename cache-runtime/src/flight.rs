@@ -14,9 +14,11 @@ use tokio::sync::OnceCell;
 pub(crate) enum Shared {
     /// The outcome as stored JSON; followers decode their own copy.
     Json(Arc<str>),
+    /// An expired value, served while the leader refreshes it (stale-while-revalidate).
+    Stale(Arc<str>),
     /// The outcome was not cacheable (an `Err`, a `None`, a value JSONB cannot hold): each follower runs the
     /// function itself, since the outcome cannot be copied to it.
-    NotShared,
+    Unshareable,
 }
 
 type Cell = OnceCell<Shared>;
@@ -31,20 +33,12 @@ impl Flights {
     pub(crate) fn join(&self, key: &str) -> Ticket<'_> {
         let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let cell = Arc::clone(map.entry(key.to_owned()).or_default());
-        Ticket {
-            flights: self,
-            key: key.to_owned(),
-            cell,
-            leader: false,
-        }
+        Ticket { flights: self, key: key.to_owned(), cell, leader: false }
     }
 
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 }
 
@@ -72,11 +66,7 @@ impl Ticket<'_> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        let mut map = self
-            .flights
-            .in_flight
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut map = self.flights.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let Some(current) = map.get(&self.key) else {
             return;
         };
@@ -101,10 +91,7 @@ mod tests {
         let flights = Flights::default();
         {
             let mut ticket = flights.join("k");
-            ticket
-                .cell()
-                .get_or_init(|| async { Shared::NotShared })
-                .await;
+            ticket.cell().get_or_init(|| async { Shared::Unshareable }).await;
             ticket.lead();
         }
         assert_eq!(flights.len(), 0);

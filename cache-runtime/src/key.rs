@@ -43,10 +43,7 @@ pub const fn namespace_problem(namespace: &str) -> Option<&'static str> {
 pub fn validate_namespace(namespace: &str) -> Result<(), CacheError> {
     match namespace_problem(namespace) {
         None => Ok(()),
-        Some(reason) => Err(CacheError::InvalidNamespace {
-            namespace: namespace.to_owned(),
-            reason,
-        }),
+        Some(reason) => Err(CacheError::InvalidNamespace { namespace: namespace.to_owned(), reason }),
     }
 }
 
@@ -77,11 +74,7 @@ impl KeyBuilder {
     }
 
     /// Starts a key for one memoized function: its identity and version count too.
-    pub(crate) fn for_function(
-        namespace: &'static str,
-        function: &'static str,
-        version: u32,
-    ) -> Self {
+    pub(crate) fn for_function(namespace: &'static str, function: &'static str, version: u32) -> Self {
         let mut builder = KeyBuilder::start(namespace, FUNCTION_FORMAT);
         builder.text(function);
         builder.hasher.update(version.to_le_bytes());
@@ -90,11 +83,7 @@ impl KeyBuilder {
     }
 
     fn start(namespace: &'static str, format: &str) -> Self {
-        let mut builder = KeyBuilder {
-            namespace,
-            hasher: Sha256::new(),
-            error: None,
-        };
+        let mut builder = KeyBuilder { namespace, hasher: Sha256::new(), error: None };
         builder.text(format);
         builder.text(namespace);
         builder
@@ -102,8 +91,7 @@ impl KeyBuilder {
 
     fn check_namespace(&mut self) {
         if let Some(reason) = namespace_problem(self.namespace) {
-            self.error
-                .get_or_insert_with(|| format!("invalid namespace {:?}: {reason}", self.namespace));
+            self.error.get_or_insert_with(|| format!("invalid namespace {:?}: {reason}", self.namespace));
         }
     }
 
@@ -155,9 +143,7 @@ impl KeyBuilder {
     /// The finished key, or the first reason it could not be built.
     pub fn finish(self) -> Result<String, CacheError> {
         if let Some(reason) = self.error {
-            return Err(CacheError::InvalidKey {
-                reason: format!("an argument cannot be fingerprinted: {reason}"),
-            });
+            return Err(CacheError::InvalidKey { reason: format!("an argument cannot be fingerprinted: {reason}") });
         }
         let digest = self.hasher.finalize();
         let mut key = String::with_capacity(self.namespace.len() + 1 + 64);
@@ -176,8 +162,7 @@ impl KeyBuilder {
     /// key with [`CacheError::InvalidKey`], so it can never hit another call's entry.
     pub fn finish_string(self) -> String {
         let namespace = self.namespace;
-        self.finish()
-            .unwrap_or_else(|err| format!("{namespace}:\0unfingerprintable: {err}"))
+        self.finish().unwrap_or_else(|err| format!("{namespace}:\0unfingerprintable: {err}"))
     }
 }
 
@@ -245,11 +230,7 @@ mod tests {
             filters: BTreeMap<&'a str, Vec<i64>>,
             boost: Option<f64>,
         }
-        let query = Query {
-            text: "pgvector",
-            filters: [("year", vec![2023, 2024])].into(),
-            boost: Some(0.5),
-        };
+        let query = Query { text: "pgvector", filters: [("year", vec![2023, 2024])].into(), boost: Some(0.5) };
         let mut function = KeyBuilder::for_function("answer", "app::Orchestrator::answer", 2);
         function.self_type::<str>();
         function.positional("what is MVCC?");
@@ -272,18 +253,9 @@ mod tests {
 
     #[test]
     fn length_prefixes_keep_arguments_apart() {
-        assert_ne!(
-            crate::cache_key!("k", "ab", "c"),
-            crate::cache_key!("k", "a", "bc")
-        );
-        assert_ne!(
-            crate::cache_key!("k", vec![1, 2], 3),
-            crate::cache_key!("k", vec![1], 2, 3)
-        );
-        assert_ne!(
-            crate::cache_key!("k", Some(())),
-            crate::cache_key!("k", None::<()>)
-        );
+        assert_ne!(crate::cache_key!("k", "ab", "c"), crate::cache_key!("k", "a", "bc"));
+        assert_ne!(crate::cache_key!("k", vec![1, 2], 3), crate::cache_key!("k", vec![1], 2, 3));
+        assert_ne!(crate::cache_key!("k", Some(())), crate::cache_key!("k", None::<()>));
         assert_ne!(crate::cache_key!("k", x = 1), crate::cache_key!("k", 1));
     }
 
@@ -314,9 +286,7 @@ mod tests {
         assert!(namespace_problem("has:colon").is_some());
         assert!(namespace_problem("space here").is_some());
         assert!(namespace_problem(&"x".repeat(65)).is_some());
-        let err = KeyBuilder::for_function("bad ns", "f", 1)
-            .finish()
-            .unwrap_err();
+        let err = KeyBuilder::for_function("bad ns", "f", 1).finish().unwrap_err();
         assert!(matches!(err, CacheError::InvalidKey { .. }), "{err}");
     }
 
@@ -334,19 +304,10 @@ mod tests {
 
     #[test]
     fn floats_and_integers() {
-        assert_eq!(
-            crate::cache_key!("k", f64::NAN),
-            crate::cache_key!("k", -f64::NAN)
-        );
-        assert_ne!(
-            crate::cache_key!("k", 0.0f64),
-            crate::cache_key!("k", -0.0f64)
-        );
+        assert_eq!(crate::cache_key!("k", f64::NAN), crate::cache_key!("k", -f64::NAN));
+        assert_ne!(crate::cache_key!("k", 0.0f64), crate::cache_key!("k", -0.0f64));
         // Integer width does not matter, value does.
         assert_eq!(crate::cache_key!("k", 5u8), crate::cache_key!("k", 5i64));
-        assert_ne!(
-            crate::cache_key!("k", u128::MAX),
-            crate::cache_key!("k", -1i128)
-        );
+        assert_ne!(crate::cache_key!("k", u128::MAX), crate::cache_key!("k", -1i128));
     }
 }

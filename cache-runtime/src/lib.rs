@@ -38,14 +38,18 @@
 //! - A memoized function never sees any of this: it runs uncached, and the failure is logged with `tracing`
 //!   and counted in [`PgCache::stats`].
 
-#![warn(missing_docs, clippy::unwrap_used)]
+#![warn(missing_docs)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod canonical;
 mod codec;
 mod error;
+mod events;
 mod flight;
 mod global;
 mod key;
+mod lease;
+mod local;
 mod stats;
 mod store;
 mod ttl;

@@ -6,7 +6,10 @@
 
 use crate::codec;
 use crate::flight::Shared;
+use crate::lease::Lease;
+use crate::local::{LocalEntry, LocalTier};
 use crate::stats::Event;
+use crate::store::remaining;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
@@ -33,6 +36,8 @@ pub enum SingleFlight {
     Off,
     /// Callers in this process share one computation per key.
     Process,
+    /// Callers in every process share one computation per key, through a lease row in PostgreSQL.
+    Cluster,
 }
 
 /// Static description of one memoized function.
@@ -43,6 +48,8 @@ pub struct Site {
     pub(crate) version: u32,
     pub(crate) ttl: Ttl,
     pub(crate) single_flight: SingleFlight,
+    pub(crate) stale: Option<Duration>,
+    pub(crate) local: Option<Duration>,
 }
 
 impl Site {
@@ -53,6 +60,8 @@ impl Site {
             version,
             ttl: Ttl::Default,
             single_flight: SingleFlight::Process,
+            stale: None,
+            local: None,
         }
     }
     pub const fn ttl(mut self, ttl: Ttl) -> Site {
@@ -61,6 +70,14 @@ impl Site {
     }
     pub const fn single_flight(mut self, mode: SingleFlight) -> Site {
         self.single_flight = mode;
+        self
+    }
+    pub const fn stale(mut self, window: Duration) -> Site {
+        self.stale = Some(window);
+        self
+    }
+    pub const fn local(mut self, max_age: Duration) -> Site {
+        self.local = Some(max_age);
         self
     }
 }
@@ -173,10 +190,7 @@ impl<T: Serialize + DeserializeOwned> Policy<T> for AsIs {
 pub struct OkOnly;
 impl<T: Serialize + DeserializeOwned, E> Policy<Result<T, E>> for OkOnly {
     fn encode(&self, outcome: &Result<T, E>, limit: usize) -> Option<Result<String, CacheError>> {
-        outcome
-            .as_ref()
-            .ok()
-            .map(|value| codec::encode(value, limit))
+        outcome.as_ref().ok().map(|value| codec::encode(value, limit))
     }
     fn decode(&self, json: &str) -> Result<Result<T, E>, serde_json::Error> {
         codec::decode(json).map(Ok)
@@ -295,9 +309,9 @@ pub async fn invalidate(
     let key = key?;
     match cache.resolve() {
         Some(cache) => cache.delete(&key).await,
-        None => Err(CacheError::Config(
-            "no cache is available to invalidate in (see cache_runtime::set_global)".into(),
-        )),
+        None => {
+            Err(CacheError::Config("no cache is available to invalidate in (see cache_runtime::set_global)".into()))
+        }
     }
 }
 
@@ -305,7 +319,17 @@ pub async fn invalidate(
 ///
 /// Whatever happens to the cache (unreachable, timed out, a value it cannot hold, a stored value of the wrong
 /// shape), the caller gets what `body` returns; the failure is logged and counted.
-pub async fn memoize<R, P, F>(
+pub async fn memoize<R, P, F>(site: &'static Site, cache: CacheRef, key: Result<String, CacheError>, policy: P, body: F) -> R
+where
+    P: Policy<R>,
+    F: Future<Output = R>,
+{
+    memoize_with(site, cache, key, &policy, body, JsonOnly).await
+}
+
+/// [`memoize`] for functions with `local = "..."`: in-process hits hand out clones of the decoded value,
+/// with no JSON parsing.
+pub async fn memoize_local<R, P, F>(
     site: &'static Site,
     cache: CacheRef,
     key: Result<String, CacheError>,
@@ -313,12 +337,51 @@ pub async fn memoize<R, P, F>(
     body: F,
 ) -> R
 where
+    R: Clone + Send + Sync + 'static,
     P: Policy<R>,
     F: Future<Output = R>,
 {
-    let Some(cache) = cache.resolve() else {
-        return body.await;
-    };
+    memoize_with(site, cache, key, &policy, body, Typed).await
+}
+
+/// How in-process hits become values: by decoding the JSON, or by cloning an already decoded value.
+trait LocalValues<R> {
+    fn take(&self, entry: &LocalEntry) -> Option<R>;
+    fn keep(&self, entry: &LocalEntry, value: &R);
+}
+
+struct JsonOnly;
+impl<R> LocalValues<R> for JsonOnly {
+    fn take(&self, _: &LocalEntry) -> Option<R> {
+        None
+    }
+    fn keep(&self, _: &LocalEntry, _: &R) {}
+}
+
+struct Typed;
+impl<R: Clone + Send + Sync + 'static> LocalValues<R> for Typed {
+    fn take(&self, entry: &LocalEntry) -> Option<R> {
+        entry.typed::<R>()
+    }
+    fn keep(&self, entry: &LocalEntry, value: &R) {
+        entry.set_typed(value.clone());
+    }
+}
+
+async fn memoize_with<R, P, F, L>(
+    site: &'static Site,
+    cache: CacheRef,
+    key: Result<String, CacheError>,
+    policy: &P,
+    body: F,
+    values: L,
+) -> R
+where
+    P: Policy<R>,
+    F: Future<Output = R>,
+    L: LocalValues<R>,
+{
+    let Some(cache) = cache.resolve() else { return body.await };
     let key = match key {
         Ok(key) => key,
         Err(error) => {
@@ -327,20 +390,37 @@ where
             return run(&cache, site, body).await;
         }
     };
-    let call = Call {
-        cache: &cache,
-        site,
-        key: &key,
-        policy: &policy,
+    let local = match site.local {
+        Some(max_age) => Some(cache.local_tier_for(max_age)),
+        None => cache.inner.local.get().filter(|tier| tier.for_all_keys),
     };
+    let call = Call { cache: &cache, site, key: &key, policy, local };
     if refresh_requested(&key) {
         let outcome = run(&cache, site, body).await;
-        call.store(&outcome).await;
+        if let Some(json) = call.encode(&outcome) {
+            if let Some(ttl) = call.ttl() {
+                let _ = cache.set_json(&key, &json, ttl).await;
+            }
+        }
         return outcome;
     }
+    if let Some(tier) = local {
+        if let Some(entry) = tier.get(&key) {
+            let value = values.take(&entry).or_else(|| {
+                let value = policy.decode(&entry.json).ok()?;
+                values.keep(&entry, &value);
+                Some(value)
+            });
+            if let Some(value) = value {
+                call.record(Event::LocalHit);
+                return value;
+            }
+        }
+        call.record(Event::LocalMiss);
+    }
     match site.single_flight {
-        SingleFlight::Off => call.lookup_or_compute(body).await,
-        SingleFlight::Process => call.single_flight(body).await,
+        SingleFlight::Off => call.uncoalesced(body).await,
+        SingleFlight::Process | SingleFlight::Cluster => call.single_flight(body).await,
     }
 }
 
@@ -355,23 +435,27 @@ struct Call<'a, P> {
     site: &'static Site,
     key: &'a str,
     policy: &'a P,
+    local: Option<&'a LocalTier>,
 }
 
-/// What a lookup-or-compute produced, besides the outcome itself.
-enum Produced {
-    /// Found in the store.
-    Hit(Arc<str>),
-    /// Computed; `Some` holds the JSON still to be written, `None` an outcome that is not stored.
-    Computed(Option<Arc<str>>),
+/// What the store said about the key.
+enum Found<R> {
+    /// A live entry.
+    Fresh(R, Arc<str>),
+    /// An expired entry within the stale window; `started_us` is the database clock at the lookup.
+    Stale(R, Arc<str>, i64),
+    /// Nothing usable; compute. `None` when the store is unreachable (then nothing is written either).
+    Missing(Option<i64>),
 }
 
-impl Produced {
-    fn shared(&self) -> Shared {
-        match self {
-            Produced::Hit(json) | Produced::Computed(Some(json)) => Shared::Json(Arc::clone(json)),
-            Produced::Computed(None) => Shared::NotShared,
-        }
-    }
+/// What the leader of a flight still has to do once its followers have been answered.
+enum LeaderWork<R> {
+    /// Nothing: the outcome came from the store, or cannot be stored.
+    Done(R),
+    /// Write the computed outcome, then give up the lease if one is held.
+    Write(R, Arc<str>, i64, Option<Lease>),
+    /// Refresh a stale entry: run the body, and serve the stale value if the refresh gives nothing storable.
+    Refresh(R, i64, Option<Lease>),
 }
 
 impl<P> Call<'_, P> {
@@ -379,53 +463,16 @@ impl<P> Call<'_, P> {
         self.cache.record(self.site.namespace, event);
     }
 
-    /// Looks the key up; on a miss runs the body and encodes its outcome. Writes nothing.
-    async fn produce<R, F>(&self, body: F) -> (R, Produced)
-    where
-        P: Policy<R>,
-        F: Future<Output = R>,
-    {
-        let namespace = self.site.namespace;
-        let mut store_reachable = true;
-        match self.cache.get_json(self.key).await {
-            Ok(Some(json)) => match self.policy.decode(&json) {
-                Ok(outcome) => {
-                    self.record(Event::Hit);
-                    tracing::debug!(namespace, key = self.key, "memoized hit");
-                    return (outcome, Produced::Hit(json.into()));
-                }
-                Err(error) => {
-                    self.record(Event::Miss);
-                    tracing::warn!(namespace, key = self.key, %error, "stored value has the wrong shape; recomputing");
-                }
-            },
-            Ok(None) => {
-                self.record(Event::Miss);
-                tracing::debug!(namespace, key = self.key, "memoized miss");
+    /// The TTL of this function's entries, or `None` (logged) when it cannot be used.
+    fn ttl(&self) -> Option<Option<Duration>> {
+        match self.site.ttl.resolve(self.cache.config().default_ttl) {
+            Ok(ttl) => Some(ttl),
+            Err(error) => {
+                self.record(Event::Error);
+                tracing::warn!(namespace = self.site.namespace, %error, "result not cached");
+                None
             }
-            // Already counted and logged by the store. A store that cannot be read will not take a write
-            // either: skip it rather than make the caller wait for a second timeout.
-            Err(error) => store_reachable = !error.is_unavailable(),
         }
-        let outcome = run(self.cache, self.site, body).await;
-        let json = if store_reachable {
-            self.encode(&outcome)
-        } else {
-            None
-        };
-        (outcome, Produced::Computed(json))
-    }
-
-    async fn lookup_or_compute<R, F>(&self, body: F) -> R
-    where
-        P: Policy<R>,
-        F: Future<Output = R>,
-    {
-        let (outcome, produced) = self.produce(body).await;
-        if let Produced::Computed(Some(json)) = produced {
-            self.write(&json).await;
-        }
-        outcome
     }
 
     /// The JSON to store for `outcome`, if it is stored at all.
@@ -433,10 +480,7 @@ impl<P> Call<'_, P> {
     where
         P: Policy<R>,
     {
-        match self
-            .policy
-            .encode(outcome, self.cache.inner.config.max_value_bytes)?
-        {
+        match self.policy.encode(outcome, self.cache.config().max_value_bytes)? {
             Ok(json) => Some(json.into()),
             Err(error) => {
                 self.record(Event::Error);
@@ -446,29 +490,93 @@ impl<P> Call<'_, P> {
         }
     }
 
-    async fn write(&self, json: &str) {
-        let ttl = match self.site.ttl.resolve(self.cache.inner.config.default_ttl) {
-            Ok(ttl) => ttl,
-            Err(error) => {
-                self.record(Event::Error);
-                tracing::warn!(namespace = self.site.namespace, %error, "result not cached");
-                return;
-            }
-        };
-        // A failed write is counted and logged by the store; the caller has its value either way.
-        let _ = self.cache.set_json(self.key, json, ttl).await;
-    }
-
-    async fn store<R>(&self, outcome: &R)
+    async fn find<R>(&self) -> Found<R>
     where
         P: Policy<R>,
     {
-        if let Some(json) = self.encode(outcome) {
-            self.write(&json).await;
+        let namespace = self.site.namespace;
+        let lookup = match self.cache.lookup(self.key, self.site.stale).await {
+            Ok(lookup) => lookup,
+            // Already counted and logged by the store. A store that cannot be read will not take a write
+            // either: skip it rather than make the caller wait for a second timeout.
+            Err(_) => return Found::Missing(None),
+        };
+        let Some(json) = lookup.json else {
+            self.record(Event::Miss);
+            tracing::debug!(namespace, key = self.key, "memoized miss");
+            return Found::Missing(Some(lookup.db_now_us));
+        };
+        match self.policy.decode(&json) {
+            Ok(outcome) if lookup.fresh => {
+                self.record(Event::Hit);
+                tracing::debug!(namespace, key = self.key, "memoized hit");
+                let json: Arc<str> = json.into();
+                if let Some(tier) = self.local {
+                    tier.put(self.key, Arc::clone(&json), remaining(lookup.remaining_ms), self.site.local);
+                }
+                Found::Fresh(outcome, json)
+            }
+            Ok(outcome) => {
+                self.record(Event::Miss);
+                Found::Stale(outcome, json.into(), lookup.db_now_us)
+            }
+            Err(error) => {
+                self.record(Event::Miss);
+                tracing::warn!(namespace, key = self.key, %error, "stored value has the wrong shape; recomputing");
+                Found::Missing(Some(lookup.db_now_us))
+            }
         }
     }
 
-    /// Joins the key's flight: the leader looks up or computes; followers take its outcome as JSON.
+    /// Writes a computed outcome unless an invalidation happened after `started_us`.
+    async fn write(&self, json: &str, started_us: i64) {
+        let Some(ttl) = self.ttl() else { return };
+        // A failed write is counted and logged by the store; the caller has its value either way.
+        let _ = self.cache.set_json_guarded(self.key, json, ttl, started_us, self.site.local).await;
+    }
+
+    /// `single_flight = "off"`: look up, and on a miss compute and store.
+    async fn uncoalesced<R, F>(&self, body: F) -> R
+    where
+        P: Policy<R>,
+        F: Future<Output = R>,
+    {
+        match self.find().await {
+            Found::Fresh(outcome, _) => outcome,
+            Found::Stale(stale, _, started_us) => self.refresh(body, stale, started_us).await,
+            Found::Missing(started_us) => {
+                let outcome = run(self.cache, self.site, body).await;
+                if let (Some(started_us), Some(json)) = (started_us, self.encode(&outcome)) {
+                    self.write(&json, started_us).await;
+                }
+                outcome
+            }
+        }
+    }
+
+    /// Recomputes a stale entry; when the body gives nothing storable (an `Err`, a `None`), the stale value is
+    /// served instead and stays in place until its window closes.
+    async fn refresh<R, F>(&self, body: F, stale: R, started_us: i64) -> R
+    where
+        P: Policy<R>,
+        F: Future<Output = R>,
+    {
+        let outcome = run(self.cache, self.site, body).await;
+        match self.encode(&outcome) {
+            Some(json) => {
+                self.write(&json, started_us).await;
+                outcome
+            }
+            None => {
+                self.record(Event::StaleServed);
+                tracing::warn!(namespace = self.site.namespace, key = self.key, "refresh gave nothing storable; serving the stale value");
+                stale
+            }
+        }
+    }
+
+    /// Joins the key's flight. The leader looks up or computes (under a cluster lease when asked); followers
+    /// take its outcome as JSON the moment it is known.
     async fn single_flight<R, F>(&self, body: F) -> R
     where
         P: Policy<R>,
@@ -476,35 +584,31 @@ impl<P> Call<'_, P> {
     {
         let mut ticket = self.cache.inner.flights.join(self.key);
         let mut body = Some(body);
-        let mut mine: Option<(R, Produced)> = None;
-        let (body_slot, mine_slot) = (&mut body, &mut mine);
+        let mut leader: Option<LeaderWork<R>> = None;
+        let (body_slot, leader_slot) = (&mut body, &mut leader);
         let shared = ticket
             .cell()
             .get_or_init(|| async move {
-                let Some(body) = body_slot.take() else {
-                    return Shared::NotShared;
-                };
-                let (outcome, produced) = self.produce(body).await;
-                let shared = produced.shared();
-                *mine_slot = Some((outcome, produced));
+                let (shared, work) = self.lead(body_slot).await;
+                *leader_slot = Some(work);
                 shared
             })
             .await
             .clone();
-        if let Some((outcome, produced)) = mine {
+        if let Some(work) = leader {
             ticket.lead();
-            // Followers already have the value. Writing it now, while the flight still answers late callers,
-            // means nobody misses between the leader's return and the row's arrival.
-            if let Produced::Computed(Some(json)) = produced {
-                self.write(&json).await;
-            }
-            return outcome;
+            return self.finish_leading(work, body).await;
         }
         drop(ticket);
-        if let Shared::Json(json) = &shared {
+        let (json, event) = match &shared {
+            Shared::Json(json) => (Some(json), Event::Coalesced),
+            Shared::Stale(json) => (Some(json), Event::StaleServed),
+            Shared::Unshareable => (None, Event::Miss),
+        };
+        if let Some(json) = json {
             match self.policy.decode(json) {
                 Ok(outcome) => {
-                    self.record(Event::Coalesced);
+                    self.record(event);
                     return outcome;
                 }
                 Err(error) => {
@@ -513,15 +617,139 @@ impl<P> Call<'_, P> {
             }
         }
         match body {
-            // The leader's outcome could not be shared (an `Err`, a `None`, a value JSONB cannot hold).
-            Some(body) => {
-                let outcome = run(self.cache, self.site, body).await;
-                self.store(&outcome).await;
-                outcome
-            }
+            // The leader's outcome could not be shared (an `Err`, a `None`, a value JSONB cannot hold): this
+            // caller goes its own way, as if single-flight were off.
+            Some(body) => self.uncoalesced(body).await,
             // Our initializer took the body and did not finish, which only happens if this very future was
             // dropped inside it; then this line never runs.
             None => unreachable!("single-flight initializer ran without publishing its outcome"),
+        }
+    }
+
+    /// The leader's part inside the flight: what followers get, and what is left to do afterwards.
+    async fn lead<R, F>(&self, body: &mut Option<F>) -> (Shared, LeaderWork<R>)
+    where
+        P: Policy<R>,
+        F: Future<Output = R>,
+    {
+        let cluster = self.site.single_flight == SingleFlight::Cluster;
+        loop {
+            match self.find().await {
+                Found::Fresh(outcome, json) => return (Shared::Json(json), LeaderWork::Done(outcome)),
+                Found::Stale(stale, json, started_us) => {
+                    let lease = if cluster {
+                        match self.cache.try_lease(self.key).await {
+                            Ok(Some(lease)) => Some(lease),
+                            // Someone else refreshes it: serve the stale value and move on.
+                            Ok(None) => {
+                                self.record(Event::StaleServed);
+                                return (Shared::Stale(json), LeaderWork::Done(stale));
+                            }
+                            Err(_) => None,
+                        }
+                    } else {
+                        None
+                    };
+                    return (Shared::Stale(json), LeaderWork::Refresh(stale, started_us, lease));
+                }
+                Found::Missing(started_us) => {
+                    let mut lease = None;
+                    if cluster && started_us.is_some() {
+                        match self.cache.try_lease(self.key).await {
+                            Ok(Some(held)) => lease = Some(held),
+                            Ok(None) => {
+                                // Another process computes: wait for its value, or for its lease to lapse.
+                                if let Some((outcome, json)) = self.await_other_process().await {
+                                    return (Shared::Json(json), LeaderWork::Done(outcome));
+                                }
+                                continue;
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    let Some(body) = body.take() else { return (Shared::Unshareable, self.unreachable_work()) };
+                    let outcome = run(self.cache, self.site, body).await;
+                    let json = started_us.and_then(|_| self.encode(&outcome));
+                    return match (json, started_us) {
+                        (Some(json), Some(started_us)) => {
+                            (Shared::Json(Arc::clone(&json)), LeaderWork::Write(outcome, json, started_us, lease))
+                        }
+                        _ => {
+                            if let Some(lease) = lease {
+                                lease.release().await;
+                            }
+                            (Shared::Unshareable, LeaderWork::Done(outcome))
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    /// Never reached: `lead` only runs once per flight member, with the body still in place.
+    fn unreachable_work<R>(&self) -> LeaderWork<R> {
+        unreachable!("a flight leader ran twice")
+    }
+
+    /// Waits while another process holds the lease: returns its value once stored, or `None` when the lease
+    /// lapsed (or the store failed) so that the caller tries to take over.
+    async fn await_other_process<R>(&self) -> Option<(R, Arc<str>)>
+    where
+        P: Policy<R>,
+    {
+        self.cache.listen_for_events();
+        let done = self.cache.inner.events.waiter(self.key);
+        let mut poll = Duration::from_millis(25);
+        loop {
+            let notified = done.notified();
+            let _ = tokio::time::timeout(poll, notified).await;
+            poll = (poll * 2).min(Duration::from_millis(500));
+            match self.cache.lookup(self.key, None).await {
+                Ok(lookup) => {
+                    if let Some(json) = lookup.json {
+                        if let Ok(outcome) = self.policy.decode(&json) {
+                            self.record(Event::Coalesced);
+                            return Some((outcome, json.into()));
+                        }
+                        return None;
+                    }
+                }
+                Err(_) => return None,
+            }
+            // Still missing: is the lease still held? If not, go back and compete for it.
+            match self.cache.lease_is_live(self.key).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return None,
+            }
+        }
+    }
+
+    async fn finish_leading<R, F>(&self, work: LeaderWork<R>, body: Option<F>) -> R
+    where
+        P: Policy<R>,
+        F: Future<Output = R>,
+    {
+        match work {
+            LeaderWork::Done(outcome) => outcome,
+            LeaderWork::Write(outcome, json, started_us, lease) => {
+                // Followers already have the value. Writing it now, while the flight still answers late
+                // callers, means nobody misses between the leader's return and the row's arrival.
+                self.write(&json, started_us).await;
+                if let Some(lease) = lease {
+                    lease.release().await;
+                }
+                outcome
+            }
+            LeaderWork::Refresh(stale, started_us, lease) => {
+                let outcome = match body {
+                    Some(body) => self.refresh(body, stale, started_us).await,
+                    None => stale,
+                };
+                if let Some(lease) = lease {
+                    lease.release().await;
+                }
+                outcome
+            }
         }
     }
 }

@@ -62,19 +62,12 @@ pub(crate) struct Counters {
 
 impl Counters {
     pub(crate) fn record(&self, namespace: &str, event: Event) {
-        self.namespace(namespace)
-            .counter(event)
-            .fetch_add(1, Ordering::Relaxed);
+        self.namespace(namespace).counter(event).fetch_add(1, Ordering::Relaxed);
     }
 
     fn namespace(&self, namespace: &str) -> Arc<NamespaceCounters> {
         // A poisoned lock only means another thread panicked while holding it; the map is still usable.
-        if let Some(found) = self
-            .by_namespace
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(namespace)
-        {
+        if let Some(found) = self.by_namespace.read().unwrap_or_else(|e| e.into_inner()).get(namespace) {
             return Arc::clone(found);
         }
         let mut map = self.by_namespace.write().unwrap_or_else(|e| e.into_inner());
@@ -83,9 +76,7 @@ impl Counters {
 
     pub(crate) fn snapshot(&self) -> HashMap<String, ProcessCounts> {
         let map = self.by_namespace.read().unwrap_or_else(|e| e.into_inner());
-        map.iter()
-            .map(|(ns, c)| (ns.clone(), ProcessCounts::from(&**c)))
-            .collect()
+        map.iter().map(|(ns, c)| (ns.clone(), ProcessCounts::from(&**c))).collect()
     }
 }
 
@@ -191,12 +182,8 @@ impl CacheStats {
         let mut by_ns: std::collections::BTreeMap<String, NamespaceStats> = table
             .into_iter()
             .map(|(namespace, entries, active)| {
-                let stats = NamespaceStats {
-                    namespace: namespace.clone(),
-                    entries,
-                    active,
-                    process: Default::default(),
-                };
+                let stats =
+                    NamespaceStats { namespace: namespace.clone(), entries, active, process: Default::default() };
                 (namespace, stats)
             })
             .collect();
@@ -205,12 +192,7 @@ impl CacheStats {
             process.add(&counts);
             by_ns
                 .entry(namespace.clone())
-                .or_insert_with(|| NamespaceStats {
-                    namespace,
-                    entries: 0,
-                    active: 0,
-                    process: Default::default(),
-                })
+                .or_insert_with(|| NamespaceStats { namespace, entries: 0, active: 0, process: Default::default() })
                 .process = counts;
         }
         let total_entries = by_ns.values().map(|n| n.entries).sum();

@@ -2,14 +2,16 @@
 
 use crate::codec;
 use crate::error::{CacheError, Result};
+use crate::events::Events;
 use crate::flight::Flights;
+use crate::local::{key_hash, LocalTier};
 use crate::stats::{namespace_of, CacheStats, Counters, Event, HealthReport, HealthStatus};
 use crate::ttl::Ttl;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use std::future::Future;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 /// The longest key the `cache_key VARCHAR(500)` column holds, in characters.
@@ -50,6 +52,8 @@ pub(crate) struct Config {
     pub(crate) sweep_interval: Option<Duration>,
     pub(crate) batch_size: i64,
     pub(crate) gin_index: bool,
+    pub(crate) lease: Duration,
+    pub(crate) local_tier: Option<(u64, Duration)>,
 }
 
 impl Default for Config {
@@ -64,6 +68,8 @@ impl Default for Config {
             sweep_interval: Some(Duration::from_secs(60)),
             batch_size: 1000,
             gin_index: false,
+            lease: Duration::from_secs(30),
+            local_tier: None,
         }
     }
 }
@@ -104,17 +110,16 @@ pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) counters: Counters,
     pub(crate) flights: Flights,
+    /// The in-process tier, created by the builder or on first use by a function with `local = "..."`.
+    pub(crate) local: Arc<OnceLock<LocalTier>>,
+    pub(crate) events: Arc<Events>,
+    pub(crate) statements: Statements,
     sweeper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(handle) = self
-            .sweeper
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(handle) = self.sweeper.lock().unwrap_or_else(|e| e.into_inner()).take() {
             handle.abort();
         }
     }
@@ -222,6 +227,21 @@ impl PgCacheBuilder {
         self
     }
 
+    /// Turns on the in-process tier for every key: up to `capacity` entries, each kept at most `max_age` (and
+    /// never past its PostgreSQL expiry). Invalidations reach every process's tier through LISTEN/NOTIFY; see
+    /// the crate docs, "The in-process tier", for the coherence guarantee.
+    pub fn local_tier(mut self, capacity: u64, max_age: Duration) -> Self {
+        self.config.local_tier = Some((capacity.max(1), max_age));
+        self
+    }
+
+    /// How long a cluster-wide single-flight lease lasts (default 30 s): if its holder crashes, hangs or
+    /// overruns, other processes wait at most this long before one of them computes instead.
+    pub fn lease_duration(mut self, lease: Duration) -> Self {
+        self.config.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
     /// Makes [`PgCache::migrate`] also create the opt-in GIN index over `data`.
     pub fn gin_index(mut self, enabled: bool) -> Self {
         self.config.gin_index = enabled;
@@ -233,14 +253,11 @@ impl PgCacheBuilder {
     pub async fn build(self) -> Result<PgCache> {
         let pool = match (self.pool, self.database_url) {
             (Some(pool), _) => pool,
-            (None, Some(url)) => own_pool(&self.config, self.max_connections)
-                .connect(&url)
-                .await
-                .map_err(CacheError::db("connect"))?,
+            (None, Some(url)) => {
+                own_pool(&self.config, self.max_connections).connect(&url).await.map_err(CacheError::db("connect"))?
+            }
             (None, None) => {
-                return Err(CacheError::Config(
-                    "PgCache::builder() needs .pool() or .database_url()".into(),
-                ))
+                return Err(CacheError::Config("PgCache::builder() needs .pool() or .database_url()".into()))
             }
         };
         Ok(PgCache::from_parts(pool, self.config))
@@ -256,9 +273,7 @@ impl PgCacheBuilder {
                 .connect_lazy(&url)
                 .map_err(|e| CacheError::Config(format!("invalid database URL: {e}")))?,
             (None, None) => {
-                return Err(CacheError::Config(
-                    "PgCache::builder() needs .pool() or .database_url()".into(),
-                ))
+                return Err(CacheError::Config("PgCache::builder() needs .pool() or .database_url()".into()))
             }
         };
         Ok(PgCache::from_parts(pool, self.config))
@@ -289,46 +304,127 @@ fn like_prefix(prefix: &str) -> String {
 /// (longer keys would fail or, with a cast, be truncated into collisions).
 pub(crate) fn check_key(key: &str) -> Result<()> {
     if key.is_empty() {
-        return Err(CacheError::InvalidKey {
-            reason: "the key is empty".into(),
-        });
+        return Err(CacheError::InvalidKey { reason: "the key is empty".into() });
     }
     if key.contains('\0') {
-        return Err(CacheError::InvalidKey {
-            reason: "the key contains a NUL character".into(),
-        });
+        return Err(CacheError::InvalidKey { reason: "the key contains a NUL character".into() });
     }
     // Byte length bounds character count from above: only count characters when it could matter.
     if key.len() > MAX_KEY_CHARS {
         let chars = key.chars().count();
         if chars > MAX_KEY_CHARS {
-            return Err(CacheError::KeyTooLong {
-                chars,
-                max: MAX_KEY_CHARS,
-            });
+            return Err(CacheError::KeyTooLong { chars, max: MAX_KEY_CHARS });
         }
     }
     Ok(())
 }
 
+/// The write statements, chosen once for the cache's durability.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    set: String,
+    set_guarded: String,
+}
+
+impl Statements {
+    fn new(durability: Durability) -> Statements {
+        // The sub-select turns synchronous_commit off for this statement's own transaction: one round trip,
+        // and the session's setting is untouched.
+        let source = match durability {
+            Durability::AsyncCommit => "FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed",
+            Durability::Full => "",
+        };
+        let insert = "INSERT INTO cache_entries (cache_key, data, created_at, expires_at) \
+                      SELECT $1, $2::jsonb, now(), now() + $3::bigint * interval '1 millisecond'";
+        let upsert = "ON CONFLICT (cache_key) DO UPDATE \
+                      SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at";
+        // A memoized result is written only if neither its key nor its namespace was invalidated after the
+        // computation started ($4, in microseconds of the database's clock): no stale set.
+        let guard = "WHERE NOT EXISTS (SELECT 1 FROM cache_invalidations \
+                      WHERE ((scope = $1 AND NOT is_namespace) OR (scope = $5 AND is_namespace)) \
+                      AND (extract(epoch FROM invalidated_at) * 1000000)::bigint >= $4)";
+        Statements {
+            set: format!("{insert} {source} {upsert}"),
+            set_guarded: format!("{insert} {source} {guard} {upsert}"),
+        }
+    }
+}
+
+/// JSON text from the store or from the in-process tier.
+#[derive(Debug, Clone)]
+pub(crate) enum Json {
+    Owned(String),
+    Shared(Arc<str>),
+}
+
+impl std::ops::Deref for Json {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Json::Owned(s) => s,
+            Json::Shared(s) => s,
+        }
+    }
+}
+
+impl From<Json> for Arc<str> {
+    fn from(json: Json) -> Arc<str> {
+        match json {
+            Json::Owned(s) => s.into(),
+            Json::Shared(s) => s,
+        }
+    }
+}
+
+/// What a memoized call's lookup found.
+#[derive(Debug)]
+pub(crate) struct Lookup {
+    /// The entry's JSON, if there is a live one or, within the stale window, an expired one.
+    pub(crate) json: Option<String>,
+    /// Milliseconds until expiry, `None` for an entry that never expires.
+    pub(crate) remaining_ms: Option<i64>,
+    /// False for an expired entry served from the stale window.
+    pub(crate) fresh: bool,
+    /// The database's clock when the lookup ran, in microseconds since the epoch.
+    pub(crate) db_now_us: i64,
+}
+
+/// Converts the milliseconds left before expiry into a duration for the in-process tier.
+pub(crate) fn remaining(remaining_ms: Option<i64>) -> Option<Duration> {
+    remaining_ms.map(|ms| Duration::from_millis(ms.max(0).unsigned_abs()))
+}
+
 mod sql {
-    pub(super) const GET: &str = "SELECT data::text FROM cache_entries \
+    pub(super) const GET: &str = "SELECT data::text, \
+         (extract(epoch FROM expires_at - now()) * 1000)::bigint FROM cache_entries \
          WHERE cache_key = $1 AND (expires_at IS NULL OR expires_at > now())";
 
-    // The sub-select turns synchronous_commit off for this statement's own transaction: one round trip, and
-    // the session's setting is untouched.
-    pub(super) const SET_ASYNC_COMMIT: &str = "INSERT INTO cache_entries (cache_key, data, created_at, expires_at) \
-         SELECT $1, $2::jsonb, now(), now() + $3::bigint * interval '1 millisecond' \
-         FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed \
-         ON CONFLICT (cache_key) DO UPDATE \
-         SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at";
+    /// Always one row, so that the database's clock comes back on a miss too.
+    pub(super) const LOOKUP: &str = "SELECT e.data::text, \
+         (extract(epoch FROM e.expires_at - now()) * 1000)::bigint, \
+         (e.expires_at IS NULL OR e.expires_at > now()), \
+         (extract(epoch FROM now()) * 1000000)::bigint \
+         FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
+         AND (e.expires_at IS NULL OR e.expires_at > now() - $2::bigint * interval '1 millisecond')";
 
-    pub(super) const SET_FULL: &str = "INSERT INTO cache_entries (cache_key, data, created_at, expires_at) \
-         VALUES ($1, $2::jsonb, now(), now() + $3::bigint * interval '1 millisecond') \
-         ON CONFLICT (cache_key) DO UPDATE \
-         SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at";
+    // pg_notify returns void; wrapping it in a scalar sub-query gives a plain integer column instead.
+    pub(super) const NOTIFY: &str = "SELECT (SELECT 1 FROM (SELECT pg_notify('pg_cached_events', $1)) AS n)";
 
-    pub(super) const DELETE: &str = "DELETE FROM cache_entries WHERE cache_key = $1";
+    pub(super) const DELETE_AND_MARK: &str =
+        "WITH gone AS (DELETE FROM cache_entries WHERE cache_key = $1 RETURNING 1), \
+         mark AS (INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at) VALUES (false, $1, now()) \
+                  ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = now()) \
+         SELECT (SELECT count(*) FROM gone), (SELECT 1 FROM (SELECT pg_notify('pg_cached_events', $2)) AS n)";
+
+    pub(super) const MARK_NAMESPACE: &str = "WITH marked AS (INSERT INTO cache_invalidations \
+         (is_namespace, scope, invalidated_at) VALUES (true, $1, now()) \
+         ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = now() RETURNING 1) \
+         SELECT (SELECT count(*) FROM marked), (SELECT 1 FROM (SELECT pg_notify('pg_cached_events', $2)) AS n)";
+
+    pub(super) const SWEEP_BOOKKEEPING: &str = "WITH old AS (DELETE FROM cache_invalidations \
+         WHERE invalidated_at < now() - interval '1 day' RETURNING 1), \
+         dead AS (DELETE FROM cache_leases WHERE deadline < now() - interval '1 minute' RETURNING 1) \
+         SELECT (SELECT count(*) FROM old) + (SELECT count(*) FROM dead)";
 
     pub(super) const DELETE_PREFIX_BATCH: &str = "DELETE FROM cache_entries WHERE cache_key IN \
          (SELECT cache_key FROM cache_entries WHERE cache_key LIKE $1 LIMIT $2)";
@@ -373,8 +469,7 @@ impl PgCache {
 
     /// A builder preset from the environment, as [`from_env`](Self::from_env) reads it.
     pub fn builder_from_env() -> Result<PgCacheBuilder> {
-        let url = std::env::var("DATABASE_URL")
-            .map_err(|_| CacheError::Config("DATABASE_URL is not set".into()))?;
+        let url = std::env::var("DATABASE_URL").map_err(|_| CacheError::Config("DATABASE_URL is not set".into()))?;
         let mut builder = PgCache::builder().database_url(url);
         if let Some(minutes) = env_number("CACHE_DEFAULT_TTL_MINUTES")? {
             builder = match minutes {
@@ -398,24 +493,30 @@ impl PgCache {
 
     fn from_parts(pool: PgPool, config: Config) -> PgCache {
         let sweep_interval = config.sweep_interval;
+        let local = Arc::new(OnceLock::new());
+        if let Some((capacity, max_age)) = config.local_tier {
+            let _ = local.set(LocalTier::new(capacity, max_age, true));
+        }
         let cache = PgCache {
             inner: Arc::new(Inner {
                 pool,
+                statements: Statements::new(config.durability),
                 config,
                 counters: Counters::default(),
                 flights: Flights::default(),
+                local,
+                events: Arc::new(Events::default()),
                 sweeper: std::sync::Mutex::new(None),
             }),
         };
+        if cache.inner.local.get().is_some() {
+            cache.listen_for_events();
+        }
         if let Some(interval) = sweep_interval {
             // The sweeper holds only a Weak: it ends when the last PgCache clone is dropped.
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let handle = runtime.spawn(sweep_loop(Arc::downgrade(&cache.inner), interval));
-                *cache
-                    .inner
-                    .sweeper
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(handle);
+                *cache.inner.sweeper.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
             }
         }
         cache
@@ -430,24 +531,18 @@ impl PgCache {
     pub async fn migrate(&self) -> Result<()> {
         MIGRATOR.run(&self.inner.pool).await?;
         if self.inner.config.gin_index {
-            sqlx::raw_sql(GIN_INDEX_SQL)
-                .execute(&self.inner.pool)
-                .await
-                .map_err(CacheError::db("migrate"))?;
+            sqlx::raw_sql(GIN_INDEX_SQL).execute(&self.inner.pool).await.map_err(CacheError::db("migrate"))?;
         }
         Ok(())
     }
 
-    async fn bounded<T, F>(&self, operation: &'static str, timeout: Duration, fut: F) -> Result<T>
+    pub(crate) async fn bounded<T, F>(&self, operation: &'static str, timeout: Duration, fut: F) -> Result<T>
     where
         F: Future<Output = std::result::Result<T, sqlx::Error>>,
     {
         match tokio::time::timeout(timeout, fut).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => Err(CacheError::Timeout {
-                operation,
-                after: timeout,
-            }),
+            Ok(Err(sqlx::Error::PoolTimedOut)) | Err(_) => Err(CacheError::Timeout { operation, after: timeout }),
             Ok(Err(source)) => Err(CacheError::Database { operation, source }),
         }
     }
@@ -457,41 +552,96 @@ impl PgCache {
     /// Refused before any I/O, with a typed error: keys that are empty, hold NUL or exceed 500 characters;
     /// values holding NaN, infinities or U+0000; values larger than the size limit. Concurrent writers of
     /// one key never fail: the last write wins, whole.
-    pub async fn set<T: Serialize + ?Sized>(
-        &self,
-        key: &str,
-        value: &T,
-        ttl: impl Into<Ttl>,
-    ) -> Result<()> {
+    pub async fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T, ttl: impl Into<Ttl>) -> Result<()> {
         check_key(key)?;
         let ttl = ttl.into().resolve(self.inner.config.default_ttl)?;
         let json = codec::encode(value, self.inner.config.max_value_bytes)?;
         self.set_json(key, &json, ttl).await
     }
 
-    pub(crate) async fn set_json(
+    pub(crate) async fn set_json(&self, key: &str, json: &str, ttl: Option<Duration>) -> Result<()> {
+        let query = sqlx::query(&self.inner.statements.set).bind(key).bind(json).bind(Ttl::millis(ttl));
+        let result = self.bounded("set", self.inner.config.op_timeout, query.execute(&self.inner.pool)).await;
+        self.note_failure(key, "set", &result);
+        result?;
+        self.after_write(key, json, ttl, None).await;
+        Ok(())
+    }
+
+    /// Writes a memoized result unless its key or namespace was invalidated at or after `started_us` (the
+    /// database clock when the computation began). Returns whether the row was written.
+    pub(crate) async fn set_json_guarded(
         &self,
         key: &str,
         json: &str,
         ttl: Option<Duration>,
-    ) -> Result<()> {
-        let statement = match self.inner.config.durability {
-            Durability::AsyncCommit => sql::SET_ASYNC_COMMIT,
-            Durability::Full => sql::SET_FULL,
-        };
-        let query = sqlx::query(statement)
+        started_us: i64,
+        local_max_age: Option<Duration>,
+    ) -> Result<bool> {
+        let query = sqlx::query(&self.inner.statements.set_guarded)
             .bind(key)
             .bind(json)
-            .bind(Ttl::millis(ttl));
-        let result = self
-            .bounded(
-                "set",
-                self.inner.config.op_timeout,
-                query.execute(&self.inner.pool),
-            )
-            .await;
+            .bind(Ttl::millis(ttl))
+            .bind(started_us)
+            .bind(namespace_of(key));
+        let result = self.bounded("set", self.inner.config.op_timeout, query.execute(&self.inner.pool)).await;
         self.note_failure(key, "set", &result);
-        result.map(drop)
+        let written = result?.rows_affected() > 0;
+        if written {
+            self.after_write(key, json, ttl, local_max_age).await;
+        } else {
+            tracing::debug!(namespace = namespace_of(key), key, "result computed before an invalidation; not stored");
+        }
+        Ok(written)
+    }
+
+    /// Keeps the in-process tiers coherent after a write: this process's holds the new value, the others
+    /// drop the key.
+    async fn after_write(&self, key: &str, json: &str, ttl: Option<Duration>, local_max_age: Option<Duration>) {
+        let Some(tier) = self.inner.local.get() else { return };
+        if tier.for_all_keys || local_max_age.is_some() {
+            tier.put(key, json.into(), ttl, local_max_age);
+        } else {
+            tier.remove(key);
+        }
+        let payload = self.inner.events.keys_payload(&[key_hash(key)]);
+        self.notify(&payload).await;
+    }
+
+    /// Sends one event to every process (best effort: a lost notification is bounded by the tier's max age).
+    async fn notify(&self, payload: &str) {
+        let query = sqlx::query(sql::NOTIFY).bind(payload);
+        if let Err(error) = self.bounded("notify", self.inner.config.op_timeout, query.execute(&self.inner.pool)).await {
+            tracing::warn!(%error, "could not notify other processes; their in-process tiers expire by max age");
+        }
+    }
+
+    /// Starts listening for other processes' invalidations and lease releases (once).
+    pub(crate) fn listen_for_events(&self) {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.inner.events.ensure_listening(&self.inner.pool, Arc::downgrade(&self.inner.local));
+        }
+    }
+
+    /// The in-process tier, created on first use by a function with `local = "..."` when the builder did not.
+    pub(crate) fn local_tier_for(&self, max_age: Duration) -> &LocalTier {
+        let tier = self.inner.local.get_or_init(|| {
+            LocalTier::new(crate::local::DEFAULT_CAPACITY, max_age.max(Duration::from_secs(3600)), false)
+        });
+        self.listen_for_events();
+        tier
+    }
+
+    /// Looks a memoized call's key up: a live entry, or an expired one within `stale_window`.
+    pub(crate) async fn lookup(&self, key: &str, stale_window: Option<Duration>) -> Result<Lookup> {
+        check_key(key)?;
+        let window_ms = Ttl::millis(stale_window).unwrap_or(0);
+        let query =
+            sqlx::query_as::<_, (Option<String>, Option<i64>, Option<bool>, i64)>(sql::LOOKUP).bind(key).bind(window_ms);
+        let result = self.bounded("get", self.inner.config.op_timeout, query.fetch_one(&self.inner.pool)).await;
+        self.note_failure(key, "get", &result);
+        let (json, remaining_ms, fresh, db_now_us) = result?;
+        Ok(Lookup { json, remaining_ms, fresh: fresh.unwrap_or(false), db_now_us })
     }
 
     /// Reads `key`. `None` when it is missing, expired, or stored in a shape that no longer deserializes
@@ -499,52 +649,63 @@ impl PgCache {
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let namespace = namespace_of(key);
         let Some(json) = self.get_json(key).await? else {
-            self.inner.counters.record(namespace, Event::Miss);
+            self.record(namespace, Event::Miss);
             tracing::debug!(namespace, key, "cache miss");
             return Ok(None);
         };
         match codec::decode(&json) {
             Ok(value) => {
-                self.inner.counters.record(namespace, Event::Hit);
+                // A hit in the in-process tier was counted there.
+                if matches!(json, Json::Owned(_)) {
+                    self.record(namespace, Event::Hit);
+                }
                 tracing::debug!(namespace, key, "cache hit");
                 Ok(Some(value))
             }
             Err(error) => {
-                self.inner.counters.record(namespace, Event::Miss);
+                self.record(namespace, Event::Miss);
                 tracing::warn!(namespace, key, %error, "stored value does not match the requested type; treated as a miss");
                 Ok(None)
             }
         }
     }
 
-    /// The stored JSON text of a live entry.
-    pub(crate) async fn get_json(&self, key: &str) -> Result<Option<String>> {
+    /// The stored JSON text of a live entry, from the in-process tier when it is on for every key.
+    pub(crate) async fn get_json(&self, key: &str) -> Result<Option<Json>> {
         check_key(key)?;
-        let query = sqlx::query_scalar::<_, String>(sql::GET).bind(key);
-        let result = self
-            .bounded(
-                "get",
-                self.inner.config.op_timeout,
-                query.fetch_optional(&self.inner.pool),
-            )
-            .await;
+        let tier = self.inner.local.get().filter(|tier| tier.for_all_keys);
+        if let Some(tier) = tier {
+            if let Some(entry) = tier.get(key) {
+                self.record(namespace_of(key), Event::LocalHit);
+                return Ok(Some(Json::Shared(Arc::clone(&entry.json))));
+            }
+            self.record(namespace_of(key), Event::LocalMiss);
+        }
+        let query = sqlx::query_as::<_, (String, Option<i64>)>(sql::GET).bind(key);
+        let result = self.bounded("get", self.inner.config.op_timeout, query.fetch_optional(&self.inner.pool)).await;
         self.note_failure(key, "get", &result);
-        result
+        let Some((json, remaining_ms)) = result? else { return Ok(None) };
+        if let Some(tier) = tier {
+            let entry = tier.put(key, json.into(), remaining(remaining_ms), None);
+            return Ok(Some(Json::Shared(Arc::clone(&entry.json))));
+        }
+        Ok(Some(Json::Owned(json)))
     }
 
     /// Deletes `key`; `true` if a row was there (expired or not).
+    ///
+    /// It is also an invalidation: a memoized computation of this key that started before the delete will not
+    /// store its result, and every process drops the key from its in-process tier.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         check_key(key)?;
-        let query = sqlx::query(sql::DELETE).bind(key);
-        let result = self
-            .bounded(
-                "delete",
-                self.inner.config.op_timeout,
-                query.execute(&self.inner.pool),
-            )
-            .await;
+        if let Some(tier) = self.inner.local.get() {
+            tier.remove(key);
+        }
+        let payload = self.inner.events.keys_payload(&[key_hash(key)]);
+        let query = sqlx::query_as::<_, (i64, Option<i32>)>(sql::DELETE_AND_MARK).bind(key).bind(payload);
+        let result = self.bounded("delete", self.inner.config.op_timeout, query.fetch_one(&self.inner.pool)).await;
         self.note_failure(key, "delete", &result);
-        Ok(result?.rows_affected() > 0)
+        Ok(result?.0 > 0)
     }
 
     /// Deletes every entry whose key starts with `namespace:`, in batches, and returns how many went.
@@ -553,18 +714,20 @@ impl PgCache {
     /// written while the purge runs may survive it.
     pub async fn delete_namespace(&self, namespace: &str) -> Result<u64> {
         crate::key::validate_namespace(namespace)?;
+        // First the invalidation mark and the notification, so that nothing computed before the purge is
+        // stored after it, and other processes drop the namespace from their in-process tiers.
+        if let Some(tier) = self.inner.local.get() {
+            tier.remove_namespace(namespace);
+        }
+        let payload = self.inner.events.namespace_payload(namespace);
+        let mark = sqlx::query_as::<_, (i64, Option<i32>)>(sql::MARK_NAMESPACE).bind(namespace).bind(payload);
+        self.bounded("delete_namespace", self.inner.config.op_timeout, mark.fetch_one(&self.inner.pool)).await?;
         let pattern = like_prefix(&format!("{namespace}:"));
         let mut total = 0;
         loop {
-            let query = sqlx::query(sql::DELETE_PREFIX_BATCH)
-                .bind(&pattern)
-                .bind(self.inner.config.batch_size);
+            let query = sqlx::query(sql::DELETE_PREFIX_BATCH).bind(&pattern).bind(self.inner.config.batch_size);
             let deleted = self
-                .bounded(
-                    "delete_namespace",
-                    self.inner.config.maintenance_timeout,
-                    query.execute(&self.inner.pool),
-                )
+                .bounded("delete_namespace", self.inner.config.maintenance_timeout, query.execute(&self.inner.pool))
                 .await?
                 .rows_affected();
             total += deleted;
@@ -587,11 +750,7 @@ impl PgCache {
         loop {
             let query = sqlx::query(sql::DELETE_EXPIRED_BATCH).bind(self.inner.config.batch_size);
             let deleted = self
-                .bounded(
-                    "clear_expired",
-                    self.inner.config.maintenance_timeout,
-                    query.execute(&self.inner.pool),
-                )
+                .bounded("clear_expired", self.inner.config.maintenance_timeout, query.execute(&self.inner.pool))
                 .await?
                 .rows_affected();
             total += deleted;
@@ -614,25 +773,13 @@ impl PgCache {
         let max = i64::try_from(max).unwrap_or(i64::MAX);
         let timeout = self.inner.config.maintenance_timeout;
         let count = sqlx::query_scalar::<_, i64>(sql::COUNT_EXCESS).bind(max);
-        let mut excess = self
-            .bounded(
-                "enforce_max_entries",
-                timeout,
-                count.fetch_one(&self.inner.pool),
-            )
-            .await?;
+        let mut excess = self.bounded("enforce_max_entries", timeout, count.fetch_one(&self.inner.pool)).await?;
         let mut total = 0;
         while excess > 0 {
             let batch = excess.min(self.inner.config.batch_size);
             let query = sqlx::query(sql::EVICT_BATCH).bind(batch);
-            let deleted = self
-                .bounded(
-                    "enforce_max_entries",
-                    timeout,
-                    query.execute(&self.inner.pool),
-                )
-                .await?
-                .rows_affected();
+            let deleted =
+                self.bounded("enforce_max_entries", timeout, query.execute(&self.inner.pool)).await?.rows_affected();
             if deleted == 0 {
                 break;
             }
@@ -640,11 +787,7 @@ impl PgCache {
             excess -= i64::try_from(deleted).unwrap_or(i64::MAX);
         }
         if total > 0 {
-            tracing::info!(
-                evicted = total,
-                max_entries = max,
-                "evicted entries over the limit"
-            );
+            tracing::info!(evicted = total, max_entries = max, "evicted entries over the limit");
         }
         Ok(total)
     }
@@ -654,41 +797,41 @@ impl PgCache {
     pub async fn sweep(&self) -> Result<(u64, u64)> {
         let expired = self.clear_expired().await?;
         let evicted = self.enforce_max_entries().await?;
+        // Invalidation marks older than a day and leases long past their deadline are no longer needed.
+        let bookkeeping = sqlx::query_scalar::<_, i64>(sql::SWEEP_BOOKKEEPING);
+        self.bounded("sweep", self.inner.config.maintenance_timeout, bookkeeping.fetch_one(&self.inner.pool)).await?;
         Ok((expired, evicted))
+    }
+
+    /// How many entries this process's in-process tier holds (0 when it is off).
+    pub fn local_len(&self) -> u64 {
+        self.inner.local.get().map_or(0, LocalTier::len)
+    }
+
+    /// How many times this cache's event listener has connected; every connection after the first clears the
+    /// in-process tier, since notifications sent while it was away are lost.
+    pub fn listener_connects(&self) -> u64 {
+        self.inner.events.connects.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Up to `limit` live keys, in byte order, that start with `prefix` (all keys with `None`).
     pub async fn keys(&self, prefix: Option<&str>, limit: usize) -> Result<Vec<String>> {
         let pattern = like_prefix(prefix.unwrap_or(""));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let query = sqlx::query_scalar::<_, String>(sql::KEYS)
-            .bind(pattern)
-            .bind(limit);
-        self.bounded(
-            "keys",
-            self.inner.config.maintenance_timeout,
-            query.fetch_all(&self.inner.pool),
-        )
-        .await
+        let query = sqlx::query_scalar::<_, String>(sql::KEYS).bind(pattern).bind(limit);
+        self.bounded("keys", self.inner.config.maintenance_timeout, query.fetch_all(&self.inner.pool)).await
     }
 
     /// Counts of the table per namespace, its size on disk, and this process's hit and miss counters.
     pub async fn stats(&self) -> Result<CacheStats> {
         let timeout = self.inner.config.maintenance_timeout;
-        let counts = sqlx::query_as::<_, (String, i64, i64)>(sql::NAMESPACE_COUNTS)
-            .fetch_all(&self.inner.pool);
+        let counts = sqlx::query_as::<_, (String, i64, i64)>(sql::NAMESPACE_COUNTS).fetch_all(&self.inner.pool);
         let counts = self.bounded("stats", timeout, counts).await?;
         let size = sqlx::query_scalar::<_, i64>(sql::TABLE_SIZE).fetch_one(&self.inner.pool);
         let size = self.bounded("stats", timeout, size).await?;
-        let table = counts
-            .into_iter()
-            .map(|(ns, total, active)| (ns, total.unsigned_abs(), active.unsigned_abs()))
-            .collect();
-        Ok(CacheStats::assemble(
-            table,
-            size.unsigned_abs(),
-            self.inner.counters.snapshot(),
-        ))
+        let table =
+            counts.into_iter().map(|(ns, total, active)| (ns, total.unsigned_abs(), active.unsigned_abs())).collect();
+        Ok(CacheStats::assemble(table, size.unsigned_abs(), self.inner.counters.snapshot()))
     }
 
     /// This process's counters only: no I/O.
@@ -739,6 +882,10 @@ impl PgCache {
         }
     }
 
+    pub(crate) fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
     pub(crate) fn record(&self, namespace: &str, event: Event) {
         self.inner.counters.record(namespace, event);
     }
@@ -748,11 +895,7 @@ impl PgCache {
             let namespace = namespace_of(key);
             self.inner.counters.record(namespace, Event::Error);
             if is_undefined_table(error) {
-                tracing::warn!(
-                    namespace,
-                    operation,
-                    "the cache_entries table does not exist: call PgCache::migrate()"
-                );
+                tracing::warn!(namespace, operation, "the cache_entries table does not exist: call PgCache::migrate()");
             } else {
                 tracing::warn!(namespace, operation, %error, "cache operation failed");
             }
@@ -762,23 +905,20 @@ impl PgCache {
 
 fn is_undefined_table(error: &CacheError) -> bool {
     match error {
-        CacheError::Database {
-            source: sqlx::Error::Database(db),
-            ..
-        } => db.code().as_deref() == Some("42P01"),
+        CacheError::Database { source: sqlx::Error::Database(db), .. } => db.code().as_deref() == Some("42P01"),
         _ => false,
     }
 }
 
 fn env_number(name: &str) -> Result<Option<u64>> {
     match std::env::var(name) {
-        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
-            CacheError::Config(format!("{name} must be a whole number, got {text:?}"))
-        }),
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| CacheError::Config(format!("{name} must be a whole number, got {text:?}"))),
         Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            Err(CacheError::Config(format!("{name} is not valid UTF-8")))
-        }
+        Err(std::env::VarError::NotUnicode(_)) => Err(CacheError::Config(format!("{name} is not valid UTF-8"))),
     }
 }
 
@@ -805,19 +945,10 @@ mod tests {
     #[test]
     fn keys_are_checked_before_io() {
         assert!(check_key(&"k".repeat(500)).is_ok());
-        assert!(matches!(
-            check_key(&"k".repeat(501)),
-            Err(CacheError::KeyTooLong {
-                chars: 501,
-                max: 500
-            })
-        ));
+        assert!(matches!(check_key(&"k".repeat(501)), Err(CacheError::KeyTooLong { chars: 501, max: 500 })));
         // 500 characters of 2 bytes each is still 500 characters.
         assert!(check_key(&"é".repeat(500)).is_ok());
-        assert!(matches!(
-            check_key("a\0b"),
-            Err(CacheError::InvalidKey { .. })
-        ));
+        assert!(matches!(check_key("a\0b"), Err(CacheError::InvalidKey { .. })));
         assert!(matches!(check_key(""), Err(CacheError::InvalidKey { .. })));
     }
 

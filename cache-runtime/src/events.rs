@@ -1,0 +1,175 @@
+//! Cross-process events over PostgreSQL's LISTEN/NOTIFY, on the channel `pg_cached_events`.
+//!
+//! Two kinds of news travel here: invalidations (a key or a namespace changed, so every process drops it
+//! from its in-process tier) and lease releases (a cluster-wide computation finished, so waiting processes
+//! read the value now instead of at their next poll).
+//!
+//! A payload is `<sender>|<kind>|<data>`, where sender is a random id per `PgCache`, so a process ignores its
+//! own news. Kinds: `k` (comma-separated key hashes in hex), `n` (a namespace), `d` (a finished key's
+//! hash). Payloads stay far below PostgreSQL's 8,000-byte limit: a key travels as its 16-character hash and a
+//! namespace is at most 64 characters.
+//!
+//! Notifications are lost while the listener is disconnected, so after every reconnect the in-process tier is
+//! cleared. Between a loss and the reconnect, entries still expire by their max age: no value is served more
+//! than the tier's max age after it was invalidated.
+
+use crate::local::{key_hash, LocalTier};
+use sqlx::postgres::{PgListener, PgPool};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+pub(crate) const CHANNEL: &str = "pg_cached_events";
+
+/// What one `PgCache` shares with its listener task.
+#[derive(Debug)]
+pub(crate) struct Events {
+    pub(crate) sender: u64,
+    /// Callers waiting for a cluster-wide computation, by key hash.
+    waiters: Mutex<HashMap<u64, Weak<Notify>>>,
+    /// Times the listener (re)connected; each one after the first cleared the in-process tier.
+    pub(crate) connects: std::sync::atomic::AtomicU64,
+    listener: OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        if let Some(handle) = self.listener.get() {
+            handle.abort();
+        }
+    }
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        let sender = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()),
+            );
+            h.write_u32(std::process::id());
+            h.finish()
+        };
+        Events { sender, waiters: Mutex::default(), connects: Default::default(), listener: OnceLock::new() }
+    }
+}
+
+impl Events {
+    pub(crate) fn keys_payload(&self, hashes: &[u64]) -> String {
+        let list: Vec<String> = hashes.iter().map(|h| format!("{h:016x}")).collect();
+        format!("{:016x}|k|{}", self.sender, list.join(","))
+    }
+
+    pub(crate) fn namespace_payload(&self, namespace: &str) -> String {
+        format!("{:016x}|n|{namespace}", self.sender)
+    }
+
+    pub(crate) fn done_payload(&self, key: &str) -> String {
+        format!("{:016x}|d|{:016x}", self.sender, key_hash(key))
+    }
+
+    /// A handle that is notified when another process reports `key` done.
+    pub(crate) fn waiter(&self, key: &str) -> Arc<Notify> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        waiters.retain(|_, w| w.strong_count() > 0);
+        let hash = key_hash(key);
+        if let Some(existing) = waiters.get(&hash).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let notify = Arc::new(Notify::new());
+        waiters.insert(hash, Arc::downgrade(&notify));
+        notify
+    }
+
+    fn wake(&self, hash: u64) {
+        let waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(notify) = waiters.get(&hash).and_then(Weak::upgrade) {
+            notify.notify_waiters();
+        }
+    }
+
+    /// Starts the listener task once; later calls do nothing.
+    pub(crate) fn ensure_listening(self: &Arc<Self>, pool: &PgPool, local: Weak<OnceLock<LocalTier>>) {
+        self.listener.get_or_init(|| {
+            let events = Arc::downgrade(self);
+            let pool = pool.clone();
+            tokio::spawn(listen(events, pool, local))
+        });
+    }
+}
+
+fn apply(events: &Events, local: Option<&LocalTier>, payload: &str) {
+    let mut parts = payload.splitn(3, '|');
+    let (Some(sender), Some(kind), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
+        tracing::debug!(payload, "ignoring a malformed cache event");
+        return;
+    };
+    if u64::from_str_radix(sender, 16) == Ok(events.sender) {
+        return;
+    }
+    match kind {
+        "k" => {
+            for hash in data.split(',').filter_map(|h| u64::from_str_radix(h, 16).ok()) {
+                if let Some(local) = local {
+                    local.remove_hash(hash);
+                }
+            }
+        }
+        "n" => {
+            if let Some(local) = local {
+                local.remove_namespace(data);
+            }
+        }
+        "d" => {
+            if let Ok(hash) = u64::from_str_radix(data, 16) {
+                events.wake(hash);
+            }
+        }
+        _ => tracing::debug!(payload, "ignoring an unknown cache event"),
+    }
+}
+
+async fn listen(events: Weak<Events>, pool: PgPool, local: Weak<OnceLock<LocalTier>>) {
+    let clear_local = |local: &Weak<OnceLock<LocalTier>>| {
+        if let Some(tier) = local.upgrade().as_deref().and_then(OnceLock::get) {
+            tier.clear();
+        }
+    };
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listener = match connect(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::debug!(%error, "cache event listener cannot connect; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        {
+            let Some(events) = events.upgrade() else { return };
+            // Whatever was sent while we were not listening is lost: forget everything we might have missed.
+            if events.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
+                clear_local(&local);
+                tracing::info!("cache event listener reconnected; in-process tier cleared");
+            }
+        }
+        // `Ok(None)` or an error means the connection dropped: reconnect with a fresh listener (counted above,
+        // which clears the in-process tier).
+        while let Ok(Some(notification)) = listener.try_recv().await {
+            let Some(events) = events.upgrade() else { return };
+            let tier = local.upgrade();
+            apply(&events, tier.as_deref().and_then(OnceLock::get), notification.payload());
+        }
+        clear_local(&local);
+    }
+}
+
+async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}

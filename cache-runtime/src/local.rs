@@ -1,0 +1,184 @@
+//! The optional in-process tier (L1) in front of PostgreSQL.
+//!
+//! Entries are keyed by a 64-bit FNV-1a hash of the cache key, because invalidation notifications carry
+//! hashes (so payloads stay small whatever the keys). Each entry keeps its full key and is only served when
+//! the key matches, so a hash collision is a miss, never a wrong value.
+//!
+//! Every entry has a deadline: the earlier of its PostgreSQL expiry and the tier's max age. An entry past its
+//! deadline is never served, whether or not moka has evicted it yet.
+
+use crate::stats::namespace_of;
+use moka::sync::Cache;
+use moka::Expiry;
+use std::any::Any;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The capacity of a tier created on demand by a function with `local = "..."`.
+pub(crate) const DEFAULT_CAPACITY: u64 = 10_000;
+
+/// A stable 64-bit hash of a key, the same in every process and build (FNV-1a).
+pub(crate) fn key_hash(key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[derive(Debug)]
+pub(crate) struct LocalEntry {
+    key: Box<str>,
+    pub(crate) json: Arc<str>,
+    /// The decoded value, for memoized functions with `local = "..."`: filled on first use, then cloned out.
+    typed: OnceLock<Arc<dyn Any + Send + Sync>>,
+    deadline: Instant,
+}
+
+impl LocalEntry {
+    fn namespace(&self) -> &str {
+        namespace_of(&self.key)
+    }
+
+    /// The decoded value if it was decoded as `T` before.
+    pub(crate) fn typed<T: Clone + 'static>(&self) -> Option<T> {
+        self.typed.get()?.downcast_ref::<T>().cloned()
+    }
+
+    pub(crate) fn set_typed<T: Send + Sync + 'static>(&self, value: T) {
+        let _ = self.typed.set(Arc::new(value));
+    }
+}
+
+struct UntilDeadline;
+
+impl Expiry<u64, Arc<LocalEntry>> for UntilDeadline {
+    fn expire_after_create(&self, _: &u64, entry: &Arc<LocalEntry>, created_at: Instant) -> Option<Duration> {
+        Some(entry.deadline.saturating_duration_since(created_at))
+    }
+    fn expire_after_update(
+        &self,
+        _: &u64,
+        entry: &Arc<LocalEntry>,
+        updated_at: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(entry.deadline.saturating_duration_since(updated_at))
+    }
+}
+
+/// The tier itself.
+pub(crate) struct LocalTier {
+    entries: Cache<u64, Arc<LocalEntry>>,
+    max_age: Duration,
+    /// Whether `PgCache::get`/`set` use it for every key (builder option) or only functions that ask for it.
+    pub(crate) for_all_keys: bool,
+}
+
+impl std::fmt::Debug for LocalTier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalTier")
+            .field("entries", &self.entries.entry_count())
+            .field("max_age", &self.max_age)
+            .field("for_all_keys", &self.for_all_keys)
+            .finish()
+    }
+}
+
+impl LocalTier {
+    pub(crate) fn new(capacity: u64, max_age: Duration, for_all_keys: bool) -> LocalTier {
+        let entries =
+            Cache::builder().max_capacity(capacity).expire_after(UntilDeadline).support_invalidation_closures().build();
+        LocalTier { entries, max_age, for_all_keys }
+    }
+
+    /// A live entry for `key`.
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<LocalEntry>> {
+        let entry = self.entries.get(&key_hash(key))?;
+        (&*entry.key == key && Instant::now() < entry.deadline).then_some(entry)
+    }
+
+    /// Stores `json` for `key`, for at most `max_age` (the tier's, or a shorter one of the function's) and
+    /// never past `remaining` (the time left before the PostgreSQL entry expires; `None` = never).
+    pub(crate) fn put(
+        &self,
+        key: &str,
+        json: Arc<str>,
+        remaining: Option<Duration>,
+        max_age: Option<Duration>,
+    ) -> Arc<LocalEntry> {
+        let mut lifetime = max_age.map_or(self.max_age, |m| m.min(self.max_age));
+        if let Some(remaining) = remaining {
+            lifetime = lifetime.min(remaining);
+        }
+        let entry =
+            Arc::new(LocalEntry { key: key.into(), json, typed: OnceLock::new(), deadline: Instant::now() + lifetime });
+        if !lifetime.is_zero() {
+            self.entries.insert(key_hash(key), Arc::clone(&entry));
+        }
+        entry
+    }
+
+    pub(crate) fn remove_hash(&self, hash: u64) {
+        self.entries.invalidate(&hash);
+    }
+
+    pub(crate) fn remove(&self, key: &str) {
+        self.remove_hash(key_hash(key));
+    }
+
+    pub(crate) fn remove_namespace(&self, namespace: &str) {
+        let namespace: Box<str> = namespace.into();
+        // Only fails when closures were not enabled at build time, and they are.
+        let _ = self.entries.invalidate_entries_if(move |_, entry| entry.namespace() == &*namespace);
+    }
+
+    pub(crate) fn clear(&self) {
+        self.entries.invalidate_all();
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.entries.run_pending_tasks();
+        self.entries.entry_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hashes_are_pinned() {
+        // Notifications carry these between processes and builds: they must never change.
+        assert_eq!(key_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(key_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(key_hash("retrieval:abc"), key_hash("retrieval:abc"));
+    }
+
+    #[test]
+    fn never_serves_past_the_deadline_or_another_key() {
+        let tier = LocalTier::new(100, Duration::from_secs(60), true);
+        tier.put("ns:a", "1".into(), Some(Duration::from_millis(30)), None);
+        assert!(tier.get("ns:a").is_some());
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(tier.get("ns:a").is_none(), "the PostgreSQL expiry bounds the entry");
+        tier.put("ns:b", "2".into(), None, Some(Duration::from_millis(20)));
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(tier.get("ns:b").is_none(), "the function's max age bounds the entry");
+        tier.put("ns:c", "3".into(), None, None);
+        assert!(tier.get("ns:c").is_some());
+        tier.remove_namespace("ns");
+        assert!(tier.get("ns:c").is_none());
+    }
+
+    #[test]
+    fn typed_values_are_cloned_out() {
+        let tier = LocalTier::new(100, Duration::from_secs(60), true);
+        let entry = tier.put("ns:t", "[1,2]".into(), None, None);
+        assert_eq!(entry.typed::<Vec<u8>>(), None);
+        entry.set_typed(vec![1u8, 2]);
+        assert_eq!(tier.get("ns:t").and_then(|e| e.typed::<Vec<u8>>()), Some(vec![1, 2]));
+        assert_eq!(tier.get("ns:t").and_then(|e| e.typed::<String>()), None, "another type is not served");
+    }
+}
