@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests.
 
+pub mod memo;
+
 use cache_runtime::PgCache;
 use sqlx::PgPool;
 use std::time::Duration;
