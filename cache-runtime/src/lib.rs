@@ -28,15 +28,67 @@
 //! # The store
 //! [`PgCache`] is the store: `set`, `get`, `delete`, namespace purges, expiry sweeps, a row limit, stats and
 //! a health check, each bounded by a timeout. Keys come from [`cache_key!`], which fingerprints its arguments
-//! with SHA-256 over a canonical encoding. See each item's docs for the behaviour you can rely on.
+//! with SHA-256 over a canonical encoding: stable across processes, builds and platforms, blind to `HashMap`
+//! order, and length-prefixed so `("ab", "c")` and `("a", "bc")` differ. See each item's docs for the
+//! behaviour you can rely on.
+//!
+//! The table is `cache_entries (cache_key VARCHAR(500) PRIMARY KEY, data JSONB NOT NULL, created_at, expires_at)`,
+//! created by [`PgCache::migrate`] or by `psql -f migrations/*.sql`. Values are plain JSONB, so they can be read
+//! and queried with SQL.
+//!
+//! # Concurrent misses: single-flight
+//! When many callers miss the same key at once, `#[pg_cached]` runs the function once and shares the result:
+//!
+//! - `single_flight = "process"` (the default): callers in one process share one computation. It costs
+//!   nothing on a hit and nothing extra on a miss.
+//! - `single_flight = "cluster"`: callers in every process share one computation. The first process to miss
+//!   takes a *lease*, a row in `cache_leases` with an owner and a deadline; the others wait for the value,
+//!   woken by a notification when the leader is done and polling as a fallback. No connection is held while
+//!   the body runs and no advisory lock can leak. A leader that crashes, is cancelled or overruns blocks
+//!   nobody past its lease ([`PgCacheBuilder::lease_duration`], 30 s by default); then one waiting process
+//!   takes over. A miss costs two more short statements (take and release the lease), which is why it is not
+//!   the default: use it where a computation is expensive, such as a paid LLM call.
+//! - `single_flight = "off"`: every caller that misses computes.
+//!
+//! Errors are not shared: when the leader's outcome is not stored (an `Err`, a `None`), each waiting caller
+//! runs the function itself.
+//!
+//! # Stale-while-revalidate
+//! With `stale = "10m"`, for up to ten minutes after an entry expires, callers get the expired value at once
+//! while one caller refreshes it (one per process, or one across processes with cluster single-flight).
+//! The refreshing caller runs the function in its own call and gets the new value: the function's future
+//! borrows its arguments, so it cannot be moved to a background task. If the refresh fails (an `Err` or a
+//! `None`), the stale value is served instead and stays until the window closes.
+//!
+//! # No stale sets
+//! [`PgCache::delete`], [`PgCache::delete_namespace`] and the generated `{fn}_invalidate` companions record
+//! when they ran. A memoized result is only written if its computation started after the last invalidation
+//! of its key and of its namespace (compared on the database's clock), so a slow computation that began
+//! before an invalidation can never put its outdated value back.
+//!
+//! # The in-process tier
+//! A PostgreSQL hit costs a network round trip. For hot keys, an in-process tier (L1) answers from memory:
+//! turn it on for every key with [`PgCacheBuilder::local_tier`], or per function with `local = "30s"`.
+//!
+//! **Coherence guarantee.** Every write, delete, namespace purge and `{fn}_invalidate` sends a notification
+//! (LISTEN/NOTIFY on `pg_cached_events`) and every process drops the key or namespace from its tier,
+//! normally within milliseconds. Notifications can be lost while a process's listener is disconnected, so
+//! after every reconnect the process clears its whole tier. Whatever happens, an L1 entry is never served
+//! after its PostgreSQL expiry, nor longer than the tier's max age after it was stored: the max age is the
+//! bound on how stale a value can be when a notification is lost. Choose it as the staleness you can accept.
 //!
 //! # Failure model
-//! - Bad input (a NUL character, a NaN, an oversized value, an over-long key) is a typed [`CacheError`]
-//!   before any I/O; it never panics and never stores something that would come back different.
+//! - Bad input (a NUL character, a NaN, an infinity, a -0.0, an oversized value, an over-long key) is a typed
+//!   [`CacheError`] before any I/O; it never panics and never stores something that would come back
+//!   different.
 //! - A database that is down or slow is a [`CacheError::Timeout`] or [`CacheError::Database`] within the
-//!   operation timeout.
+//!   operation timeout (250 ms by default, waiting for a connection included).
 //! - A memoized function never sees any of this: it runs uncached, and the failure is logged with `tracing`
-//!   and counted in [`PgCache::stats`].
+//!   (with the namespace) and counted in [`PgCache::stats`].
+//!
+//! # The process-wide instance
+//! Memoized functions without a `cache = ...` option use [`global()`]: the cache given to [`set_global`], or
+//! one built lazily from the environment (`DATABASE_URL`, `CACHE_DEFAULT_TTL_MINUTES`, `CACHE_MAX_ENTRIES`).
 
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
