@@ -1,3 +1,234 @@
+//! The `#[pg_cached]` attribute of `cache-runtime`.
+//!
+//! Do not depend on this crate directly: depend on `cache-runtime` and write
+//! `use cache_runtime::pg_cached;`. The code this macro generates names `::cache_runtime::__private`, which
+//! is not a stable API.
+
+mod attr;
+mod duration;
+mod expand;
+
 use proc_macro::TokenStream;
+
+/// Memoizes an `async fn` in PostgreSQL.
+///
+/// ```ignore
+/// use cache_runtime::pg_cached;
+///
+/// #[pg_cached(namespace = "retrieval", ttl = "30m")]
+/// async fn retrieve(query: &str, max_results: usize) -> Result<Vec<Doc>, MyError> {
+///     // ... an expensive search ...
+/// }
+///
+/// impl Orchestrator {
+///     #[pg_cached(namespace = "answer", ttl = "2h", version = 2, skip(trace_id), cache = self.cache)]
+///     async fn answer(&self, query: &str, model: &str, trace_id: Uuid) -> Answer {
+///         // ... a paid model call ...
+///     }
+/// }
+/// ```
+///
+/// A call computes a key from the arguments and looks it up in the cache. On a hit it returns the stored
+/// value without running the body; on a miss it runs the body, stores the result, and returns it. The
+/// function keeps its exact signature, so callers do not change.
+///
+/// # Options
+///
+/// All are optional. Values are literals, checked when the crate compiles; a malformed value is reported
+/// at the value.
+///
+/// | Option | Value | Default |
+/// |---|---|---|
+/// | `namespace = "..."` | 1 to 64 ASCII letters, digits, `_`, `-` or `.` (no `:`). The first part of every key; use it to list or drop a function's entries in SQL. | the function's name |
+/// | `ttl = "..."` | how long an entry lives: a [duration](#durations), or `"never"` | the cache's default TTL |
+/// | `version = N` | a `u32` literal. Bump it when the result's meaning or shape changes: entries written under another version are never read again (they expire by their TTL). | `0` |
+/// | `skip(a, b, ...)` | names of arguments left out of the key (see [The key](#the-key)) | none |
+/// | `cache = <expr>` | which cache to use, an expression evaluated on each call in the function's scope, e.g. `cache = self.cache` or `cache = crate::cache()`. It may be a `PgCache`, `&PgCache`, `Arc<PgCache>`, `Option<PgCache>`, `&Option<PgCache>` or `Option<&PgCache>` (`None`: no caching for this call). | the process-wide cache |
+/// | `cache_none = true` | for a function returning `Option`: cache `None` as well as `Some` | `false` |
+/// | `single_flight = "..."` | `"off"`, `"process"` or `"cluster"`; see [Concurrent calls](#concurrent-calls-on-the-same-key) | `"process"` |
+/// | `stale = "..."` | a [duration](#durations): stale-while-revalidate window; see [Expiry](#expiry-stale-and-local) | none |
+/// | `local = "..."` | a [duration](#durations): also keep entries in this process's memory for up to this long; see [Expiry](#expiry-stale-and-local) | no in-process tier |
+/// | `companions = false` | do not generate the [companion functions](#companion-functions); **required on a method of a trait impl** | `true` |
+///
+/// An option given twice, or an unknown option, is an error at that option. All errors in one attribute
+/// are reported together.
+///
+/// ## Durations
+///
+/// Whole numbers with the units `d` (days), `h` (hours), `m` (minutes) and `s` (seconds), largest unit first,
+/// each unit at most once, no spaces: `"45s"`, `"30m"`, `"2h"`, `"1d"`, `"1h30m"`, `"1d12h"`. The total
+/// must be more than zero and at most 10,000 years. `ttl` also accepts `"never"`: the entry does not expire
+/// (it is still replaced by `{fn}_refresh` and removed by `{fn}_invalidate`). Rejected, with the reason:
+/// `"30 minutes"`, `"1.5h"`, `"0s"`, `"-1m"`, `"5x"`, `"30m1h"` (units out of order), `"1h2h"` (unit twice),
+/// `""`.
+///
+/// # What is cached
+///
+/// The return type decides, by its type rather than its spelling (so `std::io::Result<T>` and other aliases
+/// of `Result` count as `Result`):
+///
+/// - `Result<T, E>`: only `Ok` values are stored. An `Err` is returned to the caller and not cached, so the
+///   next call runs the function again. `E` needs no trait.
+/// - `Option<T>`: only `Some` values are stored, unless `cache_none = true`, which stores `None` too.
+///   `cache_none = true` on a function that does not return an `Option` is a compile error at `cache_none`.
+/// - any other type: every value is stored.
+///
+/// The stored value (`T` for `Result<T, E>` and `Option<T>`, otherwise the whole return type) must implement
+/// `serde::Serialize` and `serde::de::DeserializeOwned`; if it does not, the error points at the return
+/// type. It is stored as JSON (`jsonb`), so you can read it in SQL. A value that JSON cannot hold exactly
+/// (a NaN or infinite float, for instance) is not stored, and the caller still gets it: `Some(f64::NAN)` is
+/// never turned into `None`. An `impl Trait` return type is rejected: a stored value is read back as a
+/// concrete type.
+///
+/// # The key
+///
+/// A key is `"<namespace>:"` followed by 64 hex digits, a hash of:
+///
+/// - the namespace and the function's path (`module_path!()` and its name), and the `version`;
+/// - for a method with a receiver, the `Self` type (`std::any::type_name::<Self>()`); so are two `impl`
+///   blocks in one module with a method of the same name kept apart, and so are `Wrapper<A>` and
+///   `Wrapper<B>`;
+/// - the concrete type of each generic type parameter, and the value of each const generic parameter,
+///   so that `f::<u32>` and `f::<String>` never share an entry;
+/// - the concrete type of each `impl Trait` argument;
+/// - every argument that is not in `skip(...)`, in order, serialized with serde. An argument with a
+///   pattern, such as `(a, b): (u32, u32)` or `Point { x, y }: Point`, contributes each name it binds, in
+///   order; `skip` may name any of them. A `_` binds nothing, so the body cannot see it and it is not part of
+///   the key.
+///
+/// **`self` is not part of the key.** Two different values calling the same method with the same arguments
+/// share one entry. If the result depends on something in `self` (a tenant, a user, a setting), pass it as
+/// an argument, or give each its own namespace or cache. In the same way, a skipped argument must not
+/// change the result: a skipped tenant id would serve one tenant's answer to another.
+///
+/// Each argument not skipped must implement `serde::Serialize`; otherwise the error points at that
+/// argument and suggests `skip`. Serialization is stable: a `HashMap` argument gives the same key whatever
+/// its iteration order.
+///
+/// Renaming the function or moving it to another module changes its keys: the old entries are no longer
+/// read, and expire by their TTL. Type names come from `std::any::type_name`, which a new compiler version
+/// may spell differently: after a toolchain upgrade, generic functions and methods may recompute their
+/// entries once.
+///
+/// The function's identity is its module path and name, so two functions of one module with the same name
+/// share keys when nothing else tells them apart. That happens in two cases, both of which need their own
+/// `namespace`: functions declared inside the bodies of two other functions, and associated functions
+/// *without* a receiver in two `impl` blocks (`Self` is part of the key for methods with a receiver, and for
+/// associated functions only when their signature mentions `Self`).
+///
+/// # Expiry, `stale` and `local`
+///
+/// An entry is served until its `ttl` has passed (by the database's clock); after that the next call runs the
+/// body again. Without `ttl`, the TTL configured on the cache applies.
+///
+/// With `stale = "..."`, for that long after an entry expired, one caller refreshes it (runs the body and
+/// stores the result) while callers arriving meanwhile get the expired value at once instead of waiting.
+/// If the refresh gives nothing that is cached (an `Err`, a `None`), the expired value is returned instead.
+///
+/// With `local = "..."`, entries are also kept in this process's memory for up to that long (never past their
+/// `ttl`), so a hit costs no round trip. Invalidations made through the cache reach every process's in-memory
+/// tier; a change made to the table by hand is seen after at most that long. Hits hand out clones, so the
+/// return type must also be `Clone + Send + Sync + 'static` (a compile error at the `local` value otherwise).
+///
+/// # Failures
+///
+/// The cache never changes what the function returns. If the database cannot be reached or is slow, if a
+/// key cannot be built, if a stored value cannot be read back as the return type (for instance after its
+/// shape changed), or if the result cannot be stored, the body runs and its result is returned; the
+/// problem is logged with `tracing`. The worst case is a call that costs what it would cost without the
+/// cache, plus the cache's timeout.
+///
+/// # Concurrent calls on the same key
+///
+/// With the default `single_flight = "process"`, concurrent calls in one process that miss on the same key
+/// run the body once: the first call runs it, the others wait and receive the same result (a `Result` or
+/// `Option` that is not cached, such as an `Err`, is not shared: each waiter then runs the body itself).
+/// If the running call is cancelled (its future dropped), a waiter takes over; nobody waits forever.
+/// `single_flight = "cluster"` extends this to every process sharing the database, through a lease row in
+/// PostgreSQL (a holder that crashes or is cancelled blocks nobody beyond its lease). `single_flight = "off"`
+/// lets every miss run the body.
+///
+/// # Methods and trait impls
+///
+/// The attribute works on free functions, inherent methods and trait-impl methods (native `async fn` in
+/// traits), with any visibility, attributes and doc comments, generics, lifetimes, where-clauses, argument
+/// patterns and `impl Trait` arguments. Receivers may be `&self`, `&mut self`, or a typed receiver such as
+/// `self: Arc<Self>`; `self` by value is rejected, because `self` is not part of the key and a method that
+/// consumes `self` usually computes its result from it.
+///
+/// The returned future is `Send` whenever the original one would be, so a memoized call can be spawned on a
+/// multi-threaded runtime.
+///
+/// On a method of a **trait impl**, write `companions = false`: a trait impl cannot contain methods that
+/// the trait does not declare, so the companions below cannot be generated there (the compiler would say
+/// "method `..._cache_key` is not a member of trait").
+///
+/// An associated function with neither a receiver nor `Self` in its signature looks like a free function
+/// to the attribute, whose companion `f_refresh` then calls `f` by its bare name; in an `impl` block that is
+/// an error ("cannot find function `f` in this scope"). Write `companions = false` there too (and give it a
+/// namespace of its own, see [The key](#the-key)), or mention `Self` in the signature.
+///
+/// # Companion functions
+///
+/// Next to `f`, with the same visibility, generics and where-clause, the attribute generates:
+///
+/// | Companion | Arguments | Does |
+/// |---|---|---|
+/// | `fn f_cache_key(..) -> Result<String, CacheError>` | the key arguments | returns the key `f` uses for these arguments: the `cache_key` column of its row |
+/// | `async fn f_invalidate(..) -> Result<bool, CacheError>` | the key arguments | deletes that entry; `Ok(true)` if there was one |
+/// | `async fn f_refresh(..) -> R` | all of `f`'s arguments | runs `f`'s body now without looking up the entry, stores the result over the entry (if `f` would cache it: an `Err` leaves the entry as it was), and returns it |
+///
+/// The *key arguments* are `f`'s arguments without the skipped ones (an argument with a pattern stays if it
+/// binds at least one name that is not skipped), with the same patterns and types; `f_invalidate` also
+/// takes the skipped arguments that the `cache = <expr>` expression uses. For a method, `f_cache_key` and
+/// `f_invalidate` take `&self` (also when `f` takes `&mut self` or `self: Arc<Self>`: they only read the
+/// cache), and `f_refresh` takes the same receiver as `f`. A generic parameter that only skipped arguments
+/// use cannot be inferred by `f_cache_key`; name it with a turbofish. The companions carry the function's
+/// `#[cfg(...)]` attributes, and no warning is given for a companion that is never used.
+///
+/// ```ignore
+/// impl Orchestrator {
+///     #[pg_cached(namespace = "answer", ttl = "2h", skip(trace_id), cache = self.cache)]
+///     async fn answer(&self, query: &str, model: &str, trace_id: Uuid) -> Answer { /* ... */ }
+/// }
+///
+/// let key: String = orchestrator.answer_cache_key("what is a b-tree?", "large")?;
+/// let existed: bool = orchestrator.answer_invalidate("what is a b-tree?", "large").await?;
+/// let fresh: Answer = orchestrator.answer_refresh("what is a b-tree?", "large", trace_id).await;
+/// ```
+///
+/// # Compile-time errors
+///
+/// Reported at the offending tokens: a function that is not `async`, a `const fn`, `self` by value,
+/// variadic arguments, an `impl Trait` return type, the attribute on anything but a function, an invalid
+/// namespace or duration, `version` out of `u32` range, `skip` naming something that is not an argument,
+/// `cache_none = true` on a function that does not return `Option`, an argument or return type that cannot
+/// be serialized, and an option that is unknown, given twice, or not a literal where a literal is required.
+///
+/// # What it expands to
+///
+/// The body becomes, in outline:
+///
+/// ```ignore
+/// static __PG_CACHED_SITE: Site = Site::new("answer", concat!(module_path!(), "::", "answer"), 0).ttl(/* 2h */);
+/// let __pg_cached_key = /* KeyBuilder fed with Self, generics and the key arguments */;
+/// let __pg_cached_cache = /* the `cache` expression, or the process-wide cache */;
+/// memoize(&__PG_CACHED_SITE, __pg_cached_cache, __pg_cached_key, /* policy from the return type */,
+///         async move { /* the original body */ }).await
+/// ```
+///
+/// Generated names start with `__pg_cached_` (`__PG_CACHED_` for the static), so they cannot clash with
+/// names in the body. The generated code calls `::cache_runtime::__private`, so the crate must be a
+/// dependency under the name `cache_runtime`.
 #[proc_macro_attribute]
-pub fn pg_cached(_a: TokenStream, i: TokenStream) -> TokenStream { i }
+pub fn pg_cached(args: TokenStream, item: TokenStream) -> TokenStream {
+    let original = proc_macro2::TokenStream::from(item.clone());
+    expand::expand(args.into(), item.into())
+        .unwrap_or_else(|error| {
+            // The item unchanged next to the errors, so that its callers do not add errors of their own.
+            let mut tokens = error.into_compile_error();
+            tokens.extend(original);
+            tokens
+        })
+        .into()
+}

@@ -67,7 +67,8 @@ impl Drop for Lease {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (cache, key, owner) = (self.cache.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.owner));
+            let (cache, key, owner) =
+                (self.cache.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.owner));
             runtime.spawn(async move { release(&cache, &key, &owner).await });
         }
     }

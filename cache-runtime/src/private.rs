@@ -319,7 +319,13 @@ pub async fn invalidate(
 ///
 /// Whatever happens to the cache (unreachable, timed out, a value it cannot hold, a stored value of the wrong
 /// shape), the caller gets what `body` returns; the failure is logged and counted.
-pub async fn memoize<R, P, F>(site: &'static Site, cache: CacheRef, key: Result<String, CacheError>, policy: P, body: F) -> R
+pub async fn memoize<R, P, F>(
+    site: &'static Site,
+    cache: CacheRef,
+    key: Result<String, CacheError>,
+    policy: P,
+    body: F,
+) -> R
 where
     P: Policy<R>,
     F: Future<Output = R>,
@@ -569,7 +575,11 @@ impl<P> Call<'_, P> {
             }
             None => {
                 self.record(Event::StaleServed);
-                tracing::warn!(namespace = self.site.namespace, key = self.key, "refresh gave nothing storable; serving the stale value");
+                tracing::warn!(
+                    namespace = self.site.namespace,
+                    key = self.key,
+                    "refresh gave nothing storable; serving the stale value"
+                );
                 stale
             }
         }

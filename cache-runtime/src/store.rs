@@ -611,7 +611,8 @@ impl PgCache {
     /// Sends one event to every process (best effort: a lost notification is bounded by the tier's max age).
     async fn notify(&self, payload: &str) {
         let query = sqlx::query(sql::NOTIFY).bind(payload);
-        if let Err(error) = self.bounded("notify", self.inner.config.op_timeout, query.execute(&self.inner.pool)).await {
+        if let Err(error) = self.bounded("notify", self.inner.config.op_timeout, query.execute(&self.inner.pool)).await
+        {
             tracing::warn!(%error, "could not notify other processes; their in-process tiers expire by max age");
         }
     }
@@ -636,8 +637,9 @@ impl PgCache {
     pub(crate) async fn lookup(&self, key: &str, stale_window: Option<Duration>) -> Result<Lookup> {
         check_key(key)?;
         let window_ms = Ttl::millis(stale_window).unwrap_or(0);
-        let query =
-            sqlx::query_as::<_, (Option<String>, Option<i64>, Option<bool>, i64)>(sql::LOOKUP).bind(key).bind(window_ms);
+        let query = sqlx::query_as::<_, (Option<String>, Option<i64>, Option<bool>, i64)>(sql::LOOKUP)
+            .bind(key)
+            .bind(window_ms);
         let result = self.bounded("get", self.inner.config.op_timeout, query.fetch_one(&self.inner.pool)).await;
         self.note_failure(key, "get", &result);
         let (json, remaining_ms, fresh, db_now_us) = result?;

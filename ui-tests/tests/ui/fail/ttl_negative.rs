@@ -1,0 +1,8 @@
+use cache_runtime::pg_cached;
+
+#[pg_cached(ttl = "-1m")]
+async fn lookup(id: u32) -> u32 {
+    id
+}
+
+fn main() {}
