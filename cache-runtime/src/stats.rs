@@ -131,7 +131,7 @@ impl ProcessCounts {
         (total > 0).then(|| served as f64 / total as f64)
     }
 
-    fn add(&mut self, other: &ProcessCounts) {
+    pub(crate) fn add(&mut self, other: &ProcessCounts) {
         self.hits += other.hits;
         self.misses += other.misses;
         self.errors += other.errors;

@@ -840,14 +840,7 @@ impl PgCache {
     pub fn process_stats(&self) -> crate::ProcessCounts {
         let mut all = crate::ProcessCounts::default();
         for counts in self.inner.counters.snapshot().values() {
-            all.hits += counts.hits;
-            all.misses += counts.misses;
-            all.errors += counts.errors;
-            all.coalesced += counts.coalesced;
-            all.executions += counts.executions;
-            all.stale_served += counts.stale_served;
-            all.local_hits += counts.local_hits;
-            all.local_misses += counts.local_misses;
+            all.add(counts);
         }
         all
     }
