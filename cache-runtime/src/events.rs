@@ -14,7 +14,7 @@
 //! than the tier's max age after it was invalidated.
 
 use crate::local::{key_hash, LocalTier};
-use sqlx::postgres::{PgListener, PgPool};
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
@@ -132,6 +132,12 @@ fn apply(events: &Events, local: Option<&LocalTier>, payload: &str) {
 }
 
 async fn listen(events: Weak<Events>, pool: PgPool, local: Weak<OnceLock<LocalTier>>) {
+    // The listener holds its connection for good: give it a pool of its own on the same server, so it never
+    // takes a connection from the caller's pool (a pool of one would otherwise starve every cache operation).
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with((*pool.connect_options()).clone());
     let clear_local = |local: &Weak<OnceLock<LocalTier>>| {
         if let Some(tier) = local.upgrade().as_deref().and_then(OnceLock::get) {
             tier.clear();

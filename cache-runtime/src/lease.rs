@@ -14,10 +14,12 @@ use crate::error::Result;
 use crate::store::PgCache;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+// A cache may also take over a lease of its own (owner prefix $4) that it failed to release: in-process
+// single-flight already allows one leader per key, and a release only deletes its own owner's row.
 const ACQUIRE: &str = "INSERT INTO cache_leases (cache_key, owner, deadline) \
      VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond') \
      ON CONFLICT (cache_key) DO UPDATE SET owner = EXCLUDED.owner, deadline = EXCLUDED.deadline \
-     WHERE cache_leases.deadline <= now() RETURNING 1";
+     WHERE cache_leases.deadline <= now() OR starts_with(cache_leases.owner, $4) RETURNING 1";
 
 const RELEASE: &str = "WITH gone AS (DELETE FROM cache_leases WHERE cache_key = $1 AND owner = $2 RETURNING 1) \
      SELECT (SELECT count(*) FROM gone), (SELECT 1 FROM (SELECT pg_notify('pg_cached_events', $3)) AS n)";
@@ -35,41 +37,91 @@ pub(crate) struct Lease {
 
 impl PgCache {
     /// Takes the lease on `key` if nobody holds a live one.
+    ///
+    /// Cancellation-safe: the statement runs in a task of its own, so if this future is dropped after the row
+    /// was written, the task still receives the lease and, finding nobody to hand it to, releases it.
     pub(crate) async fn try_lease(&self, key: &str) -> Result<Option<Lease>> {
-        let owner = format!("{:016x}-{}", self.inner.events.sender, NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
+        let (handover, received) = tokio::sync::oneshot::channel();
+        let (cache, key) = (self.clone(), key.to_owned());
+        tokio::spawn(async move {
+            // A send to a dropped receiver gives the lease back, and dropping it releases it.
+            let _ = handover.send(cache.acquire(key).await);
+        });
+        received.await.unwrap_or_else(|_| Err(crate::CacheError::Config("the lease task ended early".into())))
+    }
+
+    async fn acquire(&self, key: String) -> Result<Option<Lease>> {
+        let prefix = format!("{:016x}-", self.inner.events.sender);
+        let owner = format!("{prefix}{}", NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
         let lease_ms = i64::try_from(self.config().lease.as_millis()).unwrap_or(i64::MAX);
-        let query = sqlx::query_scalar::<_, i32>(ACQUIRE).bind(key).bind(&owner).bind(lease_ms);
-        let taken = self.bounded("lease", self.config().op_timeout, query.fetch_optional(self.pool())).await?;
-        Ok(taken.map(|_| Lease { cache: self.clone(), key: key.to_owned(), owner, released: false }))
+        let query = sqlx::query_scalar::<_, i32>(ACQUIRE).bind(&key).bind(&owner).bind(lease_ms).bind(&prefix);
+        match self.bounded("lease", self.config().op_timeout, query.fetch_optional(self.pool())).await {
+            Ok(taken) => Ok(taken.map(|_| Lease { cache: self.clone(), key, owner, released: false })),
+            Err(error) => {
+                // A timeout may strike after the server took the lease: delete it by its (unique) owner, so
+                // nobody waits for a lease that no caller knows it holds.
+                let _ = spawn_release(self, key, owner);
+                Err(error)
+            }
+        }
     }
 }
 
 impl Lease {
-    /// Gives the lease up and tells waiting processes the key is done.
+    /// Gives the lease up and tells waiting processes the key is done. The release runs in a task of its own
+    /// that this call waits for: a cancelled caller leaves the task to finish, so the row never stays behind.
     pub(crate) async fn release(mut self) {
         self.released = true;
-        release(&self.cache, &self.key, &self.owner).await;
+        if let Some(task) = spawn_release(&self.cache, std::mem::take(&mut self.key), std::mem::take(&mut self.owner)) {
+            let _ = task.await;
+        }
     }
 }
 
+fn spawn_release(cache: &PgCache, key: String, owner: String) -> Option<tokio::task::JoinHandle<()>> {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    let cache = cache.clone();
+    Some(runtime.spawn(async move { release(&cache, &key, &owner).await }))
+}
+
+/// Deletes the lease row and wakes the waiting processes. A failure (server restarting, pool exhausted) is
+/// retried in the background for as long as the lease would last anyway.
 async fn release(cache: &PgCache, key: &str, owner: &str) {
+    if try_release(cache, key, owner).await {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+    let (cache, key, owner) = (cache.clone(), key.to_owned(), owner.to_owned());
+    runtime.spawn(async move {
+        let give_up = tokio::time::Instant::now() + cache.config().lease;
+        let mut pause = std::time::Duration::from_millis(50);
+        while tokio::time::Instant::now() < give_up {
+            tokio::time::sleep(pause).await;
+            if try_release(&cache, &key, &owner).await {
+                return;
+            }
+            pause = (pause * 2).min(std::time::Duration::from_secs(1));
+        }
+        tracing::warn!(key, "could not release a single-flight lease; it lapses at its deadline");
+    });
+}
+
+async fn try_release(cache: &PgCache, key: &str, owner: &str) -> bool {
     let payload = cache.inner.events.done_payload(key);
     let query = sqlx::query_as::<_, (i64, Option<i32>)>(RELEASE).bind(key).bind(owner).bind(payload);
-    if let Err(error) = cache.bounded("lease", cache.config().op_timeout, query.fetch_one(cache.pool())).await {
-        // The lease still ends at its deadline.
-        tracing::warn!(key, %error, "could not release a single-flight lease; it lapses at its deadline");
+    match cache.bounded("lease", cache.config().op_timeout, query.fetch_one(cache.pool())).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::debug!(key, %error, "releasing a single-flight lease failed; retrying");
+            false
+        }
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (cache, key, owner) =
-                (self.cache.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.owner));
-            runtime.spawn(async move { release(&cache, &key, &owner).await });
+        if !self.released {
+            let _ = spawn_release(&self.cache, std::mem::take(&mut self.key), std::mem::take(&mut self.owner));
         }
     }
 }

@@ -679,16 +679,18 @@ impl<P> Call<'_, P> {
                     }
                     let Some(body) = body.take() else { return (Shared::Unshareable, self.unreachable_work()) };
                     let outcome = run(self.cache, self.site, body).await;
-                    let json = started_us.and_then(|_| self.encode(&outcome));
+                    // Encoded even when the store is down (`started_us` is `None`): followers still get the
+                    // outcome instead of each paying another timeout and running the body themselves.
+                    let json = self.encode(&outcome);
                     return match (json, started_us) {
                         (Some(json), Some(started_us)) => {
                             (Shared::Json(Arc::clone(&json)), LeaderWork::Write(outcome, json, started_us, lease))
                         }
-                        _ => {
+                        (json, _) => {
                             if let Some(lease) = lease {
                                 lease.release().await;
                             }
-                            (Shared::Unshareable, LeaderWork::Done(outcome))
+                            (json.map_or(Shared::Unshareable, Shared::Json), LeaderWork::Done(outcome))
                         }
                     };
                 }

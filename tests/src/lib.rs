@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 pub mod memo;
+pub mod pg_cluster;
 
 use cache_runtime::PgCache;
 use sqlx::PgPool;
