@@ -96,10 +96,11 @@ async fn ttl_bounds_are_checked(pool: PgPool) -> TestResult {
     assert!(matches!(cache.set("t:huge", &1, huge).await, Err(CacheError::InvalidTtl(_))));
     let never_default = PgCache::builder().pool(cache.pool().clone()).default_ttl(Ttl::Never).build().await?;
     never_default.set("t:perm", &1, None).await?;
-    let expires: Option<f64> =
-        sqlx::query_scalar("SELECT extract(epoch FROM expires_at)::float8 FROM cache_entries WHERE cache_key = 't:perm'")
-            .fetch_one(cache.pool())
-            .await?;
+    let expires: Option<f64> = sqlx::query_scalar(
+        "SELECT extract(epoch FROM expires_at)::float8 FROM cache_entries WHERE cache_key = 't:perm'",
+    )
+    .fetch_one(cache.pool())
+    .await?;
     assert_eq!(expires, None);
     Ok(())
 }
@@ -123,7 +124,8 @@ async fn clear_expired_works_in_batches(pool: PgPool) -> TestResult {
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
 async fn one_sweep_enforces_max_entries(pool: PgPool) -> TestResult {
     let max = 500u64;
-    let cache = PgCache::builder().pool(pool.clone()).max_entries(max).batch_size(200).sweep_interval(None).build().await?;
+    let cache =
+        PgCache::builder().pool(pool.clone()).max_entries(max).batch_size(200).sweep_interval(None).build().await?;
     // A few permanent entries, which are evicted last.
     for i in 0..10 {
         cache.set(&format!("perm:{i}"), &i, Ttl::Never).await?;
@@ -398,7 +400,12 @@ async fn a_silent_server_gives_timeouts_not_hangs() -> TestResult {
 
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
 async fn a_locked_table_gives_a_timeout(pool: PgPool) -> TestResult {
-    let cache = PgCache::builder().pool(pool.clone()).op_timeout(Duration::from_millis(150)).sweep_interval(None).build().await?;
+    let cache = PgCache::builder()
+        .pool(pool.clone())
+        .op_timeout(Duration::from_millis(150))
+        .sweep_interval(None)
+        .build()
+        .await?;
     cache.set("lock:1", &1, None).await?;
     let mut locker = pool.begin().await?;
     sqlx::query("LOCK TABLE cache_entries IN ACCESS EXCLUSIVE MODE").execute(&mut *locker).await?;
@@ -474,5 +481,28 @@ async fn clones_share_one_store_and_counters(pool: PgPool) -> TestResult {
     clone.set("c:1", &1, None).await?;
     assert_eq!(cache.get::<i32>("c:1").await?, Some(1));
     assert_eq!(clone.process_stats().hits, 1);
+    Ok(())
+}
+
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+async fn the_background_sweeper_expires_and_evicts(pool: PgPool) -> TestResult {
+    let cache = PgCache::builder()
+        .pool(pool.clone())
+        .max_entries(50)
+        .sweep_interval(Some(Duration::from_millis(200)))
+        .build()
+        .await?;
+    for i in 0..150 {
+        cache.set(&format!("sw:{i}"), &i, Duration::from_secs(3600 + i)).await?;
+    }
+    cache.set("sw:gone", &1, Duration::from_millis(10)).await?;
+    let started = Instant::now();
+    while row_count(&pool).await > 50 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the sweeper never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cache.get::<i32>("sw:gone").await?, None);
+    assert_eq!(cache.get::<u64>("sw:149").await?, Some(149), "the latest-expiring entries stay");
+    drop(cache);
     Ok(())
 }
