@@ -36,15 +36,17 @@ async fn runs(pool: &PgPool) -> Vec<String> {
 }
 
 async fn setup(pool: &PgPool) {
-    sqlx::query("CREATE TABLE flight_runs (id serial PRIMARY KEY, tag text NOT NULL)").execute(pool).await.expect("table");
+    sqlx::query("CREATE TABLE flight_runs (id serial PRIMARY KEY, tag text NOT NULL)")
+        .execute(pool)
+        .await
+        .expect("table");
 }
 
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
 async fn one_execution_across_processes(pool: PgPool) -> TestResult {
     setup(&pool).await;
     let database = database_name(&pool).await;
-    let workers: Vec<Child> =
-        (0..4).map(|i| worker(&database, &format!("p{i}"), 50, 1500, 10_000)).collect();
+    let workers: Vec<Child> = (0..4).map(|i| worker(&database, &format!("p{i}"), 50, 1500, 10_000)).collect();
     let mut all = Vec::new();
     for child in workers {
         let got = results(child).await;

@@ -20,12 +20,11 @@ async fn settings_come_from_the_environment() -> TestResult {
     cache.migrate().await?;
     let key = format!("envtest:{}", std::process::id());
     cache.set(&key, &1, None).await?;
-    let expires: Option<f64> = sqlx::query_scalar(
-        "SELECT extract(epoch FROM expires_at)::float8 FROM cache_entries WHERE cache_key = $1",
-    )
-    .bind(&key)
-    .fetch_one(cache.pool())
-    .await?;
+    let expires: Option<f64> =
+        sqlx::query_scalar("SELECT extract(epoch FROM expires_at)::float8 FROM cache_entries WHERE cache_key = $1")
+            .bind(&key)
+            .fetch_one(cache.pool())
+            .await?;
     assert_eq!(expires, None, "CACHE_DEFAULT_TTL_MINUTES=0 means entries never expire");
     cache.delete(&key).await?;
 

@@ -1,6 +1,6 @@
 //! The in-process tier and its cross-process coherence, stale-while-revalidate, and stale-set protection.
 
-use cache_runtime::__private::{Site, SingleFlight};
+use cache_runtime::__private::{SingleFlight, Site};
 use cache_runtime::PgCache;
 use integration_tests::memo::{self, second_pool};
 use sqlx::PgPool;
@@ -57,7 +57,8 @@ async fn invalidations_reach_other_processes_tiers(pool: PgPool) -> TestResult {
     // A delete in B.
     assert_eq!(a.get::<String>("doc:1").await?.as_deref(), Some("v2"));
     b.delete("doc:1").await?;
-    let took = within(Duration::from_millis(200), async || a.get::<String>("doc:1").await.ok().flatten().is_none()).await;
+    let took =
+        within(Duration::from_millis(200), async || a.get::<String>("doc:1").await.ok().flatten().is_none()).await;
     assert!(took.is_some(), "A still served a deleted key after 200 ms");
 
     // A namespace purge in B.
@@ -144,8 +145,9 @@ async fn memo_cache(pool: PgPool) -> PgCache {
     PgCache::builder().pool(pool).sweep_interval(None).build().await.expect("no I/O")
 }
 
-static STALE_SITE: Site =
-    Site::new("stale_fn", "tiers::stale_fn", 1).ttl(cache_runtime::Ttl::After(Duration::from_secs(1))).stale(Duration::from_secs(30));
+static STALE_SITE: Site = Site::new("stale_fn", "tiers::stale_fn", 1)
+    .ttl(cache_runtime::Ttl::After(Duration::from_secs(1)))
+    .stale(Duration::from_secs(30));
 
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
 async fn stale_values_are_served_at_once_while_one_refresh_runs(pool: PgPool) -> TestResult {

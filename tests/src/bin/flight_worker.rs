@@ -5,7 +5,7 @@
 //! `single_flight = "cluster"`, and prints `RESULT <value>` per call. The body records each run in the
 //! `flight_runs` table, so the test can count executions across processes.
 
-use cache_runtime::__private::{Site, SingleFlight};
+use cache_runtime::__private::{SingleFlight, Site};
 use cache_runtime::PgCache;
 use integration_tests::memo;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
