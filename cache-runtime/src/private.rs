@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 pub use crate::key::KeyBuilder;
 pub use crate::ttl::Ttl;
@@ -319,35 +321,90 @@ pub async fn invalidate(
 ///
 /// Whatever happens to the cache (unreachable, timed out, a value it cannot hold, a stored value of the wrong
 /// shape), the caller gets what `body` returns; the failure is logged and counted.
-pub async fn memoize<R, P, F>(
+///
+/// A hit in the in-process tier is answered before the returned future is first polled to completion, with no
+/// allocation; every other path runs in one boxed future, so a memoized future stays small whatever its body.
+pub fn memoize<R, P, F>(
     site: &'static Site,
     cache: CacheRef,
     key: Result<String, CacheError>,
     policy: P,
     body: F,
-) -> R
+) -> Memoized<R, impl Future<Output = R>>
 where
     P: Policy<R>,
     F: Future<Output = R>,
 {
-    memoize_with(site, cache, key, &policy, body, JsonOnly).await
+    let cache = cache.resolve();
+    if let Some(value) = local_hit(site, cache.as_ref(), key.as_deref().ok(), &policy, JsonOnly) {
+        return Memoized::ready(value);
+    }
+    Memoized::pending(memoize_slow(site, cache, key, policy, body))
 }
 
 /// [`memoize`] for functions with `local = "..."`: in-process hits hand out clones of the decoded value,
 /// with no JSON parsing.
-pub async fn memoize_local<R, P, F>(
+pub fn memoize_local<R, P, F>(
     site: &'static Site,
     cache: CacheRef,
     key: Result<String, CacheError>,
     policy: P,
     body: F,
-) -> R
+) -> Memoized<R, impl Future<Output = R>>
 where
     R: Clone + Send + Sync + 'static,
     P: Policy<R>,
     F: Future<Output = R>,
 {
-    memoize_with(site, cache, key, &policy, body, Typed).await
+    let cache = cache.resolve();
+    if let Some(value) = local_hit(site, cache.as_ref(), key.as_deref().ok(), &policy, Typed) {
+        return Memoized::ready(value);
+    }
+    Memoized::pending(memoize_slow(site, cache, key, policy, body))
+}
+
+/// The future of a memoized call: a value already found in the in-process tier, or the boxed lookup.
+pub struct Memoized<R, S> {
+    state: MemoizedState<R, S>,
+}
+
+enum MemoizedState<R, S> {
+    Ready(Option<R>),
+    Pending(Pin<Box<S>>),
+}
+
+impl<R, S> Memoized<R, S> {
+    fn ready(value: R) -> Self {
+        Memoized { state: MemoizedState::Ready(Some(value)) }
+    }
+    fn pending(future: S) -> Self {
+        Memoized { state: MemoizedState::Pending(Box::pin(future)) }
+    }
+}
+
+// Nothing is ever pinned in place: the value is moved out, and the pending future lives in a `Box`.
+impl<R, S> Unpin for Memoized<R, S> {}
+
+impl<R, S: Future<Output = R>> Future for Memoized<R, S> {
+    type Output = R;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<R> {
+        match &mut self.get_mut().state {
+            MemoizedState::Ready(value) => {
+                Poll::Ready(value.take().expect("a memoized call polled after it completed"))
+            }
+            MemoizedState::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<R, S> std::fmt::Debug for Memoized<R, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            MemoizedState::Ready(_) => "ready",
+            MemoizedState::Pending(_) => "pending",
+        };
+        f.debug_struct("Memoized").field("state", &state).finish()
+    }
 }
 
 /// How in-process hits become values: by decoding the JSON, or by cloning an already decoded value.
@@ -374,20 +431,51 @@ impl<R: Clone + Send + Sync + 'static> LocalValues<R> for Typed {
     }
 }
 
-async fn memoize_with<R, P, F, L>(
+/// The in-process tier this function uses: its own `local = "..."` one, or the cache's tier for every key.
+fn local_tier<'a>(site: &Site, cache: &'a PgCache) -> Option<&'a LocalTier> {
+    match site.local {
+        Some(max_age) => Some(cache.local_tier_for(max_age)),
+        None => cache.inner.local.get().filter(|tier| tier.for_all_keys),
+    }
+}
+
+/// Answers from the in-process tier, synchronously, when it holds the key.
+fn local_hit<R, P, L>(site: &Site, cache: Option<&PgCache>, key: Option<&str>, policy: &P, values: L) -> Option<R>
+where
+    P: Policy<R>,
+    L: LocalValues<R>,
+{
+    let (cache, key) = (cache?, key?);
+    if refresh_requested(key) {
+        return None;
+    }
+    let tier = local_tier(site, cache)?;
+    let value = tier.get(key).and_then(|entry| {
+        values.take(&entry).or_else(|| {
+            let value = policy.decode(&entry.json).ok()?;
+            values.keep(&entry, &value);
+            Some(value)
+        })
+    });
+    cache.record(site.namespace, if value.is_some() { Event::LocalHit } else { Event::LocalMiss });
+    value
+}
+
+async fn memoize_slow<R, P, F>(
     site: &'static Site,
-    cache: CacheRef,
+    cache: Option<PgCache>,
     key: Result<String, CacheError>,
-    policy: &P,
+    policy: P,
     body: F,
-    values: L,
 ) -> R
 where
     P: Policy<R>,
     F: Future<Output = R>,
-    L: LocalValues<R>,
 {
-    let Some(cache) = cache.resolve() else { return body.await };
+    // The paths below move the body through several nested futures; inline, each would reserve room for
+    // it, and the whole would be many times the body's size.
+    let body = Box::pin(body);
+    let Some(cache) = cache else { return body.await };
     let key = match key {
         Ok(key) => key,
         Err(error) => {
@@ -396,11 +484,7 @@ where
             return run(&cache, site, body).await;
         }
     };
-    let local = match site.local {
-        Some(max_age) => Some(cache.local_tier_for(max_age)),
-        None => cache.inner.local.get().filter(|tier| tier.for_all_keys),
-    };
-    let call = Call { cache: &cache, site, key: &key, policy, local };
+    let call = Call { cache: &cache, site, key: &key, policy: &policy, local: local_tier(site, &cache) };
     if refresh_requested(&key) {
         let outcome = run(&cache, site, body).await;
         if let Some(json) = call.encode(&outcome) {
@@ -409,20 +493,6 @@ where
             }
         }
         return outcome;
-    }
-    if let Some(tier) = local {
-        if let Some(entry) = tier.get(&key) {
-            let value = values.take(&entry).or_else(|| {
-                let value = policy.decode(&entry.json).ok()?;
-                values.keep(&entry, &value);
-                Some(value)
-            });
-            if let Some(value) = value {
-                call.record(Event::LocalHit);
-                return value;
-            }
-        }
-        call.record(Event::LocalMiss);
     }
     match site.single_flight {
         SingleFlight::Off => call.uncoalesced(body).await,
