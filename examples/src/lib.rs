@@ -1,8 +1,11 @@
-//! Components of the retrieval-augmented generation (RAG) demo for
-//! `pg_cached`: a bundled corpus, hybrid BM25 + vector retrieval
-//! ([`retrieval`]) and answer generation behind a trait ([`generate`]).
+//! The retrieval-augmented generation (RAG) demo of `pg_cached`: a bundled
+//! corpus, hybrid BM25 + vector retrieval ([`retrieval`]), answer generation
+//! behind a trait ([`generate`]), the two memoized with `#[pg_cached]`
+//! ([`pipeline`]), and the demo that `scripts/demo` runs ([`demo`]).
 
+pub mod demo;
 pub mod generate;
+pub mod pipeline;
 pub mod retrieval;
 mod text;
 
@@ -10,4 +13,5 @@ pub use generate::{
     generator_from_env, generator_from_lookup, Answer, AnswerGenerator, BoxFuture, GenerateError, LocalGenerator,
     OpenAiCompatibleGenerator, OpenAiConfig,
 };
+pub use pipeline::{CounterSnapshot, Lookup, Orchestrator, PipelineError, Retriever};
 pub use retrieval::{Document, RetrievalEngine, RetrievalError, RetrievalResult, ScoredDocument};

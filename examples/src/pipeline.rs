@@ -1,0 +1,292 @@
+//! The RAG pipeline memoized with `#[pg_cached]`: a [`Retriever`] whose searches are cached in the
+//! `retrieval` namespace, and an [`Orchestrator`] whose answers are cached in the `answer` namespace.
+//!
+//! ```text
+//! Orchestrator::process_query(query)            namespace "answer",    ttl 2h, key (query, model)
+//!   -> Retriever::retrieve(query, 5)             namespace "retrieval", ttl 30m, key (query, max_results)
+//!        -> RetrievalEngine::search_with_latency (BM25 + vector, simulated index latency)
+//!   -> AnswerGenerator::generate(query, documents)  (local stand-in, or an OpenAI-compatible endpoint)
+//! ```
+//!
+//! Both take their cache explicitly (`cache = self.cache`), so two pipelines over two [`PgCache`]s (a
+//! process before and after a restart, or a test's own database) never share in-process state.
+//!
+//! Only `Ok` results are stored: a failed search or a failed generation is returned to the caller and runs
+//! again on the next call. [`CounterSnapshot`] and [`Lookup`] tell, from the cache's own counters, whether a
+//! call was served from the cache or computed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use cache_runtime::{pg_cached, CacheError, PgCache, ProcessCounts};
+
+use crate::generate::{Answer, AnswerGenerator, GenerateError, MAX_CONTEXT_DOCUMENTS};
+use crate::retrieval::{RetrievalEngine, RetrievalError, RetrievalResult};
+
+/// The namespace of [`Retriever::retrieve`]'s entries.
+pub const RETRIEVAL_NAMESPACE: &str = "retrieval";
+
+/// The namespace of [`Orchestrator::process_query`]'s entries.
+pub const ANSWER_NAMESPACE: &str = "answer";
+
+/// How many documents the orchestrator retrieves and hands to the generator.
+pub const CONTEXT_DOCUMENTS: usize = MAX_CONTEXT_DOCUMENTS;
+
+/// Hybrid search over a [`RetrievalEngine`], memoized in PostgreSQL.
+///
+/// The key is the query and `max_results`; the engine is not part of it (`self` never is). A retriever
+/// over another corpus must use another database, or bump the attribute's `version`.
+#[derive(Debug, Clone)]
+pub struct Retriever {
+    engine: Arc<RetrievalEngine>,
+    cache: PgCache,
+}
+
+impl Retriever {
+    /// A retriever searching `engine` and caching in `cache`.
+    pub fn new(engine: Arc<RetrievalEngine>, cache: PgCache) -> Self {
+        Self { engine, cache }
+    }
+
+    /// The engine searched on a miss.
+    pub fn engine(&self) -> &Arc<RetrievalEngine> {
+        &self.engine
+    }
+
+    /// The cache the results are stored in.
+    pub fn cache(&self) -> &PgCache {
+        &self.cache
+    }
+
+    /// The top `max_results` documents for `query`, and how many matched (`total_found`).
+    ///
+    /// A miss runs [`RetrievalEngine::search_with_latency`] (the engine's simulated index latency, then the
+    /// search) and stores the result for 30 minutes; the stored JSONB is
+    /// `{"results": [{"id", "title", "snippet", "score", "bm25", "vector"}, ...], "total_found": n}`.
+    /// Errors (an empty query, `max_results == 0`) are returned and not stored.
+    #[pg_cached(namespace = "retrieval", ttl = "30m", cache = self.cache)]
+    pub async fn retrieve(&self, query: &str, max_results: usize) -> Result<RetrievalResult, RetrievalError> {
+        self.engine.search_with_latency(query, max_results).await
+    }
+}
+
+/// Why [`Orchestrator::process_query`] failed. Never stored in the cache.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The search failed (for instance an empty query).
+    #[error("retrieval failed: {0}")]
+    Retrieval(#[from] RetrievalError),
+    /// The generator failed (for instance the LLM endpoint timed out).
+    #[error("answer generation failed: {0}")]
+    Generate(#[from] GenerateError),
+}
+
+/// Answers questions: retrieves context with a [`Retriever`], then asks an [`AnswerGenerator`].
+#[derive(Debug, Clone)]
+pub struct Orchestrator {
+    retriever: Retriever,
+    generator: Arc<dyn AnswerGenerator>,
+    cache: PgCache,
+}
+
+impl Orchestrator {
+    /// An orchestrator caching its answers in `cache` (usually the retriever's cache).
+    pub fn new(retriever: Retriever, generator: Arc<dyn AnswerGenerator>, cache: PgCache) -> Self {
+        Self { retriever, generator, cache }
+    }
+
+    /// The retriever used on an answer miss.
+    pub fn retriever(&self) -> &Retriever {
+        &self.retriever
+    }
+
+    /// The generator used on an answer miss.
+    pub fn generator(&self) -> &Arc<dyn AnswerGenerator> {
+        &self.generator
+    }
+
+    /// The cache the answers are stored in.
+    pub fn cache(&self) -> &PgCache {
+        &self.cache
+    }
+
+    /// Answers `query`, memoized in PostgreSQL: `#[pg_cached(namespace = "answer", ttl = "2h")]`.
+    ///
+    /// The entry is keyed by the query **and the generator's model** ([`AnswerGenerator::model`]), so
+    /// switching from the local stand-in to a real model, or between models, never serves another model's
+    /// answer. (The attribute sits on the private `answer_with(query, model)`, which this calls with
+    /// `self.generator.model()`: `self` is not part of a key, so the model has to be an argument.)
+    ///
+    /// On a miss: [`Retriever::retrieve`] (itself memoized, so a retrieval hit saves the search even when the
+    /// answer must be generated again), then the generator over the retrieved documents. On a hit neither runs.
+    /// Errors are returned and not stored: the next call tries again.
+    pub async fn process_query(&self, query: &str) -> Result<Answer, PipelineError> {
+        self.answer_with(query, self.generator.model()).await
+    }
+
+    /// The `cache_key` of `query`'s answer row (for this generator's model).
+    pub fn process_query_cache_key(&self, query: &str) -> Result<String, CacheError> {
+        self.answer_with_cache_key(query, self.generator.model())
+    }
+
+    /// Deletes `query`'s cached answer (for this generator's model); `Ok(true)` if there was one. The
+    /// retrieval entry it was built from stays.
+    pub async fn process_query_invalidate(&self, query: &str) -> Result<bool, CacheError> {
+        self.answer_with_invalidate(query, self.generator.model()).await
+    }
+
+    /// Generates `query`'s answer now, without looking the cache up, and stores it over the old one (an error
+    /// leaves the old entry in place). Retrieval still goes through its own cache.
+    pub async fn process_query_refresh(&self, query: &str) -> Result<Answer, PipelineError> {
+        self.answer_with_refresh(query, self.generator.model()).await
+    }
+
+    /// The memoized body of [`Orchestrator::process_query`]. `model` is `self.generator.model()`: it is here
+    /// only to be part of the key.
+    #[pg_cached(namespace = "answer", ttl = "2h", cache = self.cache)]
+    async fn answer_with(&self, query: &str, model: &str) -> Result<Answer, PipelineError> {
+        debug_assert_eq!(model, self.generator.model());
+        let retrieved = self.retriever.retrieve(query, CONTEXT_DOCUMENTS).await?;
+        let context = self.retriever.engine().documents_for(&retrieved);
+        Ok(self.generator.generate(query, &context).await?)
+    }
+}
+
+/// What the cache did for one namespace during one call, read from the cache's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Served from the cache (PostgreSQL, the in-process tier, or a concurrent caller's computation).
+    Hit,
+    /// Not in the cache: the function ran (and its `Ok` result was stored).
+    Miss,
+    /// A cache operation failed, so the function ran uncached.
+    Error,
+    /// The namespace was not consulted (e.g. retrieval when the answer was a hit).
+    NotConsulted,
+}
+
+impl Lookup {
+    /// Classifies the change of one namespace's counters from `before` to `after`.
+    pub fn between(before: &ProcessCounts, after: &ProcessCounts) -> Lookup {
+        let delta = |f: fn(&ProcessCounts) -> u64| f(after).saturating_sub(f(before));
+        if delta(|c| c.errors) > 0 {
+            Lookup::Error
+        } else if delta(|c| c.misses) > 0 || delta(|c| c.executions) > 0 {
+            Lookup::Miss
+        } else if delta(|c| c.hits + c.local_hits + c.coalesced + c.stale_served) > 0 {
+            Lookup::Hit
+        } else {
+            Lookup::NotConsulted
+        }
+    }
+
+    /// `hit`, `miss`, `error` or `-`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::Miss => "miss",
+            Lookup::Error => "error",
+            Lookup::NotConsulted => "-",
+        }
+    }
+}
+
+impl fmt::Display for Lookup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A cache's per-namespace counters at one moment (from [`PgCache::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CounterSnapshot {
+    by_namespace: BTreeMap<String, ProcessCounts>,
+}
+
+impl CounterSnapshot {
+    /// Reads `cache`'s counters (one short query for the table's per-namespace counts comes with them).
+    pub async fn take(cache: &PgCache) -> Result<CounterSnapshot, CacheError> {
+        let stats = cache.stats().await?;
+        Ok(CounterSnapshot {
+            by_namespace: stats.namespaces.into_iter().map(|ns| (ns.namespace, ns.process)).collect(),
+        })
+    }
+
+    /// The counters of `namespace` (zero when it was never used).
+    pub fn namespace(&self, namespace: &str) -> ProcessCounts {
+        self.by_namespace.get(namespace).copied().unwrap_or_default()
+    }
+
+    /// What happened in `namespace` between `earlier` and this snapshot.
+    pub fn lookup_since(&self, earlier: &CounterSnapshot, namespace: &str) -> Lookup {
+        Lookup::between(&earlier.namespace(namespace), &self.namespace(namespace))
+    }
+}
+
+/// Adds `b`'s counters to `a` (e.g. to total two `PgCache` instances of one process).
+pub fn add_counts(a: &mut ProcessCounts, b: &ProcessCounts) {
+    a.hits += b.hits;
+    a.misses += b.misses;
+    a.errors += b.errors;
+    a.coalesced += b.coalesced;
+    a.executions += b.executions;
+    a.stale_served += b.stale_served;
+    a.local_hits += b.local_hits;
+    a.local_misses += b.local_misses;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(hits: u64, misses: u64, errors: u64, executions: u64) -> ProcessCounts {
+        ProcessCounts { hits, misses, errors, executions, ..ProcessCounts::default() }
+    }
+
+    #[test]
+    fn lookup_is_read_from_counter_deltas() {
+        let before = counts(3, 2, 0, 2);
+        assert_eq!(Lookup::between(&before, &counts(4, 2, 0, 2)), Lookup::Hit);
+        assert_eq!(Lookup::between(&before, &counts(3, 3, 0, 3)), Lookup::Miss);
+        assert_eq!(Lookup::between(&before, &counts(3, 2, 1, 3)), Lookup::Error);
+        assert_eq!(Lookup::between(&before, &before), Lookup::NotConsulted);
+        let coalesced = ProcessCounts { coalesced: 1, ..before };
+        assert_eq!(Lookup::between(&before, &coalesced), Lookup::Hit);
+    }
+
+    #[test]
+    fn lookup_pads_like_a_str() {
+        assert_eq!(format!("[{:<5}]", Lookup::Hit), "[hit  ]");
+        assert_eq!(format!("[{:>4}]", Lookup::NotConsulted), "[   -]");
+    }
+
+    #[test]
+    fn snapshots_default_to_zero_for_unused_namespaces() {
+        let snapshot = CounterSnapshot::default();
+        assert_eq!(snapshot.namespace("answer"), ProcessCounts::default());
+        assert_eq!(snapshot.lookup_since(&CounterSnapshot::default(), "answer"), Lookup::NotConsulted);
+    }
+
+    #[test]
+    fn add_counts_adds_every_field() {
+        let mut a = counts(1, 2, 3, 4);
+        add_counts(
+            &mut a,
+            &ProcessCounts { local_hits: 5, local_misses: 6, coalesced: 7, stale_served: 8, ..counts(1, 1, 1, 1) },
+        );
+        assert_eq!(
+            a,
+            ProcessCounts {
+                hits: 2,
+                misses: 3,
+                errors: 4,
+                executions: 5,
+                local_hits: 5,
+                local_misses: 6,
+                coalesced: 7,
+                stale_served: 8
+            }
+        );
+    }
+}
