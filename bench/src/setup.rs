@@ -1,0 +1,371 @@
+//! The bench database: created on the server of `DATABASE_URL`, with three schemas that each hold a
+//! `cache_entries` table made by the runtime's own migrations and loaded with the same rows:
+//!
+//! - `bench_logged`: the table as the runtime creates it;
+//! - `bench_gin`: the same, plus the opt-in GIN index (`PgCache::builder().gin_index(true)`);
+//! - `bench_unlogged`: the same table after `ALTER TABLE cache_entries SET UNLOGGED`, a manual choice the
+//!   runtime does not make for you.
+//!
+//! Clients pick a table with `search_path` (the runtime's SQL names `cache_entries` unqualified), so the
+//! variants of one comparison can alternate without rebuilding anything.
+
+use crate::data::Size;
+use cache_runtime::{Durability, PgCache};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Connection, Executor, PgConnection, Row};
+use std::collections::BTreeSet;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// One of the three tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// As the runtime creates it.
+    Logged,
+    /// With the opt-in GIN index.
+    Gin,
+    /// UNLOGGED.
+    Unlogged,
+}
+
+impl Table {
+    /// Its schema.
+    pub fn schema(self) -> &'static str {
+        match self {
+            Table::Logged => "bench_logged",
+            Table::Gin => "bench_gin",
+            Table::Unlogged => "bench_unlogged",
+        }
+    }
+}
+
+/// Replaces the database name of a `postgres://` URL.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let (before_query, query) = match rest.split_once('?') {
+        Some((head, query)) => (head, Some(query)),
+        None => (rest, None),
+    };
+    let authority = before_query.split_once('/').map_or(before_query, |(authority, _)| authority);
+    let mut out = format!("{scheme}://{authority}/{database}");
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// Adds `-c search_path=<schema>` to a URL (understood by sqlx and libpq alike).
+pub fn with_search_path(url: &str, schema: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}options=-c%20search_path%3D{schema}")
+}
+
+/// The prepared bench database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    /// URL of the bench database.
+    pub url: String,
+    /// Server version, e.g. `15.20`.
+    pub server_version: String,
+    /// Why the UNLOGGED table is unavailable, if it is.
+    pub unlogged: Result<(), String>,
+    /// Why the GIN table is unavailable, if it is.
+    pub gin: Result<(), String>,
+}
+
+impl Db {
+    /// The URL of one table's schema.
+    pub fn url_for(&self, table: Table) -> String {
+        with_search_path(&self.url, table.schema())
+    }
+
+    /// A pool of `n` connections to one table, configured as a hand-written sqlx service would be for speed:
+    /// no liveness ping before each use (`test_before_acquire(false)`).
+    pub async fn lean_pool(&self, table: Table, n: u32) -> Result<PgPool, String> {
+        let options = PgConnectOptions::from_str(&self.url_for(table)).map_err(|e| e.to_string())?;
+        PgPoolOptions::new()
+            .max_connections(n)
+            .min_connections(n)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await
+            .map_err(|e| format!("connect: {e}"))
+    }
+
+    /// A `PgCache` as an application builds it: its own pool of `n` connections, default settings, except
+    /// that the background sweeper and the row limit are off (they would delete the data set).
+    pub async fn cache(&self, table: Table, n: u32, durability: Durability) -> Result<PgCache, String> {
+        tuned(PgCache::builder().database_url(self.url_for(table)).max_connections(n), durability)
+            .build()
+            .await
+            .map_err(|e| format!("PgCache::build: {e}"))
+    }
+
+    /// A `PgCache` over a pool given with `.pool()`.
+    pub async fn cache_over(&self, pool: PgPool, durability: Durability) -> Result<PgCache, String> {
+        tuned(PgCache::builder().pool(pool), durability).build().await.map_err(|e| format!("PgCache::build: {e}"))
+    }
+}
+
+fn tuned(builder: cache_runtime::PgCacheBuilder, durability: Durability) -> cache_runtime::PgCacheBuilder {
+    builder.durability(durability).sweep_interval(None).unlimited_entries().default_ttl(Duration::from_secs(3600))
+}
+
+/// Sizes of the data set.
+#[derive(Debug, Clone, Copy)]
+pub struct Rows {
+    /// Entries of about 1 KB.
+    pub k1: u64,
+    /// Entries of about 10 KB.
+    pub k10: u64,
+}
+
+impl Rows {
+    /// Entries of this size.
+    pub fn of(self, size: Size) -> u64 {
+        match size {
+            Size::K1 => self.k1,
+            Size::K10 => self.k10,
+        }
+    }
+}
+
+fn log(message: impl AsRef<str>) {
+    eprintln!("[setup] {}", message.as_ref());
+}
+
+/// Takes a session lock named after the bench database on `admin_url`'s database, so that two runs on the
+/// same bench database (two `cargo test` at once, say) take turns instead of dropping each other's tables.
+/// The lock lasts as long as the returned connection.
+pub async fn lock(admin_url: &str, database: &str) -> Result<PgConnection, String> {
+    let mut conn =
+        PgConnection::connect(admin_url).await.map_err(|e| format!("cannot connect to DATABASE_URL: {e}"))?;
+    let free: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+        .bind(format!("pg_cached_bench/{database}"))
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !free {
+        log(format!("another run is using {database}: waiting for it to finish"));
+        sqlx::query("SELECT pg_advisory_lock(hashtext($1))")
+            .bind(format!("pg_cached_bench/{database}"))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(conn)
+}
+
+/// Creates (if needed) and loads the bench database `database` on the server of `admin_url`.
+pub async fn prepare(admin_url: &str, database: &str, rows: Rows) -> Result<Db, String> {
+    let started = Instant::now();
+    let mut admin =
+        PgConnection::connect(admin_url).await.map_err(|e| format!("cannot connect to DATABASE_URL: {e}"))?;
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(database)
+        .fetch_optional(&mut admin)
+        .await
+        .map_err(|e| e.to_string())?;
+    if exists.is_none() {
+        log(format!("creating database {database}"));
+        let created = admin.execute(format!("CREATE DATABASE \"{database}\"").as_str()).await;
+        // Another process may have created it meanwhile.
+        if let Err(error) = created {
+            if !error.to_string().contains("already exists") {
+                return Err(format!(
+                    "CREATE DATABASE {database}: {error} (the bench needs a role that may create databases)"
+                ));
+            }
+        }
+    }
+    admin.close().await.ok();
+
+    let url = with_database(admin_url, database);
+    let mut conn = PgConnection::connect(&url).await.map_err(|e| format!("connect to {database}: {e}"))?;
+    let server_version: String =
+        sqlx::query_scalar("SHOW server_version").fetch_one(&mut conn).await.map_err(|e| e.to_string())?;
+    for table in [Table::Logged, Table::Gin, Table::Unlogged] {
+        let schema = table.schema();
+        conn.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}").as_str())
+            .await
+            .map_err(|e| format!("schema {schema}: {e}"))?;
+    }
+    let mut db = Db { url, server_version, unlogged: Ok(()), gin: Ok(()) };
+
+    // The tables, through the runtime's own migrations.
+    for table in [Table::Logged, Table::Gin, Table::Unlogged] {
+        let pool = db.lean_pool(table, 1).await?;
+        let cache = db.cache_over(pool.clone(), Durability::AsyncCommit).await?;
+        cache.migrate().await.map_err(|e| format!("migrate {}: {e}", table.schema()))?;
+        pool.close().await;
+    }
+    if let Err(error) = conn.execute("ALTER TABLE bench_unlogged.cache_entries SET UNLOGGED").await {
+        log(format!("UNLOGGED rows will be skipped: {error}"));
+        db.unlogged = Err(format!("ALTER TABLE ... SET UNLOGGED failed: {error}"));
+    }
+
+    // The data set, into the logged table.
+    for size in [Size::K1, Size::K10] {
+        let n = rows.of(size);
+        let batch = match size {
+            Size::K1 => 2_000,
+            Size::K10 => 200,
+        };
+        let began = Instant::now();
+        let mut id = 1;
+        while id <= n {
+            let last = (id + batch - 1).min(n);
+            // Each entry twice: under its key, and under pgbench's mirror key.
+            let keys: Vec<String> = (id..=last).flat_map(|i| [size.key(i), size.pgbench_key(i)]).collect();
+            let values: Vec<String> = (id..=last)
+                .flat_map(|i| {
+                    let json = size.json(i);
+                    [json.clone(), json]
+                })
+                .collect();
+            sqlx::query(
+                "INSERT INTO bench_logged.cache_entries (cache_key, data, created_at, expires_at) \
+                 SELECT k, d::jsonb, now(), now() + interval '1 day' FROM unnest($1::text[], $2::text[]) AS t(k, d)",
+            )
+            .bind(keys)
+            .bind(values)
+            .execute(&mut conn)
+            .await
+            .map_err(|e| format!("load: {e}"))?;
+            id = last + 1;
+        }
+        log(format!(
+            "loaded {n} entries of {} (and their pgbench mirror) in {:.1} s",
+            size.label(),
+            began.elapsed().as_secs_f64()
+        ));
+    }
+    for table in [Table::Gin, Table::Unlogged] {
+        if table == Table::Unlogged && db.unlogged.is_err() {
+            continue;
+        }
+        let began = Instant::now();
+        conn.execute(
+            format!("INSERT INTO {}.cache_entries SELECT * FROM bench_logged.cache_entries", table.schema()).as_str(),
+        )
+        .await
+        .map_err(|e| format!("copy into {}: {e}", table.schema()))?;
+        log(format!("copied the data set into {} in {:.1} s", table.schema(), began.elapsed().as_secs_f64()));
+    }
+    // The GIN index, through the runtime's own option.
+    let began = Instant::now();
+    let gin_pool = db.lean_pool(Table::Gin, 1).await?;
+    let gin_cache =
+        tuned(PgCache::builder().pool(gin_pool.clone()).gin_index(true), Durability::AsyncCommit).build().await;
+    match gin_cache {
+        Ok(cache) => match cache.migrate().await {
+            Ok(()) => log(format!("built the GIN index in {:.1} s", began.elapsed().as_secs_f64())),
+            Err(error) => db.gin = Err(format!("gin_index(true).migrate() failed: {error}")),
+        },
+        Err(error) => db.gin = Err(error.to_string()),
+    }
+    gin_pool.close().await;
+    let gin_indexes: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_indexes WHERE schemaname = 'bench_gin' AND indexdef ILIKE '%USING gin%'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .map_err(|e| e.to_string())?;
+    if db.gin.is_ok() && gin_indexes == 0 {
+        db.gin = Err("gin_index(true).migrate() created no GIN index".into());
+    }
+
+    for table in [Table::Logged, Table::Gin, Table::Unlogged] {
+        conn.execute(format!("VACUUM (ANALYZE) {}.cache_entries", table.schema()).as_str())
+            .await
+            .map_err(|e| format!("vacuum: {e}"))?;
+    }
+    if let Err(error) = conn.execute("CHECKPOINT").await {
+        log(format!("CHECKPOINT skipped: {error}"));
+    }
+    conn.close().await.ok();
+    log(format!("bench database {database} ready in {:.1} s", started.elapsed().as_secs_f64()));
+    Ok(db)
+}
+
+/// The runtime's statements, captured from the server: what a `PgCache` prepared on its connection while it
+/// ran one operation. The references then run that exact text.
+#[derive(Debug, Clone)]
+pub struct Statements {
+    /// The read of `PgCache::get`.
+    pub get: String,
+    /// The write of `PgCache::set` with `Durability::Full`.
+    pub set_full: String,
+    /// The write of `PgCache::set` with `Durability::AsyncCommit` (the default).
+    pub set_async: String,
+}
+
+async fn prepared(pool: &PgPool) -> Result<BTreeSet<String>, String> {
+    // Simple-query protocol: this query is not itself prepared.
+    let rows = sqlx::raw_sql("SELECT statement FROM pg_prepared_statements")
+        .fetch_all(pool)
+        .await
+        .map_err(|e| format!("pg_prepared_statements: {e}"))?;
+    rows.iter().map(|row| row.try_get::<String, _>(0).map_err(|e| e.to_string())).collect()
+}
+
+async fn capture(db: &Db, durability: Durability, write: bool) -> Result<String, String> {
+    let pool = db.lean_pool(Table::Logged, 1).await?;
+    let cache = db.cache_over(pool.clone(), durability).await?;
+    let before = prepared(&pool).await?;
+    let key = Size::K1.key(1);
+    if write {
+        let value = <crate::data::Retrieval as crate::data::Payload>::sample(1);
+        cache.set(&key, &value, Duration::from_secs(86_400)).await.map_err(|e| format!("PgCache::set: {e}"))?;
+    } else {
+        let hit: Option<crate::data::Retrieval> = cache.get(&key).await.map_err(|e| format!("PgCache::get: {e}"))?;
+        if hit.is_none() {
+            return Err("PgCache::get missed an entry of the data set".into());
+        }
+    }
+    let after = prepared(&pool).await?;
+    pool.close().await;
+    let new: Vec<String> = after.difference(&before).cloned().collect();
+    let candidates: Vec<&String> = new.iter().filter(|s| s.contains("cache_entries")).collect();
+    match candidates.as_slice() {
+        [one] => {
+            if new.len() > 1 {
+                log(format!("the operation also prepared: {:?}", new.iter().filter(|s| s != one).collect::<Vec<_>>()));
+            }
+            Ok((*one).clone())
+        }
+        [] => Err(format!("no statement on cache_entries was prepared; saw {new:?}")),
+        many => Err(format!("several statements on cache_entries were prepared: {many:?}")),
+    }
+}
+
+/// Captures the runtime's GET and SET statements.
+pub async fn capture_statements(db: &Db) -> Result<Statements, String> {
+    Ok(Statements {
+        get: capture(db, Durability::AsyncCommit, false).await?,
+        set_full: capture(db, Durability::Full, true).await?,
+        set_async: capture(db, Durability::AsyncCommit, true).await?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            with_database("postgres://postgres@127.0.0.1:5432/pg_cached", "pg_cached_bench"),
+            "postgres://postgres@127.0.0.1:5432/pg_cached_bench"
+        );
+        assert_eq!(with_database("postgres://u:p@h/db?sslmode=disable", "b"), "postgres://u:p@h/b?sslmode=disable");
+        assert_eq!(with_database("postgres://h:5432", "b"), "postgres://h:5432/b");
+        assert_eq!(
+            with_database("postgresql:///db?host=/var/run/postgresql", "b"),
+            "postgresql:///b?host=/var/run/postgresql"
+        );
+        assert_eq!(with_search_path("postgres://h/b", "s"), "postgres://h/b?options=-c%20search_path%3Ds");
+        assert_eq!(with_search_path("postgres://h/b?x=1", "s"), "postgres://h/b?x=1&options=-c%20search_path%3Ds");
+    }
+}
