@@ -566,10 +566,17 @@ impl<P> Call<'_, P> {
         }
     }
 
-    async fn find<R>(&self) -> Found<R>
+    /// Looks the key up. With `quiet`, only a fresh hit is counted: the caller will look again (inside a
+    /// flight) and count what it finds then.
+    async fn find<R>(&self, quiet: bool) -> Found<R>
     where
         P: Policy<R>,
     {
+        let record_miss = |call: &Self| {
+            if !quiet {
+                call.record(Event::Miss);
+            }
+        };
         let namespace = self.site.namespace;
         let lookup = match self.cache.lookup(self.key, self.site.stale).await {
             Ok(lookup) => lookup,
@@ -578,7 +585,7 @@ impl<P> Call<'_, P> {
             Err(_) => return Found::Missing(None),
         };
         let Some(json) = lookup.json else {
-            self.record(Event::Miss);
+            record_miss(self);
             tracing::debug!(namespace, key = self.key, "memoized miss");
             return Found::Missing(Some(lookup.db_now_us));
         };
@@ -593,11 +600,11 @@ impl<P> Call<'_, P> {
                 Found::Fresh(outcome, json)
             }
             Ok(outcome) => {
-                self.record(Event::Miss);
+                record_miss(self);
                 Found::Stale(outcome, json.into(), lookup.db_now_us)
             }
             Err(error) => {
-                self.record(Event::Miss);
+                record_miss(self);
                 tracing::warn!(namespace, key = self.key, %error, "stored value has the wrong shape; recomputing");
                 Found::Missing(Some(lookup.db_now_us))
             }
@@ -617,7 +624,7 @@ impl<P> Call<'_, P> {
         P: Policy<R>,
         F: Future<Output = R>,
     {
-        match self.find().await {
+        match self.find(false).await {
             Found::Fresh(outcome, _) => outcome,
             Found::Stale(stale, _, started_us) => self.refresh(body, stale, started_us).await,
             Found::Missing(started_us) => {
@@ -662,6 +669,13 @@ impl<P> Call<'_, P> {
         P: Policy<R>,
         F: Future<Output = R>,
     {
+        // Hits, the common case, never touch the flight map. A miss joins the flight, whose leader looks
+        // again: a flight that finished between this lookup and the join has stored its value by then.
+        let store_down = match self.find(true).await {
+            Found::Fresh(outcome, _) => return outcome,
+            Found::Missing(None) => true,
+            Found::Missing(Some(_)) | Found::Stale(..) => false,
+        };
         let mut ticket = self.cache.inner.flights.join(self.key);
         let mut body = Some(body);
         let mut leader: Option<LeaderWork<R>> = None;
@@ -669,7 +683,7 @@ impl<P> Call<'_, P> {
         let shared = ticket
             .cell()
             .get_or_init(|| async move {
-                let (shared, work) = self.lead(body_slot).await;
+                let (shared, work) = self.lead(body_slot, store_down).await;
                 *leader_slot = Some(work);
                 shared
             })
@@ -707,14 +721,17 @@ impl<P> Call<'_, P> {
     }
 
     /// The leader's part inside the flight: what followers get, and what is left to do afterwards.
-    async fn lead<R, F>(&self, body: &mut Option<F>) -> (Shared, LeaderWork<R>)
+    /// `store_down`: this caller's lookup just failed to reach the store; do not wait for another timeout.
+    async fn lead<R, F>(&self, body: &mut Option<F>, store_down: bool) -> (Shared, LeaderWork<R>)
     where
         P: Policy<R>,
         F: Future<Output = R>,
     {
         let cluster = self.site.single_flight == SingleFlight::Cluster;
+        let mut skip_lookup = store_down;
         loop {
-            match self.find().await {
+            let found = if std::mem::take(&mut skip_lookup) { Found::Missing(None) } else { self.find(false).await };
+            match found {
                 Found::Fresh(outcome, json) => return (Shared::Json(json), LeaderWork::Done(outcome)),
                 Found::Stale(stale, json, started_us) => {
                     let lease = if cluster {

@@ -80,9 +80,10 @@ impl Counters {
     }
 }
 
-/// The namespace of a key: what comes before the first `:` (the whole key when there is none).
+/// The namespace of a key: what comes before the first `:`. Keys without one share the namespace "", so
+/// that counters stay one per namespace instead of growing with every distinct plain key.
 pub(crate) fn namespace_of(key: &str) -> &str {
-    key.split_once(':').map_or(key, |(ns, _)| ns)
+    key.split_once(':').map_or("", |(ns, _)| ns)
 }
 
 /// This process's counters for one namespace (or all of them, added up).
@@ -146,7 +147,7 @@ impl ProcessCounts {
 /// One namespace in [`CacheStats`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NamespaceStats {
-    /// The namespace (the part of the key before the first `:`).
+    /// The namespace: the part of the key before the first `:`, or "" for keys without one.
     pub namespace: String,
     /// Rows in the table, expired or not.
     pub entries: u64,

@@ -506,3 +506,17 @@ async fn the_background_sweeper_expires_and_evicts(pool: PgPool) -> TestResult {
     drop(cache);
     Ok(())
 }
+
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+async fn keys_without_a_namespace_share_one_bucket(pool: PgPool) -> TestResult {
+    let cache = cache_on(pool).await;
+    for i in 0..20 {
+        cache.set(&format!("plain-{i}"), &i, None).await?;
+        let _: Option<i32> = cache.get(&format!("plain-{i}")).await?;
+    }
+    let stats = cache.stats().await?;
+    assert_eq!(stats.namespaces.len(), 1, "one bucket, not one per key: {:?}", stats.namespaces);
+    let plain = stats.namespace("").ok_or("the \"\" namespace")?;
+    assert_eq!((plain.entries, plain.process.hits), (20, 20));
+    Ok(())
+}
