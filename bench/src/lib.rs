@@ -13,6 +13,7 @@ pub mod redis_ref;
 pub mod report;
 pub mod setup;
 pub mod suite;
+pub mod tier;
 
 pub use suite::{run, Group, Options, Outcome, RowResult, Variant};
 

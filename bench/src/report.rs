@@ -357,6 +357,42 @@ pub fn markdown(opts: &Options, outcome: &Outcome, machine: &Machine) -> String 
             if ok { "met" } else { "missed" }
         );
     }
+    let tier_rate =
+        |label_start: &str| outcome.tier.iter().find(|t| t.label.starts_with(label_start)).and_then(|t| t.ops_per_sec);
+    if let Some(local) = tier_rate("#[pg_cached(local") {
+        let _ = write!(
+            w,
+            "\nIn-process tier, one task, macro fingerprinting included: **{:.2} M hits/s**, target ≥ 1 M/s: **{}**",
+            local / 1e6,
+            if local >= 1e6 { "met" } else { "missed" }
+        );
+        if let Some(pg) = tier_rate("#[pg_cached] hit, PostgreSQL") {
+            let _ = write!(w, "; {:.0}× a PostgreSQL hit", local / pg);
+        }
+        match tier_rate("Redis") {
+            Some(redis) => {
+                let _ = write!(
+                    w,
+                    "; {:.0}× Redis GET + decode, target ≥ 20×: **{}**",
+                    local / redis,
+                    if local / redis >= 20.0 { "met" } else { "missed" }
+                );
+            }
+            None => w.push_str("; Redis row skipped"),
+        }
+        let _ = writeln!(w, ".");
+    }
+    if let (Some(process), Some(cluster)) =
+        (tier_rate("miss, single_flight = \"process\""), tier_rate("miss, single_flight = \"cluster\""))
+    {
+        let _ = writeln!(
+            w,
+            "\nA miss under `single_flight = \"cluster\"` runs at **{:.2}×** the rate of one under `\"process\"` \
+             (one task, trivial body): the lease's take and release are the difference, which is why `\"process\"` \
+             is the default and `\"cluster\"` is for expensive bodies.",
+            cluster / process
+        );
+    }
     let _ = writeln!(w);
 
     let _ = writeln!(w, "## Figures\n");
@@ -412,6 +448,21 @@ pub fn markdown(opts: &Options, outcome: &Outcome, machine: &Machine) -> String 
         let _ = writeln!(w, "| call | argument bytes | ns per call |\n|---|---:|---:|");
         for f in &outcome.fingerprint {
             let _ = writeln!(w, "| `{}` | {} | {:.0} |", f.case, f.argument_bytes, f.ns_per_call);
+        }
+        let _ = writeln!(w);
+    }
+    if !outcome.tier.is_empty() {
+        let _ = writeln!(w, "### In-process tier against PostgreSQL and Redis, one task\n");
+        let _ = writeln!(w, "| a call returning a ~1 KB retrieval result, decoded | calls per second |\n|---|---:|");
+        for t in &outcome.tier {
+            match (t.ops_per_sec, &t.skipped) {
+                (Some(rate), _) => {
+                    let _ = writeln!(w, "| {} | {:.0} |", t.label.replace('|', "/"), rate);
+                }
+                (None, reason) => {
+                    let _ = writeln!(w, "| {} | skipped: {} |", t.label, reason.as_deref().unwrap_or("?"));
+                }
+            }
         }
         let _ = writeln!(w);
     }

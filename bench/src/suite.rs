@@ -329,6 +329,8 @@ pub struct Outcome {
     pub rows: Vec<RowResult>,
     /// Fingerprinting figures.
     pub fingerprint: Vec<FingerprintRow>,
+    /// The in-process tier against a PostgreSQL hit and Redis, one task.
+    pub tier: Vec<crate::tier::TierRow>,
     /// The statements the references ran.
     pub statements: Option<StatementsOut>,
     /// PostgreSQL server version.
@@ -784,6 +786,20 @@ pub async fn run(opts: Options) -> Result<Outcome, String> {
             }
         }
     }
+    let tier = if ctx.opts.fingerprint_budget.is_zero() {
+        Vec::new()
+    } else {
+        match ctx.cache(Table::Logged, 1, Durability::AsyncCommit).await {
+            Ok(cache) => {
+                let budget = ctx.opts.fingerprint_budget * 2;
+                crate::tier::measure(cache, ctx.redis.as_ref().ok(), 1000, budget).await
+            }
+            Err(reason) => {
+                log(format!("[tier] skipped: {reason}"));
+                Vec::new()
+            }
+        }
+    };
     if let Ok(redis) = &ctx.redis {
         if let Err(error) = redis.cleanup().await {
             log(format!("[cleanup] Redis keys not deleted: {error}"));
@@ -796,6 +812,7 @@ pub async fn run(opts: Options) -> Result<Outcome, String> {
     Ok(Outcome {
         rows,
         fingerprint,
+        tier,
         statements: Some(StatementsOut {
             get: ctx.statements.get.clone(),
             set_full: ctx.statements.set_full.clone(),

@@ -566,17 +566,11 @@ impl<P> Call<'_, P> {
         }
     }
 
-    /// Looks the key up. With `quiet`, only a fresh hit is counted: the caller will look again (inside a
-    /// flight) and count what it finds then.
-    async fn find<R>(&self, quiet: bool) -> Found<R>
+    /// Looks the key up, stale window included, and notes the database clock for the stale-set guard.
+    async fn find<R>(&self) -> Found<R>
     where
         P: Policy<R>,
     {
-        let record_miss = |call: &Self| {
-            if !quiet {
-                call.record(Event::Miss);
-            }
-        };
         let namespace = self.site.namespace;
         let lookup = match self.cache.lookup(self.key, self.site.stale).await {
             Ok(lookup) => lookup,
@@ -585,7 +579,7 @@ impl<P> Call<'_, P> {
             Err(_) => return Found::Missing(None),
         };
         let Some(json) = lookup.json else {
-            record_miss(self);
+            self.record(Event::Miss);
             tracing::debug!(namespace, key = self.key, "memoized miss");
             return Found::Missing(Some(lookup.db_now_us));
         };
@@ -600,15 +594,31 @@ impl<P> Call<'_, P> {
                 Found::Fresh(outcome, json)
             }
             Ok(outcome) => {
-                record_miss(self);
+                self.record(Event::Miss);
                 Found::Stale(outcome, json.into(), lookup.db_now_us)
             }
             Err(error) => {
-                record_miss(self);
+                self.record(Event::Miss);
                 tracing::warn!(namespace, key = self.key, %error, "stored value has the wrong shape; recomputing");
                 Found::Missing(Some(lookup.db_now_us))
             }
         }
+    }
+
+    /// The fast path of a hit: the same statement as `PgCache::get`, lighter than the lookup a miss needs (no
+    /// stale window, no clock). Counts only a hit; `Err` when the store could not be reached.
+    async fn find_live<R>(&self) -> Result<Option<R>, ()>
+    where
+        P: Policy<R>,
+    {
+        let Some((json, remaining_ms)) = self.cache.get_live(self.key).await.map_err(drop)? else { return Ok(None) };
+        let Ok(outcome) = self.policy.decode(&json) else { return Ok(None) };
+        self.record(Event::Hit);
+        tracing::debug!(namespace = self.site.namespace, key = self.key, "memoized hit");
+        if let Some(tier) = self.local {
+            tier.put(self.key, json.into(), remaining(remaining_ms), self.site.local);
+        }
+        Ok(Some(outcome))
     }
 
     /// Writes a computed outcome unless an invalidation happened after `started_us`.
@@ -624,7 +634,7 @@ impl<P> Call<'_, P> {
         P: Policy<R>,
         F: Future<Output = R>,
     {
-        match self.find(false).await {
+        match self.find().await {
             Found::Fresh(outcome, _) => outcome,
             Found::Stale(stale, _, started_us) => self.refresh(body, stale, started_us).await,
             Found::Missing(started_us) => {
@@ -671,10 +681,10 @@ impl<P> Call<'_, P> {
     {
         // Hits, the common case, never touch the flight map. A miss joins the flight, whose leader looks
         // again: a flight that finished between this lookup and the join has stored its value by then.
-        let store_down = match self.find(true).await {
-            Found::Fresh(outcome, _) => return outcome,
-            Found::Missing(None) => true,
-            Found::Missing(Some(_)) | Found::Stale(..) => false,
+        let store_down = match self.find_live().await {
+            Ok(Some(outcome)) => return outcome,
+            Ok(None) => false,
+            Err(()) => true,
         };
         let mut ticket = self.cache.inner.flights.join(self.key);
         let mut body = Some(body);
@@ -730,7 +740,7 @@ impl<P> Call<'_, P> {
         let cluster = self.site.single_flight == SingleFlight::Cluster;
         let mut skip_lookup = store_down;
         loop {
-            let found = if std::mem::take(&mut skip_lookup) { Found::Missing(None) } else { self.find(false).await };
+            let found = if std::mem::take(&mut skip_lookup) { Found::Missing(None) } else { self.find().await };
             match found {
                 Found::Fresh(outcome, json) => return (Shared::Json(json), LeaderWork::Done(outcome)),
                 Found::Stale(stale, json, started_us) => {

@@ -689,15 +689,22 @@ impl PgCache {
             }
             self.record(namespace_of(key), Event::LocalMiss);
         }
-        let query = sqlx::query_as::<_, (String, Option<i64>)>(sql::GET).bind(key);
-        let result = self.bounded("get", self.inner.config.op_timeout, query.fetch_optional(&self.inner.pool)).await;
-        self.note_failure(key, "get", &result);
-        let Some((json, remaining_ms)) = result? else { return Ok(None) };
+        let Some((json, remaining_ms)) = self.get_live(key).await? else { return Ok(None) };
         if let Some(tier) = tier {
             let entry = tier.put(key, json.into(), remaining(remaining_ms), None);
             return Ok(Some(Json::Shared(Arc::clone(&entry.json))));
         }
         Ok(Some(Json::Owned(json)))
+    }
+
+    /// The JSON of a live entry and the milliseconds it has left, straight from PostgreSQL: the statement of
+    /// [`get`](Self::get), also the fast path of a memoized hit.
+    pub(crate) async fn get_live(&self, key: &str) -> Result<Option<(String, Option<i64>)>> {
+        check_key(key)?;
+        let query = sqlx::query_as::<_, (String, Option<i64>)>(sql::GET).bind(key);
+        let result = self.bounded("get", self.inner.config.op_timeout, query.fetch_optional(&self.inner.pool)).await;
+        self.note_failure(key, "get", &result);
+        result
     }
 
     /// Deletes `key`; `true` if a row was there (expired or not).
