@@ -46,8 +46,9 @@
 //!   woken by a notification when the leader is done and polling as a fallback. No connection is held while
 //!   the body runs and no advisory lock can leak. A leader that crashes, is cancelled or overruns blocks
 //!   nobody past its lease ([`PgCacheBuilder::lease_duration`], 30 s by default); then one waiting process
-//!   takes over. A miss costs two more short statements (take and release the lease), which is why it is not
-//!   the default: use it where a computation is expensive, such as a paid LLM call.
+//!   takes over. A miss costs two more short statements (take and release the lease): measured from one
+//!   task with a trivial body, misses run at about 0.6x the rate of `"process"` (docs/BENCHMARKS.md), which
+//!   is why it is not the default. Use it where a computation is expensive, such as a paid LLM call.
 //! - `single_flight = "off"`: every caller that misses computes.
 //!
 //! Errors are not shared: when the leader's outcome is not stored (an `Err`, a `None`), each waiting caller
