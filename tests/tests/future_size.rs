@@ -2,7 +2,7 @@
 //! orchestrator calling a memoized retriever calling ...) would otherwise multiply their bodies' sizes and
 //! overflow a thread's stack.
 
-use cache_runtime::__private::{memoize, AsIs, CacheRef, Site, SingleFlight};
+use cache_runtime::__private::{memoize, AsIs, CacheRef, SingleFlight, Site};
 use cache_runtime::PgCache;
 use integration_tests::memo;
 use std::time::Duration;
