@@ -335,11 +335,7 @@ where
     P: Policy<R>,
     F: Future<Output = R>,
 {
-    let cache = cache.resolve();
-    if let Some(value) = local_hit(site, cache.as_ref(), key.as_deref().ok(), &policy, JsonOnly) {
-        return Memoized::ready(value);
-    }
-    Memoized::pending(memoize_slow(site, cache, key, policy, body))
+    memoize_with(site, cache, key, policy, body, JsonOnly)
 }
 
 /// [`memoize`] for functions with `local = "..."`: in-process hits hand out clones of the decoded value,
@@ -356,8 +352,24 @@ where
     P: Policy<R>,
     F: Future<Output = R>,
 {
+    memoize_with(site, cache, key, policy, body, Typed)
+}
+
+fn memoize_with<R, P, F, L>(
+    site: &'static Site,
+    cache: CacheRef,
+    key: Result<String, CacheError>,
+    policy: P,
+    body: F,
+    values: L,
+) -> Memoized<R, impl Future<Output = R>>
+where
+    P: Policy<R>,
+    F: Future<Output = R>,
+    L: LocalValues<R>,
+{
     let cache = cache.resolve();
-    if let Some(value) = local_hit(site, cache.as_ref(), key.as_deref().ok(), &policy, Typed) {
+    if let Some(value) = local_hit(site, cache.as_ref(), key.as_deref().ok(), &policy, values) {
         return Memoized::ready(value);
     }
     Memoized::pending(memoize_slow(site, cache, key, policy, body))
