@@ -52,6 +52,9 @@ pub struct Site {
     pub(crate) single_flight: SingleFlight,
     pub(crate) stale: Option<Duration>,
     pub(crate) local: Option<Duration>,
+    /// The hash state after the function's fixed part (format, namespace, path, version), computed once:
+    /// every call clones it and adds only its own arguments.
+    prefix: std::sync::OnceLock<KeyBuilder>,
 }
 
 impl Site {
@@ -64,6 +67,7 @@ impl Site {
             single_flight: SingleFlight::Process,
             stale: None,
             local: None,
+            prefix: std::sync::OnceLock::new(),
         }
     }
     pub const fn ttl(mut self, ttl: Ttl) -> Site {
@@ -87,7 +91,7 @@ impl Site {
 impl KeyBuilder {
     /// Starts the fingerprint of one call of a memoized function.
     pub fn new(site: &'static Site) -> KeyBuilder {
-        KeyBuilder::for_function(site.namespace, site.function, site.version)
+        site.prefix.get_or_init(|| KeyBuilder::for_function(site.namespace, site.function, site.version)).clone()
     }
 }
 
@@ -871,6 +875,24 @@ impl<P> Call<'_, P> {
                 }
                 outcome
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static SITE: Site = Site::new("answer", "app::Orchestrator::answer", 2);
+
+    #[test]
+    fn the_cached_prefix_gives_the_same_keys() {
+        for round in 0..3 {
+            let mut cached = KeyBuilder::new(&SITE);
+            let mut fresh = KeyBuilder::for_function("answer", "app::Orchestrator::answer", 2);
+            "what is MVCC?".add_to_key(&mut cached);
+            "what is MVCC?".add_to_key(&mut fresh);
+            assert_eq!(cached.finish().ok(), fresh.finish().ok(), "round {round}");
         }
     }
 }
