@@ -47,7 +47,7 @@
 //!   the body runs and no advisory lock can leak. A leader that crashes, is cancelled or overruns blocks
 //!   nobody past its lease ([`PgCacheBuilder::lease_duration`], 30 s by default); then one waiting process
 //!   takes over. A miss costs two more short statements (take and release the lease): measured from one
-//!   task with a trivial body, misses run at about 0.6x the rate of `"process"` (docs/BENCHMARKS.md), which
+//!   task with a trivial body, misses run at 0.6-0.8x the rate of `"process"` (docs/BENCHMARKS.md), which
 //!   is why it is not the default. Use it where a computation is expensive, such as a paid LLM call.
 //! - `single_flight = "off"`: every caller that misses computes.
 //!
