@@ -451,7 +451,7 @@ impl<R: Clone + Send + Sync + 'static> LocalValues<R> for Typed {
 fn local_tier<'a>(site: &Site, cache: &'a PgCache) -> Option<&'a LocalTier> {
     match site.local {
         Some(max_age) => Some(cache.local_tier_for(max_age)),
-        None => cache.inner.local.get().filter(|tier| tier.for_all_keys),
+        None => cache.local_tier_for_all_keys(),
     }
 }
 

@@ -131,8 +131,11 @@ impl ProcessCounts {
         let total = served + self.misses;
         (total > 0).then(|| served as f64 / total as f64)
     }
+}
 
-    pub(crate) fn add(&mut self, other: &ProcessCounts) {
+/// Adds another set of counters, for example to total several namespaces or several `PgCache`s.
+impl std::ops::AddAssign<&ProcessCounts> for ProcessCounts {
+    fn add_assign(&mut self, other: &ProcessCounts) {
         self.hits += other.hits;
         self.misses += other.misses;
         self.errors += other.errors;
@@ -190,7 +193,7 @@ impl CacheStats {
             .collect();
         let mut process = ProcessCounts::default();
         for (namespace, counts) in counters {
-            process.add(&counts);
+            process += &counts;
             by_ns
                 .entry(namespace.clone())
                 .or_insert_with(|| NamespaceStats { namespace, entries: 0, active: 0, process: Default::default() })
@@ -237,4 +240,38 @@ pub struct HealthReport {
     pub latency_ms: Option<f64>,
     /// What went wrong, when something did.
     pub error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_add_field_by_field() {
+        let one = ProcessCounts {
+            hits: 1,
+            misses: 2,
+            errors: 3,
+            coalesced: 4,
+            executions: 5,
+            stale_served: 6,
+            local_hits: 7,
+            local_misses: 8,
+        };
+        let mut total = one;
+        total += &one;
+        assert_eq!(
+            total,
+            ProcessCounts {
+                hits: 2,
+                misses: 4,
+                errors: 6,
+                coalesced: 8,
+                executions: 10,
+                stale_served: 12,
+                local_hits: 14,
+                local_misses: 16
+            }
+        );
+    }
 }

@@ -630,6 +630,11 @@ impl PgCache {
         }
     }
 
+    /// The in-process tier when the builder turned it on for every key (`local_tier`).
+    pub(crate) fn local_tier_for_all_keys(&self) -> Option<&LocalTier> {
+        self.inner.local.get().filter(|tier| tier.for_all_keys)
+    }
+
     /// The in-process tier, created on first use by a function with `local = "..."` when the builder did not.
     pub(crate) fn local_tier_for(&self, max_age: Duration) -> &LocalTier {
         let tier = self.inner.local.get_or_init(|| {
@@ -681,7 +686,7 @@ impl PgCache {
     /// The stored JSON text of a live entry, from the in-process tier when it is on for every key.
     pub(crate) async fn get_json(&self, key: &str) -> Result<Option<Json>> {
         check_key(key)?;
-        let tier = self.inner.local.get().filter(|tier| tier.for_all_keys);
+        let tier = self.local_tier_for_all_keys();
         if let Some(tier) = tier {
             if let Some(entry) = tier.get(key) {
                 self.record(namespace_of(key), Event::LocalHit);
@@ -853,7 +858,7 @@ impl PgCache {
     pub fn process_stats(&self) -> crate::ProcessCounts {
         let mut all = crate::ProcessCounts::default();
         for counts in self.inner.counters.snapshot().values() {
-            all.add(counts);
+            all += counts;
         }
         all
     }

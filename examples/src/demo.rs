@@ -21,8 +21,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::generate::{Answer, AnswerGenerator};
 use crate::pipeline::{
-    add_counts, CounterSnapshot, Lookup, Orchestrator, Retriever, ANSWER_NAMESPACE, CONTEXT_DOCUMENTS,
-    RETRIEVAL_NAMESPACE,
+    CounterSnapshot, Lookup, Orchestrator, Retriever, ANSWER_NAMESPACE, CONTEXT_DOCUMENTS, RETRIEVAL_NAMESPACE,
 };
 use crate::retrieval::RetrievalEngine;
 
@@ -265,7 +264,7 @@ where
         .map(|&ns| {
             let mut counts = before_restart.namespace(ns);
             if let Some(now) = stats.namespace(ns) {
-                add_counts(&mut counts, &now.process);
+                counts += &now.process;
             }
             NamespaceSummary {
                 namespace: ns.to_string(),
@@ -286,26 +285,26 @@ fn orchestrator(options: &DemoOptions, cache: &PgCache) -> Orchestrator {
 
 /// Calls `process_query` and reads what each namespace did from the counters around it.
 async fn measured_answer(pipeline: &Orchestrator, query: &str) -> Result<CallRecord, DemoError> {
-    let before = CounterSnapshot::take(pipeline.cache()).await?;
-    let started = Instant::now();
-    let outcome = pipeline.process_query(query).await;
-    let latency = started.elapsed();
-    let after = CounterSnapshot::take(pipeline.cache()).await?;
-    Ok(CallRecord {
-        query: query.to_string(),
-        retrieval: after.lookup_since(&before, RETRIEVAL_NAMESPACE),
-        answer: after.lookup_since(&before, ANSWER_NAMESPACE),
-        latency,
-        baseline: None,
-        outcome: Some(outcome.map_err(|e| e.to_string())),
-    })
+    let call = async { Some(pipeline.process_query(query).await.map_err(|e| e.to_string())) };
+    measured(pipeline, query, call).await
 }
 
 /// Calls `retrieve` alone, measured like [`measured_answer`].
 async fn measured_retrieval(pipeline: &Orchestrator, query: &str) -> Result<CallRecord, DemoError> {
+    let call =
+        async { pipeline.retriever().retrieve(query, CONTEXT_DOCUMENTS).await.err().map(|e| Err(e.to_string())) };
+    measured(pipeline, query, call).await
+}
+
+/// Times `call` and reads what each namespace did from the cache's counters around it.
+async fn measured(
+    pipeline: &Orchestrator,
+    query: &str,
+    call: impl Future<Output = Option<Result<Answer, String>>>,
+) -> Result<CallRecord, DemoError> {
     let before = CounterSnapshot::take(pipeline.cache()).await?;
     let started = Instant::now();
-    let outcome = pipeline.retriever().retrieve(query, CONTEXT_DOCUMENTS).await;
+    let outcome = call.await;
     let latency = started.elapsed();
     let after = CounterSnapshot::take(pipeline.cache()).await?;
     Ok(CallRecord {
@@ -314,7 +313,7 @@ async fn measured_retrieval(pipeline: &Orchestrator, query: &str) -> Result<Call
         answer: after.lookup_since(&before, ANSWER_NAMESPACE),
         latency,
         baseline: None,
-        outcome: outcome.err().map(|e| Err(e.to_string())),
+        outcome,
     })
 }
 
@@ -639,7 +638,7 @@ fn write_stats(out: &mut (dyn Write + Send), paint: &Paint, namespaces: &[Namesp
     };
     for ns in namespaces {
         writeln!(out, "{}", line(&ns.namespace, &ns.counts, ns.active_entries))?;
-        add_counts(&mut total, &ns.counts);
+        total += &ns.counts;
         active += ns.active_entries;
     }
     writeln!(out, "{}", line("total", &total, active))?;

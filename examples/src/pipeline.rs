@@ -224,18 +224,6 @@ impl CounterSnapshot {
     }
 }
 
-/// Adds `b`'s counters to `a` (e.g. to total two `PgCache` instances of one process).
-pub fn add_counts(a: &mut ProcessCounts, b: &ProcessCounts) {
-    a.hits += b.hits;
-    a.misses += b.misses;
-    a.errors += b.errors;
-    a.coalesced += b.coalesced;
-    a.executions += b.executions;
-    a.stale_served += b.stale_served;
-    a.local_hits += b.local_hits;
-    a.local_misses += b.local_misses;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,27 +254,5 @@ mod tests {
         let snapshot = CounterSnapshot::default();
         assert_eq!(snapshot.namespace("answer"), ProcessCounts::default());
         assert_eq!(snapshot.lookup_since(&CounterSnapshot::default(), "answer"), Lookup::NotConsulted);
-    }
-
-    #[test]
-    fn add_counts_adds_every_field() {
-        let mut a = counts(1, 2, 3, 4);
-        add_counts(
-            &mut a,
-            &ProcessCounts { local_hits: 5, local_misses: 6, coalesced: 7, stale_served: 8, ..counts(1, 1, 1, 1) },
-        );
-        assert_eq!(
-            a,
-            ProcessCounts {
-                hits: 2,
-                misses: 3,
-                errors: 4,
-                executions: 5,
-                local_hits: 5,
-                local_misses: 6,
-                coalesced: 7,
-                stale_served: 8
-            }
-        );
     }
 }
