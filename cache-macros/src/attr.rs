@@ -1,5 +1,9 @@
 //! The syntax tree of `#[pg_cached(...)]`'s arguments, and its parser.
 //!
+//! The options are one table, [`OPTIONS`]: each entry names an option, says how its value is written, and
+//! names the field of [`Args`] that keeps it. The parser and the list of options in error messages both
+//! read that table, so the two cannot disagree.
+//!
 //! Values stay syn nodes (`LitStr`, `LitInt`, `LitBool`, `Expr`) so that every later error can point at the
 //! user's tokens. Parsing reports what it can and goes on: a wrong value, a duplicate option or an unknown
 //! option is recorded in [`Args::errors`] and the next option is parsed; only a syntax error that leaves
@@ -12,23 +16,6 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{parenthesized, Expr, Ident, LitBool, LitInt, LitStr, Token};
 
-mod kw {
-    syn::custom_keyword!(namespace);
-    syn::custom_keyword!(ttl);
-    syn::custom_keyword!(version);
-    syn::custom_keyword!(skip);
-    syn::custom_keyword!(cache);
-    syn::custom_keyword!(cache_none);
-    syn::custom_keyword!(single_flight);
-    syn::custom_keyword!(stale);
-    syn::custom_keyword!(local);
-    syn::custom_keyword!(companions);
-}
-
-/// Every option, for the "unknown option" message.
-const OPTIONS: &str = "`namespace`, `ttl`, `version`, `skip`, `cache`, `cache_none`, `single_flight`, \
-                       `stale`, `local` or `companions`";
-
 /// The arguments of one `#[pg_cached(...)]`, as written.
 #[derive(Default)]
 pub(crate) struct Args {
@@ -38,13 +25,71 @@ pub(crate) struct Args {
     pub(crate) skip: Option<Vec<Ident>>,
     pub(crate) cache: Option<Expr>,
     /// The `cache_none` key (errors about a non-`Option` return type point at it) and its value.
-    pub(crate) cache_none: Option<(Span, LitBool)>,
+    pub(crate) cache_none: Option<Flag>,
     pub(crate) single_flight: Option<LitStr>,
     pub(crate) stale: Option<LitStr>,
     pub(crate) local: Option<LitStr>,
-    pub(crate) companions: Option<LitBool>,
+    pub(crate) companions: Option<Flag>,
     /// Errors found while parsing that did not stop the parse.
     pub(crate) errors: Errors,
+}
+
+/// A `key = true` or `key = false` option: the key's span, and the value.
+pub(crate) type Flag = (Span, LitBool);
+
+/// One option: its name, how its value is written, and the field of [`Args`] that keeps it.
+struct OptionSpec {
+    name: &'static str,
+    value: Value,
+}
+
+/// How an option's value is written; each kind holds the accessor of the field that keeps the value.
+#[derive(Clone, Copy)]
+enum Value {
+    /// `= "..."`, and what to say about a value of another shape.
+    Str(fn(&mut Args) -> &mut Option<LitStr>, &'static str),
+    /// `= 123`, and what to say about a value of another shape.
+    Int(fn(&mut Args) -> &mut Option<LitInt>, &'static str),
+    /// `= true` or `= false`.
+    Flag(fn(&mut Args) -> &mut Option<Flag>),
+    /// `= <any expression>`.
+    Expr(fn(&mut Args) -> &mut Option<Expr>),
+    /// `(name, name, ...)`.
+    Names(fn(&mut Args) -> &mut Option<Vec<Ident>>),
+}
+
+/// Every option `#[pg_cached]` accepts. The parser, and the list in the "unknown option" message, both come
+/// from this table.
+const OPTIONS: &[OptionSpec] = &[
+    OptionSpec {
+        name: "namespace",
+        value: Value::Str(|args| &mut args.namespace, "a string literal, e.g. `namespace = \"retrieval\"`"),
+    },
+    OptionSpec { name: "ttl", value: Value::Str(|args| &mut args.ttl, "a string literal, e.g. `ttl = \"30m\"`") },
+    OptionSpec {
+        name: "version",
+        value: Value::Int(|args| &mut args.version, "an integer literal, e.g. `version = 2`"),
+    },
+    OptionSpec { name: "skip", value: Value::Names(|args| &mut args.skip) },
+    OptionSpec { name: "cache", value: Value::Expr(|args| &mut args.cache) },
+    OptionSpec { name: "cache_none", value: Value::Flag(|args| &mut args.cache_none) },
+    OptionSpec {
+        name: "single_flight",
+        value: Value::Str(|args| &mut args.single_flight, "a string literal: \"off\", \"process\" or \"cluster\""),
+    },
+    OptionSpec { name: "stale", value: Value::Str(|args| &mut args.stale, "a string literal, e.g. `stale = \"5m\"`") },
+    OptionSpec { name: "local", value: Value::Str(|args| &mut args.local, "a string literal, e.g. `local = \"30s\"`") },
+    OptionSpec { name: "companions", value: Value::Flag(|args| &mut args.companions) },
+];
+
+/// "`namespace`, `ttl`, ... or `companions`": every option in [`OPTIONS`], for error messages.
+fn option_list() -> String {
+    let names: Vec<String> = OPTIONS.iter().map(|option| format!("`{}`", option.name)).collect();
+    match names.split_last() {
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    }
 }
 
 impl Parse for Args {
@@ -69,68 +114,70 @@ impl Parse for Args {
 }
 
 impl Args {
-    /// Parses one `key = value` (or `skip(...)`) and records it.
+    /// Parses one `key = value` (or `skip(...)`) and records it; an unknown key is reported and its value
+    /// skipped, so that the options after it are still checked.
     fn parse_option(&mut self, input: ParseStream<'_>, seen: &mut Seen) -> syn::Result<()> {
-        let errors = &mut self.errors;
-        let lookahead = input.lookahead1();
-        if lookahead.peek(kw::namespace) {
-            let key = input.parse::<kw::namespace>()?.span;
-            let value = literal(input, errors, "a string literal, e.g. `namespace = \"retrieval\"`")?;
-            seen.set_once(errors, key, "namespace", &mut self.namespace, value);
-        } else if lookahead.peek(kw::ttl) {
-            let key = input.parse::<kw::ttl>()?.span;
-            let value = literal(input, errors, "a string literal, e.g. `ttl = \"30m\"`")?;
-            seen.set_once(errors, key, "ttl", &mut self.ttl, value);
-        } else if lookahead.peek(kw::version) {
-            let key = input.parse::<kw::version>()?.span;
-            let value = literal(input, errors, "an integer literal, e.g. `version = 2`")?;
-            seen.set_once(errors, key, "version", &mut self.version, value);
-        } else if lookahead.peek(kw::skip) {
-            let key = input.parse::<kw::skip>()?.span;
-            let content;
-            parenthesized!(content in input);
-            let names = Punctuated::<Ident, Token![,]>::parse_terminated_with(&content, Ident::parse_any)?;
-            seen.set_once(errors, key, "skip", &mut self.skip, Some(names.into_iter().collect()));
-        } else if lookahead.peek(kw::cache_none) {
-            let key = input.parse::<kw::cache_none>()?.span;
-            let value = literal(input, errors, "`true` or `false`")?;
-            seen.set_once(errors, key, "cache_none", &mut self.cache_none, value.map(|v| (key, v)));
-        } else if lookahead.peek(kw::cache) {
-            let key = input.parse::<kw::cache>()?.span;
-            input.parse::<Token![=]>()?;
-            let value = input.parse::<Expr>()?;
-            seen.set_once(errors, key, "cache", &mut self.cache, Some(value));
-        } else if lookahead.peek(kw::single_flight) {
-            let key = input.parse::<kw::single_flight>()?.span;
-            let value = literal(input, errors, "a string literal: \"off\", \"process\" or \"cluster\"")?;
-            seen.set_once(errors, key, "single_flight", &mut self.single_flight, value);
-        } else if lookahead.peek(kw::stale) {
-            let key = input.parse::<kw::stale>()?.span;
-            let value = literal(input, errors, "a string literal, e.g. `stale = \"5m\"`")?;
-            seen.set_once(errors, key, "stale", &mut self.stale, value);
-        } else if lookahead.peek(kw::local) {
-            let key = input.parse::<kw::local>()?.span;
-            let value = literal(input, errors, "a string literal, e.g. `local = \"30s\"`")?;
-            seen.set_once(errors, key, "local", &mut self.local, value);
-        } else if lookahead.peek(kw::companions) {
-            let key = input.parse::<kw::companions>()?.span;
-            let value = literal(input, errors, "`true` or `false`")?;
-            seen.set_once(errors, key, "companions", &mut self.companions, value);
-        } else if input.peek(Ident) {
-            let key: Ident = input.parse()?;
-            errors.push(syn::Error::new(key.span(), format!("unknown option `{key}`; expected one of {OPTIONS}")));
-            // Skip the value, so that the options after it are still checked.
-            if input.peek(Token![=]) {
-                input.parse::<Token![=]>()?;
-                input.parse::<Expr>()?;
-            } else if input.peek(syn::token::Paren) {
-                input.parse::<proc_macro2::Group>()?;
+        if !input.peek(Ident::peek_any) {
+            return Err(input.error(format!("expected one of {}", option_list())));
+        }
+        let key = input.call(Ident::parse_any)?;
+        match OPTIONS.iter().find(|option| key == option.name) {
+            Some(option) => self.parse_value(input, option, key.span(), seen),
+            None => {
+                let message = format!("unknown option `{key}`; expected one of {}", option_list());
+                self.errors.push(syn::Error::new(key.span(), message));
+                skip_value(input)
             }
-        } else {
-            return Err(lookahead.error());
+        }
+    }
+
+    /// Parses the value of `option`, whose key (at `key`) was just read, and stores it.
+    fn parse_value(
+        &mut self,
+        input: ParseStream<'_>,
+        option: &OptionSpec,
+        key: Span,
+        seen: &mut Seen,
+    ) -> syn::Result<()> {
+        let name = option.name;
+        match option.value {
+            Value::Str(field, expected) => {
+                let value = literal(input, &mut self.errors, expected)?;
+                seen.set_once(self, key, name, field, value);
+            }
+            Value::Int(field, expected) => {
+                let value = literal(input, &mut self.errors, expected)?;
+                seen.set_once(self, key, name, field, value);
+            }
+            Value::Flag(field) => {
+                let value = literal(input, &mut self.errors, "`true` or `false`")?;
+                seen.set_once(self, key, name, field, value.map(|value| (key, value)));
+            }
+            Value::Expr(field) => {
+                input.parse::<Token![=]>()?;
+                let value = input.parse::<Expr>()?;
+                seen.set_once(self, key, name, field, Some(value));
+            }
+            Value::Names(field) => {
+                let content;
+                parenthesized!(content in input);
+                let names = Punctuated::<Ident, Token![,]>::parse_terminated_with(&content, Ident::parse_any)?;
+                seen.set_once(self, key, name, field, Some(names.into_iter().collect()));
+            }
         }
         Ok(())
     }
+}
+
+/// Skips the value of an unknown option, `= <expression>` or `(...)`, if it has one.
+fn skip_value(input: ParseStream<'_>) -> syn::Result<()> {
+    if input.peek(Token![=]) {
+        input.parse::<Token![=]>()?;
+        input.parse::<Expr>()?;
+    } else if input.peek(syn::token::Paren) {
+        input.parse::<proc_macro2::Group>()?;
+    }
+    Ok(())
 }
 
 /// Parses `= <literal of type T>`. A value of another shape (a constant, an expression, another kind of
@@ -154,21 +201,21 @@ fn literal<T: Parse>(input: ParseStream<'_>, errors: &mut Errors, expected: &str
 struct Seen(Vec<&'static str>);
 
 impl Seen {
-    /// Stores `value` in `slot` the first time `name` is given; reports any later time at its key.
+    /// Stores `value` in `args`' `field` the first time `name` is given; reports any later time at its key.
     /// `value` is `None` when it was malformed (already reported): the option still counts as given.
     fn set_once<T>(
         &mut self,
-        errors: &mut Errors,
+        args: &mut Args,
         key: Span,
         name: &'static str,
-        slot: &mut Option<T>,
+        field: fn(&mut Args) -> &mut Option<T>,
         value: Option<T>,
     ) {
         if self.0.contains(&name) {
-            errors.push(syn::Error::new(key, format!("duplicate option `{name}`")));
+            args.errors.push(syn::Error::new(key, format!("duplicate option `{name}`")));
         } else {
             self.0.push(name);
-            *slot = value;
+            *field(args) = value;
         }
     }
 }
@@ -241,7 +288,7 @@ mod tests {
         assert_eq!(args.single_flight.as_ref().map(|l| l.value()).as_deref(), Some("cluster"));
         assert_eq!(args.stale.as_ref().map(|l| l.value()).as_deref(), Some("5m"));
         assert_eq!(args.local.as_ref().map(|l| l.value()).as_deref(), Some("30s"));
-        assert!(args.companions.as_ref().is_some_and(|b| !b.value));
+        assert!(args.companions.as_ref().is_some_and(|(_, b)| !b.value));
         assert!(args.errors.into_error().is_none());
     }
 
@@ -302,6 +349,42 @@ mod tests {
         assert_eq!(err[1], "expected `=`");
 
         let err = syn::parse2::<Args>(quote::quote!("ttl" = 1)).err().map(|e| e.to_string());
-        assert!(err.unwrap_or_default().starts_with("expected one of"));
+        assert_eq!(
+            err.as_deref(),
+            Some(
+                "expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, `cache_none`, `single_flight`, \
+                 `stale`, `local` or `companions`"
+            )
+        );
+    }
+
+    #[test]
+    fn a_keyword_is_an_unknown_option_not_a_syntax_error() {
+        let args = parse(quote::quote!(type = 1, ttl = X));
+        let messages = messages(args);
+        assert!(messages[0].starts_with("unknown option `type`; expected one of `namespace`"), "{messages:?}");
+        assert_eq!(messages[1], "expected a string literal, e.g. `ttl = \"30m\"`");
+    }
+
+    #[test]
+    fn the_table_names_each_option_once() {
+        let mut names: Vec<&str> = super::OPTIONS.iter().map(|option| option.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), super::OPTIONS.len());
+    }
+
+    /// The table of options in the attribute's documentation has a row for every option.
+    #[test]
+    fn the_documentation_lists_every_option() {
+        let docs = include_str!("lib.rs");
+        for option in super::OPTIONS {
+            let rows = [format!("/// | `{} =", option.name), format!("/// | `{}(", option.name)];
+            assert!(
+                rows.iter().any(|row| docs.contains(row.as_str())),
+                "no row for `{}` in the options table of lib.rs",
+                option.name
+            );
+        }
     }
 }

@@ -11,8 +11,8 @@ use syn::spanned::Spanned;
 use syn::visit::Visit;
 use syn::visit_mut::VisitMut;
 use syn::{
-    Expr, FnArg, GenericParam, Ident, Item, ItemFn, LitStr, Pat, PatIdent, PatType, Receiver, ReturnType, TraitItemFn,
-    Type,
+    Expr, FnArg, GenericParam, Ident, Item, ItemFn, LitInt, LitStr, Pat, PatIdent, PatType, Receiver, ReturnType,
+    Signature, TraitItemFn, Type,
 };
 
 use crate::attr::{Args, Errors};
@@ -133,187 +133,27 @@ struct Plan<'a> {
 }
 
 impl<'a> Plan<'a> {
+    /// Checks the function and the attribute's arguments against each other, reporting every problem in
+    /// `errors`, and keeps what the generated code needs.
     fn new(args: Args, function: &'a ItemFn, errors: &mut Errors) -> Plan<'a> {
         let sig = &function.sig;
-
-        for attr in &function.attrs {
-            if attr.path().segments.last().is_some_and(|s| s.ident == "pg_cached") {
-                errors.push(syn::Error::new_spanned(attr, "`#[pg_cached]` is applied more than once"));
-            }
-        }
-        if let Some(constness) = &sig.constness {
-            errors.push(syn::Error::new_spanned(
-                constness,
-                "`#[pg_cached]` cannot be applied to a `const fn`: a memoized call reads and writes a database",
-            ));
-        } else if sig.asyncness.is_none() {
-            errors.push(syn::Error::new_spanned(
-                pair(&sig.fn_token, &sig.ident),
-                format!(
-                    "`#[pg_cached]` applies only to `async fn`: a memoized call waits on the database; \
-                     write `async fn {}`",
-                    sig.ident
-                ),
-            ));
-        }
-        if let Some(variadic) = &sig.variadic {
-            errors.push(syn::Error::new_spanned(variadic, "`#[pg_cached]` does not support variadic functions"));
-        }
-
-        let (ret, ret_span) = match &sig.output {
-            ReturnType::Type(_, ty) => {
-                let mut finder = ImplTraitFinder::default();
-                finder.visit_type(ty);
-                if let Some(impl_trait) = finder.found {
-                    errors.push(syn::Error::new_spanned(
-                        impl_trait,
-                        "`#[pg_cached]` cannot cache an `impl Trait` return type: a cached value is read back \
-                         as a concrete type; name the type",
-                    ));
-                }
-                (ty.to_token_stream(), ty.span())
-            }
-            ReturnType::Default => (quote_spanned!(sig.ident.span()=> ()), sig.ident.span()),
-        };
-
-        let mut receiver = None;
-        let mut params = Vec::new();
-        for input in &sig.inputs {
-            match input {
-                FnArg::Receiver(r) => {
-                    if r.reference.is_none() && is_self_type(&r.ty) {
-                        errors.push(syn::Error::new_spanned(
-                            r,
-                            "`#[pg_cached]` does not support `self` by value: `self` is not part of the cache \
-                             key, and a method that consumes `self` usually computes its result from it; take \
-                             `&self`, or pass the data as an argument",
-                        ));
-                    }
-                    receiver = Some(r);
-                }
-                FnArg::Typed(arg) => {
-                    let mut names = Vec::new();
-                    collect_bindings(&arg.pat, &mut names, errors);
-                    let mut finder = ImplTraitFinder::default();
-                    finder.visit_type(&arg.ty);
-                    params.push(Param {
-                        arg,
-                        bindings: names.into_iter().map(|n| (n, false)).collect(),
-                        impl_trait: finder.found.is_some(),
-                    });
-                }
-            }
-        }
+        reject_repeated_attribute(function, errors);
+        check_async_fn(sig, errors);
+        let (ret, ret_span) = return_type(sig, errors);
+        let (receiver, mut params) = parameters(sig, errors);
 
         let Args { namespace, ttl, version, skip, cache, cache_none, single_flight, stale, local, companions, .. } =
             args;
-
-        for name in skip.iter().flatten() {
-            let unraw = name.unraw();
-            if name == "self" {
-                errors
-                    .push(syn::Error::new(name.span(), "`self` is never part of the cache key; remove it from `skip`"));
-                continue;
-            }
-            let mut found = false;
-            for param in &mut params {
-                for (ident, skipped) in &mut param.bindings {
-                    if ident.unraw() == unraw {
-                        if *skipped {
-                            errors.push(syn::Error::new(name.span(), format!("`{name}` is skipped twice")));
-                        }
-                        *skipped = true;
-                        found = true;
-                    }
-                }
-            }
-            if !found {
-                let names: Vec<String> =
-                    params.iter().flat_map(|p| &p.bindings).map(|(ident, _)| format!("`{ident}`")).collect();
-                let known = match names.len() {
-                    0 => "; the function takes no arguments that could be skipped".to_owned(),
-                    _ => format!("; the arguments are {}", names.join(", ")),
-                };
-                errors.push(syn::Error::new(name.span(), format!("no parameter named `{name}`{known}")));
-            }
-        }
-
-        let namespace = match namespace {
-            Some(lit) => {
-                if let Some(problem) = namespace_problem(&lit.value()) {
-                    errors.push(syn::Error::new(lit.span(), format!("invalid namespace: {problem}")));
-                }
-                lit
-            }
-            None => {
-                let name = sig.ident.unraw().to_string();
-                if let Some(problem) = namespace_problem(&name) {
-                    errors.push(syn::Error::new(
-                        sig.ident.span(),
-                        format!(
-                            "the function's name is not a valid namespace ({problem}); give one with \
-                             `namespace = \"...\"`"
-                        ),
-                    ));
-                }
-                LitStr::new(&name, sig.ident.span())
-            }
-        };
-
-        let version = version.map_or(0, |lit| match (lit.suffix(), lit.base10_parse::<u32>()) {
-            ("" | "u32", Ok(v)) => v,
-            (_, Err(e)) => {
-                let why = if lit.base10_digits().starts_with('-') {
-                    "it cannot be negative".to_owned()
-                } else {
-                    e.to_string()
-                };
-                errors.push(syn::Error::new(lit.span(), format!("`version` must be a `u32`: {why}")));
-                0
-            }
-            (suffix, Ok(_)) => {
-                errors.push(syn::Error::new(lit.span(), format!("`version` is a `u32`; remove the `{suffix}` suffix")));
-                0
-            }
-        });
-
-        let mut parse_duration = |lit: Option<LitStr>, never: Never| {
-            let lit = lit?;
-            duration::parse(&lit.value(), never)
-                .map_err(|message| errors.push(syn::Error::new(lit.span(), message)))
-                .ok()
-        };
-        let ttl = parse_duration(ttl, Never::Allowed);
-        let as_secs = |p: Option<Parsed>| match p {
-            Some(Parsed::Secs(s)) => Some(s),
-            _ => None,
-        };
-        let stale = as_secs(parse_duration(stale, Never::Rejected));
+        apply_skip(skip.iter().flatten(), &mut params, errors);
+        reject_hash_sets(&params, errors);
+        let namespace = checked_namespace(namespace, &sig.ident, errors);
+        let version = checked_version(version, errors);
+        let ttl = checked_duration(ttl, Never::Allowed, errors);
+        let stale = checked_duration(stale, Never::Rejected, errors).and_then(seconds);
         let local_span = local.as_ref().map(LitStr::span);
-        let local = as_secs(parse_duration(local, Never::Rejected)).zip(local_span);
-
-        let single_flight = single_flight.and_then(|lit| {
-            let variant = match lit.value().as_str() {
-                "off" => "Off",
-                "process" => "Process",
-                "cluster" => "Cluster",
-                _ => {
-                    errors.push(syn::Error::new(lit.span(), "expected \"off\", \"process\" or \"cluster\""));
-                    return None;
-                }
-            };
-            Some(Ident::new(variant, lit.span()))
-        });
-
-        let self_type = receiver.is_some() || {
-            let mut tokens = sig.generics.to_token_stream();
-            sig.generics.where_clause.to_tokens(&mut tokens);
-            for param in &params {
-                param.arg.ty.to_tokens(&mut tokens);
-            }
-            ret.to_tokens(&mut tokens);
-            mentions_self_type(tokens)
-        };
+        let local = checked_duration(local, Never::Rejected, errors).and_then(seconds).zip(local_span);
+        let single_flight = single_flight.and_then(|lit| single_flight_mode(&lit, errors));
+        let self_type = receiver.is_some() || signature_mentions_self(sig, &params, &ret);
 
         Plan {
             function,
@@ -325,7 +165,7 @@ impl<'a> Plan<'a> {
             single_flight,
             cache,
             cache_none: cache_none.and_then(|(key, value)| value.value.then_some(key)),
-            companions: companions.is_none_or(|lit| lit.value),
+            companions: companions.is_none_or(|(_, value)| value.value),
             receiver,
             self_type,
             params,
@@ -333,7 +173,248 @@ impl<'a> Plan<'a> {
             ret_span,
         }
     }
+}
 
+// The steps of `Plan::new`, in the order it takes them.
+
+/// `#[pg_cached]` twice on one function would memoize the memoized function.
+fn reject_repeated_attribute(function: &ItemFn, errors: &mut Errors) {
+    for attr in &function.attrs {
+        if attr.path().segments.last().is_some_and(|s| s.ident == "pg_cached") {
+            errors.push(syn::Error::new_spanned(attr, "`#[pg_cached]` is applied more than once"));
+        }
+    }
+}
+
+/// The function must be an `async fn`, neither `const` nor variadic.
+fn check_async_fn(sig: &Signature, errors: &mut Errors) {
+    if let Some(constness) = &sig.constness {
+        errors.push(syn::Error::new_spanned(
+            constness,
+            "`#[pg_cached]` cannot be applied to a `const fn`: a memoized call reads and writes a database",
+        ));
+    } else if sig.asyncness.is_none() {
+        errors.push(syn::Error::new_spanned(
+            pair(&sig.fn_token, &sig.ident),
+            format!(
+                "`#[pg_cached]` applies only to `async fn`: a memoized call waits on the database; \
+                 write `async fn {}`",
+                sig.ident
+            ),
+        ));
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.push(syn::Error::new_spanned(variadic, "`#[pg_cached]` does not support variadic functions"));
+    }
+}
+
+/// The declared return type (`()` if none) and where errors about it go; an `impl Trait` in it is rejected.
+fn return_type(sig: &Signature, errors: &mut Errors) -> (TokenStream, Span) {
+    match &sig.output {
+        ReturnType::Type(_, ty) => {
+            let mut finder = ImplTraitFinder::default();
+            finder.visit_type(ty);
+            if let Some(impl_trait) = finder.found {
+                errors.push(syn::Error::new_spanned(
+                    impl_trait,
+                    "`#[pg_cached]` cannot cache an `impl Trait` return type: a cached value is read back \
+                     as a concrete type; name the type",
+                ));
+            }
+            (ty.to_token_stream(), ty.span())
+        }
+        ReturnType::Default => (quote_spanned!(sig.ident.span()=> ()), sig.ident.span()),
+    }
+}
+
+/// The receiver, if any, and the other arguments with the names they bind (none skipped yet); `self` by
+/// value is rejected.
+fn parameters<'a>(sig: &'a Signature, errors: &mut Errors) -> (Option<&'a Receiver>, Vec<Param<'a>>) {
+    let mut receiver = None;
+    let mut params = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(r) => {
+                if r.reference.is_none() && is_self_type(&r.ty) {
+                    errors.push(syn::Error::new_spanned(
+                        r,
+                        "`#[pg_cached]` does not support `self` by value: `self` is not part of the cache \
+                         key, and a method that consumes `self` usually computes its result from it; take \
+                         `&self`, or pass the data as an argument",
+                    ));
+                }
+                receiver = Some(r);
+            }
+            FnArg::Typed(arg) => {
+                let mut names = Vec::new();
+                collect_bindings(&arg.pat, &mut names, errors);
+                let mut finder = ImplTraitFinder::default();
+                finder.visit_type(&arg.ty);
+                params.push(Param {
+                    arg,
+                    bindings: names.into_iter().map(|n| (n, false)).collect(),
+                    impl_trait: finder.found.is_some(),
+                });
+            }
+        }
+    }
+    (receiver, params)
+}
+
+/// Marks the bindings that `skip(...)` names; a name that is `self` or no argument's is reported.
+fn apply_skip<'n>(skip: impl Iterator<Item = &'n Ident>, params: &mut [Param<'_>], errors: &mut Errors) {
+    for name in skip {
+        if name == "self" {
+            errors.push(syn::Error::new(name.span(), "`self` is never part of the cache key; remove it from `skip`"));
+        } else if !mark_skipped(name, params, errors) {
+            errors.push(no_such_parameter(name, params));
+        }
+    }
+}
+
+/// Marks every binding called `name` as skipped, reporting one that already is; `false` if there is none.
+fn mark_skipped(name: &Ident, params: &mut [Param<'_>], errors: &mut Errors) -> bool {
+    let unraw = name.unraw();
+    let mut found = false;
+    for (ident, skipped) in params.iter_mut().flat_map(|param| &mut param.bindings) {
+        if ident.unraw() == unraw {
+            if *skipped {
+                errors.push(syn::Error::new(name.span(), format!("`{name}` is skipped twice")));
+            }
+            *skipped = true;
+            found = true;
+        }
+    }
+    found
+}
+
+/// "no parameter named `name`", with the names that `skip` could have named.
+fn no_such_parameter(name: &Ident, params: &[Param<'_>]) -> syn::Error {
+    let names: Vec<String> = params.iter().flat_map(|p| &p.bindings).map(|(ident, _)| format!("`{ident}`")).collect();
+    let known = match names.len() {
+        0 => "; the function takes no arguments that could be skipped".to_owned(),
+        _ => format!("; the arguments are {}", names.join(", ")),
+    };
+    syn::Error::new(name.span(), format!("no parameter named `{name}`{known}"))
+}
+
+/// Rejects a key argument whose type is a `HashSet` (by its last path segment, also behind references).
+/// serde writes a set in its iteration order, which is random per process, so equal sets would give
+/// different keys. A `HashMap` is fine: the key encoding sorts map entries.
+fn reject_hash_sets(params: &[Param<'_>], errors: &mut Errors) {
+    for param in params.iter().filter(|param| param.in_key()) {
+        let Some(set) = hash_set(&param.arg.ty) else { continue };
+        let names: Vec<String> =
+            param.bindings.iter().filter(|(_, skipped)| !skipped).map(|(ident, _)| ident.to_string()).collect();
+        errors.push(syn::Error::new_spanned(
+            set,
+            format!(
+                "a `HashSet` cannot be part of the cache key: serde writes a set in its iteration order, which is \
+                 random (it changes from process to process), so equal sets would give different keys; take a \
+                 `BTreeSet` (or a sorted `Vec`), or leave the argument out of the key with `skip({})`",
+                names.join(", ")
+            ),
+        ));
+    }
+}
+
+/// `ty` if it is a `HashSet` (any path whose last segment is `HashSet`), seen through references and
+/// parentheses.
+fn hash_set(ty: &Type) -> Option<&syn::TypePath> {
+    match ty {
+        Type::Reference(reference) => hash_set(&reference.elem),
+        Type::Paren(paren) => hash_set(&paren.elem),
+        Type::Group(group) => hash_set(&group.elem),
+        Type::Path(path) if path.path.segments.last().is_some_and(|s| s.ident == "HashSet") => Some(path),
+        _ => None,
+    }
+}
+
+/// The `namespace` option, checked, or else the function's name (which must then be a valid namespace).
+fn checked_namespace(namespace: Option<LitStr>, function: &Ident, errors: &mut Errors) -> LitStr {
+    match namespace {
+        Some(lit) => {
+            if let Some(problem) = namespace_problem(&lit.value()) {
+                errors.push(syn::Error::new(lit.span(), format!("invalid namespace: {problem}")));
+            }
+            lit
+        }
+        None => {
+            let name = function.unraw().to_string();
+            if let Some(problem) = namespace_problem(&name) {
+                errors.push(syn::Error::new(
+                    function.span(),
+                    format!(
+                        "the function's name is not a valid namespace ({problem}); give one with \
+                         `namespace = \"...\"`"
+                    ),
+                ));
+            }
+            LitStr::new(&name, function.span())
+        }
+    }
+}
+
+/// The `version` option as a `u32`, `0` if absent (or invalid, which is reported).
+fn checked_version(version: Option<LitInt>, errors: &mut Errors) -> u32 {
+    version.map_or(0, |lit| match (lit.suffix(), lit.base10_parse::<u32>()) {
+        ("" | "u32", Ok(v)) => v,
+        (_, Err(e)) => {
+            let why =
+                if lit.base10_digits().starts_with('-') { "it cannot be negative".to_owned() } else { e.to_string() };
+            errors.push(syn::Error::new(lit.span(), format!("`version` must be a `u32`: {why}")));
+            0
+        }
+        (suffix, Ok(_)) => {
+            errors.push(syn::Error::new(lit.span(), format!("`version` is a `u32`; remove the `{suffix}` suffix")));
+            0
+        }
+    })
+}
+
+/// A duration option (`ttl`, `stale`, `local`) parsed; an invalid one is reported at its literal.
+fn checked_duration(lit: Option<LitStr>, never: Never, errors: &mut Errors) -> Option<Parsed> {
+    let lit = lit?;
+    duration::parse(&lit.value(), never).map_err(|message| errors.push(syn::Error::new(lit.span(), message))).ok()
+}
+
+/// The seconds of a duration that cannot be `"never"`.
+fn seconds(parsed: Parsed) -> Option<u64> {
+    match parsed {
+        Parsed::Secs(s) => Some(s),
+        Parsed::Never => None,
+    }
+}
+
+/// The `SingleFlight` variant that `single_flight = "..."` names, spanned on the literal.
+fn single_flight_mode(lit: &LitStr, errors: &mut Errors) -> Option<Ident> {
+    let variant = match lit.value().as_str() {
+        "off" => "Off",
+        "process" => "Process",
+        "cluster" => "Cluster",
+        _ => {
+            errors.push(syn::Error::new(lit.span(), "expected \"off\", \"process\" or \"cluster\""));
+            return None;
+        }
+    };
+    Some(Ident::new(variant, lit.span()))
+}
+
+/// Whether `Self` appears in the generics, the where-clause, an argument's type or the return type: the
+/// function is then in an `impl` and `Self` can be named.
+fn signature_mentions_self(sig: &Signature, params: &[Param<'_>], ret: &TokenStream) -> bool {
+    let mut tokens = sig.generics.to_token_stream();
+    sig.generics.where_clause.to_tokens(&mut tokens);
+    for param in params {
+        param.arg.ty.to_tokens(&mut tokens);
+    }
+    ret.to_tokens(&mut tokens);
+    mentions_self_type(tokens)
+}
+
+// Code generation.
+
+impl Plan<'_> {
     /// `static __PG_CACHED_SITE: Site = Site::new(..).ttl(..)...;`
     fn site(&self) -> TokenStream {
         let rt = rt(Span::call_site());
@@ -473,24 +554,7 @@ impl<'a> Plan<'a> {
             let ret = respan(ret.clone(), span);
             quote_spanned!(span=> #rt::assert_returns_option::<#ret>();)
         });
-        // Tracing's "fake return edge": the async block's type is inferred from the declared return type,
-        // so `?` and `return` in the body work, and type errors point at the return type.
-        let fake_return = quote_spanned! {ret_span=>
-            #[allow(
-                unknown_lints,
-                unreachable_code,
-                clippy::diverging_sub_expression,
-                clippy::empty_loop,
-                clippy::let_unit_value,
-                clippy::let_with_type_underscore,
-                clippy::needless_return,
-                clippy::unreachable
-            )]
-            if false {
-                let __pg_cached_fake_return: #ret = loop {};
-                return __pg_cached_fake_return;
-            }
-        };
+        let fake_return = self.fake_return_edge();
         let block = &self.function.block;
         let rt = rt(ret_span);
         let policy = quote_spanned!(ret_span=> (&#rt::Probe::<#ret>::new()).policy(#cache_none));
@@ -526,40 +590,77 @@ impl<'a> Plan<'a> {
         }
     }
 
+    /// Tracing's "fake return edge": the async block's type is inferred from the declared return type, so `?`
+    /// and `return` in the body work, and type errors point at the return type.
+    fn fake_return_edge(&self) -> TokenStream {
+        let ret = &self.ret;
+        quote_spanned! {self.ret_span=>
+            #[allow(
+                unknown_lints,
+                unreachable_code,
+                clippy::diverging_sub_expression,
+                clippy::empty_loop,
+                clippy::let_unit_value,
+                clippy::let_with_type_underscore,
+                clippy::needless_return,
+                clippy::unreachable
+            )]
+            if false {
+                let __pg_cached_fake_return: #ret = loop {};
+                return __pg_cached_fake_return;
+            }
+        }
+    }
+
     /// `{fn}_cache_key`, `{fn}_invalidate` and `{fn}_refresh`, unless `companions = false`.
     fn companions(&self) -> TokenStream {
         if !self.companions {
             return TokenStream::new();
         }
-        let function = self.function;
-        let sig = &function.sig;
-        let name = &sig.ident;
         // The companions are spanned on the function's name: an error about one of them (such as "not a member
         // of trait" in a trait impl) points there.
-        let span = name.span();
-        let rt = rt(span);
-        let vis = &function.vis;
-        let generics = &sig.generics;
-        let where_clause = &generics.where_clause;
-        let cfgs: Vec<_> = function.attrs.iter().filter(|a| a.path().is_ident("cfg")).collect();
-        let site = self.site();
-        let cache = self.cache_ref();
-        let allow =
-            quote!(#[allow(dead_code, unused_mut, unused_variables, clippy::needless_lifetimes, clippy::unused_self)]);
-        let unsafety = &sig.unsafety;
-        let ident = |suffix: &str| format_ident!("{}_{}", name.unraw(), suffix, span = name.span());
-        let (key_fn, invalidate_fn, refresh_fn) = (ident("cache_key"), ident("invalidate"), ident("refresh"));
+        let span = self.function.sig.ident.span();
+        let [key_doc, invalidate_doc, refresh_doc] = self.companion_docs(span);
+        let cache_key = self.cache_key_companion(span, &key_doc);
+        let invalidate = self.invalidate_companion(span, &invalidate_doc);
+        let refresh = self.refresh_companion(span, &refresh_doc);
+        quote!(#cache_key #invalidate #refresh)
+    }
 
-        // `&self` (keeping a lifetime written as `&'a self`) for the two companions that only need the cache.
-        let by_ref = self.receiver.map(|r| match &r.reference {
-            Some((and, lifetime)) => {
-                let recv = &r.self_token;
-                quote!(#and #lifetime #recv,)
+    /// `fn {fn}_cache_key(<key arguments>) -> Result<String, CacheError>`.
+    fn cache_key_companion(&self, span: Span, docs: &[TokenStream]) -> TokenStream {
+        let rt = rt(span);
+        let attrs = self.companion_attrs(docs);
+        let vis = &self.function.vis;
+        let name = self.companion_name("cache_key");
+        let generics = &self.function.sig.generics;
+        let where_clause = &generics.where_clause;
+        let by_ref = self.receiver_by_ref();
+        let params: Vec<&PatType> = self.params.iter().filter(|p| p.in_key()).map(|p| p.arg).collect();
+        let site = self.site();
+        let key = self.key(&vec![false; self.params.len()]);
+        quote_spanned! {span=>
+            #attrs
+            #vis fn #name #generics (#by_ref #(#params),*)
+                -> ::core::result::Result<::std::string::String, #rt::CacheError>
+                #where_clause
+            {
+                #site
+                #key
             }
-            None => quote_spanned!(r.self_token.span=> &self,),
-        });
-        let key_params: Vec<&PatType> = self.params.iter().filter(|p| p.in_key()).map(|p| p.arg).collect();
-        // `_invalidate` also takes the skipped arguments that `cache = <expr>` names.
+        }
+    }
+
+    /// `async fn {fn}_invalidate(<key arguments>) -> Result<bool, CacheError>`; it also takes the skipped
+    /// arguments that `cache = <expr>` names.
+    fn invalidate_companion(&self, span: Span, docs: &[TokenStream]) -> TokenStream {
+        let rt = rt(span);
+        let attrs = self.companion_attrs(docs);
+        let vis = &self.function.vis;
+        let name = self.companion_name("invalidate");
+        let generics = &self.function.sig.generics;
+        let where_clause = &generics.where_clause;
+        let by_ref = self.receiver_by_ref();
         let used_by_cache = {
             let mut finder = NameFinder::default();
             if let Some(expr) = &self.cache {
@@ -567,44 +668,132 @@ impl<'a> Plan<'a> {
             }
             finder.names
         };
-        let invalidate_params: Vec<&PatType> = self
+        let params: Vec<&PatType> = self
             .params
             .iter()
             .filter(|p| p.in_key() || p.bindings.iter().any(|(i, _)| used_by_cache.contains(&i.unraw())))
             .map(|p| p.arg)
             .collect();
+        let site = self.site();
         let key = self.key(&vec![false; self.params.len()]);
+        let cache = self.cache_ref();
+        quote_spanned! {span=>
+            #attrs
+            #vis async fn #name #generics (#by_ref #(#params),*)
+                -> ::core::result::Result<bool, #rt::CacheError>
+                #where_clause
+            {
+                #site
+                let __pg_cached_key = #key;
+                let __pg_cached_cache = #cache;
+                #rt::invalidate(&__PG_CACHED_SITE, __pg_cached_cache, __pg_cached_key).await
+            }
+        }
+    }
 
-        // `_refresh` takes every argument and passes it on to the function. A plain `name: Type` keeps its
-        // name; any other pattern is received as `__pg_cached_argN` and its names are bound by reference.
-        let mut refresh_params = Vec::new();
-        let mut refresh_args = Vec::new();
-        let mut rebind = Vec::new();
-        let mut borrowed = Vec::new();
+    /// `async fn {fn}_refresh(<every argument>) -> R`: the function's own receiver and arguments, passed on
+    /// to the function after the key is computed from them.
+    fn refresh_companion(&self, span: Span, docs: &[TokenStream]) -> TokenStream {
+        let rt = rt(span);
+        let attrs = self.companion_attrs(docs);
+        let vis = &self.function.vis;
+        let name = self.companion_name("refresh");
+        let sig = &self.function.sig;
+        let (unsafety, generics, output) = (&sig.unsafety, &sig.generics, &sig.output);
+        let where_clause = &generics.where_clause;
+        let receiver = self.refresh_receiver();
+        let RefreshArgs { params, args, rebind, borrowed } = self.refresh_args();
+        let site = self.site();
+        let key = self.key(&borrowed);
+        let call = self.call_function(&args);
+        quote_spanned! {span=>
+            #attrs
+            #vis async #unsafety fn #name #generics (#receiver #(#params),*) #output
+                #where_clause
+            {
+                #site
+                let __pg_cached_key = {
+                    #(#rebind)*
+                    #key
+                };
+                #rt::refresh(__pg_cached_key, #call).await
+            }
+        }
+    }
+
+    /// `{fn}_{suffix}`, spanned on the function's name.
+    fn companion_name(&self, suffix: &str) -> Ident {
+        let name = &self.function.sig.ident;
+        format_ident!("{}_{}", name.unraw(), suffix, span = name.span())
+    }
+
+    /// A companion's doc comment, the function's `#[cfg(...)]`s, and the lints a companion never warns of.
+    fn companion_attrs(&self, docs: &[TokenStream]) -> TokenStream {
+        let cfgs = self.function.attrs.iter().filter(|a| a.path().is_ident("cfg"));
+        let allow =
+            quote!(#[allow(dead_code, unused_mut, unused_variables, clippy::needless_lifetimes, clippy::unused_self)]);
+        quote!(#(#docs)* #(#cfgs)* #allow)
+    }
+
+    /// `&self,` (keeping a lifetime written as `&'a self`) for the two companions that only need the cache.
+    fn receiver_by_ref(&self) -> Option<TokenStream> {
+        self.receiver.map(|r| match &r.reference {
+            Some((and, lifetime)) => {
+                let recv = &r.self_token;
+                quote!(#and #lifetime #recv,)
+            }
+            None => quote_spanned!(r.self_token.span=> &self,),
+        })
+    }
+
+    /// `{fn}_refresh`'s receiver: the function's own, except that a typed receiver (`self: Arc<Self>`) loses
+    /// a `mut`, as it is only passed on.
+    fn refresh_receiver(&self) -> Option<TokenStream> {
+        self.receiver.map(|r| match &r.reference {
+            Some(_) => quote!(#r,),
+            None => {
+                let Receiver { attrs, self_token, colon_token, ty, .. } = r;
+                quote!(#(#attrs)* #self_token #colon_token #ty,)
+            }
+        })
+    }
+
+    /// `{fn}_refresh` takes every argument and passes it on to the function. A plain `name: Type` keeps its
+    /// name; any other pattern is received as `__pg_cached_argN` and its names are bound by reference.
+    fn refresh_args(&self) -> RefreshArgs {
+        let mut refresh = RefreshArgs::default();
         for (i, param) in self.params.iter().enumerate() {
             let PatType { attrs, ty, .. } = param.arg;
             let arg = match param.plain_ident() {
                 Some(ident) => {
-                    borrowed.push(false);
+                    refresh.borrowed.push(false);
                     ident.clone()
                 }
                 None => {
                     let arg = format_ident!("__pg_cached_arg{}", i);
-                    borrowed.push(true);
+                    refresh.borrowed.push(true);
                     if param.in_key() {
                         let mut pat = (*param.arg.pat).clone();
                         BindByRef.visit_pat_mut(&mut pat);
-                        rebind.push(quote!(let #pat = #arg;));
+                        refresh.rebind.push(quote!(let #pat = #arg;));
                     }
                     arg
                 }
             };
-            refresh_params.push(quote!(#(#attrs)* #arg: #ty));
-            refresh_args.push(arg);
+            refresh.params.push(quote!(#(#attrs)* #arg: #ty));
+            refresh.args.push(arg);
         }
-        let refresh_key = self.key(&borrowed);
+        refresh
+    }
+
+    /// A call of the function itself with `args` (after the receiver, if any), naming its generic
+    /// parameters.
+    fn call_function(&self, args: &[Ident]) -> TokenStream {
+        let sig = &self.function.sig;
+        let name = &sig.ident;
         let turbofish = {
-            let names: Vec<&Ident> = generics
+            let names: Vec<&Ident> = sig
+                .generics
                 .params
                 .iter()
                 .filter_map(|p| match p {
@@ -618,64 +807,14 @@ impl<'a> Plan<'a> {
         let call = match self.receiver {
             Some(receiver) => {
                 let recv = receiver.self_token;
-                quote!(Self::#name #turbofish(#recv, #(#refresh_args),*))
+                quote!(Self::#name #turbofish(#recv, #(#args),*))
             }
-            None if self.self_type => quote!(Self::#name #turbofish(#(#refresh_args),*)),
-            None => quote!(#name #turbofish(#(#refresh_args),*)),
+            None if self.self_type => quote!(Self::#name #turbofish(#(#args),*)),
+            None => quote!(#name #turbofish(#(#args),*)),
         };
-        let call = match unsafety {
+        match sig.unsafety {
             Some(_) => quote!(unsafe { #call }),
             None => call,
-        };
-        let refresh_receiver = self.receiver.map(|r| match &r.reference {
-            Some(_) => quote!(#r,),
-            None => {
-                let Receiver { attrs, self_token, colon_token, ty, .. } = r;
-                quote!(#(#attrs)* #self_token #colon_token #ty,)
-            }
-        });
-        let output = &sig.output;
-
-        let docs = self.companion_docs(span);
-        let (key_doc, invalidate_doc, refresh_doc) = (&docs[0], &docs[1], &docs[2]);
-        quote_spanned! {span=>
-            #(#key_doc)*
-            #(#cfgs)*
-            #allow
-            #vis fn #key_fn #generics (#by_ref #(#key_params),*)
-                -> ::core::result::Result<::std::string::String, #rt::CacheError>
-                #where_clause
-            {
-                #site
-                #key
-            }
-
-            #(#invalidate_doc)*
-            #(#cfgs)*
-            #allow
-            #vis async fn #invalidate_fn #generics (#by_ref #(#invalidate_params),*)
-                -> ::core::result::Result<bool, #rt::CacheError>
-                #where_clause
-            {
-                #site
-                let __pg_cached_key = #key;
-                let __pg_cached_cache = #cache;
-                #rt::invalidate(&__PG_CACHED_SITE, __pg_cached_cache, __pg_cached_key).await
-            }
-
-            #(#refresh_doc)*
-            #(#cfgs)*
-            #allow
-            #vis async #unsafety fn #refresh_fn #generics (#refresh_receiver #(#refresh_params),*) #output
-                #where_clause
-            {
-                #site
-                let __pg_cached_key = {
-                    #(#rebind)*
-                    #refresh_key
-                };
-                #rt::refresh(__pg_cached_key, #call).await
-            }
         }
     }
 
@@ -851,6 +990,19 @@ impl VisitMut for BindByRef {
         node.mutability = None;
         syn::visit_mut::visit_pat_ident_mut(self, node);
     }
+}
+
+/// What `{fn}_refresh` does with the function's arguments (see [`Plan::refresh_args`]).
+#[derive(Default)]
+struct RefreshArgs {
+    /// Its own arguments, `name: Type`.
+    params: Vec<TokenStream>,
+    /// The names it passes on to the function.
+    args: Vec<Ident>,
+    /// `let <pattern with ref bindings> = __pg_cached_argN;` for each argument with a pattern in the key.
+    rebind: Vec<TokenStream>,
+    /// For [`Plan::key`]: whether the names each argument binds are references.
+    borrowed: Vec<bool>,
 }
 
 #[cfg(test)]

@@ -103,7 +103,16 @@ use proc_macro::TokenStream;
 ///
 /// Each argument not skipped must implement `serde::Serialize`; otherwise the error points at that
 /// argument and suggests `skip`. Serialization is stable: a `HashMap` argument gives the same key whatever
-/// its iteration order.
+/// its iteration order, because the key sorts map entries.
+///
+/// **A `HashSet` argument is a compile error**, unless it is skipped. serde writes a set in its iteration
+/// order, which is random (it changes from process to process, and can differ between two equal sets), so
+/// equal sets would give different keys and the cache would seldom hit. Take a `BTreeSet` (or a sorted
+/// `Vec`) instead, or leave the argument out of the key with `skip(...)`. The check reads the type as
+/// written: a type whose last path segment is `HashSet` (`HashSet<T>`, `std::collections::HashSet<T, S>`,
+/// `hashbrown::HashSet<T>`), also behind references (`&HashSet<T>`, `&'a mut HashSet<T>`). A set inside
+/// another type (`Vec<HashSet<T>>`, `Option<HashSet<T>>`, a field of a struct) or under a type alias is not
+/// seen: keep such values out of the key yourself.
 ///
 /// Renaming the function or moving it to another module changes its keys: the old entries are no longer
 /// read, and expire by their TTL. Type names come from `std::any::type_name`, which a new compiler version
@@ -203,7 +212,8 @@ use proc_macro::TokenStream;
 /// variadic arguments, an `impl Trait` return type, the attribute on anything but a function, an invalid
 /// namespace or duration, `version` out of `u32` range, `skip` naming something that is not an argument,
 /// `cache_none = true` on a function that does not return `Option`, an argument or return type that cannot
-/// be serialized, and an option that is unknown, given twice, or not a literal where a literal is required.
+/// be serialized, a `HashSet` argument in the key, and an option that is unknown, given twice, or not a
+/// literal where a literal is required.
 ///
 /// # What it expands to
 ///

@@ -241,3 +241,40 @@ fn invalidate_takes_skipped_arguments_the_cache_expression_needs() {
     assert_eq!(text(&fns[1].sig.inputs), "x : u32");
     assert_eq!(text(&fns[2].sig.inputs), "db : & PgCache , x : u32");
 }
+
+#[test]
+fn hash_set_arguments_are_rejected_unless_skipped() {
+    let messages = errors(
+        quote!(),
+        quote! {
+            async fn f<'a, T, S>(
+                a: HashSet<String>,
+                b: &std::collections::HashSet<u32>,
+                c: &'a HashSet<T, S>,
+                r#in: &mut (hashbrown::HashSet<u8>),
+            ) -> u32 { 0 }
+        },
+    );
+    assert_eq!(messages.len(), 4, "{messages:?}");
+    for (message, name) in messages.iter().zip(["a", "b", "c", "r#in"]) {
+        assert!(message.starts_with("a `HashSet` cannot be part of the cache key: "), "{message}");
+        assert!(message.ends_with(&format!("with `skip({name})`")), "{message}");
+    }
+
+    // Out of the key, a `HashSet` is fine; so are the ordered set and any map.
+    let file = expand(
+        quote!(skip(seen)),
+        quote! { async fn f(seen: &HashSet<u32>, tags: BTreeSet<u32>, weights: HashMap<u32, u32>) -> u32 { 0 } },
+    );
+    let body = text(&functions(&file)[0].block);
+    assert!(!body.contains("add_to_key (& seen"), "{body}");
+    assert!(body.contains("add_to_key (& tags") && body.contains("add_to_key (& weights"), "{body}");
+}
+
+#[test]
+fn hash_set_errors_come_with_the_others() {
+    let messages = errors(quote!(ttl = "soon"), quote! { fn f(s: HashSet<u8>) -> u8 { 0 } });
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert!(messages[0].starts_with("`#[pg_cached]` applies only to `async fn`"));
+    assert!(messages[1].starts_with("a `HashSet` cannot be part of the cache key"));
+}
