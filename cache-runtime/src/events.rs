@@ -16,6 +16,7 @@
 use crate::local::{key_hash, LocalTier};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -28,8 +29,11 @@ pub(crate) struct Events {
     pub(crate) sender: u64,
     /// Callers waiting for a cluster-wide computation, by key hash.
     waiters: Mutex<HashMap<u64, Weak<Notify>>>,
-    /// Times the listener (re)connected; each one after the first cleared the in-process tier.
+    /// Times the listener (re)connected; each one cleared the in-process tier.
     pub(crate) connects: std::sync::atomic::AtomicU64,
+    /// Whether the listener is connected now. The in-process tier serves nothing while it is not (see
+    /// `LocalTier`), since invalidations sent meanwhile would be missed.
+    pub(crate) listening: Arc<AtomicBool>,
     listener: OnceLock<tokio::task::JoinHandle<()>>,
 }
 
@@ -52,7 +56,13 @@ impl Default for Events {
             h.write_u32(std::process::id());
             h.finish()
         };
-        Events { sender, waiters: Mutex::default(), connects: Default::default(), listener: OnceLock::new() }
+        Events {
+            sender,
+            waiters: Mutex::default(),
+            connects: Default::default(),
+            listening: Arc::default(),
+            listener: OnceLock::new(),
+        }
     }
 }
 
@@ -157,9 +167,11 @@ async fn listen(events: Weak<Events>, pool: PgPool, local: Weak<OnceLock<LocalTi
         backoff = Duration::from_millis(100);
         {
             let Some(events) = events.upgrade() else { return };
-            // Whatever was sent while we were not listening is lost: forget everything we might have missed.
-            if events.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0 {
-                clear_local(&local);
+            // Whatever was sent before we listened is lost, on the first connection as on later ones: forget
+            // everything the tier may hold, and only then let it serve again.
+            clear_local(&local);
+            events.listening.store(true, Ordering::Release);
+            if events.connects.fetch_add(1, Ordering::Relaxed) > 0 {
                 tracing::info!("cache event listener reconnected; in-process tier cleared");
             }
         }
@@ -169,6 +181,9 @@ async fn listen(events: Weak<Events>, pool: PgPool, local: Weak<OnceLock<LocalTi
             let Some(events) = events.upgrade() else { return };
             let tier = local.upgrade();
             apply(&events, tier.as_deref().and_then(OnceLock::get), notification.payload());
+        }
+        if let Some(events) = events.upgrade() {
+            events.listening.store(false, Ordering::Release);
         }
         clear_local(&local);
     }

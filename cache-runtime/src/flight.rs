@@ -12,12 +12,16 @@ use tokio::sync::OnceCell;
 /// What a leader hands to the callers that waited for it.
 #[derive(Debug, Clone)]
 pub(crate) enum Shared {
-    /// The outcome as stored JSON; followers decode their own copy.
-    Json(Arc<str>),
+    /// The outcome is in the store (the leader found or wrote it): followers read it back, so that what
+    /// they return reflects every invalidation that completed before their call began; the JSON is a
+    /// fallback for when that read fails.
+    Stored(Arc<str>),
+    /// The outcome as JSON that could not be stored (the store is down); followers decode their own copy.
+    Unstored(Arc<str>),
     /// An expired value, served while the leader refreshes it (stale-while-revalidate).
     Stale(Arc<str>),
-    /// The outcome was not cacheable (an `Err`, a `None`, a value JSONB cannot hold): each follower runs the
-    /// function itself, since the outcome cannot be copied to it.
+    /// The outcome was not cacheable (an `Err`, a `None`, a value JSONB cannot hold), or was computed before
+    /// an invalidation: each follower runs the function itself.
     Unshareable,
 }
 
@@ -34,6 +38,13 @@ impl Flights {
         let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
         let cell = Arc::clone(map.entry(key.to_owned()).or_default());
         Ticket { flights: self, key: key.to_owned(), cell, leader: false }
+    }
+
+    /// Detaches the flights whose key matches: their members finish as they are, and callers arriving from
+    /// now on start new flights. Used by invalidations, so that nobody who calls after one gets a value
+    /// computed before it.
+    pub(crate) fn detach(&self, matches: impl Fn(&str) -> bool) {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| !matches(key));
     }
 
     #[cfg(test)]

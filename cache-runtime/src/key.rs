@@ -172,6 +172,11 @@ impl KeyBuilder {
 /// name is then part of the key). The namespace must be a constant expression (a literal or a `const`); an
 /// invalid namespace is a compile-time error.
 ///
+/// **Sets.** A `HashSet` argument gives different keys for equal sets, because serde writes a set in its
+/// iteration order, which is random per process (a `HashMap` is fine: the key encoding sorts its entries).
+/// Pass a `BTreeSet` or a sorted `Vec` instead. `cache_key!` cannot see argument types, so unlike
+/// `#[pg_cached]` it does not reject a `HashSet` at compile time.
+///
 /// ```
 /// use cache_runtime::cache_key;
 /// let query = "rust async";

@@ -14,16 +14,6 @@ use crate::error::Result;
 use crate::store::PgCache;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-// A cache may also take over a lease of its own (owner prefix $4) that it failed to release: in-process
-// single-flight already allows one leader per key, and a release only deletes its own owner's row.
-const ACQUIRE: &str = "INSERT INTO cache_leases (cache_key, owner, deadline) \
-     VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond') \
-     ON CONFLICT (cache_key) DO UPDATE SET owner = EXCLUDED.owner, deadline = EXCLUDED.deadline \
-     WHERE cache_leases.deadline <= now() OR starts_with(cache_leases.owner, $4) RETURNING 1";
-
-const RELEASE: &str = "WITH gone AS (DELETE FROM cache_leases WHERE cache_key = $1 AND owner = $2 RETURNING 1) \
-     SELECT (SELECT count(*) FROM gone), (SELECT 1 FROM (SELECT pg_notify('pg_cached_events', $3)) AS n)";
-
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(0);
 
 /// A held lease. Release it with [`Lease::release`]; dropping it releases it in the background.
@@ -54,9 +44,8 @@ impl PgCache {
         let prefix = format!("{:016x}-", self.inner.events.sender);
         let owner = format!("{prefix}{}", NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
         let lease_ms = i64::try_from(self.config().lease.as_millis()).unwrap_or(i64::MAX);
-        let query = sqlx::query_scalar::<_, i32>(ACQUIRE).bind(&key).bind(&owner).bind(lease_ms).bind(&prefix);
-        match self.bounded("lease", self.config().op_timeout, query.fetch_optional(self.pool())).await {
-            Ok(taken) => Ok(taken.map(|_| Lease { cache: self.clone(), key, owner, released: false })),
+        match self.server().lease_acquire(&key, &owner, &prefix, lease_ms).await {
+            Ok(taken) => Ok(taken.then(|| Lease { cache: self.clone(), key, owner, released: false })),
             Err(error) => {
                 // A timeout may strike after the server took the lease: delete it by its (unique) owner, so
                 // nobody waits for a lease that no caller knows it holds.
@@ -108,9 +97,8 @@ async fn release(cache: &PgCache, key: &str, owner: &str) {
 
 async fn try_release(cache: &PgCache, key: &str, owner: &str) -> bool {
     let payload = cache.inner.events.done_payload(key);
-    let query = sqlx::query_as::<_, (i64, Option<i32>)>(RELEASE).bind(key).bind(owner).bind(payload);
-    match cache.bounded("lease", cache.config().op_timeout, query.fetch_one(cache.pool())).await {
-        Ok(_) => true,
+    match cache.server().lease_release(key, owner, payload).await {
+        Ok(()) => true,
         Err(error) => {
             tracing::debug!(key, %error, "releasing a single-flight lease failed; retrying");
             false
@@ -126,12 +114,9 @@ impl Drop for Lease {
     }
 }
 
-const IS_LIVE: &str = "SELECT EXISTS (SELECT 1 FROM cache_leases WHERE cache_key = $1 AND deadline > now())";
-
 impl PgCache {
     /// Whether someone holds a live lease on `key`.
     pub(crate) async fn lease_is_live(&self, key: &str) -> Result<bool> {
-        let query = sqlx::query_scalar::<_, bool>(IS_LIVE).bind(key);
-        self.bounded("lease", self.config().op_timeout, query.fetch_one(self.pool())).await
+        self.server().lease_is_live(key).await
     }
 }

@@ -63,18 +63,26 @@
 //!
 //! # No stale sets
 //! [`PgCache::delete`], [`PgCache::delete_namespace`] and the generated `{fn}_invalidate` companions record
-//! when they ran. A memoized result is only written if its computation started after the last invalidation
-//! of its key and of its namespace (compared on the database's clock), so a slow computation that began
-//! before an invalidation can never put its outdated value back.
+//! when they ran. A memoized result (and a `{fn}_refresh`) is only written if its computation started after
+//! the last invalidation of its key and of its namespace (compared on the database's clock), so a slow
+//! computation that began before an invalidation can never put its outdated value back. Writes and
+//! invalidations of one key take turns under a transaction-scoped advisory lock, so the check cannot miss
+//! an invalidation that is committing at the same moment. A caller that starts after an invalidation has
+//! completed never receives a value computed before it: invalidations detach this process's computations
+//! in flight, and single-flight followers read the leader's value back from PostgreSQL rather than taking
+//! it from memory.
 //!
 //! # The in-process tier
 //! A PostgreSQL hit costs a network round trip. For hot keys, an in-process tier (L1) answers from memory:
 //! turn it on for every key with [`PgCacheBuilder::local_tier`], or per function with `local = "30s"`.
 //!
-//! **Coherence guarantee.** Every write, delete, namespace purge and `{fn}_invalidate` sends a notification
-//! (LISTEN/NOTIFY on `pg_cached_events`) and every process drops the key or namespace from its tier,
-//! normally within milliseconds. Notifications can be lost while a process's listener is disconnected, so
-//! after every reconnect the process clears its whole tier. Whatever happens, an L1 entry is never served
+//! **Coherence guarantee.** Every write, delete, namespace purge and `{fn}_invalidate`, from any process
+//! (with or without a tier of its own), sends a notification (LISTEN/NOTIFY on `pg_cached_events`) from the
+//! transaction that made the change, and every process drops the key or namespace from its tier, normally
+//! within milliseconds. A read that fetched a row before an invalidation reached this process never puts it
+//! in the tier afterwards (an epoch check). Notifications can be lost while a process's listener is
+//! disconnected, so the tier serves nothing until the listener is connected, and is cleared every time it
+//! connects. Whatever happens, an L1 entry is never served
 //! after its PostgreSQL expiry, nor longer than the tier's max age after it was stored: the max age is the
 //! bound on how stale a value can be when a notification is lost. Choose it as the staleness you can accept.
 //!
@@ -96,13 +104,19 @@
 
 mod canonical;
 mod codec;
+mod config;
 mod error;
 mod events;
+mod exec;
 mod flight;
 mod global;
 mod key;
 mod lease;
 mod local;
+mod maintenance;
+mod memo;
+mod server;
+mod sql;
 mod stats;
 mod store;
 mod ttl;
@@ -112,12 +126,33 @@ mod ttl;
 #[path = "private.rs"]
 pub mod __private;
 
+pub use config::{Durability, PgCacheBuilder};
 pub use error::{CacheError, Result};
 pub use global::{global, set_global};
 pub use key::{validate_namespace, MAX_NAMESPACE_LEN};
-pub use stats::{CacheStats, HealthReport, HealthStatus, NamespaceStats, ProcessCounts};
-pub use store::{Durability, PgCache, PgCacheBuilder, MAX_KEY_CHARS, MIGRATOR};
+pub use maintenance::SweepReport;
+pub use sql::MIGRATOR;
+pub use stats::{
+    CacheStats, HealthReport, HealthStatus, NamespaceStats, ProcessCounts, MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES,
+};
+pub use store::{PgCache, MAX_KEY_CHARS};
 pub use ttl::Ttl;
 
 #[doc(inline)]
 pub use cache_macros::pg_cached;
+
+/// Hooks for this crate's own tests. **Not a stable API.**
+#[doc(hidden)]
+pub mod test_support {
+    use crate::PgCache;
+
+    /// How many entries `cache`'s in-process tier holds (0 when it is off).
+    pub fn local_len(cache: &PgCache) -> u64 {
+        cache.inner.local.get().map_or(0, crate::local::LocalTier::len)
+    }
+
+    /// How many times `cache`'s event listener has connected.
+    pub fn listener_connects(cache: &PgCache) -> u64 {
+        cache.inner.events.connects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -11,6 +11,7 @@ use crate::stats::namespace_of;
 use moka::sync::Cache;
 use moka::Expiry;
 use std::any::Any;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -68,12 +69,25 @@ impl Expiry<u64, Arc<LocalEntry>> for UntilDeadline {
     }
 }
 
+/// The longest an entry is ever kept: `Instant` arithmetic past this could overflow.
+const LONGEST_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// The tier itself.
+///
+/// **Coherence.** Two things keep an invalidated value from coming back:
+/// - The *epoch*, bumped by every removal. A reader takes it ([`epoch`](Self::epoch)) before it reads
+///   PostgreSQL, and [`put`](Self::put) drops the entry again if any removal happened since: a read that
+///   fetched a row before an invalidation committed cannot refill the tier after the invalidation cleared it.
+/// - *Listening*: the tier serves and stores nothing while this process's event listener is not connected,
+///   since invalidations sent meanwhile would be missed; the listener clears the tier whenever it connects.
 pub(crate) struct LocalTier {
     entries: Cache<u64, Arc<LocalEntry>>,
     max_age: Duration,
     /// Whether `PgCache::get`/`set` use it for every key (builder option) or only functions that ask for it.
     pub(crate) for_all_keys: bool,
+    epoch: AtomicU64,
+    /// Shared with the event listener, which sets it while it is connected.
+    listening: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for LocalTier {
@@ -87,40 +101,68 @@ impl std::fmt::Debug for LocalTier {
 }
 
 impl LocalTier {
-    pub(crate) fn new(capacity: u64, max_age: Duration, for_all_keys: bool) -> LocalTier {
+    pub(crate) fn new(capacity: u64, max_age: Duration, for_all_keys: bool, listening: Arc<AtomicBool>) -> LocalTier {
         let entries =
             Cache::builder().max_capacity(capacity).expire_after(UntilDeadline).support_invalidation_closures().build();
-        LocalTier { entries, max_age, for_all_keys }
+        LocalTier { entries, max_age: max_age.min(LONGEST_LIFETIME), for_all_keys, epoch: AtomicU64::new(0), listening }
+    }
+
+    fn listening(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
     }
 
     /// A live entry for `key`.
     pub(crate) fn get(&self, key: &str) -> Option<Arc<LocalEntry>> {
+        if !self.listening() {
+            return None;
+        }
         let entry = self.entries.get(&key_hash(key))?;
         (&*entry.key == key && Instant::now() < entry.deadline).then_some(entry)
     }
 
+    /// The current epoch: take it before reading what will be [`put`](Self::put).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// Stores `json` for `key`, for at most `max_age` (the tier's, or a shorter one of the function's) and
-    /// never past `remaining` (the time left before the PostgreSQL entry expires; `None` = never).
+    /// never past `remaining` (the time left before the PostgreSQL entry expires; `None` = never), unless a
+    /// removal happened since `epoch` or the listener is not connected. Returns the entry when it was kept.
     pub(crate) fn put(
         &self,
         key: &str,
         json: Arc<str>,
         remaining: Option<Duration>,
         max_age: Option<Duration>,
-    ) -> Arc<LocalEntry> {
+        epoch: u64,
+    ) -> Option<Arc<LocalEntry>> {
         let mut lifetime = max_age.map_or(self.max_age, |m| m.min(self.max_age));
         if let Some(remaining) = remaining {
             lifetime = lifetime.min(remaining);
         }
-        let entry =
-            Arc::new(LocalEntry { key: key.into(), json, typed: OnceLock::new(), deadline: Instant::now() + lifetime });
-        if !lifetime.is_zero() {
-            self.entries.insert(key_hash(key), Arc::clone(&entry));
+        if lifetime.is_zero() || !self.listening() || self.epoch() != epoch {
+            return None;
         }
-        entry
+        let now = Instant::now();
+        let deadline = now.checked_add(lifetime).unwrap_or(now);
+        let entry = Arc::new(LocalEntry { key: key.into(), json, typed: OnceLock::new(), deadline });
+        let hash = key_hash(key);
+        self.entries.insert(hash, Arc::clone(&entry));
+        // A removal that bumped the epoch after the check above may have run before the insert: undo it.
+        // (Removals bump first and remove second, so one of the two always sees the other.)
+        if self.epoch() != epoch || !self.listening() {
+            self.entries.invalidate(&hash);
+            return None;
+        }
+        Some(entry)
+    }
+
+    fn bump(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     pub(crate) fn remove_hash(&self, hash: u64) {
+        self.bump();
         self.entries.invalidate(&hash);
     }
 
@@ -129,12 +171,14 @@ impl LocalTier {
     }
 
     pub(crate) fn remove_namespace(&self, namespace: &str) {
+        self.bump();
         let namespace: Box<str> = namespace.into();
         // Only fails when closures were not enabled at build time, and they are.
         let _ = self.entries.invalidate_entries_if(move |_, entry| entry.namespace() == &*namespace);
     }
 
     pub(crate) fn clear(&self) {
+        self.bump();
         self.entries.invalidate_all();
     }
 
@@ -156,26 +200,59 @@ mod tests {
         assert_eq!(key_hash("retrieval:abc"), key_hash("retrieval:abc"));
     }
 
+    fn listening_tier(max_age: Duration) -> LocalTier {
+        LocalTier::new(100, max_age, true, Arc::new(AtomicBool::new(true)))
+    }
+
     #[test]
     fn never_serves_past_the_deadline_or_another_key() {
-        let tier = LocalTier::new(100, Duration::from_secs(60), true);
-        tier.put("ns:a", "1".into(), Some(Duration::from_millis(30)), None);
+        let tier = listening_tier(Duration::from_secs(60));
+        tier.put("ns:a", "1".into(), Some(Duration::from_millis(30)), None, tier.epoch());
         assert!(tier.get("ns:a").is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(tier.get("ns:a").is_none(), "the PostgreSQL expiry bounds the entry");
-        tier.put("ns:b", "2".into(), None, Some(Duration::from_millis(20)));
+        tier.put("ns:b", "2".into(), None, Some(Duration::from_millis(20)), tier.epoch());
         std::thread::sleep(Duration::from_millis(30));
         assert!(tier.get("ns:b").is_none(), "the function's max age bounds the entry");
-        tier.put("ns:c", "3".into(), None, None);
+        tier.put("ns:c", "3".into(), None, None, tier.epoch());
         assert!(tier.get("ns:c").is_some());
         tier.remove_namespace("ns");
         assert!(tier.get("ns:c").is_none());
     }
 
     #[test]
+    fn a_read_from_before_an_invalidation_is_not_kept() {
+        let tier = listening_tier(Duration::from_secs(60));
+        let before = tier.epoch();
+        tier.remove("ns:other");
+        assert!(tier.put("ns:a", "old".into(), None, None, before).is_none());
+        assert!(tier.get("ns:a").is_none());
+        assert!(tier.put("ns:a", "new".into(), None, None, tier.epoch()).is_some());
+    }
+
+    #[test]
+    fn nothing_is_served_or_kept_while_not_listening() {
+        let listening = Arc::new(AtomicBool::new(false));
+        let tier = LocalTier::new(100, Duration::from_secs(60), true, Arc::clone(&listening));
+        assert!(tier.put("ns:a", "1".into(), None, None, tier.epoch()).is_none());
+        listening.store(true, Ordering::Release);
+        tier.put("ns:a", "1".into(), None, None, tier.epoch());
+        assert!(tier.get("ns:a").is_some());
+        listening.store(false, Ordering::Release);
+        assert!(tier.get("ns:a").is_none());
+    }
+
+    #[test]
+    fn an_unbounded_max_age_does_not_overflow() {
+        let tier = listening_tier(Duration::MAX);
+        assert!(tier.put("ns:forever", "1".into(), None, None, tier.epoch()).is_some());
+        assert!(tier.get("ns:forever").is_some());
+    }
+
+    #[test]
     fn typed_values_are_cloned_out() {
-        let tier = LocalTier::new(100, Duration::from_secs(60), true);
-        let entry = tier.put("ns:t", "[1,2]".into(), None, None);
+        let tier = listening_tier(Duration::from_secs(60));
+        let entry = tier.put("ns:t", "[1,2]".into(), None, None, tier.epoch()).expect("kept");
         assert_eq!(entry.typed::<Vec<u8>>(), None);
         entry.set_typed(vec![1u8, 2]);
         assert_eq!(tier.get("ns:t").and_then(|e| e.typed::<Vec<u8>>()), Some(vec![1, 2]));

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
 /// What one namespace's counters count. All are since this `PgCache` was built, in this process only.
 #[derive(Debug, Default)]
@@ -54,29 +54,41 @@ impl NamespaceCounters {
     }
 }
 
-/// Per-namespace counters, created on first use.
+/// How many namespaces get counters of their own; the rest are counted together under [`OTHER_NAMESPACES`].
+/// Keys are free-form (`user42:profile` is a namespace of its own), so without a bound the counters would
+/// grow with every distinct prefix.
+pub const MAX_COUNTED_NAMESPACES: usize = 256;
+
+/// The namespace under which counters of namespaces beyond [`MAX_COUNTED_NAMESPACES`] are added up. No
+/// valid namespace (see [`validate_namespace`](crate::validate_namespace)) can be spelled this way.
+pub const OTHER_NAMESPACES: &str = "*other*";
+
+/// Per-namespace counters, created on first use, at most [`MAX_COUNTED_NAMESPACES`] of them.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    by_namespace: RwLock<HashMap<String, Arc<NamespaceCounters>>>,
+    by_namespace: RwLock<HashMap<String, NamespaceCounters>>,
 }
 
 impl Counters {
     pub(crate) fn record(&self, namespace: &str, event: Event) {
-        self.namespace(namespace).counter(event).fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn namespace(&self, namespace: &str) -> Arc<NamespaceCounters> {
-        // A poisoned lock only means another thread panicked while holding it; the map is still usable.
+        // The common case: the namespace is known, and a shared lock is enough to bump its atomic.
         if let Some(found) = self.by_namespace.read().unwrap_or_else(|e| e.into_inner()).get(namespace) {
-            return Arc::clone(found);
+            found.counter(event).fetch_add(1, Ordering::Relaxed);
+            return;
         }
+        // A poisoned lock only means another thread panicked while holding it; the map is still usable.
         let mut map = self.by_namespace.write().unwrap_or_else(|e| e.into_inner());
-        Arc::clone(map.entry(namespace.to_owned()).or_default())
+        let slot = if map.contains_key(namespace) || map.len() < MAX_COUNTED_NAMESPACES {
+            namespace
+        } else {
+            OTHER_NAMESPACES
+        };
+        map.entry(slot.to_owned()).or_default().counter(event).fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn snapshot(&self) -> HashMap<String, ProcessCounts> {
         let map = self.by_namespace.read().unwrap_or_else(|e| e.into_inner());
-        map.iter().map(|(ns, c)| (ns.clone(), ProcessCounts::from(&**c))).collect()
+        map.iter().map(|(ns, c)| (ns.clone(), ProcessCounts::from(c))).collect()
     }
 }
 
@@ -88,6 +100,7 @@ pub(crate) fn namespace_of(key: &str) -> &str {
 
 /// This process's counters for one namespace (or all of them, added up).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct ProcessCounts {
     /// Lookups answered from PostgreSQL.
     pub hits: u64,
@@ -149,6 +162,7 @@ impl std::ops::AddAssign<&ProcessCounts> for ProcessCounts {
 
 /// One namespace in [`CacheStats`].
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct NamespaceStats {
     /// The namespace: the part of the key before the first `:`, or "" for keys without one.
     pub namespace: String,
@@ -162,6 +176,7 @@ pub struct NamespaceStats {
 
 /// A snapshot of the table and of this process's counters, from [`PgCache::stats`](crate::PgCache::stats).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct CacheStats {
     /// Rows in the table, expired or not.
     pub total_entries: u64,
@@ -220,6 +235,7 @@ impl CacheStats {
 /// Overall state in a [`HealthReport`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum HealthStatus {
     /// The database answered and the table is readable.
     Healthy,
@@ -231,6 +247,7 @@ pub enum HealthStatus {
 
 /// The result of [`PgCache::health_check`](crate::PgCache::health_check). Building it never fails or panics.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct HealthReport {
     /// Overall state.
     pub status: HealthStatus,
@@ -242,9 +259,35 @@ pub struct HealthReport {
     pub error: Option<String>,
 }
 
+impl HealthReport {
+    pub(crate) fn new(
+        status: HealthStatus,
+        total_entries: Option<u64>,
+        latency_ms: Option<f64>,
+        error: Option<String>,
+    ) -> HealthReport {
+        HealthReport { status, total_entries, latency_ms, error }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn namespaces_counted_are_bounded() {
+        let counters = Counters::default();
+        for user in 0..1_000 {
+            counters.record(&format!("user{user}"), Event::Hit);
+        }
+        counters.record("user0", Event::Miss);
+        let snapshot = counters.snapshot();
+        assert_eq!(snapshot.len(), MAX_COUNTED_NAMESPACES + 1);
+        assert_eq!(snapshot["user0"].misses, 1, "a namespace counted before the bound keeps its own counters");
+        let other = snapshot[OTHER_NAMESPACES].hits;
+        assert_eq!(other, 1_000 - MAX_COUNTED_NAMESPACES as u64);
+        assert_eq!(snapshot.values().map(|c| c.hits).sum::<u64>(), 1_000, "nothing is lost");
+    }
 
     #[test]
     fn counters_add_field_by_field() {

@@ -134,7 +134,7 @@ async fn one_sweep_enforces_max_entries(pool: PgPool) -> TestResult {
     for i in 0..(3 * max) {
         cache.set(&format!("e:{i:05}"), &i, Duration::from_secs(3600 + i)).await?;
     }
-    let (_, evicted) = cache.sweep().await?;
+    let evicted = cache.sweep().await?.evicted;
     let left = row_count(&pool).await;
     assert!(left as f64 <= max as f64 * 1.1, "{left} rows left after one sweep, limit {max}");
     assert_eq!(evicted, 3 * max + 10 - left as u64);
@@ -234,7 +234,11 @@ async fn migrate_is_idempotent_and_gin_is_opt_in(pool: PgPool) -> TestResult {
         sqlx::query_scalar("SELECT indexname::text FROM pg_indexes WHERE tablename = 'cache_entries' ORDER BY 1")
             .fetch_all(&pool)
             .await?;
-    assert_eq!(indexes, vec!["cache_entries_expires_at_idx", "cache_entries_pkey"], "no duplicate key index, no GIN");
+    assert_eq!(
+        indexes,
+        vec!["cache_entries_pkey", "cache_entries_sweep_at_idx", "cache_entries_unswept_idx"],
+        "no duplicate key index, no GIN"
+    );
     let with_gin = PgCache::builder().pool(pool.clone()).gin_index(true).sweep_interval(None).build().await?;
     with_gin.migrate().await?;
     with_gin.migrate().await?;

@@ -128,7 +128,7 @@ async fn sample(pool: &sqlx::PgPool, at: f64, calls: u64, hit_ratio: f64) -> Res
     let row: (i64, i64, i64, i64, i64, i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT (SELECT count(*) FROM cache_entries), s.n_live_tup, s.n_dead_tup, \
                 pg_relation_size('cache_entries'), pg_relation_size('cache_entries_pkey'), \
-                pg_relation_size('cache_entries_expires_at_idx'), pg_total_relation_size('cache_entries'), \
+                pg_relation_size('cache_entries_sweep_at_idx'), pg_total_relation_size('cache_entries'), \
                 s.n_tup_upd, s.n_tup_hot_upd, s.autovacuum_count \
          FROM pg_stat_user_tables s WHERE s.relname = 'cache_entries'",
     )
@@ -157,7 +157,7 @@ fn kib(bytes: i64) -> String {
 }
 
 fn print_header() {
-    println!("| t (s) | calls/s | hit ratio | rows | live tuples | dead tuples | dead/live | heap KiB | pkey KiB | expires_at idx KiB | total KiB | HOT updates | autovacuums |");
+    println!("| t (s) | calls/s | hit ratio | rows | live tuples | dead tuples | dead/live | heap KiB | pkey KiB | sweep_at idx KiB | total KiB | HOT updates | autovacuums |");
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
 }
 

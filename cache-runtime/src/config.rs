@@ -1,0 +1,363 @@
+//! Settings: [`PgCacheBuilder`], the environment variables of [`PgCache::from_env`], and [`Durability`].
+
+use crate::error::{CacheError, Result};
+use crate::store::PgCache;
+use crate::ttl::Ttl;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How cache writes meet the write-ahead log.
+///
+/// A cache can always be rebuilt, so by default writes do not wait for the WAL to reach disk: each write
+/// turns `synchronous_commit` off for its own transaction only (it never touches the session or other
+/// writes). A crash can then lose the last few hundred milliseconds of cache writes, which only means a few
+/// extra misses; in exchange a write costs about a third as much (see `docs/BENCHMARKS.md`). The entries
+/// that survive are never torn or corrupted either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Commit without waiting for the WAL flush (`synchronous_commit = off` for the write's transaction).
+    #[default]
+    AsyncCommit,
+    /// Wait for the WAL flush, as ordinary writes do.
+    Full,
+}
+
+/// Settings of a [`PgCache`]. Built by [`PgCacheBuilder`].
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) default_ttl: Ttl,
+    pub(crate) max_entries: Option<u64>,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) op_timeout: Duration,
+    pub(crate) maintenance_timeout: Duration,
+    pub(crate) durability: Durability,
+    pub(crate) sweep_interval: Option<Duration>,
+    pub(crate) batch_size: i64,
+    pub(crate) gin_index: bool,
+    pub(crate) lease: Duration,
+    pub(crate) local_tier: Option<(u64, Duration)>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            default_ttl: Ttl::After(Duration::from_secs(60 * 60)),
+            max_entries: Some(10_000),
+            max_value_bytes: 1024 * 1024,
+            op_timeout: Duration::from_millis(250),
+            maintenance_timeout: Duration::from_secs(30),
+            durability: Durability::AsyncCommit,
+            sweep_interval: Some(Duration::from_secs(60)),
+            batch_size: 1000,
+            gin_index: false,
+            lease: Duration::from_secs(30),
+            local_tier: None,
+        }
+    }
+}
+
+/// Where the cache's connections come from.
+#[derive(Default)]
+enum Source {
+    #[default]
+    Unset,
+    Pool(PgPool),
+    Url(String),
+    Options(Box<PgConnectOptions>),
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Unset => f.write_str("Unset"),
+            Source::Pool(pool) => f.debug_tuple("Pool").field(pool).finish(),
+            Source::Url(url) => f.debug_tuple("Url").field(&redact_url(url)).finish(),
+            Source::Options(options) => f
+                .debug_struct("Options")
+                .field("host", &options.get_host())
+                .field("port", &options.get_port())
+                .field("database", &options.get_database())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// `url` with its password, if any, replaced by `***`, for logs and `Debug` output.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    // The user-info part ends at the last '@' before the path; a password may itself contain '@' or ':'.
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
+    let user_info = &rest[..at];
+    match user_info.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
+/// Builds a [`PgCache`].
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), cache_runtime::CacheError> {
+/// use cache_runtime::{PgCache, Ttl};
+/// use std::time::Duration;
+///
+/// let cache = PgCache::builder()
+///     .pool(pool)
+///     .default_ttl(Duration::from_secs(30 * 60))
+///     .max_entries(50_000)
+///     .build()
+///     .await?;
+/// # Ok(()) }
+/// ```
+///
+/// Settings that can be switched off take an `Option` (or anything that converts into one): `None` turns
+/// them off, as in `.max_entries(None)` or `.sweep_interval(None)`.
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until .build() is awaited"]
+pub struct PgCacheBuilder {
+    source: Source,
+    max_connections: Option<u32>,
+    config: Config,
+}
+
+impl PgCacheBuilder {
+    /// Uses an existing pool. Its settings are left alone; note that sqlx's default acquire timeout is 30 s,
+    /// which the operation timeout bounds anyway.
+    pub fn pool(mut self, pool: PgPool) -> Self {
+        self.source = Source::Pool(pool);
+        self
+    }
+
+    /// Connects to this URL with a pool of the cache's own (acquire timeout = operation timeout). Its
+    /// connections also set `statement_timeout` to the maintenance timeout, so that no cache statement can
+    /// run on the server for longer than that.
+    pub fn database_url(mut self, url: impl Into<String>) -> Self {
+        self.source = Source::Url(url.into());
+        self
+    }
+
+    /// Like [`database_url`](Self::database_url), from sqlx connection options.
+    pub fn connect_options(mut self, options: PgConnectOptions) -> Self {
+        self.source = Source::Options(Box::new(options));
+        self
+    }
+
+    /// The size of the cache's own pool (default 10). Ignored with [`pool`](Self::pool).
+    pub fn max_connections(mut self, n: u32) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
+    /// The TTL of writes that do not give one (default one hour). `Ttl::Never` makes entries permanent.
+    pub fn default_ttl(mut self, ttl: impl Into<Ttl>) -> Self {
+        self.config.default_ttl = match ttl.into() {
+            Ttl::Default => Config::default().default_ttl,
+            other => other,
+        };
+        self
+    }
+
+    /// The most rows the sweeper lets the table keep (default 10,000); `None` for no limit. See
+    /// [`PgCache::enforce_max_entries`].
+    pub fn max_entries(mut self, n: impl Into<Option<u64>>) -> Self {
+        self.config.max_entries = n.into();
+        self
+    }
+
+    /// The largest serialized value accepted, in bytes (default 1 MiB). Larger values are refused with
+    /// [`CacheError::ValueTooLarge`] before anything is sent.
+    pub fn max_value_bytes(mut self, n: usize) -> Self {
+        self.config.max_value_bytes = n;
+        self
+    }
+
+    /// The time limit of each get, set and delete, including waiting for a pooled connection (default 250 ms).
+    /// Writes also give it to the server as their `lock_timeout`, so a write stuck behind a row lock is
+    /// cancelled there rather than holding its connection.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.config.op_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The time limit of each batch of a sweep or purge, and of stats (default 30 s).
+    pub fn maintenance_timeout(mut self, timeout: Duration) -> Self {
+        self.config.maintenance_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Whether writes wait for the WAL flush. See [`Durability`].
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.config.durability = durability;
+        self
+    }
+
+    /// How often the background sweeper runs (default every 60 s); `None` (or zero) turns it off.
+    pub fn sweep_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
+        self.config.sweep_interval = interval.into().filter(|d| !d.is_zero());
+        self
+    }
+
+    /// Rows deleted per statement by sweeps, eviction and namespace purges (default 1,000).
+    pub fn batch_size(mut self, n: u32) -> Self {
+        self.config.batch_size = i64::from(n.max(1));
+        self
+    }
+
+    /// Turns on the in-process tier for every key: up to `capacity` entries, each kept at most `max_age` (and
+    /// never past its PostgreSQL expiry). It is off by default. Invalidations reach every process's tier
+    /// through LISTEN/NOTIFY; see the crate docs, "The in-process tier", for the coherence guarantee.
+    pub fn local_tier(mut self, capacity: u64, max_age: Duration) -> Self {
+        self.config.local_tier = Some((capacity.max(1), max_age));
+        self
+    }
+
+    /// How long a cluster-wide single-flight lease lasts (default 30 s): if its holder crashes, hangs or
+    /// overruns, other processes wait at most this long before one of them computes instead.
+    pub fn lease_duration(mut self, lease: Duration) -> Self {
+        self.config.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Makes [`PgCache::migrate`] also create the opt-in GIN index over `data`.
+    pub fn gin_index(mut self, enabled: bool) -> Self {
+        self.config.gin_index = enabled;
+        self
+    }
+
+    /// Builds the cache. With a URL this connects (and fails if the database cannot be reached); with a pool
+    /// it does no I/O. Starts the background sweeper unless it was turned off.
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] when neither a pool nor a URL was given or the URL is malformed;
+    /// [`CacheError::Database`] when the database cannot be reached.
+    pub async fn build(self) -> Result<PgCache> {
+        let options = match self.source {
+            Source::Url(ref url) => parse_url(url)?,
+            Source::Options(ref options) => (**options).clone(),
+            Source::Pool(_) | Source::Unset => return self.build_lazy(),
+        };
+        let pool = own_pool(&self.config, self.max_connections)
+            .connect_with(with_statement_timeout(&self.config, options))
+            .await
+            .map_err(CacheError::db("connect"))?;
+        Ok(PgCache::from_parts(pool, self.config))
+    }
+
+    /// Like [`build`](Self::build), but never connects now: connections are opened on first use. The
+    /// process-wide instance is built this way, so that a database that is down at start-up only means misses
+    /// until it comes up.
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] when neither a pool nor a URL was given or the URL is malformed.
+    pub fn build_lazy(self) -> Result<PgCache> {
+        let pool = match self.source {
+            Source::Pool(pool) => pool,
+            Source::Url(url) => own_pool(&self.config, self.max_connections)
+                .connect_lazy_with(with_statement_timeout(&self.config, parse_url(&url)?)),
+            Source::Options(options) => own_pool(&self.config, self.max_connections)
+                .connect_lazy_with(with_statement_timeout(&self.config, *options)),
+            Source::Unset => {
+                return Err(CacheError::Config("PgCache::builder() needs .pool() or .database_url()".into()))
+            }
+        };
+        Ok(PgCache::from_parts(pool, self.config))
+    }
+}
+
+fn parse_url(url: &str) -> Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url)
+        .map_err(|e| CacheError::Config(format!("invalid database URL {}: {e}", redact_url(url))))
+}
+
+/// No statement of the cache's own pool runs on the server for longer than the maintenance timeout.
+fn with_statement_timeout(config: &Config, options: PgConnectOptions) -> PgConnectOptions {
+    let statement_timeout = config.maintenance_timeout.as_millis().to_string();
+    options.options([("statement_timeout", statement_timeout.as_str())])
+}
+
+fn own_pool(config: &Config, max_connections: Option<u32>) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(max_connections.unwrap_or(10))
+        .acquire_timeout(config.op_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        // sqlx's default pings every connection as it leaves the pool: a second round trip per get and set,
+        // measured at up to 0.69x the rate of raw sqlx (docs/BENCHMARKS.md). A dead connection shows up on
+        // use instead, and the operation is retried once on a fresh connection (see `exec.rs`).
+        .test_before_acquire(false)
+}
+
+impl PgCache {
+    /// Connects with default settings (see [`PgCacheBuilder`]).
+    ///
+    /// # Errors
+    /// As [`PgCacheBuilder::build`].
+    pub async fn connect(database_url: &str) -> Result<PgCache> {
+        PgCache::builder().database_url(database_url).build().await
+    }
+
+    /// Connects with settings from the environment:
+    /// - `DATABASE_URL` (required),
+    /// - `CACHE_DEFAULT_TTL_MINUTES` (default 60; `0` means entries never expire),
+    /// - `CACHE_MAX_ENTRIES` (default 10000; `0` means no limit).
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] for a missing or malformed variable; otherwise as [`PgCacheBuilder::build`].
+    pub async fn from_env() -> Result<PgCache> {
+        PgCache::builder_from_env()?.build().await
+    }
+
+    /// A builder preset from the environment, as [`from_env`](Self::from_env) reads it.
+    ///
+    /// # Errors
+    /// [`CacheError::Config`] for a missing or malformed variable.
+    pub fn builder_from_env() -> Result<PgCacheBuilder> {
+        let url = std::env::var("DATABASE_URL").map_err(|_| CacheError::Config("DATABASE_URL is not set".into()))?;
+        let mut builder = PgCache::builder().database_url(url);
+        if let Some(minutes) = env_number("CACHE_DEFAULT_TTL_MINUTES")? {
+            builder = match minutes {
+                0 => builder.default_ttl(Ttl::Never),
+                m => builder.default_ttl(Duration::from_secs(m.saturating_mul(60))),
+            };
+        }
+        if let Some(n) = env_number("CACHE_MAX_ENTRIES")? {
+            builder = builder.max_entries((n > 0).then_some(n));
+        }
+        Ok(builder)
+    }
+
+    /// Starts a [`PgCacheBuilder`].
+    pub fn builder() -> PgCacheBuilder {
+        PgCacheBuilder::default()
+    }
+}
+
+fn env_number(name: &str) -> Result<Option<u64>> {
+    match std::env::var(name) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| CacheError::Config(format!("{name} must be a whole number, got {text:?}"))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(CacheError::Config(format!("{name} is not valid UTF-8"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_debug_output() {
+        let url = "postgres://app:s3cr@t:x@db.internal:5432/cache";
+        assert_eq!(redact_url(url), "postgres://app:***@db.internal:5432/cache");
+        let builder = PgCache::builder().database_url(url);
+        let shown = format!("{builder:?}");
+        assert!(!shown.contains("s3cr"), "{shown}");
+        assert!(shown.contains("app:***@db.internal"), "{shown}");
+        assert_eq!(redact_url("postgres://app@db/cache"), "postgres://app@db/cache");
+        assert_eq!(redact_url("not a url"), "not a url");
+    }
+}

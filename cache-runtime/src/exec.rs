@@ -1,0 +1,153 @@
+//! How every database operation runs: on a pooled connection, in a task of its own, within a deadline.
+//!
+//! **Why a task.** sqlx closes a connection whose query future is dropped mid-flight (it cannot know where
+//! the protocol stands). A caller that is cancelled (an HTTP request dropped by its client, a `timeout`
+//! around a call) would then cost a connection, and the next caller would pay for a new one and might be
+//! cancelled while connecting: under a storm of cancellations the pool thrashes and the cache stops
+//! answering. So the caller only awaits a reply: the task acquires the connection, runs the statement to its
+//! end and returns the connection to the pool, whatever happened to the caller. A task whose caller left
+//! before it got a connection runs nothing.
+//!
+//! **Deadlines.** The caller waits at most the operation's timeout. The statement is bounded on the server
+//! (each write sets `lock_timeout` for its own transaction; the cache's own pool also sets
+//! `statement_timeout`), so a write stuck behind a row lock is cancelled there and frees its connection. Only
+//! a server that stops answering altogether meets the task's last-resort bound, which drops the connection.
+//!
+//! **One retry.** A statement that fails because its connection was dead (the server restarted, the
+//! connection belonged to a tokio runtime that has shut down) runs once more, on a fresh connection, within
+//! the same deadline. Every operation sent this way is idempotent (reads, upserts, deletes, lease
+//! take-overs by their own owner), so a retry never does harm.
+
+use crate::error::{CacheError, Result};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
+use sqlx::Connection;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::{timeout_at, Instant};
+
+/// The future of one statement on a borrowed connection.
+pub(crate) type DbFuture<'c, T> = Pin<Box<dyn Future<Output = std::result::Result<T, sqlx::Error>> + Send + 'c>>;
+
+/// Runs `work` on a connection from `pool`, as described in the module docs. `work` may run twice (see
+/// "One retry"), so it rebuilds its statement from owned values each time.
+pub(crate) async fn run<T, W>(pool: &PgPool, operation: &'static str, timeout: Duration, work: W) -> Result<T>
+where
+    T: Send + 'static,
+    W: for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, T> + Send + Sync + 'static,
+{
+    let deadline = Instant::now() + timeout;
+    let classify = |error: sqlx::Error| match error {
+        sqlx::Error::PoolTimedOut => CacheError::Timeout { operation, after: timeout },
+        source => CacheError::Database { operation, source },
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // Not inside tokio: sqlx cannot run either, and will say so.
+        return attempt(pool, deadline, timeout, &work, None).await.map_err(classify);
+    };
+    let (reply, answer) = oneshot::channel();
+    let pool = pool.clone();
+    runtime.spawn(async move {
+        let outcome = attempt(&pool, deadline, timeout, &work, Some(&reply)).await;
+        let _ = reply.send(outcome);
+    });
+    match timeout_at(deadline, answer).await {
+        Ok(Ok(outcome)) => outcome.map_err(classify),
+        // The task panicked or its runtime is shutting down.
+        Ok(Err(_)) => Err(classify(sqlx::Error::WorkerCrashed)),
+        Err(_) => Err(CacheError::Timeout { operation, after: timeout }),
+    }
+}
+
+type Reply<T> = oneshot::Sender<std::result::Result<T, sqlx::Error>>;
+
+async fn attempt<T, W>(
+    pool: &PgPool,
+    deadline: Instant,
+    timeout: Duration,
+    work: &W,
+    reply: Option<&Reply<T>>,
+) -> std::result::Result<T, sqlx::Error>
+where
+    W: for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, T> + Sync,
+{
+    let mut conn = timeout_at(deadline, pool.acquire()).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
+    if reply.is_some_and(oneshot::Sender::is_closed) {
+        // The caller is gone: nobody wants this statement's result.
+        return Err(sqlx::Error::PoolTimedOut);
+    }
+    // The last-resort bound (see the module docs), well past the caller's own deadline.
+    let hard_deadline = deadline + timeout.saturating_mul(3).max(Duration::from_secs(1));
+    let error = match on_connection(&mut conn, hard_deadline, work).await {
+        Ok(value) => return Ok(value),
+        Err(error) => error,
+    };
+    if !is_connection_error(&error) {
+        return Err(error);
+    }
+    conn.close_on_drop();
+    drop(conn);
+    if Instant::now() >= deadline {
+        return Err(error);
+    }
+    tracing::debug!(%error, "a pooled connection was dead; retrying once on a fresh one");
+    let options = pool.connect_options();
+    let mut fresh =
+        timeout_at(deadline, PgConnection::connect_with(&options)).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
+    let outcome = match timeout_at(hard_deadline, work(&mut fresh)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Err(sqlx::Error::PoolTimedOut),
+    };
+    // The fresh connection is not the pool's to keep: close it politely, off the caller's path.
+    tokio::spawn(async move {
+        let _ = fresh.close().await;
+    });
+    outcome
+}
+
+async fn on_connection<T, W>(
+    conn: &mut PoolConnection<Postgres>,
+    hard_deadline: Instant,
+    work: &W,
+) -> std::result::Result<T, sqlx::Error>
+where
+    W: for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, T> + Sync,
+{
+    match timeout_at(hard_deadline, work(conn)).await {
+        Ok(outcome) => outcome,
+        Err(_) => {
+            // Dropping the statement mid-flight leaves the connection unusable.
+            conn.close_on_drop();
+            Err(sqlx::Error::PoolTimedOut)
+        }
+    }
+}
+
+/// Whether `error` means the connection itself failed before any result arrived, so that the same
+/// statement on another connection may well succeed.
+pub(crate) fn is_connection_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 57P01-03: the server is shutting down, crashed, or not accepting connections yet; class 08:
+            // connection exceptions.
+            matches!(&*code, "57P01" | "57P02" | "57P03") || code.starts_with("08")
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_errors_are_told_apart() {
+        let io = sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "gone"));
+        assert!(is_connection_error(&io));
+        assert!(!is_connection_error(&sqlx::Error::RowNotFound));
+        assert!(!is_connection_error(&sqlx::Error::PoolTimedOut));
+    }
+}

@@ -1,0 +1,206 @@
+//! Single-flight: concurrent misses of one key share one computation. The first caller to join the key's
+//! flight leads: it looks the key up again, takes a cluster-wide lease when asked, runs the body and
+//! publishes the outcome; the others wait and take the outcome as JSON.
+
+use super::call::{Call, Found};
+use super::{run, Body};
+use crate::__private::{Policy, SingleFlight};
+use crate::flight::Shared;
+use crate::lease::Lease;
+use crate::stats::Event;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the leader of a flight still has to do once its followers have been answered.
+enum LeaderWork<R> {
+    /// Give up the lease if one is held, and return the outcome.
+    Done(R, Option<Lease>),
+    /// Refresh a stale entry: run the body, and serve the stale value if the refresh gives nothing storable.
+    Refresh(R, i64, Option<Lease>),
+}
+
+impl<P> Call<'_, P> {
+    /// Joins the key's flight (after a lookup that missed). The leader looks up again or computes (under a
+    /// cluster lease when asked); followers take its outcome as JSON the moment it is known. `store_down`:
+    /// that lookup failed to reach the store, so the leader does not wait for another timeout.
+    ///
+    /// The body is only borrowed by the leader's initializer: a follower keeps its own, unpolled, in case the
+    /// leader's outcome cannot be shared.
+    pub(super) async fn single_flight<R, F>(&self, mut body: Body<F>, store_down: bool) -> R
+    where
+        P: Policy<R>,
+        F: Future<Output = R>,
+    {
+        // A flight that finished between the caller's lookup and this join has stored its value by then, and
+        // the leader's own lookup finds it.
+        let mut ticket = self.cache.inner.flights.join(self.key);
+        let mut leader: Option<LeaderWork<R>> = None;
+        let (body_ref, leader_slot) = (&mut body, &mut leader);
+        let shared = ticket
+            .cell()
+            .get_or_init(|| async move {
+                let (shared, work) = self.lead(body_ref, store_down).await;
+                *leader_slot = Some(work);
+                shared
+            })
+            .await
+            .clone();
+        if let Some(work) = leader {
+            ticket.lead();
+            return self.finish_leading(work, body).await;
+        }
+        drop(ticket);
+        if let Some(outcome) = self.follow(&shared).await {
+            return outcome;
+        }
+        // The leader's outcome could not be shared (an `Err`, a `None`, a value JSONB cannot hold, a value
+        // invalidated since): this caller goes its own way, as if single-flight were off.
+        self.uncoalesced(body).await
+    }
+
+    /// A follower's outcome from what its leader published, if it can use it.
+    async fn follow<R>(&self, shared: &Shared) -> Option<R>
+    where
+        P: Policy<R>,
+    {
+        let (json, event) = match shared {
+            // Read it back: this read starts after the follower's call did, so it reflects every invalidation
+            // that completed before the call, in any process. The copy serves only if the store fails.
+            Shared::Stored(json) => match self.find_live(Event::Coalesced).await {
+                Ok(found) => return found,
+                Err(()) => (json, Event::Coalesced),
+            },
+            Shared::Unstored(json) => (json, Event::Coalesced),
+            Shared::Stale(json) => (json, Event::StaleServed),
+            Shared::Unshareable => return None,
+        };
+        match self.policy.decode(json) {
+            Ok(outcome) => {
+                self.record(event);
+                Some(outcome)
+            }
+            Err(error) => {
+                tracing::warn!(namespace = self.site.namespace, %error, "shared value does not decode; recomputing");
+                None
+            }
+        }
+    }
+
+    /// The leader's part inside the flight: what followers get, and what is left to do afterwards.
+    /// `store_down`: this caller's lookup just failed to reach the store; do not wait for another timeout.
+    async fn lead<R, F>(&self, body: &mut Body<F>, store_down: bool) -> (Shared, LeaderWork<R>)
+    where
+        P: Policy<R>,
+        F: Future<Output = R>,
+    {
+        let cluster = self.site.single_flight == SingleFlight::Cluster;
+        let mut skip_lookup = store_down;
+        loop {
+            let found = if std::mem::take(&mut skip_lookup) { Found::Missing(None) } else { self.find().await };
+            match found {
+                Found::Fresh(outcome, json) => return (Shared::Stored(json), LeaderWork::Done(outcome, None)),
+                Found::Stale(stale, json, started_us) => {
+                    let lease = if cluster {
+                        match self.cache.try_lease(self.key).await {
+                            Ok(Some(lease)) => Some(lease),
+                            // Someone else refreshes it: serve the stale value and move on.
+                            Ok(None) => {
+                                self.record(Event::StaleServed);
+                                return (Shared::Stale(json), LeaderWork::Done(stale, None));
+                            }
+                            Err(_) => None,
+                        }
+                    } else {
+                        None
+                    };
+                    return (Shared::Stale(json), LeaderWork::Refresh(stale, started_us, lease));
+                }
+                Found::Missing(started_us) => {
+                    let mut lease = None;
+                    if cluster && started_us.is_some() {
+                        match self.cache.try_lease(self.key).await {
+                            Ok(Some(held)) => lease = Some(held),
+                            Ok(None) => {
+                                // Another process computes: wait for its value, or for its lease to lapse.
+                                if let Some((outcome, json)) = self.await_other_process().await {
+                                    return (Shared::Stored(json), LeaderWork::Done(outcome, None));
+                                }
+                                continue;
+                            }
+                            Err(_) => {}
+                        }
+                    }
+                    let outcome = run(self.cache, self.site, body.as_mut()).await;
+                    return (self.publish(&outcome, started_us).await, LeaderWork::Done(outcome, lease));
+                }
+            }
+        }
+    }
+
+    /// Stores a computed outcome (before followers are answered, so that they can read it back) and says what
+    /// followers get.
+    async fn publish<R>(&self, outcome: &R, started_us: Option<i64>) -> Shared
+    where
+        P: Policy<R>,
+    {
+        let Some(json) = self.encode(outcome) else { return Shared::Unshareable };
+        // `started_us` is `None` when the store is down: followers still get the outcome, instead of each
+        // paying another timeout and running the body themselves.
+        let Some(started_us) = started_us else { return Shared::Unstored(json) };
+        match self.write(&json, started_us).await {
+            Ok(true) => Shared::Stored(json),
+            // Computed before an invalidation of the key: nobody may be served it.
+            Ok(false) => Shared::Unshareable,
+            Err(()) => Shared::Unstored(json),
+        }
+    }
+
+    /// Waits while another process holds the lease: returns its value once stored, or `None` when the lease
+    /// lapsed (or the store failed) so that the caller tries to take over.
+    async fn await_other_process<R>(&self) -> Option<(R, Arc<str>)>
+    where
+        P: Policy<R>,
+    {
+        self.cache.listen_for_events();
+        let done = self.cache.inner.events.waiter(self.key);
+        let mut poll = Duration::from_millis(25);
+        loop {
+            let notified = done.notified();
+            let _ = tokio::time::timeout(poll, notified).await;
+            poll = (poll * 2).min(Duration::from_millis(500));
+            match self.cache.lookup(self.key, None).await {
+                Ok(lookup) => {
+                    if let Some(json) = lookup.json {
+                        if let Ok(outcome) = self.policy.decode(&json) {
+                            self.record(Event::Coalesced);
+                            return Some((outcome, json.into()));
+                        }
+                        return None;
+                    }
+                }
+                Err(_) => return None,
+            }
+            // Still missing: is the lease still held? If not, go back and compete for it.
+            match self.cache.lease_is_live(self.key).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return None,
+            }
+        }
+    }
+
+    async fn finish_leading<R, F>(&self, work: LeaderWork<R>, body: Body<F>) -> R
+    where
+        P: Policy<R>,
+        F: Future<Output = R>,
+    {
+        let (outcome, lease) = match work {
+            LeaderWork::Done(outcome, lease) => (outcome, lease),
+            LeaderWork::Refresh(stale, started_us, lease) => (self.refresh(body, stale, started_us).await, lease),
+        };
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        outcome
+    }
+}

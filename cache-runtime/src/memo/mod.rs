@@ -1,0 +1,202 @@
+//! The memoization engine behind [`__private::memoize`](crate::__private::memoize): what one memoized call
+//! does, from the in-process tier to PostgreSQL to running the body.
+//!
+//! - `mod.rs` (here): the entry point, the [`Memoized`] future (an in-process hit answers synchronously,
+//!   everything else runs boxed), the in-process tier's fast path, and `{fn}_refresh` scoping.
+//! - `call.rs`: one call against the store: lookups, writes guarded against invalidations, stale refreshes.
+//! - `leader.rs`: single-flight: followers wait for one leader, which may hold a cluster-wide lease.
+
+mod call;
+mod leader;
+
+use crate::__private::{CacheRef, Policy, SingleFlight, Site};
+use crate::error::CacheError;
+use crate::local::{LocalEntry, LocalTier};
+use crate::stats::Event;
+use crate::store::PgCache;
+use call::Call;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A memoized function's body, boxed once a call misses so that it is never moved again.
+pub(crate) type Body<F> = Pin<Box<F>>;
+use std::task::{Context, Poll};
+
+tokio::task_local! {
+    /// Set by a `{fn}_refresh` companion: the one key whose lookup is skipped.
+    static REFRESH_KEY: String;
+}
+
+/// Runs `call` with `key` marked for refresh (see `__private::refresh`).
+pub(crate) async fn refresh_scope<R>(key: String, call: impl Future<Output = R>) -> R {
+    REFRESH_KEY.scope(key, call).await
+}
+
+fn refresh_requested(key: &str) -> bool {
+    REFRESH_KEY.try_with(|k| k == key).unwrap_or(false)
+}
+
+pub(crate) fn memoize_with<R, P, F, L>(
+    site: &'static Site,
+    cache: CacheRef,
+    key: Result<String, CacheError>,
+    policy: P,
+    body: F,
+    values: L,
+) -> Memoized<R, impl Future<Output = R>>
+where
+    P: Policy<R>,
+    F: Future<Output = R>,
+    L: LocalValues<R>,
+{
+    let cache = cache.resolve();
+    if let Some(value) = local_hit(site, cache.as_ref(), key.as_deref().ok(), &policy, values) {
+        return Memoized::ready(value);
+    }
+    Memoized::pending(memoize_slow(site, cache, key, policy, body))
+}
+
+/// The future of a memoized call: a value already found in the in-process tier, or the boxed lookup.
+pub struct Memoized<R, S> {
+    state: MemoizedState<R, S>,
+}
+
+enum MemoizedState<R, S> {
+    Ready(Option<R>),
+    Pending(Pin<Box<S>>),
+}
+
+impl<R, S> Memoized<R, S> {
+    fn ready(value: R) -> Self {
+        Memoized { state: MemoizedState::Ready(Some(value)) }
+    }
+    fn pending(future: S) -> Self {
+        Memoized { state: MemoizedState::Pending(Box::pin(future)) }
+    }
+}
+
+// Nothing is ever pinned in place: the value is moved out, and the pending future lives in a `Box`.
+impl<R, S> Unpin for Memoized<R, S> {}
+
+impl<R, S: Future<Output = R>> Future for Memoized<R, S> {
+    type Output = R;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<R> {
+        match &mut self.get_mut().state {
+            MemoizedState::Ready(value) => {
+                Poll::Ready(value.take().expect("a memoized call polled after it completed"))
+            }
+            MemoizedState::Pending(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<R, S> std::fmt::Debug for Memoized<R, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match self.state {
+            MemoizedState::Ready(_) => "ready",
+            MemoizedState::Pending(_) => "pending",
+        };
+        f.debug_struct("Memoized").field("state", &state).finish()
+    }
+}
+
+/// How in-process hits become values: by decoding the JSON, or by cloning an already decoded value.
+pub(crate) trait LocalValues<R> {
+    fn take(&self, entry: &LocalEntry) -> Option<R>;
+    fn keep(&self, entry: &LocalEntry, value: &R);
+}
+
+pub(crate) struct JsonOnly;
+impl<R> LocalValues<R> for JsonOnly {
+    fn take(&self, _: &LocalEntry) -> Option<R> {
+        None
+    }
+    fn keep(&self, _: &LocalEntry, _: &R) {}
+}
+
+pub(crate) struct Typed;
+impl<R: Clone + Send + Sync + 'static> LocalValues<R> for Typed {
+    fn take(&self, entry: &LocalEntry) -> Option<R> {
+        entry.typed::<R>()
+    }
+    fn keep(&self, entry: &LocalEntry, value: &R) {
+        entry.set_typed(value.clone());
+    }
+}
+
+/// The in-process tier this function uses: its own `local = "..."` one, or the cache's tier for every key.
+fn local_tier<'a>(site: &Site, cache: &'a PgCache) -> Option<&'a LocalTier> {
+    match site.local {
+        Some(max_age) => Some(cache.local_tier_for(max_age)),
+        None => cache.local_tier_for_all_keys(),
+    }
+}
+
+/// Answers from the in-process tier, synchronously, when it holds the key.
+fn local_hit<R, P, L>(site: &Site, cache: Option<&PgCache>, key: Option<&str>, policy: &P, values: L) -> Option<R>
+where
+    P: Policy<R>,
+    L: LocalValues<R>,
+{
+    let (cache, key) = (cache?, key?);
+    if refresh_requested(key) {
+        return None;
+    }
+    let tier = local_tier(site, cache)?;
+    let value = tier.get(key).and_then(|entry| {
+        values.take(&entry).or_else(|| {
+            let value = policy.decode(&entry.json).ok()?;
+            values.keep(&entry, &value);
+            Some(value)
+        })
+    });
+    cache.record(site.namespace, if value.is_some() { Event::LocalHit } else { Event::LocalMiss });
+    value
+}
+
+async fn memoize_slow<R, P, F>(
+    site: &'static Site,
+    cache: Option<PgCache>,
+    key: Result<String, CacheError>,
+    policy: P,
+    body: F,
+) -> R
+where
+    P: Policy<R>,
+    F: Future<Output = R>,
+{
+    let Some(cache) = cache else { return Box::pin(body).await };
+    let key = match key {
+        Ok(key) => key,
+        Err(error) => {
+            cache.record(site.namespace, Event::Error);
+            tracing::warn!(namespace = site.namespace, function = site.function, %error, "cannot build the cache key; running uncached");
+            return run(&cache, site, Box::pin(body)).await;
+        }
+    };
+    let call = Call { cache: &cache, site, key: &key, policy: &policy, local: local_tier(site, &cache) };
+    if refresh_requested(&key) {
+        return call.refresh_now(Box::pin(body)).await;
+    }
+    // A hit, the common case, needs neither the flight map nor the body.
+    let store_down = match site.single_flight {
+        SingleFlight::Off => false,
+        SingleFlight::Process | SingleFlight::Cluster => match call.find_live(Event::Hit).await {
+            Ok(Some(outcome)) => return outcome,
+            Ok(None) => false,
+            Err(()) => true,
+        },
+    };
+    // The paths below pass the body through several nested futures; inline, each would reserve room for it,
+    // and the whole would be many times the body's size. Boxed once here, it is only ever borrowed.
+    let body = Box::pin(body);
+    match site.single_flight {
+        SingleFlight::Off => call.uncoalesced(body).await,
+        SingleFlight::Process | SingleFlight::Cluster => call.single_flight(body, store_down).await,
+    }
+}
+
+async fn run<R>(cache: &PgCache, site: &Site, body: impl Future<Output = R>) -> R {
+    cache.record(site.namespace, Event::Execution);
+    body.await
+}

@@ -1,0 +1,149 @@
+//! Every SQL statement the cache sends, in one place.
+//!
+//! Conventions:
+//! - Every statement names its columns (never `SELECT *`), so a column added by a DBA cannot break a
+//!   prepared statement's result type.
+//! - Writes and invalidations call the functions of `migrations/0003_serialized_writes.sql`: one round trip
+//!   each. They set `lock_timeout` (and, by default, `synchronous_commit = off`) for their own transaction,
+//!   so a write stuck behind a lock is cancelled by the server instead of holding its connection, and the
+//!   session is untouched.
+//! - Remaining lifetimes are computed only for finite expiries: a row whose `expires_at` is `infinity` (written
+//!   by hand or by another tool) is permanent, one at `-infinity` is expired, and neither makes a read fail.
+//! - Notifications go through `pg_notify` inside the statement that changed the data, on
+//!   [`crate::events::CHANNEL`].
+
+/// The migrations that create the cache table, embedded at compile time.
+///
+/// Usable with `#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]`, or through
+/// [`PgCache::migrate`](crate::PgCache::migrate).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// Milliseconds until `expires_at`, NULL for an entry that never expires.
+macro_rules! remaining_ms {
+    ($col:literal) => {
+        concat!("CASE WHEN isfinite(", $col, ") THEN (extract(epoch FROM ", $col, " - now()) * 1000)::bigint END")
+    };
+}
+
+/// `pg_notify` returns void: a scalar sub-query turns it into a plain integer column.
+macro_rules! notify {
+    ($param:literal) => {
+        concat!("(SELECT 1 FROM (SELECT pg_notify('pg_cached_events', ", $param, ")) AS n)")
+    };
+}
+
+/// The live entry of $1: its JSON and the milliseconds it has left.
+pub(crate) const GET: &str = concat!(
+    "SELECT data::text, ",
+    remaining_ms!("expires_at"),
+    " FROM cache_entries WHERE cache_key = $1 AND (expires_at IS NULL OR expires_at > now())"
+);
+
+/// A memoized call's lookup of $1: a live entry or one expired less than $2 ms ago, and the database's clock.
+/// Always one row, so that the clock comes back on a miss too.
+pub(crate) const LOOKUP: &str = concat!(
+    "SELECT e.data::text, ",
+    remaining_ms!("e.expires_at"),
+    ", (e.expires_at IS NULL OR e.expires_at > now()), \
+     (extract(epoch FROM now()) * 1000000)::bigint \
+     FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
+     AND (e.expires_at IS NULL OR e.expires_at > now() - $2::bigint * interval '1 millisecond')"
+);
+
+/// Writes $1 = $2 for $3 ms (NULL: forever), kept $4 ms more for stale serving; with $5 (µs of the
+/// database clock when a memoized computation began), refused if key $1 or namespace $6 was invalidated
+/// since; sends $7; $8 is the lock timeout in ms, $9 whether to commit without waiting for the WAL flush.
+/// Returns whether it wrote. See `migrations/0003_serialized_writes.sql`: writes and invalidations of one
+/// key take turns under an advisory transaction lock.
+pub(crate) const WRITE: &str = "SELECT pg_cached_write($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9)";
+
+/// Sends $1 on the events channel.
+pub(crate) const NOTIFY: &str = concat!("SELECT ", notify!("$1"));
+
+/// Deletes key $1, records its invalidation and sends $2; $3 is the lock timeout in ms. Returns the rows
+/// deleted.
+pub(crate) const DELETE: &str = "SELECT pg_cached_delete($1, $2, $3)";
+
+/// Records the invalidation of namespace $1 and sends $2; $3 is the lock timeout in ms.
+pub(crate) const MARK_NAMESPACE: &str = "SELECT pg_cached_mark_namespace($1, $2, $3)::text";
+
+/// Invalidation marks older than a day and leases long past their deadline are no longer needed.
+pub(crate) const SWEEP_BOOKKEEPING: &str = "WITH old AS (DELETE FROM cache_invalidations \
+     WHERE invalidated_at < now() - interval '1 day' RETURNING 1), \
+     dead AS (DELETE FROM cache_leases WHERE deadline < now() - interval '1 minute' RETURNING 1) \
+     SELECT (SELECT count(*) FROM old) + (SELECT count(*) FROM dead)";
+
+/// Deletes up to $2 rows whose key matches the `LIKE` pattern $1.
+pub(crate) const DELETE_PREFIX_BATCH: &str = "DELETE FROM cache_entries WHERE cache_key IN \
+     (SELECT cache_key FROM cache_entries WHERE cache_key LIKE $1 LIMIT $2)";
+
+/// Deletes up to $1 rows past their `sweep_at` (their expiry plus any stale window), soonest first, and up to
+/// $1 rows written without one (by hand, by another tool) past their expiry, skipping rows another sweep
+/// holds. Both halves walk an index.
+pub(crate) const DELETE_EXPIRED_BATCH: &str = "WITH \
+     swept AS (SELECT cache_key FROM cache_entries WHERE sweep_at <= now() \
+               ORDER BY sweep_at LIMIT $1 FOR UPDATE SKIP LOCKED), \
+     unswept AS (SELECT cache_key FROM cache_entries WHERE sweep_at IS NULL AND expires_at <= now() \
+                 LIMIT $1 FOR UPDATE SKIP LOCKED) \
+     DELETE FROM cache_entries WHERE cache_key IN \
+     (SELECT cache_key FROM swept UNION ALL SELECT cache_key FROM unswept)";
+
+/// Rows beyond the first $1 in keep order (latest `sweep_at` first, permanent entries kept longest).
+pub(crate) const COUNT_EXCESS: &str = "SELECT count(*) FROM \
+     (SELECT 1 FROM cache_entries ORDER BY sweep_at DESC NULLS FIRST OFFSET $1) AS excess";
+
+/// Evicts the $1 rows closest to being swept.
+pub(crate) const EVICT_BATCH: &str = "DELETE FROM cache_entries WHERE cache_key IN \
+     (SELECT cache_key FROM cache_entries ORDER BY sweep_at ASC NULLS LAST LIMIT $1 FOR UPDATE SKIP LOCKED)";
+
+/// Up to $2 live keys matching the `LIKE` pattern $1, in byte order.
+pub(crate) const KEYS: &str = "SELECT cache_key FROM cache_entries \
+     WHERE cache_key LIKE $1 AND (expires_at IS NULL OR expires_at > now()) ORDER BY cache_key LIMIT $2";
+
+/// Rows and live rows per namespace. Keys without a `:` count under the namespace "" (see
+/// `stats::namespace_of`).
+pub(crate) const NAMESPACE_COUNTS: &str = "SELECT CASE WHEN strpos(cache_key, ':') > 0 \
+     THEN split_part(cache_key, ':', 1) ELSE '' END, count(*), \
+     count(*) FILTER (WHERE expires_at IS NULL OR expires_at > now()) \
+     FROM cache_entries GROUP BY 1";
+
+pub(crate) const TABLE_SIZE: &str = "SELECT pg_total_relation_size('cache_entries')";
+
+pub(crate) const PING: &str = "SELECT 1";
+
+pub(crate) const COUNT_ALL: &str = "SELECT count(*) FROM cache_entries";
+
+// Leases (see `lease.rs`).
+
+/// Takes the lease on $1 for owner $2 for $3 ms, if nobody holds a live one. A cache may also take over a
+/// lease of its own (owner prefix $4) that it failed to release: in-process single-flight already allows one
+/// leader per key, and a release only deletes its own owner's row.
+pub(crate) const LEASE_ACQUIRE: &str = "INSERT INTO cache_leases (cache_key, owner, deadline) \
+     VALUES ($1, $2, now() + $3::bigint * interval '1 millisecond') \
+     ON CONFLICT (cache_key) DO UPDATE SET owner = EXCLUDED.owner, deadline = EXCLUDED.deadline \
+     WHERE cache_leases.deadline <= now() OR starts_with(cache_leases.owner, $4) RETURNING 1";
+
+/// Gives up owner $2's lease on $1 and sends $3.
+pub(crate) const LEASE_RELEASE: &str = concat!(
+    "WITH gone AS (DELETE FROM cache_leases WHERE cache_key = $1 AND owner = $2 RETURNING 1) \
+     SELECT (SELECT count(*) FROM gone), ",
+    notify!("$3")
+);
+
+/// Whether someone holds a live lease on $1.
+pub(crate) const LEASE_IS_LIVE: &str =
+    "SELECT EXISTS (SELECT 1 FROM cache_leases WHERE cache_key = $1 AND deadline > now())";
+
+pub(crate) const GIN_INDEX: &str = include_str!("../../migrations/optional/gin_index.sql");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_use_the_events_channel() {
+        assert!(NOTIFY.contains(&format!("'{}'", crate::events::CHANNEL)));
+        let migration = include_str!("../../migrations/0003_serialized_writes.sql");
+        assert_eq!(migration.matches(&format!("pg_notify('{}'", crate::events::CHANNEL)).count(), 3);
+    }
+}
