@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 
+pub mod checker;
 pub mod memo;
 pub mod pg_cluster;
 
