@@ -6,7 +6,27 @@ pub mod pg_cluster;
 
 use cache_runtime::PgCache;
 use sqlx::PgPool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Polls `check` every 5 ms until it is true or `limit` passes; returns how long it took.
+pub async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if check().await {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    None
+}
+
+/// Waits until the cache's event listener is connected (its LISTEN done): until then an in-process tier
+/// serves and keeps nothing, so a test must not race the listener's start-up.
+pub async fn listening(cache: &PgCache) {
+    within(Duration::from_secs(10), async || cache_runtime::test_support::listener_connects(cache) > 0)
+        .await
+        .expect("the event listener connects within 10 s");
+}
 
 /// A cache over a test's own database, with the background sweeper off so tests control sweeps.
 pub async fn cache_on(pool: PgPool) -> PgCache {

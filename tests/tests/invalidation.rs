@@ -16,8 +16,8 @@
 //!   permanent and expired, and a tier without an age limit holds permanent entries without panicking.
 
 use cache_runtime::{pg_cached, test_support, CacheError, PgCache, Ttl};
-use integration_tests::cache_on;
 use integration_tests::checker::{History, Rng, Verdict};
+use integration_tests::{cache_on, listening, within};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -184,27 +184,6 @@ async fn own_pool(pool: &PgPool, max_connections: u32) -> Result<PgPool, sqlx::E
 
 async fn tiered(pool: PgPool) -> Result<PgCache, CacheError> {
     PgCache::builder().pool(pool).local_tier(10_000, Duration::from_secs(60)).sweep_interval(None).build().await
-}
-
-/// Polls `check` every 5 ms until it is true or `limit` passes; returns how long it took.
-async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {
-    let started = Instant::now();
-    while started.elapsed() < limit {
-        if check().await {
-            return Some(started.elapsed());
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    None
-}
-
-/// Waits until the cache's event listener is connected, so a test does not race its start-up.
-async fn listening(cache: &PgCache) {
-    within(Duration::from_secs(10), async || test_support::listener_connects(cache) > 0)
-        .await
-        .expect("the event listener connects within 10 s");
-    // LISTEN is issued right after connecting.
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 async fn rows_with_key(pool: &PgPool, key: &str) -> Result<i64, sqlx::Error> {

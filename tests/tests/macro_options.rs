@@ -1,12 +1,12 @@
 //! The options that `#[pg_cached]` passes to the runtime as they are: `local`, `stale` and `single_flight`.
 //! Each test checks that the option reaches the runtime, not the runtime's feature in depth.
 
-use cache_runtime::{pg_cached, test_support, PgCache};
+use cache_runtime::{pg_cached, PgCache};
 use integration_tests::cache_on;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::task::JoinSet;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -63,11 +63,7 @@ async fn local_serves_hits_from_memory(pool: PgPool) -> TestResult {
     assert_eq!(svc.local(1).await, [1]);
     // The first call created the function's tier, which keeps nothing until its event listener is connected
     // (it could miss invalidations); the next call, a PostgreSQL hit, fills it.
-    let connected = Instant::now() + Duration::from_secs(10);
-    while test_support::listener_connects(&svc.cache) == 0 {
-        assert!(Instant::now() < connected, "the event listener connects");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    integration_tests::listening(&svc.cache).await;
     assert_eq!(svc.local(1).await, [1]);
     // Change the stored row behind the cache's back: the in-process tier still answers.
     sqlx::query("UPDATE cache_entries SET data = '[999]'").execute(&pool).await?;
