@@ -155,6 +155,16 @@ pub(crate) fn encode<S: Sink, T: Serialize + ?Sized>(sink: &mut S, value: &T) ->
     value.serialize(&mut Encoder::new(sink))
 }
 
+/// The `serialize_*` methods of the integer types that widen losslessly to `i128`.
+macro_rules! widening_ints {
+    ($($method:ident: $ty:ty),* $(,)?) => {$(
+        fn $method(self, v: $ty) -> Result<(), EncodeError> {
+            self.int(v.into());
+            Ok(())
+        }
+    )*};
+}
+
 impl<'a, 'b, S: Sink> ser::Serializer for &'b mut Encoder<'a, S> {
     type Ok = ();
     type Error = EncodeError;
@@ -170,41 +180,10 @@ impl<'a, 'b, S: Sink> ser::Serializer for &'b mut Encoder<'a, S> {
         self.tagged(tag::BOOL, &[u8::from(v)]);
         Ok(())
     }
-    fn serialize_i8(self, v: i8) -> Result<(), EncodeError> {
-        self.int(v.into());
-        Ok(())
-    }
-    fn serialize_i16(self, v: i16) -> Result<(), EncodeError> {
-        self.int(v.into());
-        Ok(())
-    }
-    fn serialize_i32(self, v: i32) -> Result<(), EncodeError> {
-        self.int(v.into());
-        Ok(())
-    }
-    fn serialize_i64(self, v: i64) -> Result<(), EncodeError> {
-        self.int(v.into());
-        Ok(())
-    }
-    fn serialize_i128(self, v: i128) -> Result<(), EncodeError> {
-        self.int(v);
-        Ok(())
-    }
-    fn serialize_u8(self, v: u8) -> Result<(), EncodeError> {
-        self.int(v.into());
-        Ok(())
-    }
-    fn serialize_u16(self, v: u16) -> Result<(), EncodeError> {
-        self.int(v.into());
-        Ok(())
-    }
-    fn serialize_u32(self, v: u32) -> Result<(), EncodeError> {
-        self.int(v.into());
-        Ok(())
-    }
-    fn serialize_u64(self, v: u64) -> Result<(), EncodeError> {
-        self.int(v.into());
-        Ok(())
+    // Every integer type that fits an i128 is encoded the same way, so `5u8` and `5i64` make one key.
+    widening_ints! {
+        serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64, serialize_i128: i128,
+        serialize_u8: u8, serialize_u16: u16, serialize_u32: u32, serialize_u64: u64,
     }
     fn serialize_u128(self, v: u128) -> Result<(), EncodeError> {
         match i128::try_from(v) {
@@ -336,6 +315,20 @@ macro_rules! forward_compound {
         }
     )*};
 }
+macro_rules! forward_compound_fields {
+    ($($trait:ident),*) => {$(
+        impl<S: Sink> ser::$trait for Compound<'_, '_, S> {
+            type Ok = ();
+            type Error = EncodeError;
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), EncodeError> {
+                self.field(key, value)
+            }
+            fn end(self) -> Result<(), EncodeError> {
+                self.close()
+            }
+        }
+    )*};
+}
 forward_compound!(
     SerializeSeq::serialize_element,
     SerializeTuple::serialize_element,
@@ -343,27 +336,7 @@ forward_compound!(
     SerializeTupleVariant::serialize_field
 );
 
-impl<S: Sink> ser::SerializeStruct for Compound<'_, '_, S> {
-    type Ok = ();
-    type Error = EncodeError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), EncodeError> {
-        self.field(key, value)
-    }
-    fn end(self) -> Result<(), EncodeError> {
-        self.close()
-    }
-}
-
-impl<S: Sink> ser::SerializeStructVariant for Compound<'_, '_, S> {
-    type Ok = ();
-    type Error = EncodeError;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), EncodeError> {
-        self.field(key, value)
-    }
-    fn end(self) -> Result<(), EncodeError> {
-        self.close()
-    }
-}
+forward_compound_fields!(SerializeStruct, SerializeStructVariant);
 
 /// Maps: when the sink wants sorted maps, each entry is encoded on its own and the entries are written in
 /// the order of their encoded keys; otherwise entries go straight to the sink.
