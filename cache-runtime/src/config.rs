@@ -37,6 +37,9 @@ pub(crate) struct Config {
     pub(crate) gin_index: bool,
     pub(crate) lease: Duration,
     pub(crate) local_tier: Option<(u64, Duration)>,
+    pub(crate) coalesce: bool,
+    pub(crate) coalesce_max_keys: usize,
+    pub(crate) coalesce_max_bytes: usize,
 }
 
 impl Default for Config {
@@ -53,6 +56,9 @@ impl Default for Config {
             gin_index: false,
             lease: Duration::from_secs(30),
             local_tier: None,
+            coalesce: true,
+            coalesce_max_keys: 128,
+            coalesce_max_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -217,6 +223,29 @@ impl PgCacheBuilder {
     /// overruns, other processes wait at most this long before one of them computes instead.
     pub fn lease_duration(mut self, lease: Duration) -> Self {
         self.config.lease = lease.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Whether gets, memoized lookups, writes and deletes issued while others are in flight share statements
+    /// (default on). Operations that arrive while every connection is busy are sent together, as one
+    /// statement per kind, as soon as a connection is free; there is no timer, so a lone caller pays nothing
+    /// for it. Every guarantee holds per key inside a batch, and each caller gets its own result or error.
+    /// Bulk operations ([`PgCache::get_many`] and the like) are batched either way.
+    pub fn coalesce(mut self, enabled: bool) -> Self {
+        self.config.coalesce = enabled;
+        self
+    }
+
+    /// The most keys one coalesced statement carries (default 128; writes and deletes at most 400).
+    pub fn coalesce_max_keys(mut self, n: usize) -> Self {
+        self.config.coalesce_max_keys = n.max(1);
+        self
+    }
+
+    /// The most bytes of JSON one coalesced read brings back (default 4 MiB); keys past it wait for the next
+    /// statement. A single value larger than this still comes back, alone.
+    pub fn coalesce_max_bytes(mut self, bytes: usize) -> Self {
+        self.config.coalesce_max_bytes = bytes.max(1);
         self
     }
 

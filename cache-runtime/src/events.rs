@@ -23,6 +23,17 @@ use tokio::sync::Notify;
 
 pub(crate) const CHANNEL: &str = "pg_cached_events";
 
+/// The event that `keys` changed, from the cache whose sender id is `sender`.
+pub(crate) fn keys_payload<'a>(sender: u64, keys: impl IntoIterator<Item = &'a str>) -> String {
+    use std::fmt::Write;
+    let mut payload = format!("{sender:016x}|k|");
+    for (i, key) in keys.into_iter().enumerate() {
+        let comma = if i == 0 { "" } else { "," };
+        let _ = write!(payload, "{comma}{:016x}", key_hash(key));
+    }
+    payload
+}
+
 /// What one `PgCache` shares with its listener task.
 #[derive(Debug)]
 pub(crate) struct Events {
@@ -67,11 +78,6 @@ impl Default for Events {
 }
 
 impl Events {
-    pub(crate) fn keys_payload(&self, hashes: &[u64]) -> String {
-        let list: Vec<String> = hashes.iter().map(|h| format!("{h:016x}")).collect();
-        format!("{:016x}|k|{}", self.sender, list.join(","))
-    }
-
     pub(crate) fn namespace_payload(&self, namespace: &str) -> String {
         format!("{:016x}|n|{namespace}", self.sender)
     }

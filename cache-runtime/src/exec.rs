@@ -61,9 +61,10 @@ where
     }
 }
 
-type Reply<T> = oneshot::Sender<std::result::Result<T, sqlx::Error>>;
+pub(crate) type Reply<T> = oneshot::Sender<std::result::Result<T, sqlx::Error>>;
 
-async fn attempt<T, W>(
+/// One attempt (and the retry) of [`run`], in the current task: for callers that are tasks of their own.
+pub(crate) async fn attempt<T, W>(
     pool: &PgPool,
     deadline: Instant,
     timeout: Duration,

@@ -102,7 +102,10 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod batch;
+mod bulk;
 mod canonical;
+mod coalesce;
 mod codec;
 mod config;
 mod error;
@@ -149,6 +152,12 @@ pub mod test_support {
     /// How many entries `cache`'s in-process tier holds (0 when it is off).
     pub fn local_len(cache: &PgCache) -> u64 {
         cache.inner.local.get().map_or(0, crate::local::LocalTier::len)
+    }
+
+    /// For reads, writes and deletes, in that order: how many statements carried more than one operation,
+    /// and how many operations they carried.
+    pub fn shared_statements(cache: &PgCache) -> [(u64, u64); 3] {
+        cache.server().shared_statements()
     }
 
     /// How many times `cache`'s event listener has connected.

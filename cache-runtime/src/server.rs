@@ -5,16 +5,22 @@
 //! goes through [`exec::run`](crate::exec::run): in a task of its own, within its timeout, retried once on
 //! a dead connection.
 
-use crate::config::Config;
-use crate::config::Durability;
+use crate::batch::{DeleteJob, Deletes, ReadJob, Reads, WriteJob, Writes};
+use crate::coalesce::{Kind, Limits, Queue};
+use crate::config::{Config, Durability};
 use crate::error::{CacheError, Result};
 use crate::exec::{self, DbFuture};
 use crate::sql;
 use sqlx::postgres::{PgConnection, PgPool};
+use std::sync::Arc;
 use std::time::Duration;
 
+/// The most keys one write or delete statement carries: its notification names each in 17 bytes, and must
+/// stay under PostgreSQL's 8,000-byte payload limit.
+pub(crate) const MAX_KEYS_PER_NOTIFICATION: usize = 400;
+
 /// What a memoized call's lookup found.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Lookup {
     /// The entry's JSON, if there is a live one or, within the stale window, an expired one.
     pub(crate) json: Option<String>,
@@ -24,6 +30,13 @@ pub(crate) struct Lookup {
     pub(crate) fresh: bool,
     /// The database's clock when the lookup ran, in microseconds since the epoch.
     pub(crate) db_now_us: i64,
+}
+
+impl Lookup {
+    /// The entry, if it is live (not one served from the stale window).
+    pub(crate) fn live(self) -> Option<LiveEntry> {
+        self.json.filter(|_| self.fresh).map(|json| (json, self.remaining_ms))
+    }
 }
 
 /// Converts the milliseconds left before expiry into a duration for the in-process tier.
@@ -44,28 +57,68 @@ pub(crate) struct Write<'a> {
     pub(crate) started_us: Option<i64>,
 }
 
+impl Write<'_> {
+    fn job(&self, key: &str, json: &str) -> WriteJob {
+        WriteJob {
+            key: key.to_owned(),
+            json: json.to_owned(),
+            namespace: self.namespace.to_owned(),
+            ttl_ms: self.ttl_ms,
+            keep_ms: self.keep_ms,
+            started_us: self.started_us,
+        }
+    }
+}
+
 /// A live entry: its JSON and the milliseconds it has left (`None`: never expires).
 pub(crate) type LiveEntry = (String, Option<i64>);
 
 #[derive(Debug)]
 pub(crate) struct Server {
     pool: PgPool,
-    async_commit: bool,
-    op_timeout: Duration,
     maintenance_timeout: Duration,
+    batch_size: i64,
+    /// Whether single operations are coalesced (see `coalesce.rs`); bulk operations always are.
+    coalesce: bool,
+    reads: Arc<Queue<Reads>>,
+    writes: Arc<Queue<Writes>>,
+    deletes: Arc<Queue<Deletes>>,
+    op_timeout: Duration,
     /// The operation timeout in milliseconds, as `set_config('lock_timeout', ...)` takes it.
     lock_timeout: String,
-    batch_size: i64,
 }
 
 impl Server {
-    pub(crate) fn new(pool: PgPool, config: &Config) -> Server {
+    /// A server reached through `pool`; `sender` is the cache's id in the notifications it sends.
+    pub(crate) fn new(pool: PgPool, config: &Config, sender: u64) -> Server {
+        let lock_timeout = config.op_timeout.as_millis().max(1).to_string();
+        let limits = Limits {
+            max_keys: config.coalesce_max_keys,
+            max_batches: pool.options().get_max_connections().max(1) as usize,
+            op_timeout: config.op_timeout,
+        };
+        let write_limits = Limits { max_keys: limits.max_keys.min(MAX_KEYS_PER_NOTIFICATION), ..limits };
+        let async_commit = config.durability == Durability::AsyncCommit;
+        let max_bytes = i64::try_from(config.coalesce_max_bytes).unwrap_or(i64::MAX);
         Server {
+            reads: Queue::new(Reads { max_bytes }, pool.clone(), limits, "get"),
+            writes: Queue::new(
+                Writes { sender, lock_timeout: lock_timeout.clone(), async_commit },
+                pool.clone(),
+                write_limits,
+                "set",
+            ),
+            deletes: Queue::new(
+                Deletes { sender, lock_timeout: lock_timeout.clone() },
+                pool.clone(),
+                write_limits,
+                "delete",
+            ),
             pool,
-            async_commit: config.durability == Durability::AsyncCommit,
+            coalesce: config.coalesce,
             op_timeout: config.op_timeout,
             maintenance_timeout: config.maintenance_timeout,
-            lock_timeout: config.op_timeout.as_millis().max(1).to_string(),
+            lock_timeout,
             batch_size: config.batch_size,
         }
     }
@@ -100,63 +153,75 @@ impl Server {
         Ok(())
     }
 
+    /// The JSON of a live entry and the milliseconds it has left.
     pub(crate) async fn get_live(&self, key: &str) -> Result<Option<LiveEntry>> {
-        let key = key.to_owned();
-        self.op("get", move |conn| {
-            Box::pin(sqlx::query_as::<_, LiveEntry>(sql::GET).bind(key.clone()).fetch_optional(conn))
-        })
-        .await
+        let lookup = self.one(&self.reads, ReadJob { key: key.to_owned(), stale_ms: 0 }).await?;
+        Ok(lookup.live())
     }
 
+    /// Live entries of `keys`, in order (coalesced into as few statements as the limits allow).
+    pub(crate) async fn get_many_live(&self, keys: &[&str]) -> Vec<Result<Option<LiveEntry>>> {
+        let jobs = keys.iter().map(|key| ReadJob { key: (*key).to_owned(), stale_ms: 0 }).collect();
+        let found = self.many(&self.reads, jobs).await;
+        found.into_iter().map(|lookup| lookup.map(Lookup::live)).collect()
+    }
+
+    /// A memoized call's lookup: a live entry, or one expired less than `stale_window_ms` ago.
     pub(crate) async fn lookup(&self, key: &str, stale_window_ms: i64) -> Result<Lookup> {
-        let key = key.to_owned();
-        let row = self
-            .op("get", move |conn| {
-                let query = sqlx::query_as::<_, (Option<String>, Option<i64>, Option<bool>, i64)>(sql::LOOKUP)
-                    .bind(key.clone())
-                    .bind(stale_window_ms);
-                Box::pin(query.fetch_one(conn))
-            })
-            .await?;
-        let (json, remaining_ms, fresh, db_now_us) = row;
-        Ok(Lookup { json, remaining_ms, fresh: fresh.unwrap_or(false), db_now_us })
+        self.one(&self.reads, ReadJob { key: key.to_owned(), stale_ms: stale_window_ms }).await
     }
 
-    /// Writes `json` under `key` and sends `notify`; see [`sql::WRITE`]. Whether it wrote: a guarded write
+    /// Writes `json` under `key` and tells every process; see [`sql::WRITE`]. Whether it wrote: a guarded write
     /// (`write.started_us`) is refused when the key or its namespace was invalidated since.
-    pub(crate) async fn write(&self, key: &str, json: &str, write: Write<'_>, notify: String) -> Result<bool> {
-        let (lock_timeout, async_commit) = (self.lock_timeout.clone(), self.async_commit);
-        let (key, json, namespace) = (key.to_owned(), json.to_owned(), write.namespace.to_owned());
-        let Write { ttl_ms, keep_ms, started_us, .. } = write;
-        self.op("set", move |conn| {
-            let query = sqlx::query_scalar::<_, bool>(sql::WRITE)
-                .bind(key.clone())
-                .bind(json.clone())
-                .bind(ttl_ms)
-                .bind(keep_ms)
-                .bind(started_us)
-                .bind(namespace.clone())
-                .bind(notify.clone())
-                .bind(lock_timeout.clone())
-                .bind(async_commit);
-            Box::pin(query.fetch_one(conn))
-        })
-        .await
+    pub(crate) async fn write(&self, key: &str, json: &str, write: Write<'_>) -> Result<bool> {
+        self.one(&self.writes, write.job(key, json)).await
     }
 
-    /// Deletes `key`, records its invalidation and sends `payload`; whether a row was there.
-    pub(crate) async fn delete_and_mark(&self, key: &str, payload: String) -> Result<bool> {
-        let (key, lock_timeout) = (key.to_owned(), self.lock_timeout.clone());
-        let deleted = self
-            .op("delete", move |conn| {
-                let query = sqlx::query_scalar::<_, i64>(sql::DELETE)
-                    .bind(key.clone())
-                    .bind(payload.clone())
-                    .bind(lock_timeout.clone());
-                Box::pin(query.fetch_one(conn))
-            })
-            .await?;
-        Ok(deleted > 0)
+    /// Writes each `(key, json, how)` (distinct keys); whether each was written.
+    pub(crate) async fn write_many(&self, entries: &[(&str, &str, Write<'_>)]) -> Vec<Result<bool>> {
+        let jobs = entries.iter().map(|(key, json, write)| write.job(key, json)).collect();
+        self.many(&self.writes, jobs).await
+    }
+
+    /// Deletes `key`, records its invalidation and tells every process; whether a row was there.
+    pub(crate) async fn delete_and_mark(&self, key: &str) -> Result<bool> {
+        Ok(self.one(&self.deletes, DeleteJob { key: key.to_owned() }).await? > 0)
+    }
+
+    /// [`delete_and_mark`](Self::delete_and_mark) for distinct keys; the rows deleted for each.
+    pub(crate) async fn delete_many(&self, keys: &[&str]) -> Vec<Result<u64>> {
+        let jobs = keys.iter().map(|key| DeleteJob { key: (*key).to_owned() }).collect();
+        self.many(&self.deletes, jobs).await
+    }
+
+    /// For reads, writes and deletes: statements that carried more than one operation, and those operations.
+    pub(crate) fn shared_statements(&self) -> [(u64, u64); 3] {
+        [self.reads.shared(), self.writes.shared(), self.deletes.shared()]
+    }
+
+    /// One per-key operation: coalesced with others in flight, or on its own when coalescing is off (or no
+    /// tokio runtime is there to run dispatchers).
+    async fn one<K: Kind>(&self, queue: &Arc<Queue<K>>, job: K::Job) -> Result<K::Output> {
+        if self.coalesce && tokio::runtime::Handle::try_current().is_ok() {
+            let mut answers = queue.submit(vec![job]).await;
+            return answers
+                .pop()
+                .unwrap_or_else(|| Err(CacheError::Config("a coalesced operation got no answer".into())));
+        }
+        queue.run_alone(job).await
+    }
+
+    /// Many operations of one kind, in as few statements as the limits allow, whether or not single operations
+    /// are coalesced.
+    async fn many<K: Kind>(&self, queue: &Arc<Queue<K>>, jobs: Vec<K::Job>) -> Vec<Result<K::Output>> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return queue.submit(jobs).await;
+        }
+        let mut answers = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            answers.push(queue.run_alone(job).await);
+        }
+        answers
     }
 
     /// Records the invalidation of `namespace` and sends `payload`.

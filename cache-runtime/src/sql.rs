@@ -32,13 +32,6 @@ macro_rules! notify {
     };
 }
 
-/// The live entry of $1: its JSON and the milliseconds it has left.
-pub(crate) const GET: &str = concat!(
-    "SELECT data::text, ",
-    remaining_ms!("expires_at"),
-    " FROM cache_entries WHERE cache_key = $1 AND (expires_at IS NULL OR expires_at > now())"
-);
-
 /// A memoized call's lookup of $1: a live entry or one expired less than $2 ms ago, and the database's clock.
 /// Always one row, so that the clock comes back on a miss too.
 pub(crate) const LOOKUP: &str = concat!(
@@ -49,6 +42,32 @@ pub(crate) const LOOKUP: &str = concat!(
      FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
      AND (e.expires_at IS NULL OR e.expires_at > now() - $2::bigint * interval '1 millisecond')"
 );
+
+/// Coalesced reads: for each key $1[i], with stale window $2[i] ms, what [`LOOKUP`] returns, as rows
+/// `(i, json, remaining ms, fresh, database clock µs, deferred)` in order. A row whose JSON would take the
+/// response past $3 bytes comes back deferred, without its JSON (the first row never is).
+pub(crate) const READ_MANY: &str = concat!(
+    "SELECT i, CASE WHEN before < $3 THEN t END, remaining, fresh, now_us, before >= $3 FROM \
+     (SELECT s.*, coalesce(sum(octet_length(s.t)) OVER (ORDER BY s.i ROWS BETWEEN UNBOUNDED PRECEDING \
+      AND 1 PRECEDING), 0) AS before FROM \
+      (SELECT k.i, e.data::text AS t, ",
+    remaining_ms!("e.expires_at"),
+    " AS remaining, (e.expires_at IS NULL OR e.expires_at > now()) AS fresh, \
+       (extract(epoch FROM now()) * 1000000)::bigint AS now_us \
+       FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(key, stale_ms, i) \
+       LEFT JOIN cache_entries AS e ON e.cache_key = k.key \
+       AND (e.expires_at IS NULL OR e.expires_at > now() - k.stale_ms * interval '1 millisecond')) AS s) AS w \
+     ORDER BY i"
+);
+
+/// Coalesced writes: [`WRITE`] for each key of $1 (distinct), with arrays for the per-key arguments and one
+/// notification $7 for all. Returns whether each was written. See `migrations/0004_batched_writes.sql`.
+pub(crate) const WRITE_MANY: &str = "SELECT pg_cached_write_many($1::text[], $2::text[]::jsonb[], $3::bigint[], \
+     $4::bigint[], $5::bigint[], $6::text[], $7, $8, $9)";
+
+/// Coalesced deletes: [`DELETE`] for each key of $1 (distinct), one notification $2 for all; $3 is the lock
+/// timeout in ms. Returns the rows deleted per key.
+pub(crate) const DELETE_MANY: &str = "SELECT pg_cached_delete_many($1::text[], $2, $3)";
 
 /// Writes $1 = $2 for $3 ms (NULL: forever), kept $4 ms more for stale serving; with $5 (µs of the
 /// database clock when a memoized computation began), refused if key $1 or namespace $6 was invalidated
@@ -145,5 +164,7 @@ mod tests {
         assert!(NOTIFY.contains(&format!("'{}'", crate::events::CHANNEL)));
         let migration = include_str!("../../migrations/0003_serialized_writes.sql");
         assert_eq!(migration.matches(&format!("pg_notify('{}'", crate::events::CHANNEL)).count(), 3);
+        let batched = include_str!("../../migrations/0004_batched_writes.sql");
+        assert_eq!(batched.matches(&format!("pg_notify('{}'", crate::events::CHANNEL)).count(), 2);
     }
 }

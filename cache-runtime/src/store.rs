@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::error::{CacheError, Result};
 use crate::events::Events;
 use crate::flight::Flights;
-use crate::local::{key_hash, LocalTier};
+use crate::local::LocalTier;
 use crate::server::{remaining, Lookup, Server, Write};
 use crate::stats::{namespace_of, Counters, Event};
 use crate::ttl::Ttl;
@@ -113,7 +113,7 @@ impl PgCache {
         }
         let cache = PgCache {
             inner: Arc::new(Inner {
-                server: Server::new(pool, &config),
+                server: Server::new(pool, &config, events.sender),
                 config,
                 counters: Counters::default(),
                 flights: Flights::default(),
@@ -190,26 +190,37 @@ impl PgCache {
         memo: Option<MemoWrite>,
     ) -> Result<bool> {
         let namespace = namespace_of(key);
-        let tier = self.inner.local.get();
-        let epoch = tier.map(LocalTier::epoch);
+        let epoch = self.inner.local.get().map(LocalTier::epoch);
         let keep_ms = memo.and_then(|m| Ttl::millis(m.stale)).unwrap_or(0);
         let write = Write { namespace, ttl_ms: Ttl::millis(ttl), keep_ms, started_us };
-        let notify = self.inner.events.keys_payload(&[key_hash(key)]);
-        let result = self.server().write(key, json, write, notify).await;
+        let result = self.server().write(key, json, write).await;
         self.note_failure(key, "set", &result);
         let written = result?;
         if !written {
             tracing::debug!(namespace, key, "result computed before an invalidation; not stored");
         }
-        if let (Some(tier), Some(epoch)) = (tier, epoch) {
-            let local_max_age = memo.and_then(|m| m.local_max_age);
+        self.after_write(key, json, ttl, written, memo.and_then(|m| m.local_max_age), epoch);
+        Ok(written)
+    }
+
+    /// Brings this process's tier up to date after a write of `key`: the new value if the tier holds such
+    /// keys and it was written, otherwise nothing. `epoch` is the tier's epoch from before the write.
+    pub(crate) fn after_write(
+        &self,
+        key: &str,
+        json: &str,
+        ttl: Option<Duration>,
+        written: bool,
+        local_max_age: Option<Duration>,
+        epoch: Option<u64>,
+    ) {
+        if let (Some(tier), Some(epoch)) = (self.inner.local.get(), epoch) {
             if written && (tier.for_all_keys || local_max_age.is_some()) {
                 tier.put(key, json.into(), ttl, local_max_age, epoch);
             } else {
                 tier.remove(key);
             }
         }
-        Ok(written)
     }
 
     /// Starts listening for other processes' invalidations and lease releases (once).
@@ -275,7 +286,7 @@ impl PgCache {
     }
 
     /// Decodes a stored value, counting it as `hit`, or as a miss when it has the wrong shape.
-    fn decode_counted<T: DeserializeOwned>(&self, key: &str, json: &str, hit: Event) -> Option<T> {
+    pub(crate) fn decode_counted<T: DeserializeOwned>(&self, key: &str, json: &str, hit: Event) -> Option<T> {
         let namespace = namespace_of(key);
         match codec::decode(json) {
             Ok(value) => {
@@ -311,8 +322,7 @@ impl PgCache {
     pub async fn delete(&self, key: &str) -> Result<bool> {
         check_key(key)?;
         self.forget_locally(key);
-        let payload = self.inner.events.keys_payload(&[key_hash(key)]);
-        let result = self.server().delete_and_mark(key, payload).await;
+        let result = self.server().delete_and_mark(key).await;
         self.note_failure(key, "delete", &result);
         // Again once the invalidation is committed: a read of this process that fetched the row before the
         // delete committed may have refilled the tier meanwhile (the epoch catches most, not a read that
@@ -323,7 +333,7 @@ impl PgCache {
 
     /// Drops `key` from this process's tier, and detaches its computation in flight, if any, so that callers
     /// arriving from now on start a fresh one instead of waiting for a value computed before.
-    fn forget_locally(&self, key: &str) {
+    pub(crate) fn forget_locally(&self, key: &str) {
         if let Some(tier) = self.inner.local.get() {
             tier.remove(key);
         }
@@ -338,7 +348,7 @@ impl PgCache {
         self.inner.counters.record(namespace, event);
     }
 
-    fn note_failure<T>(&self, key: &str, operation: &'static str, result: &Result<T>) {
+    pub(crate) fn note_failure<T>(&self, key: &str, operation: &'static str, result: &Result<T>) {
         if let Err(error) = result {
             let namespace = namespace_of(key);
             self.inner.counters.record(namespace, Event::Error);

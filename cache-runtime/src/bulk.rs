@@ -1,0 +1,170 @@
+//! The bulk API: many keys in one call, for callers that already hold them (a batch of embeddings, the
+//! documents of one answer). Keys go to the server in as few statements as the coalescing limits allow
+//! (see `PgCacheBuilder::coalesce_max_keys`), whether or not single operations are coalesced.
+
+use crate::codec;
+use crate::error::Result;
+use crate::local::LocalTier;
+use crate::server::{remaining, Write};
+use crate::stats::{namespace_of, Event};
+use crate::store::{check_key, PgCache};
+use crate::ttl::Ttl;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Each key's first place in `keys`, and the distinct keys in that order.
+fn distinct<'a>(keys: impl IntoIterator<Item = &'a str>) -> (Vec<usize>, Vec<&'a str>) {
+    let mut index = HashMap::new();
+    let mut unique = Vec::new();
+    let slots = keys
+        .into_iter()
+        .map(|key| {
+            *index.entry(key).or_insert_with(|| {
+                unique.push(key);
+                unique.len() - 1
+            })
+        })
+        .collect();
+    (slots, unique)
+}
+
+/// The first error among `results`, after all of them are in.
+fn first_error<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
+    results.into_iter().collect()
+}
+
+impl PgCache {
+    /// Reads many keys: one result per key, in order, as [`get`](Self::get) would give it. Duplicates are
+    /// allowed (each is read once). An empty slice does nothing.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: cache_runtime::PgCache) -> Result<(), cache_runtime::CacheError> {
+    /// let embeddings: Vec<Option<Vec<f32>>> = cache.get_many(&["emb:a", "emb:b", "emb:a"]).await?;
+    /// assert_eq!(embeddings.len(), 3);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidKey`](crate::CacheError::InvalidKey) or
+    /// [`CacheError::KeyTooLong`](crate::CacheError::KeyTooLong) for any bad key, before any I/O; then
+    /// [`CacheError::Timeout`](crate::CacheError::Timeout) or
+    /// [`CacheError::Database`](crate::CacheError::Database) when some key could not be read.
+    pub async fn get_many<T: DeserializeOwned>(&self, keys: &[impl AsRef<str>]) -> Result<Vec<Option<T>>> {
+        for key in keys {
+            check_key(key.as_ref())?;
+        }
+        let (slots, unique) = distinct(keys.iter().map(AsRef::as_ref));
+        let tier = self.local_tier_for_all_keys();
+        let epoch = tier.map(LocalTier::epoch);
+        // Per distinct key: its JSON and where it came from, or `None` for a miss.
+        let mut found: Vec<Option<(Arc<str>, Event)>> = vec![None; unique.len()];
+        let mut to_fetch = Vec::new();
+        for (i, key) in unique.iter().enumerate() {
+            match tier.and_then(|tier| tier.get(key)) {
+                Some(entry) => found[i] = Some((Arc::clone(&entry.json), Event::LocalHit)),
+                None => {
+                    if tier.is_some() {
+                        self.record(namespace_of(key), Event::LocalMiss);
+                    }
+                    to_fetch.push(i);
+                }
+            }
+        }
+        let fetch_keys: Vec<&str> = to_fetch.iter().map(|&i| unique[i]).collect();
+        let fetched = self.server().get_many_live(&fetch_keys).await;
+        for (key, result) in fetch_keys.iter().zip(&fetched) {
+            self.note_failure(key, "get", result);
+        }
+        for (&i, entry) in to_fetch.iter().zip(first_error(fetched)?) {
+            if let Some((json, remaining_ms)) = entry {
+                let json: Arc<str> = json.into();
+                if let (Some(tier), Some(epoch)) = (tier, epoch) {
+                    tier.put(unique[i], Arc::clone(&json), remaining(remaining_ms), None, epoch);
+                }
+                found[i] = Some((json, Event::Hit));
+            }
+        }
+        // Each place decodes its own copy, so duplicates need no `T: Clone`.
+        let decode = |slot: usize| match &found[slot] {
+            Some((json, event)) => self.decode_counted(unique[slot], json, *event),
+            None => {
+                self.record(namespace_of(unique[slot]), Event::Miss);
+                None
+            }
+        };
+        Ok(slots.iter().map(|&slot| decode(slot)).collect())
+    }
+
+    /// Stores every `(key, value)` for `ttl`, as [`set`](Self::set) would. A key given twice keeps its last
+    /// value. An empty slice does nothing.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: cache_runtime::PgCache) -> Result<(), cache_runtime::CacheError> {
+    /// use std::time::Duration;
+    /// let batch = [("emb:a", vec![0.1_f32, 0.2]), ("emb:b", vec![0.3, 0.4])];
+    /// cache.set_many(&batch, Some(Duration::from_secs(3600))).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Before any I/O, the errors of [`set`](Self::set) for any key or value; then
+    /// [`CacheError::Timeout`](crate::CacheError::Timeout) or
+    /// [`CacheError::Database`](crate::CacheError::Database) when some entry was not written (the others may
+    /// have been).
+    pub async fn set_many<T: Serialize>(&self, entries: &[(impl AsRef<str>, T)], ttl: impl Into<Ttl>) -> Result<()> {
+        let ttl = ttl.into().resolve(self.inner.config.default_ttl)?;
+        let mut jsons = Vec::with_capacity(entries.len());
+        for (key, value) in entries {
+            check_key(key.as_ref())?;
+            jsons.push(codec::encode(value, self.inner.config.max_value_bytes)?);
+        }
+        // Last write wins: keep each key's last place only.
+        let mut last = HashMap::new();
+        for (i, (key, _)) in entries.iter().enumerate() {
+            last.insert(key.as_ref(), i);
+        }
+        let mut writes: Vec<(&str, &str, Write<'_>)> = Vec::with_capacity(last.len());
+        for (i, (key, _)) in entries.iter().enumerate() {
+            let key = key.as_ref();
+            if last.get(key) == Some(&i) {
+                let write =
+                    Write { namespace: namespace_of(key), ttl_ms: Ttl::millis(ttl), keep_ms: 0, started_us: None };
+                writes.push((key, &jsons[i], write));
+            }
+        }
+        let epoch = self.inner.local.get().map(LocalTier::epoch);
+        let results = self.server().write_many(&writes).await;
+        for ((key, json, _), result) in writes.iter().zip(&results) {
+            self.note_failure(key, "set", result);
+            self.after_write(key, json, ttl, matches!(result, Ok(true)), None, epoch);
+        }
+        first_error(results).map(drop)
+    }
+
+    /// Deletes every key, as [`delete`](Self::delete) would (each is also an invalidation); the rows deleted.
+    /// Duplicates count once. An empty slice does nothing.
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidKey`](crate::CacheError::InvalidKey) or
+    /// [`CacheError::KeyTooLong`](crate::CacheError::KeyTooLong) for any bad key, before any I/O; then
+    /// [`CacheError::Timeout`](crate::CacheError::Timeout) or
+    /// [`CacheError::Database`](crate::CacheError::Database) when some key was not deleted.
+    pub async fn delete_many(&self, keys: &[impl AsRef<str>]) -> Result<u64> {
+        for key in keys {
+            check_key(key.as_ref())?;
+        }
+        let (_, unique) = distinct(keys.iter().map(AsRef::as_ref));
+        for key in &unique {
+            self.forget_locally(key);
+        }
+        let results = self.server().delete_many(&unique).await;
+        for (key, result) in unique.iter().zip(&results) {
+            self.note_failure(key, "delete", result);
+            // Again once committed; see `delete`.
+            self.forget_locally(key);
+        }
+        Ok(first_error(results)?.into_iter().sum())
+    }
+}

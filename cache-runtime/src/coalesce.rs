@@ -1,0 +1,366 @@
+//! Coalescing: many callers' operations of one kind, sent as one statement.
+//!
+//! Every round trip to PostgreSQL costs a backend wake-up and a network turn whatever it carries, so under
+//! many concurrent callers the cost is per statement, not per row. A [`Queue`] collects the operations
+//! issued while earlier batches are in flight and sends them together as soon as a dispatcher is free, the
+//! way DataLoader and group commit work. There is no timer: a lone caller finds an idle queue, its batch of
+//! one leaves at once (as the one-key statement, see [`Kind::run`]) and it pays no added latency.
+//!
+//! **Dispatchers.** At most `max_batches` tasks per queue run batches, each on a pooled connection through
+//! [`exec::attempt`] (so a batch gets the same deadline and the same one retry on a dead connection as a
+//! single operation). A dispatcher takes the next batch when its previous one is answered, and ends when the
+//! queue is empty. Callers only await their reply: a cancelled caller costs nothing, and a caller that left
+//! before its batch was formed is not sent at all.
+//!
+//! **Bounds.** A batch holds at most `max_keys` operations (reads may also defer rows past a byte budget, see
+//! `batch.rs`); a caller waits at most its own operation timeout, queued or not.
+//!
+//! **Errors.** A batch that fails as a whole for a reason other than its connection is run again one
+//! operation at a time (for kinds where one operation can fail alone), so that a bad operation fails only
+//! its own caller.
+
+use crate::exec::{self, DbFuture};
+use sqlx::postgres::{PgConnection, PgPool};
+use std::collections::{HashSet, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+/// What one caller gets back: its output, or the error of the statement that carried it.
+pub(crate) type Answer<O> = std::result::Result<O, sqlx::Error>;
+
+/// One kind of coalesced operation: what a job is, and how a batch of them becomes one statement.
+pub(crate) trait Kind: Send + Sync + 'static {
+    type Job: Send + Sync + 'static;
+    type Output: Send + 'static;
+    /// What the statement binds, built once per batch from its jobs (it may be sent twice; see `exec`).
+    type Params: Send + Sync + 'static;
+
+    /// Whether two jobs of the same key may share a batch. Writes and deletes may not: one statement cannot
+    /// touch a row twice, and each caller must get its own write's result.
+    const SAME_KEY_SHARES: bool;
+    /// Whether a failed batch is retried one job at a time, because one job can fail alone.
+    const SPLIT_ON_ERROR: bool;
+
+    fn key(job: &Self::Job) -> &str;
+
+    fn params(&self, jobs: &[Self::Job]) -> Self::Params;
+
+    /// Runs one batch; one entry per job in order: its output, or `None` to queue it again (a read past the
+    /// batch's byte budget). A batch of one job sends the one-key statement.
+    fn run<'c>(
+        conn: &'c mut PgConnection,
+        params: &'c Self::Params,
+    ) -> impl Future<Output = Answer<Vec<Option<Self::Output>>>> + Send + 'c;
+}
+
+/// How far coalescing may go.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// Operations per statement.
+    pub(crate) max_keys: usize,
+    /// Batches in flight at once per queue (each holds a pooled connection while it runs).
+    pub(crate) max_batches: usize,
+    /// Each operation's time limit, queueing included.
+    pub(crate) op_timeout: Duration,
+}
+
+struct Pending<K: Kind> {
+    job: K::Job,
+    reply: oneshot::Sender<Answer<K::Output>>,
+    deadline: Instant,
+}
+
+struct State<K: Kind> {
+    pending: VecDeque<Pending<K>>,
+    /// Dispatcher tasks alive.
+    running: usize,
+}
+
+pub(crate) struct Queue<K: Kind> {
+    kind: K,
+    pool: PgPool,
+    limits: Limits,
+    operation: &'static str,
+    state: Mutex<State<K>>,
+    /// Statements that carried more than one operation, and the operations they carried.
+    shared_statements: AtomicU64,
+    shared_operations: AtomicU64,
+}
+
+impl<K: Kind> std::fmt::Debug for Queue<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("operation", &self.operation).field("limits", &self.limits).finish()
+    }
+}
+
+impl<K: Kind> Queue<K> {
+    pub(crate) fn new(kind: K, pool: PgPool, limits: Limits, operation: &'static str) -> Arc<Queue<K>> {
+        Arc::new(Queue {
+            kind,
+            pool,
+            limits,
+            operation,
+            state: Mutex::new(State { pending: VecDeque::new(), running: 0 }),
+            shared_statements: AtomicU64::new(0),
+            shared_operations: AtomicU64::new(0),
+        })
+    }
+
+    /// Statements that carried more than one operation so far, and how many operations they carried.
+    pub(crate) fn shared(&self) -> (u64, u64) {
+        (self.shared_statements.load(Ordering::Relaxed), self.shared_operations.load(Ordering::Relaxed))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State<K>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `job` as a statement of its own, without queueing.
+    pub(crate) async fn run_alone(&self, job: K::Job) -> crate::Result<K::Output> {
+        let work = statement::<K>(self.kind.params(std::slice::from_ref(&job)));
+        let outputs = exec::run(&self.pool, self.operation, self.limits.op_timeout, work).await?;
+        outputs.into_iter().next().flatten().ok_or_else(|| crate::CacheError::Database {
+            operation: self.operation,
+            source: sqlx::Error::Protocol("a statement returned no row for its key".into()),
+        })
+    }
+
+    /// Queues `jobs` (in order, so that they tend to share batches) and waits for their answers, each within
+    /// the operation timeout. Must run inside a tokio runtime.
+    pub(crate) async fn submit(self: &Arc<Self>, jobs: Vec<K::Job>) -> Vec<crate::Result<K::Output>> {
+        let deadline = Instant::now() + self.limits.op_timeout;
+        let mut answers = Vec::with_capacity(jobs.len());
+        {
+            let mut state = self.state();
+            for job in jobs {
+                let (reply, answer) = oneshot::channel();
+                state.pending.push_back(Pending { job, reply, deadline });
+                answers.push(answer);
+            }
+            self.start_dispatchers(&mut state);
+        }
+        let mut results = Vec::with_capacity(answers.len());
+        for answer in answers {
+            results.push(self.await_answer(answer, deadline).await);
+        }
+        results
+    }
+
+    async fn await_answer(
+        &self,
+        answer: oneshot::Receiver<Answer<K::Output>>,
+        deadline: Instant,
+    ) -> crate::Result<K::Output> {
+        let (operation, after) = (self.operation, self.limits.op_timeout);
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(Ok(output))) => Ok(output),
+            Ok(Ok(Err(sqlx::Error::PoolTimedOut))) | Err(_) => Err(crate::CacheError::Timeout { operation, after }),
+            Ok(Ok(Err(source))) => Err(crate::CacheError::Database { operation, source }),
+            // The dispatcher panicked or its runtime is shutting down.
+            Ok(Err(_)) => Err(crate::CacheError::Database { operation, source: sqlx::Error::WorkerCrashed }),
+        }
+    }
+
+    fn start_dispatchers(self: &Arc<Self>, state: &mut State<K>) {
+        // A dispatcher is either running a batch or taking the next one, never idle: so jobs that arrive
+        // while every dispatcher is busy get a new one, up to the cap, and only then wait to be coalesced.
+        let wanted = (state.running + state.pending.len().div_ceil(self.limits.max_keys)).min(self.limits.max_batches);
+        while state.running < wanted {
+            state.running += 1;
+            let queue = Arc::clone(self);
+            tokio::spawn(async move {
+                let _slot = Slot(&queue);
+                while let Some(batch) = queue.take_batch() {
+                    queue.run_batch(batch).await;
+                }
+            });
+        }
+    }
+
+    /// The next batch, or `None` (and one dispatcher fewer) when nothing is waiting. Jobs whose callers left
+    /// are dropped here; jobs of a key already in the batch wait for the next one when keys may not share.
+    fn take_batch(&self) -> Option<Vec<Pending<K>>> {
+        let mut state = self.state();
+        let mut batch = Vec::new();
+        let mut keys = HashSet::new();
+        let mut skipped = Vec::new();
+        while batch.len() < self.limits.max_keys {
+            let Some(next) = state.pending.pop_front() else { break };
+            if next.reply.is_closed() {
+                continue;
+            }
+            if !K::SAME_KEY_SHARES && !keys.insert(K::key(&next.job).to_owned()) {
+                skipped.push(next);
+                continue;
+            }
+            batch.push(next);
+        }
+        for pending in skipped.into_iter().rev() {
+            state.pending.push_front(pending);
+        }
+        if batch.is_empty() {
+            state.running -= 1;
+            return None;
+        }
+        Some(batch)
+    }
+
+    async fn run_batch(self: &Arc<Self>, batch: Vec<Pending<K>>) {
+        let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
+        let (jobs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.job, (p.reply, p.deadline))).unzip();
+        match self.execute(&jobs, deadline).await {
+            Ok(outputs) => self.answer(jobs, replies, outputs),
+            Err(error) if K::SPLIT_ON_ERROR && jobs.len() > 1 && !exec::is_connection_error(&error) => {
+                for (job, (reply, deadline)) in jobs.into_iter().zip(replies) {
+                    match self.execute(std::slice::from_ref(&job), deadline).await {
+                        Ok(outputs) => self.answer(vec![job], vec![(reply, deadline)], outputs),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                for (reply, _) in replies {
+                    let _ = reply.send(Err(duplicate(&error)));
+                }
+            }
+        }
+    }
+
+    /// Sends each caller its output; jobs the batch deferred go back to the front of the queue.
+    fn answer(
+        self: &Arc<Self>,
+        jobs: Vec<K::Job>,
+        replies: Vec<(oneshot::Sender<Answer<K::Output>>, Instant)>,
+        outputs: Vec<Option<K::Output>>,
+    ) {
+        let mut deferred = Vec::new();
+        let mut outputs = outputs.into_iter();
+        for (job, (reply, deadline)) in jobs.into_iter().zip(replies) {
+            match outputs.next() {
+                Some(Some(output)) => {
+                    let _ = reply.send(Ok(output));
+                }
+                Some(None) => deferred.push(Pending { job, reply, deadline }),
+                None => {
+                    let _ =
+                        reply.send(Err(sqlx::Error::Protocol("a batch returned fewer rows than it had jobs".into())));
+                }
+            }
+        }
+        if !deferred.is_empty() {
+            let mut state = self.state();
+            for pending in deferred.into_iter().rev() {
+                state.pending.push_front(pending);
+            }
+            // This dispatcher is still running and will take them next.
+        }
+    }
+
+    async fn execute(&self, jobs: &[K::Job], deadline: Instant) -> Answer<Vec<Option<K::Output>>> {
+        if jobs.len() > 1 {
+            self.shared_statements.fetch_add(1, Ordering::Relaxed);
+            self.shared_operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        }
+        let work = statement::<K>(self.kind.params(jobs));
+        exec::attempt(&self.pool, deadline, self.limits.op_timeout, &work, None).await
+    }
+}
+
+/// The statement of one batch, as `exec` runs it (possibly twice, so it shares its parameters).
+fn statement<K: Kind>(
+    params: K::Params,
+) -> impl for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, Vec<Option<K::Output>>> + Send + Sync + 'static {
+    let params = Arc::new(params);
+    move |conn| {
+        let params = Arc::clone(&params);
+        Box::pin(async move { K::run(conn, &params).await })
+    }
+}
+
+/// Counts a dispatcher out if it panics (a normal exit is counted by `take_batch`), so the queue starts a
+/// new one on the next submission.
+struct Slot<'a, K: Kind>(&'a Queue<K>);
+
+impl<K: Kind> Drop for Slot<'_, K> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut state = self.0.state();
+            state.running = state.running.saturating_sub(1);
+        }
+    }
+}
+
+/// A copy of `error` for each caller of a failed batch (`sqlx::Error` is not `Clone`). Keeps what callers and
+/// logs look at: the kind of failure, the message and a database error's SQLSTATE.
+pub(crate) fn duplicate(error: &sqlx::Error) -> sqlx::Error {
+    match error {
+        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
+        sqlx::Error::WorkerCrashed => sqlx::Error::WorkerCrashed,
+        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
+        sqlx::Error::Database(db) => sqlx::Error::Database(Box::new(SharedDbError {
+            message: db.message().to_owned(),
+            code: db.code().map(|code| code.into_owned()),
+        })),
+        other => sqlx::Error::Protocol(other.to_string()),
+    }
+}
+
+/// A database error handed to each caller of a failed batch.
+#[derive(Debug)]
+struct SharedDbError {
+    message: String,
+    code: Option<String>,
+}
+
+impl std::fmt::Display for SharedDbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for SharedDbError {}
+
+impl sqlx::error::DatabaseError for SharedDbError {
+    fn message(&self) -> &str {
+        &self.message
+    }
+    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+        self.code.as_deref().map(std::borrow::Cow::Borrowed)
+    }
+    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+        self
+    }
+    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self
+    }
+    fn kind(&self) -> sqlx::error::ErrorKind {
+        sqlx::error::ErrorKind::Other
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicated_errors_keep_their_kind_and_code() {
+        let io = sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "gone"));
+        assert!(exec::is_connection_error(&duplicate(&io)));
+        let db = duplicate(&sqlx::Error::Database(Box::new(SharedDbError {
+            message: "relation \"cache_entries\" does not exist".into(),
+            code: Some("42P01".into()),
+        })));
+        let sqlx::Error::Database(db) = db else { panic!("not a database error") };
+        assert_eq!(db.code().as_deref(), Some("42P01"));
+        assert!(db.message().contains("cache_entries"));
+    }
+}
