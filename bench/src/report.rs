@@ -182,6 +182,9 @@ fn ratios() -> Vec<Ratio> {
         info("set, UNLOGGED: PgCache::set / pgbench", Group::SetUnlogged, Variant::PgCache, Variant::Pgbench),
         info("set, AsyncCommit: PgCache::set / Redis SET EX", Group::SetAsync, Variant::PgCache, Variant::Redis),
         info("GIN index: PgCache::set with / without", Group::SetAsync, Variant::PgCacheGin, Variant::PgCache),
+        info("get: coalescing on / off", Group::Get, Variant::PgCache, Variant::PgCacheUncoalesced),
+        info("set, AsyncCommit: coalescing on / off", Group::SetAsync, Variant::PgCache, Variant::PgCacheUncoalesced),
+        info("100 keys: get_many / 100 single gets", Group::GetMany, Variant::GetMany, Variant::SingleGets),
     ]
 }
 
@@ -477,10 +480,15 @@ pub fn markdown(opts: &Options, outcome: &Outcome, machine: &Machine) -> String 
         let _ = writeln!(w, "## The statements\n");
         let _ = writeln!(
             w,
-            "Captured from `pg_prepared_statements` after a `PgCache` ran each operation, then run verbatim by the \
-             sqlx and pgbench references (pgbench variables `:k`, `:val`, `:ttl` stand for `$1`, `$2`, `$3`).\n"
+            "What the sqlx and pgbench references run: the plain single-key read and upsert a user of raw sqlx \
+             would write (pgbench variables `:k`, `:val`, `:ttl` stand for `$1`, `$2`, `$3`). The runtime's own \
+             statements are in `cache-runtime/src/sql.rs` and `migrations/`.\n"
         );
-        let _ = writeln!(w, "```sql\n-- PgCache::get\n{}\n-- PgCache::set, Durability::Full\n{}\n-- PgCache::set, Durability::AsyncCommit\n{}\n```\n", s.get, s.set_full, s.set_async);
+        let _ = writeln!(
+            w,
+            "```sql\n-- read\n{}\n-- write, Durability::Full\n{}\n-- write, Durability::AsyncCommit\n{}\n```\n",
+            s.get, s.set_full, s.set_async
+        );
     }
     let _ = writeln!(w, "{END}");
     md
@@ -497,6 +505,9 @@ fn variant_color(variant: Variant) -> &'static str {
         Variant::PgCacheGin => "#bf8700",
         Variant::MacroHit => "#e16f24",
         Variant::DirectGet => "#1f6feb",
+        Variant::PgCacheUncoalesced => "#0a3069",
+        Variant::GetMany => "#1f6feb",
+        Variant::SingleGets => "#6ea8fe",
     }
 }
 

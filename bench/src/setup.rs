@@ -12,8 +12,7 @@
 use crate::data::Size;
 use cache_runtime::{Durability, PgCache};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Connection, Executor, PgConnection, Row};
-use std::collections::BTreeSet;
+use sqlx::{Connection, Executor, PgConnection};
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
@@ -93,13 +92,26 @@ impl Db {
             .map_err(|e| format!("connect: {e}"))
     }
 
-    /// A `PgCache` as an application builds it: its own pool of `n` connections, default settings, except
-    /// that the background sweeper and the row limit are off (they would delete the data set).
-    pub async fn cache(&self, table: Table, n: u32, durability: Durability) -> Result<PgCache, String> {
-        tuned(PgCache::builder().database_url(self.url_for(table)).max_connections(n), durability)
-            .build()
-            .await
-            .map_err(|e| format!("PgCache::build: {e}"))
+    /// A `PgCache` as an application builds it: its own default pool (10 connections), default settings,
+    /// except that the background sweeper and the row limit are off (they would delete the data set).
+    /// Retried for a few seconds: right after a case with hundreds of clients closed its pools, the server may
+    /// still be busy ending those sessions.
+    pub async fn cache(&self, table: Table, durability: Durability, coalesce: bool) -> Result<PgCache, String> {
+        let mut attempts = 0;
+        loop {
+            let built = tuned(PgCache::builder().database_url(self.url_for(table)).coalesce(coalesce), durability)
+                .build()
+                .await;
+            match built {
+                Ok(cache) => return Ok(cache),
+                Err(error) if attempts < 5 => {
+                    attempts += 1;
+                    log(format!("[setup] PgCache::build failed ({error}); retrying"));
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(error) => return Err(format!("PgCache::build: {error}")),
+            }
+        }
     }
 
     /// A `PgCache` over a pool given with `.pool()`.
@@ -289,50 +301,26 @@ pub async fn prepare(admin_url: &str, database: &str, rows: Rows) -> Result<Db, 
     Ok(db)
 }
 
-/// The runtime's statements, captured from the server: what a `PgCache` prepared on its connection while it
-/// ran one operation. The references then run that exact text.
+/// The statements the sqlx and pgbench references run: the plain single-key read and upsert a user of raw
+/// sqlx would write (see [`reference_statements`]).
 #[derive(Debug, Clone)]
 pub struct Statements {
-    /// The read of `PgCache::get`.
+    /// The reference read.
     pub get: String,
-    /// The write of `PgCache::set` with `Durability::Full`.
+    /// The reference write, `synchronous_commit` on.
     pub set_full: String,
-    /// The write of `PgCache::set` with `Durability::AsyncCommit` (the default).
+    /// The reference write, `synchronous_commit` off.
     pub set_async: String,
 }
 
-async fn prepared(pool: &PgPool) -> Result<BTreeSet<String>, String> {
-    // Simple-query protocol: this query is not itself prepared.
-    let rows = sqlx::raw_sql("SELECT statement FROM pg_prepared_statements")
-        .fetch_all(pool)
-        .await
-        .map_err(|e| format!("pg_prepared_statements: {e}"))?;
-    rows.iter().map(|row| row.try_get::<String, _>(0).map_err(|e| e.to_string())).collect()
-}
-
-async fn capture(db: &Db, durability: Durability) -> Result<String, String> {
-    let pool = db.lean_pool(Table::Logged, 1).await?;
-    let cache = db.cache_over(pool.clone(), durability).await?;
-    let before = prepared(&pool).await?;
-    let key = Size::K1.key(1);
-    let hit: Option<crate::data::Retrieval> = cache.get(&key).await.map_err(|e| format!("PgCache::get: {e}"))?;
-    if hit.is_none() {
-        return Err("PgCache::get missed an entry of the data set".into());
-    }
-    let after = prepared(&pool).await?;
-    pool.close().await;
-    let new: Vec<String> = after.difference(&before).cloned().collect();
-    let candidates: Vec<&String> = new.iter().filter(|s| s.contains("cache_entries")).collect();
-    match candidates.as_slice() {
-        [one] => {
-            if new.len() > 1 {
-                log(format!("the operation also prepared: {:?}", new.iter().filter(|s| s != one).collect::<Vec<_>>()));
-            }
-            Ok((*one).clone())
-        }
-        [] => Err(format!("no statement on cache_entries was prepared; saw {new:?}")),
-        many => Err(format!("several statements on cache_entries were prepared: {many:?}")),
-    }
+/// The reference read: the single-key SELECT a user of raw sqlx would write ($1 key), returning the JSON
+/// text and the milliseconds left, as the runtime reads them. The runtime's own read is a lookup that also
+/// returns the database clock (for the invalidation guard) and, under load, a coalesced `= ANY` of many
+/// keys; set against this, the ratio is the price of the first and the gain of the second.
+fn reference_get() -> String {
+    "SELECT data::text, CASE WHEN isfinite(expires_at) THEN (extract(epoch FROM expires_at - now()) * 1000)::bigint \
+     END FROM cache_entries WHERE cache_key = $1 AND (expires_at IS NULL OR expires_at > now())"
+        .to_owned()
 }
 
 /// The reference write: the plain parameterized upsert ($1 key, $2 JSON, $3 TTL in ms) that a user of raw
@@ -353,13 +341,13 @@ fn reference_upsert(durability: Durability) -> String {
     )
 }
 
-/// Captures the runtime's GET statement; the SET references are [`reference_upsert`].
-pub async fn capture_statements(db: &Db) -> Result<Statements, String> {
-    Ok(Statements {
-        get: capture(db, Durability::AsyncCommit).await?,
+/// The statements the references run: [`reference_get`] and [`reference_upsert`].
+pub fn reference_statements() -> Statements {
+    Statements {
+        get: reference_get(),
         set_full: reference_upsert(Durability::Full),
         set_async: reference_upsert(Durability::AsyncCommit),
-    })
+    }
 }
 
 #[cfg(test)]

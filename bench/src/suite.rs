@@ -33,11 +33,15 @@ pub enum Group {
     /// `PgCache::set` into an UNLOGGED table.
     #[serde(rename = "set_unlogged")]
     SetUnlogged,
+    /// `PgCache::get_many` of 100 keys against 100 single gets; one operation is 100 keys either way.
+    #[serde(rename = "get_many")]
+    GetMany,
 }
 
 impl Group {
     /// Every group, in the order they run.
-    pub const ALL: [Group; 5] = [Group::Get, Group::Macro, Group::SetFull, Group::SetAsync, Group::SetUnlogged];
+    pub const ALL: [Group; 6] =
+        [Group::Get, Group::Macro, Group::SetFull, Group::SetAsync, Group::SetUnlogged, Group::GetMany];
 
     /// Title in the report.
     pub fn title(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Group {
             Group::SetFull => "set, logged, synchronous_commit = on (Durability::Full)",
             Group::SetAsync => "set, logged, synchronous_commit = off (Durability::AsyncCommit, the default)",
             Group::SetUnlogged => "set, UNLOGGED table (manual ALTER TABLE)",
+            Group::GetMany => "100 keys, hit: get_many against 100 gets",
         }
     }
 
@@ -58,6 +63,7 @@ impl Group {
             Group::SetFull => "set-full",
             Group::SetAsync => "set-async",
             Group::SetUnlogged => "set-unlogged",
+            Group::GetMany => "get-many",
         }
     }
 
@@ -70,10 +76,11 @@ impl Group {
     pub fn variants(self) -> &'static [Variant] {
         use Variant::*;
         match self {
-            Group::Get => &[PgCache, PgCacheLeanPool, Sqlx, SqlxNoDecode, Pgbench, Redis],
+            Group::Get => &[PgCache, PgCacheUncoalesced, PgCacheLeanPool, Sqlx, SqlxNoDecode, Pgbench, Redis],
             Group::Macro => &[MacroHit, DirectGet],
             Group::SetFull | Group::SetUnlogged => &[PgCache, PgCacheLeanPool, Sqlx, Pgbench],
-            Group::SetAsync => &[PgCache, PgCacheLeanPool, Sqlx, Pgbench, PgCacheGin, Redis],
+            Group::SetAsync => &[PgCache, PgCacheUncoalesced, PgCacheLeanPool, Sqlx, Pgbench, PgCacheGin, Redis],
+            Group::GetMany => &[GetMany, SingleGets],
         }
     }
 
@@ -126,11 +133,20 @@ pub enum Variant {
     /// `PgCache::get` of the key the macro uses.
     #[serde(rename = "direct_get")]
     DirectGet,
+    /// The runtime with its own default pool and `coalesce(false)`: one statement per operation.
+    #[serde(rename = "pgcache_uncoalesced")]
+    PgCacheUncoalesced,
+    /// `PgCache::get_many` of 100 keys.
+    #[serde(rename = "get_many")]
+    GetMany,
+    /// 100 `PgCache::get` calls, one after another.
+    #[serde(rename = "single_gets")]
+    SingleGets,
 }
 
 impl Variant {
     /// Every variant.
-    pub const ALL: [Variant; 9] = [
+    pub const ALL: [Variant; 12] = [
         Variant::PgCache,
         Variant::PgCacheLeanPool,
         Variant::Sqlx,
@@ -140,6 +156,9 @@ impl Variant {
         Variant::PgCacheGin,
         Variant::MacroHit,
         Variant::DirectGet,
+        Variant::PgCacheUncoalesced,
+        Variant::GetMany,
+        Variant::SingleGets,
     ];
 
     /// Short name, as used on the command line.
@@ -154,6 +173,9 @@ impl Variant {
             Variant::PgCacheGin => "pgcache-gin",
             Variant::MacroHit => "macro",
             Variant::DirectGet => "direct-get",
+            Variant::PgCacheUncoalesced => "pgcache-uncoalesced",
+            Variant::GetMany => "get-many",
+            Variant::SingleGets => "single-gets",
         }
     }
 
@@ -175,6 +197,10 @@ impl Variant {
             Variant::PgCacheGin => "PgCache::set, GIN index",
             Variant::MacroHit => "#[pg_cached] hit",
             Variant::DirectGet => "PgCache::get, same key",
+            Variant::PgCacheUncoalesced if write => "PgCache::set, coalesce off",
+            Variant::PgCacheUncoalesced => "PgCache::get, coalesce off",
+            Variant::GetMany => "PgCache::get_many, 100 keys",
+            Variant::SingleGets => "100 × PgCache::get",
         }
     }
 }
@@ -282,7 +308,7 @@ impl Options {
             duration: Duration::from_secs(4),
             warmup: Duration::from_millis(300),
             segments: 8,
-            clients: vec![1, 4],
+            clients: vec![1, 4, 16, 64, 256],
             sizes: vec![Size::K1, Size::K10],
             rows: Rows { k1: 100_000, k10: 10_000 },
             macro_keys: 10_000,
@@ -362,7 +388,8 @@ struct Ctx {
     pgbench: Result<Pgbench, String>,
     redis: Result<RedisRef, String>,
     lean_pools: HashMap<(Table, usize), PgPool>,
-    caches: HashMap<(Table, usize, bool), PgCache>,
+    /// By table, durability (true: Full) and coalescing; each with the default pool of 10 connections.
+    caches: HashMap<(Table, bool, bool), PgCache>,
     lean_caches: HashMap<(Table, usize, bool), PgCache>,
     redis_conns: HashMap<usize, Arc<Vec<redis::aio::MultiplexedConnection>>>,
     macros: crate::memo::Memo,
@@ -379,13 +406,25 @@ impl Ctx {
         Ok(pool)
     }
 
-    async fn cache(&mut self, table: Table, clients: usize, durability: Durability) -> Result<PgCache, String> {
-        if let Some(cache) = self.caches.get(&(table, clients, durability == Durability::Full)) {
+    async fn cache(&mut self, table: Table, durability: Durability, coalesce: bool) -> Result<PgCache, String> {
+        let id = (table, durability == Durability::Full, coalesce);
+        if let Some(cache) = self.caches.get(&id) {
             return Ok(cache.clone());
         }
-        let cache = self.db.cache(table, clients as u32, durability).await?;
-        self.caches.insert((table, clients, durability == Durability::Full), cache.clone());
+        let cache = self.db.cache(table, durability, coalesce).await?;
+        self.caches.insert(id, cache.clone());
         Ok(cache)
+    }
+
+    /// Closes every pool, so that the next case's connections fit under the server's `max_connections`.
+    async fn close_pools(&mut self) {
+        for (_, cache) in self.caches.drain().chain(self.lean_caches.drain().map(|((t, _, f), c)| ((t, f, true), c))) {
+            cache.pool().close().await;
+        }
+        for (_, pool) in self.lean_pools.drain() {
+            pool.close().await;
+        }
+        self.redis_conns.clear();
     }
 
     async fn lean_cache(&mut self, table: Table, clients: usize, durability: Durability) -> Result<PgCache, String> {
@@ -468,11 +507,10 @@ async fn segment<T: Payload>(
     let json = serde_json::to_string(&*value).map_err(|e| e.to_string())?;
     let key = move |r: u64| size.key(r % n + 1);
     let measured = match (group.is_write(), variant) {
-        (false, Variant::PgCache | Variant::PgCacheLeanPool) => {
-            let cache = if variant == Variant::PgCache {
-                ctx.cache(table, clients, durability).await?
-            } else {
-                ctx.lean_cache(table, clients, durability).await?
+        (false, Variant::PgCache | Variant::PgCacheUncoalesced | Variant::PgCacheLeanPool) => {
+            let cache = match variant {
+                Variant::PgCacheLeanPool => ctx.lean_cache(table, clients, durability).await?,
+                _ => ctx.cache(table, durability, variant == Variant::PgCache).await?,
             };
             drive(clients, warmup, window, move |_, r| {
                 let cache = cache.clone();
@@ -519,13 +557,14 @@ async fn segment<T: Payload>(
             })
             .await
         }
-        (true, Variant::PgCache | Variant::PgCacheLeanPool | Variant::PgCacheGin) => {
+        (true, Variant::PgCache | Variant::PgCacheUncoalesced | Variant::PgCacheLeanPool | Variant::PgCacheGin) => {
             let cache = match variant {
-                Variant::PgCache => ctx.cache(table, clients, durability).await?,
+                Variant::PgCache => ctx.cache(table, durability, true).await?,
+                Variant::PgCacheUncoalesced => ctx.cache(table, durability, false).await?,
                 Variant::PgCacheLeanPool => ctx.lean_cache(table, clients, durability).await?,
                 _ => {
                     ctx.db.gin.clone()?;
-                    ctx.cache(Table::Gin, clients, durability).await?
+                    ctx.cache(Table::Gin, durability, true).await?
                 }
             };
             drive(clients, warmup, window, move |_, r| {
@@ -593,8 +632,31 @@ async fn segment<T: Payload>(
             ctx.pgbench_rates.insert(case, measured.rate());
             measured
         }
+        (false, Variant::GetMany | Variant::SingleGets) => {
+            let cache = ctx.cache(table, durability, true).await?;
+            let many = variant == Variant::GetMany;
+            drive(clients, warmup, window, move |_, r| {
+                let cache = cache.clone();
+                async move {
+                    // 100 keys spread over the data set, derived from this operation's random number.
+                    let keys: Vec<String> = (0..100u64).map(|i| key(r.wrapping_add(i.wrapping_mul(7_919)))).collect();
+                    if many {
+                        let values = cache.get_many::<T>(&keys).await.map_err(|e| e.to_string())?;
+                        if let Some(i) = values.iter().position(Option::is_none) {
+                            return Err(format!("unexpected miss on {}", keys[i]));
+                        }
+                        return Ok(());
+                    }
+                    for key in &keys {
+                        hit(cache.get::<T>(key).await, key)?;
+                    }
+                    Ok(())
+                }
+            })
+            .await
+        }
         (false, Variant::MacroHit | Variant::DirectGet) => {
-            let cache = ctx.cache(table, clients, durability).await?;
+            let cache = ctx.cache(table, durability, true).await?;
             ctx.macros.drive::<T>(cache, size, clients, variant == Variant::MacroHit, warmup, window).await?
         }
         (write, variant) => return Err(format!("no such variant: {variant:?} (write: {write})")),
@@ -742,7 +804,7 @@ pub async fn run(opts: Options) -> Result<Outcome, String> {
 
     let lock = setup::lock(&opts.database_url, &opts.database).await?;
     let db = setup::prepare(&opts.database_url, &opts.database, opts.rows).await?;
-    let statements = setup::capture_statements(&db).await?;
+    let statements = setup::reference_statements();
     log(format!("[setup] GET statement: {}", statements.get));
     log(format!("[setup] SET statement (Full): {}", statements.set_full));
     log(format!("[setup] SET statement (AsyncCommit): {}", statements.set_async));
@@ -782,6 +844,9 @@ pub async fn run(opts: Options) -> Result<Outcome, String> {
     for group in ctx.opts.groups.clone() {
         for size in ctx.opts.sizes.clone() {
             for clients in ctx.opts.clients.clone() {
+                // Only one case's connections are open at a time: pgbench and the references need one server
+                // connection per client.
+                ctx.close_pools().await;
                 rows.extend(run_case(&mut ctx, Case { group, size, clients }).await);
             }
         }
@@ -789,7 +854,7 @@ pub async fn run(opts: Options) -> Result<Outcome, String> {
     let tier = if ctx.opts.fingerprint_budget.is_zero() {
         Vec::new()
     } else {
-        match ctx.cache(Table::Logged, 1, Durability::AsyncCommit).await {
+        match ctx.cache(Table::Logged, Durability::AsyncCommit, true).await {
             Ok(cache) => {
                 let budget = ctx.opts.fingerprint_budget * 2;
                 crate::tier::measure(cache, ctx.redis.as_ref().ok(), 1000, budget).await

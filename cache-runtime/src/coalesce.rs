@@ -6,11 +6,11 @@
 //! way DataLoader and group commit work. There is no timer: a lone caller finds an idle queue, its batch of
 //! one leaves at once (as the one-key statement, see [`Kind::run`]) and it pays no added latency.
 //!
-//! **Dispatchers.** At most `max_batches` tasks per queue run batches, each on a pooled connection through
-//! [`exec::attempt`] (so a batch gets the same deadline and the same one retry on a dead connection as a
-//! single operation). A dispatcher takes the next batch when its previous one is answered, and ends when the
-//! queue is empty. Callers only await their reply: a cancelled caller costs nothing, and a caller that left
-//! before its batch was formed is not sent at all.
+//! **Dispatchers.** At most `max_batches` tasks per queue (`PgCacheBuilder::coalesce_in_flight`) run
+//! batches, each on a pooled connection through [`exec::attempt`] (so a batch gets the same deadline and the
+//! same one retry on a dead connection as a single operation). A dispatcher takes the next batch when its
+//! previous one is answered, and ends when the queue is empty. Callers only await their reply: a cancelled
+//! caller costs nothing, and a caller that left before its batch was formed is not sent at all.
 //!
 //! **Bounds.** A batch holds at most `max_keys` operations (reads may also defer rows past a byte budget, see
 //! `batch.rs`); a caller waits at most its own operation timeout, queued or not.

@@ -40,6 +40,7 @@ pub(crate) struct Config {
     pub(crate) coalesce: bool,
     pub(crate) coalesce_max_keys: usize,
     pub(crate) coalesce_max_bytes: usize,
+    pub(crate) coalesce_in_flight: usize,
 }
 
 impl Default for Config {
@@ -59,6 +60,7 @@ impl Default for Config {
             coalesce: true,
             coalesce_max_keys: 128,
             coalesce_max_bytes: 4 * 1024 * 1024,
+            coalesce_in_flight: 4,
         }
     }
 }
@@ -246,6 +248,16 @@ impl PgCacheBuilder {
     /// statement. A single value larger than this still comes back, alone.
     pub fn coalesce_max_bytes(mut self, bytes: usize) -> Self {
         self.config.coalesce_max_bytes = bytes.max(1);
+        self
+    }
+
+    /// How many coalesced statements of one kind (reads, writes, deletes) may be in flight at once, each on a
+    /// pooled connection (default 4, and never more than the pool). Operations that arrive while that many
+    /// are running wait and share the next statement. Fewer in flight means larger batches and fewer
+    /// round trips; more means more of the server's cores at work. On a 2-core server 4 served the most gets
+    /// at 16 to 256 callers (docs/BENCHMARKS.md); a server with many cores may want more.
+    pub fn coalesce_in_flight(mut self, n: usize) -> Self {
+        self.config.coalesce_in_flight = n.max(1);
         self
     }
 

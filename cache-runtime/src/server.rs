@@ -94,7 +94,7 @@ impl Server {
         let lock_timeout = config.op_timeout.as_millis().max(1).to_string();
         let limits = Limits {
             max_keys: config.coalesce_max_keys,
-            max_batches: pool.options().get_max_connections().max(1) as usize,
+            max_batches: config.coalesce_in_flight.min(pool.options().get_max_connections().max(1) as usize),
             op_timeout: config.op_timeout,
         };
         let write_limits = Limits { max_keys: limits.max_keys.min(MAX_KEYS_PER_NOTIFICATION), ..limits };
