@@ -401,7 +401,8 @@ pub fn markdown(opts: &Options, outcome: &Outcome, machine: &Machine) -> String 
     let _ = writeln!(w, "## Figures\n");
     let _ = writeln!(
         w,
-        "Operations per second (mean latency per operation; CPU time the client process spent per operation). \
+        "Operations per second (mean and 99th-percentile latency per operation; CPU time the client process spent \
+         per operation; errors, timeouts included, if any). \
          Every Rust client does the whole job a caller sees: \
          build the key string, run the statement, and (de)serialize the typed value; pgbench only runs the statement.\n"
     );
@@ -424,9 +425,10 @@ pub fn markdown(opts: &Options, outcome: &Outcome, machine: &Machine) -> String 
                 match row {
                     Some(r) if r.ops_per_sec.is_some() => {
                         let rate = r.ops_per_sec.unwrap_or_default();
+                        let p99 = r.p99_us.map(|p| format!(", p99 {p:.0} µs")).unwrap_or_default();
                         let mean = match (r.mean_us, r.client_cpu_us) {
-                            (Some(m), Some(c)) => format!(" ({m:.0} µs; client CPU {c:.0} µs)"),
-                            (Some(m), None) => format!(" ({m:.0} µs)"),
+                            (Some(m), Some(c)) => format!(" ({m:.0} µs{p99}; client CPU {c:.0} µs)"),
+                            (Some(m), None) => format!(" ({m:.0} µs{p99})"),
                             _ => String::new(),
                         };
                         let errors = if r.errors > 0 { format!(", {} errors", r.errors) } else { String::new() };

@@ -477,6 +477,11 @@ fn log(message: impl AsRef<str>) {
     eprintln!("{}", message.as_ref());
 }
 
+/// The most clients the get_many comparison runs with. At 256 clients each asking for 100 keys, 25,600 keys
+/// are outstanding at once; at the ~75k keys/s this machine serves, the queue is ~340 ms deep, past the
+/// 250 ms operation timeout, so callers rightly time out: that is overload, not a figure worth reporting.
+const GET_MANY_MAX_CLIENTS: usize = 64;
+
 /// The TTL of every write: one hour.
 const TTL: Duration = Duration::from_secs(3600);
 
@@ -844,6 +849,9 @@ pub async fn run(opts: Options) -> Result<Outcome, String> {
     for group in ctx.opts.groups.clone() {
         for size in ctx.opts.sizes.clone() {
             for clients in ctx.opts.clients.clone() {
+                if group == Group::GetMany && clients > GET_MANY_MAX_CLIENTS {
+                    continue;
+                }
                 // Only one case's connections are open at a time: pgbench and the references need one server
                 // connection per client.
                 ctx.close_pools().await;

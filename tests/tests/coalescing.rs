@@ -317,3 +317,50 @@ async fn two_hundred_fifty_six_callers_on_the_default_pool(pool: PgPool) -> Test
     }
     Ok(())
 }
+
+/// Batches in flight at once may share keys (writes of one key never share a batch, but may sit in two).
+/// Their locks are taken in one global order, so they wait for each other and never deadlock: PostgreSQL's
+/// deadlock counter for the database must not move. (A deadlock would not reach callers: the failed batch
+/// is re-run one write at a time. Hence the counter.)
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+async fn overlapping_batches_do_not_deadlock(pool: PgPool) -> TestResult {
+    let deadlocks = async |pool: &PgPool| -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            .fetch_one(pool)
+            .await
+    };
+    let before = deadlocks(&pool).await?;
+    let cache = small_pool_cache(&pool, 8, true).await?;
+    let mut set = JoinSet::new();
+    for task in 0..8usize {
+        let cache = cache.clone();
+        set.spawn(async move {
+            for round in 0..20usize {
+                // The same 60 keys, in a different order per task and round.
+                let mut entries: Vec<(String, usize)> = (0..60).map(|k| (format!("overlap:{k}"), task)).collect();
+                entries.rotate_left((task * 7 + round * 13) % 60);
+                if (task + round) % 2 == 1 {
+                    entries.reverse();
+                }
+                cache.set_many(&entries, Ttl::Never).await?;
+            }
+            Ok::<_, CacheError>(())
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        joined??;
+    }
+    // A backend reports its statistics at the latest when it exits.
+    cache.pool().close().await;
+    drop(cache);
+    let mut after = deadlocks(&pool).await?;
+    for _ in 0..20 {
+        if after != before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = deadlocks(&pool).await?;
+    }
+    assert_eq!(after, before, "batches with shared keys deadlocked");
+    Ok(())
+}
