@@ -6,6 +6,7 @@ use crate::codec;
 use crate::error::Result;
 use crate::local::LocalTier;
 use crate::server::{remaining, Write};
+use crate::shards::scatter;
 use crate::stats::{namespace_of, Event};
 use crate::store::{check_key, PgCache};
 use crate::ttl::Ttl;
@@ -73,7 +74,13 @@ impl PgCache {
             }
         }
         let fetch_keys: Vec<&str> = to_fetch.iter().map(|&i| unique[i]).collect();
-        let fetched = self.server().get_many_live(&fetch_keys).await;
+        let fetched = scatter(
+            self.shards(),
+            fetch_keys.clone(),
+            |key| key,
+            |server, keys| async move { server.get_many_live(&keys).await },
+        )
+        .await;
         for (key, result) in fetch_keys.iter().zip(&fetched) {
             self.note_failure(key, "get", result);
         }
@@ -135,7 +142,13 @@ impl PgCache {
             }
         }
         let epoch = self.inner.local.get().map(LocalTier::epoch);
-        let results = self.server().write_many(&writes).await;
+        let results = scatter(
+            self.shards(),
+            writes.clone(),
+            |entry| entry.0,
+            |server, entries| async move { server.write_many(&entries).await },
+        )
+        .await;
         for ((key, json, _), result) in writes.iter().zip(&results) {
             self.note_failure(key, "set", result);
             self.after_write(key, json, ttl, matches!(result, Ok(true)), None, epoch);
@@ -159,7 +172,13 @@ impl PgCache {
         for key in &unique {
             self.forget_locally(key);
         }
-        let results = self.server().delete_many(&unique).await;
+        let results = scatter(
+            self.shards(),
+            unique.clone(),
+            |key| key,
+            |server, keys| async move { server.delete_many(&keys).await },
+        )
+        .await;
         for (key, result) in unique.iter().zip(&results) {
             self.note_failure(key, "delete", result);
             // Again once committed; see `delete`.

@@ -73,6 +73,7 @@ enum Source {
     Pool(PgPool),
     Url(String),
     Options(Box<PgConnectOptions>),
+    Shards(Vec<String>),
 }
 
 impl std::fmt::Debug for Source {
@@ -81,6 +82,9 @@ impl std::fmt::Debug for Source {
             Source::Unset => f.write_str("Unset"),
             Source::Pool(pool) => f.debug_tuple("Pool").field(pool).finish(),
             Source::Url(url) => f.debug_tuple("Url").field(&redact_url(url)).finish(),
+            Source::Shards(urls) => {
+                f.debug_tuple("Shards").field(&urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>()).finish()
+            }
             Source::Options(options) => f
                 .debug_struct("Options")
                 .field("host", &options.get_host())
@@ -149,6 +153,30 @@ impl PgCacheBuilder {
     /// Like [`database_url`](Self::database_url), from sqlx connection options.
     pub fn connect_options(mut self, options: PgConnectOptions) -> Self {
         self.source = Source::Options(Box::new(options));
+        self
+    }
+
+    /// Spreads the cache over several PostgreSQL servers (or databases), one URL each: every key lives on one
+    /// of them, chosen by rendezvous hashing on the key and the server's `host:port/database` (so the list may
+    /// be given in any order; adding a server moves about 1/N of the keys to it, removing one only loses its
+    /// own). Each server gets a pool of [`max_connections`](Self::max_connections).
+    ///
+    /// Per-key operations and memoized calls go to the key's shard; purges, sweeps, `keys`, `stats`, health
+    /// checks and migrations go to every shard in parallel. A shard that is down costs only its own keys:
+    /// their operations fail (memoized calls run uncached) while every other key keeps hitting, and they hit
+    /// again by themselves once it is back. See docs/SCALING.md.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cache_runtime::CacheError> {
+    /// let cache = cache_runtime::PgCache::builder()
+    ///     .shards(["postgres://cache1/app", "postgres://cache2/app", "postgres://cache3/app"])
+    ///     .build()
+    ///     .await?;
+    /// let shard = cache.shard_for("retrieval:rust:5"); // 0, 1 or 2
+    /// # Ok(()) }
+    /// ```
+    pub fn shards<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>) -> Self {
+        self.source = Source::Shards(urls.into_iter().map(Into::into).collect());
         self
     }
 
@@ -274,16 +302,18 @@ impl PgCacheBuilder {
     /// [`CacheError::Config`] when neither a pool nor a URL was given or the URL is malformed;
     /// [`CacheError::Database`] when the database cannot be reached.
     pub async fn build(self) -> Result<PgCache> {
-        let options = match self.source {
-            Source::Url(ref url) => parse_url(url)?,
-            Source::Options(ref options) => (**options).clone(),
-            Source::Pool(_) | Source::Unset => return self.build_lazy(),
-        };
-        let pool = own_pool(&self.config, self.max_connections)
-            .connect_with(with_statement_timeout(&self.config, options))
-            .await
-            .map_err(CacheError::db("connect"))?;
-        Ok(PgCache::from_parts(pool, self.config))
+        if matches!(self.source, Source::Pool(_) | Source::Unset) {
+            return self.build_lazy();
+        }
+        let mut pools = Vec::new();
+        for (name, options) in self.source.servers()? {
+            let pool = own_pool(&self.config, self.max_connections)
+                .connect_with(with_statement_timeout(&self.config, options))
+                .await
+                .map_err(CacheError::db("connect"))?;
+            pools.push((name, pool));
+        }
+        Ok(PgCache::from_parts(pools, self.config))
     }
 
     /// Like [`build`](Self::build), but never connects now: connections are opened on first use. The
@@ -293,18 +323,51 @@ impl PgCacheBuilder {
     /// # Errors
     /// [`CacheError::Config`] when neither a pool nor a URL was given or the URL is malformed.
     pub fn build_lazy(self) -> Result<PgCache> {
-        let pool = match self.source {
-            Source::Pool(pool) => pool,
-            Source::Url(url) => own_pool(&self.config, self.max_connections)
-                .connect_lazy_with(with_statement_timeout(&self.config, parse_url(&url)?)),
-            Source::Options(options) => own_pool(&self.config, self.max_connections)
-                .connect_lazy_with(with_statement_timeout(&self.config, *options)),
-            Source::Unset => {
-                return Err(CacheError::Config("PgCache::builder() needs .pool() or .database_url()".into()))
+        if let Source::Pool(pool) = self.source {
+            let name = server_name(&pool.connect_options());
+            return Ok(PgCache::from_parts(vec![(name, pool)], self.config));
+        }
+        let pools = self
+            .source
+            .servers()?
+            .into_iter()
+            .map(|(name, options)| {
+                let pool = own_pool(&self.config, self.max_connections)
+                    .connect_lazy_with(with_statement_timeout(&self.config, options));
+                (name, pool)
+            })
+            .collect();
+        Ok(PgCache::from_parts(pools, self.config))
+    }
+}
+
+impl Source {
+    /// The servers to connect to, each with its shard name.
+    fn servers(&self) -> Result<Vec<(String, PgConnectOptions)>> {
+        let options = match self {
+            Source::Url(url) => vec![parse_url(url)?],
+            Source::Options(options) => vec![(**options).clone()],
+            Source::Shards(urls) => urls.iter().map(|url| parse_url(url)).collect::<Result<_>>()?,
+            Source::Pool(_) | Source::Unset => {
+                return Err(CacheError::Config("PgCache::builder() needs .pool(), .database_url() or .shards()".into()))
             }
         };
-        Ok(PgCache::from_parts(pool, self.config))
+        if options.is_empty() {
+            return Err(CacheError::Config("PgCacheBuilder::shards() was given no URL".into()));
+        }
+        let named: Vec<(String, PgConnectOptions)> = options.into_iter().map(|o| (server_name(&o), o)).collect();
+        for (i, (name, _)) in named.iter().enumerate() {
+            if named[..i].iter().any(|(other, _)| other == name) {
+                return Err(CacheError::Config(format!("shard {name} is listed twice")));
+            }
+        }
+        Ok(named)
     }
+}
+
+/// A shard's name: its server and database, never its credentials (see `shards.rs`).
+fn server_name(options: &PgConnectOptions) -> String {
+    format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or(""))
 }
 
 fn parse_url(url: &str) -> Result<PgConnectOptions> {

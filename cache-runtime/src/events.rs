@@ -42,22 +42,26 @@ pub(crate) struct Events {
     waiters: Mutex<HashMap<u64, Weak<Notify>>>,
     /// Times the listener (re)connected; each one cleared the in-process tier.
     pub(crate) connects: std::sync::atomic::AtomicU64,
-    /// Whether the listener is connected now. The in-process tier serves nothing while it is not (see
-    /// `LocalTier`), since invalidations sent meanwhile would be missed.
+    /// Whether every shard's listener is connected now. The in-process tier serves nothing while one is not
+    /// (see `LocalTier`), since invalidations sent meanwhile would be missed.
     pub(crate) listening: Arc<AtomicBool>,
-    listener: OnceLock<tokio::task::JoinHandle<()>>,
+    /// Listeners connected now, and how many there are (one per shard).
+    connected: Mutex<usize>,
+    shards: usize,
+    listeners: OnceLock<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Events {
     fn drop(&mut self) {
-        if let Some(handle) = self.listener.get() {
+        for handle in self.listeners.get().into_iter().flatten() {
             handle.abort();
         }
     }
 }
 
-impl Default for Events {
-    fn default() -> Self {
+impl Events {
+    /// The events of a cache over `shards` servers (each has a listener).
+    pub(crate) fn new(shards: usize) -> Self {
         let sender = {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -72,12 +76,11 @@ impl Default for Events {
             waiters: Mutex::default(),
             connects: Default::default(),
             listening: Arc::default(),
-            listener: OnceLock::new(),
+            connected: Mutex::new(0),
+            shards: shards.max(1),
+            listeners: OnceLock::new(),
         }
     }
-}
-
-impl Events {
     pub(crate) fn namespace_payload(&self, namespace: &str) -> String {
         format!("{:016x}|n|{namespace}", self.sender)
     }
@@ -106,13 +109,31 @@ impl Events {
         }
     }
 
-    /// Starts the listener task once; later calls do nothing.
-    pub(crate) fn ensure_listening(self: &Arc<Self>, pool: &PgPool, local: Weak<OnceLock<LocalTier>>) {
-        self.listener.get_or_init(|| {
-            let events = Arc::downgrade(self);
-            let pool = pool.clone();
-            tokio::spawn(listen(events, pool, local))
+    /// Starts the listener tasks once, one per shard's pool; later calls do nothing.
+    pub(crate) fn ensure_listening<'a>(
+        self: &Arc<Self>,
+        pools: impl Iterator<Item = &'a PgPool>,
+        local: Weak<OnceLock<LocalTier>>,
+    ) {
+        self.listeners.get_or_init(|| {
+            pools.map(|pool| tokio::spawn(listen(Arc::downgrade(self), pool.clone(), local.clone()))).collect()
         });
+    }
+
+    /// One more listener is connected; the tier may serve again once all are.
+    fn connected(&self) {
+        // The count and the flag change together, so that a listener connecting while another drops cannot
+        // leave the flag up.
+        let mut connected = self.connected.lock().unwrap_or_else(|e| e.into_inner());
+        *connected += 1;
+        self.listening.store(*connected >= self.shards, Ordering::Release);
+    }
+
+    /// A listener lost its connection: the tier serves nothing until it is back.
+    fn disconnected(&self) {
+        let mut connected = self.connected.lock().unwrap_or_else(|e| e.into_inner());
+        *connected = connected.saturating_sub(1);
+        self.listening.store(false, Ordering::Release);
     }
 }
 
@@ -176,7 +197,7 @@ async fn listen(events: Weak<Events>, pool: PgPool, local: Weak<OnceLock<LocalTi
             // Whatever was sent before we listened is lost, on the first connection as on later ones: forget
             // everything the tier may hold, and only then let it serve again.
             clear_local(&local);
-            events.listening.store(true, Ordering::Release);
+            events.connected();
             if events.connects.fetch_add(1, Ordering::Relaxed) > 0 {
                 tracing::info!("cache event listener reconnected; in-process tier cleared");
             }
@@ -189,7 +210,7 @@ async fn listen(events: Weak<Events>, pool: PgPool, local: Weak<OnceLock<LocalTi
             apply(&events, tier.as_deref().and_then(OnceLock::get), notification.payload());
         }
         if let Some(events) = events.upgrade() {
-            events.listening.store(false, Ordering::Release);
+            events.disconnected();
         }
         clear_local(&local);
     }

@@ -44,7 +44,7 @@ impl PgCache {
         let prefix = format!("{:016x}-", self.inner.events.sender);
         let owner = format!("{prefix}{}", NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
         let lease_ms = i64::try_from(self.config().lease.as_millis()).unwrap_or(i64::MAX);
-        match self.server().lease_acquire(&key, &owner, &prefix, lease_ms).await {
+        match self.server_for(&key).lease_acquire(&key, &owner, &prefix, lease_ms).await {
             Ok(taken) => Ok(taken.then(|| Lease { cache: self.clone(), key, owner, released: false })),
             Err(error) => {
                 // A timeout may strike after the server took the lease: delete it by its (unique) owner, so
@@ -97,7 +97,7 @@ async fn release(cache: &PgCache, key: &str, owner: &str) {
 
 async fn try_release(cache: &PgCache, key: &str, owner: &str) -> bool {
     let payload = cache.inner.events.done_payload(key);
-    match cache.server().lease_release(key, owner, payload).await {
+    match cache.server_for(key).lease_release(key, owner, payload).await {
         Ok(()) => true,
         Err(error) => {
             tracing::debug!(key, %error, "releasing a single-flight lease failed; retrying");
@@ -117,6 +117,6 @@ impl Drop for Lease {
 impl PgCache {
     /// Whether someone holds a live lease on `key`.
     pub(crate) async fn lease_is_live(&self, key: &str) -> Result<bool> {
-        self.server().lease_is_live(key).await
+        self.server_for(key).lease_is_live(key).await
     }
 }

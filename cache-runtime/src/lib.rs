@@ -129,6 +129,7 @@ mod local;
 mod maintenance;
 mod memo;
 mod server;
+mod shards;
 mod sql;
 mod stats;
 mod store;
@@ -146,7 +147,8 @@ pub use key::{validate_namespace, MAX_NAMESPACE_LEN};
 pub use maintenance::SweepReport;
 pub use sql::MIGRATOR;
 pub use stats::{
-    CacheStats, HealthReport, HealthStatus, NamespaceStats, ProcessCounts, MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES,
+    CacheStats, HealthReport, HealthStatus, NamespaceStats, ProcessCounts, ShardHealth, MAX_COUNTED_NAMESPACES,
+    OTHER_NAMESPACES,
 };
 pub use store::{PgCache, MAX_KEY_CHARS};
 pub use ttl::Ttl;
@@ -167,7 +169,14 @@ pub mod test_support {
     /// For reads, writes and deletes, in that order: how many statements carried more than one operation,
     /// and how many operations they carried.
     pub fn shared_statements(cache: &PgCache) -> [(u64, u64); 3] {
-        cache.server().shared_statements()
+        let mut total = [(0, 0); 3];
+        for server in cache.shards().all() {
+            for (sum, (statements, operations)) in total.iter_mut().zip(server.shared_statements()) {
+                sum.0 += statements;
+                sum.1 += operations;
+            }
+        }
+        total
     }
 
     /// How many times `cache`'s event listener has connected.

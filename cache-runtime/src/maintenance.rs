@@ -2,6 +2,8 @@
 //! reports (keys, stats, health).
 
 use crate::error::Result;
+use crate::server::Server;
+use crate::shards::on_every_shard;
 use crate::stats::{CacheStats, HealthReport, HealthStatus};
 use crate::store::{Inner, PgCache};
 use serde::Serialize;
@@ -46,15 +48,29 @@ impl PgCache {
         // First the invalidation mark and the notification, so that nothing computed before the purge is
         // stored after it, and other processes drop the namespace from their in-process tiers.
         self.forget_namespace_locally(namespace);
+        // Every shard purges at once; an error on one (a shard that is down) is returned after the others
+        // are done, so the caller knows the namespace may survive there.
         let payload = self.inner.events.namespace_payload(namespace);
-        self.server().mark_namespace(namespace, payload.clone()).await?;
-        let total = self.server().delete_matching("delete_namespace", like_prefix(&format!("{namespace}:"))).await?;
+        let pattern = like_prefix(&format!("{namespace}:"));
+        let purged = on_every_shard(self.shards(), |server| {
+            let (payload, pattern) = (payload.clone(), pattern.clone());
+            async move {
+                server.mark_namespace(namespace, payload).await?;
+                server.delete_matching("delete_namespace", pattern).await
+            }
+        })
+        .await;
         // While the batches ran, reads in every process could still fetch rows not yet deleted and put them
         // in their tiers: tell everyone once more.
         self.forget_namespace_locally(namespace);
-        if let Err(error) = self.server().notify(payload).await {
+        for error in on_every_shard(self.shards(), |server| server.notify(payload.clone()))
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+        {
             tracing::warn!(namespace, %error, "could not notify the end of a namespace purge");
         }
+        let total = sum(purged)?;
         tracing::info!(namespace, deleted = total, "namespace purged");
         Ok(total)
     }
@@ -72,10 +88,11 @@ impl PgCache {
     /// # Errors
     /// A timeout or database error when a batch fails (the batches done so far stay done).
     pub async fn clear_expired(&self) -> Result<u64> {
-        self.server().delete_expired().await
+        sum(on_every_shard(self.shards(), Server::delete_expired).await)
     }
 
-    /// Brings the table back to `max_entries` rows and returns how many were evicted (0 without a limit).
+    /// Brings the table back to `max_entries` rows and returns how many were evicted (0 without a limit). With
+    /// shards, each holds at most its share, `max_entries / shards`.
     ///
     /// **Eviction order:** the entries closest to expiry go first; entries that never expire go last; the
     /// next write of an evicted key simply re-creates it. Finding the excess walks the `expires_at` index once
@@ -87,8 +104,9 @@ impl PgCache {
         let Some(max) = self.config().max_entries else {
             return Ok(0);
         };
-        let max = i64::try_from(max).unwrap_or(i64::MAX);
-        let evicted = self.server().evict_to(max).await?;
+        let shards = u64::try_from(self.shards().len()).unwrap_or(1).max(1);
+        let max = i64::try_from(max.div_ceil(shards)).unwrap_or(i64::MAX);
+        let evicted = sum(on_every_shard(self.shards(), |server| server.evict_to(max)).await)?;
         if evicted > 0 {
             tracing::info!(evicted, max_entries = max, "evicted entries over the limit");
         }
@@ -104,7 +122,7 @@ impl PgCache {
     pub async fn sweep(&self) -> Result<SweepReport> {
         let expired = self.clear_expired().await?;
         let evicted = self.enforce_max_entries().await?;
-        self.server().sweep_bookkeeping().await?;
+        on_every_shard(self.shards(), Server::sweep_bookkeeping).await.into_iter().collect::<Result<()>>()?;
         Ok(SweepReport { expired, evicted })
     }
 
@@ -124,7 +142,15 @@ impl PgCache {
     /// A timeout or database error.
     pub async fn keys(&self, prefix: Option<&str>, limit: usize) -> Result<Vec<String>> {
         let pattern = like_prefix(prefix.unwrap_or(""));
-        self.server().keys(pattern, i64::try_from(limit).unwrap_or(i64::MAX)).await
+        let per_shard = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut keys = Vec::new();
+        for shard_keys in on_every_shard(self.shards(), |server| server.keys(pattern.clone(), per_shard)).await {
+            keys.extend(shard_keys?);
+        }
+        // Each shard's keys come sorted: the first `limit` of their merge.
+        keys.sort_unstable();
+        keys.truncate(limit);
+        Ok(keys)
     }
 
     /// Counts of the table per namespace, its size on disk, and this process's hit and miss counters.
@@ -132,11 +158,26 @@ impl PgCache {
     /// # Errors
     /// A timeout or database error.
     pub async fn stats(&self) -> Result<CacheStats> {
-        let counts = self.server().namespace_counts().await?;
-        let size = self.server().table_size().await?;
-        let table =
-            counts.into_iter().map(|(ns, total, active)| (ns, total.unsigned_abs(), active.unsigned_abs())).collect();
-        Ok(CacheStats::assemble(table, size.unsigned_abs(), self.inner.counters.snapshot()))
+        let reports = on_every_shard(self.shards(), |server| async move {
+            Ok::<_, crate::CacheError>((server.namespace_counts().await?, server.table_size().await?))
+        })
+        .await;
+        let mut table: Vec<(String, u64, u64)> = Vec::new();
+        let mut size = 0;
+        for report in reports {
+            let (counts, shard_size) = report?;
+            size += shard_size.unsigned_abs();
+            for (namespace, total, active) in counts {
+                match table.iter_mut().find(|(ns, _, _)| *ns == namespace) {
+                    Some(row) => {
+                        row.1 += total.unsigned_abs();
+                        row.2 += active.unsigned_abs();
+                    }
+                    None => table.push((namespace, total.unsigned_abs(), active.unsigned_abs())),
+                }
+            }
+        }
+        Ok(CacheStats::assemble(table, size, self.inner.counters.snapshot()))
     }
 
     /// This process's counters only: no I/O.
@@ -148,20 +189,40 @@ impl PgCache {
         all
     }
 
-    /// Checks the database: a round trip, then a count of the table. Never fails and never panics; problems
-    /// are in the report.
+    /// Checks the database: a round trip, then a count of the table, on every shard at once. Never fails and
+    /// never panics; problems are in the report. With shards, `shards` has one report per shard (in the order
+    /// they were given) and the overall status is the worst of theirs, except that some shards down and some
+    /// up is `Degraded`: the cache still serves the keys of the others.
     pub async fn health_check(&self) -> HealthReport {
         let timeout = self.config().op_timeout.max(Duration::from_secs(1));
-        let started = Instant::now();
-        if let Err(error) = self.server().ping(timeout).await {
-            return HealthReport::new(HealthStatus::Unhealthy, None, None, Some(error.to_string()));
+        let reports = on_every_shard(self.shards(), |server| check_server(server, timeout)).await;
+        if reports.len() == 1 {
+            return reports
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| HealthReport::new(HealthStatus::Unhealthy, None, None, None));
         }
-        let latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
-        match self.server().count_all(timeout).await {
-            Ok(n) => HealthReport::new(HealthStatus::Healthy, Some(n.unsigned_abs()), latency_ms, None),
-            Err(error) => HealthReport::new(HealthStatus::Degraded, None, latency_ms, Some(error.to_string())),
-        }
+        let named: Vec<(String, HealthReport)> =
+            reports.into_iter().enumerate().map(|(i, report)| (self.shards().name(i).to_owned(), report)).collect();
+        HealthReport::merge(named)
     }
+}
+
+async fn check_server(server: &Server, timeout: Duration) -> HealthReport {
+    let started = Instant::now();
+    if let Err(error) = server.ping(timeout).await {
+        return HealthReport::new(HealthStatus::Unhealthy, None, None, Some(error.to_string()));
+    }
+    let latency_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    match server.count_all(timeout).await {
+        Ok(n) => HealthReport::new(HealthStatus::Healthy, Some(n.unsigned_abs()), latency_ms, None),
+        Err(error) => HealthReport::new(HealthStatus::Degraded, None, latency_ms, Some(error.to_string())),
+    }
+}
+
+/// The sum of per-shard counts, or the first error.
+fn sum(results: Vec<Result<u64>>) -> Result<u64> {
+    results.into_iter().sum()
 }
 
 async fn sweep_loop(inner: Weak<Inner>, interval: Duration) {

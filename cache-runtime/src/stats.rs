@@ -257,6 +257,19 @@ pub struct HealthReport {
     pub latency_ms: Option<f64>,
     /// What went wrong, when something did.
     pub error: Option<String>,
+    /// With [`shards`](crate::PgCacheBuilder::shards): each shard's own report, in the order given. Empty on
+    /// one server.
+    pub shards: Vec<ShardHealth>,
+}
+
+/// One shard's part of a [`HealthReport`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ShardHealth {
+    /// The shard's `host:port/database`.
+    pub shard: String,
+    /// Its report.
+    pub report: HealthReport,
 }
 
 impl HealthReport {
@@ -266,7 +279,27 @@ impl HealthReport {
         latency_ms: Option<f64>,
         error: Option<String>,
     ) -> HealthReport {
-        HealthReport { status, total_entries, latency_ms, error }
+        HealthReport { status, total_entries, latency_ms, error, shards: Vec::new() }
+    }
+
+    /// The report of a sharded cache: Healthy when every shard is, Unhealthy when none answers, Degraded in
+    /// between; entries summed when every shard could count; the slowest shard's latency; every error.
+    pub(crate) fn merge(shards: Vec<(String, HealthReport)>) -> HealthReport {
+        let all = |status| shards.iter().all(|(_, r)| r.status == status);
+        let status = if all(HealthStatus::Healthy) {
+            HealthStatus::Healthy
+        } else if all(HealthStatus::Unhealthy) {
+            HealthStatus::Unhealthy
+        } else {
+            HealthStatus::Degraded
+        };
+        let total_entries = shards.iter().map(|(_, r)| r.total_entries).sum();
+        let latency_ms = shards.iter().filter_map(|(_, r)| r.latency_ms).reduce(f64::max);
+        let errors: Vec<String> =
+            shards.iter().filter_map(|(name, r)| r.error.as_ref().map(|e| format!("shard {name}: {e}"))).collect();
+        let error = (!errors.is_empty()).then(|| errors.join("; "));
+        let shards = shards.into_iter().map(|(shard, report)| ShardHealth { shard, report }).collect();
+        HealthReport { status, total_entries, latency_ms, error, shards }
     }
 }
 

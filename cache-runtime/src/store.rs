@@ -11,6 +11,7 @@ use crate::events::Events;
 use crate::flight::Flights;
 use crate::local::LocalTier;
 use crate::server::{remaining, Lookup, Server, Write};
+use crate::shards::Shards;
 use crate::stats::{namespace_of, Counters, Event};
 use crate::ttl::Ttl;
 use serde::de::DeserializeOwned;
@@ -58,7 +59,7 @@ pub struct PgCache {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) server: Server,
+    pub(crate) shards: Shards,
     pub(crate) config: Config,
     pub(crate) counters: Counters,
     pub(crate) flights: Flights,
@@ -105,15 +106,18 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
 }
 
 impl PgCache {
-    pub(crate) fn from_parts(pool: PgPool, config: Config) -> PgCache {
+    /// A cache over `pools`, one per shard, each with its shard name.
+    pub(crate) fn from_parts(pools: Vec<(String, PgPool)>, config: Config) -> PgCache {
         let local = Arc::new(OnceLock::new());
-        let events = Arc::new(Events::default());
+        let events = Arc::new(Events::new(pools.len()));
         if let Some((capacity, max_age)) = config.local_tier {
             let _ = local.set(LocalTier::new(capacity, max_age, true, Arc::clone(&events.listening)));
         }
         let cache = PgCache {
             inner: Arc::new(Inner {
-                server: Server::new(pool, &config, events.sender),
+                shards: Shards::new(
+                    pools.into_iter().map(|(name, pool)| (name, Server::new(pool, &config, events.sender))).collect(),
+                ),
                 config,
                 counters: Counters::default(),
                 flights: Flights::default(),
@@ -129,13 +133,24 @@ impl PgCache {
         cache
     }
 
-    /// The pool the cache uses.
+    /// The pool the cache uses; with [`shards`](crate::PgCacheBuilder::shards), the first shard's.
     pub fn pool(&self) -> &PgPool {
-        self.inner.server.pool()
+        self.inner.shards.first().pool()
     }
 
-    pub(crate) fn server(&self) -> &Server {
-        &self.inner.server
+    /// The index of the shard that holds `key`, in the order given to
+    /// [`PgCacheBuilder::shards`](crate::PgCacheBuilder::shards) (always 0 on one server).
+    pub fn shard_for(&self, key: &str) -> usize {
+        self.inner.shards.index_for(key)
+    }
+
+    /// The server that holds `key`.
+    pub(crate) fn server_for(&self, key: &str) -> &Server {
+        self.inner.shards.for_key(key)
+    }
+
+    pub(crate) fn shards(&self) -> &Shards {
+        &self.inner.shards
     }
 
     /// Creates or updates the cache table (idempotent; safe to run from several processes at once).
@@ -143,7 +158,8 @@ impl PgCache {
     /// # Errors
     /// [`CacheError::Migrate`] or [`CacheError::Database`] when the schema cannot be created.
     pub async fn migrate(&self) -> Result<()> {
-        self.server().migrate(self.inner.config.gin_index).await
+        let gin_index = self.inner.config.gin_index;
+        crate::shards::on_every_shard(self.shards(), |server| server.migrate(gin_index)).await.into_iter().collect()
     }
 
     /// Stores `value` under `key`. `ttl`: `None` for the default, `Some(duration)`, or [`Ttl::Never`].
@@ -193,7 +209,7 @@ impl PgCache {
         let epoch = self.inner.local.get().map(LocalTier::epoch);
         let keep_ms = memo.and_then(|m| Ttl::millis(m.stale)).unwrap_or(0);
         let write = Write { namespace, ttl_ms: Ttl::millis(ttl), keep_ms, started_us };
-        let result = self.server().write(key, json, write).await;
+        let result = self.server_for(key).write(key, json, write).await;
         self.note_failure(key, "set", &result);
         let written = result?;
         if !written {
@@ -226,7 +242,8 @@ impl PgCache {
     /// Starts listening for other processes' invalidations and lease releases (once).
     pub(crate) fn listen_for_events(&self) {
         if tokio::runtime::Handle::try_current().is_ok() {
-            self.inner.events.ensure_listening(self.pool(), Arc::downgrade(&self.inner.local));
+            let pools = self.shards().all().iter().map(Server::pool);
+            self.inner.events.ensure_listening(pools, Arc::downgrade(&self.inner.local));
         }
     }
 
@@ -252,7 +269,7 @@ impl PgCache {
     /// Looks a memoized call's key up: a live entry, or an expired one within `stale_window`.
     pub(crate) async fn lookup(&self, key: &str, stale_window: Option<Duration>) -> Result<Lookup> {
         check_key(key)?;
-        let result = self.server().lookup(key, Ttl::millis(stale_window).unwrap_or(0)).await;
+        let result = self.server_for(key).lookup(key, Ttl::millis(stale_window).unwrap_or(0)).await;
         self.note_failure(key, "get", &result);
         result
     }
@@ -306,7 +323,7 @@ impl PgCache {
     /// [`get`](Self::get), also the fast path of a memoized hit.
     pub(crate) async fn get_live(&self, key: &str) -> Result<Option<(String, Option<i64>)>> {
         check_key(key)?;
-        let result = self.server().get_live(key).await;
+        let result = self.server_for(key).get_live(key).await;
         self.note_failure(key, "get", &result);
         result
     }
@@ -322,7 +339,7 @@ impl PgCache {
     pub async fn delete(&self, key: &str) -> Result<bool> {
         check_key(key)?;
         self.forget_locally(key);
-        let result = self.server().delete_and_mark(key).await;
+        let result = self.server_for(key).delete_and_mark(key).await;
         self.note_failure(key, "delete", &result);
         // Again once the invalidation is committed: a read of this process that fetched the row before the
         // delete committed may have refilled the tier meanwhile (the epoch catches most, not a read that
