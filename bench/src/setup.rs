@@ -67,6 +67,8 @@ pub struct Db {
     pub url: String,
     /// Server version, e.g. `15.20`.
     pub server_version: String,
+    /// The server's `max_connections`.
+    pub max_connections: usize,
     /// Why the UNLOGGED table is unavailable, if it is.
     pub unlogged: Result<(), String>,
     /// Why the GIN table is unavailable, if it is.
@@ -203,7 +205,10 @@ pub async fn prepare(admin_url: &str, database: &str, rows: Rows) -> Result<Db, 
             .await
             .map_err(|e| format!("schema {schema}: {e}"))?;
     }
-    let mut db = Db { url, server_version, unlogged: Ok(()), gin: Ok(()) };
+    let max_connections: String =
+        sqlx::query_scalar("SHOW max_connections").fetch_one(&mut conn).await.map_err(|e| e.to_string())?;
+    let max_connections = max_connections.parse().unwrap_or(100);
+    let mut db = Db { url, server_version, max_connections, unlogged: Ok(()), gin: Ok(()) };
 
     // The tables, through the runtime's own migrations.
     for table in [Table::Logged, Table::Gin, Table::Unlogged] {

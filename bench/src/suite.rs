@@ -179,6 +179,11 @@ impl Variant {
         }
     }
 
+    /// Whether this variant holds one server connection per client.
+    pub fn connection_per_client(self) -> bool {
+        matches!(self, Variant::PgCacheLeanPool | Variant::Sqlx | Variant::SqlxNoDecode | Variant::Pgbench)
+    }
+
     /// Label in the report, for one group.
     pub fn label(self, group: Group) -> &'static str {
         let write = group.is_write();
@@ -341,6 +346,8 @@ impl Options {
             segments: 1,
             rows: Rows { k1: 2_000, k10: 200 },
             macro_keys: 100,
+            // Every variant runs; the high client counts only make it slow.
+            clients: vec![1, 4],
             fingerprint_budget: Duration::from_millis(20),
             pgbench_transactions: Some(20),
             ..Options::full(database_url)
@@ -508,6 +515,18 @@ async fn segment<T: Payload>(
         ctx.db.unlogged.clone()?;
     }
     let durability = group.durability();
+    if variant.connection_per_client() {
+        // The lean pool (sqlx references) and pgbench each hold one server connection per client, and both
+        // are open within one case; the caches hold 10 each.
+        let needed = 2 * clients + 30;
+        if needed > ctx.db.max_connections {
+            return Err(format!(
+                "needs about {needed} server connections at {clients} clients; max_connections is {} \
+                 (see docs/BENCHMARKS.md, Running it)",
+                ctx.db.max_connections
+            ));
+        }
+    }
     let value = Arc::new(T::sample(0));
     let json = serde_json::to_string(&*value).map_err(|e| e.to_string())?;
     let key = move |r: u64| size.key(r % n + 1);

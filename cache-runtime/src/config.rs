@@ -1,10 +1,10 @@
 //! Settings: [`PgCacheBuilder`], the environment variables of [`PgCache::from_env`], and [`Durability`].
 
 use crate::error::{CacheError, Result};
+use crate::failover::Hosts;
 use crate::store::PgCache;
 use crate::ttl::Ttl;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use std::str::FromStr;
 use std::time::Duration;
 
 /// How cache writes meet the write-ahead log.
@@ -305,57 +305,67 @@ impl PgCacheBuilder {
         if matches!(self.source, Source::Pool(_) | Source::Unset) {
             return self.build_lazy();
         }
-        let mut pools = Vec::new();
-        for (name, options) in self.source.servers()? {
+        let mut servers = Vec::new();
+        for (name, candidates) in self.source.servers()? {
+            let hosts = Hosts::new(candidates.into_iter().map(|o| with_statement_timeout(&self.config, o)).collect());
+            // With several hosts, start on the one that accepts writes (or the first, if none answers yet).
+            let start = match hosts.find_primary(self.config.op_timeout.max(Duration::from_secs(2))).await {
+                Some(primary) => primary.clone(),
+                None => hosts.first().clone(),
+            };
             let pool = own_pool(&self.config, self.max_connections)
-                .connect_with(with_statement_timeout(&self.config, options))
+                .connect_with(start)
                 .await
                 .map_err(CacheError::db("connect"))?;
-            pools.push((name, pool));
+            servers.push((name, pool, hosts));
         }
-        Ok(PgCache::from_parts(pools, self.config))
+        Ok(PgCache::from_parts(servers, self.config))
     }
 
     /// Like [`build`](Self::build), but never connects now: connections are opened on first use. The
     /// process-wide instance is built this way, so that a database that is down at start-up only means misses
-    /// until it comes up.
+    /// until it comes up. With several hosts in a URL it starts on the first and follows the primary from the
+    /// first failed operation on.
     ///
     /// # Errors
     /// [`CacheError::Config`] when neither a pool nor a URL was given or the URL is malformed.
     pub fn build_lazy(self) -> Result<PgCache> {
         if let Source::Pool(pool) = self.source {
-            let name = server_name(&pool.connect_options());
-            return Ok(PgCache::from_parts(vec![(name, pool)], self.config));
+            let options = (*pool.connect_options()).clone();
+            let name = server_name(std::slice::from_ref(&options));
+            return Ok(PgCache::from_parts(vec![(name, pool, Hosts::new(vec![options]))], self.config));
         }
-        let pools = self
+        let servers = self
             .source
             .servers()?
             .into_iter()
-            .map(|(name, options)| {
-                let pool = own_pool(&self.config, self.max_connections)
-                    .connect_lazy_with(with_statement_timeout(&self.config, options));
-                (name, pool)
+            .map(|(name, candidates)| {
+                let hosts =
+                    Hosts::new(candidates.into_iter().map(|o| with_statement_timeout(&self.config, o)).collect());
+                let pool = own_pool(&self.config, self.max_connections).connect_lazy_with(hosts.first().clone());
+                (name, pool, hosts)
             })
             .collect();
-        Ok(PgCache::from_parts(pools, self.config))
+        Ok(PgCache::from_parts(servers, self.config))
     }
 }
 
 impl Source {
-    /// The servers to connect to, each with its shard name.
-    fn servers(&self) -> Result<Vec<(String, PgConnectOptions)>> {
-        let options = match self {
+    /// The servers to connect to, each with its shard name and its hosts (several when a URL names a primary
+    /// and its standbys).
+    fn servers(&self) -> Result<Vec<(String, Vec<PgConnectOptions>)>> {
+        let servers: Vec<Vec<PgConnectOptions>> = match self {
             Source::Url(url) => vec![parse_url(url)?],
-            Source::Options(options) => vec![(**options).clone()],
+            Source::Options(options) => vec![vec![(**options).clone()]],
             Source::Shards(urls) => urls.iter().map(|url| parse_url(url)).collect::<Result<_>>()?,
             Source::Pool(_) | Source::Unset => {
                 return Err(CacheError::Config("PgCache::builder() needs .pool(), .database_url() or .shards()".into()))
             }
         };
-        if options.is_empty() {
+        if servers.is_empty() {
             return Err(CacheError::Config("PgCacheBuilder::shards() was given no URL".into()));
         }
-        let named: Vec<(String, PgConnectOptions)> = options.into_iter().map(|o| (server_name(&o), o)).collect();
+        let named: Vec<(String, Vec<PgConnectOptions>)> = servers.into_iter().map(|h| (server_name(&h), h)).collect();
         for (i, (name, _)) in named.iter().enumerate() {
             if named[..i].iter().any(|(other, _)| other == name) {
                 return Err(CacheError::Config(format!("shard {name} is listed twice")));
@@ -365,13 +375,15 @@ impl Source {
     }
 }
 
-/// A shard's name: its server and database, never its credentials (see `shards.rs`).
-fn server_name(options: &PgConnectOptions) -> String {
-    format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or(""))
+/// A shard's name: its hosts and database, never its credentials (see `shards.rs`).
+fn server_name(hosts: &[PgConnectOptions]) -> String {
+    let list: Vec<String> = hosts.iter().map(|o| format!("{}:{}", o.get_host(), o.get_port())).collect();
+    format!("{}/{}", list.join(","), hosts.first().and_then(|o| o.get_database()).unwrap_or(""))
 }
 
-fn parse_url(url: &str) -> Result<PgConnectOptions> {
-    PgConnectOptions::from_str(url)
+/// The hosts of a URL (one, or several for a primary and its standbys; see `failover.rs`).
+fn parse_url(url: &str) -> Result<Vec<PgConnectOptions>> {
+    crate::failover::parse_hosts(url)
         .map_err(|e| CacheError::Config(format!("invalid database URL {}: {e}", redact_url(url))))
 }
 

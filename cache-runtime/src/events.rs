@@ -168,13 +168,17 @@ fn apply(events: &Events, local: Option<&LocalTier>, payload: &str) {
     }
 }
 
-async fn listen(events: Weak<Events>, pool: PgPool, local: Weak<OnceLock<LocalTier>>) {
+async fn listen(events: Weak<Events>, cache_pool: PgPool, local: Weak<OnceLock<LocalTier>>) {
     // The listener holds its connection for good: give it a pool of its own on the same server, so it never
     // takes a connection from the caller's pool (a pool of one would otherwise starve every cache operation).
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with((*pool.connect_options()).clone());
+    // It is made anew at each reconnect from the cache pool's current options, which follow the primary
+    // after a failover (see `failover.rs`).
+    let listener_pool = || {
+        PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with((*cache_pool.connect_options()).clone())
+    };
     let clear_local = |local: &Weak<OnceLock<LocalTier>>| {
         if let Some(tier) = local.upgrade().as_deref().and_then(OnceLock::get) {
             tier.clear();
@@ -182,7 +186,7 @@ async fn listen(events: Weak<Events>, pool: PgPool, local: Weak<OnceLock<LocalTi
     };
     let mut backoff = Duration::from_millis(100);
     loop {
-        let mut listener = match connect(&pool).await {
+        let mut listener = match connect(&listener_pool()).await {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::debug!(%error, "cache event listener cannot connect; retrying");

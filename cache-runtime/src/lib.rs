@@ -121,6 +121,7 @@ mod config;
 mod error;
 mod events;
 mod exec;
+mod failover;
 mod flight;
 mod global;
 mod key;

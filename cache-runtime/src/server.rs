@@ -10,6 +10,7 @@ use crate::coalesce::{Kind, Limits, Queue};
 use crate::config::{Config, Durability};
 use crate::error::{CacheError, Result};
 use crate::exec::{self, DbFuture};
+use crate::failover::Hosts;
 use crate::sql;
 use sqlx::postgres::{PgConnection, PgPool};
 use std::sync::Arc;
@@ -76,6 +77,8 @@ pub(crate) type LiveEntry = (String, Option<i64>);
 #[derive(Debug)]
 pub(crate) struct Server {
     pool: PgPool,
+    /// Where the primary may be; see `failover.rs`.
+    hosts: Arc<Hosts>,
     maintenance_timeout: Duration,
     batch_size: i64,
     /// Whether single operations are coalesced (see `coalesce.rs`); bulk operations always are.
@@ -90,7 +93,7 @@ pub(crate) struct Server {
 
 impl Server {
     /// A server reached through `pool`; `sender` is the cache's id in the notifications it sends.
-    pub(crate) fn new(pool: PgPool, config: &Config, sender: u64) -> Server {
+    pub(crate) fn new(pool: PgPool, hosts: Arc<Hosts>, config: &Config, sender: u64) -> Server {
         let lock_timeout = config.op_timeout.as_millis().max(1).to_string();
         let limits = Limits {
             max_keys: config.coalesce_max_keys,
@@ -115,6 +118,7 @@ impl Server {
                 "delete",
             ),
             pool,
+            hosts,
             coalesce: config.coalesce,
             op_timeout: config.op_timeout,
             maintenance_timeout: config.maintenance_timeout,
@@ -133,7 +137,18 @@ impl Server {
         T: Send + 'static,
         W: for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, T> + Send + Sync + 'static,
     {
-        exec::run(&self.pool, operation, self.op_timeout, work).await
+        let result = exec::run(&self.pool, operation, self.op_timeout, work).await;
+        self.observe(&result);
+        result
+    }
+
+    /// Looks for a new primary when an outcome suggests the current one is gone (see `failover.rs`).
+    fn observe<T>(&self, result: &Result<T>) {
+        if let Err(error) = result {
+            if self.hosts.can_fail_over() {
+                self.hosts.after_error(error, &self.pool);
+            }
+        }
     }
 
     /// A maintenance statement (a batch, a report), bounded by the maintenance timeout.
@@ -202,24 +217,30 @@ impl Server {
     /// One per-key operation: coalesced with others in flight, or on its own when coalescing is off (or no
     /// tokio runtime is there to run dispatchers).
     async fn one<K: Kind>(&self, queue: &Arc<Queue<K>>, job: K::Job) -> Result<K::Output> {
-        if self.coalesce && tokio::runtime::Handle::try_current().is_ok() {
+        let result = if self.coalesce && tokio::runtime::Handle::try_current().is_ok() {
             let mut answers = queue.submit(vec![job]).await;
-            return answers
-                .pop()
-                .unwrap_or_else(|| Err(CacheError::Config("a coalesced operation got no answer".into())));
-        }
-        queue.run_alone(job).await
+            answers.pop().unwrap_or_else(|| Err(CacheError::Config("a coalesced operation got no answer".into())))
+        } else {
+            queue.run_alone(job).await
+        };
+        self.observe(&result);
+        result
     }
 
     /// Many operations of one kind, in as few statements as the limits allow, whether or not single operations
     /// are coalesced.
     async fn many<K: Kind>(&self, queue: &Arc<Queue<K>>, jobs: Vec<K::Job>) -> Vec<Result<K::Output>> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return queue.submit(jobs).await;
-        }
-        let mut answers = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            answers.push(queue.run_alone(job).await);
+        let answers = if tokio::runtime::Handle::try_current().is_ok() {
+            queue.submit(jobs).await
+        } else {
+            let mut answers = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                answers.push(queue.run_alone(job).await);
+            }
+            answers
+        };
+        if let Some(failed) = answers.iter().find(|a| a.is_err()) {
+            self.observe(failed);
         }
         answers
     }

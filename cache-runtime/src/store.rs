@@ -8,6 +8,7 @@ use crate::codec;
 use crate::config::Config;
 use crate::error::{CacheError, Result};
 use crate::events::Events;
+use crate::failover::Hosts;
 use crate::flight::Flights;
 use crate::local::LocalTier;
 use crate::server::{remaining, Lookup, Server, Write};
@@ -106,8 +107,8 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
 }
 
 impl PgCache {
-    /// A cache over `pools`, one per shard, each with its shard name.
-    pub(crate) fn from_parts(pools: Vec<(String, PgPool)>, config: Config) -> PgCache {
+    /// A cache over `pools`, one per shard, each with its shard name and its hosts.
+    pub(crate) fn from_parts(pools: Vec<(String, PgPool, Arc<Hosts>)>, config: Config) -> PgCache {
         let local = Arc::new(OnceLock::new());
         let events = Arc::new(Events::new(pools.len()));
         if let Some((capacity, max_age)) = config.local_tier {
@@ -116,7 +117,10 @@ impl PgCache {
         let cache = PgCache {
             inner: Arc::new(Inner {
                 shards: Shards::new(
-                    pools.into_iter().map(|(name, pool)| (name, Server::new(pool, &config, events.sender))).collect(),
+                    pools
+                        .into_iter()
+                        .map(|(name, pool, hosts)| (name, Server::new(pool, hosts, &config, events.sender)))
+                        .collect(),
                 ),
                 config,
                 counters: Counters::default(),

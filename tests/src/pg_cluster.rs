@@ -99,6 +99,67 @@ impl PgCluster {
         Err(last.unwrap_or_else(|| ClusterError::Failed("could not start".into())))
     }
 
+    /// A hot standby of `primary`: `pg_basebackup -R` of its data (so it streams from it), started on a port of
+    /// its own. [`promote`](Self::promote) turns it into a primary.
+    pub fn start_standby_of(primary: &PgCluster) -> Result<PgCluster, ClusterError> {
+        let root = std::env::temp_dir().join(format!(
+            "pg-cached-standby-{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(root.join("sock"))
+            .map_err(|e| ClusterError::Failed(format!("cannot create {}: {e}", root.display())))?;
+        let mut standby = PgCluster {
+            root,
+            bin: primary.bin.clone(),
+            run_as: primary.run_as.clone(),
+            port: 0,
+            state: Mutex::new(false),
+        };
+        if let Some(user) = &standby.run_as {
+            let status = Command::new("chown").args(["-R", user]).arg(&standby.root).status();
+            if !matches!(status, Ok(s) if s.success()) {
+                return Err(ClusterError::Failed(format!("chown {} to {user} failed", standby.root.display())));
+            }
+        }
+        let (data, port) = (os(&standby.data_dir()), primary.port.to_string());
+        let out = standby.run(
+            &standby.bin.join("pg_basebackup"),
+            &["-D", &data, "-R", "-X", "stream", "-h", "127.0.0.1", "-p", &port, "-U", "postgres", "--no-sync"],
+        )?;
+        if !out.status.success() {
+            return Err(ClusterError::Failed(format!(
+                "pg_basebackup: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        let mut last = None;
+        for _ in 0..3 {
+            standby.port = free_port()?;
+            standby.write_runtime_conf()?;
+            match standby.start() {
+                Ok(()) => return Ok(standby),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| ClusterError::Failed("could not start the standby".into())))
+    }
+
+    /// Promotes a standby to primary (`pg_ctl promote`) and waits until it accepts writes.
+    pub fn promote(&self) -> Result<(), ClusterError> {
+        let out =
+            self.run(&self.bin.join("pg_ctl"), &["-D", os(&self.data_dir()).as_str(), "-w", "-t", "60", "promote"])?;
+        if !out.status.success() {
+            return Err(ClusterError::Failed(format!(
+                "pg_ctl promote: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )));
+        }
+        Ok(())
+    }
+
     /// [`start_with`](Self::start_with) without extra settings.
     pub fn start_new() -> Result<PgCluster, ClusterError> {
         PgCluster::start_with(&[])
