@@ -6,11 +6,13 @@
 //! way DataLoader and group commit work. There is no timer: a lone caller finds an idle queue, its batch of
 //! one leaves at once (as the one-key statement, see [`Kind::run`]) and it pays no added latency.
 //!
-//! **Dispatchers.** At most `max_batches` tasks per queue (`PgCacheBuilder::coalesce_in_flight`) run
-//! batches, each on a pooled connection through [`exec::attempt`] (so a batch gets the same deadline and the
-//! same one retry on a dead connection as a single operation). A dispatcher takes the next batch when its
-//! previous one is answered, and ends when the queue is empty. Callers only await their reply: a cancelled
-//! caller costs nothing, and a caller that left before its batch was formed is not sent at all.
+//! **Dispatchers.** At most `max_batches` batches per queue (`PgCacheBuilder::coalesce_in_flight`) are in
+//! flight, each on a pooled connection through [`exec::attempt`] (so a batch gets the same deadline and the
+//! same one retry on a dead connection as a single operation). A lone operation that finds the queue empty
+//! and a slot free runs its batch of one in the caller's own task (no task switch; if the caller is
+//! cancelled the batch finishes in a task of its own, see `detach.rs`). Operations that find every slot
+//! taken queue up; a dispatcher task takes them in batches as slots free, and ends when the queue is empty.
+//! A caller that left before its batch was formed is not sent at all.
 //!
 //! **Bounds.** A batch holds at most `max_keys` operations (reads may also defer rows past a byte budget, see
 //! `batch.rs`); a caller waits at most its own operation timeout, queued or not.
@@ -19,6 +21,7 @@
 //! operation at a time (for kinds where one operation can fail alone), so that a bad operation fails only
 //! its own caller.
 
+use crate::detach::FinishOnDrop;
 use crate::exec::{self, DbFuture};
 use sqlx::postgres::{PgConnection, PgPool};
 use std::collections::{HashSet, VecDeque};
@@ -134,14 +137,39 @@ impl<K: Kind> Queue<K> {
     pub(crate) async fn submit(self: &Arc<Self>, jobs: Vec<K::Job>) -> Vec<crate::Result<K::Output>> {
         let deadline = Instant::now() + self.limits.op_timeout;
         let mut answers = Vec::with_capacity(jobs.len());
+        let mut own_batch = Vec::new();
         {
             let mut state = self.state();
+            // A lone operation that finds nothing waiting and a slot free runs its batch of one itself, in the
+            // caller's task: no task switch, so a lone caller pays nothing for coalescing.
+            let inline = jobs.len() == 1 && state.pending.is_empty() && state.running < self.limits.max_batches;
+            if inline {
+                state.running += 1;
+            }
             for job in jobs {
                 let (reply, answer) = oneshot::channel();
-                state.pending.push_back(Pending { job, reply, deadline });
+                let pending = Pending { job, reply, deadline };
+                if inline {
+                    own_batch.push(pending);
+                } else {
+                    state.pending.push_back(pending);
+                }
                 answers.push(answer);
             }
-            self.start_dispatchers(&mut state);
+            if !inline {
+                self.start_dispatchers(&mut state);
+            }
+        }
+        if !own_batch.is_empty() {
+            let queue = Arc::clone(self);
+            let own = FinishOnDrop::new(move |_| async move {
+                let slot = InlineSlot(Arc::clone(&queue));
+                queue.run_batch(own_batch).await;
+                drop(slot);
+            });
+            // Past the deadline the caller stops waiting (its answer below is a timeout); the batch finishes
+            // in a task of its own.
+            let _ = tokio::time::timeout_at(deadline, own).await;
         }
         let mut results = Vec::with_capacity(answers.len());
         for answer in answers {
@@ -280,6 +308,20 @@ fn statement<K: Kind>(
     move |conn| {
         let params = Arc::clone(&params);
         Box::pin(async move { K::run(conn, &params).await })
+    }
+}
+
+/// The slot of a caller that ran its own batch: given back when the batch is done (or abandoned), and with
+/// it, a dispatcher for whatever queued up meanwhile.
+struct InlineSlot<K: Kind>(Arc<Queue<K>>);
+
+impl<K: Kind> Drop for InlineSlot<K> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.running = state.running.saturating_sub(1);
+        if !state.pending.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
+            self.0.start_dispatchers(&mut state);
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use crate::error::{CacheError, Result};
 use crate::failover::Hosts;
+use crate::source::{server_name, Source};
 use crate::store::PgCache;
 use crate::ttl::Ttl;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -62,49 +63,6 @@ impl Default for Config {
             coalesce_max_bytes: 4 * 1024 * 1024,
             coalesce_in_flight: 4,
         }
-    }
-}
-
-/// Where the cache's connections come from.
-#[derive(Default)]
-enum Source {
-    #[default]
-    Unset,
-    Pool(PgPool),
-    Url(String),
-    Options(Box<PgConnectOptions>),
-    Shards(Vec<String>),
-}
-
-impl std::fmt::Debug for Source {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Source::Unset => f.write_str("Unset"),
-            Source::Pool(pool) => f.debug_tuple("Pool").field(pool).finish(),
-            Source::Url(url) => f.debug_tuple("Url").field(&redact_url(url)).finish(),
-            Source::Shards(urls) => {
-                f.debug_tuple("Shards").field(&urls.iter().map(|u| redact_url(u)).collect::<Vec<_>>()).finish()
-            }
-            Source::Options(options) => f
-                .debug_struct("Options")
-                .field("host", &options.get_host())
-                .field("port", &options.get_port())
-                .field("database", &options.get_database())
-                .finish_non_exhaustive(),
-        }
-    }
-}
-
-/// `url` with its password, if any, replaced by `***`, for logs and `Debug` output.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    // The user-info part ends at the last '@' before the path; a password may itself contain '@' or ':'.
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
-    let user_info = &rest[..at];
-    match user_info.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => url.to_owned(),
     }
 }
 
@@ -350,43 +308,6 @@ impl PgCacheBuilder {
     }
 }
 
-impl Source {
-    /// The servers to connect to, each with its shard name and its hosts (several when a URL names a primary
-    /// and its standbys).
-    fn servers(&self) -> Result<Vec<(String, Vec<PgConnectOptions>)>> {
-        let servers: Vec<Vec<PgConnectOptions>> = match self {
-            Source::Url(url) => vec![parse_url(url)?],
-            Source::Options(options) => vec![vec![(**options).clone()]],
-            Source::Shards(urls) => urls.iter().map(|url| parse_url(url)).collect::<Result<_>>()?,
-            Source::Pool(_) | Source::Unset => {
-                return Err(CacheError::Config("PgCache::builder() needs .pool(), .database_url() or .shards()".into()))
-            }
-        };
-        if servers.is_empty() {
-            return Err(CacheError::Config("PgCacheBuilder::shards() was given no URL".into()));
-        }
-        let named: Vec<(String, Vec<PgConnectOptions>)> = servers.into_iter().map(|h| (server_name(&h), h)).collect();
-        for (i, (name, _)) in named.iter().enumerate() {
-            if named[..i].iter().any(|(other, _)| other == name) {
-                return Err(CacheError::Config(format!("shard {name} is listed twice")));
-            }
-        }
-        Ok(named)
-    }
-}
-
-/// A shard's name: its hosts and database, never its credentials (see `shards.rs`).
-fn server_name(hosts: &[PgConnectOptions]) -> String {
-    let list: Vec<String> = hosts.iter().map(|o| format!("{}:{}", o.get_host(), o.get_port())).collect();
-    format!("{}/{}", list.join(","), hosts.first().and_then(|o| o.get_database()).unwrap_or(""))
-}
-
-/// The hosts of a URL (one, or several for a primary and its standbys; see `failover.rs`).
-fn parse_url(url: &str) -> Result<Vec<PgConnectOptions>> {
-    crate::failover::parse_hosts(url)
-        .map_err(|e| CacheError::Config(format!("invalid database URL {}: {e}", redact_url(url))))
-}
-
 /// No statement of the cache's own pool runs on the server for longer than the maintenance timeout.
 fn with_statement_timeout(config: &Config, options: PgConnectOptions) -> PgConnectOptions {
     let statement_timeout = config.maintenance_timeout.as_millis().to_string();
@@ -464,6 +385,7 @@ fn env_number(name: &str) -> Result<Option<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::redact_url;
 
     #[test]
     fn passwords_never_reach_debug_output() {

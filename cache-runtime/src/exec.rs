@@ -1,12 +1,13 @@
-//! How every database operation runs: on a pooled connection, in a task of its own, within a deadline.
+//! How every database operation runs: on a pooled connection, within a deadline, and to its end even if its
+//! caller is cancelled.
 //!
-//! **Why a task.** sqlx closes a connection whose query future is dropped mid-flight (it cannot know where
+//! **Cancellation.** sqlx closes a connection whose query future is dropped mid-flight (it cannot know where
 //! the protocol stands). A caller that is cancelled (an HTTP request dropped by its client, a `timeout`
 //! around a call) would then cost a connection, and the next caller would pay for a new one and might be
 //! cancelled while connecting: under a storm of cancellations the pool thrashes and the cache stops
-//! answering. So the caller only awaits a reply: the task acquires the connection, runs the statement to its
-//! end and returns the connection to the pool, whatever happened to the caller. A task whose caller left
-//! before it got a connection runs nothing.
+//! answering. So the operation runs in the caller's task inside a [`FinishOnDrop`]: if the caller goes away,
+//! the rest of the operation moves to a task of its own, which runs the statement to its end and returns the
+//! connection to the pool. An operation whose caller left before it got a connection runs nothing.
 //!
 //! **Deadlines.** The caller waits at most the operation's timeout. The statement is bounded on the server
 //! (each write sets `lock_timeout` for its own transaction; the cache's own pool also sets
@@ -18,14 +19,15 @@
 //! the same deadline. Every operation sent this way is idempotent (reads, upserts, deletes, lease
 //! take-overs by their own owner), so a retry never does harm.
 
+use crate::detach::FinishOnDrop;
 use crate::error::{CacheError, Result};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use sqlx::Connection;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tokio::time::{timeout_at, Instant};
 
 /// The future of one statement on a borrowed connection.
@@ -43,25 +45,20 @@ where
         sqlx::Error::PoolTimedOut => CacheError::Timeout { operation, after: timeout },
         source => CacheError::Database { operation, source },
     };
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+    if tokio::runtime::Handle::try_current().is_err() {
         // Not inside tokio: sqlx cannot run either, and will say so.
         return attempt(pool, deadline, timeout, &work, None).await.map_err(classify);
-    };
-    let (reply, answer) = oneshot::channel();
+    }
     let pool = pool.clone();
-    runtime.spawn(async move {
-        let outcome = attempt(&pool, deadline, timeout, &work, Some(&reply)).await;
-        let _ = reply.send(outcome);
-    });
-    match timeout_at(deadline, answer).await {
-        Ok(Ok(outcome)) => outcome.map_err(classify),
-        // The task panicked or its runtime is shutting down.
-        Ok(Err(_)) => Err(classify(sqlx::Error::WorkerCrashed)),
+    let operation_future =
+        FinishOnDrop::new(
+            move |abandoned| async move { attempt(&pool, deadline, timeout, &work, Some(&abandoned)).await },
+        );
+    match timeout_at(deadline, operation_future).await {
+        Ok(outcome) => outcome.map_err(classify),
         Err(_) => Err(CacheError::Timeout { operation, after: timeout }),
     }
 }
-
-pub(crate) type Reply<T> = oneshot::Sender<std::result::Result<T, sqlx::Error>>;
 
 /// One attempt (and the retry) of [`run`], in the current task: for callers that are tasks of their own.
 pub(crate) async fn attempt<T, W>(
@@ -69,13 +66,13 @@ pub(crate) async fn attempt<T, W>(
     deadline: Instant,
     timeout: Duration,
     work: &W,
-    reply: Option<&Reply<T>>,
+    abandoned: Option<&AtomicBool>,
 ) -> std::result::Result<T, sqlx::Error>
 where
     W: for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, T> + Sync,
 {
     let mut conn = timeout_at(deadline, pool.acquire()).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
-    if reply.is_some_and(oneshot::Sender::is_closed) {
+    if abandoned.is_some_and(|gone| gone.load(Ordering::Acquire)) {
         // The caller is gone: nobody wants this statement's result.
         return Err(sqlx::Error::PoolTimedOut);
     }

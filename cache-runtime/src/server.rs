@@ -2,7 +2,7 @@
 //!
 //! This layer knows SQL and nothing else: no keys are checked here, no in-process tier or counter is
 //! touched. [`PgCache`](crate::PgCache) does that above it, and calls a `Server` for the I/O. Each operation
-//! goes through [`exec::run`](crate::exec::run): in a task of its own, within its timeout, retried once on
+//! goes through [`exec::run`](crate::exec::run): cancellation-safe, within its timeout, retried once on
 //! a dead connection.
 
 use crate::batch::{DeleteJob, Deletes, ReadJob, Reads, WriteJob, Writes};

@@ -49,9 +49,8 @@ pub const MAX_KEY_CHARS: usize = 500;
 /// Every operation is bounded by the operation timeout (250 ms by default,
 /// [`PgCacheBuilder::op_timeout`](crate::PgCacheBuilder::op_timeout)); a database that hangs gives
 /// [`CacheError::Timeout`], not a hung caller. Maintenance operations (sweeps, namespace purges, stats) are
-/// bounded per batch by the maintenance timeout. Each statement runs in a task of its own, so a caller that
-/// is cancelled (its future dropped) never costs a pooled connection: the statement finishes and the
-/// connection goes back to the pool. A statement that meets a dead connection (after a server restart) is
+/// bounded per batch by the maintenance timeout. A caller that is cancelled (its future dropped) never costs a
+/// pooled connection: its statement finishes in a task of its own and the connection goes back to the pool. A statement that meets a dead connection (after a server restart) is
 /// retried once on a fresh one within the same timeout.
 #[derive(Clone, Debug)]
 pub struct PgCache {
