@@ -68,60 +68,16 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 impl PgCluster {
     /// Creates a cluster with `initdb` and starts it, with extra `postgresql.conf` lines appended.
     pub fn start_with(extra_config: &[&str]) -> Result<PgCluster, ClusterError> {
-        let bin = find_bin_dir()?;
-        let run_as = owner_for_root()?;
-        let root = std::env::temp_dir().join(format!(
-            "pg-cached-cluster-{}-{}-{}",
-            std::process::id(),
-            NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
-        ));
-        std::fs::create_dir_all(root.join("sock"))
-            .map_err(|e| ClusterError::Failed(format!("cannot create {}: {e}", root.display())))?;
-        let mut cluster = PgCluster { root, bin, run_as, port: 0, state: Mutex::new(false) };
-        if let Some(user) = &cluster.run_as {
-            let status = Command::new("chown").args(["-R", user]).arg(&cluster.root).status();
-            if !matches!(status, Ok(s) if s.success()) {
-                return Err(ClusterError::Failed(format!("chown {} to {user} failed", cluster.root.display())));
-            }
-        }
+        let mut cluster = PgCluster::unstarted("cluster", find_bin_dir()?, owner_for_root()?)?;
         cluster.init(extra_config)?;
-        // A free port can be taken between the probe and the start: try a few.
-        let mut last = None;
-        for _ in 0..3 {
-            cluster.port = free_port()?;
-            cluster.write_runtime_conf()?;
-            match cluster.start() {
-                Ok(()) => return Ok(cluster),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| ClusterError::Failed("could not start".into())))
+        cluster.start_on_a_free_port()?;
+        Ok(cluster)
     }
 
     /// A hot standby of `primary`: `pg_basebackup -R` of its data (so it streams from it), started on a port of
     /// its own. [`promote`](Self::promote) turns it into a primary.
     pub fn start_standby_of(primary: &PgCluster) -> Result<PgCluster, ClusterError> {
-        let root = std::env::temp_dir().join(format!(
-            "pg-cached-standby-{}-{}",
-            std::process::id(),
-            NEXT_ID.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(root.join("sock"))
-            .map_err(|e| ClusterError::Failed(format!("cannot create {}: {e}", root.display())))?;
-        let mut standby = PgCluster {
-            root,
-            bin: primary.bin.clone(),
-            run_as: primary.run_as.clone(),
-            port: 0,
-            state: Mutex::new(false),
-        };
-        if let Some(user) = &standby.run_as {
-            let status = Command::new("chown").args(["-R", user]).arg(&standby.root).status();
-            if !matches!(status, Ok(s) if s.success()) {
-                return Err(ClusterError::Failed(format!("chown {} to {user} failed", standby.root.display())));
-            }
-        }
+        let mut standby = PgCluster::unstarted("standby", primary.bin.clone(), primary.run_as.clone())?;
         let (data, port) = (os(&standby.data_dir()), primary.port.to_string());
         let out = standby.run(
             &standby.bin.join("pg_basebackup"),
@@ -134,16 +90,42 @@ impl PgCluster {
                 String::from_utf8_lossy(&out.stderr)
             )));
         }
+        standby.start_on_a_free_port()?;
+        Ok(standby)
+    }
+
+    /// A fresh directory for a cluster (its socket directory made, everything owned by `run_as`), no data yet.
+    fn unstarted(kind: &str, bin: PathBuf, run_as: Option<String>) -> Result<PgCluster, ClusterError> {
+        let root = std::env::temp_dir().join(format!(
+            "pg-cached-{kind}-{}-{}-{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
+        ));
+        std::fs::create_dir_all(root.join("sock"))
+            .map_err(|e| ClusterError::Failed(format!("cannot create {}: {e}", root.display())))?;
+        let cluster = PgCluster { root, bin, run_as, port: 0, state: Mutex::new(false) };
+        if let Some(user) = &cluster.run_as {
+            let status = Command::new("chown").args(["-R", user]).arg(&cluster.root).status();
+            if !matches!(status, Ok(s) if s.success()) {
+                return Err(ClusterError::Failed(format!("chown {} to {user} failed", cluster.root.display())));
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Starts the server on a free port; a port can be taken between the probe and the start, so a few tries.
+    fn start_on_a_free_port(&mut self) -> Result<(), ClusterError> {
         let mut last = None;
         for _ in 0..3 {
-            standby.port = free_port()?;
-            standby.write_runtime_conf()?;
-            match standby.start() {
-                Ok(()) => return Ok(standby),
+            self.port = free_port()?;
+            self.write_runtime_conf()?;
+            match self.start() {
+                Ok(()) => return Ok(()),
                 Err(e) => last = Some(e),
             }
         }
-        Err(last.unwrap_or_else(|| ClusterError::Failed("could not start the standby".into())))
+        Err(last.unwrap_or_else(|| ClusterError::Failed("could not start".into())))
     }
 
     /// Promotes a standby to primary (`pg_ctl promote`) and waits until it accepts writes.
