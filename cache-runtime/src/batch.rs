@@ -45,6 +45,11 @@ impl Kind for Reads {
     }
 
     fn params(&self, jobs: &[ReadJob]) -> ReadParams {
+        if let [job] = jobs {
+            // The common case, a lone get: nothing to share.
+            let (keys, stale_ms) = (vec![job.key.clone()], vec![job.stale_ms]);
+            return ReadParams { keys, stale_ms, slots: vec![0], max_bytes: self.max_bytes };
+        }
         let mut index = HashMap::with_capacity(jobs.len());
         let (mut keys, mut stale_ms, mut slots) = (Vec::new(), Vec::new(), Vec::with_capacity(jobs.len()));
         for job in jobs {
