@@ -31,6 +31,11 @@ fn distinct<'a>(keys: impl IntoIterator<Item = &'a str>) -> (Vec<usize>, Vec<&'a
     (slots, unique)
 }
 
+/// Checks every key before any I/O (see `check_key`).
+fn check_keys(keys: &[impl AsRef<str>]) -> Result<()> {
+    keys.iter().try_for_each(|key| check_key(key.as_ref()))
+}
+
 /// The first error among `results`, after all of them are in.
 fn first_error<T>(results: Vec<Result<T>>) -> Result<Vec<T>> {
     results.into_iter().collect()
@@ -53,9 +58,7 @@ impl PgCache {
     /// [`CacheError::Timeout`](crate::CacheError::Timeout) or
     /// [`CacheError::Database`](crate::CacheError::Database) when some key could not be read.
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[impl AsRef<str>]) -> Result<Vec<Option<T>>> {
-        for key in keys {
-            check_key(key.as_ref())?;
-        }
+        check_keys(keys)?;
         let (slots, unique) = distinct(keys.iter().map(AsRef::as_ref));
         let tier = self.local_tier_for_all_keys();
         let epoch = tier.map(LocalTier::epoch);
@@ -165,9 +168,7 @@ impl PgCache {
     /// [`CacheError::Timeout`](crate::CacheError::Timeout) or
     /// [`CacheError::Database`](crate::CacheError::Database) when some key was not deleted.
     pub async fn delete_many(&self, keys: &[impl AsRef<str>]) -> Result<u64> {
-        for key in keys {
-            check_key(key.as_ref())?;
-        }
+        check_keys(keys)?;
         let (_, unique) = distinct(keys.iter().map(AsRef::as_ref));
         for key in &unique {
             self.forget_locally(key);

@@ -55,6 +55,9 @@ impl Hosts {
     /// After `error`, starts looking for the primary (once at a time) unless the error says nothing about
     /// where the primary is.
     pub(crate) fn after_error(self: &Arc<Self>, error: &crate::CacheError, pool: &PgPool) {
+        if !self.can_fail_over() {
+            return;
+        }
         let telling = match error {
             crate::CacheError::Database { source, .. } => {
                 crate::exec::is_connection_error(source) || is_read_only(source)
@@ -63,7 +66,7 @@ impl Hosts {
             crate::CacheError::Timeout { .. } => true,
             _ => false,
         };
-        if !self.can_fail_over() || !telling {
+        if !telling {
             return;
         }
         if self.searching.swap(true, Ordering::AcqRel) {

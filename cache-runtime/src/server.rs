@@ -145,9 +145,7 @@ impl Server {
     /// Looks for a new primary when an outcome suggests the current one is gone (see `failover.rs`).
     fn observe<T>(&self, result: &Result<T>) {
         if let Err(error) = result {
-            if self.hosts.can_fail_over() {
-                self.hosts.after_error(error, &self.pool);
-            }
+            self.hosts.after_error(error, &self.pool);
         }
     }
 
