@@ -9,7 +9,7 @@ use sqlx::postgres::PgConnection;
 use std::collections::HashMap;
 
 /// A read of one key: a live entry, or one expired less than `stale_ms` ago (0 for a plain get).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct ReadJob {
     pub(crate) key: String,
     pub(crate) stale_ms: i64,
@@ -71,7 +71,7 @@ impl Kind for Reads {
                     .bind(params.stale_ms[0])
                     .fetch_one(conn)
                     .await?;
-            vec![Some(Lookup { json, remaining_ms, fresh: fresh.unwrap_or(false), db_now_us })]
+            vec![Some(Lookup { json, remaining_ms, fresh: fresh.unwrap_or(false), db_now_us, as_of: None })]
         } else {
             let rows = sqlx::query_as::<_, ReadRow>(sql::READ_MANY)
                 .bind(&params.keys)
@@ -83,7 +83,7 @@ impl Kind for Reads {
             for (i, json, remaining_ms, fresh, db_now_us, deferred) in rows {
                 let slot = usize::try_from(i - 1).ok().and_then(|i| found.get_mut(i));
                 if let (Some(slot), false) = (slot, deferred) {
-                    *slot = Some(Lookup { json, remaining_ms, fresh: fresh.unwrap_or(false), db_now_us });
+                    *slot = Some(Lookup { json, remaining_ms, fresh: fresh.unwrap_or(false), db_now_us, as_of: None });
                 }
             }
             found

@@ -5,7 +5,7 @@
 use crate::codec;
 use crate::error::Result;
 use crate::local::LocalTier;
-use crate::server::{remaining, Write};
+use crate::server::{remaining, LiveEntry, Write};
 use crate::shards::scatter;
 use crate::stats::{namespace_of, Event};
 use crate::store::{check_key, PgCache};
@@ -88,10 +88,10 @@ impl PgCache {
             self.note_failure(key, "get", result);
         }
         for (&i, entry) in to_fetch.iter().zip(first_error(fetched)?) {
-            if let Some((json, remaining_ms)) = entry {
+            if let Some(LiveEntry { json, remaining_ms, as_of }) = entry {
                 let json: Arc<str> = json.into();
                 if let (Some(tier), Some(epoch)) = (tier, epoch) {
-                    tier.put(unique[i], Arc::clone(&json), remaining(remaining_ms), None, epoch);
+                    tier.put(unique[i], Arc::clone(&json), remaining(remaining_ms), None, epoch, as_of);
                 }
                 found[i] = Some((json, Event::Hit));
             }

@@ -114,6 +114,14 @@ impl<K: Kind> Queue<K> {
     }
 
     /// Statements that carried more than one operation so far, and how many operations they carried.
+    pub(crate) fn kind(&self) -> &K {
+        &self.kind
+    }
+
+    pub(crate) fn limits(&self) -> Limits {
+        self.limits
+    }
+
     pub(crate) fn shared(&self) -> (u64, u64) {
         (self.shared_statements.load(Ordering::Relaxed), self.shared_operations.load(Ordering::Relaxed))
     }

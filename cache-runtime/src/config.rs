@@ -42,6 +42,8 @@ pub(crate) struct Config {
     pub(crate) coalesce_max_keys: usize,
     pub(crate) coalesce_max_bytes: usize,
     pub(crate) coalesce_in_flight: usize,
+    /// With read replicas: how old a standby's answers may be.
+    pub(crate) max_replica_lag: Duration,
 }
 
 impl Default for Config {
@@ -62,6 +64,7 @@ impl Default for Config {
             coalesce_max_keys: 128,
             coalesce_max_bytes: 4 * 1024 * 1024,
             coalesce_in_flight: 4,
+            max_replica_lag: Duration::from_secs(1),
         }
     }
 }
@@ -88,6 +91,8 @@ impl Default for Config {
 #[must_use = "a builder does nothing until .build() is awaited"]
 pub struct PgCacheBuilder {
     source: Source,
+    /// Standbys for reads (`read_replicas`), one URL each.
+    replicas: Vec<String>,
     max_connections: Option<u32>,
     config: Config,
 }
@@ -135,6 +140,41 @@ impl PgCacheBuilder {
     /// ```
     pub fn shards<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>) -> Self {
         self.source = Source::Shards(urls.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Sends reads to hot standbys of the (one) primary whenever one of them is known to be at most `max_lag`
+    /// behind; everything else, and reads when none is, go to the primary. Opt-in, for a primary whose CPU is
+    /// the limit. One URL per standby; a standby that is down, lagging or promoted is skipped by itself and
+    /// used again once it has caught up.
+    ///
+    /// Which reads: [`get`](PgCache::get), [`get_many`](PgCache::get_many) and a memoized call's lookup.
+    /// Writes, deletes, purges, leases, maintenance, and the reads that must see a value just stored (a
+    /// single-flight follower, a process waiting on another's lease) always use the primary.
+    ///
+    /// **What it costs in consistency.** A read may return a value up to `max_lag` old: a value deleted or
+    /// overwritten less than `max_lag` ago, or a miss for a value written less than `max_lag` ago (its
+    /// function then runs again). The lag is measured from the primary's side, never trusted from the
+    /// standby: see `replicas.rs`. An invalidation is final on the primary at once, so no memoized result
+    /// computed before it is stored afterwards (the stale-set guard runs on the primary, and treats a
+    /// computation as starting `max_lag` earlier than its standby's clock said). LISTEN/NOTIFY works only on
+    /// the primary, so the in-process tier listens there, and it keeps a value read from a standby only if it
+    /// heard of no invalidation since the instant that standby is known to hold. Not available with
+    /// [`shards`](Self::shards).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), cache_runtime::CacheError> {
+    /// use std::time::Duration;
+    /// let cache = cache_runtime::PgCache::builder()
+    ///     .database_url("postgres://primary.internal/app")
+    ///     .read_replicas(["postgres://standby1.internal/app"], Duration::from_millis(500))
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn read_replicas<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>, max_lag: Duration) -> Self {
+        self.replicas = urls.into_iter().map(Into::into).collect();
+        self.config.max_replica_lag = max_lag.max(Duration::from_millis(1));
         self
     }
 
@@ -263,8 +303,10 @@ impl PgCacheBuilder {
         if matches!(self.source, Source::Pool(_) | Source::Unset) {
             return self.build_lazy();
         }
+        let named = self.source.servers()?;
+        self.check_replicas(named.len())?;
         let mut servers = Vec::new();
-        for (name, candidates) in self.source.servers()? {
+        for (name, candidates) in named {
             let hosts = Hosts::new(candidates.into_iter().map(|o| with_statement_timeout(&self.config, o)).collect());
             // With several hosts, start on the one that accepts writes (or the first, if none answers yet).
             let start = match hosts.find_primary(self.config.op_timeout.max(Duration::from_secs(2))).await {
@@ -277,7 +319,33 @@ impl PgCacheBuilder {
                 .map_err(CacheError::db("connect"))?;
             servers.push((name, pool, hosts));
         }
-        Ok(PgCache::from_parts(servers, self.config))
+        let replicas = self.replica_pools(servers.len())?;
+        Ok(PgCache::from_parts(servers, replicas, self.config))
+    }
+
+    fn check_replicas(&self, servers: usize) -> Result<()> {
+        if self.replicas.is_empty() || servers == 1 {
+            return Ok(());
+        }
+        Err(CacheError::Config(
+            "read_replicas() cannot be combined with shards(): give each shard's primary only".into(),
+        ))
+    }
+
+    /// A lazily connected pool per read replica (a standby that is down at start-up is only skipped).
+    fn replica_pools(&self, servers: usize) -> Result<Vec<(String, PgPool)>> {
+        self.check_replicas(servers)?;
+        if self.replicas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let replicas = Source::Shards(self.replicas.clone()).servers()?;
+        Ok(replicas
+            .into_iter()
+            .map(|(name, hosts)| {
+                let options = with_statement_timeout(&self.config, hosts[0].clone());
+                (name, own_pool(&self.config, self.max_connections).connect_lazy_with(options))
+            })
+            .collect())
     }
 
     /// Like [`build`](Self::build), but never connects now: connections are opened on first use. The
@@ -288,10 +356,15 @@ impl PgCacheBuilder {
     /// # Errors
     /// [`CacheError::Config`] when neither a pool nor a URL was given or the URL is malformed.
     pub fn build_lazy(self) -> Result<PgCache> {
-        if let Source::Pool(pool) = self.source {
+        if let Source::Pool(pool) = &self.source {
             let options = (*pool.connect_options()).clone();
             let name = server_name(std::slice::from_ref(&options));
-            return Ok(PgCache::from_parts(vec![(name, pool, Hosts::new(vec![options]))], self.config));
+            let replicas = self.replica_pools(1)?;
+            return Ok(PgCache::from_parts(
+                vec![(name, pool.clone(), Hosts::new(vec![options]))],
+                replicas,
+                self.config,
+            ));
         }
         let servers = self
             .source
@@ -303,8 +376,9 @@ impl PgCacheBuilder {
                 let pool = own_pool(&self.config, self.max_connections).connect_lazy_with(hosts.first().clone());
                 (name, pool, hosts)
             })
-            .collect();
-        Ok(PgCache::from_parts(servers, self.config))
+            .collect::<Vec<_>>();
+        let replicas = self.replica_pools(servers.len())?;
+        Ok(PgCache::from_parts(servers, replicas, self.config))
     }
 }
 

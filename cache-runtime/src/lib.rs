@@ -130,6 +130,7 @@ mod lease;
 mod local;
 mod maintenance;
 mod memo;
+mod replicas;
 mod server;
 mod shards;
 mod source;
@@ -150,8 +151,8 @@ pub use key::{validate_namespace, MAX_NAMESPACE_LEN};
 pub use maintenance::SweepReport;
 pub use sql::MIGRATOR;
 pub use stats::{
-    CacheStats, HealthReport, HealthStatus, NamespaceStats, ProcessCounts, ShardHealth, MAX_COUNTED_NAMESPACES,
-    OTHER_NAMESPACES,
+    CacheStats, HealthReport, HealthStatus, NamespaceStats, ProcessCounts, ReplicaHealth, ShardHealth,
+    MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES,
 };
 pub use store::{PgCache, MAX_KEY_CHARS};
 pub use ttl::Ttl;

@@ -78,6 +78,8 @@ const LONGEST_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60)
 /// - The *epoch*, bumped by every removal. A reader takes it ([`epoch`](Self::epoch)) before it reads
 ///   PostgreSQL, and [`put`](Self::put) drops the entry again if any removal happened since: a read that
 ///   fetched a row before an invalidation committed cannot refill the tier after the invalidation cleared it.
+///   A read from a standby may miss invalidations heard even before it began, up to the instant the standby
+///   is known to hold (`as_of`): such a value is kept only if no removal at all happened since that instant.
 /// - *Listening*: the tier serves and stores nothing while this process's event listener is not connected,
 ///   since invalidations sent meanwhile would be missed; the listener clears the tier whenever it connects.
 pub(crate) struct LocalTier {
@@ -86,6 +88,9 @@ pub(crate) struct LocalTier {
     /// Whether `PgCache::get`/`set` use it for every key (builder option) or only functions that ask for it.
     pub(crate) for_all_keys: bool,
     epoch: AtomicU64,
+    /// When the last removal happened: nanoseconds since `origin`, plus one (zero: never).
+    last_removal: AtomicU64,
+    origin: Instant,
     /// Shared with the event listener, which sets it while it is connected.
     listening: Arc<AtomicBool>,
 }
@@ -104,7 +109,15 @@ impl LocalTier {
     pub(crate) fn new(capacity: u64, max_age: Duration, for_all_keys: bool, listening: Arc<AtomicBool>) -> LocalTier {
         let entries =
             Cache::builder().max_capacity(capacity).expire_after(UntilDeadline).support_invalidation_closures().build();
-        LocalTier { entries, max_age: max_age.min(LONGEST_LIFETIME), for_all_keys, epoch: AtomicU64::new(0), listening }
+        LocalTier {
+            entries,
+            max_age: max_age.min(LONGEST_LIFETIME),
+            for_all_keys,
+            epoch: AtomicU64::new(0),
+            last_removal: AtomicU64::new(0),
+            origin: Instant::now(),
+            listening,
+        }
     }
 
     fn listening(&self) -> bool {
@@ -127,7 +140,8 @@ impl LocalTier {
 
     /// Stores `json` for `key`, for at most `max_age` (the tier's, or a shorter one of the function's) and
     /// never past `remaining` (the time left before the PostgreSQL entry expires; `None` = never), unless a
-    /// removal happened since `epoch` or the listener is not connected. Returns the entry when it was kept.
+    /// removal happened since `epoch` (or, for a value read from a standby, since its `as_of`) or the listener
+    /// is not connected. Returns the entry when it was kept.
     pub(crate) fn put(
         &self,
         key: &str,
@@ -135,12 +149,13 @@ impl LocalTier {
         remaining: Option<Duration>,
         max_age: Option<Duration>,
         epoch: u64,
+        as_of: Option<Instant>,
     ) -> Option<Arc<LocalEntry>> {
         let mut lifetime = max_age.map_or(self.max_age, |m| m.min(self.max_age));
         if let Some(remaining) = remaining {
             lifetime = lifetime.min(remaining);
         }
-        if lifetime.is_zero() || !self.listening() || self.epoch() != epoch {
+        if lifetime.is_zero() || !self.listening() || self.epoch() != epoch || self.removed_since(as_of) {
             return None;
         }
         let now = Instant::now();
@@ -158,7 +173,17 @@ impl LocalTier {
     }
 
     fn bump(&self) {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1;
+        self.last_removal.fetch_max(now, Ordering::AcqRel);
         self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Whether a removal happened at or after `as_of` (always false without one).
+    fn removed_since(&self, as_of: Option<Instant>) -> bool {
+        let Some(as_of) = as_of else { return false };
+        let last = self.last_removal.load(Ordering::Acquire);
+        let since = u64::try_from(as_of.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX - 1);
+        last > since
     }
 
     pub(crate) fn remove_hash(&self, hash: u64) {
@@ -207,14 +232,14 @@ mod tests {
     #[test]
     fn never_serves_past_the_deadline_or_another_key() {
         let tier = listening_tier(Duration::from_secs(60));
-        tier.put("ns:a", "1".into(), Some(Duration::from_millis(30)), None, tier.epoch());
+        tier.put("ns:a", "1".into(), Some(Duration::from_millis(30)), None, tier.epoch(), None);
         assert!(tier.get("ns:a").is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(tier.get("ns:a").is_none(), "the PostgreSQL expiry bounds the entry");
-        tier.put("ns:b", "2".into(), None, Some(Duration::from_millis(20)), tier.epoch());
+        tier.put("ns:b", "2".into(), None, Some(Duration::from_millis(20)), tier.epoch(), None);
         std::thread::sleep(Duration::from_millis(30));
         assert!(tier.get("ns:b").is_none(), "the function's max age bounds the entry");
-        tier.put("ns:c", "3".into(), None, None, tier.epoch());
+        tier.put("ns:c", "3".into(), None, None, tier.epoch(), None);
         assert!(tier.get("ns:c").is_some());
         tier.remove_namespace("ns");
         assert!(tier.get("ns:c").is_none());
@@ -225,18 +250,32 @@ mod tests {
         let tier = listening_tier(Duration::from_secs(60));
         let before = tier.epoch();
         tier.remove("ns:other");
-        assert!(tier.put("ns:a", "old".into(), None, None, before).is_none());
+        assert!(tier.put("ns:a", "old".into(), None, None, before, None).is_none());
         assert!(tier.get("ns:a").is_none());
-        assert!(tier.put("ns:a", "new".into(), None, None, tier.epoch()).is_some());
+        assert!(tier.put("ns:a", "new".into(), None, None, tier.epoch(), None).is_some());
+    }
+
+    #[test]
+    fn a_standby_read_is_kept_only_without_removals_since_its_instant() {
+        let tier = listening_tier(Duration::from_secs(60));
+        let as_of = Instant::now();
+        std::thread::sleep(Duration::from_millis(2));
+        let epoch = tier.epoch();
+        assert!(tier.put("ns:a", "1".into(), None, None, epoch, Some(as_of)).is_some(), "no removal since");
+        tier.remove("ns:other");
+        // The removal came before this read began (the epoch is current), but after the standby's instant.
+        assert!(tier.put("ns:b", "2".into(), None, None, tier.epoch(), Some(as_of)).is_none());
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(tier.put("ns:b", "2".into(), None, None, tier.epoch(), Some(Instant::now())).is_some());
     }
 
     #[test]
     fn nothing_is_served_or_kept_while_not_listening() {
         let listening = Arc::new(AtomicBool::new(false));
         let tier = LocalTier::new(100, Duration::from_secs(60), true, Arc::clone(&listening));
-        assert!(tier.put("ns:a", "1".into(), None, None, tier.epoch()).is_none());
+        assert!(tier.put("ns:a", "1".into(), None, None, tier.epoch(), None).is_none());
         listening.store(true, Ordering::Release);
-        tier.put("ns:a", "1".into(), None, None, tier.epoch());
+        tier.put("ns:a", "1".into(), None, None, tier.epoch(), None);
         assert!(tier.get("ns:a").is_some());
         listening.store(false, Ordering::Release);
         assert!(tier.get("ns:a").is_none());
@@ -245,14 +284,14 @@ mod tests {
     #[test]
     fn an_unbounded_max_age_does_not_overflow() {
         let tier = listening_tier(Duration::MAX);
-        assert!(tier.put("ns:forever", "1".into(), None, None, tier.epoch()).is_some());
+        assert!(tier.put("ns:forever", "1".into(), None, None, tier.epoch(), None).is_some());
         assert!(tier.get("ns:forever").is_some());
     }
 
     #[test]
     fn typed_values_are_cloned_out() {
         let tier = listening_tier(Duration::from_secs(60));
-        let entry = tier.put("ns:t", "[1,2]".into(), None, None, tier.epoch()).expect("kept");
+        let entry = tier.put("ns:t", "[1,2]".into(), None, None, tier.epoch(), None).expect("kept");
         assert_eq!(entry.typed::<Vec<u8>>(), None);
         entry.set_typed(vec![1u8, 2]);
         assert_eq!(tier.get("ns:t").and_then(|e| e.typed::<Vec<u8>>()), Some(vec![1, 2]));

@@ -2,6 +2,7 @@
 //! reports (keys, stats, health).
 
 use crate::error::Result;
+use crate::replicas::Replicas;
 use crate::server::Server;
 use crate::shards::on_every_shard;
 use crate::stats::{CacheStats, HealthReport, HealthStatus};
@@ -197,10 +198,12 @@ impl PgCache {
         let timeout = self.config().op_timeout.max(Duration::from_secs(1));
         let reports = on_every_shard(self.shards(), |server| check_server(server, timeout)).await;
         if reports.len() == 1 {
-            return reports
+            let mut report = reports
                 .into_iter()
                 .next()
                 .unwrap_or_else(|| HealthReport::new(HealthStatus::Unhealthy, None, None, None));
+            report.replicas = self.shards().first().replicas().map(Replicas::report).unwrap_or_default();
+            return report;
         }
         let named: Vec<(String, HealthReport)> =
             reports.into_iter().enumerate().map(|(i, report)| (self.shards().name(i).to_owned(), report)).collect();

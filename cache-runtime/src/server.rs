@@ -11,10 +11,11 @@ use crate::config::{Config, Durability};
 use crate::error::{CacheError, Result};
 use crate::exec::{self, DbFuture};
 use crate::failover::Hosts;
+use crate::replicas::Replicas;
 use crate::sql;
 use sqlx::postgres::{PgConnection, PgPool};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The most keys one write or delete statement carries: its notification names each in 17 bytes, and must
 /// stay under PostgreSQL's 8,000-byte payload limit.
@@ -31,13 +32,35 @@ pub(crate) struct Lookup {
     pub(crate) fresh: bool,
     /// The database's clock when the lookup ran, in microseconds since the epoch.
     pub(crate) db_now_us: i64,
+    /// Read from a standby: the instant whose commits it is known to hold (later ones it may lack). `None`:
+    /// read from the primary.
+    pub(crate) as_of: Option<Instant>,
 }
 
 impl Lookup {
     /// The entry, if it is live (not one served from the stale window).
     pub(crate) fn live(self) -> Option<LiveEntry> {
-        self.json.filter(|_| self.fresh).map(|json| (json, self.remaining_ms))
+        let (remaining_ms, as_of) = (self.remaining_ms, self.as_of);
+        self.json.filter(|_| self.fresh).map(|json| LiveEntry { json, remaining_ms, as_of })
     }
+
+    /// This lookup as answered by a standby that holds every commit from before `as_of`. Its clock becomes
+    /// the start of a computation (the stale-set guard's), so it is moved back by `max_lag`: a write is then
+    /// refused for any invalidation the standby might not have shown, even with the servers' clocks apart.
+    fn from_standby(mut self, as_of: Instant, max_lag: Duration) -> Lookup {
+        self.as_of = Some(as_of);
+        self.db_now_us -= i64::try_from(max_lag.as_micros()).unwrap_or(i64::MAX);
+        self
+    }
+}
+
+/// Where a read may go when the cache has [read replicas](crate::PgCacheBuilder::read_replicas).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFrom {
+    /// A standby within the lag bound, else the primary.
+    AnyCopy,
+    /// The primary only: the read must see the latest writes (a value just stored by another caller).
+    Primary,
 }
 
 /// Converts the milliseconds left before expiry into a duration for the in-process tier.
@@ -71,8 +94,19 @@ impl Write<'_> {
     }
 }
 
-/// A live entry: its JSON and the milliseconds it has left (`None`: never expires).
-pub(crate) type LiveEntry = (String, Option<i64>);
+fn no_answer<T>() -> Result<T> {
+    Err(CacheError::Config("a coalesced operation got no answer".into()))
+}
+
+/// A live entry.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveEntry {
+    pub(crate) json: String,
+    /// Milliseconds left before it expires; `None`: never.
+    pub(crate) remaining_ms: Option<i64>,
+    /// As [`Lookup::as_of`].
+    pub(crate) as_of: Option<Instant>,
+}
 
 #[derive(Debug)]
 pub(crate) struct Server {
@@ -89,6 +123,8 @@ pub(crate) struct Server {
     op_timeout: Duration,
     /// The operation timeout in milliseconds, as `set_config('lock_timeout', ...)` takes it.
     lock_timeout: String,
+    /// Standbys that may answer reads (opt-in).
+    replicas: Option<Arc<Replicas>>,
 }
 
 impl Server {
@@ -124,7 +160,23 @@ impl Server {
             maintenance_timeout: config.maintenance_timeout,
             lock_timeout,
             batch_size: config.batch_size,
+            replicas: None,
         }
+    }
+
+    /// A read queue as this server's own, for a standby reached through `pool`.
+    pub(crate) fn standby_reads(&self, pool: PgPool) -> Arc<Queue<Reads>> {
+        Queue::new(Reads { max_bytes: self.reads.kind().max_bytes }, pool, self.reads.limits(), "get")
+    }
+
+    /// Lets reads go to `replicas`.
+    pub(crate) fn with_replicas(mut self, replicas: Arc<Replicas>) -> Server {
+        self.replicas = Some(replicas);
+        self
+    }
+
+    pub(crate) fn replicas(&self) -> Option<&Replicas> {
+        self.replicas.as_deref()
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
@@ -166,22 +218,59 @@ impl Server {
         Ok(())
     }
 
-    /// The JSON of a live entry and the milliseconds it has left.
-    pub(crate) async fn get_live(&self, key: &str) -> Result<Option<LiveEntry>> {
-        let lookup = self.one(&self.reads, ReadJob { key: key.to_owned(), stale_ms: 0 }).await?;
-        Ok(lookup.live())
+    /// A live entry.
+    pub(crate) async fn get_live(&self, key: &str, from: ReadFrom) -> Result<Option<LiveEntry>> {
+        Ok(self.lookup(key, 0, from).await?.live())
     }
 
     /// Live entries of `keys`, in order (coalesced into as few statements as the limits allow).
     pub(crate) async fn get_many_live(&self, keys: &[&str]) -> Vec<Result<Option<LiveEntry>>> {
-        let jobs = keys.iter().map(|key| ReadJob { key: (*key).to_owned(), stale_ms: 0 }).collect();
-        let found = self.many(&self.reads, jobs).await;
-        found.into_iter().map(|lookup| lookup.map(Lookup::live)).collect()
+        let jobs: Vec<ReadJob> = keys.iter().map(|key| ReadJob { key: (*key).to_owned(), stale_ms: 0 }).collect();
+        let mut found: Vec<Option<Result<Lookup>>> = match self.standby() {
+            Some((replicas, replica, as_of)) => {
+                let answers = self.many_unobserved(&replica.reads, jobs.clone()).await;
+                if answers.iter().any(|a| a.is_err()) {
+                    replicas.failed(replica);
+                }
+                let ok = answers.into_iter().map(|a| a.ok().map(|l| Ok(l.from_standby(as_of, replicas.max_lag()))));
+                ok.collect()
+            }
+            None => (0..jobs.len()).map(|_| None).collect(),
+        };
+        // What no standby answered, the primary does.
+        let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
+        if !missing.is_empty() {
+            let retry = missing.iter().map(|&i| jobs[i].clone()).collect();
+            for (i, answer) in missing.into_iter().zip(self.many(&self.reads, retry).await) {
+                found[i] = Some(answer);
+            }
+        }
+        found.into_iter().map(|lookup| lookup.unwrap_or_else(no_answer).map(Lookup::live)).collect()
     }
 
     /// A memoized call's lookup: a live entry, or one expired less than `stale_window_ms` ago.
-    pub(crate) async fn lookup(&self, key: &str, stale_window_ms: i64) -> Result<Lookup> {
-        self.one(&self.reads, ReadJob { key: key.to_owned(), stale_ms: stale_window_ms }).await
+    pub(crate) async fn lookup(&self, key: &str, stale_window_ms: i64, from: ReadFrom) -> Result<Lookup> {
+        let job = ReadJob { key: key.to_owned(), stale_ms: stale_window_ms };
+        if from == ReadFrom::AnyCopy {
+            if let Some((replicas, replica, as_of)) = self.standby() {
+                match self.one_unobserved(&replica.reads, job.clone()).await {
+                    Ok(lookup) => return Ok(lookup.from_standby(as_of, replicas.max_lag())),
+                    Err(error) => {
+                        tracing::debug!(replica = %replica.name, %error, "read replica failed; reading the primary");
+                        replicas.failed(replica);
+                    }
+                }
+            }
+        }
+        self.one(&self.reads, job).await
+    }
+
+    /// A standby to read from now, if the cache has any and one is within the lag bound.
+    fn standby(&self) -> Option<(&Arc<Replicas>, &crate::replicas::Replica, Instant)> {
+        let replicas = self.replicas.as_ref()?;
+        let (replica, as_of) = replicas.pick()?;
+        replica.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Some((replicas, replica, as_of))
     }
 
     /// Writes `json` under `key` and tells every process; see [`sql::WRITE`]. Whether it wrote: a guarded write
@@ -215,20 +304,32 @@ impl Server {
     /// One per-key operation: coalesced with others in flight, or on its own when coalescing is off (or no
     /// tokio runtime is there to run dispatchers).
     async fn one<K: Kind>(&self, queue: &Arc<Queue<K>>, job: K::Job) -> Result<K::Output> {
-        let result = if self.coalesce && tokio::runtime::Handle::try_current().is_ok() {
-            let mut answers = queue.submit(vec![job]).await;
-            answers.pop().unwrap_or_else(|| Err(CacheError::Config("a coalesced operation got no answer".into())))
-        } else {
-            queue.run_alone(job).await
-        };
+        let result = self.one_unobserved(queue, job).await;
         self.observe(&result);
         result
+    }
+
+    /// [`one`](Self::one), without looking for a new primary after an error (for reads on standbys).
+    async fn one_unobserved<K: Kind>(&self, queue: &Arc<Queue<K>>, job: K::Job) -> Result<K::Output> {
+        if self.coalesce && tokio::runtime::Handle::try_current().is_ok() {
+            queue.submit(vec![job]).await.pop().unwrap_or_else(no_answer)
+        } else {
+            queue.run_alone(job).await
+        }
     }
 
     /// Many operations of one kind, in as few statements as the limits allow, whether or not single operations
     /// are coalesced.
     async fn many<K: Kind>(&self, queue: &Arc<Queue<K>>, jobs: Vec<K::Job>) -> Vec<Result<K::Output>> {
-        let answers = if tokio::runtime::Handle::try_current().is_ok() {
+        let answers = self.many_unobserved(queue, jobs).await;
+        if let Some(failed) = answers.iter().find(|a| a.is_err()) {
+            self.observe(failed);
+        }
+        answers
+    }
+
+    async fn many_unobserved<K: Kind>(&self, queue: &Arc<Queue<K>>, jobs: Vec<K::Job>) -> Vec<Result<K::Output>> {
+        if tokio::runtime::Handle::try_current().is_ok() {
             queue.submit(jobs).await
         } else {
             let mut answers = Vec::with_capacity(jobs.len());
@@ -236,11 +337,7 @@ impl Server {
                 answers.push(queue.run_alone(job).await);
             }
             answers
-        };
-        if let Some(failed) = answers.iter().find(|a| a.is_err()) {
-            self.observe(failed);
         }
-        answers
     }
 
     /// Records the invalidation of `namespace` and sends `payload`.

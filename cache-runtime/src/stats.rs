@@ -260,6 +260,24 @@ pub struct HealthReport {
     /// With [`shards`](crate::PgCacheBuilder::shards): each shard's own report, in the order given. Empty on
     /// one server.
     pub shards: Vec<ShardHealth>,
+    /// With [`read_replicas`](crate::PgCacheBuilder::read_replicas): each standby's state. A standby that
+    /// is not usable only sends its reads to the primary, so it does not change `status`.
+    pub replicas: Vec<ReplicaHealth>,
+}
+
+/// One read replica's part of a [`HealthReport`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct ReplicaHealth {
+    /// The standby's `host:port/database`.
+    pub replica: String,
+    /// Whether reads go to it now (it is a standby known to be less than `max_lag` behind).
+    pub usable: bool,
+    /// How far behind the primary it may be, in milliseconds: the bound measured at its last probe, plus
+    /// the time since. `None` when it is down, not a standby, or too far behind to measure.
+    pub lag_ms: Option<f64>,
+    /// Reads sent to it by this process.
+    pub reads: u64,
 }
 
 /// One shard's part of a [`HealthReport`].
@@ -279,7 +297,7 @@ impl HealthReport {
         latency_ms: Option<f64>,
         error: Option<String>,
     ) -> HealthReport {
-        HealthReport { status, total_entries, latency_ms, error, shards: Vec::new() }
+        HealthReport { status, total_entries, latency_ms, error, shards: Vec::new(), replicas: Vec::new() }
     }
 
     /// The report of a sharded cache: Healthy when every shard is, Unhealthy when none answers, Degraded in
@@ -299,7 +317,7 @@ impl HealthReport {
             shards.iter().filter_map(|(name, r)| r.error.as_ref().map(|e| format!("shard {name}: {e}"))).collect();
         let error = (!errors.is_empty()).then(|| errors.join("; "));
         let shards = shards.into_iter().map(|(shard, report)| ShardHealth { shard, report }).collect();
-        HealthReport { status, total_entries, latency_ms, error, shards }
+        HealthReport { status, total_entries, latency_ms, error, shards, replicas: Vec::new() }
     }
 }
 

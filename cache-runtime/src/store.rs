@@ -11,7 +11,8 @@ use crate::events::Events;
 use crate::failover::Hosts;
 use crate::flight::Flights;
 use crate::local::LocalTier;
-use crate::server::{remaining, Lookup, Server, Write};
+use crate::replicas::Replicas;
+use crate::server::{remaining, LiveEntry, Lookup, ReadFrom, Server, Write};
 use crate::shards::Shards;
 use crate::stats::{namespace_of, Counters, Event};
 use crate::ttl::Ttl;
@@ -106,8 +107,13 @@ pub(crate) fn check_key(key: &str) -> Result<()> {
 }
 
 impl PgCache {
-    /// A cache over `pools`, one per shard, each with its shard name and its hosts.
-    pub(crate) fn from_parts(pools: Vec<(String, PgPool, Arc<Hosts>)>, config: Config) -> PgCache {
+    /// A cache over `pools`, one per shard, each with its shard name and its hosts; `replicas` (named pools)
+    /// answer reads for the one server there is when they are given.
+    pub(crate) fn from_parts(
+        pools: Vec<(String, PgPool, Arc<Hosts>)>,
+        replicas: Vec<(String, PgPool)>,
+        config: Config,
+    ) -> PgCache {
         let local = Arc::new(OnceLock::new());
         let events = Arc::new(Events::new(pools.len()));
         if let Some((capacity, max_age)) = config.local_tier {
@@ -118,7 +124,10 @@ impl PgCache {
                 shards: Shards::new(
                     pools
                         .into_iter()
-                        .map(|(name, pool, hosts)| (name, Server::new(pool, hosts, &config, events.sender)))
+                        .map(|(name, pool, hosts)| {
+                            let server = Server::new(pool, hosts, &config, events.sender);
+                            (name, with_replicas(server, replicas.clone(), &config))
+                        })
                         .collect(),
                 ),
                 config,
@@ -235,7 +244,7 @@ impl PgCache {
     ) {
         if let (Some(tier), Some(epoch)) = (self.inner.local.get(), epoch) {
             if written && (tier.for_all_keys || local_max_age.is_some()) {
-                tier.put(key, json.into(), ttl, local_max_age, epoch);
+                tier.put(key, json.into(), ttl, local_max_age, epoch, None);
             } else {
                 tier.remove(key);
             }
@@ -270,9 +279,9 @@ impl PgCache {
     }
 
     /// Looks a memoized call's key up: a live entry, or an expired one within `stale_window`.
-    pub(crate) async fn lookup(&self, key: &str, stale_window: Option<Duration>) -> Result<Lookup> {
+    pub(crate) async fn lookup(&self, key: &str, stale_window: Option<Duration>, from: ReadFrom) -> Result<Lookup> {
         check_key(key)?;
-        let result = self.server_for(key).lookup(key, Ttl::millis(stale_window).unwrap_or(0)).await;
+        let result = self.server_for(key).lookup(key, Ttl::millis(stale_window).unwrap_or(0), from).await;
         self.note_failure(key, "get", &result);
         result
     }
@@ -293,14 +302,14 @@ impl PgCache {
             self.record(namespace_of(key), Event::LocalMiss);
         }
         let epoch = tier.map(LocalTier::epoch);
-        let Some((json, remaining_ms)) = self.get_live(key).await? else {
+        let Some(LiveEntry { json, remaining_ms, as_of }) = self.get_live(key, ReadFrom::AnyCopy).await? else {
             self.record(namespace_of(key), Event::Miss);
             tracing::debug!(namespace = namespace_of(key), key, "cache miss");
             return Ok(None);
         };
         let value = self.decode_counted(key, &json, Event::Hit);
         if let (Some(tier), Some(epoch), Some(_)) = (tier, epoch, &value) {
-            tier.put(key, json.into(), remaining(remaining_ms), None, epoch);
+            tier.put(key, json.into(), remaining(remaining_ms), None, epoch, as_of);
         }
         Ok(value)
     }
@@ -324,9 +333,9 @@ impl PgCache {
 
     /// The JSON of a live entry and the milliseconds it has left, straight from PostgreSQL: the statement of
     /// [`get`](Self::get), also the fast path of a memoized hit.
-    pub(crate) async fn get_live(&self, key: &str) -> Result<Option<(String, Option<i64>)>> {
+    pub(crate) async fn get_live(&self, key: &str, from: ReadFrom) -> Result<Option<LiveEntry>> {
         check_key(key)?;
-        let result = self.server_for(key).get_live(key).await;
+        let result = self.server_for(key).get_live(key, from).await;
         self.note_failure(key, "get", &result);
         result
     }
@@ -379,6 +388,17 @@ impl PgCache {
             }
         }
     }
+}
+
+/// `server`, reading from `replicas` too when there are any.
+fn with_replicas(server: Server, replicas: Vec<(String, PgPool)>, config: &Config) -> Server {
+    if replicas.is_empty() {
+        return server;
+    }
+    let members = replicas.into_iter().map(|(name, pool)| (name, pool.clone(), server.standby_reads(pool))).collect();
+    let replicas = Replicas::new(server.pool().clone(), members, config.max_replica_lag, config.op_timeout);
+    replicas.start_monitor();
+    server.with_replicas(replicas)
 }
 
 fn is_undefined_table(error: &CacheError) -> bool {

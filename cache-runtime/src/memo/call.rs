@@ -4,7 +4,7 @@
 use super::run;
 use crate::__private::{Policy, Site};
 use crate::local::LocalTier;
-use crate::server::remaining;
+use crate::server::{remaining, LiveEntry, ReadFrom};
 use crate::stats::Event;
 use crate::store::{MemoWrite, PgCache};
 use std::future::Future;
@@ -63,13 +63,14 @@ impl<P> Call<'_, P> {
     }
 
     /// Looks the key up, stale window included, and notes the database clock for the stale-set guard.
-    pub(super) async fn find<R>(&self) -> Found<R>
+    /// `from`: whether a read replica may answer.
+    pub(super) async fn find<R>(&self, from: ReadFrom) -> Found<R>
     where
         P: Policy<R>,
     {
         let namespace = self.site.namespace;
         let epoch = self.local.map(LocalTier::epoch);
-        let lookup = match self.cache.lookup(self.key, self.site.stale).await {
+        let lookup = match self.cache.lookup(self.key, self.site.stale, from).await {
             Ok(lookup) => lookup,
             // Already counted and logged by the store. A store that cannot be read will not take a write
             // either: skip it rather than make the caller wait for a second timeout.
@@ -86,7 +87,8 @@ impl<P> Call<'_, P> {
                 tracing::debug!(namespace, key = self.key, "memoized hit");
                 let json: Arc<str> = json.into();
                 if let (Some(tier), Some(epoch)) = (self.local, epoch) {
-                    tier.put(self.key, Arc::clone(&json), remaining(lookup.remaining_ms), self.site.local, epoch);
+                    let remaining = remaining(lookup.remaining_ms);
+                    tier.put(self.key, Arc::clone(&json), remaining, self.site.local, epoch, lookup.as_of);
                 }
                 Found::Fresh(outcome, json)
             }
@@ -104,18 +106,19 @@ impl<P> Call<'_, P> {
 
     /// The fast path of a hit: the same statement as `PgCache::get`, lighter than the lookup a miss needs (no
     /// stale window, no clock). Counts only what it serves, as `served` (a hit, or a follower's coalesced
-    /// read); `Err` when the store could not be reached.
-    pub(super) async fn find_live<R>(&self, served: Event) -> Result<Option<R>, ()>
+    /// read); `Err` when the store could not be reached. `from`: whether a read replica may answer.
+    pub(super) async fn find_live<R>(&self, served: Event, from: ReadFrom) -> Result<Option<R>, ()>
     where
         P: Policy<R>,
     {
         let epoch = self.local.map(LocalTier::epoch);
-        let Some((json, remaining_ms)) = self.cache.get_live(self.key).await.map_err(drop)? else { return Ok(None) };
+        let found = self.cache.get_live(self.key, from).await.map_err(drop)?;
+        let Some(LiveEntry { json, remaining_ms, as_of }) = found else { return Ok(None) };
         let Ok(outcome) = self.policy.decode(&json) else { return Ok(None) };
         self.record(served);
         tracing::debug!(namespace = self.site.namespace, key = self.key, ?served, "memoized hit");
         if let (Some(tier), Some(epoch)) = (self.local, epoch) {
-            tier.put(self.key, json.into(), remaining(remaining_ms), self.site.local, epoch);
+            tier.put(self.key, json.into(), remaining(remaining_ms), self.site.local, epoch, as_of);
         }
         Ok(Some(outcome))
     }
@@ -135,7 +138,7 @@ impl<P> Call<'_, P> {
         P: Policy<R>,
         F: Future<Output = R>,
     {
-        match self.find().await {
+        match self.find(ReadFrom::AnyCopy).await {
             Found::Fresh(outcome, _) => outcome,
             Found::Stale(stale, _, started_us) => self.refresh(body, stale, started_us).await,
             Found::Missing(started_us) => {
@@ -182,7 +185,7 @@ impl<P> Call<'_, P> {
     {
         // The database clock now, for the same guard as every memoized write: an invalidation that lands while
         // the body runs wins over this refresh.
-        let started_us = self.cache.lookup(self.key, None).await.ok().map(|lookup| lookup.db_now_us);
+        let started_us = self.cache.lookup(self.key, None, ReadFrom::Primary).await.ok().map(|lookup| lookup.db_now_us);
         let outcome = run(self.cache, self.site, body).await;
         if let (Some(json), Some(started_us)) = (self.encode(&outcome), started_us) {
             let _ = self.write(&json, started_us).await;

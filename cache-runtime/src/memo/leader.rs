@@ -7,6 +7,7 @@ use super::{run, Body};
 use crate::__private::{Policy, SingleFlight};
 use crate::flight::Shared;
 use crate::lease::Lease;
+use crate::server::ReadFrom;
 use crate::stats::Event;
 use std::future::Future;
 use std::sync::Arc;
@@ -67,7 +68,7 @@ impl<P> Call<'_, P> {
         let (json, event) = match shared {
             // Read it back: this read starts after the follower's call did, so it reflects every invalidation
             // that completed before the call, in any process. The copy serves only if the store fails.
-            Shared::Stored(json) => match self.find_live(Event::Coalesced).await {
+            Shared::Stored(json) => match self.find_live(Event::Coalesced, ReadFrom::Primary).await {
                 Ok(found) => return found,
                 Err(()) => (json, Event::Coalesced),
             },
@@ -97,7 +98,9 @@ impl<P> Call<'_, P> {
         let cluster = self.site.single_flight == SingleFlight::Cluster;
         let mut skip_lookup = store_down;
         loop {
-            let found = if std::mem::take(&mut skip_lookup) { Found::Missing(None) } else { self.find().await };
+            // The primary: a value another caller has just stored may not have reached a read replica yet.
+            let skip = std::mem::take(&mut skip_lookup);
+            let found = if skip { Found::Missing(None) } else { self.find(ReadFrom::Primary).await };
             match found {
                 Found::Fresh(outcome, json) => return (Shared::Stored(json), LeaderWork::Done(outcome, None)),
                 Found::Stale(stale, json, started_us) => {
@@ -169,7 +172,7 @@ impl<P> Call<'_, P> {
             let notified = done.notified();
             let _ = tokio::time::timeout(poll, notified).await;
             poll = (poll * 2).min(Duration::from_millis(500));
-            match self.cache.lookup(self.key, None).await {
+            match self.cache.lookup(self.key, None, ReadFrom::Primary).await {
                 Ok(lookup) => {
                     if let Some(json) = lookup.json {
                         if let Ok(outcome) = self.policy.decode(&json) {

@@ -12,6 +12,7 @@ mod leader;
 use crate::__private::{CacheRef, Policy, SingleFlight, Site};
 use crate::error::CacheError;
 use crate::local::{LocalEntry, LocalTier};
+use crate::server::ReadFrom;
 use crate::stats::Event;
 use crate::store::PgCache;
 use call::Call;
@@ -181,7 +182,7 @@ where
     // A hit, the common case, needs neither the flight map nor the body.
     let store_down = match site.single_flight {
         SingleFlight::Off => false,
-        SingleFlight::Process | SingleFlight::Cluster => match call.find_live(Event::Hit).await {
+        SingleFlight::Process | SingleFlight::Cluster => match call.find_live(Event::Hit, ReadFrom::AnyCopy).await {
             Ok(Some(outcome)) => return outcome,
             Ok(None) => false,
             Err(()) => true,
