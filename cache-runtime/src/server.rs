@@ -47,7 +47,7 @@ impl Lookup {
     /// This lookup as answered by a standby that holds every commit from before `as_of`. Its clock becomes
     /// the start of a computation (the stale-set guard's), so it is moved back by `max_lag`: a write is then
     /// refused for any invalidation the standby might not have shown, even with the servers' clocks apart.
-    fn from_standby(mut self, as_of: Instant, max_lag: Duration) -> Lookup {
+    fn answered_by_standby(mut self, as_of: Instant, max_lag: Duration) -> Lookup {
         self.as_of = Some(as_of);
         self.db_now_us -= i64::try_from(max_lag.as_micros()).unwrap_or(i64::MAX);
         self
@@ -232,7 +232,8 @@ impl Server {
                 if answers.iter().any(|a| a.is_err()) {
                     replicas.failed(replica);
                 }
-                let ok = answers.into_iter().map(|a| a.ok().map(|l| Ok(l.from_standby(as_of, replicas.max_lag()))));
+                let ok =
+                    answers.into_iter().map(|a| a.ok().map(|l| Ok(l.answered_by_standby(as_of, replicas.max_lag()))));
                 ok.collect()
             }
             None => (0..jobs.len()).map(|_| None).collect(),
@@ -254,7 +255,7 @@ impl Server {
         if from == ReadFrom::AnyCopy {
             if let Some((replicas, replica, as_of)) = self.standby() {
                 match self.one_unobserved(&replica.reads, job.clone()).await {
-                    Ok(lookup) => return Ok(lookup.from_standby(as_of, replicas.max_lag())),
+                    Ok(lookup) => return Ok(lookup.answered_by_standby(as_of, replicas.max_lag())),
                     Err(error) => {
                         tracing::debug!(replica = %replica.name, %error, "read replica failed; reading the primary");
                         replicas.failed(replica);
