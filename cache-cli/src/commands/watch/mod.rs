@@ -19,6 +19,7 @@ use crate::units::{self, Timestamp};
 use events::{EventCounts, Listeners};
 use sample::{Rates, Sample, Sampler};
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// One refresh; its JSON shape (one object per line) is documented in README.md.
@@ -34,7 +35,14 @@ pub struct Tick {
     events: EventCounts,
     #[serde(skip)]
     view: View,
+    /// The latest event phrases with the refresh that heard them, newest first (the redrawn view keeps
+    /// them on screen; a refresh lasts only an interval).
+    #[serde(skip)]
+    recent: Vec<(Timestamp, String)>,
 }
+
+/// How many past event phrases the redrawn view keeps.
+const RECENT_EVENTS: usize = 12;
 
 /// Entries of one namespace, all servers together.
 #[derive(Debug, Serialize)]
@@ -66,17 +74,30 @@ pub async fn run(connection: &ConnectionArgs, args: &WatchArgs, output: Output) 
     let mut ticker = tokio::time::interval(args.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut previous: Option<Sample> = None;
+    let mut recent: VecDeque<(Timestamp, String)> = VecDeque::new();
     for tick in 0_u64.. {
         ticker.tick().await;
         let sample = sampler.sample(&target).await?;
         let events = listeners.drain()?;
-        let rates = previous.as_ref().map(|before| Rates::between(before, &sample));
-        let namespaces = sample
-            .namespaces
-            .iter()
-            .map(|(namespace, entries)| NamespaceCount { namespace: namespace.clone(), entries: *entries })
-            .collect();
-        output.emit_line(&Tick { tick, at: Timestamp::now(), rates, namespaces, events, view: view.clone() })?;
+        let at = Timestamp::now();
+        for phrase in events.phrases() {
+            recent.push_front((at, phrase));
+        }
+        recent.truncate(RECENT_EVENTS);
+        let report = Tick {
+            tick,
+            at,
+            rates: previous.as_ref().map(|before| Rates::between(before, &sample)),
+            namespaces: sample
+                .namespaces
+                .iter()
+                .map(|(ns, n)| NamespaceCount { namespace: ns.clone(), entries: *n })
+                .collect(),
+            events,
+            view: view.clone(),
+            recent: if view.redraw { recent.iter().cloned().collect() } else { Vec::new() },
+        };
+        output.emit_line(&report)?;
         previous = Some(sample);
         if args.count.is_some_and(|count| tick + 1 >= count) {
             break;
@@ -111,15 +132,14 @@ impl Tick {
         }
         table.render(out)?;
         out.line("")?;
-        out.paint(Paint::Heading, &format!("events in the last {every}"))?;
+        out.paint(Paint::Heading, "recent events")?;
         out.line("")?;
-        let phrases = self.events.phrases();
-        if phrases.is_empty() {
-            out.paint(Paint::Dim, "  none")?;
+        if self.recent.is_empty() {
+            out.paint(Paint::Dim, "  none since the start")?;
             out.line("")?;
         }
-        for phrase in phrases {
-            out.line(&format!("  {phrase}"))?;
+        for (at, phrase) in &self.recent {
+            out.line(&format!("  {at}  {phrase}"))?;
         }
         Ok(())
     }
