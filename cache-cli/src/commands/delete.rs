@@ -2,8 +2,8 @@
 //!
 //! Each key goes through `PgCache::delete`, so each delete is also an invalidation: running services drop
 //! the key from their in-process tiers (a notification on `pg_cached_events`), and a memoized computation
-//! of it that started before the delete will not store its result. The deletes run concurrently; the
-//! library sends those that meet in flight as one statement.
+//! of it that started before the delete will not store its result. The deletes run concurrently, a few
+//! hundred at a time; the library sends those that meet in flight as one statement.
 
 use crate::cli::{ConnectionArgs, DeleteArgs};
 use crate::error::CliError;
@@ -12,6 +12,9 @@ use crate::output::{Output, Render, Styled};
 use crate::target::{Target, Tuning};
 use futures_util::future::join_all;
 use serde::Serialize;
+
+/// Deletes in flight at once.
+const IN_FLIGHT: usize = 256;
 
 /// The `delete` report; its JSON shape is documented in README.md.
 #[derive(Debug, Serialize)]
@@ -42,7 +45,12 @@ pub async fn run(connection: &ConnectionArgs, args: &DeleteArgs, output: Output)
         input::check_key(key)?;
     }
     let target = Target::connect(connection, Tuning::default()).await?;
-    let results = join_all(keys.iter().map(|key| target.cache.delete(key))).await;
+    let mut results = Vec::with_capacity(keys.len());
+    // A few hundred at a time: each delete has the operation timeout, and a million queued at once would
+    // wait past it.
+    for chunk in keys.chunks(IN_FLIGHT) {
+        results.extend(join_all(chunk.iter().map(|key| target.cache.delete(key))).await);
+    }
     let mut first_error = None;
     let mut report = DeleteReport { removed: 0, keys: Vec::with_capacity(keys.len()) };
     for (key, result) in keys.into_iter().zip(results) {
