@@ -65,17 +65,13 @@ impl Target {
     pub async fn connect(args: &ConnectionArgs, tuning: Tuning) -> Result<Target, CliError> {
         let urls = urls(args)?;
         let builder = |url: &str| configure(PgCache::builder().database_url(url), args.timeout, tuning);
-        let mut shards = Vec::with_capacity(urls.len());
-        let mut single = None;
-        for url in &urls {
-            let cache = connect_one(builder(url), url, args.timeout).await?;
-            shards.push(Shard { name: server_name(cache.pool()), pool: cache.pool().clone() });
-            single = Some(cache);
-        }
-        let cache = match (urls.len(), single) {
-            (1, Some(cache)) => cache,
+        let connecting = urls.iter().map(|url| connect_one(builder(url), url, args.timeout));
+        let caches: Vec<PgCache> = join_all(connecting).await.into_iter().collect::<Result<_, _>>()?;
+        let shards = caches.iter().map(|c| Shard { name: server_name(c.pool()), pool: c.pool().clone() }).collect();
+        let cache = match <[PgCache; 1]>::try_from(caches) {
+            Ok([only]) => only,
             // Every shard answered above: the sharded cache may open its own connections lazily.
-            _ => configure(PgCache::builder().shards(urls.iter().cloned()), args.timeout, tuning).build_lazy()?,
+            Err(_) => configure(PgCache::builder().shards(urls), args.timeout, tuning).build_lazy()?,
         };
         Ok(Target { cache, shards })
     }

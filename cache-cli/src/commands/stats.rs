@@ -130,7 +130,7 @@ impl Render for StatsReport {
     fn render(&self, out: &mut Styled<'_>) -> std::io::Result<()> {
         out.paint(Paint::Heading, "entries")?;
         out.line(&format!(
-            "      {} ({} expired, waiting for a sweep), {} of values",
+            ": {} ({} expired, waiting for a sweep), {} of values",
             units::count(self.entries),
             units::count(self.expired),
             units::bytes(self.bytes)
