@@ -70,6 +70,9 @@ pub async fn indexes(shard: &Shard) -> Result<Check, CliError> {
 }
 
 fn index_verdict(present: &[(String, String, bool)]) -> Check {
+    if present.is_empty() {
+        return Check::fail("indexes", "none: the cache's tables do not exist", "pg-cached migrate");
+    }
     let has = |name: &str| present.iter().find(|(_, index, _)| index == name);
     let missing: Vec<_> = EXPECTED_INDEXES.iter().filter(|i| has(i.name).is_none()).collect();
     if !missing.is_empty() {
@@ -194,6 +197,7 @@ mod tests {
             EXPECTED_INDEXES.iter().map(|i| (i.table.to_owned(), i.name.to_owned(), true)).collect();
         assert_eq!(index_verdict(&all).status, Status::Ok);
         assert_eq!(index_verdict(&all[1..]).status, Status::Fail);
+        assert_eq!(index_verdict(&[]).fix.as_deref(), Some("pg-cached migrate"));
         let mut invalid = all.clone();
         invalid[1].2 = false;
         assert_eq!(index_verdict(&invalid).status, Status::Fail);
