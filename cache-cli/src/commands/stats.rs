@@ -1,0 +1,225 @@
+//! `pg-cached stats`: what the table holds per namespace, and the table's own health.
+//!
+//! `PgCache::stats` is not used: it has no bytes, oldest or newest entry per namespace, and its hit and miss
+//! counters belong to the process that calls it (this tool's would always be zero). One grouped scan per
+//! server gives everything, and the servers' results are merged per namespace.
+
+use crate::cli::ConnectionArgs;
+use crate::error::CliError;
+use crate::output::{Align, Output, Paint, Render, Styled, Table};
+use crate::sql;
+use crate::target::{Shard, Target, Tuning};
+use crate::units::{self, Timestamp};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The `stats` report; its JSON shape is documented in README.md.
+#[derive(Debug, Serialize)]
+pub struct StatsReport {
+    entries: u64,
+    expired: u64,
+    bytes: u64,
+    namespaces: Vec<NamespaceStats>,
+    tables: Vec<TableStats>,
+}
+
+/// One namespace, summed over every server.
+#[derive(Debug, Clone, Serialize)]
+struct NamespaceStats {
+    namespace: String,
+    entries: u64,
+    /// Expired, not yet swept.
+    expired: u64,
+    /// Stored size of the values (`pg_column_size`: after compression).
+    bytes: u64,
+    oldest: Option<Timestamp>,
+    newest: Option<Timestamp>,
+}
+
+/// `cache_entries` on one server (also read by `doctor`).
+#[derive(Debug, Serialize)]
+pub struct TableStats {
+    shard: String,
+    table_bytes: u64,
+    index_bytes: u64,
+    total_bytes: u64,
+    pub(crate) live_tuples: u64,
+    pub(crate) dead_tuples: u64,
+    pub(crate) last_autovacuum: Option<Timestamp>,
+    last_vacuum: Option<Timestamp>,
+}
+
+/// Runs `stats`.
+///
+/// # Errors
+/// A database error on any server, or [`CliError::NotMigrated`].
+pub async fn run(connection: &ConnectionArgs, output: Output) -> Result<(), CliError> {
+    let target = Target::connect(connection, Tuning::default()).await?;
+    let per_shard = target
+        .on_every_shard("stats", |shard| async move { Ok((namespaces(shard).await?, table(shard).await?)) })
+        .await?;
+    let (namespaces, tables): (Vec<_>, Vec<_>) = per_shard.into_iter().unzip();
+    let namespaces = merge(namespaces.into_iter().flatten());
+    output.emit(&StatsReport {
+        entries: namespaces.iter().map(|n| n.entries).sum(),
+        expired: namespaces.iter().map(|n| n.expired).sum(),
+        bytes: namespaces.iter().map(|n| n.bytes).sum(),
+        namespaces,
+        tables,
+    })
+}
+
+async fn namespaces(shard: &Shard) -> Result<Vec<NamespaceStats>, CliError> {
+    type Row = (String, i64, i64, i64, Option<i64>, Option<i64>);
+    let rows: Vec<Row> = sqlx::query_as(sql::NAMESPACE_STATS).fetch_all(&shard.pool).await.map_err(shard.error())?;
+    Ok(rows
+        .into_iter()
+        .map(|(namespace, entries, expired, bytes, oldest, newest)| NamespaceStats {
+            namespace,
+            entries: entries.unsigned_abs(),
+            expired: expired.unsigned_abs(),
+            bytes: bytes.unsigned_abs(),
+            oldest: oldest.map(Timestamp),
+            newest: newest.map(Timestamp),
+        })
+        .collect())
+}
+
+/// `cache_entries`' sizes and vacuum statistics on `shard`.
+///
+/// # Errors
+/// [`CliError::NotMigrated`] when the table does not exist; a database error.
+pub async fn table(shard: &Shard) -> Result<TableStats, CliError> {
+    type Row = (i64, i64, i64, i64, i64, Option<i64>, Option<i64>);
+    let row: Option<Row> = sqlx::query_as(sql::TABLE_STATS).fetch_optional(&shard.pool).await.map_err(shard.error())?;
+    let (table, indexes, total, live, dead, autovacuum, vacuum) =
+        row.ok_or_else(|| CliError::NotMigrated { server: shard.name.clone() })?;
+    Ok(TableStats {
+        shard: shard.name.clone(),
+        table_bytes: table.unsigned_abs(),
+        index_bytes: indexes.unsigned_abs(),
+        total_bytes: total.unsigned_abs(),
+        live_tuples: live.unsigned_abs(),
+        dead_tuples: dead.unsigned_abs(),
+        last_autovacuum: autovacuum.map(Timestamp),
+        last_vacuum: vacuum.map(Timestamp),
+    })
+}
+
+/// Adds up the rows of one namespace from several servers, sorted by namespace.
+fn merge(rows: impl IntoIterator<Item = NamespaceStats>) -> Vec<NamespaceStats> {
+    let mut merged: BTreeMap<String, NamespaceStats> = BTreeMap::new();
+    for row in rows {
+        match merged.get_mut(&row.namespace) {
+            Some(sum) => {
+                sum.entries += row.entries;
+                sum.expired += row.expired;
+                sum.bytes += row.bytes;
+                sum.oldest = sum.oldest.into_iter().chain(row.oldest).min();
+                sum.newest = sum.newest.into_iter().chain(row.newest).max();
+            }
+            None => {
+                merged.insert(row.namespace.clone(), row);
+            }
+        }
+    }
+    merged.into_values().collect()
+}
+
+impl Render for StatsReport {
+    fn render(&self, out: &mut Styled<'_>) -> std::io::Result<()> {
+        out.paint(Paint::Heading, "entries")?;
+        out.line(&format!(
+            ": {} ({} expired, waiting for a sweep), {} of values",
+            units::count(self.entries),
+            units::count(self.expired),
+            units::bytes(self.bytes)
+        ))?;
+        out.paint(Paint::Heading, "hit ratio")?;
+        out.line(": kept per process; see metrics")?;
+        if !self.namespaces.is_empty() {
+            out.line("")?;
+            self.namespace_table().render(out)?;
+        }
+        for table in &self.tables {
+            out.line("")?;
+            table.render(out)?;
+        }
+        Ok(())
+    }
+}
+
+impl StatsReport {
+    fn namespace_table(&self) -> Table {
+        let mut table = Table::new(&[
+            ("namespace", Align::Left),
+            ("entries", Align::Right),
+            ("expired", Align::Right),
+            ("bytes", Align::Right),
+            ("oldest", Align::Left),
+            ("newest", Align::Left),
+        ]);
+        for n in &self.namespaces {
+            let name = if n.namespace.is_empty() { "(none)".to_owned() } else { n.namespace.clone() };
+            table.row(vec![
+                name,
+                units::count(n.entries),
+                units::count(n.expired),
+                units::bytes(n.bytes),
+                units::when(n.oldest),
+                units::when(n.newest),
+            ]);
+        }
+        table
+    }
+}
+
+impl TableStats {
+    fn render(&self, out: &mut Styled<'_>) -> std::io::Result<()> {
+        out.paint(Paint::Heading, &format!("table cache_entries on {}", self.shard))?;
+        out.line("")?;
+        let all = self.live_tuples + self.dead_tuples;
+        let dead_share = if all == 0 { 0.0 } else { self.dead_tuples as f64 * 100.0 / all as f64 };
+        out.line(&format!(
+            "  size    {} heap, {} indexes, {} total",
+            units::bytes(self.table_bytes),
+            units::bytes(self.index_bytes),
+            units::bytes(self.total_bytes)
+        ))?;
+        out.line(&format!(
+            "  tuples  {} live, {} dead ({dead_share:.1} %)",
+            units::count(self.live_tuples),
+            units::count(self.dead_tuples)
+        ))?;
+        out.line(&format!(
+            "  vacuum  last autovacuum {}, last vacuum {}",
+            units::when(self.last_autovacuum),
+            units::when(self.last_vacuum)
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(namespace: &str, entries: u64, oldest: i64, newest: i64) -> NamespaceStats {
+        NamespaceStats {
+            namespace: namespace.into(),
+            entries,
+            expired: 1,
+            bytes: 10,
+            oldest: Some(Timestamp(oldest)),
+            newest: Some(Timestamp(newest)),
+        }
+    }
+
+    #[test]
+    fn namespaces_of_shards_add_up() {
+        let merged = merge([row("b", 1, 5, 9), row("a", 2, 3, 4), row("b", 3, 2, 7)]);
+        assert_eq!(merged.iter().map(|n| n.namespace.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let b = &merged[1];
+        assert_eq!((b.entries, b.expired, b.bytes), (4, 2, 20));
+        assert_eq!((b.oldest, b.newest), (Some(Timestamp(2)), Some(Timestamp(9))));
+    }
+}

@@ -1,0 +1,140 @@
+//! doctor, watch, and a sharded cache.
+
+use crate::support::{json_of, text_of, TestDb, BINARY};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The check named `name` in a doctor report.
+fn check<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["checks"].as_array().and_then(|c| c.iter().find(|c| c["name"] == name)).unwrap_or_else(|| panic!("{name}"))
+}
+
+#[test]
+fn doctor_passes_a_migrated_database() {
+    let db = TestDb::migrated();
+    // A pool of 1, so the headroom check holds however busy the shared test server is.
+    let report = json_of(db.pg_cached().args(["doctor", "--pool-size", "1", "--json"]));
+    assert_eq!(report["ok"], true, "{report:#}");
+    for name in
+        ["connection", "schema", "indexes", "dead_tuples", "autovacuum", "synchronous_commit", "connections", "clock"]
+    {
+        assert_ne!(check(&report, name)["status"], "fail", "{report:#}");
+    }
+    assert_eq!(check(&report, "schema")["status"], "ok");
+    assert_eq!(check(&report, "indexes")["status"], "ok");
+    let text = text_of(db.pg_cached().args(["doctor", "--pool-size", "1"]));
+    assert!(text.lines().any(|l| l.starts_with("OK") && l.contains("schema")), "{text}");
+}
+
+#[test]
+fn doctor_fails_the_schema_of_an_unmigrated_database() {
+    let db = TestDb::create();
+    let assert = db.pg_cached().args(["doctor", "--pool-size", "1", "--json"]).assert().code(1);
+    let report: Value = serde_json::from_slice(&assert.get_output().stdout).expect("a JSON report despite the FAIL");
+    assert_eq!(report["ok"], false);
+    let schema = check(&report, "schema");
+    assert_eq!(schema["status"], "fail", "{report:#}");
+    assert_eq!(schema["fix"], "pg-cached migrate");
+    assert_eq!(check(&report, "indexes")["status"], "fail");
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(stderr.starts_with("error: ") && stderr.contains("failed"), "{stderr}");
+}
+
+#[test]
+fn watch_shows_invalidation_events() {
+    let db = TestDb::migrated();
+    let cache = db.cache();
+    db.block_on(async {
+        for i in 0..3 {
+            cache.set(&format!("w:{i}"), &i, Some(Duration::from_secs(600))).await.expect("set");
+        }
+    });
+    // Two refreshes five seconds apart: the first is printed once the LISTEN is in place; the deletes go
+    // in between, so the second must report them.
+    let mut child = Command::new(BINARY)
+        .args(["watch", "--count", "2", "--interval", "5", "--json"])
+        .env("DATABASE_URL", &db.url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pg-cached watch");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines, received) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if lines.send(line.expect("watch writes UTF-8 lines")).is_err() {
+                return;
+            }
+        }
+    });
+    let next = || -> Value {
+        let line = received.recv_timeout(Duration::from_secs(30)).expect("a refresh within 30 s");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("a JSON line ({e}): {line}"))
+    };
+    let first = next();
+    assert_eq!((first["tick"].as_u64(), first["rates"].is_null()), (Some(0), true), "{first}");
+    assert_eq!(first["namespaces"], serde_json::json!([{"namespace": "w", "entries": 3}]));
+    db.block_on(async {
+        cache.delete("w:0").await.expect("delete");
+        cache.delete_namespace("w").await.expect("purge");
+    });
+    let second = next();
+    assert_eq!(second["tick"], 1, "{second}");
+    assert!(second["events"]["keys_invalidated"].as_u64() >= Some(1), "{second}");
+    assert_eq!(second["events"]["namespaces_purged"], serde_json::json!(["w"]), "{second}");
+    assert!(second["rates"]["deleted"].is_number(), "{second}");
+    assert!(wait(&mut child, Duration::from_secs(30)), "watch stops after --count refreshes");
+}
+
+/// Waits for `child` to exit successfully, killing it after `limit`.
+fn wait(child: &mut std::process::Child, limit: Duration) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.success();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    false
+}
+
+#[test]
+fn shards_are_read_and_merged() {
+    let (one, two) = (TestDb::create(), TestDb::create());
+    let shards = format!("{},{}", one.url, two.url);
+    let sharded = |args: &[&str]| {
+        let mut command = one.pg_cached();
+        command.env_remove("DATABASE_URL").arg("--shards").arg(&shards).args(args);
+        command
+    };
+    let migrated = json_of(&mut sharded(&["migrate", "--json"]));
+    assert_eq!(migrated["shards"].as_array().map(Vec::len), Some(2), "{migrated}");
+
+    let cache = one
+        .block_on(cache_runtime::PgCache::builder().shards([&one.url, &two.url]).sweep_interval(None).build())
+        .expect("a sharded cache");
+    one.block_on(async {
+        for i in 0..20 {
+            cache.set(&format!("s:{i}"), &i, Some(Duration::from_secs(600))).await.expect("set");
+        }
+    });
+    assert!(one.count("true") > 0 && two.count("true") > 0, "20 keys land on both shards");
+
+    let stats = json_of(&mut sharded(&["stats", "--json"]));
+    assert_eq!(stats["entries"], 20, "{stats}");
+    assert_eq!(stats["namespaces"], serde_json::json!([stats["namespaces"][0].clone()]));
+    assert_eq!(stats["namespaces"][0]["entries"], 20);
+    assert_eq!(stats["tables"].as_array().map(Vec::len), Some(2));
+    let keys = json_of(&mut sharded(&["keys", "s:", "--limit", "15", "--json"]));
+    assert_eq!((keys["keys"].as_array().map(Vec::len), keys["more"].as_bool()), (Some(15), Some(true)));
+    for i in [3, 17] {
+        let entry = json_of(&mut sharded(&["get", &format!("s:{i}"), "--json"]));
+        assert_eq!(entry["value"], i, "get finds each key on its own shard");
+    }
+    let purged = json_of(&mut sharded(&["purge", "--namespace", "s", "--yes", "--json"]));
+    assert_eq!(purged["removed"], 20);
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests of the `pg-cached` binary against a real PostgreSQL, one fresh database per test.
+
+mod diagnostics;
+mod reads;
+mod support;
+mod usage;
+mod writes;

@@ -1,0 +1,108 @@
+//! stats, keys and get.
+
+use crate::support::{json_of, text_of, TestDb};
+use predicates::prelude::*;
+use std::time::Duration;
+
+const TEN_MINUTES: Option<Duration> = Some(Duration::from_secs(600));
+
+/// Three entries in `alpha`, two in `beta`, and one expired entry in `beta` that waits for a sweep.
+fn populated() -> TestDb {
+    let db = TestDb::migrated();
+    let cache = db.cache();
+    db.block_on(async {
+        for i in 0..3 {
+            cache.set(&format!("alpha:{i}"), &serde_json::json!({"i": i}), TEN_MINUTES).await.expect("set");
+        }
+        cache.set("beta:0", &"zero", TEN_MINUTES).await.expect("set");
+        cache.set("beta:1", &vec![1, 2, 3], cache_runtime::Ttl::Never).await.expect("set");
+    });
+    db.sql(
+        "INSERT INTO cache_entries (cache_key, data, expires_at, sweep_at) \
+            VALUES ('beta:old', '1', now() - interval '1 hour', now() - interval '1 hour')",
+    );
+    db
+}
+
+#[test]
+fn migrate_then_stats_counts_entries_per_namespace() {
+    let db = TestDb::create();
+    db.pg_cached()
+        .arg("migrate")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("applied migration(s) 1, 2, 3, 4"));
+    let again = json_of(db.pg_cached().args(["migrate", "--json"]));
+    assert_eq!(again["shards"][0]["newly_applied"], serde_json::json!([]), "{again}");
+    assert!(again["schema_version"].as_i64() >= Some(4));
+
+    let cache = db.cache();
+    db.block_on(async {
+        cache.set("alpha:1", &1, TEN_MINUTES).await.expect("set");
+        cache.set("alpha:2", &2, TEN_MINUTES).await.expect("set");
+        cache.set("beta:1", &"b", TEN_MINUTES).await.expect("set");
+    });
+    db.sql(
+        "INSERT INTO cache_entries (cache_key, data, expires_at) VALUES ('beta:old', '1', now() - interval '1 hour')",
+    );
+
+    let stats = json_of(db.pg_cached().args(["stats", "--json"]));
+    assert_eq!((stats["entries"].as_u64(), stats["expired"].as_u64()), (Some(4), Some(1)), "{stats}");
+    let namespaces = stats["namespaces"].as_array().expect("namespaces");
+    let find = |name: &str| namespaces.iter().find(|n| n["namespace"] == name).cloned().expect(name);
+    assert_eq!((find("alpha")["entries"].as_u64(), find("alpha")["expired"].as_u64()), (Some(2), Some(0)));
+    assert_eq!((find("beta")["entries"].as_u64(), find("beta")["expired"].as_u64()), (Some(2), Some(1)));
+    assert!(find("alpha")["bytes"].as_u64() > Some(0));
+    assert!(find("alpha")["oldest"].as_str().is_some_and(|t| t.ends_with('Z')));
+    let table = &stats["tables"][0];
+    assert!(table["total_bytes"].as_u64() > Some(0) && table["shard"].as_str().is_some_and(|s| s.contains(&db.name)));
+
+    let text = text_of(db.pg_cached().arg("stats"));
+    assert!(text.contains("hit ratio: kept per process; see metrics"), "{text}");
+    assert!(text.contains("alpha") && text.contains("beta") && text.contains("dead"), "{text}");
+}
+
+#[test]
+fn keys_filter_by_prefix_newest_first_up_to_the_limit() {
+    let db = populated();
+    // Fixed creation times, so "newest first" does not depend on how fast the writes were.
+    db.sql(
+        "UPDATE cache_entries SET created_at = now() - interval '1 minute' * (10 - substr(cache_key, 7)::int) \
+            WHERE cache_key LIKE 'alpha:%'",
+    );
+    let listed = json_of(db.pg_cached().args(["keys", "alpha:", "--limit", "2", "--json"]));
+    let keys: Vec<&str> = listed["keys"].as_array().expect("keys").iter().filter_map(|k| k["key"].as_str()).collect();
+    assert_eq!(keys, ["alpha:2", "alpha:1"], "{listed}");
+    assert_eq!(listed["more"], true);
+    assert!(listed["keys"][0]["ttl_ms"].as_i64().is_some_and(|ms| ms > 0 && ms <= 600_000));
+    assert!(listed["keys"][0]["bytes"].as_u64() > Some(0));
+
+    let all = json_of(db.pg_cached().args(["keys", "--json"]));
+    let all: Vec<&str> = all["keys"].as_array().expect("keys").iter().filter_map(|k| k["key"].as_str()).collect();
+    assert_eq!(all.len(), 5, "expired entries are not listed: {all:?}");
+    assert!(!all.contains(&"beta:old"));
+
+    let text = text_of(db.pg_cached().args(["keys", "beta:"]));
+    assert!(text.contains("beta:1") && text.contains("never"), "{text}");
+}
+
+#[test]
+fn get_shows_the_entry_and_a_missing_key_exits_1() {
+    let db = populated();
+    let entry = json_of(db.pg_cached().args(["get", "alpha:1", "--json"]));
+    assert_eq!(entry["value"], serde_json::json!({"i": 1}));
+    assert_eq!(entry["key"], "alpha:1");
+    assert!(entry["ttl_ms"].as_i64().is_some_and(|ms| ms > 0) && entry["expires"].is_string());
+    let never = json_of(db.pg_cached().args(["get", "beta:1", "--json"]));
+    assert_eq!((never["ttl_ms"].is_null(), never["expires"].is_null()), (true, true));
+
+    let text = text_of(db.pg_cached().args(["get", "alpha:1"]));
+    assert!(text.contains("\"i\": 1") && text.contains("created"), "{text}");
+    assert!(!text.contains('\u{1b}'), "no colour off a terminal");
+
+    for missing in ["alpha:404", "beta:old"] {
+        let failed = db.pg_cached().args(["get", missing]).assert().code(1).stdout("");
+        let stderr = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
+        assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1 && stderr.contains(missing), "{stderr}");
+    }
+}
