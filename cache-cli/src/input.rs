@@ -3,31 +3,17 @@
 //! Input is checked before any I/O, so a bad key is a usage error (exit 2) and never half a batch done.
 
 use crate::error::CliError;
-use cache_runtime::MAX_KEY_CHARS;
 use std::io::{BufRead, IsTerminal, Write};
 
-/// Checks a key as cache-runtime does before it sends one: not empty, no NUL character (PostgreSQL text
-/// cannot hold it), at most [`MAX_KEY_CHARS`] characters (the `cache_key` column).
+/// Checks a key with cache-runtime's own rule (`validate_key`): not empty, no NUL character, at most
+/// `MAX_KEY_CHARS` characters.
 ///
 /// # Errors
-/// [`CliError::Usage`] naming what is wrong.
+/// [`CliError::Cache`] with the library's reason; it exits 2 as bad input.
 pub fn check_key(key: &str) -> Result<(), CliError> {
-    let problem = if key.is_empty() {
-        "a key cannot be empty".to_owned()
-    } else if key.contains('\0') {
-        format!("key {key:?} contains a NUL character, which PostgreSQL text cannot hold")
-    } else if key.chars().count() > MAX_KEY_CHARS {
-        format!("key is {} characters long; the limit is {MAX_KEY_CHARS}", key.chars().count())
-    } else {
-        return Ok(());
-    };
-    Err(CliError::Usage(problem))
+    Ok(cache_runtime::validate_key(key)?)
 }
 
-/// Checks a namespace with the library's own rule.
-///
-/// # Errors
-/// [`CliError::Cache`] holding `InvalidNamespace` (exit 2).
 pub fn check_namespace(namespace: &str) -> Result<(), CliError> {
     Ok(cache_runtime::validate_namespace(namespace)?)
 }
@@ -120,14 +106,16 @@ fn read_answer(question: &str) -> Result<String, CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cache_runtime::MAX_KEY_CHARS;
 
     #[test]
     fn keys_are_checked_before_io() {
+        let bad = |key: &str| check_key(key).map_err(|e| e.exit_code());
         assert!(check_key("retrieval:abc").is_ok());
-        assert!(matches!(check_key(""), Err(CliError::Usage(_))));
-        assert!(matches!(check_key("a\0b"), Err(CliError::Usage(_))));
+        assert_eq!(bad(""), Err(2));
+        assert_eq!(bad("a\0b"), Err(2));
         assert!(check_key(&"é".repeat(MAX_KEY_CHARS)).is_ok());
-        assert!(matches!(check_key(&"k".repeat(MAX_KEY_CHARS + 1)), Err(CliError::Usage(_))));
+        assert_eq!(bad(&"k".repeat(MAX_KEY_CHARS + 1)), Err(2));
         assert!(check_namespace("retrieval").is_ok());
         assert_eq!(check_namespace("a:b").map_err(|e| e.exit_code()), Err(2));
     }
@@ -136,7 +124,7 @@ mod tests {
     fn keys_from_stdin_are_one_per_line() {
         let keys = keys_from(&b"a:1\r\n\nb:2\n"[..]).ok();
         assert_eq!(keys, Some(vec!["a:1".to_owned(), "b:2".to_owned()]));
-        assert!(matches!(keys_from(&b"a\0b\n"[..]), Err(CliError::Usage(_))));
+        assert_eq!(keys_from(&b"a\0b\n"[..]).map_err(|e| e.exit_code()), Err(2));
         assert!(matches!(keys_from(&b"\n\n"[..]), Err(CliError::Usage(_))));
     }
 }

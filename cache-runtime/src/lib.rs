@@ -154,7 +154,11 @@ pub use stats::{
     CacheStats, HealthReport, HealthStatus, NamespaceStats, ProcessCounts, ReplicaHealth, ShardHealth,
     MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES,
 };
-pub use store::{PgCache, MAX_KEY_CHARS};
+pub use store::{validate_key, PgCache, MAX_KEY_CHARS};
+
+/// The LISTEN/NOTIFY channel on which caches tell each other of invalidations and finished computations
+/// (payload format: see `events.rs`). Tools such as `pg-cached watch` listen on it.
+pub const EVENTS_CHANNEL: &str = events::CHANNEL;
 pub use ttl::Ttl;
 
 #[doc(inline)]

@@ -87,6 +87,20 @@ pub(crate) struct MemoWrite {
     pub(crate) local_max_age: Option<Duration>,
 }
 
+/// Checks a key as every operation does before any I/O, for tools that take keys from people: not empty, no
+/// NUL character, at most [`MAX_KEY_CHARS`] characters.
+///
+/// ```
+/// assert!(cache_runtime::validate_key("retrieval:abc").is_ok());
+/// assert!(cache_runtime::validate_key("a\0b").is_err());
+/// ```
+///
+/// # Errors
+/// [`CacheError::InvalidKey`] or [`CacheError::KeyTooLong`].
+pub fn validate_key(key: &str) -> Result<()> {
+    check_key(key)
+}
+
 /// Checks a key before any I/O: no NUL (PostgreSQL text cannot hold it), not empty, at most 500 characters
 /// (longer keys would fail or, with a cast, be truncated into collisions).
 pub(crate) fn check_key(key: &str) -> Result<()> {

@@ -16,7 +16,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// The channel cache-runtime notifies on (its `events::CHANNEL`).
-pub const CHANNEL: &str = "pg_cached_events";
+pub const CHANNEL: &str = cache_runtime::EVENTS_CHANNEL;
 
 /// One decoded payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
