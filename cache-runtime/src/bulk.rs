@@ -182,8 +182,7 @@ impl PgCache {
         .await;
         for (key, result) in unique.iter().zip(&results) {
             self.note_failure(key, "delete", result);
-            // Again once committed; see `delete`.
-            self.forget_locally(key);
+            self.after_delete(key, result.is_ok());
         }
         Ok(first_error(results)?.into_iter().sum())
     }

@@ -302,6 +302,7 @@ impl<K: Kind> Queue<K> {
         if jobs.len() > 1 {
             self.shared_statements.fetch_add(1, Ordering::Relaxed);
             self.shared_operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            crate::metrics::coalesced(self.operation, jobs.len());
         }
         let work = statement::<K>(self.kind.params(jobs));
         exec::attempt(&self.pool, deadline, self.limits.op_timeout, &work, None).await

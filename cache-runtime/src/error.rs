@@ -86,6 +86,25 @@ pub enum CacheError {
 }
 
 impl CacheError {
+    /// A short, stable name of the variant, as metrics label errors: `invalid_namespace`, `invalid_key`,
+    /// `key_too_long`, `unsupported_value`, `value_too_large`, `serialize`, `invalid_ttl`, `timeout`,
+    /// `database`, `migrate`, `config`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CacheError::InvalidNamespace { .. } => "invalid_namespace",
+            CacheError::InvalidKey { .. } => "invalid_key",
+            CacheError::KeyTooLong { .. } => "key_too_long",
+            CacheError::UnsupportedValue { .. } => "unsupported_value",
+            CacheError::ValueTooLarge { .. } => "value_too_large",
+            CacheError::Serialize(_) => "serialize",
+            CacheError::InvalidTtl(_) => "invalid_ttl",
+            CacheError::Timeout { .. } => "timeout",
+            CacheError::Database { .. } => "database",
+            CacheError::Migrate(_) => "migrate",
+            CacheError::Config(_) => "config",
+        }
+    }
+
     pub(crate) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> CacheError {
         move |source| CacheError::Database { operation, source }
     }

@@ -130,6 +130,7 @@ mod lease;
 mod local;
 mod maintenance;
 mod memo;
+mod metrics;
 mod replicas;
 mod server;
 mod shards;

@@ -72,6 +72,7 @@ impl PgCache {
             tracing::warn!(namespace, %error, "could not notify the end of a namespace purge");
         }
         let total = sum(purged)?;
+        crate::metrics::invalidation(self.metric_namespace(namespace), "namespace");
         tracing::info!(namespace, deleted = total, "namespace purged");
         Ok(total)
     }

@@ -74,6 +74,7 @@ impl Counters {
         // The common case: the namespace is known, and a shared lock is enough to bump its atomic.
         if let Some(found) = self.by_namespace.read().unwrap_or_else(|e| e.into_inner()).get(namespace) {
             found.counter(event).fetch_add(1, Ordering::Relaxed);
+            crate::metrics::event(namespace, event);
             return;
         }
         // A poisoned lock only means another thread panicked while holding it; the map is still usable.
@@ -84,6 +85,17 @@ impl Counters {
             OTHER_NAMESPACES
         };
         map.entry(slot.to_owned()).or_default().counter(event).fetch_add(1, Ordering::Relaxed);
+        crate::metrics::event(slot, event);
+    }
+
+    /// The name `namespace` is counted under: itself, or [`OTHER_NAMESPACES`] once the bound is reached.
+    pub(crate) fn slot<'a>(&self, namespace: &'a str) -> &'a str {
+        let map = self.by_namespace.read().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(namespace) || map.len() < MAX_COUNTED_NAMESPACES {
+            namespace
+        } else {
+            OTHER_NAMESPACES
+        }
     }
 
     pub(crate) fn snapshot(&self) -> HashMap<String, ProcessCounts> {

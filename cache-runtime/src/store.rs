@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::postgres::PgPool;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The longest key the `cache_key VARCHAR(500)` column holds, in characters.
 pub const MAX_KEY_CHARS: usize = 500;
@@ -235,7 +235,9 @@ impl PgCache {
         let epoch = self.inner.local.get().map(LocalTier::epoch);
         let keep_ms = memo.and_then(|m| Ttl::millis(m.stale)).unwrap_or(0);
         let write = Write { namespace, ttl_ms: Ttl::millis(ttl), keep_ms, started_us };
+        let started = Instant::now();
         let result = self.server_for(key).write(key, json, write).await;
+        self.timed("set", key, started);
         self.note_failure(key, "set", &result);
         let written = result?;
         if !written {
@@ -256,6 +258,9 @@ impl PgCache {
         local_max_age: Option<Duration>,
         epoch: Option<u64>,
     ) {
+        if written {
+            crate::metrics::bytes_written(self.metric_namespace(namespace_of(key)), json.len());
+        }
         if let (Some(tier), Some(epoch)) = (self.inner.local.get(), epoch) {
             if written && (tier.for_all_keys || local_max_age.is_some()) {
                 tier.put(key, json.into(), ttl, local_max_age, epoch, None);
@@ -295,7 +300,9 @@ impl PgCache {
     /// Looks a memoized call's key up: a live entry, or an expired one within `stale_window`.
     pub(crate) async fn lookup(&self, key: &str, stale_window: Option<Duration>, from: ReadFrom) -> Result<Lookup> {
         check_key(key)?;
+        let started = Instant::now();
         let result = self.server_for(key).lookup(key, Ttl::millis(stale_window).unwrap_or(0), from).await;
+        self.timed("lookup", key, started);
         self.note_failure(key, "get", &result);
         result
     }
@@ -349,7 +356,9 @@ impl PgCache {
     /// [`get`](Self::get), also the fast path of a memoized hit.
     pub(crate) async fn get_live(&self, key: &str, from: ReadFrom) -> Result<Option<LiveEntry>> {
         check_key(key)?;
+        let started = Instant::now();
         let result = self.server_for(key).get_live(key, from).await;
+        self.timed("get", key, started);
         self.note_failure(key, "get", &result);
         result
     }
@@ -365,13 +374,27 @@ impl PgCache {
     pub async fn delete(&self, key: &str) -> Result<bool> {
         check_key(key)?;
         self.forget_locally(key);
+        let started = Instant::now();
         let result = self.server_for(key).delete_and_mark(key).await;
         self.note_failure(key, "delete", &result);
-        // Again once the invalidation is committed: a read of this process that fetched the row before the
-        // delete committed may have refilled the tier meanwhile (the epoch catches most, not a read that
-        // began after the first removal).
-        self.forget_locally(key);
+        self.after_delete(key, result.is_ok());
+        self.timed("delete", key, started);
         result
+    }
+
+    /// After a delete of `key` (`done`: it committed): the tier once more, since a read of this process that
+    /// fetched the row before the delete committed may have refilled it meanwhile (the epoch catches most,
+    /// not a read that began after the first removal); and the metric.
+    pub(crate) fn after_delete(&self, key: &str, done: bool) {
+        self.forget_locally(key);
+        if done {
+            crate::metrics::invalidation(self.metric_namespace(namespace_of(key)), "key");
+        }
+    }
+
+    /// Records how long `operation` on `key` took, since `started`.
+    pub(crate) fn timed(&self, operation: &'static str, key: &str, started: Instant) {
+        crate::metrics::operation(operation, self.metric_namespace(namespace_of(key)), started.elapsed());
     }
 
     /// Drops `key` from this process's tier, and detaches its computation in flight, if any, so that callers
@@ -391,10 +414,25 @@ impl PgCache {
         self.inner.counters.record(namespace, event);
     }
 
+    /// Counts a failed cache operation (the caller ran, or runs, without the cache).
+    pub(crate) fn record_error(&self, namespace: &str, error: &CacheError) {
+        self.inner.counters.record(namespace, Event::Error);
+        crate::metrics::error(self.metric_namespace(namespace), error.kind());
+    }
+
+    /// `namespace` as metrics label it: bounded as the process counters are.
+    pub(crate) fn metric_namespace<'a>(&self, namespace: &'a str) -> &'a str {
+        if cfg!(feature = "metrics") {
+            self.inner.counters.slot(namespace)
+        } else {
+            namespace
+        }
+    }
+
     pub(crate) fn note_failure<T>(&self, key: &str, operation: &'static str, result: &Result<T>) {
         if let Err(error) = result {
             let namespace = namespace_of(key);
-            self.inner.counters.record(namespace, Event::Error);
+            self.record_error(namespace, error);
             if is_undefined_table(error) {
                 tracing::warn!(namespace, operation, "the cache_entries table does not exist: call PgCache::migrate()");
             } else {

@@ -3,6 +3,7 @@
 //! ```sh
 //! scripts/demo                                  # finds or starts PostgreSQL, then runs this
 //! scripts/demo "What is MVCC?" "Why VACUUM?"    # your own questions
+//! scripts/demo --metrics                        # also print the Prometheus scrape of the cache's metrics
 //! DATABASE_URL=postgres://... cargo run --release -p examples --example rag_demo
 //! ```
 //!
@@ -18,10 +19,12 @@ use examples::demo::{self, DemoOptions, DEMO_RETRIEVAL_LATENCY};
 use examples::{AnswerGenerator, LocalGenerator, OpenAiCompatibleGenerator, OpenAiConfig, RetrievalEngine};
 
 const USAGE: &str = "\
-usage: rag_demo [--no-progress] [QUESTION ...]
+usage: rag_demo [--no-progress] [--metrics] [QUESTION ...]
 
 Answers each QUESTION (or seven built-in ones) three times through a retrieval engine and an answer
-generator memoized in PostgreSQL, then shows invalidation and the cache's stats.
+generator memoized in PostgreSQL, then shows invalidation and the cache's stats. --metrics prints, at the
+end, what a Prometheus server would scrape (cache-runtime's `metrics` feature, rendered by
+metrics-exporter-prometheus).
 
 environment:
   DATABASE_URL    the PostgreSQL to cache in (scripts/demo sets it)
@@ -32,6 +35,7 @@ environment:
 #[tokio::main]
 async fn main() -> ExitCode {
     let mut progress = true;
+    let mut metrics = false;
     let mut queries = Vec::new();
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
@@ -40,6 +44,7 @@ async fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             "--no-progress" => progress = false,
+            "--metrics" => metrics = true,
             flag if flag.starts_with('-') && flag.len() > 1 => {
                 eprintln!("unknown option {flag:?}\n\n{USAGE}");
                 return ExitCode::from(2);
@@ -80,9 +85,28 @@ async fn main() -> ExitCode {
     options.progress = progress;
     options.colors = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
 
+    // A service would serve this on /metrics (the exporter's `http-listener` feature); the demo prints it.
+    let scrape = if metrics {
+        match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(error) => {
+                eprintln!("error: cannot install the Prometheus recorder: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+
     let mut stdout = std::io::stdout();
     match demo::run(options, PgCache::from_env, &mut stdout).await {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(_) => {
+            if let Some(handle) = scrape {
+                println!("\n# The Prometheus scrape of this run (cache-runtime feature `metrics`):\n");
+                print!("{}", handle.render());
+            }
+            ExitCode::SUCCESS
+        }
         Err(error) => {
             eprintln!("error: {error}");
             if matches!(error, demo::DemoError::Cache(_)) {

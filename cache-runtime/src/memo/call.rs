@@ -33,6 +33,12 @@ pub(super) enum Found<R> {
 impl<P> Call<'_, P> {
     pub(super) fn record(&self, event: Event) {
         self.cache.record(self.site.namespace, event);
+        super::record_outcome(event);
+    }
+
+    fn record_error(&self, error: &crate::CacheError) {
+        self.cache.record_error(self.site.namespace, error);
+        super::record_outcome(Event::Error);
     }
 
     /// The TTL of this function's entries, or `None` (logged) when it cannot be used.
@@ -40,7 +46,7 @@ impl<P> Call<'_, P> {
         match self.site.ttl.resolve(self.cache.config().default_ttl) {
             Ok(ttl) => Some(ttl),
             Err(error) => {
-                self.record(Event::Error);
+                self.record_error(&error);
                 tracing::warn!(namespace = self.site.namespace, %error, "result not cached");
                 None
             }
@@ -55,7 +61,7 @@ impl<P> Call<'_, P> {
         match self.policy.encode(outcome, self.cache.config().max_value_bytes)? {
             Ok(json) => Some(json.into()),
             Err(error) => {
-                self.record(Event::Error);
+                self.record_error(&error);
                 tracing::warn!(namespace = self.site.namespace, key = self.key, %error, "result not cached");
                 None
             }
@@ -74,7 +80,10 @@ impl<P> Call<'_, P> {
             Ok(lookup) => lookup,
             // Already counted and logged by the store. A store that cannot be read will not take a write
             // either: skip it rather than make the caller wait for a second timeout.
-            Err(_) => return Found::Missing(None),
+            Err(_) => {
+                super::record_outcome(Event::Error);
+                return Found::Missing(None);
+            }
         };
         let Some(json) = lookup.json else {
             self.record(Event::Miss);

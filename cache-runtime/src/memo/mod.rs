@@ -18,6 +18,7 @@ use crate::store::PgCache;
 use call::Call;
 use std::future::Future;
 use std::pin::Pin;
+use tracing::Instrument;
 
 /// A memoized function's body, boxed once a call misses so that it is never moved again.
 pub(crate) type Body<F> = Pin<Box<F>>;
@@ -51,10 +52,39 @@ where
     L: LocalValues<R>,
 {
     let cache = cache.resolve();
-    if let Some(value) = local_hit(site, cache.as_ref(), key.as_deref().ok(), &policy, values) {
+    // Each call is a span, so that tracing and OpenTelemetry users see cache hits in their traces; `outcome`
+    // and `tier` are filled in as they become known (see `record_outcome`).
+    let span = tracing::info_span!(
+        "pg_cached",
+        namespace = site.namespace,
+        function = site.function,
+        outcome = tracing::field::Empty,
+        tier = tracing::field::Empty,
+    );
+    if let Some(value) = span.in_scope(|| local_hit(site, cache.as_ref(), key.as_deref().ok(), &policy, values)) {
+        span.record("outcome", "hit").record("tier", "local");
         return Memoized::ready(value);
     }
-    Memoized::pending(memoize_slow(site, cache, key, policy, body))
+    Memoized::pending(memoize_slow(site, cache, key, policy, body).instrument(span))
+}
+
+/// Notes what `event` says about the current memoized call on its span: `outcome` is `hit`, `miss`,
+/// `stale` or `error`; `tier`, for a hit, `local`, `postgres` or `flight` (another caller's computation).
+pub(crate) fn record_outcome(event: Event) {
+    let (outcome, tier) = match event {
+        Event::Hit => ("hit", Some("postgres")),
+        Event::LocalHit => ("hit", Some("local")),
+        Event::Coalesced => ("hit", Some("flight")),
+        Event::Miss => ("miss", None),
+        Event::StaleServed => ("stale", None),
+        Event::Error => ("error", None),
+        Event::Execution | Event::LocalMiss => return,
+    };
+    let span = tracing::Span::current();
+    span.record("outcome", outcome);
+    if let Some(tier) = tier {
+        span.record("tier", tier);
+    }
 }
 
 /// The future of a memoized call: a value already found in the in-process tier, or the boxed lookup.
@@ -170,7 +200,8 @@ where
     let key = match key {
         Ok(key) => key,
         Err(error) => {
-            cache.record(site.namespace, Event::Error);
+            cache.record_error(site.namespace, &error);
+            record_outcome(Event::Error);
             tracing::warn!(namespace = site.namespace, function = site.function, %error, "cannot build the cache key; running uncached");
             return run(&cache, site, Box::pin(body)).await;
         }
@@ -199,5 +230,8 @@ where
 
 async fn run<R>(cache: &PgCache, site: &Site, body: impl Future<Output = R>) -> R {
     cache.record(site.namespace, Event::Execution);
-    body.await
+    let started = std::time::Instant::now();
+    let outcome = body.await;
+    crate::metrics::compute(cache.metric_namespace(site.namespace), started.elapsed());
+    outcome
 }

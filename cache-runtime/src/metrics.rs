@@ -1,0 +1,114 @@
+//! Metrics through the [`metrics`](https://docs.rs/metrics) facade (feature `metrics`), so that any exporter
+//! works: Prometheus, StatsD, OpenTelemetry. Without the feature every function here is empty and inlined
+//! away.
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | `pg_cached_hits_total` | counter | `namespace`, `tier` (`postgres`, `local`, `flight`: another caller's computation) |
+//! | `pg_cached_misses_total` | counter | `namespace` |
+//! | `pg_cached_stale_served_total` | counter | `namespace` |
+//! | `pg_cached_executions_total` | counter | `namespace` (a memoized body ran) |
+//! | `pg_cached_errors_total` | counter | `namespace`, `kind` (see [`CacheError::kind`](crate::CacheError::kind)) |
+//! | `pg_cached_invalidations_total` | counter | `namespace`, `scope` (`key`, `namespace`) |
+//! | `pg_cached_bytes_written_total` | counter | `namespace` (JSON bytes of the values written) |
+//! | `pg_cached_coalesced_batches_total` | counter | `operation` (`get`, `set`, `delete`): statements that carried more than one operation |
+//! | `pg_cached_coalesced_operations_total` | counter | `operation`: the operations those statements carried |
+//! | `pg_cached_operation_seconds` | histogram | `operation` (`get`, `set`, `delete`, `lookup`), `namespace`: PostgreSQL round trips |
+//! | `pg_cached_compute_seconds` | histogram | `namespace` (a memoized body's run time) |
+//!
+//! Label sets are bounded: namespaces beyond [`MAX_COUNTED_NAMESPACES`](crate::MAX_COUNTED_NAMESPACES) are
+//! reported as [`OTHER_NAMESPACES`](crate::OTHER_NAMESPACES), as the process counters are.
+
+use crate::stats::Event;
+use std::time::Duration;
+
+/// Counts `event` for `namespace` (already bounded by the caller).
+#[inline]
+pub(crate) fn event(namespace: &str, event: Event) {
+    #[cfg(feature = "metrics")]
+    {
+        let ns = namespace.to_owned();
+        match event {
+            Event::Hit => {
+                metrics::counter!("pg_cached_hits_total", "namespace" => ns, "tier" => "postgres").increment(1)
+            }
+            Event::LocalHit => {
+                metrics::counter!("pg_cached_hits_total", "namespace" => ns, "tier" => "local").increment(1)
+            }
+            Event::Coalesced => {
+                metrics::counter!("pg_cached_hits_total", "namespace" => ns, "tier" => "flight").increment(1)
+            }
+            Event::Miss => metrics::counter!("pg_cached_misses_total", "namespace" => ns).increment(1),
+            Event::StaleServed => metrics::counter!("pg_cached_stale_served_total", "namespace" => ns).increment(1),
+            Event::Execution => metrics::counter!("pg_cached_executions_total", "namespace" => ns).increment(1),
+            // Errors are counted with their kind by `error`; a local-tier miss goes on to PostgreSQL, whose
+            // outcome is what counts.
+            Event::Error | Event::LocalMiss => {}
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (namespace, event);
+}
+
+/// Counts a failed cache operation of `kind` for `namespace`.
+#[inline]
+pub(crate) fn error(namespace: &str, kind: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("pg_cached_errors_total", "namespace" => namespace.to_owned(), "kind" => kind).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (namespace, kind);
+}
+
+/// Counts an invalidation of one key (`scope` = `key`) or of a whole namespace.
+#[inline]
+pub(crate) fn invalidation(namespace: &str, scope: &'static str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("pg_cached_invalidations_total", "namespace" => namespace.to_owned(), "scope" => scope)
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (namespace, scope);
+}
+
+/// Counts `bytes` of JSON written for `namespace`.
+#[inline]
+pub(crate) fn bytes_written(namespace: &str, bytes: usize) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("pg_cached_bytes_written_total", "namespace" => namespace.to_owned())
+        .increment(u64::try_from(bytes).unwrap_or(u64::MAX));
+    #[cfg(not(feature = "metrics"))]
+    let _ = (namespace, bytes);
+}
+
+/// Counts one statement that carried `operations` operations of kind `operation` (only when more than one).
+#[inline]
+pub(crate) fn coalesced(operation: &'static str, operations: usize) {
+    #[cfg(feature = "metrics")]
+    {
+        metrics::counter!("pg_cached_coalesced_batches_total", "operation" => operation).increment(1);
+        metrics::counter!("pg_cached_coalesced_operations_total", "operation" => operation)
+            .increment(u64::try_from(operations).unwrap_or(u64::MAX));
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (operation, operations);
+}
+
+/// Records how long one PostgreSQL operation (`get`, `set`, `delete`, or a memoized call's `lookup`) on a key
+/// of `namespace` took, found or not, failed or not. Hits of the in-process tier are not timed: they are
+/// counted as hits with `tier = "local"`.
+#[inline]
+pub(crate) fn operation(operation: &'static str, namespace: &str, took: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!("pg_cached_operation_seconds", "operation" => operation, "namespace" => namespace.to_owned())
+        .record(took.as_secs_f64());
+    #[cfg(not(feature = "metrics"))]
+    let _ = (operation, namespace, took);
+}
+
+/// Records how long a memoized body of `namespace` ran.
+#[inline]
+pub(crate) fn compute(namespace: &str, took: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!("pg_cached_compute_seconds", "namespace" => namespace.to_owned()).record(took.as_secs_f64());
+    #[cfg(not(feature = "metrics"))]
+    let _ = (namespace, took);
+}
