@@ -126,7 +126,8 @@ impl Measurement {
 /// Runs `op` from `clients` concurrent tasks: a warm-up of `warmup`, then a measured window of `window`.
 ///
 /// `op(client, random)` performs one operation; `client` is the task's index (for per-client connections)
-/// and `random` picks the key. Operations that start inside the window count.
+/// and `random` picks the key. Operations that start inside the window count, and each client measures at
+/// least one (see below).
 pub async fn drive<F, Fut>(clients: usize, warmup: Duration, window: Duration, op: F) -> Measurement
 where
     F: Fn(usize, u64) -> Fut + Send + Sync + 'static,
@@ -162,9 +163,13 @@ where
                 }
                 first_error.get_or_insert(error);
             };
+            // Every client measures at least one operation: on a slow machine one operation can outlast the
+            // warm-up and the whole window, and a row must still measure something. The window then ends
+            // at that operation's completion (`last`), so the rate stays operations over measured time.
+            let mut measured = false;
             loop {
                 let began = Instant::now();
-                if began >= end {
+                if began >= end && measured {
                     break;
                 }
                 let result = op(client, rng.next_u64()).await;
@@ -177,6 +182,7 @@ where
                     continue;
                 }
                 last = done;
+                measured = true;
                 match result {
                     Ok(()) => latencies.push(u32::try_from((done - began).as_nanos()).unwrap_or(u32::MAX)),
                     Err(error) => fail(error, &mut errors),
