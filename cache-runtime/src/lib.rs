@@ -126,6 +126,7 @@ mod failover;
 mod flight;
 mod global;
 mod key;
+mod latest;
 mod lease;
 mod local;
 mod maintenance;

@@ -7,6 +7,7 @@
 //! Every entry has a deadline: the earlier of its PostgreSQL expiry and the tier's max age. An entry past its
 //! deadline is never served, whether or not moka has evicted it yet.
 
+use crate::latest::LatestInstant;
 use crate::stats::namespace_of;
 use moka::sync::Cache;
 use moka::Expiry;
@@ -88,9 +89,8 @@ pub(crate) struct LocalTier {
     /// Whether `PgCache::get`/`set` use it for every key (builder option) or only functions that ask for it.
     pub(crate) for_all_keys: bool,
     epoch: AtomicU64,
-    /// When the last removal happened: nanoseconds since `origin`, plus one (zero: never).
-    last_removal: AtomicU64,
-    origin: Instant,
+    /// When the last removal happened.
+    last_removal: LatestInstant,
     /// Shared with the event listener, which sets it while it is connected.
     listening: Arc<AtomicBool>,
 }
@@ -114,8 +114,7 @@ impl LocalTier {
             max_age: max_age.min(LONGEST_LIFETIME),
             for_all_keys,
             epoch: AtomicU64::new(0),
-            last_removal: AtomicU64::new(0),
-            origin: Instant::now(),
+            last_removal: LatestInstant::default(),
             listening,
         }
     }
@@ -173,17 +172,14 @@ impl LocalTier {
     }
 
     fn bump(&self) {
-        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1;
-        self.last_removal.fetch_max(now, Ordering::AcqRel);
+        self.last_removal.advance(Instant::now());
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Whether a removal happened at or after `as_of` (always false without one).
     fn removed_since(&self, as_of: Option<Instant>) -> bool {
-        let Some(as_of) = as_of else { return false };
-        let last = self.last_removal.load(Ordering::Acquire);
-        let since = u64::try_from(as_of.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX - 1);
-        last > since
+        let (Some(as_of), Some(last)) = (as_of, self.last_removal.get()) else { return false };
+        last >= as_of
     }
 
     pub(crate) fn remove_hash(&self, hash: u64) {

@@ -20,7 +20,14 @@
 //! reported as [`OTHER_NAMESPACES`](crate::OTHER_NAMESPACES), as the process counters are.
 
 use crate::stats::Event;
-use std::time::Duration;
+use std::time::Instant;
+
+/// The start of something to time: `None` without the feature, so that the hot path reads no clock for a
+/// histogram nobody records.
+#[inline]
+pub(crate) fn clock() -> Option<Instant> {
+    cfg!(feature = "metrics").then(Instant::now)
+}
 
 /// Counts `event` for `namespace` (already bounded by the caller).
 #[inline]
@@ -94,21 +101,26 @@ pub(crate) fn coalesced(operation: &'static str, operations: usize) {
 
 /// Records how long one PostgreSQL operation (`get`, `set`, `delete`, or a memoized call's `lookup`) on a key
 /// of `namespace` took, found or not, failed or not. Hits of the in-process tier are not timed: they are
-/// counted as hits with `tier = "local"`.
+/// counted as hits with `tier = "local"`. `started` comes from [`clock`].
 #[inline]
-pub(crate) fn operation(operation: &'static str, namespace: &str, took: Duration) {
+pub(crate) fn operation(operation: &'static str, namespace: &str, started: Option<Instant>) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!("pg_cached_operation_seconds", "operation" => operation, "namespace" => namespace.to_owned())
-        .record(took.as_secs_f64());
+    if let Some(started) = started {
+        metrics::histogram!("pg_cached_operation_seconds", "operation" => operation, "namespace" => namespace.to_owned())
+            .record(started.elapsed().as_secs_f64());
+    }
     #[cfg(not(feature = "metrics"))]
-    let _ = (operation, namespace, took);
+    let _ = (operation, namespace, started);
 }
 
-/// Records how long a memoized body of `namespace` ran.
+/// Records how long a memoized body of `namespace` ran, since `started` (from [`clock`]).
 #[inline]
-pub(crate) fn compute(namespace: &str, took: Duration) {
+pub(crate) fn compute(namespace: &str, started: Option<Instant>) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!("pg_cached_compute_seconds", "namespace" => namespace.to_owned()).record(took.as_secs_f64());
+    if let Some(started) = started {
+        metrics::histogram!("pg_cached_compute_seconds", "namespace" => namespace.to_owned())
+            .record(started.elapsed().as_secs_f64());
+    }
     #[cfg(not(feature = "metrics"))]
-    let _ = (namespace, took);
+    let _ = (namespace, started);
 }

@@ -15,6 +15,7 @@
 
 use crate::batch::Reads;
 use crate::coalesce::Queue;
+use crate::latest::LatestInstant;
 use crate::stats::ReplicaHealth;
 use futures_util::future::join_all;
 use sqlx::postgres::PgPool;
@@ -39,10 +40,8 @@ pub(crate) struct Replicas {
     probe_timeout: Duration,
     members: Vec<Replica>,
     primary: PgPool,
-    /// Instants below are nanoseconds since this one, plus one (zero means "never").
-    origin: Instant,
     /// Recent primary positions, oldest first: (instant taken, position).
-    samples: Mutex<VecDeque<(u64, i64)>>,
+    samples: Mutex<VecDeque<(Instant, i64)>>,
     /// Where the round robin over usable standbys starts next.
     next: AtomicUsize,
     monitor: OnceLock<tokio::task::JoinHandle<()>>,
@@ -56,10 +55,17 @@ pub(crate) struct Replica {
     pool: PgPool,
     /// Its own coalescing queue: reads sent to it share statements as reads to the primary do.
     pub(crate) reads: Arc<Queue<Reads>>,
-    /// The instant of the newest primary sample it had replayed at the last probe (zero: none, or down).
-    caught_up: AtomicU64,
-    /// Reads it answered.
-    pub(crate) served: AtomicU64,
+    /// The instant of the newest primary sample it had replayed at the last probe (none: none, or down).
+    caught_up: LatestInstant,
+    /// Keys read from it.
+    served: AtomicU64,
+}
+
+impl Replica {
+    /// Counts `keys` reads sent to it.
+    pub(crate) fn sent(&self, keys: usize) {
+        self.served.fetch_add(u64::try_from(keys).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
 }
 
 impl Drop for Replicas {
@@ -84,7 +90,7 @@ impl Replicas {
                 name,
                 pool,
                 reads,
-                caught_up: AtomicU64::new(0),
+                caught_up: LatestInstant::default(),
                 served: AtomicU64::new(0),
             })
             .collect();
@@ -95,7 +101,6 @@ impl Replicas {
             probe_timeout: probe_timeout.min(max_lag.max(interval)),
             members,
             primary,
-            origin: Instant::now(),
             samples: Mutex::new(VecDeque::new()),
             next: AtomicUsize::new(0),
             monitor: OnceLock::new(),
@@ -113,14 +118,19 @@ impl Replicas {
         let count = self.members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..count).map(|i| &self.members[(start + i) % count]).find_map(|member| {
-            let as_of = self.instant(member.caught_up.load(Ordering::Acquire))?;
-            (as_of.elapsed() < self.max_lag).then_some((member, as_of))
+            let as_of = member.caught_up.get()?;
+            self.within_bound(as_of).then_some((member, as_of))
         })
+    }
+
+    /// Whether a standby known to hold every commit from before `as_of` may answer now.
+    fn within_bound(&self, as_of: Instant) -> bool {
+        as_of.elapsed() < self.max_lag
     }
 
     /// After a read on `member` failed: skip it until the monitor finds it well again.
     pub(crate) fn failed(&self, member: &Replica) {
-        member.caught_up.store(0, Ordering::Release);
+        member.caught_up.clear();
     }
 
     /// Each standby's state now.
@@ -128,24 +138,15 @@ impl Replicas {
         self.members
             .iter()
             .map(|member| {
-                let lag = self.instant(member.caught_up.load(Ordering::Acquire)).map(|t| t.elapsed());
+                let as_of = member.caught_up.get();
                 ReplicaHealth {
                     replica: member.name.clone(),
-                    usable: lag.is_some_and(|lag| lag < self.max_lag),
-                    lag_ms: lag.map(|lag| lag.as_secs_f64() * 1000.0),
+                    usable: as_of.is_some_and(|as_of| self.within_bound(as_of)),
+                    lag_ms: as_of.map(|as_of| as_of.elapsed().as_secs_f64() * 1000.0),
                     reads: member.served.load(Ordering::Relaxed),
                 }
             })
             .collect()
-    }
-
-    fn stamp(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX - 1) + 1
-    }
-
-    fn instant(&self, stamp: u64) -> Option<Instant> {
-        let nanos = stamp.checked_sub(1)?;
-        self.origin.checked_add(Duration::from_nanos(nanos))
     }
 
     /// Starts the monitor, unless it runs already. It needs a tokio runtime, which building a cache does not, so
@@ -174,21 +175,18 @@ impl Replicas {
 
     /// Keeps a primary sample, and only as many older ones as can still make a standby usable.
     fn remember(&self, taken: Instant, position: i64) {
-        let stamp = self.stamp(taken);
         let keep = self.max_lag + 2 * self.interval;
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples.push_back((stamp, position));
-        while samples.len() > 1
-            && samples.front().and_then(|(t, _)| self.instant(*t)).is_some_and(|t| t.elapsed() > keep)
-        {
+        samples.push_back((taken, position));
+        while samples.len() > 1 && samples.front().is_some_and(|(t, _)| t.elapsed() > keep) {
             samples.pop_front();
         }
     }
 
     /// The instant of the newest sample at or below `replayed`.
-    fn newest_replayed(&self, replayed: i64) -> Option<u64> {
+    fn newest_replayed(&self, replayed: i64) -> Option<Instant> {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples.iter().rev().find(|(_, position)| *position <= replayed).map(|(stamp, _)| *stamp)
+        samples.iter().rev().find(|(_, position)| *position <= replayed).map(|(taken, _)| *taken)
     }
 
     async fn probe_member(&self, member: &Replica) {
@@ -199,8 +197,8 @@ impl Replicas {
         .await;
         match answer {
             Ok(Ok((true, Some(replayed)))) => {
-                if let Some(stamp) = self.newest_replayed(replayed) {
-                    member.caught_up.fetch_max(stamp, Ordering::AcqRel);
+                if let Some(taken) = self.newest_replayed(replayed) {
+                    member.caught_up.advance(taken);
                 }
             }
             // Down, too slow, or no longer a standby (promoted: it may be a new primary the cache's writes do
@@ -209,7 +207,7 @@ impl Replicas {
                 if !matches!(other, Ok(Ok(_))) {
                     tracing::debug!(replica = %member.name, "read replica did not answer its probe; skipped");
                 }
-                member.caught_up.store(0, Ordering::Release);
+                member.caught_up.clear();
             }
         }
     }

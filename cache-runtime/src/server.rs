@@ -226,19 +226,18 @@ impl Server {
     /// Live entries of `keys`, in order (coalesced into as few statements as the limits allow).
     pub(crate) async fn get_many_live(&self, keys: &[&str]) -> Vec<Result<Option<LiveEntry>>> {
         let jobs: Vec<ReadJob> = keys.iter().map(|key| ReadJob { key: (*key).to_owned(), stale_ms: 0 }).collect();
-        let mut found: Vec<Option<Result<Lookup>>> = match self.standby() {
-            Some((replicas, replica, as_of)) => {
-                let answers = self.many_unobserved(&replica.reads, jobs.clone()).await;
-                if answers.iter().any(|a| a.is_err()) {
-                    replicas.failed(replica);
-                }
-                let ok =
-                    answers.into_iter().map(|a| a.ok().map(|l| Ok(l.answered_by_standby(as_of, replicas.max_lag()))));
-                ok.collect()
-            }
-            None => (0..jobs.len()).map(|_| None).collect(),
+        let Some((replicas, replica, as_of)) = self.standby() else {
+            let found = self.many(&self.reads, jobs).await;
+            return found.into_iter().map(|lookup| lookup.map(Lookup::live)).collect();
         };
-        // What no standby answered, the primary does.
+        replica.sent(jobs.len());
+        let answers = self.many_unobserved(&replica.reads, jobs.clone()).await;
+        if answers.iter().any(|a| a.is_err()) {
+            replicas.failed(replica);
+        }
+        let mut found: Vec<Option<Result<Lookup>>> =
+            answers.into_iter().map(|a| a.ok().map(|l| Ok(l.answered_by_standby(as_of, replicas.max_lag())))).collect();
+        // What the standby did not answer, the primary does.
         let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
         if !missing.is_empty() {
             let retry = missing.iter().map(|&i| jobs[i].clone()).collect();
@@ -254,6 +253,7 @@ impl Server {
         let job = ReadJob { key: key.to_owned(), stale_ms: stale_window_ms };
         if from == ReadFrom::AnyCopy {
             if let Some((replicas, replica, as_of)) = self.standby() {
+                replica.sent(1);
                 match self.one_unobserved(&replica.reads, job.clone()).await {
                     Ok(lookup) => return Ok(lookup.answered_by_standby(as_of, replicas.max_lag())),
                     Err(error) => {
@@ -270,7 +270,6 @@ impl Server {
     fn standby(&self) -> Option<(&Arc<Replicas>, &crate::replicas::Replica, Instant)> {
         let replicas = self.replicas.as_ref()?;
         let (replica, as_of) = replicas.pick()?;
-        replica.served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Some((replicas, replica, as_of))
     }
 

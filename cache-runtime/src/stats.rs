@@ -288,7 +288,7 @@ pub struct ReplicaHealth {
     /// How far behind the primary it may be, in milliseconds: the bound measured at its last probe, plus
     /// the time since. `None` when it is down, not a standby, or too far behind to measure.
     pub lag_ms: Option<f64>,
-    /// Reads sent to it by this process.
+    /// Keys read from it by this process (a `get_many` counts each of its keys).
     pub reads: u64,
 }
 

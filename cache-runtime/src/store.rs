@@ -235,7 +235,7 @@ impl PgCache {
         let epoch = self.inner.local.get().map(LocalTier::epoch);
         let keep_ms = memo.and_then(|m| Ttl::millis(m.stale)).unwrap_or(0);
         let write = Write { namespace, ttl_ms: Ttl::millis(ttl), keep_ms, started_us };
-        let started = Instant::now();
+        let started = crate::metrics::clock();
         let result = self.server_for(key).write(key, json, write).await;
         self.timed("set", key, started);
         self.note_failure(key, "set", &result);
@@ -300,7 +300,7 @@ impl PgCache {
     /// Looks a memoized call's key up: a live entry, or an expired one within `stale_window`.
     pub(crate) async fn lookup(&self, key: &str, stale_window: Option<Duration>, from: ReadFrom) -> Result<Lookup> {
         check_key(key)?;
-        let started = Instant::now();
+        let started = crate::metrics::clock();
         let result = self.server_for(key).lookup(key, Ttl::millis(stale_window).unwrap_or(0), from).await;
         self.timed("lookup", key, started);
         self.note_failure(key, "get", &result);
@@ -356,7 +356,7 @@ impl PgCache {
     /// [`get`](Self::get), also the fast path of a memoized hit.
     pub(crate) async fn get_live(&self, key: &str, from: ReadFrom) -> Result<Option<LiveEntry>> {
         check_key(key)?;
-        let started = Instant::now();
+        let started = crate::metrics::clock();
         let result = self.server_for(key).get_live(key, from).await;
         self.timed("get", key, started);
         self.note_failure(key, "get", &result);
@@ -374,7 +374,7 @@ impl PgCache {
     pub async fn delete(&self, key: &str) -> Result<bool> {
         check_key(key)?;
         self.forget_locally(key);
-        let started = Instant::now();
+        let started = crate::metrics::clock();
         let result = self.server_for(key).delete_and_mark(key).await;
         self.note_failure(key, "delete", &result);
         self.after_delete(key, result.is_ok());
@@ -392,9 +392,9 @@ impl PgCache {
         }
     }
 
-    /// Records how long `operation` on `key` took, since `started`.
-    pub(crate) fn timed(&self, operation: &'static str, key: &str, started: Instant) {
-        crate::metrics::operation(operation, self.metric_namespace(namespace_of(key)), started.elapsed());
+    /// Records how long `operation` on `key` took, since `started` (from `metrics::clock`).
+    pub(crate) fn timed(&self, operation: &'static str, key: &str, started: Option<Instant>) {
+        crate::metrics::operation(operation, self.metric_namespace(namespace_of(key)), started);
     }
 
     /// Drops `key` from this process's tier, and detaches its computation in flight, if any, so that callers

@@ -230,8 +230,8 @@ where
 
 async fn run<R>(cache: &PgCache, site: &Site, body: impl Future<Output = R>) -> R {
     cache.record(site.namespace, Event::Execution);
-    let started = std::time::Instant::now();
+    let started = crate::metrics::clock();
     let outcome = body.await;
-    crate::metrics::compute(cache.metric_namespace(site.namespace), started.elapsed());
+    crate::metrics::compute(cache.metric_namespace(site.namespace), started);
     outcome
 }
