@@ -30,6 +30,9 @@ pub(crate) struct Args {
     pub(crate) stale: Option<LitStr>,
     pub(crate) local: Option<LitStr>,
     pub(crate) companions: Option<Flag>,
+    pub(crate) tags: Option<Vec<LitStr>>,
+    pub(crate) stale_if_error: Option<LitStr>,
+    pub(crate) cache_if: Option<syn::Path>,
     /// Errors found while parsing that did not stop the parse.
     pub(crate) errors: Errors,
 }
@@ -56,6 +59,10 @@ enum Value {
     Expr(fn(&mut Args) -> &mut Option<Expr>),
     /// `(name, name, ...)`.
     Names(fn(&mut Args) -> &mut Option<Vec<Ident>>),
+    /// `("...", "...", ...)`: string literals only.
+    Strs(fn(&mut Args) -> &mut Option<Vec<LitStr>>),
+    /// `= path::to::item`.
+    Path(fn(&mut Args) -> &mut Option<syn::Path>),
 }
 
 /// Every option `#[pg_cached]` accepts. The parser, and the list in the "unknown option" message, both come
@@ -80,6 +87,12 @@ const OPTIONS: &[OptionSpec] = &[
     OptionSpec { name: "stale", value: Value::Str(|args| &mut args.stale, "a string literal, e.g. `stale = \"5m\"`") },
     OptionSpec { name: "local", value: Value::Str(|args| &mut args.local, "a string literal, e.g. `local = \"30s\"`") },
     OptionSpec { name: "companions", value: Value::Flag(|args| &mut args.companions) },
+    OptionSpec { name: "tags", value: Value::Strs(|args| &mut args.tags) },
+    OptionSpec {
+        name: "stale_if_error",
+        value: Value::Str(|args| &mut args.stale_if_error, "a string literal, e.g. `stale_if_error = \"1h\"`"),
+    },
+    OptionSpec { name: "cache_if", value: Value::Path(|args| &mut args.cache_if) },
 ];
 
 /// "`namespace`, `ttl`, ... or `companions`": every option in [`OPTIONS`], for error messages.
@@ -163,6 +176,36 @@ impl Args {
                 parenthesized!(content in input);
                 let names = Punctuated::<Ident, Token![,]>::parse_terminated_with(&content, Ident::parse_any)?;
                 seen.set_once(self, key, name, field, Some(names.into_iter().collect()));
+            }
+            Value::Strs(field) => {
+                let content;
+                parenthesized!(content in input);
+                let values = Punctuated::<Expr, Token![,]>::parse_terminated(&content)?;
+                let mut literals = Vec::with_capacity(values.len());
+                for value in values {
+                    match value {
+                        Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. }) => literals.push(lit),
+                        other => self.errors.push(syn::Error::new(
+                            other.span(),
+                            format!("`{name}(...)` takes string literals, e.g. `{name}(\"corpus\")`; for tags known \
+                                     only at run time, call `cache_runtime::tag(...)` in the function's body"),
+                        )),
+                    }
+                }
+                seen.set_once(self, key, name, field, Some(literals));
+            }
+            Value::Path(field) => {
+                input.parse::<Token![=]>()?;
+                let value = input.parse::<Expr>()?;
+                let path = match value {
+                    Expr::Path(syn::ExprPath { path, qself: None, .. }) => Some(path),
+                    other => {
+                        let message = format!("expected a path to a function, e.g. `{name} = is_worth_caching`");
+                        self.errors.push(syn::Error::new(other.span(), message));
+                        None
+                    }
+                };
+                seen.set_once(self, key, name, field, path);
             }
         }
         Ok(())
@@ -255,6 +298,7 @@ impl Errors {
 mod tests {
     use super::Args;
     use quote::ToTokens;
+    use syn::LitStr;
 
     fn parse(tokens: proc_macro2::TokenStream) -> Args {
         syn::parse2::<Args>(tokens).unwrap_or_else(|e| panic!("fatal parse error: {e}"))
@@ -277,6 +321,9 @@ mod tests {
             stale = "5m",
             local = "30s",
             companions = false,
+            tags("corpus", "retrieval"),
+            stale_if_error = "1h",
+            cache_if = crate::worth_caching,
         ));
         assert_eq!(args.namespace.as_ref().map(|l| l.value()).as_deref(), Some("answer"));
         assert_eq!(args.ttl.as_ref().map(|l| l.value()).as_deref(), Some("2h"));
@@ -289,6 +336,11 @@ mod tests {
         assert_eq!(args.stale.as_ref().map(|l| l.value()).as_deref(), Some("5m"));
         assert_eq!(args.local.as_ref().map(|l| l.value()).as_deref(), Some("30s"));
         assert!(args.companions.as_ref().is_some_and(|(_, b)| !b.value));
+        let tags: Vec<String> = args.tags.iter().flatten().map(LitStr::value).collect();
+        assert_eq!(tags, ["corpus", "retrieval"]);
+        assert_eq!(args.stale_if_error.as_ref().map(|l| l.value()).as_deref(), Some("1h"));
+        let cache_if = args.cache_if.as_ref().map(|p| p.to_token_stream().to_string());
+        assert_eq!(cache_if.as_deref(), Some("crate :: worth_caching"));
         assert!(args.errors.into_error().is_none());
     }
 
@@ -317,16 +369,16 @@ mod tests {
             messages(args),
             [
                 "unknown option `ttll`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local` or `companions`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error` or `cache_if`",
                 "duplicate option `ttl`",
                 "expected an integer literal, e.g. `version = 2`",
                 "expected a string literal, e.g. `namespace = \"retrieval\"`",
                 "expected `true` or `false`",
                 "duplicate option `cache`",
                 "unknown option `frobnicate`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local` or `companions`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error` or `cache_if`",
                 "unknown option `flag`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local` or `companions`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error` or `cache_if`",
                 "expected a string literal, e.g. `stale = \"5m\"`",
             ]
         );
@@ -353,7 +405,7 @@ mod tests {
             err.as_deref(),
             Some(
                 "expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, `cache_none`, `single_flight`, \
-                 `stale`, `local` or `companions`"
+                 `stale`, `local`, `companions`, `tags`, `stale_if_error` or `cache_if`"
             )
         );
     }

@@ -117,6 +117,11 @@ struct Plan<'a> {
     /// The in-process tier's max age, and where `local = "..."` was written.
     local: Option<(u64, Span)>,
     single_flight: Option<Ident>,
+    /// `tags("...")`, each checked.
+    tags: Vec<LitStr>,
+    stale_if_error: Option<u64>,
+    /// `cache_if = path`.
+    cache_if: Option<syn::Path>,
     cache: Option<Expr>,
     /// The `cache_none` key's span when `cache_none = true`.
     cache_none: Option<Span>,
@@ -142,8 +147,22 @@ impl<'a> Plan<'a> {
         let (ret, ret_span) = return_type(sig, errors);
         let (receiver, mut params) = parameters(sig, errors);
 
-        let Args { namespace, ttl, version, skip, cache, cache_none, single_flight, stale, local, companions, .. } =
-            args;
+        let Args {
+            namespace,
+            ttl,
+            version,
+            skip,
+            cache,
+            cache_none,
+            single_flight,
+            stale,
+            local,
+            companions,
+            tags,
+            stale_if_error,
+            cache_if,
+            ..
+        } = args;
         apply_skip(skip.iter().flatten(), &mut params, errors);
         reject_hash_sets(&params, errors);
         let namespace = checked_namespace(namespace, &sig.ident, errors);
@@ -153,6 +172,8 @@ impl<'a> Plan<'a> {
         let local_span = local.as_ref().map(LitStr::span);
         let local = checked_duration(local, Never::Rejected, errors).and_then(seconds).zip(local_span);
         let single_flight = single_flight.and_then(|lit| single_flight_mode(&lit, errors));
+        let tags = checked_tags(tags.unwrap_or_default(), errors);
+        let stale_if_error = checked_duration(stale_if_error, Never::Rejected, errors).and_then(seconds);
         let self_type = receiver.is_some() || signature_mentions_self(sig, &params, &ret);
 
         Plan {
@@ -163,6 +184,9 @@ impl<'a> Plan<'a> {
             stale,
             local,
             single_flight,
+            tags,
+            stale_if_error,
+            cache_if,
             cache,
             cache_none: cache_none.and_then(|(key, value)| value.value.then_some(key)),
             companions: companions.is_none_or(|(_, value)| value.value),
@@ -378,6 +402,28 @@ fn checked_duration(lit: Option<LitStr>, never: Never, errors: &mut Errors) -> O
     duration::parse(&lit.value(), never).map_err(|message| errors.push(syn::Error::new(lit.span(), message))).ok()
 }
 
+/// The static tags, each reported at its literal when it is not a valid tag (see
+/// `cache_runtime::validate_tag`, whose rules these are).
+fn checked_tags(tags: Vec<LitStr>, errors: &mut Errors) -> Vec<LitStr> {
+    const MAX_TAG_CHARS: usize = 200;
+    for lit in &tags {
+        let tag = lit.value();
+        let problem = if tag.is_empty() {
+            Some("a tag cannot be empty".to_owned())
+        } else if let Some(c) = tag.chars().find(|c| c.is_control()) {
+            Some(format!("a tag cannot contain control characters (found `{}`)", c.escape_default()))
+        } else if tag.chars().count() > MAX_TAG_CHARS {
+            Some(format!("a tag has at most {MAX_TAG_CHARS} characters; this one has {}", tag.chars().count()))
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            errors.push(syn::Error::new(lit.span(), format!("invalid tag: {problem}")));
+        }
+    }
+    tags
+}
+
 /// The seconds of a duration that cannot be `"never"`.
 fn seconds(parsed: Parsed) -> Option<u64> {
     match parsed {
@@ -447,6 +493,14 @@ impl Plan<'_> {
         if let Some((s, _)) = self.local {
             let d = secs(s);
             site.extend(quote!(.local(#d)));
+        }
+        if let Some(s) = self.stale_if_error {
+            let d = secs(s);
+            site.extend(quote!(.stale_if_error(#d)));
+        }
+        if !self.tags.is_empty() {
+            let tags = &self.tags;
+            site.extend(quote!(.tags(&[#(#tags),*])));
         }
         quote!(static __PG_CACHED_SITE: #rt::Site = #site;)
     }
@@ -557,7 +611,14 @@ impl Plan<'_> {
         let fake_return = self.fake_return_edge();
         let block = &self.function.block;
         let rt = rt(ret_span);
-        let policy = quote_spanned!(ret_span=> (&#rt::Probe::<#ret>::new()).policy(#cache_none));
+        let mut policy = quote_spanned!(ret_span=> (&#rt::Probe::<#ret>::new()).policy(#cache_none));
+        // `cache_if = path`: the path is coerced to `fn(&T) -> bool` where it was written, so that a function
+        // of another signature is reported there.
+        if let Some(path) = &self.cache_if {
+            let span = path.span();
+            let path_rt = self::rt(span);
+            policy = quote_spanned!(span=> #path_rt::cache_if::<#ret, _>(#policy, #path));
+        }
         // With `local = "..."` the in-process tier hands out clones: `memoize_local` needs `R: Clone`, and the
         // call is spanned on the option's value so that a return type that is not `Clone` is reported there.
         let (memoize_fn, call_span) = match self.local {

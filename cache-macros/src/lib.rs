@@ -49,6 +49,9 @@ use proc_macro::TokenStream;
 /// | `stale = "..."` | a [duration](#durations): stale-while-revalidate window; see [Expiry](#expiry-stale-and-local) | none |
 /// | `local = "..."` | a [duration](#durations): also keep entries in this process's memory for up to this long; see [Expiry](#expiry-stale-and-local) | no in-process tier |
 /// | `companions = false` | do not generate the [companion functions](#companion-functions); **required on a method of a trait impl** | `true` |
+/// | `tags("...", ...)` | string literals: [tags](#tags) every entry of the function carries (1 to 200 characters, no control characters) | none |
+/// | `stale_if_error = "..."` | a [duration](#durations): when the body fails, an entry expired less than this long ago is returned instead; see [Expiry](#expiry-stale-and-local) | none |
+/// | `cache_if = path` | a function `fn(&T) -> bool` on the value that would be stored; `false`: return it, do not store it | store every storable value |
 ///
 /// An option given twice, or an unknown option, is an error at that option. All errors in one attribute
 /// are reported together.
@@ -79,6 +82,49 @@ use proc_macro::TokenStream;
 /// (a NaN or infinite float, for instance) is not stored, and the caller still gets it: `Some(f64::NAN)` is
 /// never turned into `None`. An `impl Trait` return type is rejected: a stored value is read back as a
 /// concrete type.
+///
+/// `cache_if = predicate` filters further: `predicate` is a `fn(&T) -> bool` (`T` as above) called on the
+/// value before it is stored; when it returns `false` the value is returned but not stored, so empty
+/// retrievals or refusals are computed again next time. A function of another signature is a compile error
+/// at the path.
+///
+/// ```
+/// # use cache_runtime::pg_cached;
+/// fn has_results(docs: &Vec<String>) -> bool {
+///     !docs.is_empty()
+/// }
+///
+/// #[pg_cached(namespace = "retrieval", cache_if = has_results)]
+/// async fn retrieve(query: String) -> Result<Vec<String>, std::io::Error> {
+///     Ok(vec![])
+/// }
+/// ```
+///
+/// # Tags
+///
+/// An entry can carry tags, and [`PgCache::invalidate_tag`](../cache_runtime/struct.PgCache.html#method.invalidate_tag)
+/// deletes every entry that carries one, in every process's tier too. An entry's tags are
+///
+/// - the function's static tags, `tags("corpus")`;
+/// - those its body adds while it runs, with `cache_runtime::tag("doc:42")` or `cache_runtime::tags(...)`;
+/// - the tags of every memoized function it calls, hit or miss: an answer built from a retrieval tagged
+///   `doc:42` is tagged `doc:42` too, with no code in the answer function.
+///
+/// ```
+/// # use cache_runtime::pg_cached;
+/// #[pg_cached(namespace = "retrieval", tags("corpus"))]
+/// async fn retrieve(query: String) -> Vec<u64> {
+///     let ids = vec![42, 7];
+///     cache_runtime::tags(ids.iter().map(|id| format!("doc:{id}")));
+///     ids
+/// }
+///
+/// #[pg_cached(namespace = "answer")]
+/// async fn answer(question: String) -> String {
+///     let ids = retrieve(question).await; // the answer inherits "corpus", "doc:42" and "doc:7"
+///     format!("based on {ids:?}")
+/// }
+/// ```
 ///
 /// # The key
 ///
@@ -133,6 +179,12 @@ use proc_macro::TokenStream;
 /// With `stale = "..."`, for that long after an entry expired, one caller refreshes it (runs the body and
 /// stores the result) while callers arriving meanwhile get the expired value at once instead of waiting.
 /// If the refresh gives nothing that is cached (an `Err`, a `None`), the expired value is returned instead.
+///
+/// With `stale_if_error = "..."`, an entry is kept that long past its expiry without being served; if the
+/// body then fails (returns an `Err`, or a `None` that is not cached), the expired value is returned instead
+/// of the failure, and counted as `stale_if_error` in the stats. An LLM endpoint answering 429 or 503 then
+/// degrades to slightly old answers instead of errors. The expired entry is not refreshed by it: the next
+/// call tries the body again.
 ///
 /// With `local = "..."`, entries are also kept in this process's memory for up to that long (never past their
 /// `ttl`), so a hit costs no round trip. Invalidations made through the cache reach every process's in-memory

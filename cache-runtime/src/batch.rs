@@ -3,7 +3,8 @@
 
 use crate::coalesce::{Answer, Kind};
 use crate::events::keys_payload;
-use crate::server::Lookup;
+use crate::server::{EntryMeta, Lookup};
+use crate::tags::Tags;
 use crate::sql;
 use sqlx::postgres::PgConnection;
 use std::collections::HashMap;
@@ -31,7 +32,11 @@ pub(crate) struct ReadParams {
     max_bytes: i64,
 }
 
-type ReadRow = (i64, Option<String>, Option<i64>, Option<bool>, i64, bool);
+type ReadRow =
+    (i64, Option<String>, Option<i64>, Option<bool>, i64, bool, Option<Vec<String>>, Option<i64>, Option<i64>);
+
+/// `sql::LOOKUP`'s row.
+type LookupRow = (Option<String>, Option<i64>, Option<bool>, i64, Option<Vec<String>>, Option<i64>, Option<i64>);
 
 impl Kind for Reads {
     type Job = ReadJob;
@@ -65,13 +70,14 @@ impl Kind for Reads {
 
     async fn run<'c>(conn: &'c mut PgConnection, params: &'c ReadParams) -> Answer<Vec<Option<Lookup>>> {
         let found: Vec<Option<Lookup>> = if params.keys.len() == 1 {
-            let (json, remaining_ms, fresh, db_now_us) =
-                sqlx::query_as::<_, (Option<String>, Option<i64>, Option<bool>, i64)>(sql::LOOKUP)
+            let (json, remaining_ms, fresh, db_now_us, tags, compute_us, xmin) =
+                sqlx::query_as::<_, LookupRow>(sql::LOOKUP)
                     .bind(&params.keys[0])
                     .bind(params.stale_ms[0])
                     .fetch_one(conn)
                     .await?;
-            vec![Some(Lookup { json, remaining_ms, fresh: fresh.unwrap_or(false), db_now_us, as_of: None })]
+            let meta = EntryMeta::from_columns(tags, compute_us);
+            vec![Some(Lookup { json, remaining_ms, fresh: fresh.unwrap_or(false), db_now_us, as_of: None, meta, xmin })]
         } else {
             let rows = sqlx::query_as::<_, ReadRow>(sql::READ_MANY)
                 .bind(&params.keys)
@@ -80,10 +86,12 @@ impl Kind for Reads {
                 .fetch_all(conn)
                 .await?;
             let mut found: Vec<Option<Lookup>> = (0..params.keys.len()).map(|_| None).collect();
-            for (i, json, remaining_ms, fresh, db_now_us, deferred) in rows {
+            for (i, json, remaining_ms, fresh, db_now_us, deferred, tags, compute_us, xmin) in rows {
                 let slot = usize::try_from(i - 1).ok().and_then(|i| found.get_mut(i));
                 if let (Some(slot), false) = (slot, deferred) {
-                    *slot = Some(Lookup { json, remaining_ms, fresh: fresh.unwrap_or(false), db_now_us, as_of: None });
+                    let fresh = fresh.unwrap_or(false);
+                    let meta = EntryMeta::from_columns(tags, compute_us);
+                    *slot = Some(Lookup { json, remaining_ms, fresh, db_now_us, as_of: None, meta, xmin });
                 }
             }
             found
@@ -101,6 +109,9 @@ pub(crate) struct WriteJob {
     pub(crate) ttl_ms: Option<i64>,
     pub(crate) keep_ms: i64,
     pub(crate) started_us: Option<i64>,
+    pub(crate) started_xmin: Option<i64>,
+    pub(crate) tags: Option<Tags>,
+    pub(crate) compute_us: Option<i64>,
 }
 
 /// Writes; one notification per batch names every key written.
@@ -118,6 +129,10 @@ pub(crate) struct WriteParams {
     keep_ms: Vec<i64>,
     started_us: Vec<Option<i64>>,
     namespaces: Vec<String>,
+    /// Each key's tags, as an array for the one-key statement, and joined by U+001F for the batched one.
+    tags: Vec<Option<Tags>>,
+    compute_us: Vec<Option<i64>>,
+    started_xmin: Vec<Option<i64>>,
     notify: String,
     lock_timeout: String,
     async_commit: bool,
@@ -142,6 +157,9 @@ impl Kind for Writes {
             keep_ms: jobs.iter().map(|j| j.keep_ms).collect(),
             started_us: jobs.iter().map(|j| j.started_us).collect(),
             namespaces: jobs.iter().map(|j| j.namespace.clone()).collect(),
+            tags: jobs.iter().map(|j| j.tags.clone()).collect(),
+            compute_us: jobs.iter().map(|j| j.compute_us).collect(),
+            started_xmin: jobs.iter().map(|j| j.started_xmin).collect(),
             notify: keys_payload(self.sender, jobs.iter().map(|j| j.key.as_str())),
             lock_timeout: self.lock_timeout.clone(),
             async_commit: self.async_commit,
@@ -160,6 +178,9 @@ impl Kind for Writes {
                 .bind(&p.notify)
                 .bind(&p.lock_timeout)
                 .bind(p.async_commit)
+                .bind(p.tags[0].as_deref())
+                .bind(p.compute_us[0])
+                .bind(p.started_xmin[0])
                 .fetch_one(conn)
                 .await?;
             vec![written]
@@ -174,6 +195,9 @@ impl Kind for Writes {
                 .bind(&p.notify)
                 .bind(&p.lock_timeout)
                 .bind(p.async_commit)
+                .bind(p.tags.iter().map(|t| t.as_ref().map(|t| t.join("\u{1f}"))).collect::<Vec<_>>())
+                .bind(&p.compute_us)
+                .bind(&p.started_xmin)
                 .fetch_one(conn)
                 .await?
         };

@@ -8,7 +8,7 @@ use crate::local::LocalTier;
 use crate::server::{remaining, LiveEntry, Write};
 use crate::shards::scatter;
 use crate::stats::{namespace_of, Event};
-use crate::store::{check_key, PgCache};
+use crate::store::{check_key, MemoWrite, PgCache};
 use crate::ttl::Ttl;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -88,10 +88,10 @@ impl PgCache {
             self.note_failure(key, "get", result);
         }
         for (&i, entry) in to_fetch.iter().zip(first_error(fetched)?) {
-            if let Some(LiveEntry { json, remaining_ms, as_of }) = entry {
+            if let Some(LiveEntry { json, remaining_ms, as_of, meta }) = entry {
                 let json: Arc<str> = json.into();
                 if let (Some(tier), Some(epoch)) = (tier, epoch) {
-                    tier.put(unique[i], Arc::clone(&json), remaining(remaining_ms), None, epoch, as_of);
+                    tier.put(unique[i], Arc::clone(&json), meta, remaining(remaining_ms), None, epoch, as_of);
                 }
                 found[i] = Some((json, Event::Hit));
             }
@@ -139,9 +139,7 @@ impl PgCache {
         for (i, (key, _)) in entries.iter().enumerate() {
             let key = key.as_ref();
             if last.get(key) == Some(&i) {
-                let write =
-                    Write { namespace: namespace_of(key), ttl_ms: Ttl::millis(ttl), keep_ms: 0, started_us: None };
-                writes.push((key, &jsons[i], write));
+                writes.push((key, &jsons[i], Write::plain(namespace_of(key), Ttl::millis(ttl))));
             }
         }
         let epoch = self.inner.local.get().map(LocalTier::epoch);
@@ -154,7 +152,7 @@ impl PgCache {
         .await;
         for ((key, json, _), result) in writes.iter().zip(&results) {
             self.note_failure(key, "set", result);
-            self.after_write(key, json, ttl, matches!(result, Ok(true)), None, epoch);
+            self.after_write(key, json, ttl, matches!(result, Ok(true)), &MemoWrite::default(), epoch);
         }
         first_error(results).map(drop)
     }

@@ -57,6 +57,28 @@ pub enum CacheError {
     #[error("invalid ttl {0:?}: it must be more than zero and at most 10,000 years")]
     InvalidTtl(Duration),
 
+    /// A tag is empty, longer than [`MAX_TAG_CHARS`](crate::MAX_TAG_CHARS) characters, or holds a control
+    /// character.
+    #[error("invalid cache tag {tag:?}: {reason}")]
+    InvalidTag {
+        /// The tag as given (its first 64 characters).
+        tag: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A table or column named to [`PgCache::invalidate_on_change`](crate::PgCache::invalidate_on_change)
+    /// does not exist, is not a table, or is not a valid SQL name.
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidIdentifier {
+        /// `"table"` or `"column"`.
+        what: &'static str,
+        /// The name as given.
+        name: String,
+        /// What PostgreSQL said about it.
+        reason: String,
+    },
+
     /// The database did not answer within the operation timeout.
     #[error("cache operation `{operation}` timed out after {after:?}")]
     Timeout {
@@ -87,8 +109,8 @@ pub enum CacheError {
 
 impl CacheError {
     /// A short, stable name of the variant, as metrics label errors: `invalid_namespace`, `invalid_key`,
-    /// `key_too_long`, `unsupported_value`, `value_too_large`, `serialize`, `invalid_ttl`, `timeout`,
-    /// `database`, `migrate`, `config`.
+    /// `key_too_long`, `unsupported_value`, `value_too_large`, `serialize`, `invalid_ttl`, `invalid_tag`,
+    /// `invalid_identifier`, `timeout`, `database`, `migrate`, `config`.
     pub fn kind(&self) -> &'static str {
         match self {
             CacheError::InvalidNamespace { .. } => "invalid_namespace",
@@ -98,6 +120,8 @@ impl CacheError {
             CacheError::ValueTooLarge { .. } => "value_too_large",
             CacheError::Serialize(_) => "serialize",
             CacheError::InvalidTtl(_) => "invalid_ttl",
+            CacheError::InvalidTag { .. } => "invalid_tag",
+            CacheError::InvalidIdentifier { .. } => "invalid_identifier",
             CacheError::Timeout { .. } => "timeout",
             CacheError::Database { .. } => "database",
             CacheError::Migrate(_) => "migrate",

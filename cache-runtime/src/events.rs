@@ -5,8 +5,9 @@
 //! read the value now instead of at their next poll).
 //!
 //! A payload is `<sender>|<kind>|<data>`, where sender is a random id per `PgCache`, so a process ignores its
-//! own news. Kinds: `k` (comma-separated key hashes in hex), `n` (a namespace), `d` (a finished key's
-//! hash). Payloads stay far below PostgreSQL's 8,000-byte limit: a key travels as its 16-character hash and a
+//! own news. Kinds: `k` (comma-separated key hashes in hex), `n` (a namespace), `t` (a tag, sent by
+//! `pg_cached_invalidate_tags` in SQL, also from triggers, with sender `0000000000000000`), `d` (a finished
+//! key's hash). Payloads stay far below PostgreSQL's 8,000-byte limit: a key travels as its 16-character hash and a
 //! namespace is at most 64 characters.
 //!
 //! Notifications are lost while the listener is disconnected, so after every reconnect the in-process tier is
@@ -85,6 +86,11 @@ impl Events {
         format!("{:016x}|n|{namespace}", self.sender)
     }
 
+    /// This cache's id as notifications carry it.
+    pub(crate) fn sender_id(&self) -> String {
+        format!("{:016x}", self.sender)
+    }
+
     pub(crate) fn done_payload(&self, key: &str) -> String {
         format!("{:016x}|d|{:016x}", self.sender, key_hash(key))
     }
@@ -157,6 +163,11 @@ fn apply(events: &Events, local: Option<&LocalTier>, payload: &str) {
         "n" => {
             if let Some(local) = local {
                 local.remove_namespace(data);
+            }
+        }
+        "t" => {
+            if let Some(local) = local {
+                local.remove_tag(data);
             }
         }
         "d" => {

@@ -5,6 +5,7 @@
 //! makes a cancelled leader harmless: if the leader's future is dropped mid-computation, the cell stays empty
 //! and the next waiter runs its own initializer, so followers are never stranded.
 
+use crate::server::EntryMeta;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
@@ -14,12 +15,14 @@ use tokio::sync::OnceCell;
 pub(crate) enum Shared {
     /// The outcome is in the store (the leader found or wrote it): followers read it back, so that what
     /// they return reflects every invalidation that completed before their call began; the JSON is a
-    /// fallback for when that read fails.
-    Stored(Arc<str>),
+    /// fallback for when that read fails. The meta carries the tags followers pass on (in that case).
+    Stored(Arc<str>, EntryMeta),
     /// The outcome as JSON that could not be stored (the store is down); followers decode their own copy.
-    Unstored(Arc<str>),
+    Unstored(Arc<str>, EntryMeta),
     /// An expired value, served while the leader refreshes it (stale-while-revalidate).
-    Stale(Arc<str>),
+    Stale(Arc<str>, EntryMeta),
+    /// The computation failed, and an entry expired within `stale_if_error` stands in for it.
+    Fallback(Arc<str>, EntryMeta),
     /// The outcome was not cacheable (an `Err`, a `None`, a value JSONB cannot hold), or was computed before
     /// an invalidation: each follower runs the function itself.
     Unshareable,

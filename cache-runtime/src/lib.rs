@@ -113,6 +113,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod batch;
+mod by_tag;
 mod bulk;
 mod canonical;
 mod coalesce;
@@ -139,6 +140,7 @@ mod source;
 mod sql;
 mod stats;
 mod store;
+mod tags;
 mod ttl;
 
 #[doc(hidden)]
@@ -157,6 +159,7 @@ pub use stats::{
     MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES,
 };
 pub use store::{validate_key, PgCache, MAX_KEY_CHARS};
+pub use tags::{tag, tags, validate_tag, MAX_TAG_CHARS};
 
 /// The LISTEN/NOTIFY channel on which caches tell each other of invalidations and finished computations
 /// (payload format: see `events.rs`). Tools such as `pg-cached watch` listen on it.

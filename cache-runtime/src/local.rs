@@ -8,6 +8,7 @@
 //! deadline is never served, whether or not moka has evicted it yet.
 
 use crate::latest::LatestInstant;
+use crate::server::EntryMeta;
 use crate::stats::namespace_of;
 use moka::sync::Cache;
 use moka::Expiry;
@@ -33,6 +34,8 @@ pub(crate) fn key_hash(key: &str) -> u64 {
 pub(crate) struct LocalEntry {
     key: Box<str>,
     pub(crate) json: Arc<str>,
+    /// Its tags (a tag invalidation removes it) and compute time (what a hit saved).
+    pub(crate) meta: EntryMeta,
     /// The decoded value, for memoized functions with `local = "..."`: filled on first use, then cloned out.
     typed: OnceLock<Arc<dyn Any + Send + Sync>>,
     deadline: Instant,
@@ -141,10 +144,13 @@ impl LocalTier {
     /// never past `remaining` (the time left before the PostgreSQL entry expires; `None` = never), unless a
     /// removal happened since `epoch` (or, for a value read from a standby, since its `as_of`) or the listener
     /// is not connected. Returns the entry when it was kept.
+    // Each argument is one independent fact about the read; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn put(
         &self,
         key: &str,
         json: Arc<str>,
+        meta: EntryMeta,
         remaining: Option<Duration>,
         max_age: Option<Duration>,
         epoch: u64,
@@ -159,7 +165,7 @@ impl LocalTier {
         }
         let now = Instant::now();
         let deadline = now.checked_add(lifetime).unwrap_or(now);
-        let entry = Arc::new(LocalEntry { key: key.into(), json, typed: OnceLock::new(), deadline });
+        let entry = Arc::new(LocalEntry { key: key.into(), json, meta, typed: OnceLock::new(), deadline });
         let hash = key_hash(key);
         self.entries.insert(hash, Arc::clone(&entry));
         // A removal that bumped the epoch after the check above may have run before the insert: undo it.
@@ -198,6 +204,15 @@ impl LocalTier {
         let _ = self.entries.invalidate_entries_if(move |_, entry| entry.namespace() == &*namespace);
     }
 
+    /// Removes every entry carrying `tag`.
+    pub(crate) fn remove_tag(&self, tag: &str) {
+        self.bump();
+        let tag: Box<str> = tag.into();
+        let _ = self
+            .entries
+            .invalidate_entries_if(move |_, entry| entry.meta.tags.as_ref().is_some_and(|t| t.iter().any(|t| **t == *tag)));
+    }
+
     pub(crate) fn clear(&self) {
         self.bump();
         self.entries.invalidate_all();
@@ -228,17 +243,31 @@ mod tests {
     #[test]
     fn never_serves_past_the_deadline_or_another_key() {
         let tier = listening_tier(Duration::from_secs(60));
-        tier.put("ns:a", "1".into(), Some(Duration::from_millis(30)), None, tier.epoch(), None);
+        tier.put("ns:a", "1".into(), EntryMeta::default(), Some(Duration::from_millis(30)), None, tier.epoch(), None);
         assert!(tier.get("ns:a").is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(tier.get("ns:a").is_none(), "the PostgreSQL expiry bounds the entry");
-        tier.put("ns:b", "2".into(), None, Some(Duration::from_millis(20)), tier.epoch(), None);
+        tier.put("ns:b", "2".into(), EntryMeta::default(), None, Some(Duration::from_millis(20)), tier.epoch(), None);
         std::thread::sleep(Duration::from_millis(30));
         assert!(tier.get("ns:b").is_none(), "the function's max age bounds the entry");
-        tier.put("ns:c", "3".into(), None, None, tier.epoch(), None);
+        tier.put("ns:c", "3".into(), EntryMeta::default(), None, None, tier.epoch(), None);
         assert!(tier.get("ns:c").is_some());
         tier.remove_namespace("ns");
         assert!(tier.get("ns:c").is_none());
+    }
+
+    #[test]
+    fn a_tag_removes_the_entries_carrying_it() {
+        let tier = listening_tier(Duration::from_secs(60));
+        let tagged = |tags: &[&str]| EntryMeta { tags: crate::tags::stored_form(tags).ok().flatten(), compute_us: None };
+        tier.put("a:1", "1".into(), tagged(&["doc:1", "corpus"]), None, None, tier.epoch(), None);
+        tier.put("a:2", "2".into(), tagged(&["doc:2"]), None, None, tier.epoch(), None);
+        tier.put("a:3", "3".into(), EntryMeta::default(), None, None, tier.epoch(), None);
+        let before = tier.epoch();
+        tier.remove_tag("doc:1");
+        assert!(tier.get("a:1").is_none());
+        assert!(tier.get("a:2").is_some() && tier.get("a:3").is_some());
+        assert!(tier.put("a:1", "1".into(), EntryMeta::default(), None, None, before, None).is_none(), "epoch");
     }
 
     #[test]
@@ -246,9 +275,9 @@ mod tests {
         let tier = listening_tier(Duration::from_secs(60));
         let before = tier.epoch();
         tier.remove("ns:other");
-        assert!(tier.put("ns:a", "old".into(), None, None, before, None).is_none());
+        assert!(tier.put("ns:a", "old".into(), EntryMeta::default(), None, None, before, None).is_none());
         assert!(tier.get("ns:a").is_none());
-        assert!(tier.put("ns:a", "new".into(), None, None, tier.epoch(), None).is_some());
+        assert!(tier.put("ns:a", "new".into(), EntryMeta::default(), None, None, tier.epoch(), None).is_some());
     }
 
     #[test]
@@ -257,21 +286,21 @@ mod tests {
         let as_of = Instant::now();
         std::thread::sleep(Duration::from_millis(2));
         let epoch = tier.epoch();
-        assert!(tier.put("ns:a", "1".into(), None, None, epoch, Some(as_of)).is_some(), "no removal since");
+        assert!(tier.put("ns:a", "1".into(), EntryMeta::default(), None, None, epoch, Some(as_of)).is_some(), "no removal since");
         tier.remove("ns:other");
         // The removal came before this read began (the epoch is current), but after the standby's instant.
-        assert!(tier.put("ns:b", "2".into(), None, None, tier.epoch(), Some(as_of)).is_none());
+        assert!(tier.put("ns:b", "2".into(), EntryMeta::default(), None, None, tier.epoch(), Some(as_of)).is_none());
         std::thread::sleep(Duration::from_millis(2));
-        assert!(tier.put("ns:b", "2".into(), None, None, tier.epoch(), Some(Instant::now())).is_some());
+        assert!(tier.put("ns:b", "2".into(), EntryMeta::default(), None, None, tier.epoch(), Some(Instant::now())).is_some());
     }
 
     #[test]
     fn nothing_is_served_or_kept_while_not_listening() {
         let listening = Arc::new(AtomicBool::new(false));
         let tier = LocalTier::new(100, Duration::from_secs(60), true, Arc::clone(&listening));
-        assert!(tier.put("ns:a", "1".into(), None, None, tier.epoch(), None).is_none());
+        assert!(tier.put("ns:a", "1".into(), EntryMeta::default(), None, None, tier.epoch(), None).is_none());
         listening.store(true, Ordering::Release);
-        tier.put("ns:a", "1".into(), None, None, tier.epoch(), None);
+        tier.put("ns:a", "1".into(), EntryMeta::default(), None, None, tier.epoch(), None);
         assert!(tier.get("ns:a").is_some());
         listening.store(false, Ordering::Release);
         assert!(tier.get("ns:a").is_none());
@@ -280,14 +309,14 @@ mod tests {
     #[test]
     fn an_unbounded_max_age_does_not_overflow() {
         let tier = listening_tier(Duration::MAX);
-        assert!(tier.put("ns:forever", "1".into(), None, None, tier.epoch(), None).is_some());
+        assert!(tier.put("ns:forever", "1".into(), EntryMeta::default(), None, None, tier.epoch(), None).is_some());
         assert!(tier.get("ns:forever").is_some());
     }
 
     #[test]
     fn typed_values_are_cloned_out() {
         let tier = listening_tier(Duration::from_secs(60));
-        let entry = tier.put("ns:t", "[1,2]".into(), None, None, tier.epoch(), None).expect("kept");
+        let entry = tier.put("ns:t", "[1,2]".into(), EntryMeta::default(), None, None, tier.epoch(), None).expect("kept");
         assert_eq!(entry.typed::<Vec<u8>>(), None);
         entry.set_typed(vec![1u8, 2]);
         assert_eq!(tier.get("ns:t").and_then(|e| e.typed::<Vec<u8>>()), Some(vec![1, 2]));

@@ -164,18 +164,20 @@ impl PgCache {
             Ok::<_, crate::CacheError>((server.namespace_counts().await?, server.table_size().await?))
         })
         .await;
-        let mut table: Vec<(String, u64, u64)> = Vec::new();
+        let mut table: Vec<(String, u64, u64, u64)> = Vec::new();
         let mut size = 0;
         for report in reports {
             let (counts, shard_size) = report?;
             size += shard_size.unsigned_abs();
-            for (namespace, total, active) in counts {
-                match table.iter_mut().find(|(ns, _, _)| *ns == namespace) {
+            for (namespace, total, active, held) in counts {
+                let (total, active, held) = (total.unsigned_abs(), active.unsigned_abs(), held.unsigned_abs());
+                match table.iter_mut().find(|row| row.0 == namespace) {
                     Some(row) => {
-                        row.1 += total.unsigned_abs();
-                        row.2 += active.unsigned_abs();
+                        row.1 += total;
+                        row.2 += active;
+                        row.3 += held;
                     }
-                    None => table.push((namespace, total.unsigned_abs(), active.unsigned_abs())),
+                    None => table.push((namespace, total, active, held)),
                 }
             }
         }

@@ -7,9 +7,10 @@
 //! | `pg_cached_hits_total` | counter | `namespace`, `tier` (`postgres`, `local`, `flight`: another caller's computation) |
 //! | `pg_cached_misses_total` | counter | `namespace` |
 //! | `pg_cached_stale_served_total` | counter | `namespace` |
+//! | `pg_cached_stale_if_error_total` | counter | `namespace` (an expired entry replaced a failed body) |
 //! | `pg_cached_executions_total` | counter | `namespace` (a memoized body ran) |
 //! | `pg_cached_errors_total` | counter | `namespace`, `kind` (see [`CacheError::kind`](crate::CacheError::kind)) |
-//! | `pg_cached_invalidations_total` | counter | `namespace`, `scope` (`key`, `namespace`) |
+//! | `pg_cached_invalidations_total` | counter | `namespace`, `scope` (`key`, `namespace`, `tag`) |
 //! | `pg_cached_bytes_written_total` | counter | `namespace` (JSON bytes of the values written) |
 //! | `pg_cached_coalesced_batches_total` | counter | `operation` (`get`, `set`, `delete`): statements that carried more than one operation |
 //! | `pg_cached_coalesced_operations_total` | counter | `operation`: the operations those statements carried |
@@ -47,6 +48,9 @@ pub(crate) fn event(namespace: &str, event: Event) {
             }
             Event::Miss => metrics::counter!("pg_cached_misses_total", "namespace" => ns).increment(1),
             Event::StaleServed => metrics::counter!("pg_cached_stale_served_total", "namespace" => ns).increment(1),
+            Event::StaleIfError => {
+                metrics::counter!("pg_cached_stale_if_error_total", "namespace" => ns).increment(1);
+            }
             Event::Execution => metrics::counter!("pg_cached_executions_total", "namespace" => ns).increment(1),
             // Errors are counted with their kind by `error`; a local-tier miss goes on to PostgreSQL, whose
             // outcome is what counts.
@@ -66,7 +70,8 @@ pub(crate) fn error(namespace: &str, kind: &'static str) {
     let _ = (namespace, kind);
 }
 
-/// Counts an invalidation of one key (`scope` = `key`) or of a whole namespace.
+/// Counts an invalidation of one key (`scope` = `key`), of a whole namespace, or of tags (`tag`, across
+/// namespaces: labelled with the namespace "").
 #[inline]
 pub(crate) fn invalidation(namespace: &str, scope: &'static str) {
     #[cfg(feature = "metrics")]

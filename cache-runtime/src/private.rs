@@ -47,6 +47,10 @@ pub struct Site {
     pub(crate) single_flight: SingleFlight,
     pub(crate) stale: Option<Duration>,
     pub(crate) local: Option<Duration>,
+    /// `stale_if_error = "..."`: how long after expiry an entry may stand in for a failed computation.
+    pub(crate) stale_if_error: Option<Duration>,
+    /// `tags("...")`: every entry of the function carries these.
+    pub(crate) tags: &'static [&'static str],
     /// The hash state after the function's fixed part (format, namespace, path, version), computed once:
     /// every call clones it and adds only its own arguments.
     prefix: std::sync::OnceLock<KeyBuilder>,
@@ -62,6 +66,8 @@ impl Site {
             single_flight: SingleFlight::Process,
             stale: None,
             local: None,
+            stale_if_error: None,
+            tags: &[],
             prefix: std::sync::OnceLock::new(),
         }
     }
@@ -80,6 +86,23 @@ impl Site {
     pub const fn local(mut self, max_age: Duration) -> Site {
         self.local = Some(max_age);
         self
+    }
+    pub const fn stale_if_error(mut self, window: Duration) -> Site {
+        self.stale_if_error = Some(window);
+        self
+    }
+    /// Static tags (checked by the macro, at compile time).
+    pub const fn tags(mut self, tags: &'static [&'static str]) -> Site {
+        self.tags = tags;
+        self
+    }
+
+    /// How long past expiry a row of this function must be kept: for stale serving and for `stale_if_error`.
+    pub(crate) fn keep(&self) -> Option<Duration> {
+        match (self.stale, self.stale_if_error) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 
@@ -169,15 +192,29 @@ pub fn explicit<S: CacheSource + ?Sized>(source: &S) -> CacheRef {
     note = "for `Result<T, E>` only `T` is stored, for `Option<T>` only `T`; other types are stored whole"
 )]
 pub trait Policy<R> {
+    /// What is stored of an outcome: `T` for `Result<T, E>` and `Option<T>`, the outcome itself otherwise.
+    type Value;
+    /// The value to store, if the outcome has one.
+    fn value<'a>(&self, outcome: &'a R) -> Option<&'a Self::Value>;
     /// The JSON to store, or `None` when this outcome is not stored.
     fn encode(&self, outcome: &R, limit: usize) -> Option<Result<String, CacheError>>;
     fn decode(&self, json: &str) -> Result<R, serde_json::Error>;
+    /// Whether the outcome is a failure (`Err`, or `None` unless `None` is cached), which an entry expired
+    /// less than `stale_if_error` ago may replace.
+    fn failed(&self, outcome: &R) -> bool;
 }
 
 /// Stores the whole outcome.
 #[derive(Debug, Clone, Copy)]
 pub struct AsIs;
 impl<T: Serialize + DeserializeOwned> Policy<T> for AsIs {
+    type Value = T;
+    fn value<'a>(&self, outcome: &'a T) -> Option<&'a T> {
+        Some(outcome)
+    }
+    fn failed(&self, _: &T) -> bool {
+        false
+    }
     fn encode(&self, outcome: &T, limit: usize) -> Option<Result<String, CacheError>> {
         Some(codec::encode(outcome, limit))
     }
@@ -190,6 +227,13 @@ impl<T: Serialize + DeserializeOwned> Policy<T> for AsIs {
 #[derive(Debug, Clone, Copy)]
 pub struct OkOnly;
 impl<T: Serialize + DeserializeOwned, E> Policy<Result<T, E>> for OkOnly {
+    type Value = T;
+    fn value<'a>(&self, outcome: &'a Result<T, E>) -> Option<&'a T> {
+        outcome.as_ref().ok()
+    }
+    fn failed(&self, outcome: &Result<T, E>) -> bool {
+        outcome.is_err()
+    }
     fn encode(&self, outcome: &Result<T, E>, limit: usize) -> Option<Result<String, CacheError>> {
         outcome.as_ref().ok().map(|value| codec::encode(value, limit))
     }
@@ -204,6 +248,13 @@ pub struct OptionPolicy {
     cache_none: bool,
 }
 impl<T: Serialize + DeserializeOwned> Policy<Option<T>> for OptionPolicy {
+    type Value = T;
+    fn value<'a>(&self, outcome: &'a Option<T>) -> Option<&'a T> {
+        outcome.as_ref()
+    }
+    fn failed(&self, outcome: &Option<T>) -> bool {
+        outcome.is_none() && !self.cache_none
+    }
     fn encode(&self, outcome: &Option<T>, limit: usize) -> Option<Result<String, CacheError>> {
         match outcome {
             None if self.cache_none => Some(Ok("null".to_owned())),
@@ -225,6 +276,47 @@ impl<T: Serialize + DeserializeOwned> Policy<Option<T>> for OptionPolicy {
         }
         codec::decode(json).map(Some)
     }
+}
+
+/// `cache_if = predicate`: a policy that stores a value only when `keep` says so. The value is still returned
+/// either way.
+pub struct CacheIf<P, V> {
+    policy: P,
+    keep: fn(&V) -> bool,
+}
+
+impl<P: std::fmt::Debug, V> std::fmt::Debug for CacheIf<P, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheIf").field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+impl<R, P, V> Policy<R> for CacheIf<P, V>
+where
+    P: Policy<R, Value = V>,
+{
+    type Value = V;
+    fn value<'a>(&self, outcome: &'a R) -> Option<&'a V> {
+        self.policy.value(outcome)
+    }
+    fn encode(&self, outcome: &R, limit: usize) -> Option<Result<String, CacheError>> {
+        match self.policy.value(outcome) {
+            Some(value) if !(self.keep)(value) => None,
+            _ => self.policy.encode(outcome, limit),
+        }
+    }
+    fn decode(&self, json: &str) -> Result<R, serde_json::Error> {
+        self.policy.decode(json)
+    }
+    fn failed(&self, outcome: &R) -> bool {
+        self.policy.failed(outcome)
+    }
+}
+
+/// Wraps the policy of a function returning `R` with its `cache_if` predicate. A predicate of the wrong
+/// signature fails to coerce to `fn(&V) -> bool` here, at the path the user wrote.
+pub fn cache_if<R, P: Policy<R>>(policy: P, keep: fn(&P::Value) -> bool) -> CacheIf<P, P::Value> {
+    CacheIf { policy, keep }
 }
 
 /// Selects a [`Policy`] from a return type by autoref specialization: `Result` and `Option` (through any

@@ -13,6 +13,7 @@ use crate::exec::{self, DbFuture};
 use crate::failover::Hosts;
 use crate::replicas::Replicas;
 use crate::sql;
+use crate::tags::Tags;
 use sqlx::postgres::{PgConnection, PgPool};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +21,22 @@ use std::time::{Duration, Instant};
 /// The most keys one write or delete statement carries: its notification names each in 17 bytes, and must
 /// stay under PostgreSQL's 8,000-byte payload limit.
 pub(crate) const MAX_KEYS_PER_NOTIFICATION: usize = 400;
+
+/// What an entry carries besides its value.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EntryMeta {
+    /// Its tags (see `tags.rs`).
+    pub(crate) tags: Option<Tags>,
+    /// How long its computation took, in microseconds, for a memoized result.
+    pub(crate) compute_us: Option<i64>,
+}
+
+impl EntryMeta {
+    /// From the `tags` and `compute_us` columns of a read.
+    pub(crate) fn from_columns(tags: Option<Vec<String>>, compute_us: Option<i64>) -> EntryMeta {
+        EntryMeta { tags: tags.filter(|t| !t.is_empty()).map(Into::into), compute_us }
+    }
+}
 
 /// What a memoized call's lookup found.
 #[derive(Debug, Clone)]
@@ -35,13 +52,22 @@ pub(crate) struct Lookup {
     /// Read from a standby: the instant whose commits it is known to hold (later ones it may lack). `None`:
     /// read from the primary.
     pub(crate) as_of: Option<Instant>,
+    /// The entry's tags and compute time.
+    pub(crate) meta: EntryMeta,
+    /// The oldest transaction running when the lookup ran (its snapshot's xmin), for the tag guard.
+    pub(crate) xmin: Option<i64>,
 }
 
 impl Lookup {
     /// The entry, if it is live (not one served from the stale window).
     pub(crate) fn live(self) -> Option<LiveEntry> {
-        let (remaining_ms, as_of) = (self.remaining_ms, self.as_of);
-        self.json.filter(|_| self.fresh).map(|json| LiveEntry { json, remaining_ms, as_of })
+        let (remaining_ms, as_of, meta) = (self.remaining_ms, self.as_of, self.meta);
+        self.json.filter(|_| self.fresh).map(|json| LiveEntry { json, remaining_ms, as_of, meta })
+    }
+
+    /// When the computation that follows this lookup began, for the stale-set guard.
+    pub(crate) fn start(&self) -> Start {
+        Start { us: self.db_now_us, xmin: self.xmin }
     }
 
     /// This lookup as answered by a standby that holds every commit from before `as_of`. Its clock becomes
@@ -68,6 +94,14 @@ pub(crate) fn remaining(remaining_ms: Option<i64>) -> Option<Duration> {
     remaining_ms.map(|ms| Duration::from_millis(ms.max(0).unsigned_abs()))
 }
 
+/// When a memoized computation began, on the database: its clock (µs) and the xmin of its snapshot. A write
+/// of its result is refused for any invalidation the computation may not have seen.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Start {
+    pub(crate) us: i64,
+    pub(crate) xmin: Option<i64>,
+}
+
 /// How a row is written.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Write<'a> {
@@ -77,11 +111,20 @@ pub(crate) struct Write<'a> {
     pub(crate) ttl_ms: Option<i64>,
     /// Milliseconds the row is kept past its expiry, to be served stale.
     pub(crate) keep_ms: i64,
-    /// For a memoized result: the database clock (µs) when its computation began.
-    pub(crate) started_us: Option<i64>,
+    /// For a memoized result: when its computation began.
+    pub(crate) started: Option<Start>,
+    /// The entry's tags.
+    pub(crate) tags: Option<&'a Tags>,
+    /// How long the computation took (µs), for a memoized result.
+    pub(crate) compute_us: Option<i64>,
 }
 
-impl Write<'_> {
+impl<'a> Write<'a> {
+    /// A plain write of a key in `namespace` (no guard, no tags), for `ttl_ms`.
+    pub(crate) fn plain(namespace: &'a str, ttl_ms: Option<i64>) -> Write<'a> {
+        Write { namespace, ttl_ms, keep_ms: 0, started: None, tags: None, compute_us: None }
+    }
+
     fn job(&self, key: &str, json: &str) -> WriteJob {
         WriteJob {
             key: key.to_owned(),
@@ -89,7 +132,10 @@ impl Write<'_> {
             namespace: self.namespace.to_owned(),
             ttl_ms: self.ttl_ms,
             keep_ms: self.keep_ms,
-            started_us: self.started_us,
+            started_us: self.started.map(|s| s.us),
+            started_xmin: self.started.and_then(|s| s.xmin),
+            tags: self.tags.cloned(),
+            compute_us: self.compute_us,
         }
     }
 }
@@ -106,6 +152,7 @@ pub(crate) struct LiveEntry {
     pub(crate) remaining_ms: Option<i64>,
     /// As [`Lookup::as_of`].
     pub(crate) as_of: Option<Instant>,
+    pub(crate) meta: EntryMeta,
 }
 
 #[derive(Debug)]
@@ -442,10 +489,41 @@ impl Server {
         .await
     }
 
-    /// Rows and live rows per namespace.
-    pub(crate) async fn namespace_counts(&self) -> Result<Vec<(String, i64, i64)>> {
+    /// Rows, live rows and the compute time (µs) held in live rows, per namespace.
+    pub(crate) async fn namespace_counts(&self) -> Result<Vec<(String, i64, i64, i64)>> {
         self.maintenance("stats", |conn| {
-            Box::pin(sqlx::query_as::<_, (String, i64, i64)>(sql::NAMESPACE_COUNTS).fetch_all(conn))
+            Box::pin(sqlx::query_as::<_, (String, i64, i64, i64)>(sql::NAMESPACE_COUNTS).fetch_all(conn))
+        })
+        .await
+    }
+
+    /// Deletes every entry carrying one of `tags` and records their invalidation; `payload_sender` names this
+    /// cache in the notifications. The entries deleted.
+    pub(crate) async fn invalidate_tags(&self, tags: Vec<String>, sender: String) -> Result<u64> {
+        let lock_timeout = self.lock_timeout.clone();
+        let deleted = self
+            .maintenance("invalidate_tag", move |conn| {
+                let query = sqlx::query_scalar::<_, i64>(sql::INVALIDATE_TAGS)
+                    .bind(tags.clone())
+                    .bind(sender.clone())
+                    .bind(lock_timeout.clone());
+                Box::pin(query.fetch_one(conn))
+            })
+            .await?;
+        Ok(deleted.max(0).unsigned_abs())
+    }
+
+    /// Runs one trigger-management statement (`sql::INVALIDATE_ON_CHANGE` or `REMOVE_...`) with text arguments.
+    pub(crate) async fn manage_trigger<T>(&self, statement: &'static str, args: Vec<String>) -> Result<T>
+    where
+        T: Send + Unpin + 'static + for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    {
+        self.maintenance("invalidate_on_change", move |conn| {
+            let mut query = sqlx::query_scalar::<_, T>(statement);
+            for arg in &args {
+                query = query.bind(arg.clone());
+            }
+            Box::pin(query.fetch_one(conn))
         })
         .await
     }

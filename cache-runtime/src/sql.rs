@@ -32,49 +32,75 @@ macro_rules! notify {
     };
 }
 
-/// A memoized call's lookup of $1: a live entry or one expired less than $2 ms ago, and the database's clock.
-/// Always one row, so that the clock comes back on a miss too.
+/// The oldest transaction still running, as a number: see `pg_cached_tags_invalidated` in
+/// `migrations/0005_tags.sql` (a write is refused for a tag invalidated by a transaction not older than this).
+macro_rules! snapshot_xmin {
+    () => {
+        "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)"
+    };
+}
+
+/// A memoized call's lookup of $1: a live entry or one expired less than $2 ms ago, its tags and compute time,
+/// and the database's clock and snapshot xmin. Always one row, so that the clock comes back on a miss too.
 pub(crate) const LOOKUP: &str = concat!(
     "SELECT e.data::text, ",
     remaining_ms!("e.expires_at"),
     ", (e.expires_at IS NULL OR e.expires_at > now()), \
-     (extract(epoch FROM now()) * 1000000)::bigint \
-     FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
+     (extract(epoch FROM now()) * 1000000)::bigint, e.tags, e.compute_us, ",
+    snapshot_xmin!(),
+    " FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
      AND (e.expires_at IS NULL OR e.expires_at > now() - $2::bigint * interval '1 millisecond')"
 );
 
 /// Coalesced reads: for each key $1[i], with stale window $2[i] ms, what [`LOOKUP`] returns, as rows
-/// `(i, json, remaining ms, fresh, database clock µs, deferred)` in order. A row whose JSON would take the
-/// response past $3 bytes comes back deferred, without its JSON (the first row never is).
+/// `(i, json, remaining ms, fresh, database clock µs, deferred, tags, compute µs, xmin)` in order. A row
+/// whose JSON would take the response past $3 bytes comes back deferred, without its JSON (the first row
+/// never is).
 pub(crate) const READ_MANY: &str = concat!(
-    "SELECT i, CASE WHEN before < $3 THEN t END, remaining, fresh, now_us, before >= $3 FROM \
+    "SELECT i, CASE WHEN before < $3 THEN t END, remaining, fresh, now_us, before >= $3, tags, compute_us, ",
+    snapshot_xmin!(),
+    " FROM \
      (SELECT s.*, coalesce(sum(octet_length(s.t)) OVER (ORDER BY s.i ROWS BETWEEN UNBOUNDED PRECEDING \
       AND 1 PRECEDING), 0) AS before FROM \
       (SELECT k.i, e.data::text AS t, ",
     remaining_ms!("e.expires_at"),
     " AS remaining, (e.expires_at IS NULL OR e.expires_at > now()) AS fresh, \
-       (extract(epoch FROM now()) * 1000000)::bigint AS now_us \
+       (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us \
        FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(key, stale_ms, i) \
        LEFT JOIN cache_entries AS e ON e.cache_key = k.key \
        AND (e.expires_at IS NULL OR e.expires_at > now() - k.stale_ms * interval '1 millisecond')) AS s) AS w \
      ORDER BY i"
 );
 
-/// Coalesced writes: [`WRITE`] for each key of $1 (distinct), with arrays for the per-key arguments and one
-/// notification $7 for all. Returns whether each was written. See `migrations/0004_batched_writes.sql`.
-pub(crate) const WRITE_MANY: &str = "SELECT pg_cached_write_many($1::text[], $2::text[]::jsonb[], $3::bigint[], \
-     $4::bigint[], $5::bigint[], $6::text[], $7, $8, $9)";
+/// Coalesced writes: [`WRITE`] for each key of $1 (distinct), with arrays for the per-key arguments (tags as
+/// one string per key, joined by U+001F) and one notification $7 for all. Returns whether each was written.
+/// See `migrations/0005_tags.sql`.
+pub(crate) const WRITE_MANY: &str = "SELECT pg_cached_write_entries($1::text[], $2::text[]::jsonb[], $3::bigint[], \
+     $4::bigint[], $5::bigint[], $6::text[], $7, $8, $9, $10::text[], $11::bigint[], $12::bigint[])";
 
 /// Coalesced deletes: [`DELETE`] for each key of $1 (distinct), one notification $2 for all; $3 is the lock
 /// timeout in ms. Returns the rows deleted per key.
 pub(crate) const DELETE_MANY: &str = "SELECT pg_cached_delete_many($1::text[], $2, $3)";
 
-/// Writes $1 = $2 for $3 ms (NULL: forever), kept $4 ms more for stale serving; with $5 (µs of the
-/// database clock when a memoized computation began), refused if key $1 or namespace $6 was invalidated
-/// since; sends $7; $8 is the lock timeout in ms, $9 whether to commit without waiting for the WAL flush.
-/// Returns whether it wrote. See `migrations/0003_serialized_writes.sql`: writes and invalidations of one
-/// key take turns under an advisory transaction lock.
-pub(crate) const WRITE: &str = "SELECT pg_cached_write($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9)";
+/// Writes $1 = $2 for $3 ms (NULL: forever), kept $4 ms more for stale serving, with tags $10 and compute
+/// time $11 µs; with $5 (µs of the database clock when a memoized computation began) and $12 (the xmin of
+/// its lookup), refused if key $1, namespace $6 or one of the tags was invalidated since; sends $7; $8 is the
+/// lock timeout in ms, $9 whether to commit without waiting for the WAL flush. Returns whether it wrote.
+/// See `migrations/0003_serialized_writes.sql` and `0005_tags.sql`: writes and invalidations of one key (and
+/// of one tag) take turns under advisory transaction locks.
+pub(crate) const WRITE: &str =
+    "SELECT pg_cached_write_entry($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9, $10::text[], $11, $12)";
+
+/// Deletes every entry carrying one of the tags $1, records their invalidation and tells every process
+/// (sender $2); $3 is the lock timeout in ms. Returns the entries deleted.
+pub(crate) const INVALIDATE_TAGS: &str = "SELECT pg_cached_invalidate_tags($1::text[], $2, $3)";
+
+/// Installs the trigger that invalidates tag `$3 || <column $2>` on changes to table $1 (a regclass).
+pub(crate) const INVALIDATE_ON_CHANGE: &str = "SELECT pg_cached_invalidate_on_change($1::regclass, $2, $3)";
+
+/// Removes those triggers from table $1; returns how many.
+pub(crate) const REMOVE_INVALIDATE_ON_CHANGE: &str =
+    "SELECT pg_cached_remove_invalidate_on_change($1::regclass)::bigint";
 
 /// Sends $1 on the events channel.
 pub(crate) const NOTIFY: &str = concat!("SELECT ", notify!("$1"));
@@ -89,8 +115,10 @@ pub(crate) const MARK_NAMESPACE: &str = "SELECT pg_cached_mark_namespace($1, $2,
 /// Invalidation marks older than a day and leases long past their deadline are no longer needed.
 pub(crate) const SWEEP_BOOKKEEPING: &str = "WITH old AS (DELETE FROM cache_invalidations \
      WHERE invalidated_at < now() - interval '1 day' RETURNING 1), \
+     old_tags AS (DELETE FROM cache_tag_invalidations WHERE invalidated_at < now() - interval '1 day' \
+                  RETURNING 1), \
      dead AS (DELETE FROM cache_leases WHERE deadline < now() - interval '1 minute' RETURNING 1) \
-     SELECT (SELECT count(*) FROM old) + (SELECT count(*) FROM dead)";
+     SELECT (SELECT count(*) FROM old) + (SELECT count(*) FROM old_tags) + (SELECT count(*) FROM dead)";
 
 /// Deletes up to $2 rows whose key matches the `LIKE` pattern $1.
 pub(crate) const DELETE_PREFIX_BATCH: &str = "DELETE FROM cache_entries WHERE cache_key IN \
@@ -119,11 +147,12 @@ pub(crate) const EVICT_BATCH: &str = "DELETE FROM cache_entries WHERE cache_key 
 pub(crate) const KEYS: &str = "SELECT cache_key FROM cache_entries \
      WHERE cache_key LIKE $1 AND (expires_at IS NULL OR expires_at > now()) ORDER BY cache_key LIMIT $2";
 
-/// Rows and live rows per namespace. Keys without a `:` count under the namespace "" (see
-/// `stats::namespace_of`).
+/// Rows, live rows, and the compute time (µs) held in live rows, per namespace. Keys without a `:` count
+/// under the namespace "" (see `stats::namespace_of`).
 pub(crate) const NAMESPACE_COUNTS: &str = "SELECT CASE WHEN strpos(cache_key, ':') > 0 \
      THEN split_part(cache_key, ':', 1) ELSE '' END, count(*), \
-     count(*) FILTER (WHERE expires_at IS NULL OR expires_at > now()) \
+     count(*) FILTER (WHERE expires_at IS NULL OR expires_at > now()), \
+     coalesce(sum(compute_us) FILTER (WHERE expires_at IS NULL OR expires_at > now()), 0)::bigint \
      FROM cache_entries GROUP BY 1";
 
 pub(crate) const TABLE_SIZE: &str = "SELECT pg_total_relation_size('cache_entries')";
@@ -166,5 +195,7 @@ mod tests {
         assert_eq!(migration.matches(&format!("pg_notify('{}'", crate::events::CHANNEL)).count(), 3);
         let batched = include_str!("../../migrations/0004_batched_writes.sql");
         assert_eq!(batched.matches(&format!("pg_notify('{}'", crate::events::CHANNEL)).count(), 2);
+        let tags = include_str!("../../migrations/0005_tags.sql");
+        assert_eq!(tags.matches(&format!("pg_notify('{}'", crate::events::CHANNEL)).count(), 3);
     }
 }

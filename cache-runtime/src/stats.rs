@@ -16,6 +16,9 @@ pub(crate) struct NamespaceCounters {
     pub(crate) stale_served: AtomicU64,
     pub(crate) local_hits: AtomicU64,
     pub(crate) local_misses: AtomicU64,
+    pub(crate) stale_if_error: AtomicU64,
+    /// Microseconds of computation that hits avoided (each hit adds its entry's compute time).
+    pub(crate) compute_saved_us: AtomicU64,
 }
 
 /// Which counter to bump.
@@ -37,6 +40,8 @@ pub(crate) enum Event {
     LocalHit,
     /// Not in the in-process tier.
     LocalMiss,
+    /// The body failed and an entry expired less than `stale_if_error` ago was served instead.
+    StaleIfError,
 }
 
 impl NamespaceCounters {
@@ -50,6 +55,7 @@ impl NamespaceCounters {
             Event::StaleServed => &self.stale_served,
             Event::LocalHit => &self.local_hits,
             Event::LocalMiss => &self.local_misses,
+            Event::StaleIfError => &self.stale_if_error,
         }
     }
 }
@@ -71,11 +77,22 @@ pub(crate) struct Counters {
 
 impl Counters {
     pub(crate) fn record(&self, namespace: &str, event: Event) {
+        let slot = self.add(namespace, |c| c.counter(event), 1);
+        crate::metrics::event(slot, event);
+    }
+
+    /// Adds the compute time (µs) that a hit in `namespace` avoided.
+    pub(crate) fn saved(&self, namespace: &str, compute_us: u64) {
+        self.add(namespace, |c| &c.compute_saved_us, compute_us);
+    }
+
+    /// Adds `by` to the counter `which` of `namespace`, created if need be; returns the name it is counted
+    /// under.
+    fn add<'a>(&self, namespace: &'a str, which: impl Fn(&NamespaceCounters) -> &AtomicU64, by: u64) -> &'a str {
         // The common case: the namespace is known, and a shared lock is enough to bump its atomic.
         if let Some(found) = self.by_namespace.read().unwrap_or_else(|e| e.into_inner()).get(namespace) {
-            found.counter(event).fetch_add(1, Ordering::Relaxed);
-            crate::metrics::event(namespace, event);
-            return;
+            which(found).fetch_add(by, Ordering::Relaxed);
+            return namespace;
         }
         // A poisoned lock only means another thread panicked while holding it; the map is still usable.
         let mut map = self.by_namespace.write().unwrap_or_else(|e| e.into_inner());
@@ -84,8 +101,8 @@ impl Counters {
         } else {
             OTHER_NAMESPACES
         };
-        map.entry(slot.to_owned()).or_default().counter(event).fetch_add(1, Ordering::Relaxed);
-        crate::metrics::event(slot, event);
+        which(map.entry(slot.to_owned()).or_default()).fetch_add(by, Ordering::Relaxed);
+        slot
     }
 
     /// The name `namespace` is counted under: itself, or [`OTHER_NAMESPACES`] once the bound is reached.
@@ -130,6 +147,13 @@ pub struct ProcessCounts {
     pub local_hits: u64,
     /// Lookups that missed the in-process tier and went on to PostgreSQL.
     pub local_misses: u64,
+    /// Calls whose body failed (an `Err`, a `None`) and that were served an entry expired less than
+    /// `stale_if_error` ago instead.
+    pub stale_if_error: u64,
+    /// Microseconds of computation that hits (in PostgreSQL, in the in-process tier, or by joining another
+    /// caller's computation) did not have to redo: the sum of the compute times recorded with the entries
+    /// they were served. See [`compute_saved`](Self::compute_saved).
+    pub compute_saved_us: u64,
 }
 
 impl From<&NamespaceCounters> for ProcessCounts {
@@ -144,6 +168,8 @@ impl From<&NamespaceCounters> for ProcessCounts {
             stale_served: get(&c.stale_served),
             local_hits: get(&c.local_hits),
             local_misses: get(&c.local_misses),
+            stale_if_error: get(&c.stale_if_error),
+            compute_saved_us: get(&c.compute_saved_us),
         }
     }
 }
@@ -155,6 +181,11 @@ impl ProcessCounts {
         let served = self.hits + self.local_hits + self.coalesced + self.stale_served;
         let total = served + self.misses;
         (total > 0).then(|| served as f64 / total as f64)
+    }
+
+    /// The computation time hits avoided ([`compute_saved_us`](Self::compute_saved_us)).
+    pub fn compute_saved(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.compute_saved_us)
     }
 }
 
@@ -169,6 +200,8 @@ impl std::ops::AddAssign<&ProcessCounts> for ProcessCounts {
         self.stale_served += other.stale_served;
         self.local_hits += other.local_hits;
         self.local_misses += other.local_misses;
+        self.stale_if_error += other.stale_if_error;
+        self.compute_saved_us += other.compute_saved_us;
     }
 }
 
@@ -182,6 +215,9 @@ pub struct NamespaceStats {
     pub entries: u64,
     /// Rows that have not expired.
     pub active: u64,
+    /// The compute time held in its live rows, in microseconds: what their computations took (memoized
+    /// results only; values stored with `set` have none).
+    pub compute_held_us: u64,
     /// This process's counters for the namespace.
     pub process: ProcessCounts,
 }
@@ -206,15 +242,15 @@ pub struct CacheStats {
 
 impl CacheStats {
     pub(crate) fn assemble(
-        table: Vec<(String, u64, u64)>,
+        table: Vec<(String, u64, u64, u64)>,
         bytes_on_disk: u64,
         counters: HashMap<String, ProcessCounts>,
     ) -> CacheStats {
         let mut by_ns: std::collections::BTreeMap<String, NamespaceStats> = table
             .into_iter()
-            .map(|(namespace, entries, active)| {
-                let stats =
-                    NamespaceStats { namespace: namespace.clone(), entries, active, process: Default::default() };
+            .map(|(namespace, entries, active, compute_held_us)| {
+                let process = ProcessCounts::default();
+                let stats = NamespaceStats { namespace: namespace.clone(), entries, active, compute_held_us, process };
                 (namespace, stats)
             })
             .collect();
@@ -223,7 +259,13 @@ impl CacheStats {
             process += &counts;
             by_ns
                 .entry(namespace.clone())
-                .or_insert_with(|| NamespaceStats { namespace, entries: 0, active: 0, process: Default::default() })
+                .or_insert_with(|| NamespaceStats {
+                    namespace,
+                    entries: 0,
+                    active: 0,
+                    compute_held_us: 0,
+                    process: Default::default(),
+                })
                 .process = counts;
         }
         let total_entries = by_ns.values().map(|n| n.entries).sum();
@@ -363,6 +405,8 @@ mod tests {
             stale_served: 6,
             local_hits: 7,
             local_misses: 8,
+            stale_if_error: 9,
+            compute_saved_us: 10,
         };
         let mut total = one;
         total += &one;
@@ -376,7 +420,9 @@ mod tests {
                 executions: 10,
                 stale_served: 12,
                 local_hits: 14,
-                local_misses: 16
+                local_misses: 16,
+                stale_if_error: 18,
+                compute_saved_us: 20,
             }
         );
     }

@@ -12,7 +12,7 @@ use crate::failover::Hosts;
 use crate::flight::Flights;
 use crate::local::LocalTier;
 use crate::replicas::Replicas;
-use crate::server::{remaining, LiveEntry, Lookup, ReadFrom, Server, Write};
+use crate::server::{remaining, EntryMeta, LiveEntry, Lookup, ReadFrom, Server, Start, Write};
 use crate::shards::Shards;
 use crate::stats::{namespace_of, Counters, Event};
 use crate::ttl::Ttl;
@@ -78,13 +78,19 @@ impl Drop for Inner {
     }
 }
 
-/// What a memoized write adds to a plain one.
-#[derive(Debug, Clone, Copy, Default)]
+/// What a write may add to a plain `set`: a memoized result's guard, stale window and tier setting, and any
+/// entry's tags and compute time.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct MemoWrite {
-    /// The function's stale window: the row is kept that long past its expiry.
-    pub(crate) stale: Option<Duration>,
+    /// How long the row is kept past its expiry, to be served stale (`stale`, `stale_if_error`).
+    pub(crate) keep: Option<Duration>,
     /// The function's own in-process max age (`local = "..."`), if any.
     pub(crate) local_max_age: Option<Duration>,
+    /// For a memoized result: when its computation began. The write is refused for any invalidation of its
+    /// key, namespace or tags the computation may not have seen.
+    pub(crate) started: Option<Start>,
+    /// Its tags and compute time.
+    pub(crate) meta: EntryMeta,
 }
 
 /// Checks a key as every operation does before any I/O, for tools that take keys from people: not empty, no
@@ -205,36 +211,56 @@ impl PgCache {
     }
 
     pub(crate) async fn set_json(&self, key: &str, json: &str, ttl: Option<Duration>) -> Result<()> {
-        self.write_json(key, json, ttl, None, None).await.map(drop)
+        self.write_json(key, json, ttl, &MemoWrite::default()).await.map(drop)
     }
 
-    /// Writes a memoized result unless its key or namespace was invalidated at or after `started_us` (the
-    /// database clock when the computation began). Returns whether the row was written. `stale` keeps the
-    /// row that much longer past its expiry, for stale serving.
-    pub(crate) async fn set_json_guarded(
+    /// [`set`](Self::set), with `tags`: [`invalidate_tag`](Self::invalidate_tag) of any of them deletes the
+    /// entry. The entry's previous tags, if any, are replaced.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: cache_runtime::PgCache) -> Result<(), cache_runtime::CacheError> {
+    /// use std::time::Duration;
+    /// cache.set_tagged("answer:q1", &"42", Some(Duration::from_secs(3600)), &["doc:7", "doc:9"]).await?;
+    /// cache.invalidate_tag("doc:9").await?; // answer:q1 is gone
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// Those of [`set`](Self::set), and [`CacheError::InvalidTag`] for a bad tag, before any I/O.
+    pub async fn set_tagged<T: Serialize + ?Sized>(
         &self,
         key: &str,
-        json: &str,
-        ttl: Option<Duration>,
-        started_us: i64,
-        memo: MemoWrite,
-    ) -> Result<bool> {
-        self.write_json(key, json, ttl, Some(started_us), Some(memo)).await
+        value: &T,
+        ttl: impl Into<Ttl>,
+        tags: &[impl AsRef<str>],
+    ) -> Result<()> {
+        check_key(key)?;
+        let tags = crate::tags::stored_form(tags)?;
+        let ttl = ttl.into().resolve(self.inner.config.default_ttl)?;
+        let json = codec::encode(value, self.inner.config.max_value_bytes)?;
+        let memo = MemoWrite { meta: EntryMeta { tags, compute_us: None }, ..MemoWrite::default() };
+        self.write_json(key, &json, ttl, &memo).await.map(drop)
     }
 
     /// Every write: one statement that also tells every process (see `sql::WRITE`), then this process's tier.
-    async fn write_json(
+    /// A guarded write (`memo.started`) may be refused: returns whether the row was written.
+    pub(crate) async fn write_json(
         &self,
         key: &str,
         json: &str,
         ttl: Option<Duration>,
-        started_us: Option<i64>,
-        memo: Option<MemoWrite>,
+        memo: &MemoWrite,
     ) -> Result<bool> {
         let namespace = namespace_of(key);
         let epoch = self.inner.local.get().map(LocalTier::epoch);
-        let keep_ms = memo.and_then(|m| Ttl::millis(m.stale)).unwrap_or(0);
-        let write = Write { namespace, ttl_ms: Ttl::millis(ttl), keep_ms, started_us };
+        let write = Write {
+            namespace,
+            ttl_ms: Ttl::millis(ttl),
+            keep_ms: Ttl::millis(memo.keep).unwrap_or(0),
+            started: memo.started,
+            tags: memo.meta.tags.as_ref(),
+            compute_us: memo.meta.compute_us,
+        };
         let started = crate::metrics::clock();
         let result = self.server_for(key).write(key, json, write).await;
         self.timed("set", key, started);
@@ -243,7 +269,7 @@ impl PgCache {
         if !written {
             tracing::debug!(namespace, key, "result computed before an invalidation; not stored");
         }
-        self.after_write(key, json, ttl, written, memo.and_then(|m| m.local_max_age), epoch);
+        self.after_write(key, json, ttl, written, memo, epoch);
         Ok(written)
     }
 
@@ -255,15 +281,15 @@ impl PgCache {
         json: &str,
         ttl: Option<Duration>,
         written: bool,
-        local_max_age: Option<Duration>,
+        memo: &MemoWrite,
         epoch: Option<u64>,
     ) {
         if written {
             crate::metrics::bytes_written(self.metric_namespace(namespace_of(key)), json.len());
         }
         if let (Some(tier), Some(epoch)) = (self.inner.local.get(), epoch) {
-            if written && (tier.for_all_keys || local_max_age.is_some()) {
-                tier.put(key, json.into(), ttl, local_max_age, epoch, None);
+            if written && (tier.for_all_keys || memo.local_max_age.is_some()) {
+                tier.put(key, json.into(), memo.meta.clone(), ttl, memo.local_max_age, epoch, None);
             } else {
                 tier.remove(key);
             }
@@ -323,14 +349,14 @@ impl PgCache {
             self.record(namespace_of(key), Event::LocalMiss);
         }
         let epoch = tier.map(LocalTier::epoch);
-        let Some(LiveEntry { json, remaining_ms, as_of }) = self.get_live(key, ReadFrom::AnyCopy).await? else {
+        let Some(LiveEntry { json, remaining_ms, as_of, meta }) = self.get_live(key, ReadFrom::AnyCopy).await? else {
             self.record(namespace_of(key), Event::Miss);
             tracing::debug!(namespace = namespace_of(key), key, "cache miss");
             return Ok(None);
         };
         let value = self.decode_counted(key, &json, Event::Hit);
         if let (Some(tier), Some(epoch), Some(_)) = (tier, epoch, &value) {
-            tier.put(key, json.into(), remaining(remaining_ms), None, epoch, as_of);
+            tier.put(key, json.into(), meta, remaining(remaining_ms), None, epoch, as_of);
         }
         Ok(value)
     }

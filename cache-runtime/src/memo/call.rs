@@ -1,12 +1,13 @@
 //! One memoized call against the store: the lookup, the write (guarded against invalidations that happened
 //! while the body ran), and the refresh of a stale entry.
 
-use super::run;
+use super::{run, served, Computed};
 use crate::__private::{Policy, Site};
 use crate::local::LocalTier;
-use crate::server::{remaining, LiveEntry, ReadFrom};
+use crate::server::{remaining, EntryMeta, LiveEntry, ReadFrom, Start};
 use crate::stats::Event;
 use crate::store::{MemoWrite, PgCache};
+use crate::tags::TagScope;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,22 +19,65 @@ pub(super) struct Call<'a, P> {
     pub(super) key: &'a str,
     pub(super) policy: &'a P,
     pub(super) local: Option<&'a LocalTier>,
+    /// The computation this call is part of (an outer memoized body), which inherits its tags.
+    pub(super) outer: Option<&'a TagScope>,
 }
 
 /// What the store said about the key.
 pub(super) enum Found<R> {
     /// A live entry.
     Fresh(R, Arc<str>),
-    /// An expired entry within the stale window; `started_us` is the database clock at the lookup.
-    Stale(R, Arc<str>, i64),
-    /// Nothing usable; compute. `None` when the store is unreachable (then nothing is written either).
-    Missing(Option<i64>),
+    /// An expired entry within the stale window, and when the lookup ran.
+    Stale(R, Arc<str>, EntryMeta, Start),
+    /// Nothing usable; compute. `None` when the store is unreachable (then nothing is written either). The
+    /// fallback is an entry expired less than `stale_if_error` ago, served if the computation fails.
+    Missing(Option<Start>, Option<Fallback>),
+}
+
+/// An expired entry that may stand in for a failed computation (`stale_if_error`).
+#[derive(Clone)]
+pub(super) struct Fallback {
+    pub(super) json: Arc<str>,
+    pub(super) meta: EntryMeta,
 }
 
 impl<P> Call<'_, P> {
     pub(super) fn record(&self, event: Event) {
         self.cache.record(self.site.namespace, event);
         super::record_outcome(event);
+    }
+
+    /// Records a value served from an entry: the event, the compute time it saved, and its tags for the
+    /// computation this call is part of.
+    pub(super) fn record_served(&self, event: Event, meta: &EntryMeta) {
+        served(self.cache, self.site, event, meta, self.outer);
+        super::record_outcome(event);
+    }
+
+    /// Runs the body (see `memo::run`).
+    pub(super) async fn run<R>(&self, body: impl Future<Output = R>) -> (R, Computed) {
+        run(self.cache, self.site, self.outer, body).await
+    }
+
+    /// `stale_if_error`: the fallback's value instead of a failed outcome, if there is a fallback and the
+    /// outcome failed.
+    pub(super) fn or_fallback<R>(&self, outcome: R, fallback: Option<&Fallback>) -> R
+    where
+        P: Policy<R>,
+    {
+        let Some(fallback) = fallback.filter(|_| self.policy.failed(&outcome)) else { return outcome };
+        match self.policy.decode(&fallback.json) {
+            Ok(value) => {
+                self.record_served(Event::StaleIfError, &fallback.meta);
+                tracing::warn!(
+                    namespace = self.site.namespace,
+                    key = self.key,
+                    "the computation failed; serving the entry expired within stale_if_error"
+                );
+                value
+            }
+            Err(_) => outcome,
+        }
     }
 
     fn record_error(&self, error: &crate::CacheError) {
@@ -68,7 +112,7 @@ impl<P> Call<'_, P> {
         }
     }
 
-    /// Looks the key up, stale window included, and notes the database clock for the stale-set guard.
+    /// Looks the key up, stale windows included, and notes the database clock for the stale-set guard.
     /// `from`: whether a read replica may answer.
     pub(super) async fn find<R>(&self, from: ReadFrom) -> Found<R>
     where
@@ -76,69 +120,91 @@ impl<P> Call<'_, P> {
     {
         let namespace = self.site.namespace;
         let epoch = self.local.map(LocalTier::epoch);
-        let lookup = match self.cache.lookup(self.key, self.site.stale, from).await {
+        let lookup = match self.cache.lookup(self.key, self.site.keep(), from).await {
             Ok(lookup) => lookup,
             // Already counted and logged by the store. A store that cannot be read will not take a write
             // either: skip it rather than make the caller wait for a second timeout.
             Err(_) => {
                 super::record_outcome(Event::Error);
-                return Found::Missing(None);
+                return Found::Missing(None, None);
             }
         };
+        let start = lookup.start();
         let Some(json) = lookup.json else {
             self.record(Event::Miss);
             tracing::debug!(namespace, key = self.key, "memoized miss");
-            return Found::Missing(Some(lookup.db_now_us));
+            return Found::Missing(Some(start), None);
         };
+        let expired_ms = lookup.remaining_ms.map_or(0, |ms| -ms.min(0)).unsigned_abs();
+        let within = |window: Option<Duration>| window.is_some_and(|w| u128::from(expired_ms) <= w.as_millis());
         match self.policy.decode(&json) {
             Ok(outcome) if lookup.fresh => {
-                self.record(Event::Hit);
+                self.record_served(Event::Hit, &lookup.meta);
                 tracing::debug!(namespace, key = self.key, "memoized hit");
                 let json: Arc<str> = json.into();
                 if let (Some(tier), Some(epoch)) = (self.local, epoch) {
                     let remaining = remaining(lookup.remaining_ms);
-                    tier.put(self.key, Arc::clone(&json), remaining, self.site.local, epoch, lookup.as_of);
+                    let (local, as_of) = (self.site.local, lookup.as_of);
+                    tier.put(self.key, Arc::clone(&json), lookup.meta, remaining, local, epoch, as_of);
                 }
                 Found::Fresh(outcome, json)
             }
-            Ok(outcome) => {
+            Ok(outcome) if within(self.site.stale) => {
                 self.record(Event::Miss);
-                Found::Stale(outcome, json.into(), lookup.db_now_us)
+                Found::Stale(outcome, json.into(), lookup.meta, start)
+            }
+            Ok(_) => {
+                // Expired past the stale window, within stale_if_error's: compute, and keep it in reserve.
+                self.record(Event::Miss);
+                Found::Missing(Some(start), Some(Fallback { json: json.into(), meta: lookup.meta }))
             }
             Err(error) => {
                 self.record(Event::Miss);
                 tracing::warn!(namespace, key = self.key, %error, "stored value has the wrong shape; recomputing");
-                Found::Missing(Some(lookup.db_now_us))
+                Found::Missing(Some(start), None)
             }
         }
     }
 
     /// The fast path of a hit: the same statement as `PgCache::get`, lighter than the lookup a miss needs (no
-    /// stale window, no clock). Counts only what it serves, as `served` (a hit, or a follower's coalesced
-    /// read); `Err` when the store could not be reached. `from`: whether a read replica may answer.
+    /// stale window). Counts only what it serves, as `served` (a hit, or a follower's coalesced read); `Err`
+    /// when the store could not be reached. `from`: whether a read replica may answer.
     pub(super) async fn find_live<R>(&self, served: Event, from: ReadFrom) -> Result<Option<R>, ()>
     where
         P: Policy<R>,
     {
         let epoch = self.local.map(LocalTier::epoch);
         let found = self.cache.get_live(self.key, from).await.map_err(drop)?;
-        let Some(LiveEntry { json, remaining_ms, as_of }) = found else { return Ok(None) };
+        let Some(LiveEntry { json, remaining_ms, as_of, meta }) = found else { return Ok(None) };
         let Ok(outcome) = self.policy.decode(&json) else { return Ok(None) };
-        self.record(served);
+        self.record_served(served, &meta);
         tracing::debug!(namespace = self.site.namespace, key = self.key, ?served, "memoized hit");
         if let (Some(tier), Some(epoch)) = (self.local, epoch) {
-            tier.put(self.key, json.into(), remaining(remaining_ms), self.site.local, epoch, as_of);
+            tier.put(self.key, json.into(), meta, remaining(remaining_ms), self.site.local, epoch, as_of);
         }
         Ok(Some(outcome))
     }
 
-    /// Writes a computed outcome unless an invalidation happened after `started_us`. `Ok(false)`: refused
-    /// for that reason; `Err`: not written because the TTL is unusable or the store failed (counted and
-    /// logged there; the caller has its value either way).
-    pub(super) async fn write(&self, json: &str, started_us: i64) -> Result<bool, ()> {
+    /// Writes a computed outcome unless an invalidation happened that its computation (begun at `start`) may
+    /// not have seen. `Ok(false)`: refused for that reason; `Err`: not written because the TTL is unusable, a
+    /// tag was invalid, or the store failed (counted and logged there; the caller has its value either way).
+    pub(super) async fn write(&self, json: &str, start: Start, computed: &Computed) -> Result<bool, ()> {
         let ttl = self.ttl().ok_or(())?;
-        let memo = MemoWrite { stale: self.site.stale, local_max_age: self.site.local };
-        self.cache.set_json_guarded(self.key, json, ttl, started_us, memo).await.map_err(drop)
+        let tags = match &computed.tags {
+            Ok(tags) => tags.clone(),
+            Err(error) => {
+                self.record_error(error);
+                tracing::warn!(namespace = self.site.namespace, key = self.key, %error, "result not cached");
+                return Err(());
+            }
+        };
+        let memo = MemoWrite {
+            keep: self.site.keep(),
+            local_max_age: self.site.local,
+            started: Some(start),
+            meta: EntryMeta { tags, compute_us: Some(computed.compute_us) },
+        };
+        self.cache.write_json(self.key, json, ttl, &memo).await.map_err(drop)
     }
 
     /// `single_flight = "off"`: look up, and on a miss compute and store.
@@ -149,32 +215,32 @@ impl<P> Call<'_, P> {
     {
         match self.find(ReadFrom::AnyCopy).await {
             Found::Fresh(outcome, _) => outcome,
-            Found::Stale(stale, _, started_us) => self.refresh(body, stale, started_us).await,
-            Found::Missing(started_us) => {
-                let outcome = run(self.cache, self.site, body).await;
-                if let (Some(started_us), Some(json)) = (started_us, self.encode(&outcome)) {
-                    let _ = self.write(&json, started_us).await;
+            Found::Stale(stale, _, meta, start) => self.refresh(body, stale, &meta, start).await,
+            Found::Missing(start, fallback) => {
+                let (outcome, computed) = self.run(body).await;
+                if let (Some(start), Some(json)) = (start, self.encode(&outcome)) {
+                    let _ = self.write(&json, start, &computed).await;
                 }
-                outcome
+                self.or_fallback(outcome, fallback.as_ref())
             }
         }
     }
 
     /// Recomputes a stale entry; when the body gives nothing storable (an `Err`, a `None`), the stale value is
     /// served instead and stays in place until its window closes.
-    pub(super) async fn refresh<R, F>(&self, body: F, stale: R, started_us: i64) -> R
+    pub(super) async fn refresh<R, F>(&self, body: F, stale: R, meta: &EntryMeta, start: Start) -> R
     where
         P: Policy<R>,
         F: Future<Output = R>,
     {
-        let outcome = run(self.cache, self.site, body).await;
+        let (outcome, computed) = self.run(body).await;
         match self.encode(&outcome) {
             Some(json) => {
-                let _ = self.write(&json, started_us).await;
+                let _ = self.write(&json, start, &computed).await;
                 outcome
             }
             None => {
-                self.record(Event::StaleServed);
+                self.record_served(Event::StaleServed, meta);
                 tracing::warn!(
                     namespace = self.site.namespace,
                     key = self.key,
@@ -194,10 +260,10 @@ impl<P> Call<'_, P> {
     {
         // The database clock now, for the same guard as every memoized write: an invalidation that lands while
         // the body runs wins over this refresh.
-        let started_us = self.cache.lookup(self.key, None, ReadFrom::Primary).await.ok().map(|lookup| lookup.db_now_us);
-        let outcome = run(self.cache, self.site, body).await;
-        if let (Some(json), Some(started_us)) = (self.encode(&outcome), started_us) {
-            let _ = self.write(&json, started_us).await;
+        let start = self.cache.lookup(self.key, None, ReadFrom::Primary).await.ok().map(|lookup| lookup.start());
+        let (outcome, computed) = self.run(body).await;
+        if let (Some(json), Some(start)) = (self.encode(&outcome), start) {
+            let _ = self.write(&json, start, &computed).await;
         }
         outcome
     }

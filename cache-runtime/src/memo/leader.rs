@@ -2,12 +2,12 @@
 //! flight leads: it looks the key up again, takes a cluster-wide lease when asked, runs the body and
 //! publishes the outcome; the others wait and take the outcome as JSON.
 
-use super::call::{Call, Found};
-use super::{run, Body};
+use super::call::{Call, Fallback, Found};
+use super::{Body, Computed};
 use crate::__private::{Policy, SingleFlight};
 use crate::flight::Shared;
 use crate::lease::Lease;
-use crate::server::ReadFrom;
+use crate::server::{EntryMeta, ReadFrom, Start};
 use crate::stats::Event;
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ enum LeaderWork<R> {
     /// Give up the lease if one is held, and return the outcome.
     Done(R, Option<Lease>),
     /// Refresh a stale entry: run the body, and serve the stale value if the refresh gives nothing storable.
-    Refresh(R, i64, Option<Lease>),
+    Refresh(R, EntryMeta, Start, Option<Lease>),
 }
 
 impl<P> Call<'_, P> {
@@ -65,20 +65,21 @@ impl<P> Call<'_, P> {
     where
         P: Policy<R>,
     {
-        let (json, event) = match shared {
+        let (json, meta, event) = match shared {
             // Read it back: this read starts after the follower's call did, so it reflects every invalidation
             // that completed before the call, in any process. The copy serves only if the store fails.
-            Shared::Stored(json) => match self.find_live(Event::Coalesced, ReadFrom::Primary).await {
+            Shared::Stored(json, meta) => match self.find_live(Event::Coalesced, ReadFrom::Primary).await {
                 Ok(found) => return found,
-                Err(()) => (json, Event::Coalesced),
+                Err(()) => (json, meta, Event::Coalesced),
             },
-            Shared::Unstored(json) => (json, Event::Coalesced),
-            Shared::Stale(json) => (json, Event::StaleServed),
+            Shared::Unstored(json, meta) => (json, meta, Event::Coalesced),
+            Shared::Stale(json, meta) => (json, meta, Event::StaleServed),
+            Shared::Fallback(json, meta) => (json, meta, Event::StaleIfError),
             Shared::Unshareable => return None,
         };
         match self.policy.decode(json) {
             Ok(outcome) => {
-                self.record(event);
+                self.record_served(event, meta);
                 Some(outcome)
             }
             Err(error) => {
@@ -100,62 +101,82 @@ impl<P> Call<'_, P> {
         loop {
             // The primary: a value another caller has just stored may not have reached a read replica yet.
             let skip = std::mem::take(&mut skip_lookup);
-            let found = if skip { Found::Missing(None) } else { self.find(ReadFrom::Primary).await };
+            let found = if skip { Found::Missing(None, None) } else { self.find(ReadFrom::Primary).await };
             match found {
-                Found::Fresh(outcome, json) => return (Shared::Stored(json), LeaderWork::Done(outcome, None)),
-                Found::Stale(stale, json, started_us) => {
+                Found::Fresh(outcome, json) => {
+                    // `find` has passed the entry's tags on; followers read it back and pass them on too.
+                    return (Shared::Stored(json, EntryMeta::default()), LeaderWork::Done(outcome, None));
+                }
+                Found::Stale(stale, json, meta, start) => {
+                    let shared = Shared::Stale(json, meta.clone());
                     let lease = if cluster {
                         match self.cache.try_lease(self.key).await {
                             Ok(Some(lease)) => Some(lease),
                             // Someone else refreshes it: serve the stale value and move on.
                             Ok(None) => {
-                                self.record(Event::StaleServed);
-                                return (Shared::Stale(json), LeaderWork::Done(stale, None));
+                                self.record_served(Event::StaleServed, &meta);
+                                return (shared, LeaderWork::Done(stale, None));
                             }
                             Err(_) => None,
                         }
                     } else {
                         None
                     };
-                    return (Shared::Stale(json), LeaderWork::Refresh(stale, started_us, lease));
+                    return (shared, LeaderWork::Refresh(stale, meta, start, lease));
                 }
-                Found::Missing(started_us) => {
+                Found::Missing(start, fallback) => {
                     let mut lease = None;
-                    if cluster && started_us.is_some() {
+                    if cluster && start.is_some() {
                         match self.cache.try_lease(self.key).await {
                             Ok(Some(held)) => lease = Some(held),
                             Ok(None) => {
                                 // Another process computes: wait for its value, or for its lease to lapse.
                                 if let Some((outcome, json)) = self.await_other_process().await {
-                                    return (Shared::Stored(json), LeaderWork::Done(outcome, None));
+                                    return (Shared::Stored(json, EntryMeta::default()), LeaderWork::Done(outcome, None));
                                 }
                                 continue;
                             }
                             Err(_) => {}
                         }
                     }
-                    let outcome = run(self.cache, self.site, body.as_mut()).await;
-                    return (self.publish(&outcome, started_us).await, LeaderWork::Done(outcome, lease));
+                    let (outcome, computed) = self.run(body.as_mut()).await;
+                    let shared = self.publish(&outcome, start, &computed, fallback.as_ref()).await;
+                    let outcome = self.or_fallback(outcome, fallback.as_ref());
+                    return (shared, LeaderWork::Done(outcome, lease));
                 }
             }
         }
     }
 
     /// Stores a computed outcome (before followers are answered, so that they can read it back) and says what
-    /// followers get.
-    async fn publish<R>(&self, outcome: &R, started_us: Option<i64>) -> Shared
+    /// followers get: with `stale_if_error`, a failed outcome's fallback.
+    async fn publish<R>(
+        &self,
+        outcome: &R,
+        start: Option<Start>,
+        computed: &Computed,
+        fallback: Option<&Fallback>,
+    ) -> Shared
     where
         P: Policy<R>,
     {
-        let Some(json) = self.encode(outcome) else { return Shared::Unshareable };
-        // `started_us` is `None` when the store is down: followers still get the outcome, instead of each
-        // paying another timeout and running the body themselves.
-        let Some(started_us) = started_us else { return Shared::Unstored(json) };
-        match self.write(&json, started_us).await {
-            Ok(true) => Shared::Stored(json),
+        let Some(json) = self.encode(outcome) else {
+            return match fallback {
+                Some(fallback) if self.policy.failed(outcome) => {
+                    Shared::Fallback(Arc::clone(&fallback.json), fallback.meta.clone())
+                }
+                _ => Shared::Unshareable,
+            };
+        };
+        let meta = EntryMeta { tags: computed.tags.as_ref().ok().cloned().flatten(), compute_us: None };
+        // `start` is `None` when the store is down: followers still get the outcome, instead of each paying
+        // another timeout and running the body themselves.
+        let Some(start) = start else { return Shared::Unstored(json, meta) };
+        match self.write(&json, start, computed).await {
+            Ok(true) => Shared::Stored(json, meta),
             // Computed before an invalidation of the key: nobody may be served it.
             Ok(false) => Shared::Unshareable,
-            Err(()) => Shared::Unstored(json),
+            Err(()) => Shared::Unstored(json, meta),
         }
     }
 
@@ -176,7 +197,7 @@ impl<P> Call<'_, P> {
                 Ok(lookup) => {
                     if let Some(json) = lookup.json {
                         if let Ok(outcome) = self.policy.decode(&json) {
-                            self.record(Event::Coalesced);
+                            self.record_served(Event::Coalesced, &lookup.meta);
                             return Some((outcome, json.into()));
                         }
                         return None;
@@ -199,7 +220,7 @@ impl<P> Call<'_, P> {
     {
         let (outcome, lease) = match work {
             LeaderWork::Done(outcome, lease) => (outcome, lease),
-            LeaderWork::Refresh(stale, started_us, lease) => (self.refresh(body, stale, started_us).await, lease),
+            LeaderWork::Refresh(stale, meta, start, lease) => (self.refresh(body, stale, &meta, start).await, lease),
         };
         if let Some(lease) = lease {
             lease.release().await;

@@ -12,12 +12,15 @@ mod leader;
 use crate::__private::{CacheRef, Policy, SingleFlight, Site};
 use crate::error::CacheError;
 use crate::local::{LocalEntry, LocalTier};
+use crate::server::EntryMeta;
+use crate::tags::{TagScope, Tags};
 use crate::server::ReadFrom;
 use crate::stats::Event;
 use crate::store::PgCache;
 use call::Call;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use tracing::Instrument;
 
 /// A memoized function's body, boxed once a call misses so that it is never moved again.
@@ -52,6 +55,8 @@ where
     L: LocalValues<R>,
 {
     let cache = cache.resolve();
+    // The computation this call is part of, if any: it inherits this call's tags, hit or miss.
+    let outer = crate::tags::current();
     // Each call is a span, so that tracing and OpenTelemetry users see cache hits in their traces; `outcome`
     // and `tier` are filled in as they become known (see `record_outcome`).
     let span = tracing::info_span!(
@@ -61,11 +66,12 @@ where
         outcome = tracing::field::Empty,
         tier = tracing::field::Empty,
     );
-    if let Some(value) = span.in_scope(|| local_hit(site, cache.as_ref(), key.as_deref().ok(), &policy, values)) {
+    let hit = span.in_scope(|| local_hit(site, cache.as_ref(), key.as_deref().ok(), &policy, values, outer.as_deref()));
+    if let Some(value) = hit {
         span.record("outcome", "hit").record("tier", "local");
         return Memoized::ready(value);
     }
-    Memoized::pending(memoize_slow(site, cache, key, policy, body).instrument(span))
+    Memoized::pending(memoize_slow(site, cache, key, policy, body, outer).instrument(span))
 }
 
 /// Notes what `event` says about the current memoized call on its span: `outcome` is `hit`, `miss`,
@@ -76,7 +82,7 @@ pub(crate) fn record_outcome(event: Event) {
         Event::LocalHit => ("hit", Some("local")),
         Event::Coalesced => ("hit", Some("flight")),
         Event::Miss => ("miss", None),
-        Event::StaleServed => ("stale", None),
+        Event::StaleServed | Event::StaleIfError => ("stale", None),
         Event::Error => ("error", None),
         Event::Execution | Event::LocalMiss => return,
     };
@@ -164,7 +170,14 @@ fn local_tier<'a>(site: &Site, cache: &'a PgCache) -> Option<&'a LocalTier> {
 }
 
 /// Answers from the in-process tier, synchronously, when it holds the key.
-fn local_hit<R, P, L>(site: &Site, cache: Option<&PgCache>, key: Option<&str>, policy: &P, values: L) -> Option<R>
+fn local_hit<R, P, L>(
+    site: &Site,
+    cache: Option<&PgCache>,
+    key: Option<&str>,
+    policy: &P,
+    values: L,
+    outer: Option<&TagScope>,
+) -> Option<R>
 where
     P: Policy<R>,
     L: LocalValues<R>,
@@ -174,15 +187,32 @@ where
         return None;
     }
     let tier = local_tier(site, cache)?;
-    let value = tier.get(key).and_then(|entry| {
-        values.take(&entry).or_else(|| {
+    let entry = tier.get(key);
+    let value = entry.as_ref().and_then(|entry| {
+        values.take(entry).or_else(|| {
             let value = policy.decode(&entry.json).ok()?;
-            values.keep(&entry, &value);
+            values.keep(entry, &value);
             Some(value)
         })
     });
-    cache.record(site.namespace, if value.is_some() { Event::LocalHit } else { Event::LocalMiss });
+    let entry_meta = entry.map(|entry| entry.meta.clone());
+    match (&value, &entry_meta) {
+        (Some(_), Some(meta)) => served(cache, site, Event::LocalHit, meta, outer),
+        _ => cache.record(site.namespace, Event::LocalMiss),
+    }
     value
+}
+
+/// Counts a value served from an entry (`event`: which kind of hit) with the compute time it saved, and
+/// passes its tags on to the computation this call is part of.
+pub(crate) fn served(cache: &PgCache, site: &Site, event: Event, meta: &EntryMeta, outer: Option<&TagScope>) {
+    cache.record(site.namespace, event);
+    if let Some(us) = meta.compute_us.filter(|_| matches!(event, Event::Hit | Event::LocalHit | Event::Coalesced)) {
+        cache.inner.counters.saved(site.namespace, us.max(0).unsigned_abs());
+    }
+    if let Some(outer) = outer {
+        outer.inherit(meta.tags.as_ref());
+    }
 }
 
 async fn memoize_slow<R, P, F>(
@@ -191,22 +221,32 @@ async fn memoize_slow<R, P, F>(
     key: Result<String, CacheError>,
     policy: P,
     body: F,
+    outer: Option<Arc<TagScope>>,
 ) -> R
 where
     P: Policy<R>,
     F: Future<Output = R>,
 {
-    let Some(cache) = cache else { return Box::pin(body).await };
+    let Some(cache) = cache else {
+        // No cache: the body still runs in a scope of its own, so that its tags reach an outer cached call.
+        let scope = TagScope::new(site.tags);
+        let outcome = crate::tags::gather(Arc::clone(&scope), Box::pin(body)).await;
+        if let Some(outer) = &outer {
+            outer.absorb(&scope.finish());
+        }
+        return outcome;
+    };
     let key = match key {
         Ok(key) => key,
         Err(error) => {
             cache.record_error(site.namespace, &error);
             record_outcome(Event::Error);
             tracing::warn!(namespace = site.namespace, function = site.function, %error, "cannot build the cache key; running uncached");
-            return run(&cache, site, Box::pin(body)).await;
+            return run(&cache, site, outer.as_deref(), Box::pin(body)).await.0;
         }
     };
-    let call = Call { cache: &cache, site, key: &key, policy: &policy, local: local_tier(site, &cache) };
+    let local = local_tier(site, &cache);
+    let call = Call { cache: &cache, site, key: &key, policy: &policy, local, outer: outer.as_deref() };
     if refresh_requested(&key) {
         return call.refresh_now(Box::pin(body)).await;
     }
@@ -228,10 +268,27 @@ where
     }
 }
 
-async fn run<R>(cache: &PgCache, site: &Site, body: impl Future<Output = R>) -> R {
+/// What a run of the body produced besides its outcome.
+pub(crate) struct Computed {
+    /// The tags it gathered (its static tags, `tag()` calls, and inner memoized calls'), or the first invalid
+    /// tag it was given (then the outcome is not stored).
+    pub(crate) tags: Result<Option<Tags>, CacheError>,
+    /// How long it ran, in microseconds.
+    pub(crate) compute_us: i64,
+}
+
+/// Runs the body in a tag scope of its own, timing it; its tags also go to `outer`, the computation this call
+/// is part of, whatever becomes of its outcome.
+async fn run<R>(cache: &PgCache, site: &Site, outer: Option<&TagScope>, body: impl Future<Output = R>) -> (R, Computed) {
     cache.record(site.namespace, Event::Execution);
-    let started = crate::metrics::clock();
-    let outcome = body.await;
-    crate::metrics::compute(cache.metric_namespace(site.namespace), started);
-    outcome
+    let started = std::time::Instant::now();
+    let scope = TagScope::new(site.tags);
+    let outcome = crate::tags::gather(Arc::clone(&scope), body).await;
+    crate::metrics::compute(cache.metric_namespace(site.namespace), Some(started));
+    let tags = scope.finish();
+    if let Some(outer) = outer {
+        outer.absorb(&tags);
+    }
+    let compute_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
+    (outcome, Computed { tags, compute_us })
 }

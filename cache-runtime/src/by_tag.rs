@@ -1,0 +1,149 @@
+//! Invalidation by tag, from the application ([`PgCache::invalidate_tag`]) or from a trigger on the table
+//! the data comes from ([`PgCache::invalidate_on_change`]). The SQL side is `migrations/0005_tags.sql`.
+
+use crate::error::{CacheError, Result};
+use crate::shards::on_every_shard;
+use crate::sql;
+use crate::store::PgCache;
+use crate::tags::{stored_form, validate_tag};
+
+impl PgCache {
+    /// Deletes every entry carrying `tag` and returns how many went.
+    ///
+    /// The guarantees of [`delete_namespace`](Self::delete_namespace) hold: a memoized computation that began
+    /// before the invalidation does not store its result (whatever process runs it), every process drops the
+    /// entries from its in-process tier, and a caller that starts after this returns never receives a value
+    /// computed before it. Tags come from `#[pg_cached(tags(...))]`, [`crate::tag`] inside a memoized body,
+    /// inner memoized calls, and [`set_tagged`](Self::set_tagged).
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: cache_runtime::PgCache) -> Result<(), cache_runtime::CacheError> {
+    /// let removed = cache.invalidate_tag("doc:42").await?;
+    /// println!("{removed} entries depended on document 42");
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidTag`] before any I/O; a timeout or database error otherwise (then nothing was
+    /// invalidated on the shard that failed: the invalidation is one transaction per shard).
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<u64> {
+        self.invalidate_tags(&[tag]).await
+    }
+
+    /// [`invalidate_tag`](Self::invalidate_tag) for several tags at once, in one transaction per shard: the
+    /// entries carrying any of them. An empty slice does nothing.
+    ///
+    /// # Errors
+    /// As [`invalidate_tag`](Self::invalidate_tag), for any of the tags.
+    pub async fn invalidate_tags(&self, tags: &[impl AsRef<str>]) -> Result<u64> {
+        let Some(tags) = stored_form(tags)? else { return Ok(0) };
+        let tags: Vec<String> = tags.to_vec();
+        self.forget_tags_locally(&tags);
+        let sender = self.inner.events.sender_id();
+        let deleted = on_every_shard(self.shards(), |server| server.invalidate_tags(tags.clone(), sender.clone())).await;
+        // A read of this process that fetched a row before the delete committed may have refilled the tier.
+        self.forget_tags_locally(&tags);
+        let total = deleted.into_iter().sum::<Result<u64>>()?;
+        crate::metrics::invalidation("", "tag");
+        tracing::info!(tags = ?tags, deleted = total, "tags invalidated");
+        Ok(total)
+    }
+
+    /// Drops entries carrying any of `tags` from this process's tier, and detaches every computation in
+    /// flight: which tags those will carry is only known when they finish, and a caller arriving from now on
+    /// must not wait for a value computed before the invalidation.
+    fn forget_tags_locally(&self, tags: &[String]) {
+        if let Some(tier) = self.inner.local.get() {
+            for tag in tags {
+                tier.remove_tag(tag);
+            }
+        }
+        self.inner.flights.detach(|_| true);
+    }
+
+    /// Installs (idempotently) a trigger that invalidates the tag `{tag_prefix}{value of column}` whenever a
+    /// row of `table` is updated or deleted, inside the changing transaction: after `COMMIT` the entries are
+    /// gone and every process's in-process tier has been told; after `ROLLBACK` nothing changed. An `UPDATE`
+    /// that changes the column itself invalidates the tags of the old and the new value. `TRUNCATE` does not
+    /// fire it (use [`invalidate_tags`](Self::invalidate_tags) or a namespace purge).
+    ///
+    /// `table` is written as in SQL: `documents`, `app.documents`, or quoted where SQL needs quotes
+    /// (`"Documents"`, `"it's"`). `column` is the column's exact name. The trigger calls the SQL function
+    /// `pg_cached_invalidate_tags`, which a DBA can also call by hand.
+    ///
+    /// ```no_run
+    /// # async fn demo(cache: cache_runtime::PgCache) -> Result<(), cache_runtime::CacheError> {
+    /// cache.invalidate_on_change("documents", "id", "doc:").await?;
+    /// // From now on `UPDATE documents SET body = '...' WHERE id = 42` removes the entries tagged "doc:42".
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Only entries on the same server as the table can be invalidated by its trigger, so with
+    /// [`shards`](crate::PgCacheBuilder::shards) this is a configuration error.
+    ///
+    /// # Errors
+    /// [`CacheError::InvalidIdentifier`] for a table or column that does not exist or a malformed name;
+    /// [`CacheError::InvalidTag`] for a prefix that cannot start a tag; [`CacheError::Config`] with shards; a
+    /// timeout or database error otherwise (for example without the privilege to create triggers).
+    pub async fn invalidate_on_change(&self, table: &str, column: &str, tag_prefix: &str) -> Result<()> {
+        self.single_server("invalidate_on_change")?;
+        check_name("table", table)?;
+        check_name("column", column)?;
+        if !tag_prefix.is_empty() {
+            validate_tag(tag_prefix)?;
+        }
+        let args = vec![table.to_owned(), column.to_owned(), tag_prefix.to_owned()];
+        let result = self.inner.shards.first().manage_trigger::<String>(sql::INVALIDATE_ON_CHANGE, args).await;
+        let trigger = result.map_err(|error| name_error(error, table, column))?;
+        tracing::info!(table, column, tag_prefix, trigger, "invalidation trigger installed");
+        Ok(())
+    }
+
+    /// Removes the triggers [`invalidate_on_change`](Self::invalidate_on_change) installed on `table`, and
+    /// returns how many there were.
+    ///
+    /// # Errors
+    /// As [`invalidate_on_change`](Self::invalidate_on_change).
+    pub async fn remove_invalidate_on_change(&self, table: &str) -> Result<u64> {
+        self.single_server("remove_invalidate_on_change")?;
+        check_name("table", table)?;
+        let args = vec![table.to_owned()];
+        let result = self.inner.shards.first().manage_trigger::<i64>(sql::REMOVE_INVALIDATE_ON_CHANGE, args).await;
+        Ok(result.map_err(|error| name_error(error, table, ""))?.max(0).unsigned_abs())
+    }
+
+    fn single_server(&self, operation: &str) -> Result<()> {
+        if self.shards().len() > 1 {
+            return Err(CacheError::Config(format!(
+                "{operation} needs a cache on one server: a trigger only reaches the entries stored next to its \
+                 table; with shards, call invalidate_tag from the application"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A name PostgreSQL could not take at all: empty, or holding NUL.
+fn check_name(what: &'static str, name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "the name is empty"
+    } else if name.contains('\0') {
+        "the name contains a NUL character"
+    } else {
+        return Ok(());
+    };
+    Err(CacheError::InvalidIdentifier { what, name: name.to_owned(), reason: reason.to_owned() })
+}
+
+/// Turns PostgreSQL's "no such table / column / bad name" errors into [`CacheError::InvalidIdentifier`].
+fn name_error(error: CacheError, table: &str, column: &str) -> CacheError {
+    let CacheError::Database { source: sqlx::Error::Database(db), .. } = &error else { return error };
+    let what = match db.code().as_deref() {
+        // undefined_table, invalid_name, invalid_schema_name, wrong_object_type (a view, an index...)
+        Some("42P01" | "42602" | "3F000" | "42809" | "42P16") => "table",
+        Some("42703") => "column",
+        _ => return error,
+    };
+    let name = if what == "table" { table } else { column };
+    CacheError::InvalidIdentifier { what, name: name.to_owned(), reason: db.message().to_owned() }
+}
