@@ -9,10 +9,9 @@
 --    "Since" is judged by transaction, not only by clock: an invalidation made by a trigger inside a user's
 --    transaction takes effect at that transaction's COMMIT, which may come long after the trigger ran, and a
 --    computation that read the source table before the COMMIT saw the old row. So each mark keeps its
---    transaction id, each lookup returns the oldest transaction still running when it ran (its snapshot's
---    xmin), and a write is refused when a mark's transaction is not older than that: such a transaction may
---    not have been visible to the computation. (A long-running writing transaction elsewhere can make this
---    refuse writes that were in fact safe; they are only not stored.)
+--    transaction id, each memoized lookup returns its snapshot (pg_current_snapshot()), and a write is
+--    refused when a mark's transaction was not visible in that snapshot: the computation, which read its
+--    data after the lookup, may not have seen the change.
 -- 4. Writes take each tag's advisory lock shared (class 1885430595, 'pg_c' + 3), invalidations take it
 --    exclusive: a write and an invalidation of a tag take turns, as writes and namespace marks do. A trigger's
 --    invalidation holds the lock until its transaction ends, so a write of an entry carrying the tag waits
@@ -34,23 +33,23 @@ CREATE TABLE IF NOT EXISTS cache_tag_invalidations (
 );
 
 -- Whether any of p_tags was invalidated by a transaction that a computation which began at p_started_us
--- (database clock, µs), with a snapshot whose xmin was p_started_xmin, may not have seen.
-CREATE OR REPLACE FUNCTION pg_cached_tags_invalidated(p_tags text[], p_started_us bigint, p_started_xmin bigint)
+-- (database clock, µs) with the snapshot p_snapshot (pg_snapshot as text) may not have seen.
+CREATE OR REPLACE FUNCTION pg_cached_tags_invalidated(p_tags text[], p_started_us bigint, p_snapshot text)
 RETURNS boolean LANGUAGE sql STABLE AS $$
     SELECT p_tags IS NOT NULL AND EXISTS (
         SELECT 1 FROM cache_tag_invalidations AS inv
         WHERE inv.tag = ANY (p_tags)
           AND ((extract(epoch FROM inv.invalidated_at) * 1000000)::bigint >= p_started_us
-               OR (p_started_xmin IS NOT NULL AND inv.xact >= p_started_xmin::text::xid8))
+               OR (p_snapshot IS NOT NULL AND NOT pg_visible_in_snapshot(inv.xact, p_snapshot::pg_snapshot)))
     )
 $$;
 
--- pg_cached_write (0003) with tags and a compute time, and the xmin of the computation's lookup for the tag
--- guard. Returns whether it wrote.
+-- pg_cached_write (0003) with tags and a compute time, and the snapshot of the computation's lookup for the
+-- tag guard. Returns whether it wrote.
 CREATE OR REPLACE FUNCTION pg_cached_write_entry(
     p_key text, p_data jsonb, p_ttl_ms bigint, p_keep_ms bigint, p_started_us bigint, p_namespace text,
     p_notify text, p_lock_timeout text, p_async_commit boolean, p_tags text[], p_compute_us bigint,
-    p_started_xmin bigint
+    p_started_snapshot text
 ) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     v_expires timestamptz := now() + p_ttl_ms * interval '1 millisecond';
@@ -69,7 +68,7 @@ BEGIN
         SELECT 1 FROM cache_invalidations
         WHERE ((scope = p_key AND NOT is_namespace) OR (scope = p_namespace AND is_namespace))
           AND (extract(epoch FROM invalidated_at) * 1000000)::bigint >= p_started_us
-    ) OR pg_cached_tags_invalidated(p_tags, p_started_us, p_started_xmin)) THEN
+    ) OR pg_cached_tags_invalidated(p_tags, p_started_us, p_started_snapshot)) THEN
         RETURN false;
     END IF;
     INSERT INTO cache_entries (cache_key, data, created_at, expires_at, sweep_at, tags, compute_us)
@@ -82,12 +81,12 @@ BEGIN
     RETURN true;
 END $$;
 
--- pg_cached_write_many (0004) with tags, compute times and xmins. p_tags[i] holds key i's tags joined by
+-- pg_cached_write_many (0004) with tags, compute times and snapshots. p_tags[i] holds key i's tags joined by
 -- the unit separator (U+001F, which tags never contain), or NULL: SQL arrays of arrays must be rectangular.
 CREATE OR REPLACE FUNCTION pg_cached_write_entries(
     p_keys text[], p_data jsonb[], p_ttl_ms bigint[], p_keep_ms bigint[], p_started_us bigint[],
     p_namespaces text[], p_notify text, p_lock_timeout text, p_async_commit boolean, p_tags text[],
-    p_compute_us bigint[], p_started_xmin bigint[]
+    p_compute_us bigint[], p_started_snapshots text[]
 ) RETURNS boolean[] LANGUAGE plpgsql AS $$
 DECLARE
     v_written boolean[];
@@ -110,10 +109,10 @@ BEGIN
             SELECT 1 FROM cache_invalidations AS inv
             WHERE ((inv.scope = w.k AND NOT inv.is_namespace) OR (inv.scope = w.ns AND inv.is_namespace))
               AND (extract(epoch FROM inv.invalidated_at) * 1000000)::bigint >= w.started_us
-        ) OR pg_cached_tags_invalidated(string_to_array(w.tags, E'\x1f'), w.started_us, w.xmin)) ORDER BY w.i)
+        ) OR pg_cached_tags_invalidated(string_to_array(w.tags, E'\x1f'), w.started_us, w.snap)) ORDER BY w.i)
     INTO v_written
-    FROM unnest(p_keys, p_namespaces, p_started_us, p_tags, p_started_xmin)
-        WITH ORDINALITY AS w(k, ns, started_us, tags, xmin, i);
+    FROM unnest(p_keys, p_namespaces, p_started_us, p_tags, p_started_snapshots)
+        WITH ORDINALITY AS w(k, ns, started_us, tags, snap, i);
     INSERT INTO cache_entries (cache_key, data, created_at, expires_at, sweep_at, tags, compute_us)
     SELECT w.k, w.d, now(), e.expires, e.expires + coalesce(w.keep_ms, 0) * interval '1 millisecond',
            string_to_array(w.tags, E'\x1f'), w.compute_us
@@ -145,7 +144,7 @@ CREATE OR REPLACE FUNCTION pg_cached_write_many(
     SELECT pg_cached_write_entries(p_keys, p_data, p_ttl_ms, p_keep_ms, p_started_us, p_namespaces, p_notify,
                                    p_lock_timeout, p_async_commit, array_fill(NULL::text, ARRAY[cardinality(p_keys)]),
                                    array_fill(NULL::bigint, ARRAY[cardinality(p_keys)]),
-                                   array_fill(NULL::bigint, ARRAY[cardinality(p_keys)]))
+                                   array_fill(NULL::text, ARRAY[cardinality(p_keys)]))
 $$;
 
 -- Deletes every entry carrying any of p_tags, records the tags' invalidation (so that computations that

@@ -187,8 +187,10 @@ impl Args {
                         Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. }) => literals.push(lit),
                         other => self.errors.push(syn::Error::new(
                             other.span(),
-                            format!("`{name}(...)` takes string literals, e.g. `{name}(\"corpus\")`; for tags known \
-                                     only at run time, call `cache_runtime::tag(...)` in the function's body"),
+                            format!(
+                                "`{name}(...)` takes string literals, e.g. `{name}(\"corpus\")`; for tags known \
+                                     only at run time, call `cache_runtime::tag(...)` in the function's body"
+                            ),
                         )),
                     }
                 }

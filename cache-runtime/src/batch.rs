@@ -4,10 +4,11 @@
 use crate::coalesce::{Answer, Kind};
 use crate::events::keys_payload;
 use crate::server::{EntryMeta, Lookup};
-use crate::tags::Tags;
 use crate::sql;
+use crate::tags::Tags;
 use sqlx::postgres::PgConnection;
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// A read of one key: a live entry, or one expired less than `stale_ms` ago (0 for a plain get).
 #[derive(Debug, Clone)]
@@ -33,10 +34,10 @@ pub(crate) struct ReadParams {
 }
 
 type ReadRow =
-    (i64, Option<String>, Option<i64>, Option<bool>, i64, bool, Option<Vec<String>>, Option<i64>, Option<i64>);
+    (i64, Option<String>, Option<i64>, Option<bool>, i64, bool, Option<Vec<String>>, Option<i64>, Option<String>);
 
 /// `sql::LOOKUP`'s row.
-type LookupRow = (Option<String>, Option<i64>, Option<bool>, i64, Option<Vec<String>>, Option<i64>, Option<i64>);
+type LookupRow = (Option<String>, Option<i64>, Option<bool>, i64, Option<Vec<String>>, Option<i64>, Option<String>);
 
 impl Kind for Reads {
     type Job = ReadJob;
@@ -70,14 +71,15 @@ impl Kind for Reads {
 
     async fn run<'c>(conn: &'c mut PgConnection, params: &'c ReadParams) -> Answer<Vec<Option<Lookup>>> {
         let found: Vec<Option<Lookup>> = if params.keys.len() == 1 {
-            let (json, remaining_ms, fresh, db_now_us, tags, compute_us, xmin) =
+            let (json, remaining_ms, fresh, db_now_us, tags, compute_us, snapshot) =
                 sqlx::query_as::<_, LookupRow>(sql::LOOKUP)
                     .bind(&params.keys[0])
                     .bind(params.stale_ms[0])
                     .fetch_one(conn)
                     .await?;
             let meta = EntryMeta::from_columns(tags, compute_us);
-            vec![Some(Lookup { json, remaining_ms, fresh: fresh.unwrap_or(false), db_now_us, as_of: None, meta, xmin })]
+            let (fresh, snapshot) = (fresh.unwrap_or(false), snapshot.map(Into::into));
+            vec![Some(Lookup { json, remaining_ms, fresh, db_now_us, as_of: None, meta, snapshot })]
         } else {
             let rows = sqlx::query_as::<_, ReadRow>(sql::READ_MANY)
                 .bind(&params.keys)
@@ -86,12 +88,18 @@ impl Kind for Reads {
                 .fetch_all(conn)
                 .await?;
             let mut found: Vec<Option<Lookup>> = (0..params.keys.len()).map(|_| None).collect();
-            for (i, json, remaining_ms, fresh, db_now_us, deferred, tags, compute_us, xmin) in rows {
+            // The statement's snapshot comes in the first row only: every lookup of the batch shares it.
+            let mut statement_snapshot: Option<Arc<str>> = None;
+            for (i, json, remaining_ms, fresh, db_now_us, deferred, tags, compute_us, snapshot) in rows {
+                if let Some(snapshot) = snapshot {
+                    statement_snapshot = Some(snapshot.into());
+                }
                 let slot = usize::try_from(i - 1).ok().and_then(|i| found.get_mut(i));
                 if let (Some(slot), false) = (slot, deferred) {
                     let fresh = fresh.unwrap_or(false);
                     let meta = EntryMeta::from_columns(tags, compute_us);
-                    *slot = Some(Lookup { json, remaining_ms, fresh, db_now_us, as_of: None, meta, xmin });
+                    let snapshot = statement_snapshot.clone();
+                    *slot = Some(Lookup { json, remaining_ms, fresh, db_now_us, as_of: None, meta, snapshot });
                 }
             }
             found
@@ -109,7 +117,7 @@ pub(crate) struct WriteJob {
     pub(crate) ttl_ms: Option<i64>,
     pub(crate) keep_ms: i64,
     pub(crate) started_us: Option<i64>,
-    pub(crate) started_xmin: Option<i64>,
+    pub(crate) started_snapshot: Option<Arc<str>>,
     pub(crate) tags: Option<Tags>,
     pub(crate) compute_us: Option<i64>,
 }
@@ -132,7 +140,7 @@ pub(crate) struct WriteParams {
     /// Each key's tags, as an array for the one-key statement, and joined by U+001F for the batched one.
     tags: Vec<Option<Tags>>,
     compute_us: Vec<Option<i64>>,
-    started_xmin: Vec<Option<i64>>,
+    started_snapshots: Vec<Option<Arc<str>>>,
     notify: String,
     lock_timeout: String,
     async_commit: bool,
@@ -159,7 +167,7 @@ impl Kind for Writes {
             namespaces: jobs.iter().map(|j| j.namespace.clone()).collect(),
             tags: jobs.iter().map(|j| j.tags.clone()).collect(),
             compute_us: jobs.iter().map(|j| j.compute_us).collect(),
-            started_xmin: jobs.iter().map(|j| j.started_xmin).collect(),
+            started_snapshots: jobs.iter().map(|j| j.started_snapshot.clone()).collect(),
             notify: keys_payload(self.sender, jobs.iter().map(|j| j.key.as_str())),
             lock_timeout: self.lock_timeout.clone(),
             async_commit: self.async_commit,
@@ -180,7 +188,7 @@ impl Kind for Writes {
                 .bind(p.async_commit)
                 .bind(p.tags[0].as_deref())
                 .bind(p.compute_us[0])
-                .bind(p.started_xmin[0])
+                .bind(p.started_snapshots[0].as_deref())
                 .fetch_one(conn)
                 .await?;
             vec![written]
@@ -197,7 +205,7 @@ impl Kind for Writes {
                 .bind(p.async_commit)
                 .bind(p.tags.iter().map(|t| t.as_ref().map(|t| t.join("\u{1f}"))).collect::<Vec<_>>())
                 .bind(&p.compute_us)
-                .bind(&p.started_xmin)
+                .bind(p.started_snapshots.iter().map(|s| s.as_deref()).collect::<Vec<_>>())
                 .fetch_one(conn)
                 .await?
         };

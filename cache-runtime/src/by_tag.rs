@@ -40,7 +40,8 @@ impl PgCache {
         let tags: Vec<String> = tags.to_vec();
         self.forget_tags_locally(&tags);
         let sender = self.inner.events.sender_id();
-        let deleted = on_every_shard(self.shards(), |server| server.invalidate_tags(tags.clone(), sender.clone())).await;
+        let deleted =
+            on_every_shard(self.shards(), |server| server.invalidate_tags(tags.clone(), sender.clone())).await;
         // A read of this process that fetched a row before the delete committed may have refilled the tier.
         self.forget_tags_locally(&tags);
         let total = deleted.into_iter().sum::<Result<u64>>()?;

@@ -113,8 +113,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 mod batch;
-mod by_tag;
 mod bulk;
+mod by_tag;
 mod canonical;
 mod coalesce;
 mod codec;

@@ -208,9 +208,9 @@ impl LocalTier {
     pub(crate) fn remove_tag(&self, tag: &str) {
         self.bump();
         let tag: Box<str> = tag.into();
-        let _ = self
-            .entries
-            .invalidate_entries_if(move |_, entry| entry.meta.tags.as_ref().is_some_and(|t| t.iter().any(|t| **t == *tag)));
+        let _ = self.entries.invalidate_entries_if(move |_, entry| {
+            entry.meta.tags.as_ref().is_some_and(|t| t.iter().any(|t| **t == *tag))
+        });
     }
 
     pub(crate) fn clear(&self) {
@@ -259,7 +259,8 @@ mod tests {
     #[test]
     fn a_tag_removes_the_entries_carrying_it() {
         let tier = listening_tier(Duration::from_secs(60));
-        let tagged = |tags: &[&str]| EntryMeta { tags: crate::tags::stored_form(tags).ok().flatten(), compute_us: None };
+        let tagged =
+            |tags: &[&str]| EntryMeta { tags: crate::tags::stored_form(tags).ok().flatten(), compute_us: None };
         tier.put("a:1", "1".into(), tagged(&["doc:1", "corpus"]), None, None, tier.epoch(), None);
         tier.put("a:2", "2".into(), tagged(&["doc:2"]), None, None, tier.epoch(), None);
         tier.put("a:3", "3".into(), EntryMeta::default(), None, None, tier.epoch(), None);
@@ -286,12 +287,17 @@ mod tests {
         let as_of = Instant::now();
         std::thread::sleep(Duration::from_millis(2));
         let epoch = tier.epoch();
-        assert!(tier.put("ns:a", "1".into(), EntryMeta::default(), None, None, epoch, Some(as_of)).is_some(), "no removal since");
+        assert!(
+            tier.put("ns:a", "1".into(), EntryMeta::default(), None, None, epoch, Some(as_of)).is_some(),
+            "no removal since"
+        );
         tier.remove("ns:other");
         // The removal came before this read began (the epoch is current), but after the standby's instant.
         assert!(tier.put("ns:b", "2".into(), EntryMeta::default(), None, None, tier.epoch(), Some(as_of)).is_none());
         std::thread::sleep(Duration::from_millis(2));
-        assert!(tier.put("ns:b", "2".into(), EntryMeta::default(), None, None, tier.epoch(), Some(Instant::now())).is_some());
+        assert!(tier
+            .put("ns:b", "2".into(), EntryMeta::default(), None, None, tier.epoch(), Some(Instant::now()))
+            .is_some());
     }
 
     #[test]
@@ -316,7 +322,8 @@ mod tests {
     #[test]
     fn typed_values_are_cloned_out() {
         let tier = listening_tier(Duration::from_secs(60));
-        let entry = tier.put("ns:t", "[1,2]".into(), EntryMeta::default(), None, None, tier.epoch(), None).expect("kept");
+        let entry =
+            tier.put("ns:t", "[1,2]".into(), EntryMeta::default(), None, None, tier.epoch(), None).expect("kept");
         assert_eq!(entry.typed::<Vec<u8>>(), None);
         entry.set_typed(vec![1u8, 2]);
         assert_eq!(tier.get("ns:t").and_then(|e| e.typed::<Vec<u8>>()), Some(vec![1, 2]));

@@ -54,8 +54,8 @@ pub(crate) struct Lookup {
     pub(crate) as_of: Option<Instant>,
     /// The entry's tags and compute time.
     pub(crate) meta: EntryMeta,
-    /// The oldest transaction running when the lookup ran (its snapshot's xmin), for the tag guard.
-    pub(crate) xmin: Option<i64>,
+    /// The lookup's snapshot (`pg_current_snapshot()` as text), for the tag guard.
+    pub(crate) snapshot: Option<Arc<str>>,
 }
 
 impl Lookup {
@@ -67,7 +67,7 @@ impl Lookup {
 
     /// When the computation that follows this lookup began, for the stale-set guard.
     pub(crate) fn start(&self) -> Start {
-        Start { us: self.db_now_us, xmin: self.xmin }
+        Start { us: self.db_now_us, snapshot: self.snapshot.clone() }
     }
 
     /// This lookup as answered by a standby that holds every commit from before `as_of`. Its clock becomes
@@ -94,12 +94,12 @@ pub(crate) fn remaining(remaining_ms: Option<i64>) -> Option<Duration> {
     remaining_ms.map(|ms| Duration::from_millis(ms.max(0).unsigned_abs()))
 }
 
-/// When a memoized computation began, on the database: its clock (µs) and the xmin of its snapshot. A write
-/// of its result is refused for any invalidation the computation may not have seen.
-#[derive(Debug, Clone, Copy)]
+/// When a memoized computation began, on the database: its clock (µs) and its lookup's snapshot. A write of
+/// its result is refused for any invalidation the computation may not have seen.
+#[derive(Debug, Clone)]
 pub(crate) struct Start {
     pub(crate) us: i64,
-    pub(crate) xmin: Option<i64>,
+    pub(crate) snapshot: Option<Arc<str>>,
 }
 
 /// How a row is written.
@@ -112,7 +112,7 @@ pub(crate) struct Write<'a> {
     /// Milliseconds the row is kept past its expiry, to be served stale.
     pub(crate) keep_ms: i64,
     /// For a memoized result: when its computation began.
-    pub(crate) started: Option<Start>,
+    pub(crate) started: Option<&'a Start>,
     /// The entry's tags.
     pub(crate) tags: Option<&'a Tags>,
     /// How long the computation took (µs), for a memoized result.
@@ -133,7 +133,7 @@ impl<'a> Write<'a> {
             ttl_ms: self.ttl_ms,
             keep_ms: self.keep_ms,
             started_us: self.started.map(|s| s.us),
-            started_xmin: self.started.and_then(|s| s.xmin),
+            started_snapshot: self.started.and_then(|s| s.snapshot.clone()),
             tags: self.tags.cloned(),
             compute_us: self.compute_us,
         }

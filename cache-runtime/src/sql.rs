@@ -32,34 +32,26 @@ macro_rules! notify {
     };
 }
 
-/// The oldest transaction still running, as a number: see `pg_cached_tags_invalidated` in
-/// `migrations/0005_tags.sql` (a write is refused for a tag invalidated by a transaction not older than this).
-macro_rules! snapshot_xmin {
-    () => {
-        "(SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint)"
-    };
-}
-
 /// A memoized call's lookup of $1: a live entry or one expired less than $2 ms ago, its tags and compute time,
-/// and the database's clock and snapshot xmin. Always one row, so that the clock comes back on a miss too.
+/// and the database's clock and snapshot (see `pg_cached_tags_invalidated` in `migrations/0005_tags.sql`: a
+/// write is refused for a tag invalidated by a transaction this snapshot did not see). Always one row, so that
+/// the clock comes back on a miss too.
 pub(crate) const LOOKUP: &str = concat!(
     "SELECT e.data::text, ",
     remaining_ms!("e.expires_at"),
     ", (e.expires_at IS NULL OR e.expires_at > now()), \
-     (extract(epoch FROM now()) * 1000000)::bigint, e.tags, e.compute_us, ",
-    snapshot_xmin!(),
-    " FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
+     (extract(epoch FROM now()) * 1000000)::bigint, e.tags, e.compute_us, pg_current_snapshot()::text \
+     FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
      AND (e.expires_at IS NULL OR e.expires_at > now() - $2::bigint * interval '1 millisecond')"
 );
 
 /// Coalesced reads: for each key $1[i], with stale window $2[i] ms, what [`LOOKUP`] returns, as rows
-/// `(i, json, remaining ms, fresh, database clock µs, deferred, tags, compute µs, xmin)` in order. A row
-/// whose JSON would take the response past $3 bytes comes back deferred, without its JSON (the first row
-/// never is).
+/// `(i, json, remaining ms, fresh, database clock µs, deferred, tags, compute µs, snapshot)` in order; the
+/// snapshot, the statement's, only in the first row. A row whose JSON would take the response past $3 bytes
+/// comes back deferred, without its JSON (the first row never is).
 pub(crate) const READ_MANY: &str = concat!(
-    "SELECT i, CASE WHEN before < $3 THEN t END, remaining, fresh, now_us, before >= $3, tags, compute_us, ",
-    snapshot_xmin!(),
-    " FROM \
+    "SELECT i, CASE WHEN before < $3 THEN t END, remaining, fresh, now_us, before >= $3, tags, compute_us, \
+     CASE WHEN i = 1 THEN pg_current_snapshot()::text END FROM \
      (SELECT s.*, coalesce(sum(octet_length(s.t)) OVER (ORDER BY s.i ROWS BETWEEN UNBOUNDED PRECEDING \
       AND 1 PRECEDING), 0) AS before FROM \
       (SELECT k.i, e.data::text AS t, ",
@@ -76,14 +68,14 @@ pub(crate) const READ_MANY: &str = concat!(
 /// one string per key, joined by U+001F) and one notification $7 for all. Returns whether each was written.
 /// See `migrations/0005_tags.sql`.
 pub(crate) const WRITE_MANY: &str = "SELECT pg_cached_write_entries($1::text[], $2::text[]::jsonb[], $3::bigint[], \
-     $4::bigint[], $5::bigint[], $6::text[], $7, $8, $9, $10::text[], $11::bigint[], $12::bigint[])";
+     $4::bigint[], $5::bigint[], $6::text[], $7, $8, $9, $10::text[], $11::bigint[], $12::text[])";
 
 /// Coalesced deletes: [`DELETE`] for each key of $1 (distinct), one notification $2 for all; $3 is the lock
 /// timeout in ms. Returns the rows deleted per key.
 pub(crate) const DELETE_MANY: &str = "SELECT pg_cached_delete_many($1::text[], $2, $3)";
 
 /// Writes $1 = $2 for $3 ms (NULL: forever), kept $4 ms more for stale serving, with tags $10 and compute
-/// time $11 µs; with $5 (µs of the database clock when a memoized computation began) and $12 (the xmin of
+/// time $11 µs; with $5 (µs of the database clock when a memoized computation began) and $12 (the snapshot of
 /// its lookup), refused if key $1, namespace $6 or one of the tags was invalidated since; sends $7; $8 is the
 /// lock timeout in ms, $9 whether to commit without waiting for the WAL flush. Returns whether it wrote.
 /// See `migrations/0003_serialized_writes.sql` and `0005_tags.sql`: writes and invalidations of one key (and

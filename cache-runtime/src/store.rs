@@ -257,7 +257,7 @@ impl PgCache {
             namespace,
             ttl_ms: Ttl::millis(ttl),
             keep_ms: Ttl::millis(memo.keep).unwrap_or(0),
-            started: memo.started,
+            started: memo.started.as_ref(),
             tags: memo.meta.tags.as_ref(),
             compute_us: memo.meta.compute_us,
         };

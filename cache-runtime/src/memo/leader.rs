@@ -132,7 +132,10 @@ impl<P> Call<'_, P> {
                             Ok(None) => {
                                 // Another process computes: wait for its value, or for its lease to lapse.
                                 if let Some((outcome, json)) = self.await_other_process().await {
-                                    return (Shared::Stored(json, EntryMeta::default()), LeaderWork::Done(outcome, None));
+                                    return (
+                                        Shared::Stored(json, EntryMeta::default()),
+                                        LeaderWork::Done(outcome, None),
+                                    );
                                 }
                                 continue;
                             }

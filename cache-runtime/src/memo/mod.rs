@@ -13,10 +13,10 @@ use crate::__private::{CacheRef, Policy, SingleFlight, Site};
 use crate::error::CacheError;
 use crate::local::{LocalEntry, LocalTier};
 use crate::server::EntryMeta;
-use crate::tags::{TagScope, Tags};
 use crate::server::ReadFrom;
 use crate::stats::Event;
 use crate::store::PgCache;
+use crate::tags::{TagScope, Tags};
 use call::Call;
 use std::future::Future;
 use std::pin::Pin;
@@ -279,7 +279,12 @@ pub(crate) struct Computed {
 
 /// Runs the body in a tag scope of its own, timing it; its tags also go to `outer`, the computation this call
 /// is part of, whatever becomes of its outcome.
-async fn run<R>(cache: &PgCache, site: &Site, outer: Option<&TagScope>, body: impl Future<Output = R>) -> (R, Computed) {
+async fn run<R>(
+    cache: &PgCache,
+    site: &Site,
+    outer: Option<&TagScope>,
+    body: impl Future<Output = R>,
+) -> (R, Computed) {
     cache.record(site.namespace, Event::Execution);
     let started = std::time::Instant::now();
     let scope = TagScope::new(site.tags);
