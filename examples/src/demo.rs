@@ -2,8 +2,11 @@
 //!
 //! It answers a set of queries three times with the memoized pipeline of [`crate::pipeline`]: twice in one
 //! process, then with a fresh [`PgCache`] (a new connection pool and zeroed counters, as after a restart)
-//! over the same table. Then it invalidates one answer and purges the `retrieval` namespace, reads two rows
-//! back with SQL, and prints the cache's stats.
+//! over the same table. Between the second and third pass a document changes in the `documents` table, in a
+//! transaction rolled back and then in one committed: the trigger installed with
+//! [`PgCache::invalidate_on_change`] removes, at the COMMIT only, the retrieval and answer entries that cited
+//! it, so the third pass recomputes exactly those. Then it invalidates one answer and purges the `retrieval`
+//! namespace, reads two rows back with SQL, and prints the cache's stats with the compute time hits saved.
 //!
 //! Everything printed is measured: hit or miss comes from the cache's counters before and after each call
 //! ([`CounterSnapshot`]), latencies from a clock around each call, entries and TTLs from the table. The
@@ -19,6 +22,7 @@ use cache_runtime::{CacheError, PgCache, ProcessCounts};
 use console::Style;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::documents::{self, DOCUMENTS_TABLE, DOCUMENT_TAG_PREFIX};
 use crate::generate::{Answer, AnswerGenerator};
 use crate::pipeline::{
     CounterSnapshot, Lookup, Orchestrator, Retriever, ANSWER_NAMESPACE, CONTEXT_DOCUMENTS, RETRIEVAL_NAMESPACE,
@@ -160,6 +164,19 @@ pub struct NamespaceSummary {
     pub active_entries: u64,
 }
 
+/// The change to the `documents` table between passes 2 and 3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceChangeReport {
+    /// The document edited: the first query's top hit.
+    pub document: String,
+    /// The queries (indexes) whose retrieval cited it, read from the entries' tags before the change.
+    pub citing: Vec<usize>,
+    /// Cache entries removed by the update that was rolled back.
+    pub removed_on_rollback: u64,
+    /// Cache entries removed by the update that was committed.
+    pub removed_on_commit: u64,
+}
+
 /// Everything the demo measured.
 #[derive(Debug, Clone)]
 pub struct DemoReport {
@@ -167,6 +184,8 @@ pub struct DemoReport {
     pub cleared: (u64, u64),
     /// The three passes: cold, warm, after the restart.
     pub passes: Vec<PassReport>,
+    /// The document changed before pass 3; `None` when the first query had no result to edit.
+    pub source_change: Option<SourceChangeReport>,
     /// The invalidation steps.
     pub invalidation: InvalidationReport,
     /// The final stats, `retrieval` then `answer`.
@@ -195,6 +214,16 @@ where
     let cache = connect().await?;
     cache.migrate().await?;
     write_header(out, &paint, &options, &cache)?;
+    // The documents live in a table; a trigger on it invalidates what cites a document when it changes.
+    documents::load(cache.pool(), options.engine.documents()).await?;
+    cache.invalidate_on_change(DOCUMENTS_TABLE, "id", DOCUMENT_TAG_PREFIX).await?;
+    writeln!(
+        out,
+        "  {:<12}{} documents in the `{DOCUMENTS_TABLE}` table; invalidate_on_change({DOCUMENTS_TABLE:?}, \"id\", \
+         {DOCUMENT_TAG_PREFIX:?}) installed its trigger",
+        "documents",
+        options.engine.len()
+    )?;
 
     // A clean slate, so that the first pass misses whatever earlier runs stored.
     let cleared = (cache.delete_namespace(RETRIEVAL_NAMESPACE).await?, cache.delete_namespace(ANSWER_NAMESPACE).await?);
@@ -234,6 +263,8 @@ where
         run_pass(out, &paint, &pipeline, "Pass 2 of 3: same process, same queries", queries, Some(&baseline), false)
             .await?;
 
+    let source_change = run_source_change(out, &paint, &pipeline, queries).await?;
+
     // The "restart": drop every handle on the first cache and close its pool; the next cache has its own
     // pool and counters, and only the table is shared.
     let before_restart = CounterSnapshot::take(&cache).await?;
@@ -247,12 +278,24 @@ where
         out,
         &paint,
         &pipeline,
-        "Pass 3 of 3: after a restart (a fresh PgCache: new connection pool, counters at zero, same table)",
+        "Pass 3 of 3: after the edit and a restart (a fresh PgCache: new connection pool, counters at zero, same \
+         table)",
         queries,
         Some(&baseline),
         false,
     )
     .await?;
+    if let Some(change) = &source_change {
+        let recomputed: Vec<usize> =
+            restarted.calls.iter().enumerate().filter(|(_, c)| c.answer == Lookup::Miss).map(|(i, _)| i).collect();
+        let verdict = if recomputed == change.citing { "exactly those that cite" } else { "not those that cite" };
+        writeln!(
+            out,
+            "  recomputed: {} ({verdict} {}); every other answer came from the cache",
+            list_queries(&recomputed),
+            change.document
+        )?;
+    }
 
     let invalidation = run_invalidation(out, &paint, &pipeline, queries, &baseline).await?;
     let peek_query = queries.get(1).unwrap_or(&queries[0]);
@@ -275,12 +318,96 @@ where
         .collect();
     write_stats(out, &paint, &namespaces)?;
 
-    Ok(DemoReport { cleared, passes: vec![cold, warm, restarted], invalidation, namespaces })
+    Ok(DemoReport { cleared, passes: vec![cold, warm, restarted], source_change, invalidation, namespaces })
 }
 
 fn orchestrator(options: &DemoOptions, cache: &PgCache) -> Orchestrator {
     let retriever = Retriever::new(Arc::clone(&options.engine), cache.clone());
     Orchestrator::new(retriever, Arc::clone(&options.generator), cache.clone())
+        .with_document_table(cache.pool().clone())
+}
+
+/// "1, 3 and 4": 1-based query numbers.
+fn list_queries(indexes: &[usize]) -> String {
+    let numbers: Vec<String> = indexes.iter().map(|i| (i + 1).to_string()).collect();
+    match numbers.split_last() {
+        None => "no query".to_string(),
+        Some((last, [])) => format!("query {last}"),
+        Some((last, rest)) => format!("queries {} and {last}", rest.join(", ")),
+    }
+}
+
+/// Edits the first query's top document in the `documents` table: once in a transaction that is rolled back,
+/// once in one that commits, counting the cache entries each removed.
+async fn run_source_change(
+    out: &mut (dyn Write + Send),
+    paint: &Paint,
+    pipeline: &Orchestrator,
+    queries: &[String],
+) -> Result<Option<SourceChangeReport>, DemoError> {
+    let pool = pipeline.cache().pool();
+    let mut keys = Vec::with_capacity(queries.len());
+    for query in queries {
+        keys.push(pipeline.retriever().retrieve_cache_key(query, CONTEXT_DOCUMENTS)?);
+    }
+    // The document cited by the most queries but not by all of them, so that the next pass shows both
+    // sides: read from the retrieval entries' tags.
+    let tag: Option<String> = sqlx::query_scalar(
+        "SELECT t FROM cache_entries, unnest(tags) AS t WHERE cache_key = ANY ($1) AND starts_with(t, $2) \
+         GROUP BY t HAVING count(*) < $3 OR $3 = 1 ORDER BY count(*) DESC, t LIMIT 1",
+    )
+    .bind(&keys)
+    .bind(DOCUMENT_TAG_PREFIX)
+    .bind(i64::try_from(queries.len()).unwrap_or(i64::MAX))
+    .fetch_optional(pool)
+    .await?;
+    let Some(tag) = tag else { return Ok(None) };
+    let document = tag[DOCUMENT_TAG_PREFIX.len()..].to_string();
+    let mut citing = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let cites: Option<bool> =
+            sqlx::query_scalar("SELECT $2 = ANY (coalesce(tags, '{}')) FROM cache_entries WHERE cache_key = $1")
+                .bind(key)
+                .bind(&tag)
+                .fetch_optional(pool)
+                .await?;
+        if cites == Some(true) {
+            citing.push(i);
+        }
+    }
+    let entries = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM cache_entries WHERE cache_key LIKE 'retrieval:%' OR cache_key LIKE 'answer:%'",
+        )
+        .fetch_one(pool)
+        .await
+    };
+    let edit = "UPDATE documents SET body = body || ' (Revised.)' WHERE id = $1";
+    let shown = edit.replace("$1", &format!("'{document}'"));
+
+    writeln!(out)?;
+    writeln!(out, "{}", paint.heading.apply_to(format!("The source changes: document {document} is edited in SQL")))?;
+    writeln!(
+        out,
+        "  it is cited by {}: the tag {tag:?} is on their retrieval entries, and on the answers built on them",
+        list_queries(&citing)
+    )?;
+    let before = entries().await?;
+    let mut tx = pool.begin().await?;
+    sqlx::query(edit).bind(&document).execute(&mut *tx).await?;
+    tx.rollback().await?;
+    let after_rollback = entries().await?;
+    let removed_on_rollback = (before - after_rollback).unsigned_abs();
+    writeln!(out, "  BEGIN; {shown}; ROLLBACK  ->  {removed_on_rollback} cache entries removed")?;
+    let mut tx = pool.begin().await?;
+    sqlx::query(edit).bind(&document).execute(&mut *tx).await?;
+    tx.commit().await?;
+    let removed_on_commit = (after_rollback - entries().await?).unsigned_abs();
+    writeln!(
+        out,
+        "  BEGIN; {shown}; COMMIT    ->  {removed_on_commit} removed, by the trigger, in the edit's transaction"
+    )?;
+    Ok(Some(SourceChangeReport { document, citing, removed_on_rollback, removed_on_commit }))
 }
 
 /// Calls `process_query` and reads what each namespace did from the counters around it.
@@ -620,19 +747,20 @@ fn write_stats(out: &mut (dyn Write + Send), paint: &Paint, namespaces: &[Namesp
     writeln!(out, "{}", paint.heading.apply_to("Cache stats"))?;
     writeln!(
         out,
-        "  {:<10}  {:>5}  {:>6}  {:>9}  {:>14}",
-        "namespace", "hits", "misses", "hit ratio", "active entries"
+        "  {:<10}  {:>5}  {:>6}  {:>9}  {:>10}  {:>14}",
+        "namespace", "hits", "misses", "hit ratio", "time saved", "active entries"
     )?;
     let mut total = ProcessCounts::default();
     let mut active = 0;
     let line = |name: &str, counts: &ProcessCounts, active: u64| {
         let ratio = counts.hit_ratio().map_or_else(|| "-".to_string(), |r| format!("{:.1} %", r * 100.0));
         format!(
-            "  {:<10}  {:>5}  {:>6}  {:>9}  {:>14}",
+            "  {:<10}  {:>5}  {:>6}  {:>9}  {:>10}  {:>14}",
             name,
             counts.hits + counts.local_hits + counts.coalesced + counts.stale_served,
             counts.misses,
             ratio,
+            fmt_latency(counts.compute_saved()),
             active
         )
     };
@@ -647,6 +775,7 @@ fn write_stats(out: &mut (dyn Write + Send), paint: &Paint, namespaces: &[Namesp
         "  hits and misses: counted in this process by both PgCache instances (before and after the restart);"
     )?;
     writeln!(out, "  retrieval is looked up only when an answer has to be computed")?;
+    writeln!(out, "  time saved: the compute time recorded with each entry, added up over the hits that served it")?;
     writeln!(out, "  active entries: rows of cache_entries in the namespace that have not expired")?;
     Ok(())
 }

@@ -1,9 +1,12 @@
 //! The retrieval-augmented generation (RAG) demo of `pg_cached`: a bundled
 //! corpus, hybrid BM25 + vector retrieval ([`retrieval`]), answer generation
 //! behind a trait ([`generate`]), the two memoized with `#[pg_cached]`
-//! ([`pipeline`]), and the demo that `scripts/demo` runs ([`demo`]).
+//! ([`pipeline`]), the documents as a PostgreSQL table whose changes invalidate
+//! what was built on them ([`documents`]), and the demo that `scripts/demo` runs
+//! ([`demo`]).
 
 pub mod demo;
+pub mod documents;
 pub mod generate;
 pub mod pipeline;
 pub mod retrieval;

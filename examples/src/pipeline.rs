@@ -11,6 +11,10 @@
 //! Both take their cache explicitly (`cache = self.cache`), so two pipelines over two [`PgCache`]s (a
 //! process before and after a restart, or a test's own database) never share in-process state.
 //!
+//! Each retrieval tags its entry with the documents it returned (`doc:<id>`), and the answer built on it
+//! inherits those tags: [`PgCache::invalidate_tag`] or a trigger on the `documents` table (see
+//! [`crate::documents`]) removes exactly the entries that cited a document.
+//!
 //! Only `Ok` results are stored: a failed search or a failed generation is returned to the caller and runs
 //! again on the next call. [`CounterSnapshot`] and [`Lookup`] tell, from the cache's own counters, whether a
 //! call was served from the cache or computed.
@@ -20,7 +24,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use cache_runtime::{pg_cached, CacheError, PgCache, ProcessCounts};
+use sqlx::PgPool;
 
+use crate::documents::{self, document_tag};
 use crate::generate::{Answer, AnswerGenerator, GenerateError, MAX_CONTEXT_DOCUMENTS};
 use crate::retrieval::{RetrievalEngine, RetrievalError, RetrievalResult};
 
@@ -64,10 +70,13 @@ impl Retriever {
     /// A miss runs [`RetrievalEngine::search_with_latency`] (the engine's simulated index latency, then the
     /// search) and stores the result for 30 minutes; the stored JSONB is
     /// `{"results": [{"id", "title", "snippet", "score", "bm25", "vector"}, ...], "total_found": n}`.
-    /// Errors (an empty query, `max_results == 0`) are returned and not stored.
+    /// Errors (an empty query, `max_results == 0`) are returned and not stored. The entry is tagged with
+    /// each document it returned, `doc:<id>`.
     #[pg_cached(namespace = "retrieval", ttl = "30m", cache = self.cache)]
     pub async fn retrieve(&self, query: &str, max_results: usize) -> Result<RetrievalResult, RetrievalError> {
-        self.engine.search_with_latency(query, max_results).await
+        let result = self.engine.search_with_latency(query, max_results).await?;
+        cache_runtime::tags(result.results.iter().map(|hit| document_tag(&hit.id)));
+        Ok(result)
     }
 }
 
@@ -80,6 +89,9 @@ pub enum PipelineError {
     /// The generator failed (for instance the LLM endpoint timed out).
     #[error("answer generation failed: {0}")]
     Generate(#[from] GenerateError),
+    /// Reading the documents' text from the `documents` table failed.
+    #[error("reading the documents failed: {0}")]
+    Documents(String),
 }
 
 /// Answers questions: retrieves context with a [`Retriever`], then asks an [`AnswerGenerator`].
@@ -88,12 +100,21 @@ pub struct Orchestrator {
     retriever: Retriever,
     generator: Arc<dyn AnswerGenerator>,
     cache: PgCache,
+    /// Where the documents' text is read from: the `documents` table, or the search engine's copy.
+    documents: Option<PgPool>,
 }
 
 impl Orchestrator {
     /// An orchestrator caching its answers in `cache` (usually the retriever's cache).
     pub fn new(retriever: Retriever, generator: Arc<dyn AnswerGenerator>, cache: PgCache) -> Self {
-        Self { retriever, generator, cache }
+        Self { retriever, generator, cache, documents: None }
+    }
+
+    /// Reads the text of the retrieved documents from the `documents` table of `pool` (see
+    /// [`crate::documents`]) instead of the search engine's copy, so that answers follow changes to it.
+    pub fn with_document_table(mut self, pool: PgPool) -> Self {
+        self.documents = Some(pool);
+        self
     }
 
     /// The retriever used on an answer miss.
@@ -147,8 +168,15 @@ impl Orchestrator {
     #[pg_cached(namespace = "answer", ttl = "2h", cache = self.cache)]
     async fn answer_with(&self, query: &str, model: &str) -> Result<Answer, PipelineError> {
         debug_assert_eq!(model, self.generator.model());
+        // The retrieval's tags (`doc:<id>` of each document) become this answer's: no code needed here.
         let retrieved = self.retriever.retrieve(query, CONTEXT_DOCUMENTS).await?;
-        let context = self.retriever.engine().documents_for(&retrieved);
+        let context = match &self.documents {
+            Some(pool) => {
+                let ids: Vec<&str> = retrieved.results.iter().map(|hit| hit.id.as_str()).collect();
+                documents::fetch(pool, &ids).await.map_err(|e| PipelineError::Documents(e.to_string()))?
+            }
+            None => self.retriever.engine().documents_for(&retrieved),
+        };
         Ok(self.generator.generate(query, &context).await?)
     }
 }

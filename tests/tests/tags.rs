@@ -513,6 +513,7 @@ async fn stale_if_error_serves_a_recent_entry_only_inside_its_window(pool: PgPoo
     Ok(())
 }
 
+#[allow(clippy::ptr_arg)] // cache_if takes `fn(&T) -> bool` with T the stored type, here `Vec<u32>`
 fn has_results(docs: &Vec<u32>) -> bool {
     !docs.is_empty()
 }
