@@ -24,9 +24,27 @@ fn doctor_passes_a_migrated_database() {
         assert_ne!(check(&report, name)["status"], "fail", "{report:#}");
     }
     assert_eq!(check(&report, "schema")["status"], "ok");
-    assert_eq!(check(&report, "indexes")["status"], "ok");
+    assert!(check(&report, "schema")["message"].as_str().is_some_and(|m| m.contains("(version 5)")), "{report:#}");
+    assert_eq!(check(&report, "indexes")["status"], "ok", "migration 5's GIN index is expected, not stray");
     let text = text_of(db.pg_cached().args(["doctor", "--pool-size", "1"]));
     assert!(text.lines().any(|l| l.starts_with("OK") && l.contains("schema")), "{text}");
+}
+
+#[test]
+fn doctor_fails_a_missing_tags_index_and_gives_its_statement() {
+    let db = TestDb::migrated();
+    db.sql("DROP INDEX cache_entries_tags_idx");
+    let assert = db.pg_cached().args(["doctor", "--pool-size", "1", "--json"]).assert().code(1);
+    let report: Value = serde_json::from_slice(&assert.get_output().stdout).expect("a JSON report despite the FAIL");
+    let indexes = check(&report, "indexes");
+    assert_eq!(indexes["status"], "fail", "{report:#}");
+    assert!(indexes["message"].as_str().is_some_and(|m| m.contains("cache_entries_tags_idx")), "{report:#}");
+    let fix = indexes["fix"].as_str().unwrap_or_default();
+    assert!(fix.contains("USING gin (tags) WHERE tags IS NOT NULL"), "{fix}");
+    // The statement it gives is the one that repairs it.
+    db.sql(fix.split_once(": ").map_or(fix, |(_, statement)| statement));
+    let report = json_of(db.pg_cached().args(["doctor", "--pool-size", "1", "--json"]));
+    assert_eq!(check(&report, "indexes")["status"], "ok", "{report:#}");
 }
 
 #[test]
