@@ -86,6 +86,13 @@ pub const ENTRY: &str = concat!(
 /// Entries in namespace $1 (what `purge --namespace` would delete).
 pub const COUNT_NAMESPACE: &str = "SELECT count(*) FROM cache_entries WHERE starts_with(cache_key, $1 || ':')";
 
+/// Entries carrying any of the tags $1 (what `purge --tag` would delete; `&&` is what the partial GIN index
+/// `cache_entries_tags_idx` serves, and what `pg_cached_invalidate_tags` deletes by).
+pub const COUNT_TAGGED: &str = "SELECT count(*) FROM cache_entries WHERE tags && $1::text[]";
+
+/// Whether the server has migration 5's `pg_cached_invalidate_tags`, which `PgCache::invalidate_tags` calls.
+pub const HAS_TAGS: &str = "SELECT to_regprocedure('pg_cached_invalidate_tags(text[], text, text)') IS NOT NULL";
+
 /// Entries a sweep would delete now: past their `sweep_at` (expiry plus stale window), or, when written
 /// without one, past their expiry (the same rows as cache-runtime's expiry sweep).
 pub const COUNT_SWEEPABLE: &str = "SELECT count(*) FROM cache_entries \
