@@ -72,7 +72,8 @@ pub const KEYS: &str = concat!(
      ORDER BY created_at DESC, cache_key LIMIT $2"
 );
 
-/// Entry $1: JSON text, stored bytes, ms left, created (µs), expires (µs), whether it is live.
+/// Entry $1: JSON text, stored bytes, ms left, created (µs), expires (µs), whether it is live, its tags
+/// (NULL for none) and how long its computation took (µs, NULL when not recorded).
 pub const ENTRY: &str = concat!(
     "SELECT data::text, pg_column_size(data), ",
     ms_until!("expires_at"),
@@ -80,7 +81,7 @@ pub const ENTRY: &str = concat!(
     epoch_us!("created_at"),
     ", ",
     epoch_us!("expires_at"),
-    ", (expires_at IS NULL OR expires_at > now()) FROM cache_entries WHERE cache_key = $1"
+    ", (expires_at IS NULL OR expires_at > now()), tags, compute_us FROM cache_entries WHERE cache_key = $1"
 );
 
 /// Entries in namespace $1 (what `purge --namespace` would delete).

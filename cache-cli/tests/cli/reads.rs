@@ -1,6 +1,6 @@
 //! stats, keys and get.
 
-use crate::support::{json_of, text_of, TestDb};
+use crate::support::{json_of, text_of, with_tagged_entries, TestDb};
 use predicates::prelude::*;
 use std::time::Duration;
 
@@ -105,4 +105,23 @@ fn get_shows_the_entry_and_a_missing_key_exits_1() {
         let stderr = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
         assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1 && stderr.contains(missing), "{stderr}");
     }
+}
+
+#[test]
+fn get_shows_tags_and_compute_time() {
+    let db = with_tagged_entries();
+    // set_tagged records no compute time; a memoized write does. Give one entry the time a computation took.
+    db.sql("UPDATE cache_entries SET compute_us = 1500 WHERE cache_key = 'answer:2'");
+    let tagged = json_of(db.pg_cached().args(["get", "answer:2", "--json"]));
+    assert_eq!(tagged["tags"], serde_json::json!(["doc:1", "doc:2"]), "sorted, as stored: {tagged}");
+    assert_eq!(tagged["compute_ms"].as_f64(), Some(1.5), "{tagged}");
+    let plain = json_of(db.pg_cached().args(["get", "plain:1", "--json"]));
+    assert_eq!((plain["tags"].clone(), plain["compute_ms"].clone()), (serde_json::json!([]), serde_json::Value::Null));
+
+    let text = text_of(db.pg_cached().args(["get", "answer:2"]));
+    assert!(text.lines().any(|l| l == "tags     doc:1, doc:2"), "{text}");
+    assert!(text.lines().any(|l| l == "compute  1.5ms"), "{text}");
+    let text = text_of(db.pg_cached().args(["get", "plain:1"]));
+    assert!(text.lines().any(|l| l == "tags     (none)"), "{text}");
+    assert!(text.lines().any(|l| l == "compute  not recorded"), "{text}");
 }
