@@ -31,7 +31,8 @@ macro_rules! namespace {
 }
 
 /// Per namespace: entries, expired entries, stored bytes (`pg_column_size`, after compression, cheap: it
-/// does not detoast), oldest and newest `created_at` (µs).
+/// does not detoast), oldest and newest `created_at` (µs), and the compute time held in live entries (µs;
+/// the same sum as cache-runtime's `PgCache::stats`).
 pub const NAMESPACE_STATS: &str = concat!(
     "SELECT ",
     namespace!(),
@@ -40,7 +41,8 @@ pub const NAMESPACE_STATS: &str = concat!(
     epoch_us!("min(created_at)"),
     ", ",
     epoch_us!("max(created_at)"),
-    " FROM cache_entries GROUP BY 1 ORDER BY 1"
+    ", coalesce(sum(compute_us) FILTER (WHERE expires_at IS NULL OR expires_at > now()), 0)::bigint \
+     FROM cache_entries GROUP BY 1 ORDER BY 1"
 );
 
 /// Per namespace: entries (what `watch` shows each tick).

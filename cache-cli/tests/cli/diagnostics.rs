@@ -48,6 +48,23 @@ fn doctor_fails_a_missing_tags_index_and_gives_its_statement() {
 }
 
 #[test]
+fn a_schema_older_than_the_binary_asks_for_migrate_and_purges_nothing() {
+    let db = crate::support::with_tagged_entries();
+    // What a database still on migration 4 lacks that get, stats and purge --tag read or call.
+    db.sql(
+        "DROP FUNCTION pg_cached_invalidate_tags(text[], text, text); \
+         ALTER TABLE cache_entries DROP COLUMN tags, DROP COLUMN compute_us",
+    );
+    for args in [&["get", "answer:1"][..], &["stats"], &["purge", "--tag", "doc:1", "--yes"]] {
+        let failed = db.pg_cached().args(args).assert().code(1).stdout("");
+        let stderr = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
+        assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1, "{args:?}: {stderr}");
+        assert!(stderr.contains("older than this pg-cached") && stderr.contains("pg-cached migrate"), "{stderr}");
+    }
+    assert_eq!(db.count("true"), 4);
+}
+
+#[test]
 fn doctor_fails_the_schema_of_an_unmigrated_database() {
     let db = TestDb::create();
     let assert = db.pg_cached().args(["doctor", "--pool-size", "1", "--json"]).assert().code(1);

@@ -125,3 +125,25 @@ fn get_shows_tags_and_compute_time() {
     assert!(text.lines().any(|l| l == "tags     (none)"), "{text}");
     assert!(text.lines().any(|l| l == "compute  not recorded"), "{text}");
 }
+
+#[test]
+fn stats_sum_the_compute_time_of_live_entries() {
+    let db = populated();
+    // 1 ms + 2.5 ms in alpha; 0.5 ms in beta, whose expired entry's 999 ms no longer counts.
+    db.sql(
+        "UPDATE cache_entries SET compute_us = CASE cache_key WHEN 'alpha:0' THEN 1000 WHEN 'alpha:1' THEN 2500 \
+            WHEN 'beta:0' THEN 500 WHEN 'beta:old' THEN 999000 END",
+    );
+    let stats = json_of(db.pg_cached().args(["stats", "--json"]));
+    let namespaces = stats["namespaces"].as_array().expect("namespaces");
+    let compute =
+        |name: &str| namespaces.iter().find(|n| n["namespace"] == name).and_then(|n| n["compute_ms"].as_f64());
+    assert_eq!((compute("alpha"), compute("beta")), (Some(3.5), Some(0.5)), "{stats}");
+    assert_eq!(stats["compute_ms"].as_f64(), Some(4.0), "{stats}");
+
+    let text = text_of(db.pg_cached().arg("stats"));
+    assert!(text.contains("compute: 4.0ms held in live entries"), "{text}");
+    let alpha = text.lines().find(|l| l.starts_with("alpha")).unwrap_or_default();
+    assert!(alpha.contains("3.5ms"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("namespace") && l.contains("compute")), "{text}");
+}
