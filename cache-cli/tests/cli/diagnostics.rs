@@ -170,6 +170,16 @@ fn shards_are_read_and_merged() {
         let entry = json_of(&mut sharded(&["get", &format!("s:{i}"), "--json"]));
         assert_eq!(entry["value"], i, "get finds each key on its own shard");
     }
+    // A tag purge reaches every shard: 20 more keys carry a tag, and land on both servers.
+    one.block_on(async {
+        for i in 0..20 {
+            cache.set_tagged(&format!("t:{i}"), &i, Some(Duration::from_secs(600)), &["batch"]).await.expect("set");
+        }
+    });
+    assert!(one.count("tags IS NOT NULL") > 0 && two.count("tags IS NOT NULL") > 0, "tagged keys on both shards");
+    let purged = json_of(&mut sharded(&["purge", "--tag", "batch", "--yes", "--json"]));
+    assert_eq!(purged["removed"], 20, "{purged}");
+    assert_eq!((one.count("tags IS NOT NULL"), two.count("tags IS NOT NULL")), (0, 0));
     let purged = json_of(&mut sharded(&["purge", "--namespace", "s", "--yes", "--json"]));
     assert_eq!(purged["removed"], 20);
 }
