@@ -48,7 +48,7 @@ pub enum Command {
     Get(GetArgs),
     /// Delete keys; running services drop them from their in-process tiers too.
     Delete(DeleteArgs),
-    /// Delete a whole namespace, or every expired entry.
+    /// Delete a whole namespace, every entry carrying a tag, or every expired entry.
     Purge(PurgeArgs),
     /// Create or update the cache's tables (the migrations embedded in cache-runtime).
     Migrate,
@@ -99,16 +99,18 @@ pub struct PurgeArgs {
     pub yes: bool,
 }
 
-/// What a purge deletes: exactly one of these.
-//
-// Reserved: `--tag TAG` (delete every entry carrying a tag) joins this group once cache-runtime has tags.
-// It then needs a `Scope::Tag` in commands/purge.rs; until then there is deliberately no such flag.
+/// What a purge deletes: exactly one of these (`--tag` may be repeated: it is still one of them).
 #[derive(Debug, Args)]
 #[group(required = true, multiple = false)]
 pub struct PurgeScopeArgs {
     /// Every entry of this namespace (the part of keys before the first ':').
     #[arg(long, value_name = "NS")]
     pub namespace: Option<String>,
+
+    /// Every entry carrying this tag, in every service too (PgCache::invalidate_tags). Repeat it for
+    /// entries carrying any of several tags.
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
 
     /// Every entry past its expiry (and past any stale-while-revalidate window).
     #[arg(long)]
@@ -180,7 +182,15 @@ mod tests {
         let parse = |args: &[&str]| Cli::try_parse_from([&["pg-cached", "purge"], args].concat());
         assert!(parse(&["--namespace", "a"]).is_ok());
         assert!(parse(&["--expired"]).is_ok());
+        assert!(parse(&["--tag", "doc:1"]).is_ok());
+        let tags = parse(&["--tag", "doc:1", "--tag", "doc:2"]).map(|cli| match cli.command {
+            Command::Purge(purge) => purge.scope.tags,
+            _ => Vec::new(),
+        });
+        assert_eq!(tags.ok(), Some(vec!["doc:1".to_owned(), "doc:2".to_owned()]), "repeating --tag is one scope");
         assert!(parse(&[]).is_err());
         assert!(parse(&["--namespace", "a", "--expired"]).is_err());
+        assert!(parse(&["--tag", "t", "--namespace", "a"]).is_err());
+        assert!(parse(&["--tag", "t", "--expired"]).is_err());
     }
 }

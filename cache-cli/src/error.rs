@@ -10,8 +10,8 @@ use std::time::Duration;
 /// Everything that ends a command unsuccessfully.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    /// The command line or its input is unusable (an empty key, a NUL, a bad namespace, no database given,
-    /// a purge without confirmation on a non-terminal).
+    /// The command line or its input is unusable (an empty key, a NUL, a bad namespace or tag, no database
+    /// given, a purge without confirmation on a non-terminal).
     #[error("{0}")]
     Usage(String),
 
@@ -41,6 +41,14 @@ pub enum CliError {
     /// The cache's tables are missing: the database was never migrated.
     #[error("the cache_entries table does not exist on {server}; run `pg-cached migrate`")]
     NotMigrated {
+        /// The server's `host:port/database`.
+        server: String,
+    },
+
+    /// The cache's tables exist but lack what this pg-cached reads (a column or function of a later
+    /// migration): the binary is newer than the schema.
+    #[error("the cache's schema on {server} is older than this pg-cached; run `pg-cached migrate`")]
+    SchemaBehind {
         /// The server's `host:port/database`.
         server: String,
     },
@@ -103,13 +111,16 @@ impl CliError {
         matches!(self, CliError::Io { source, .. } if source.kind() == std::io::ErrorKind::BrokenPipe)
     }
 
-    /// The error of a statement on `server`, with a missing table turned into advice to migrate.
+    /// The error of a statement on `server`, with a missing table, column or function turned into advice to
+    /// migrate: the tool's own SQL names only what `migrations/` creates, so "undefined" means not migrated.
     pub fn database(server: &str, source: sqlx::Error) -> CliError {
-        let undefined_table = source.as_database_error().and_then(|db| db.code()).as_deref() == Some("42P01");
-        if undefined_table {
-            CliError::NotMigrated { server: server.to_owned() }
-        } else {
-            CliError::Database { server: server.to_owned(), source }
+        let code = source.as_database_error().and_then(|db| db.code());
+        match code.as_deref() {
+            // undefined_table
+            Some("42P01") => CliError::NotMigrated { server: server.to_owned() },
+            // undefined_column, undefined_function: a migration newer than the schema is missing.
+            Some("42703" | "42883") => CliError::SchemaBehind { server: server.to_owned() },
+            _ => CliError::Database { server: server.to_owned(), source },
         }
     }
 
@@ -126,6 +137,7 @@ fn is_bad_input(error: &CacheError) -> bool {
         CacheError::InvalidKey { .. }
             | CacheError::KeyTooLong { .. }
             | CacheError::InvalidNamespace { .. }
+            | CacheError::InvalidTag { .. }
             | CacheError::InvalidTtl(_)
             | CacheError::Config(_)
     )
@@ -140,6 +152,9 @@ mod tests {
         assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
         let namespace = cache_runtime::validate_namespace("a b").unwrap_err();
         assert_eq!(CliError::from(namespace).exit_code(), 2);
+        let tag = cache_runtime::validate_tag("").unwrap_err();
+        assert_eq!(CliError::from(tag).exit_code(), 2);
+        assert_eq!(CliError::SchemaBehind { server: "db".into() }.exit_code(), 1);
         assert_eq!(CliError::NotFound("k".into()).exit_code(), 1);
         assert_eq!(CliError::ChecksFailed(1).exit_code(), 1);
         let timeout = CacheError::Timeout { operation: "get", after: Duration::from_secs(1) };

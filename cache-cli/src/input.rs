@@ -1,4 +1,4 @@
-//! Input from the person or the script: keys, namespaces, and confirmations.
+//! Input from the person or the script: keys, namespaces, tags, and confirmations.
 //!
 //! Input is checked before any I/O, so a bad key is a usage error (exit 2) and never half a batch done.
 
@@ -16,6 +16,15 @@ pub fn check_key(key: &str) -> Result<(), CliError> {
 
 pub fn check_namespace(namespace: &str) -> Result<(), CliError> {
     Ok(cache_runtime::validate_namespace(namespace)?)
+}
+
+/// Checks a tag with cache-runtime's own rule (`validate_tag`): 1 to `MAX_TAG_CHARS` characters, no control
+/// character.
+///
+/// # Errors
+/// [`CliError::Cache`] with the library's reason; it exits 2 as bad input.
+pub fn check_tag(tag: &str) -> Result<(), CliError> {
+    Ok(cache_runtime::validate_tag(tag)?)
 }
 
 /// Checks a key prefix: anything but a NUL.
@@ -118,6 +127,10 @@ mod tests {
         assert_eq!(bad(&"k".repeat(MAX_KEY_CHARS + 1)), Err(2));
         assert!(check_namespace("retrieval").is_ok());
         assert_eq!(check_namespace("a:b").map_err(|e| e.exit_code()), Err(2));
+        assert!(check_tag("doc:42").is_ok());
+        assert_eq!(check_tag("").map_err(|e| e.exit_code()), Err(2));
+        assert_eq!(check_tag("a\tb").map_err(|e| e.exit_code()), Err(2));
+        assert_eq!(check_tag(&"t".repeat(cache_runtime::MAX_TAG_CHARS + 1)).map_err(|e| e.exit_code()), Err(2));
     }
 
     #[test]

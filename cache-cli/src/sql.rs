@@ -31,7 +31,8 @@ macro_rules! namespace {
 }
 
 /// Per namespace: entries, expired entries, stored bytes (`pg_column_size`, after compression, cheap: it
-/// does not detoast), oldest and newest `created_at` (µs).
+/// does not detoast), oldest and newest `created_at` (µs), and the compute time held in live entries (µs;
+/// the same sum as cache-runtime's `PgCache::stats`).
 pub const NAMESPACE_STATS: &str = concat!(
     "SELECT ",
     namespace!(),
@@ -40,7 +41,8 @@ pub const NAMESPACE_STATS: &str = concat!(
     epoch_us!("min(created_at)"),
     ", ",
     epoch_us!("max(created_at)"),
-    " FROM cache_entries GROUP BY 1 ORDER BY 1"
+    ", coalesce(sum(compute_us) FILTER (WHERE expires_at IS NULL OR expires_at > now()), 0)::bigint \
+     FROM cache_entries GROUP BY 1 ORDER BY 1"
 );
 
 /// Per namespace: entries (what `watch` shows each tick).
@@ -72,7 +74,8 @@ pub const KEYS: &str = concat!(
      ORDER BY created_at DESC, cache_key LIMIT $2"
 );
 
-/// Entry $1: JSON text, stored bytes, ms left, created (µs), expires (µs), whether it is live.
+/// Entry $1: JSON text, stored bytes, ms left, created (µs), expires (µs), whether it is live, its tags
+/// (NULL for none) and how long its computation took (µs, NULL when not recorded).
 pub const ENTRY: &str = concat!(
     "SELECT data::text, pg_column_size(data), ",
     ms_until!("expires_at"),
@@ -80,11 +83,18 @@ pub const ENTRY: &str = concat!(
     epoch_us!("created_at"),
     ", ",
     epoch_us!("expires_at"),
-    ", (expires_at IS NULL OR expires_at > now()) FROM cache_entries WHERE cache_key = $1"
+    ", (expires_at IS NULL OR expires_at > now()), tags, compute_us FROM cache_entries WHERE cache_key = $1"
 );
 
 /// Entries in namespace $1 (what `purge --namespace` would delete).
 pub const COUNT_NAMESPACE: &str = "SELECT count(*) FROM cache_entries WHERE starts_with(cache_key, $1 || ':')";
+
+/// Entries carrying any of the tags $1 (what `purge --tag` would delete; `&&` is what the partial GIN index
+/// `cache_entries_tags_idx` serves, and what `pg_cached_invalidate_tags` deletes by).
+pub const COUNT_TAGGED: &str = "SELECT count(*) FROM cache_entries WHERE tags && $1::text[]";
+
+/// Whether the server has migration 5's `pg_cached_invalidate_tags`, which `PgCache::invalidate_tags` calls.
+pub const HAS_TAGS: &str = "SELECT to_regprocedure('pg_cached_invalidate_tags(text[], text, text)') IS NOT NULL";
 
 /// Entries a sweep would delete now: past their `sweep_at` (expiry plus stale window), or, when written
 /// without one, past their expiry (the same rows as cache-runtime's expiry sweep).
@@ -101,7 +111,8 @@ pub const HAS_MIGRATIONS_TABLE: &str = "SELECT to_regclass('_sqlx_migrations') I
 /// Indexes of the cache's tables: table, index, whether it is valid (a failed concurrent build is not).
 pub const INDEXES: &str = "SELECT t.relname::text, i.relname::text, x.indisvalid FROM pg_index AS x \
      JOIN pg_class AS i ON i.oid = x.indexrelid JOIN pg_class AS t ON t.oid = x.indrelid \
-     WHERE t.oid IN (to_regclass('cache_entries'), to_regclass('cache_leases'), to_regclass('cache_invalidations'))";
+     WHERE t.oid IN (to_regclass('cache_entries'), to_regclass('cache_leases'), to_regclass('cache_invalidations'), \
+     to_regclass('cache_tag_invalidations'))";
 
 /// Autovacuum settings: the global switch and scale factor, and `cache_entries`' own options (`key=value`),
 /// NULL when the table has none or does not exist.

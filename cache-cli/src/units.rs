@@ -1,4 +1,4 @@
-//! Times and sizes, for people and for JSON.
+//! Times, durations and sizes, for people and for JSON.
 //!
 //! Timestamps come from the server as microseconds since the Unix epoch (see `sql.rs`) and are shown in UTC
 //! as RFC 3339, so the output does not depend on the client's time zone. Durations (time left, age) are
@@ -35,6 +35,46 @@ impl fmt::Display for Timestamp {
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
+    }
+}
+
+/// A duration in microseconds: how long a computation took, or the sum of several. Serialized as
+/// milliseconds with the fraction kept (`1234.567`), so a computation shorter than a millisecond is not 0;
+/// shown to people with about two significant digits below a minute (`40µs`, `2.5ms`, `850ms`, `1.8s`),
+/// and as [`duration_ms`] above (`29m 59s`, `2h 5m`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Micros(pub u64);
+
+impl std::ops::Add for Micros {
+    type Output = Micros;
+
+    fn add(self, other: Micros) -> Micros {
+        Micros(self.0.saturating_add(other.0))
+    }
+}
+
+impl std::iter::Sum for Micros {
+    fn sum<I: Iterator<Item = Micros>>(iter: I) -> Micros {
+        iter.fold(Micros(0), |sum, us| sum + us)
+    }
+}
+
+impl fmt::Display for Micros {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0;
+        match us {
+            0..1_000 => write!(f, "{us}µs"),
+            1_000..10_000 => write!(f, "{:.1}ms", us as f64 / 1e3),
+            10_000..1_000_000 => write!(f, "{}ms", us / 1000),
+            1_000_000..60_000_000 => write!(f, "{:.1}s", us as f64 / 1e6),
+            _ => f.write_str(&duration_ms(i64::try_from(us / 1000).unwrap_or(i64::MAX))),
+        }
+    }
+}
+
+impl Serialize for Micros {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_f64(self.0 as f64 / 1000.0)
     }
 }
 
@@ -136,6 +176,16 @@ mod tests {
         assert_eq!(duration_ms(1_799_000), "29m 59s");
         assert_eq!(duration_ms(7_500_000), "2h 5m");
         assert_eq!(duration_ms(-3_000), "3s");
+        assert_eq!(Micros(0).to_string(), "0µs");
+        assert_eq!(Micros(40).to_string(), "40µs");
+        assert_eq!(Micros(2_500).to_string(), "2.5ms");
+        assert_eq!(Micros(850_000).to_string(), "850ms");
+        assert_eq!(Micros(1_834_207).to_string(), "1.8s");
+        assert_eq!(Micros(1_799_000_000).to_string(), "29m 59s");
+        assert_eq!(Micros(7_500_000_000).to_string(), "2h 5m");
+        assert_eq!(serde_json::to_string(&Micros(1_500)).ok().as_deref(), Some("1.5"));
+        assert_eq!(serde_json::to_string(&Micros(1)).ok().as_deref(), Some("0.001"));
+        assert_eq!([Micros(1), Micros(2)].into_iter().sum::<Micros>(), Micros(3));
         assert_eq!(ttl(None), "never");
         assert_eq!(ttl(Some(60_000)), "in 1m 0s");
         assert_eq!(ttl(Some(-3_000)), "expired 3s ago");

@@ -37,6 +37,12 @@ pub const EXPECTED_INDEXES: &[ExpectedIndex] = &[
             "CREATE INDEX IF NOT EXISTS cache_entries_unswept_idx ON cache_entries (expires_at) WHERE sweep_at IS NULL",
     },
     ExpectedIndex {
+        table: "cache_entries",
+        name: "cache_entries_tags_idx",
+        create:
+            "CREATE INDEX IF NOT EXISTS cache_entries_tags_idx ON cache_entries USING gin (tags) WHERE tags IS NOT NULL",
+    },
+    ExpectedIndex {
         table: "cache_leases",
         name: "cache_leases_pkey",
         create: "ALTER TABLE cache_leases ADD PRIMARY KEY (cache_key)",
@@ -45,6 +51,11 @@ pub const EXPECTED_INDEXES: &[ExpectedIndex] = &[
         table: "cache_invalidations",
         name: "cache_invalidations_pkey",
         create: "ALTER TABLE cache_invalidations ADD PRIMARY KEY (scope, is_namespace)",
+    },
+    ExpectedIndex {
+        table: "cache_tag_invalidations",
+        name: "cache_tag_invalidations_pkey",
+        create: "ALTER TABLE cache_tag_invalidations ADD PRIMARY KEY (tag)",
     },
 ];
 
@@ -144,7 +155,7 @@ mod tests {
 
     #[test]
     fn embedded_migrations_are_found() {
-        assert!(embedded().len() >= 4);
+        assert!(embedded().len() >= 5, "migration 5 (tags) is embedded");
         assert_eq!(latest(), embedded().iter().map(|m| m.0).max().unwrap_or(0));
     }
 }

@@ -1,4 +1,5 @@
-//! `pg-cached stats`: what the table holds per namespace, and the table's own health.
+//! `pg-cached stats`: what the table holds per namespace (entries, bytes, what they cost to compute), and the
+//! table's own health.
 //!
 //! `PgCache::stats` is not used: it has no bytes, oldest or newest entry per namespace, and its hit and miss
 //! counters belong to the process that calls it (this tool's would always be zero). One grouped scan per
@@ -9,7 +10,7 @@ use crate::error::CliError;
 use crate::output::{Align, Output, Paint, Render, Styled, Table};
 use crate::sql;
 use crate::target::{Shard, Target, Tuning};
-use crate::units::{self, Timestamp};
+use crate::units::{self, Micros, Timestamp};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -19,6 +20,8 @@ pub struct StatsReport {
     entries: u64,
     expired: u64,
     bytes: u64,
+    /// Compute time held in live entries, all namespaces.
+    compute_ms: Micros,
     namespaces: Vec<NamespaceStats>,
     tables: Vec<TableStats>,
 }
@@ -34,6 +37,9 @@ struct NamespaceStats {
     bytes: u64,
     oldest: Option<Timestamp>,
     newest: Option<Timestamp>,
+    /// What the live entries cost to compute (the sum of their recorded compute times): what a hit on each
+    /// of them would save once.
+    compute_ms: Micros,
 }
 
 /// `cache_entries` on one server (also read by `doctor`).
@@ -64,23 +70,25 @@ pub async fn run(connection: &ConnectionArgs, output: Output) -> Result<(), CliE
         entries: namespaces.iter().map(|n| n.entries).sum(),
         expired: namespaces.iter().map(|n| n.expired).sum(),
         bytes: namespaces.iter().map(|n| n.bytes).sum(),
+        compute_ms: namespaces.iter().map(|n| n.compute_ms).sum(),
         namespaces,
         tables,
     })
 }
 
 async fn namespaces(shard: &Shard) -> Result<Vec<NamespaceStats>, CliError> {
-    type Row = (String, i64, i64, i64, Option<i64>, Option<i64>);
+    type Row = (String, i64, i64, i64, Option<i64>, Option<i64>, i64);
     let rows: Vec<Row> = sqlx::query_as(sql::NAMESPACE_STATS).fetch_all(&shard.pool).await.map_err(shard.error())?;
     Ok(rows
         .into_iter()
-        .map(|(namespace, entries, expired, bytes, oldest, newest)| NamespaceStats {
+        .map(|(namespace, entries, expired, bytes, oldest, newest, compute_us)| NamespaceStats {
             namespace,
             entries: entries.unsigned_abs(),
             expired: expired.unsigned_abs(),
             bytes: bytes.unsigned_abs(),
             oldest: oldest.map(Timestamp),
             newest: newest.map(Timestamp),
+            compute_ms: Micros(compute_us.unsigned_abs()),
         })
         .collect())
 }
@@ -117,6 +125,7 @@ fn merge(rows: impl IntoIterator<Item = NamespaceStats>) -> Vec<NamespaceStats> 
                 sum.bytes += row.bytes;
                 sum.oldest = sum.oldest.into_iter().chain(row.oldest).min();
                 sum.newest = sum.newest.into_iter().chain(row.newest).max();
+                sum.compute_ms = sum.compute_ms + row.compute_ms;
             }
             None => {
                 merged.insert(row.namespace.clone(), row);
@@ -135,6 +144,8 @@ impl Render for StatsReport {
             units::count(self.expired),
             units::bytes(self.bytes)
         ))?;
+        out.paint(Paint::Heading, "compute")?;
+        out.line(&format!(": {} held in live entries", self.compute_ms))?;
         out.paint(Paint::Heading, "hit ratio")?;
         out.line(": kept per process; see metrics")?;
         if !self.namespaces.is_empty() {
@@ -156,6 +167,7 @@ impl StatsReport {
             ("entries", Align::Right),
             ("expired", Align::Right),
             ("bytes", Align::Right),
+            ("compute", Align::Right),
             ("oldest", Align::Left),
             ("newest", Align::Left),
         ]);
@@ -166,6 +178,7 @@ impl StatsReport {
                 units::count(n.entries),
                 units::count(n.expired),
                 units::bytes(n.bytes),
+                n.compute_ms.to_string(),
                 units::when(n.oldest),
                 units::when(n.newest),
             ]);
@@ -211,6 +224,7 @@ mod tests {
             bytes: 10,
             oldest: Some(Timestamp(oldest)),
             newest: Some(Timestamp(newest)),
+            compute_ms: Micros(entries * 1000),
         }
     }
 
@@ -219,7 +233,7 @@ mod tests {
         let merged = merge([row("b", 1, 5, 9), row("a", 2, 3, 4), row("b", 3, 2, 7)]);
         assert_eq!(merged.iter().map(|n| n.namespace.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         let b = &merged[1];
-        assert_eq!((b.entries, b.expired, b.bytes), (4, 2, 20));
+        assert_eq!((b.entries, b.expired, b.bytes, b.compute_ms), (4, 2, 20, Micros(4000)));
         assert_eq!((b.oldest, b.newest), (Some(Timestamp(2)), Some(Timestamp(9))));
     }
 }

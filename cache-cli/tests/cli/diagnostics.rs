@@ -24,9 +24,44 @@ fn doctor_passes_a_migrated_database() {
         assert_ne!(check(&report, name)["status"], "fail", "{report:#}");
     }
     assert_eq!(check(&report, "schema")["status"], "ok");
-    assert_eq!(check(&report, "indexes")["status"], "ok");
+    assert!(check(&report, "schema")["message"].as_str().is_some_and(|m| m.contains("(version 5)")), "{report:#}");
+    assert_eq!(check(&report, "indexes")["status"], "ok", "migration 5's GIN index is expected, not stray");
     let text = text_of(db.pg_cached().args(["doctor", "--pool-size", "1"]));
     assert!(text.lines().any(|l| l.starts_with("OK") && l.contains("schema")), "{text}");
+}
+
+#[test]
+fn doctor_fails_a_missing_tags_index_and_gives_its_statement() {
+    let db = TestDb::migrated();
+    db.sql("DROP INDEX cache_entries_tags_idx");
+    let assert = db.pg_cached().args(["doctor", "--pool-size", "1", "--json"]).assert().code(1);
+    let report: Value = serde_json::from_slice(&assert.get_output().stdout).expect("a JSON report despite the FAIL");
+    let indexes = check(&report, "indexes");
+    assert_eq!(indexes["status"], "fail", "{report:#}");
+    assert!(indexes["message"].as_str().is_some_and(|m| m.contains("cache_entries_tags_idx")), "{report:#}");
+    let fix = indexes["fix"].as_str().unwrap_or_default();
+    assert!(fix.contains("USING gin (tags) WHERE tags IS NOT NULL"), "{fix}");
+    // The statement it gives is the one that repairs it.
+    db.sql(fix.split_once(": ").map_or(fix, |(_, statement)| statement));
+    let report = json_of(db.pg_cached().args(["doctor", "--pool-size", "1", "--json"]));
+    assert_eq!(check(&report, "indexes")["status"], "ok", "{report:#}");
+}
+
+#[test]
+fn a_schema_older_than_the_binary_asks_for_migrate_and_purges_nothing() {
+    let db = crate::support::with_tagged_entries();
+    // What a database still on migration 4 lacks that get, stats and purge --tag read or call.
+    db.sql(
+        "DROP FUNCTION pg_cached_invalidate_tags(text[], text, text); \
+         ALTER TABLE cache_entries DROP COLUMN tags, DROP COLUMN compute_us",
+    );
+    for args in [&["get", "answer:1"][..], &["stats"], &["purge", "--tag", "doc:1", "--yes"]] {
+        let failed = db.pg_cached().args(args).assert().code(1).stdout("");
+        let stderr = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
+        assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1, "{args:?}: {stderr}");
+        assert!(stderr.contains("older than this pg-cached") && stderr.contains("pg-cached migrate"), "{stderr}");
+    }
+    assert_eq!(db.count("true"), 4);
 }
 
 #[test]
@@ -135,6 +170,16 @@ fn shards_are_read_and_merged() {
         let entry = json_of(&mut sharded(&["get", &format!("s:{i}"), "--json"]));
         assert_eq!(entry["value"], i, "get finds each key on its own shard");
     }
+    // A tag purge reaches every shard: 20 more keys carry a tag, and land on both servers.
+    one.block_on(async {
+        for i in 0..20 {
+            cache.set_tagged(&format!("t:{i}"), &i, Some(Duration::from_secs(600)), &["batch"]).await.expect("set");
+        }
+    });
+    assert!(one.count("tags IS NOT NULL") > 0 && two.count("tags IS NOT NULL") > 0, "tagged keys on both shards");
+    let purged = json_of(&mut sharded(&["purge", "--tag", "batch", "--yes", "--json"]));
+    assert_eq!(purged["removed"], 20, "{purged}");
+    assert_eq!((one.count("tags IS NOT NULL"), two.count("tags IS NOT NULL")), (0, 0));
     let purged = json_of(&mut sharded(&["purge", "--namespace", "s", "--yes", "--json"]));
     assert_eq!(purged["removed"], 20);
 }

@@ -3,5 +3,7 @@
 mod diagnostics;
 mod reads;
 mod support;
+#[cfg(unix)]
+mod terminal;
 mod usage;
 mod writes;

@@ -1,6 +1,6 @@
 //! stats, keys and get.
 
-use crate::support::{json_of, text_of, TestDb};
+use crate::support::{json_of, text_of, with_tagged_entries, TestDb};
 use predicates::prelude::*;
 use std::time::Duration;
 
@@ -31,10 +31,10 @@ fn migrate_then_stats_counts_entries_per_namespace() {
         .arg("migrate")
         .assert()
         .success()
-        .stdout(predicate::str::contains("applied migration(s) 1, 2, 3, 4"));
+        .stdout(predicate::str::contains("applied migration(s) 1, 2, 3, 4, 5"));
     let again = json_of(db.pg_cached().args(["migrate", "--json"]));
     assert_eq!(again["shards"][0]["newly_applied"], serde_json::json!([]), "{again}");
-    assert!(again["schema_version"].as_i64() >= Some(4));
+    assert!(again["schema_version"].as_i64() >= Some(5));
 
     let cache = db.cache();
     db.block_on(async {
@@ -105,4 +105,45 @@ fn get_shows_the_entry_and_a_missing_key_exits_1() {
         let stderr = String::from_utf8_lossy(&failed.get_output().stderr).into_owned();
         assert!(stderr.starts_with("error: ") && stderr.lines().count() == 1 && stderr.contains(missing), "{stderr}");
     }
+}
+
+#[test]
+fn get_shows_tags_and_compute_time() {
+    let db = with_tagged_entries();
+    // set_tagged records no compute time; a memoized write does. Give one entry the time a computation took.
+    db.sql("UPDATE cache_entries SET compute_us = 1500 WHERE cache_key = 'answer:2'");
+    let tagged = json_of(db.pg_cached().args(["get", "answer:2", "--json"]));
+    assert_eq!(tagged["tags"], serde_json::json!(["doc:1", "doc:2"]), "sorted, as stored: {tagged}");
+    assert_eq!(tagged["compute_ms"].as_f64(), Some(1.5), "{tagged}");
+    let plain = json_of(db.pg_cached().args(["get", "plain:1", "--json"]));
+    assert_eq!((plain["tags"].clone(), plain["compute_ms"].clone()), (serde_json::json!([]), serde_json::Value::Null));
+
+    let text = text_of(db.pg_cached().args(["get", "answer:2"]));
+    assert!(text.lines().any(|l| l == "tags     doc:1, doc:2"), "{text}");
+    assert!(text.lines().any(|l| l == "compute  1.5ms"), "{text}");
+    let text = text_of(db.pg_cached().args(["get", "plain:1"]));
+    assert!(text.lines().any(|l| l == "tags     (none)"), "{text}");
+    assert!(text.lines().any(|l| l == "compute  not recorded"), "{text}");
+}
+
+#[test]
+fn stats_sum_the_compute_time_of_live_entries() {
+    let db = populated();
+    // 1 ms + 2.5 ms in alpha; 0.5 ms in beta, whose expired entry's 999 ms no longer counts.
+    db.sql(
+        "UPDATE cache_entries SET compute_us = CASE cache_key WHEN 'alpha:0' THEN 1000 WHEN 'alpha:1' THEN 2500 \
+            WHEN 'beta:0' THEN 500 WHEN 'beta:old' THEN 999000 END",
+    );
+    let stats = json_of(db.pg_cached().args(["stats", "--json"]));
+    let namespaces = stats["namespaces"].as_array().expect("namespaces");
+    let compute =
+        |name: &str| namespaces.iter().find(|n| n["namespace"] == name).and_then(|n| n["compute_ms"].as_f64());
+    assert_eq!((compute("alpha"), compute("beta")), (Some(3.5), Some(0.5)), "{stats}");
+    assert_eq!(stats["compute_ms"].as_f64(), Some(4.0), "{stats}");
+
+    let text = text_of(db.pg_cached().arg("stats"));
+    assert!(text.contains("compute: 4.0ms held in live entries"), "{text}");
+    let alpha = text.lines().find(|l| l.starts_with("alpha")).unwrap_or_default();
+    assert!(alpha.contains("3.5ms"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("namespace") && l.contains("compute")), "{text}");
 }

@@ -79,6 +79,14 @@ impl TestDb {
         })
     }
 
+    /// The one number `query` returns (`SELECT count(*) FROM ...`), for tables other than `cache_entries`.
+    pub fn scalar(&self, query: &str) -> i64 {
+        self.block_on(async {
+            let mut connection = PgConnection::connect(&self.url).await.expect("connect to the test database");
+            sqlx::query_scalar(query).fetch_one(&mut connection).await.expect("a number")
+        })
+    }
+
     /// The binary, pointed at this database, with an environment that cannot leak in from the caller.
     pub fn pg_cached(&self) -> Command {
         pg_cached_at(&self.url)
@@ -90,6 +98,20 @@ impl Drop for TestDb {
         let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         self.runtime.block_on(admin(&self.admin_url, &statement));
     }
+}
+
+/// `answer:1` tagged doc:1, `answer:2` tagged doc:1 and doc:2, `answer:3` tagged doc:3, `plain:1` untagged.
+pub fn with_tagged_entries() -> TestDb {
+    let db = TestDb::migrated();
+    let cache = db.cache();
+    db.block_on(async {
+        let ttl = Some(Duration::from_secs(600));
+        cache.set_tagged("answer:1", &1, ttl, &["doc:1"]).await.expect("set_tagged");
+        cache.set_tagged("answer:2", &2, ttl, &["doc:2", "doc:1"]).await.expect("set_tagged");
+        cache.set_tagged("answer:3", &3, ttl, &["doc:3"]).await.expect("set_tagged");
+        cache.set("plain:1", &4, ttl).await.expect("set");
+    });
+    db
 }
 
 /// The binary pointed at `url`.

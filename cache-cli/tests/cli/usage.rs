@@ -34,6 +34,14 @@ fn bad_keys_and_namespaces_are_usage_errors_before_any_io() {
     let stderr = one_error_line(pg_cached_at(CLOSED).args(["delete", "--stdin"]).write_stdin("ok:1\nbad\0key\n"), 2);
     assert!(stderr.contains("NUL"), "{stderr}");
     one_error_line(pg_cached_at(CLOSED).args(["purge", "--namespace", "no:colons", "--yes"]), 2);
+    // Every tag is checked, the good ones given first included, and the line names what is wrong.
+    let stderr = one_error_line(pg_cached_at(CLOSED).args(["purge", "--tag", "doc:1", "--tag", "", "--yes"]), 2);
+    assert!(stderr.contains("invalid cache tag") && stderr.contains("empty"), "{stderr}");
+    let long = "t".repeat(cache_runtime::MAX_TAG_CHARS + 1);
+    let stderr = one_error_line(pg_cached_at(CLOSED).args(["purge", "--tag", &long, "--yes"]), 2);
+    assert!(stderr.contains("longer than 200"), "{stderr}");
+    let stderr = one_error_line(pg_cached_at(CLOSED).args(["purge", "--tag", "line\nbreak", "--yes"]), 2);
+    assert!(stderr.contains("control character"), "{stderr}");
     one_error_line(pg_cached_at(CLOSED).args(["keys", "--limit", "1"]).env_remove("DATABASE_URL"), 2);
 }
 
@@ -44,6 +52,9 @@ fn bad_usage_exits_2() {
         &["keys", "--limit", "many"],
         &["purge", "--namespace", "a", "--expired", "--yes"],
         &["purge", "--yes"],
+        &["purge", "--tag", "a", "--namespace", "b", "--yes"],
+        &["purge", "--tag", "a", "--expired", "--yes"],
+        &["purge", "--tag"],
         &["delete"],
         &["watch", "--interval", "0"],
         &["completions", "tcsh"],

@@ -1,6 +1,6 @@
 //! delete, purge and sweep.
 
-use crate::support::{json_of, TestDb};
+use crate::support::{json_of, with_tagged_entries, TestDb};
 use predicates::prelude::*;
 use std::time::Duration;
 
@@ -53,7 +53,7 @@ fn delete_removes_keys_and_counts_them() {
 fn purge_namespace_with_yes_deletes_only_that_namespace() {
     let db = with_entries(&["gone", "kept"], 4);
     let report = json_of(db.pg_cached().args(["purge", "--namespace", "gone", "--yes", "--json"]));
-    assert_eq!(report, serde_json::json!({"scope": "namespace", "namespace": "gone", "removed": 4}));
+    assert_eq!(report, serde_json::json!({"scope": "namespace", "namespace": "gone", "tags": null, "removed": 4}));
     assert_eq!((db.count("cache_key LIKE 'gone:%'"), db.count("cache_key LIKE 'kept:%'")), (0, 4));
 }
 
@@ -65,7 +65,58 @@ fn purge_without_yes_off_a_terminal_refuses_and_deletes_nothing() {
     let stderr = String::from_utf8_lossy(&refused.get_output().stderr).into_owned();
     assert!(stderr.starts_with("error: ") && stderr.contains("--yes") && stderr.lines().count() == 1, "{stderr}");
     db.pg_cached().args(["purge", "--expired"]).assert().code(2);
+    db.pg_cached().args(["purge", "--tag", "doc:1"]).write_stdin("y\n").assert().code(2);
     assert_eq!(db.count("true"), 2);
+}
+
+#[test]
+fn purge_tag_deletes_the_tagged_entries_records_and_announces_it() {
+    let db = with_tagged_entries();
+    let mut command = db.pg_cached();
+    command.args(["purge", "--tag", "doc:1", "--yes", "--json"]);
+    // Services learn of the purge from the events channel: listen as one would, for the whole run. All of it
+    // inside the runtime, which the listener's connection needs even to be dropped.
+    let (report, heard) = db.block_on(async {
+        let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.expect("listen");
+        listener.listen(cache_runtime::EVENTS_CHANNEL).await.expect("LISTEN");
+        let report = tokio::task::spawn_blocking(move || json_of(&mut command)).await.expect("pg-cached ran");
+        let tag_event = async {
+            loop {
+                let payload = listener.recv().await.expect("a notification").payload().to_owned();
+                if payload.contains("|t|") {
+                    return payload;
+                }
+            }
+        };
+        (report, tokio::time::timeout(Duration::from_secs(30), tag_event).await.expect("a tag event within 30 s"))
+    });
+    assert_eq!(report, serde_json::json!({"scope": "tag", "namespace": null, "tags": ["doc:1"], "removed": 2}));
+    assert!(heard.ends_with("|t|doc:1"), "every process is told: {heard}");
+    let left: Vec<i64> = ["answer:1", "answer:2", "answer:3", "plain:1"]
+        .iter()
+        .map(|key| db.count(&format!("cache_key = '{key}'")))
+        .collect();
+    assert_eq!(left, [0, 0, 1, 1], "only the entries carrying doc:1 went");
+    // Through PgCache::invalidate_tags: the invalidation is recorded, so computations already running are
+    // not stored.
+    assert_eq!(db.scalar("SELECT count(*) FROM cache_tag_invalidations WHERE tag = 'doc:1'"), 1);
+}
+
+#[test]
+fn purge_several_tags_deletes_entries_carrying_any_of_them() {
+    let db = with_tagged_entries();
+    db.pg_cached()
+        .args(["purge", "--tag", "doc:2", "--tag", "doc:3", "--tag", "doc:2", "--yes"])
+        .assert()
+        .success()
+        .stdout("deleted 2 entries tagged any of doc:2, doc:3\n");
+    assert_eq!((db.count("cache_key LIKE 'answer:%'"), db.count("cache_key = 'answer:1'")), (1, 1));
+    let report = json_of(db.pg_cached().args(["purge", "--tag", "doc:404", "--tag", "doc:1", "--yes", "--json"]));
+    assert_eq!(
+        report,
+        serde_json::json!({"scope": "tag", "namespace": null, "tags": ["doc:404", "doc:1"], "removed": 1})
+    );
+    assert_eq!(db.count("true"), 1, "the untagged entry stays");
 }
 
 #[test]
@@ -73,7 +124,7 @@ fn purge_expired_deletes_only_expired_entries() {
     let db = with_entries(&["live"], 2);
     add_expired(&db, "dead", 3);
     let report = json_of(db.pg_cached().args(["purge", "--expired", "--yes", "--json"]));
-    assert_eq!(report, serde_json::json!({"scope": "expired", "namespace": null, "removed": 3}));
+    assert_eq!(report, serde_json::json!({"scope": "expired", "namespace": null, "tags": null, "removed": 3}));
     assert_eq!((db.count("cache_key LIKE 'dead:%'"), db.count("cache_key LIKE 'live:%'")), (0, 2));
 }
 
