@@ -161,6 +161,19 @@ impl Service {
         self.data.compute(k).await
     }
 
+    /// Reads through [`read_tagged_inner`](Self::read_tagged_inner) and inherits its tag (propagation):
+    /// invalidated with `invalidate_tag`, which must remove both levels.
+    #[pg_cached(cache = self.cache, namespace = "inv_tagged", ttl = "10m")]
+    async fn read_tagged(&self, round: u64, k: usize) -> u64 {
+        self.read_tagged_inner(round, k).await
+    }
+
+    #[pg_cached(cache = self.cache, namespace = "inv_tagged_inner", ttl = "10m")]
+    async fn read_tagged_inner(&self, round: u64, k: usize) -> u64 {
+        cache_runtime::tag(data_tag(round, k));
+        self.data.compute(k).await
+    }
+
     /// Expires after a second, then is served stale for ten minutes while one caller refreshes it.
     #[pg_cached(cache = self.cache, namespace = "inv_stale", ttl = "1s", stale = "10m")]
     async fn read_stale(&self, k: usize) -> u64 {
@@ -176,6 +189,11 @@ impl Service {
 // ---------------------------------------------------------------------------------------------------------
 // Shared helpers
 // ---------------------------------------------------------------------------------------------------------
+
+/// The tag of key `k`'s data in one round.
+fn data_tag(round: u64, k: usize) -> String {
+    format!("data:{round}:{k}")
+}
 
 /// A pool of the test's own on the test database, as another process would have.
 async fn own_pool(pool: &PgPool, max_connections: u32) -> Result<PgPool, sqlx::Error> {
@@ -207,14 +225,18 @@ enum Variant {
     CacheTier,
     /// `read_purged`, invalidated with `delete_namespace`.
     Namespace,
+    /// `read_tagged` (whose tag comes from the memoized call inside it), invalidated with `invalidate_tag`.
+    Tag,
+    /// `read_tagged` over caches built with `local_tier` in both processes.
+    TagTier,
 }
 
 impl Variant {
     /// How long after an invalidation a read may still return an older version.
     fn grace(self) -> Duration {
         match self {
-            Variant::FunctionTier | Variant::CacheTier => TIER_GRACE,
-            Variant::Process | Variant::Uncoalesced | Variant::Namespace => Duration::ZERO,
+            Variant::FunctionTier | Variant::CacheTier | Variant::TagTier => TIER_GRACE,
+            Variant::Process | Variant::Uncoalesced | Variant::Namespace | Variant::Tag => Duration::ZERO,
         }
     }
 
@@ -224,9 +246,12 @@ impl Variant {
     fn jitter(self) -> Duration {
         match self {
             Variant::Namespace => Duration::from_millis(12),
-            Variant::Process | Variant::Uncoalesced | Variant::FunctionTier | Variant::CacheTier => {
-                Duration::from_millis(3)
-            }
+            Variant::Process
+            | Variant::Uncoalesced
+            | Variant::FunctionTier
+            | Variant::CacheTier
+            | Variant::Tag
+            | Variant::TagTier => Duration::from_millis(3),
         }
     }
 
@@ -245,7 +270,7 @@ impl Variant {
     }
 
     fn builder_tier(self) -> bool {
-        self == Variant::CacheTier
+        matches!(self, Variant::CacheTier | Variant::TagTier)
     }
 }
 
@@ -256,6 +281,7 @@ impl Service {
             Variant::Uncoalesced => self.read_uncoalesced(round, k).await,
             Variant::FunctionTier => self.read_local(round, k).await,
             Variant::Namespace => self.read_purged(round, k).await,
+            Variant::Tag | Variant::TagTier => self.read_tagged(round, k).await,
         }
     }
 
@@ -265,6 +291,7 @@ impl Service {
             Variant::Uncoalesced => self.read_uncoalesced_invalidate(round, k).await.map(drop),
             Variant::FunctionTier => self.read_local_invalidate(round, k).await.map(drop),
             Variant::Namespace => self.cache.delete_namespace("inv_purged").await.map(drop),
+            Variant::Tag | Variant::TagTier => self.cache.invalidate_tag(&data_tag(round, k)).await.map(drop),
         }
     }
 }
@@ -374,7 +401,7 @@ async fn check_invalidations(pool: PgPool, variant: Variant) -> TestResult {
         Service::new(&a, &warm).read_local(0, 0).await;
         Service::new(&b, &warm).read_local(0, 0).await;
     }
-    if matches!(variant, Variant::FunctionTier | Variant::CacheTier) {
+    if variant.builder_tier() || variant == Variant::FunctionTier {
         listening(&a).await;
         listening(&b).await;
     }
@@ -438,6 +465,16 @@ async fn checker_cache_tiers_serve_nothing_invalidated_after_250ms(pool: PgPool)
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
 async fn checker_namespace_purges_leave_nothing_invalidated(pool: PgPool) -> TestResult {
     check_invalidations(pool, Variant::Namespace).await
+}
+
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+async fn checker_tag_invalidations_through_nested_calls_leave_nothing_invalidated(pool: PgPool) -> TestResult {
+    check_invalidations(pool, Variant::Tag).await
+}
+
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+async fn checker_tag_invalidations_reach_cache_tiers_within_250ms(pool: PgPool) -> TestResult {
+    check_invalidations(pool, Variant::TagTier).await
 }
 
 // ---------------------------------------------------------------------------------------------------------
