@@ -62,8 +62,8 @@
 //! `None`), the stale value is served instead and stays until the window closes.
 //!
 //! # No stale sets
-//! [`PgCache::delete`], [`PgCache::delete_namespace`] and the generated `{fn}_invalidate` companions record
-//! when they ran. A memoized result (and a `{fn}_refresh`) is only written if its computation started after
+//! [`PgCache::delete`], [`PgCache::delete_namespace`], [`PgCache::invalidate_tag`] and the generated
+//! `{fn}_invalidate` companions record when they ran. A memoized result (and a `{fn}_refresh`) is only written if its computation started after
 //! the last invalidation of its key and of its namespace (compared on the database's clock), so a slow
 //! computation that began before an invalidation can never put its outdated value back. Writes and
 //! invalidations of one key take turns under a transaction-scoped advisory lock, so the check cannot miss
@@ -71,6 +71,39 @@
 //! completed never receives a value computed before it: invalidations detach this process's computations
 //! in flight, and single-flight followers read the leader's value back from PostgreSQL rather than taking
 //! it from memory.
+//!
+//! # Tags: invalidating what depends on something
+//! An entry can carry tags: the function's static `tags("...")`, those its body adds with [`tag`] and
+//! [`tags`], and, with no code at all, the tags of every memoized call its body made (hit or miss). An
+//! answer built on a retrieval that returned document 42 is tagged `doc:42` because the retrieval was.
+//! [`PgCache::invalidate_tag`] deletes every entry carrying a tag, with the guarantees above;
+//! [`PgCache::invalidate_on_change`] installs a trigger on the source table that does it inside the
+//! transaction that changes a row: on COMMIT the entries are gone and every process's tier is told, on
+//! ROLLBACK nothing happened, and a computation that began before the COMMIT (and so may have read the old
+//! row) does not store its result.
+//!
+//! ```no_run
+//! use cache_runtime::{pg_cached, PgCache};
+//!
+//! #[pg_cached(namespace = "retrieval", ttl = "30m")]
+//! async fn retrieve(query: String) -> Vec<u64> {
+//!     let ids = vec![42, 7]; // ... a search ...
+//!     cache_runtime::tags(ids.iter().map(|id| format!("doc:{id}")));
+//!     ids
+//! }
+//!
+//! #[pg_cached(namespace = "answer", ttl = "2h")]
+//! async fn answer(question: String) -> String {
+//!     let ids = retrieve(question).await; // this entry inherits doc:42 and doc:7
+//!     format!("{ids:?}")
+//! }
+//!
+//! # async fn demo(cache: PgCache) -> Result<(), cache_runtime::CacheError> {
+//! cache.invalidate_on_change("documents", "id", "doc:").await?;
+//! // UPDATE documents SET ... WHERE id = 42; COMMIT;  -> both entries above are gone
+//! cache.invalidate_tag("doc:7").await?;              // or from the application
+//! # Ok(()) }
+//! ```
 //!
 //! # The in-process tier
 //! A PostgreSQL hit costs a network round trip. For hot keys, an in-process tier (L1) answers from memory:

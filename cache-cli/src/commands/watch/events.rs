@@ -3,7 +3,8 @@
 //! cache-runtime sends a notification from every transaction that changes entries, so that services drop
 //! what changed from their in-process tiers. The payload is `<sender hex>|<kind>|<data>`: kind `k` carries
 //! comma-separated hashes of keys written or deleted, `n` a namespace purged (sent when the purge starts
-//! and again when it ends), `d` the hash of a key whose cluster-wide lease was released.
+//! and again when it ends), `t` a tag invalidated (by `invalidate_tag` or by a trigger on a source table),
+//! `d` the hash of a key whose cluster-wide lease was released.
 //!
 //! One listener per server runs in a task of its own and forwards what it hears over a channel; each tick
 //! of `watch` drains the channel. Notifications sent while a listener is reconnecting are lost (PostgreSQL
@@ -25,6 +26,8 @@ pub enum Event {
     KeysInvalidated(u64),
     /// A namespace purge started or ended.
     NamespacePurged(String),
+    /// The entries carrying a tag were invalidated.
+    TagInvalidated(String),
     /// A cluster-wide single-flight lease was released (its value is stored, or its computation gave up).
     LeaseReleased,
     /// Something this version does not know (a newer library's event, a foreign sender).
@@ -41,10 +44,14 @@ pub fn decode(payload: &str) -> Event {
         (Some(_sender), Some("n"), Some(namespace)) if !namespace.is_empty() => {
             Event::NamespacePurged(namespace.to_owned())
         }
+        (Some(_sender), Some("t"), Some(tag)) if !tag.is_empty() => Event::TagInvalidated(tag.to_owned()),
         (Some(_sender), Some("d"), Some(_hash)) => Event::LeaseReleased,
         _ => Event::Unrecognized,
     }
 }
+
+/// How many invalidated tags one tick lists: a trigger on a table updated in bulk sends one event per row.
+pub const MAX_TAGS_SHOWN: usize = 20;
 
 /// What was heard during one tick; its JSON shape is documented in README.md.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -53,6 +60,10 @@ pub struct EventCounts {
     pub keys_invalidated: u64,
     /// Namespaces purged, each once, in the order heard.
     pub namespaces_purged: Vec<String>,
+    /// Tags invalidated, each once, in the order heard (at most [`MAX_TAGS_SHOWN`]; the rest are counted).
+    pub tags_invalidated: Vec<String>,
+    /// Tags invalidated beyond those listed.
+    pub more_tags_invalidated: u64,
     /// Cluster-wide single-flight leases released.
     pub leases_released: u64,
     /// Payloads not understood.
@@ -70,6 +81,14 @@ impl EventCounts {
                     self.namespaces_purged.push(namespace);
                 }
             }
+            Event::TagInvalidated(tag) => {
+                if self.tags_invalidated.contains(&tag) {
+                } else if self.tags_invalidated.len() < MAX_TAGS_SHOWN {
+                    self.tags_invalidated.push(tag);
+                } else {
+                    self.more_tags_invalidated += 1;
+                }
+            }
             Event::LeaseReleased => self.leases_released += 1,
             Event::Unrecognized => self.unrecognized += 1,
         }
@@ -82,6 +101,13 @@ impl EventCounts {
             phrases.push(format!("keys invalidated: {}", self.keys_invalidated));
         }
         phrases.extend(self.namespaces_purged.iter().map(|ns| format!("namespace purged: {ns}")));
+        if !self.tags_invalidated.is_empty() {
+            let more = match self.more_tags_invalidated {
+                0 => String::new(),
+                n => format!(" and {n} more"),
+            };
+            phrases.push(format!("tags invalidated: {}{more}", self.tags_invalidated.join(", ")));
+        }
         match self.leases_released {
             0 => {}
             1 => phrases.push("lease released".to_owned()),
@@ -174,6 +200,8 @@ mod tests {
         assert_eq!(decode("00ff|k|0123456789abcdef,fedcba9876543210,0000000000000001"), Event::KeysInvalidated(3));
         assert_eq!(decode("00ff|n|retrieval"), Event::NamespacePurged("retrieval".into()));
         assert_eq!(decode("00ff|d|0123456789abcdef"), Event::LeaseReleased);
+        assert_eq!(decode("0000000000000000|t|doc:42"), Event::TagInvalidated("doc:42".into()));
+        assert_eq!(decode("00ff|t|a|b"), Event::TagInvalidated("a|b".into()), "a tag may hold `|`");
         assert_eq!(decode("00ff|x|whatever"), Event::Unrecognized);
         assert_eq!(decode("garbage"), Event::Unrecognized);
         assert_eq!(decode("00ff|k|"), Event::KeysInvalidated(0));
@@ -182,9 +210,17 @@ mod tests {
     #[test]
     fn counts_read_as_phrases() {
         let mut counts = EventCounts::default();
-        for payload in ["a|k|1,2", "a|k|3", "a|n|retrieval", "b|n|retrieval", "a|d|1"] {
+        for payload in ["a|k|1,2", "a|k|3", "a|n|retrieval", "b|n|retrieval", "a|t|doc:1", "b|t|doc:1", "a|d|1"] {
             counts.add(decode(payload));
         }
-        assert_eq!(counts.phrases(), ["keys invalidated: 3", "namespace purged: retrieval", "lease released"]);
+        assert_eq!(
+            counts.phrases(),
+            ["keys invalidated: 3", "namespace purged: retrieval", "tags invalidated: doc:1", "lease released"]
+        );
+        for i in 0..(MAX_TAGS_SHOWN + 5) {
+            counts.add(Event::TagInvalidated(format!("doc:{i}")));
+        }
+        assert_eq!(counts.tags_invalidated.len(), MAX_TAGS_SHOWN);
+        assert_eq!(counts.more_tags_invalidated, 5, "doc:1 was listed already, doc:0 and doc:2..doc:19 fill the list");
     }
 }
