@@ -63,7 +63,9 @@ tokio::task_local! {
 }
 
 /// Attaches `tag` to the entry being computed: the result of the innermost memoized call whose body is
-/// running. Outside a memoized body it does nothing.
+/// running. Outside a memoized body it does nothing. The scope is task-local: a task the body spawns
+/// (`tokio::spawn`) is outside it, so gather such a task's tags in the body (or await the memoized calls
+/// there) rather than in the task.
 ///
 /// An invalid tag (see [`validate_tag`]) is not dropped silently, since the entry could then outlive a change
 /// it depends on: the result is returned but not stored, and the error is logged and counted.
