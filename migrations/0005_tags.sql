@@ -183,7 +183,14 @@ END $$;
 
 -- The row trigger installed by pg_cached_invalidate_on_change. TG_ARGV[0]: the column, TG_ARGV[1]: the tag
 -- prefix. The column is read by name through format('%I'), never spliced into SQL unquoted.
-CREATE OR REPLACE FUNCTION pg_cached_invalidation_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+--
+-- It runs inside the application's transaction, under the application's role and search_path: it runs as
+-- the owner of the cache's objects (SECURITY DEFINER), with the search_path this migration ran with, so that
+-- a role allowed to change the source table needs no rights on the cache tables, and a session with another
+-- search_path still finds them. If the invalidation cannot run, the change fails with it (as a foreign key
+-- check would): entries built on data that changed are never silently kept.
+CREATE OR REPLACE FUNCTION pg_cached_invalidation_trigger() RETURNS trigger LANGUAGE plpgsql
+SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     v_old text;
     v_new text;

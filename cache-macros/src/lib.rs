@@ -88,8 +88,9 @@ use proc_macro::TokenStream;
 /// retrievals or refusals are computed again next time. A function of another signature is a compile error
 /// at the path.
 ///
-/// ```
-/// # use cache_runtime::pg_cached;
+/// ```ignore
+/// use cache_runtime::pg_cached;
+///
 /// fn has_results(docs: &Vec<String>) -> bool {
 ///     !docs.is_empty()
 /// }
@@ -110,8 +111,9 @@ use proc_macro::TokenStream;
 /// - the tags of every memoized function it calls, hit or miss: an answer built from a retrieval tagged
 ///   `doc:42` is tagged `doc:42` too, with no code in the answer function.
 ///
-/// ```
-/// # use cache_runtime::pg_cached;
+/// ```ignore
+/// use cache_runtime::pg_cached;
+///
 /// #[pg_cached(namespace = "retrieval", tags("corpus"))]
 /// async fn retrieve(query: String) -> Vec<u64> {
 ///     let ids = vec![42, 7];

@@ -4,7 +4,7 @@
 use cache_runtime::{pg_cached, CacheError, PgCache};
 use integration_tests::memo::second_pool;
 use integration_tests::{cache_on, listening, within};
-use sqlx::PgPool;
+use sqlx::{Connection, PgPool};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -595,5 +595,36 @@ async fn an_invalid_dynamic_tag_leaves_the_result_unstored(pool: PgPool) -> Test
     assert!(bad.cache.process_stats().errors >= 2);
     // `tag` outside a memoized body does nothing.
     cache_runtime::tag("anything");
+    Ok(())
+}
+
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+async fn the_trigger_works_for_a_role_without_cache_rights_and_another_search_path(pool: PgPool) -> TestResult {
+    // The application's role may change the source table without any right on the cache's tables, and its
+    // session may use another search_path: the trigger runs as the cache's owner, with the migration's path.
+    let rag = Rag::new(pool.clone()).await?;
+    rag.cache.invalidate_on_change("documents", "id", "doc:").await?;
+    rag.answer("python".into()).await?;
+    assert_eq!(entries(&pool).await.len(), 2);
+
+    let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await?;
+    // Roles belong to the whole server, which other tests share: one name per test database.
+    let role =
+        format!("writer_{:x}", database.bytes().fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b))));
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT SELECT, UPDATE ON documents TO {role}; CREATE SCHEMA elsewhere;"
+    ))
+    .execute(&pool)
+    .await?;
+    let as_writer = pool.connect_options().as_ref().clone().username(&role);
+    let mut writer = sqlx::PgConnection::connect_with(&as_writer).await?;
+    let denied = sqlx::query("SELECT count(*) FROM public.cache_entries").execute(&mut writer).await;
+    assert!(denied.is_err(), "the writer has no right on the cache table");
+    sqlx::raw_sql("SET search_path = elsewhere; UPDATE public.documents SET body = 'python 3' WHERE id = 3")
+        .execute(&mut writer)
+        .await?;
+    writer.close().await?;
+    assert!(entries(&pool).await.is_empty(), "the writer's update invalidated the entries");
+    sqlx::raw_sql(&format!("REVOKE ALL ON documents FROM {role}; DROP ROLE {role};")).execute(&pool).await?;
     Ok(())
 }
