@@ -6,7 +6,24 @@ pub mod pg_cluster;
 
 use cache_runtime::PgCache;
 use sqlx::PgPool;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// Counts how many times a memoized body ran.
+#[derive(Debug, Default)]
+pub struct Calls(AtomicUsize);
+
+impl Calls {
+    /// Records one run; returns how many runs there have been, this one included.
+    pub fn bump(&self) -> usize {
+        self.0.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// How many runs there have been.
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
 
 /// Polls `check` every 5 ms until it is true or `limit` passes; returns how long it took.
 pub async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> Option<Duration> {

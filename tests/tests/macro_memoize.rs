@@ -2,29 +2,13 @@
 //! Each test gets a fresh database.
 
 use cache_runtime::{pg_cached, PgCache};
-use integration_tests::cache_on;
+use integration_tests::{cache_on, Calls};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-/// Counts how many times a body ran.
-#[derive(Default)]
-struct Calls(AtomicUsize);
-
-impl Calls {
-    /// Records one run; returns how many runs there have been, this one included.
-    fn bump(&self) -> usize {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
-    }
-
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 async fn rows(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM cache_entries").fetch_one(pool).await.expect("count rows")

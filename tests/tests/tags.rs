@@ -3,7 +3,7 @@
 
 use cache_runtime::{pg_cached, CacheError, PgCache};
 use integration_tests::memo::second_pool;
-use integration_tests::{cache_on, listening, within};
+use integration_tests::{cache_on, listening, within, Calls};
 use sqlx::{Connection, PgPool};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -11,18 +11,6 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-#[derive(Default)]
-struct Calls(AtomicUsize);
-
-impl Calls {
-    fn bump(&self) -> usize {
-        self.0.fetch_add(1, Ordering::SeqCst) + 1
-    }
-    fn get(&self) -> usize {
-        self.0.load(Ordering::SeqCst)
-    }
-}
 
 /// A small RAG service whose documents live in a real table: retrieval tags each result with the documents
 /// it returned, answers and reports only call the layer below.

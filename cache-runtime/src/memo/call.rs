@@ -25,8 +25,8 @@ pub(super) struct Call<'a, P> {
 
 /// What the store said about the key.
 pub(super) enum Found<R> {
-    /// A live entry.
-    Fresh(R, Arc<str>),
+    /// A live entry, and its tags and compute time.
+    Fresh(R, Arc<str>, EntryMeta),
     /// An expired entry within the stale window, and when the lookup ran.
     Stale(R, Arc<str>, EntryMeta, Start),
     /// Nothing usable; compute. `None` when the store is unreachable (then nothing is written either). The
@@ -145,9 +145,9 @@ impl<P> Call<'_, P> {
                 if let (Some(tier), Some(epoch)) = (self.local, epoch) {
                     let remaining = remaining(lookup.remaining_ms);
                     let (local, as_of) = (self.site.local, lookup.as_of);
-                    tier.put(self.key, Arc::clone(&json), lookup.meta, remaining, local, epoch, as_of);
+                    tier.put(self.key, Arc::clone(&json), lookup.meta.clone(), remaining, local, epoch, as_of);
                 }
-                Found::Fresh(outcome, json)
+                Found::Fresh(outcome, json, lookup.meta)
             }
             Ok(outcome) if within(self.site.stale) => {
                 self.record(Event::Miss);
@@ -214,7 +214,7 @@ impl<P> Call<'_, P> {
         F: Future<Output = R>,
     {
         match self.find(ReadFrom::AnyCopy).await {
-            Found::Fresh(outcome, _) => outcome,
+            Found::Fresh(outcome, ..) => outcome,
             Found::Stale(stale, _, meta, start) => self.refresh(body, stale, &meta, start).await,
             Found::Missing(start, fallback) => {
                 let (outcome, computed) = self.run(body).await;

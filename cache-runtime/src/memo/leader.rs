@@ -103,9 +103,8 @@ impl<P> Call<'_, P> {
             let skip = std::mem::take(&mut skip_lookup);
             let found = if skip { Found::Missing(None, None) } else { self.find(ReadFrom::Primary).await };
             match found {
-                Found::Fresh(outcome, json) => {
-                    // `find` has passed the entry's tags on; followers read it back and pass them on too.
-                    return (Shared::Stored(json, EntryMeta::default()), LeaderWork::Done(outcome, None));
+                Found::Fresh(outcome, json, meta) => {
+                    return (Shared::Stored(json, meta), LeaderWork::Done(outcome, None));
                 }
                 Found::Stale(stale, json, meta, start) => {
                     let shared = Shared::Stale(json, meta.clone());
@@ -131,11 +130,8 @@ impl<P> Call<'_, P> {
                             Ok(Some(held)) => lease = Some(held),
                             Ok(None) => {
                                 // Another process computes: wait for its value, or for its lease to lapse.
-                                if let Some((outcome, json)) = self.await_other_process().await {
-                                    return (
-                                        Shared::Stored(json, EntryMeta::default()),
-                                        LeaderWork::Done(outcome, None),
-                                    );
+                                if let Some((outcome, json, meta)) = self.await_other_process().await {
+                                    return (Shared::Stored(json, meta), LeaderWork::Done(outcome, None));
                                 }
                                 continue;
                             }
@@ -185,7 +181,7 @@ impl<P> Call<'_, P> {
 
     /// Waits while another process holds the lease: returns its value once stored, or `None` when the lease
     /// lapsed (or the store failed) so that the caller tries to take over.
-    async fn await_other_process<R>(&self) -> Option<(R, Arc<str>)>
+    async fn await_other_process<R>(&self) -> Option<(R, Arc<str>, EntryMeta)>
     where
         P: Policy<R>,
     {
@@ -201,7 +197,7 @@ impl<P> Call<'_, P> {
                     if let Some(json) = lookup.json {
                         if let Ok(outcome) = self.policy.decode(&json) {
                             self.record_served(Event::Coalesced, &lookup.meta);
-                            return Some((outcome, json.into()));
+                            return Some((outcome, json.into(), lookup.meta));
                         }
                         return None;
                     }
