@@ -6,8 +6,35 @@ pub mod pg_cluster;
 
 use cache_runtime::PgCache;
 use sqlx::PgPool;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// A memoized function whose runs are counted, so that a hit shows: the fixture of the tests that move the
+/// server under the cache (failover, replicas, pg_auto_failover, connections).
+#[derive(Debug)]
+pub struct Squares {
+    cache: PgCache,
+    runs: AtomicU64,
+}
+
+impl Squares {
+    /// Squares memoized in `cache`.
+    pub fn new(cache: &PgCache) -> Squares {
+        Squares { cache: cache.clone(), runs: AtomicU64::new(0) }
+    }
+
+    /// `x * x`, memoized.
+    #[cache_runtime::pg_cached(cache = self.cache, namespace = "squares", ttl = "1h")]
+    pub async fn square(&self, x: u64) -> u64 {
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        x * x
+    }
+
+    /// How many times the body ran.
+    pub fn runs(&self) -> u64 {
+        self.runs.load(Ordering::SeqCst)
+    }
+}
 
 /// Counts how many times a memoized body ran.
 #[derive(Debug, Default)]

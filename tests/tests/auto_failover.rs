@@ -12,14 +12,14 @@
 //! commands), so Rust would only shell out to the same commands. One implementation of the setup, its waits
 //! and its teardown serves both the test and whoever tries it by hand, and the test keeps the script working.
 
-use cache_runtime::{pg_cached, PgCache, Ttl};
+use cache_runtime::{PgCache, Ttl};
 use integration_tests::pg_cluster::find_bin_dir;
-use integration_tests::within;
+use integration_tests::{within, Squares};
 use sqlx::Connection;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -155,19 +155,6 @@ async fn primary_of(hosts: &[String]) -> Option<String> {
     (primaries.len() == 1).then(|| primaries.remove(0))
 }
 
-struct Squares {
-    cache: PgCache,
-    runs: AtomicU64,
-}
-
-impl Squares {
-    #[pg_cached(cache = self.cache, namespace = "auto_failover", ttl = "1h")]
-    async fn square(&self, x: u64) -> u64 {
-        self.runs.fetch_add(1, Ordering::SeqCst);
-        x * x
-    }
-}
-
 fn direct_key(x: u64) -> String {
     format!("auto_failover:direct:{x}")
 }
@@ -218,12 +205,12 @@ async fn the_cache_follows_a_pg_auto_failover_failover() -> TestResult {
     let cache =
         PgCache::builder().database_url(&url).op_timeout(Duration::from_secs(1)).sweep_interval(None).build().await?;
     cache.migrate().await?;
-    let squares = Arc::new(Squares { cache: cache.clone(), runs: AtomicU64::new(0) });
+    let squares = Arc::new(Squares::new(&cache));
     for x in 0..KEYS {
         assert_eq!(squares.square(x).await, x * x);
         cache.set(&direct_key(x), &(x * x), Ttl::Never).await?;
     }
-    assert_eq!(squares.runs.load(Ordering::SeqCst), KEYS);
+    assert_eq!(squares.runs(), KEYS);
     let old_primary = primary_of(&hosts).await.ok_or("no single primary before the failover")?;
     // The cache commits without waiting for the standby (synchronous_commit off): wait until it has them all.
     let expected = 2 * KEYS as i64;
@@ -298,7 +285,7 @@ async fn the_cache_follows_a_pg_auto_failover_failover() -> TestResult {
 
     // Hits are back once a whole pass over the keys runs no body and every get hits.
     let back = within(HITS_BACK_WITHIN, async || {
-        let before = squares.runs.load(Ordering::SeqCst);
+        let before = squares.runs();
         let mut all_hit = true;
         for x in 0..KEYS {
             assert_eq!(squares.square(x).await, x * x);
@@ -307,7 +294,7 @@ async fn the_cache_follows_a_pg_auto_failover_failover() -> TestResult {
                 Ok(None) | Err(_) => all_hit = false,
             }
         }
-        all_hit && squares.runs.load(Ordering::SeqCst) == before
+        all_hit && squares.runs() == before
     })
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -329,7 +316,7 @@ async fn the_cache_follows_a_pg_auto_failover_failover() -> TestResult {
         get.misses,
         report.trim(),
         ms(back),
-        squares.runs.load(Ordering::SeqCst) - KEYS,
+        squares.runs() - KEYS,
     ));
     let back = back.ok_or_else(|| format!("entries were not hits again within {HITS_BACK_WITHIN:?} of the report"))?;
     assert!(back < HITS_BACK_WITHIN);

@@ -12,6 +12,7 @@
 
 use cache_runtime::{pg_cached, CacheError, PgCache};
 use integration_tests::pg_cluster::PgCluster;
+use integration_tests::Squares;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use std::str::FromStr;
@@ -20,29 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
-
-/// A memoized function whose runs are counted, so that a hit shows.
-#[derive(Debug)]
-struct Squares {
-    cache: PgCache,
-    runs: AtomicU64,
-}
-
-impl Squares {
-    fn new(cache: &PgCache) -> Squares {
-        Squares { cache: cache.clone(), runs: AtomicU64::new(0) }
-    }
-
-    #[pg_cached(cache = self.cache, namespace = "conn_square", ttl = "10m")]
-    async fn square(&self, x: u64) -> u64 {
-        self.runs.fetch_add(1, Ordering::SeqCst);
-        x * x
-    }
-
-    fn runs(&self) -> u64 {
-        self.runs.load(Ordering::SeqCst)
-    }
-}
 
 /// Opens every connection of `pool` (holding `size` at once), gives them back, and waits until all are idle.
 async fn open_every_connection(pool: &PgPool, size: u32) -> TestResult {

@@ -3,11 +3,11 @@
 //! promotes the standby: callers never fail, and the entries replicated before the failover are hits again
 //! soon after the promotion, without anyone touching the cache.
 
-use cache_runtime::{pg_cached, PgCache, Ttl};
+use cache_runtime::{PgCache, Ttl};
 use integration_tests::pg_cluster::PgCluster;
-use integration_tests::within;
+use integration_tests::{within, Squares};
 use sqlx::Connection;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -16,19 +16,6 @@ type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("a blocking task panicked")
-}
-
-struct Squares {
-    cache: PgCache,
-    runs: AtomicU64,
-}
-
-impl Squares {
-    #[pg_cached(cache = self.cache, namespace = "failover", ttl = "1h")]
-    async fn square(&self, x: u64) -> u64 {
-        self.runs.fetch_add(1, Ordering::SeqCst);
-        x * x
-    }
 }
 
 const KEYS: u64 = 50;
@@ -54,11 +41,11 @@ async fn the_cache_follows_a_promoted_standby() -> TestResult {
     let cache =
         PgCache::builder().database_url(&url).op_timeout(Duration::from_secs(1)).sweep_interval(None).build().await?;
     cache.migrate().await?;
-    let squares = Arc::new(Squares { cache: cache.clone(), runs: AtomicU64::new(0) });
+    let squares = Arc::new(Squares::new(&cache));
     for x in 0..KEYS {
         assert_eq!(squares.square(x).await, x * x);
     }
-    assert_eq!(squares.runs.load(Ordering::SeqCst), KEYS);
+    assert_eq!(squares.runs(), KEYS);
     within(Duration::from_secs(20), async || rows_on(&standby).await.ok() == Some(KEYS as i64))
         .await
         .ok_or("the standby did not replay the entries within 20 s")?;
@@ -84,11 +71,11 @@ async fn the_cache_follows_a_promoted_standby() -> TestResult {
 
     // Hits are back once a whole pass over the keys runs no body.
     let back = within(Duration::from_secs(20), async || {
-        let before = squares.runs.load(Ordering::SeqCst);
+        let before = squares.runs();
         for x in 0..KEYS {
             assert_eq!(squares.square(x).await, x * x);
         }
-        squares.runs.load(Ordering::SeqCst) == before
+        squares.runs() == before
     })
     .await;
     println!("hits resumed {back:?} after the promotion (promotion returned {:?} ago)", promoted.elapsed());

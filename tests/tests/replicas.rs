@@ -6,11 +6,10 @@
 //! The bound it checks does not depend on the machine's speed: a value written before `max_lag` elapsed is
 //! never answered with an older one. A slower machine only makes the standby usable less often.
 
-use cache_runtime::{pg_cached, CacheError, HealthReport, PgCache, Ttl};
+use cache_runtime::{CacheError, HealthReport, PgCache, Ttl};
 use integration_tests::pg_cluster::PgCluster;
-use integration_tests::{listening, within};
+use integration_tests::{listening, within, Squares};
 use sqlx::Connection;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,19 +61,6 @@ async fn all_reads_are(cache: &PgCache, key: &str, expected: u64, reads: usize) 
     Ok(())
 }
 
-struct Squares {
-    cache: PgCache,
-    runs: AtomicU64,
-}
-
-impl Squares {
-    #[pg_cached(cache = self.cache, namespace = "replica", ttl = "1h")]
-    async fn square(&self, x: u64) -> u64 {
-        self.runs.fetch_add(1, Ordering::SeqCst);
-        x * x
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_use_a_standby_only_within_the_lag_bound() -> TestResult {
     let Some(primary) = blocking(|| PgCluster::start_or_skip(&[])).await else { return Ok(()) };
@@ -95,7 +81,7 @@ async fn reads_use_a_standby_only_within_the_lag_bound() -> TestResult {
     };
     let cache = build(false).build().await?;
     cache.migrate().await?;
-    let squares = Squares { cache: cache.clone(), runs: AtomicU64::new(0) };
+    let squares = Squares::new(&cache);
     for x in 0..KEYS {
         cache.set(&format!("replica:v{x}"), &x, Ttl::Default).await?;
         assert_eq!(squares.square(x).await, x * x);
@@ -110,7 +96,7 @@ async fn reads_use_a_standby_only_within_the_lag_bound() -> TestResult {
         assert_eq!(cache.get::<u64>(&format!("replica:v{x}")).await?, Some(x));
         assert_eq!(squares.square(x).await, x * x);
     }
-    assert_eq!(squares.runs.load(Ordering::SeqCst), KEYS, "memoized calls hit, whichever server answered");
+    assert_eq!(squares.runs(), KEYS, "memoized calls hit, whichever server answered");
     let report = cache.health_check().await;
     assert!(report.replicas[0].reads >= KEYS, "{report:?}");
     within(Duration::from_secs(10), async || index_scans_on(&standby).await.unwrap_or(0) > scans_before)
@@ -153,7 +139,7 @@ async fn reads_use_a_standby_only_within_the_lag_bound() -> TestResult {
         assert_eq!(cache.get::<u64>(&format!("replica:v{x}")).await?, Some(expected));
         assert_eq!(squares.square(x).await, x * x);
     }
-    assert_eq!(squares.runs.load(Ordering::SeqCst), KEYS);
+    assert_eq!(squares.runs(), KEYS);
     wait_until_usable(&cache, false).await?;
     Ok(())
 }
