@@ -32,15 +32,26 @@ CREATE TABLE IF NOT EXISTS cache_tag_invalidations (
     xact           xid8 NOT NULL
 );
 
--- Whether any of p_tags was invalidated by a transaction that a computation which began at p_started_us
--- (database clock, µs) with the snapshot p_snapshot (pg_snapshot as text) may not have seen.
-CREATE OR REPLACE FUNCTION pg_cached_tags_invalidated(p_tags text[], p_started_us bigint, p_snapshot text)
-RETURNS boolean LANGUAGE sql STABLE AS $$
-    SELECT p_tags IS NOT NULL AND EXISTS (
-        SELECT 1 FROM cache_tag_invalidations AS inv
-        WHERE inv.tag = ANY (p_tags)
-          AND ((extract(epoch FROM inv.invalidated_at) * 1000000)::bigint >= p_started_us
-               OR (p_snapshot IS NOT NULL AND NOT pg_visible_in_snapshot(inv.xact, p_snapshot::pg_snapshot)))
+-- Whether a guarded write of p_key (namespace p_namespace, tags p_tags) must be refused: the key or its
+-- namespace was invalidated at or after p_started_us (database clock, µs, when its computation began), or one
+-- of its tags was, or was invalidated by a transaction that the computation's snapshot p_snapshot
+-- (pg_snapshot as text) did not see. NULL p_started_us: an unguarded write, never refused. The one guard of
+-- both write functions below; it reads the marks after their caller took the advisory locks.
+CREATE OR REPLACE FUNCTION pg_cached_write_refused(
+    p_key text, p_namespace text, p_tags text[], p_started_us bigint, p_snapshot text
+) RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT p_started_us IS NOT NULL AND (
+        EXISTS (
+            SELECT 1 FROM cache_invalidations AS inv
+            WHERE ((inv.scope = p_key AND NOT inv.is_namespace) OR (inv.scope = p_namespace AND inv.is_namespace))
+              AND (extract(epoch FROM inv.invalidated_at) * 1000000)::bigint >= p_started_us
+        )
+        OR (p_tags IS NOT NULL AND EXISTS (
+            SELECT 1 FROM cache_tag_invalidations AS inv
+            WHERE inv.tag = ANY (p_tags)
+              AND ((extract(epoch FROM inv.invalidated_at) * 1000000)::bigint >= p_started_us
+                   OR (p_snapshot IS NOT NULL AND NOT pg_visible_in_snapshot(inv.xact, p_snapshot::pg_snapshot)))
+        ))
     )
 $$;
 
@@ -64,11 +75,7 @@ BEGIN
         PERFORM pg_advisory_xact_lock_shared(1885430595, l.h)
         FROM (SELECT DISTINCT hashtext(t) AS h FROM unnest(p_tags) AS t ORDER BY 1) AS l;
     END IF;
-    IF p_started_us IS NOT NULL AND (EXISTS (
-        SELECT 1 FROM cache_invalidations
-        WHERE ((scope = p_key AND NOT is_namespace) OR (scope = p_namespace AND is_namespace))
-          AND (extract(epoch FROM invalidated_at) * 1000000)::bigint >= p_started_us
-    ) OR pg_cached_tags_invalidated(p_tags, p_started_us, p_started_snapshot)) THEN
+    IF pg_cached_write_refused(p_key, p_namespace, p_tags, p_started_us, p_started_snapshot) THEN
         RETURN false;
     END IF;
     INSERT INTO cache_entries (cache_key, data, created_at, expires_at, sweep_at, tags, compute_us)
@@ -105,11 +112,7 @@ BEGIN
               FROM unnest(p_tags) AS j, unnest(string_to_array(j, E'\x1f')) AS t ORDER BY 1) AS l;
     END IF;
     SELECT array_agg(
-        w.started_us IS NULL OR NOT (EXISTS (
-            SELECT 1 FROM cache_invalidations AS inv
-            WHERE ((inv.scope = w.k AND NOT inv.is_namespace) OR (inv.scope = w.ns AND inv.is_namespace))
-              AND (extract(epoch FROM inv.invalidated_at) * 1000000)::bigint >= w.started_us
-        ) OR pg_cached_tags_invalidated(string_to_array(w.tags, E'\x1f'), w.started_us, w.snap)) ORDER BY w.i)
+        NOT pg_cached_write_refused(w.k, w.ns, string_to_array(w.tags, E'\x1f'), w.started_us, w.snap) ORDER BY w.i)
     INTO v_written
     FROM unnest(p_keys, p_namespaces, p_started_us, p_tags, p_started_snapshots)
         WITH ORDINALITY AS w(k, ns, started_us, tags, snap, i);

@@ -33,7 +33,7 @@ macro_rules! notify {
 }
 
 /// A memoized call's lookup of $1: a live entry or one expired less than $2 ms ago, its tags and compute time,
-/// and the database's clock and snapshot (see `pg_cached_tags_invalidated` in `migrations/0005_tags.sql`: a
+/// and the database's clock and snapshot (see `pg_cached_write_refused` in `migrations/0005_tags.sql`: a
 /// write is refused for a tag invalidated by a transaction this snapshot did not see). Always one row, so that
 /// the clock comes back on a miss too.
 pub(crate) const LOOKUP: &str = concat!(
