@@ -1,7 +1,7 @@
 //! The three coalesced operations (see `coalesce.rs`): reads, writes and deletes, each as one statement for
 //! many keys, and as the one-key statement for a batch of one.
 
-use crate::coalesce::{Answer, Kind};
+use crate::coalesce::{Answer, Kind, Outcome};
 use crate::events::keys_payload;
 use crate::server::{EntryMeta, Lookup};
 use crate::sql;
@@ -15,26 +15,63 @@ use std::sync::Arc;
 pub(crate) struct ReadJob {
     pub(crate) key: String,
     pub(crate) stale_ms: i64,
+    /// The length of its JSON, once a batch deferred it for being too long to fit.
+    pub(crate) bytes: Option<usize>,
 }
 
-/// Reads; rows past `max_bytes` of JSON in one response are deferred to the next batch (the first row of a
-/// batch is always sent, so every read makes progress).
-#[derive(Debug)]
+impl ReadJob {
+    pub(crate) fn new(key: impl Into<String>, stale_ms: i64) -> ReadJob {
+        ReadJob { key: key.into(), stale_ms, bytes: None }
+    }
+}
+
+/// Reads. One response brings back at most `max_bytes` of JSON: each key's row has a cap, its known length
+/// or an equal share of what the known ones leave, and a row past its cap is deferred to a later batch, which
+/// then has room for it (see `coalesce.rs`). A batch of one key sends [`sql::LOOKUP`], which has no cap, so a
+/// value larger than the budget still comes back, alone.
+#[derive(Debug, Clone)]
 pub(crate) struct Reads {
-    pub(crate) max_bytes: i64,
+    max_bytes: usize,
+    /// The weight of a key whose length is not known yet: the budget split over a full batch.
+    unknown_share: usize,
+}
+
+impl Reads {
+    pub(crate) fn new(max_bytes: usize, max_keys: usize) -> Reads {
+        let max_bytes = max_bytes.max(1);
+        Reads { max_bytes, unknown_share: (max_bytes / max_keys.max(1)).max(1) }
+    }
+
+    /// Each job's cap: its known length, or an equal share of what the known lengths leave of the budget.
+    fn caps(&self, jobs: &[ReadJob]) -> Vec<usize> {
+        let known: usize = jobs.iter().filter_map(|job| job.bytes).sum();
+        let unknown = jobs.iter().filter(|job| job.bytes.is_none()).count().max(1);
+        let share = self.max_bytes.saturating_sub(known) / unknown;
+        jobs.iter().map(|job| job.bytes.unwrap_or(share)).collect()
+    }
 }
 
 pub(crate) struct ReadParams {
     /// Distinct (key, stale window) pairs: callers of one key share its row.
     keys: Vec<String>,
     stale_ms: Vec<i64>,
+    /// Each pair's cap, in bytes of JSON.
+    caps: Vec<i64>,
     /// For each job, its pair's index.
     slots: Vec<usize>,
-    max_bytes: i64,
 }
 
-type ReadRow =
-    (i64, Option<String>, Option<i64>, Option<bool>, i64, bool, Option<Vec<String>>, Option<i64>, Option<String>);
+type ReadRow = (
+    i64,
+    Option<String>,
+    Option<i32>,
+    Option<i64>,
+    Option<bool>,
+    i64,
+    Option<Vec<String>>,
+    Option<i64>,
+    Option<String>,
+);
 
 /// `sql::LOOKUP`'s row.
 type LookupRow = (Option<String>, Option<i64>, Option<bool>, i64, Option<Vec<String>>, Option<i64>, Option<String>);
@@ -50,27 +87,44 @@ impl Kind for Reads {
         &job.key
     }
 
+    fn weight(&self, job: &ReadJob) -> usize {
+        job.bytes.unwrap_or(self.unknown_share)
+    }
+
+    fn budget(&self) -> usize {
+        self.max_bytes
+    }
+
+    fn deferred(job: &mut ReadJob, bytes: usize) {
+        job.bytes = Some(bytes);
+    }
+
     fn params(&self, jobs: &[ReadJob]) -> ReadParams {
         if let [job] = jobs {
-            // The common case, a lone get: nothing to share.
+            // The common case, a lone get: nothing to share, and no cap (the one-key statement has none).
             let (keys, stale_ms) = (vec![job.key.clone()], vec![job.stale_ms]);
-            return ReadParams { keys, stale_ms, slots: vec![0], max_bytes: self.max_bytes };
+            return ReadParams { keys, stale_ms, caps: vec![i64::MAX], slots: vec![0] };
         }
         let mut index = HashMap::with_capacity(jobs.len());
-        let (mut keys, mut stale_ms, mut slots) = (Vec::new(), Vec::new(), Vec::with_capacity(jobs.len()));
-        for job in jobs {
+        let (mut keys, mut stale_ms, mut caps) = (Vec::new(), Vec::new(), Vec::new());
+        let mut slots = Vec::with_capacity(jobs.len());
+        for (job, cap) in jobs.iter().zip(self.caps(jobs)) {
+            let cap = i64::try_from(cap).unwrap_or(i64::MAX);
             let slot = *index.entry((job.key.as_str(), job.stale_ms)).or_insert_with(|| {
                 keys.push(job.key.clone());
                 stale_ms.push(job.stale_ms);
+                caps.push(cap);
                 keys.len() - 1
             });
+            // Callers of one key share a row: it may be as long as the largest of their caps.
+            caps[slot] = caps[slot].max(cap);
             slots.push(slot);
         }
-        ReadParams { keys, stale_ms, slots, max_bytes: self.max_bytes }
+        ReadParams { keys, stale_ms, caps, slots }
     }
 
-    async fn run<'c>(conn: &'c mut PgConnection, params: &'c ReadParams) -> Answer<Vec<Option<Lookup>>> {
-        let found: Vec<Option<Lookup>> = if params.keys.len() == 1 {
+    async fn run<'c>(conn: &'c mut PgConnection, params: &'c ReadParams) -> Answer<Vec<Outcome<Lookup>>> {
+        let found: Vec<Outcome<Lookup>> = if params.keys.len() == 1 {
             let (json, remaining_ms, fresh, db_now_us, tags, compute_us, snapshot) =
                 sqlx::query_as::<_, LookupRow>(sql::LOOKUP)
                     .bind(&params.keys[0])
@@ -79,30 +133,36 @@ impl Kind for Reads {
                     .await?;
             let meta = EntryMeta::from_columns(tags, compute_us);
             let (fresh, snapshot) = (fresh.unwrap_or(false), snapshot.map(Into::into));
-            vec![Some(Lookup { json, remaining_ms, fresh, db_now_us, as_of: None, meta, snapshot })]
+            vec![Outcome::Done(Lookup { json, remaining_ms, fresh, db_now_us, as_of: None, meta, snapshot })]
         } else {
             let rows = sqlx::query_as::<_, ReadRow>(sql::READ_MANY)
                 .bind(&params.keys)
                 .bind(&params.stale_ms)
-                .bind(params.max_bytes)
+                .bind(&params.caps)
                 .fetch_all(conn)
                 .await?;
-            let mut found: Vec<Option<Lookup>> = (0..params.keys.len()).map(|_| None).collect();
-            // The statement's snapshot comes in the first row only: every lookup of the batch shares it.
-            let mut statement_snapshot: Option<Arc<str>> = None;
-            for (i, json, remaining_ms, fresh, db_now_us, deferred, tags, compute_us, snapshot) in rows {
-                if let Some(snapshot) = snapshot {
-                    statement_snapshot = Some(snapshot.into());
-                }
-                let slot = usize::try_from(i - 1).ok().and_then(|i| found.get_mut(i));
-                if let (Some(slot), false) = (slot, deferred) {
-                    let fresh = fresh.unwrap_or(false);
-                    let meta = EntryMeta::from_columns(tags, compute_us);
-                    let snapshot = statement_snapshot.clone();
-                    *slot = Some(Lookup { json, remaining_ms, fresh, db_now_us, as_of: None, meta, snapshot });
-                }
+            // The statement's snapshot comes in one row only: every lookup of the batch shares it.
+            let snapshot: Option<Arc<str>> = rows.iter().find_map(|row| row.8.as_deref()).map(Into::into);
+            let mut found: Vec<Option<Outcome<Lookup>>> = vec![None; params.keys.len()];
+            for (i, json, deferred, remaining_ms, fresh, db_now_us, tags, compute_us, _) in rows {
+                let Some(slot) = usize::try_from(i - 1).ok().and_then(|i| found.get_mut(i)) else { continue };
+                *slot = Some(match deferred {
+                    Some(bytes) => Outcome::Deferred { bytes: usize::try_from(bytes).unwrap_or(usize::MAX) },
+                    None => Outcome::Done(Lookup {
+                        json,
+                        remaining_ms,
+                        fresh: fresh.unwrap_or(false),
+                        db_now_us,
+                        as_of: None,
+                        meta: EntryMeta::from_columns(tags, compute_us),
+                        snapshot: snapshot.clone(),
+                    }),
+                });
             }
             found
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| sqlx::Error::Protocol("a coalesced read returned no row for a key".into()))?
         };
         Ok(params.slots.iter().map(|&slot| found[slot].clone()).collect())
     }
@@ -174,7 +234,7 @@ impl Kind for Writes {
         }
     }
 
-    async fn run<'c>(conn: &'c mut PgConnection, p: &'c WriteParams) -> Answer<Vec<Option<bool>>> {
+    async fn run<'c>(conn: &'c mut PgConnection, p: &'c WriteParams) -> Answer<Vec<Outcome<bool>>> {
         let written: Vec<bool> = if p.keys.len() == 1 {
             let written = sqlx::query_scalar::<_, bool>(sql::WRITE)
                 .bind(&p.keys[0])
@@ -209,7 +269,7 @@ impl Kind for Writes {
                 .fetch_one(conn)
                 .await?
         };
-        Ok(written.into_iter().map(Some).collect())
+        Ok(written.into_iter().map(Outcome::Done).collect())
     }
 }
 
@@ -250,7 +310,7 @@ impl Kind for Deletes {
         }
     }
 
-    async fn run<'c>(conn: &'c mut PgConnection, p: &'c DeleteParams) -> Answer<Vec<Option<u64>>> {
+    async fn run<'c>(conn: &'c mut PgConnection, p: &'c DeleteParams) -> Answer<Vec<Outcome<u64>>> {
         let deleted: Vec<i64> = if p.keys.len() == 1 {
             let deleted = sqlx::query_scalar::<_, i64>(sql::DELETE)
                 .bind(&p.keys[0])
@@ -267,6 +327,41 @@ impl Kind for Deletes {
                 .fetch_one(conn)
                 .await?
         };
-        Ok(deleted.into_iter().map(|n| Some(n.max(0).unsigned_abs())).collect())
+        Ok(deleted.into_iter().map(|n| Outcome::Done(n.max(0).unsigned_abs())).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(key: &str, bytes: Option<usize>) -> ReadJob {
+        ReadJob { bytes, ..ReadJob::new(key, 0) }
+    }
+
+    #[test]
+    fn keys_of_unknown_length_share_what_the_known_ones_leave() {
+        let reads = Reads::new(3_000, 100);
+        let jobs = [job("a", Some(1_000)), job("b", None), job("c", Some(500)), job("d", None)];
+        assert_eq!(reads.caps(&jobs), [1_000, 750, 500, 750]);
+        let params = reads.params(&jobs);
+        assert_eq!(params.caps, [1_000, 750, 500, 750]);
+        assert!(params.caps.iter().sum::<i64>() <= 3_000, "the caps never add up past the budget");
+    }
+
+    #[test]
+    fn callers_of_one_key_share_a_row_with_the_largest_cap() {
+        let reads = Reads::new(1_000, 10);
+        let jobs = [job("a", None), job("a", Some(600)), job("b", None)];
+        let params = reads.params(&jobs);
+        assert_eq!(params.keys, ["a", "b"]);
+        assert_eq!(params.caps, [600, 200]);
+        assert_eq!(params.slots, [0, 0, 1]);
+    }
+
+    #[test]
+    fn a_lone_read_has_no_cap() {
+        let params = Reads::new(10, 10).params(&[job("a", Some(1 << 20))]);
+        assert_eq!(params.caps, [i64::MAX]);
     }
 }

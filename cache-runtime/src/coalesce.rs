@@ -14,8 +14,11 @@
 //! taken queue up; a dispatcher task takes them in batches as slots free, and ends when the queue is empty.
 //! A caller that left before its batch was formed is not sent at all.
 //!
-//! **Bounds.** A batch holds at most `max_keys` operations (reads may also defer rows past a byte budget, see
-//! `batch.rs`); a caller waits at most its own operation timeout, queued or not.
+//! **Bounds.** A batch holds at most `max_keys` operations, and no more of a kind's budget than it allows (the
+//! bytes a read may bring back, see `batch.rs`): a job the statement defers because its row would not fit goes
+//! back to the front of the queue knowing its size, so the next batch makes room for it or sends it alone.
+//! The first job of a batch is always taken, so every job makes progress; a caller waits at most its own
+//! operation timeout, queued or not.
 //!
 //! **Errors.** A batch that fails as a whole for a reason other than its connection is run again one
 //! operation at a time (for kinds where one operation can fail alone), so that a bad operation fails only
@@ -35,6 +38,16 @@ use tokio::time::Instant;
 /// What one caller gets back: its output, or the error of the statement that carried it.
 pub(crate) type Answer<O> = std::result::Result<O, sqlx::Error>;
 
+/// What a batch's statement gave one job.
+#[derive(Debug, Clone)]
+pub(crate) enum Outcome<O> {
+    Done(O),
+    /// Not sent back, because its row (`bytes` long) would have taken the response past the batch's budget.
+    Deferred {
+        bytes: usize,
+    },
+}
+
 /// One kind of coalesced operation: what a job is, and how a batch of them becomes one statement.
 pub(crate) trait Kind: Send + Sync + 'static {
     type Job: Send + Sync + 'static;
@@ -52,12 +65,26 @@ pub(crate) trait Kind: Send + Sync + 'static {
 
     fn params(&self, jobs: &[Self::Job]) -> Self::Params;
 
-    /// Runs one batch; one entry per job in order: its output, or `None` to queue it again (a read past the
-    /// batch's byte budget). A batch of one job sends the one-key statement.
+    /// How much of a batch's [`budget`](Self::budget) `job` may take.
+    fn weight(&self, _job: &Self::Job) -> usize {
+        0
+    }
+
+    /// The most weight one batch carries (its first job is taken whatever its weight).
+    fn budget(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Notes on a job the statement deferred how large its row turned out to be, for the next batch to make
+    /// room.
+    fn deferred(_job: &mut Self::Job, _bytes: usize) {}
+
+    /// Runs one batch; one outcome per job in order. A batch of one job sends the one-key statement, which
+    /// never defers.
     fn run<'c>(
         conn: &'c mut PgConnection,
         params: &'c Self::Params,
-    ) -> impl Future<Output = Answer<Vec<Option<Self::Output>>>> + Send + 'c;
+    ) -> impl Future<Output = Answer<Vec<Outcome<Self::Output>>>> + Send + 'c;
 }
 
 /// How far coalescing may go.
@@ -134,10 +161,13 @@ impl<K: Kind> Queue<K> {
     pub(crate) async fn run_alone(&self, job: K::Job) -> crate::Result<K::Output> {
         let work = statement::<K>(self.kind.params(std::slice::from_ref(&job)));
         let outputs = exec::run(&self.pool, self.operation, self.limits.op_timeout, work).await?;
-        outputs.into_iter().next().flatten().ok_or_else(|| crate::CacheError::Database {
-            operation: self.operation,
-            source: sqlx::Error::Protocol("a statement returned no row for its key".into()),
-        })
+        match outputs.into_iter().next() {
+            Some(Outcome::Done(output)) => Ok(output),
+            _ => Err(crate::CacheError::Database {
+                operation: self.operation,
+                source: sqlx::Error::Protocol("a statement returned no row for its key".into()),
+            }),
+        }
     }
 
     /// Queues `jobs` (in order, so that they tend to share batches) and waits for their answers, each within
@@ -218,12 +248,14 @@ impl<K: Kind> Queue<K> {
     }
 
     /// The next batch, or `None` (and one dispatcher fewer) when nothing is waiting. Jobs whose callers left
-    /// are dropped here; jobs of a key already in the batch wait for the next one when keys may not share.
+    /// are dropped here; jobs of a key already in the batch wait for the next one when keys may not share,
+    /// and the batch ends before the job that would take it past the kind's budget.
     fn take_batch(&self) -> Option<Vec<Pending<K>>> {
         let mut state = self.state();
         let mut batch = Vec::new();
         let mut keys = HashSet::new();
         let mut skipped = Vec::new();
+        let (budget, mut used) = (self.kind.budget(), 0usize);
         while batch.len() < self.limits.max_keys {
             let Some(next) = state.pending.pop_front() else { break };
             if next.reply.is_closed() {
@@ -233,6 +265,12 @@ impl<K: Kind> Queue<K> {
                 skipped.push(next);
                 continue;
             }
+            let weight = self.kind.weight(&next.job);
+            if !batch.is_empty() && used.saturating_add(weight) > budget {
+                state.pending.push_front(next);
+                break;
+            }
+            used = used.saturating_add(weight);
             batch.push(next);
         }
         for pending in skipped.into_iter().rev() {
@@ -273,16 +311,19 @@ impl<K: Kind> Queue<K> {
         self: &Arc<Self>,
         jobs: Vec<K::Job>,
         replies: Vec<(oneshot::Sender<Answer<K::Output>>, Instant)>,
-        outputs: Vec<Option<K::Output>>,
+        outputs: Vec<Outcome<K::Output>>,
     ) {
         let mut deferred = Vec::new();
         let mut outputs = outputs.into_iter();
-        for (job, (reply, deadline)) in jobs.into_iter().zip(replies) {
+        for (mut job, (reply, deadline)) in jobs.into_iter().zip(replies) {
             match outputs.next() {
-                Some(Some(output)) => {
+                Some(Outcome::Done(output)) => {
                     let _ = reply.send(Ok(output));
                 }
-                Some(None) => deferred.push(Pending { job, reply, deadline }),
+                Some(Outcome::Deferred { bytes }) => {
+                    K::deferred(&mut job, bytes);
+                    deferred.push(Pending { job, reply, deadline });
+                }
                 None => {
                     let _ =
                         reply.send(Err(sqlx::Error::Protocol("a batch returned fewer rows than it had jobs".into())));
@@ -298,7 +339,7 @@ impl<K: Kind> Queue<K> {
         }
     }
 
-    async fn execute(&self, jobs: &[K::Job], deadline: Instant) -> Answer<Vec<Option<K::Output>>> {
+    async fn execute(&self, jobs: &[K::Job], deadline: Instant) -> Answer<Vec<Outcome<K::Output>>> {
         if jobs.len() > 1 {
             self.shared_statements.fetch_add(1, Ordering::Relaxed);
             self.shared_operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
@@ -312,7 +353,7 @@ impl<K: Kind> Queue<K> {
 /// The statement of one batch, as `exec` runs it (possibly twice, so it shares its parameters).
 fn statement<K: Kind>(
     params: K::Params,
-) -> impl for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, Vec<Option<K::Output>>> + Send + Sync + 'static {
+) -> impl for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, Vec<Outcome<K::Output>>> + Send + Sync + 'static {
     let params = Arc::new(params);
     move |conn| {
         let params = Arc::clone(&params);
@@ -401,6 +442,62 @@ impl sqlx::error::DatabaseError for SharedDbError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::{ReadJob, Reads};
+
+    /// A read queue over a pool that never connects: enough to form batches.
+    fn read_queue(max_bytes: usize, max_keys: usize) -> Arc<Queue<Reads>> {
+        let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:9/none").unwrap();
+        let limits = Limits { max_keys, max_batches: 1, op_timeout: Duration::from_secs(1) };
+        Queue::new(Reads::new(max_bytes, max_keys), pool, limits, "get")
+    }
+
+    fn queued(
+        queue: &Queue<Reads>,
+        jobs: &[(&str, Option<usize>)],
+    ) -> Vec<oneshot::Receiver<Answer<crate::server::Lookup>>> {
+        let mut state = queue.state();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut answers = Vec::new();
+        for &(key, bytes) in jobs {
+            let (reply, answer) = oneshot::channel();
+            state.pending.push_back(Pending { job: ReadJob { bytes, ..ReadJob::new(key, 0) }, reply, deadline });
+            answers.push(answer);
+        }
+        state.running = 1;
+        answers
+    }
+
+    fn next_keys(queue: &Queue<Reads>) -> Vec<String> {
+        queue.take_batch().unwrap_or_default().into_iter().map(|p| p.job.key).collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_stops_before_the_read_that_would_pass_its_byte_budget() {
+        let queue = read_queue(3_000, 100);
+        let _answers = queued(&queue, &[("a", Some(2_000)), ("b", Some(900)), ("c", Some(200)), ("d", None)]);
+        assert_eq!(next_keys(&queue), ["a", "b"]);
+        // A key of unknown length weighs the budget's share of a full batch (30 bytes here).
+        assert_eq!(next_keys(&queue), ["c", "d"]);
+        assert!(queue.take_batch().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_read_longer_than_the_whole_budget_goes_alone() {
+        let queue = read_queue(3_000, 100);
+        let _answers = queued(&queue, &[("big", Some(5_000)), ("small", None), ("other", None)]);
+        assert_eq!(next_keys(&queue), ["big"]);
+        assert_eq!(next_keys(&queue), ["small", "other"]);
+    }
+
+    #[tokio::test]
+    async fn unknown_lengths_fill_a_batch_up_to_its_key_cap() {
+        let queue = read_queue(4 << 20, 128);
+        let jobs: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+        let _answers = queued(&queue, &jobs.iter().map(|k| (k.as_str(), None)).collect::<Vec<_>>());
+        assert_eq!(next_keys(&queue).len(), 128);
+        assert_eq!(next_keys(&queue).len(), 128);
+        assert_eq!(next_keys(&queue).len(), 44);
+    }
 
     #[test]
     fn duplicated_errors_keep_their_kind_and_code() {

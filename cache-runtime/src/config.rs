@@ -270,8 +270,9 @@ impl PgCacheBuilder {
         self
     }
 
-    /// The most bytes of JSON one coalesced read brings back (default 4 MiB); keys past it wait for the next
-    /// statement. A single value larger than this still comes back, alone.
+    /// The most bytes of JSON one coalesced read brings back (default 4 MiB). Each key of a statement may bring
+    /// its share; a longer value waits for a later statement that has room for it, and a value longer than
+    /// the whole budget comes back alone.
     pub fn coalesce_max_bytes(mut self, bytes: usize) -> Self {
         self.config.coalesce_max_bytes = bytes.max(1);
         self

@@ -185,9 +185,8 @@ impl Server {
         };
         let write_limits = Limits { max_keys: limits.max_keys.min(MAX_KEYS_PER_NOTIFICATION), ..limits };
         let async_commit = config.durability == Durability::AsyncCommit;
-        let max_bytes = i64::try_from(config.coalesce_max_bytes).unwrap_or(i64::MAX);
         Server {
-            reads: Queue::new(Reads { max_bytes }, pool.clone(), limits, "get"),
+            reads: Queue::new(Reads::new(config.coalesce_max_bytes, limits.max_keys), pool.clone(), limits, "get"),
             writes: Queue::new(
                 Writes { sender, lock_timeout: lock_timeout.clone(), async_commit },
                 pool.clone(),
@@ -213,7 +212,7 @@ impl Server {
 
     /// A read queue as this server's own, for a standby reached through `pool`.
     pub(crate) fn standby_reads(&self, pool: PgPool) -> Arc<Queue<Reads>> {
-        Queue::new(Reads { max_bytes: self.reads.kind().max_bytes }, pool, self.reads.limits(), "get")
+        Queue::new(self.reads.kind().clone(), pool, self.reads.limits(), "get")
     }
 
     /// Lets reads go to `replicas`.
@@ -272,7 +271,7 @@ impl Server {
 
     /// Live entries of `keys`, in order (coalesced into as few statements as the limits allow).
     pub(crate) async fn get_many_live(&self, keys: &[&str]) -> Vec<Result<Option<LiveEntry>>> {
-        let jobs: Vec<ReadJob> = keys.iter().map(|key| ReadJob { key: (*key).to_owned(), stale_ms: 0 }).collect();
+        let jobs: Vec<ReadJob> = keys.iter().map(|key| ReadJob::new(*key, 0)).collect();
         let Some((replicas, replica, as_of)) = self.standby() else {
             let found = self.many(&self.reads, jobs).await;
             return found.into_iter().map(|lookup| lookup.map(Lookup::live)).collect();
@@ -297,7 +296,7 @@ impl Server {
 
     /// A memoized call's lookup: a live entry, or one expired less than `stale_window_ms` ago.
     pub(crate) async fn lookup(&self, key: &str, stale_window_ms: i64, from: ReadFrom) -> Result<Lookup> {
-        let job = ReadJob { key: key.to_owned(), stale_ms: stale_window_ms };
+        let job = ReadJob::new(key, stale_window_ms);
         if from == ReadFrom::AnyCopy {
             if let Some((replicas, replica, as_of)) = self.standby() {
                 replica.sent(1);
