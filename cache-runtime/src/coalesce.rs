@@ -7,12 +7,19 @@
 //! one leaves at once (as the one-key statement, see [`Kind::run`]) and it pays no added latency.
 //!
 //! **Dispatchers.** At most `max_batches` batches per queue (`PgCacheBuilder::coalesce_in_flight`) are in
-//! flight, each on a pooled connection through [`exec::attempt`] (so a batch gets the same deadline and the
-//! same one retry on a dead connection as a single operation). A lone operation that finds the queue empty
-//! and a slot free runs its batch of one in the caller's own task (no task switch; if the caller is
-//! cancelled the batch finishes in a task of its own, see `detach.rs`). Operations that find every slot
-//! taken queue up; a dispatcher task takes them in batches as slots free, and ends when the queue is empty.
-//! A caller that left before its batch was formed is not sent at all.
+//! flight, each on a pooled connection through [`exec::attempt_holding`] (so a batch gets the same deadline and
+//! the same one retry on a dead connection as a single operation).
+//! - A lone operation runs its batch of one in the caller's own task (no task switch; if the caller is
+//!   cancelled the batch finishes in a task of its own, see `detach.rs`). It is lone when nothing waits, a
+//!   slot is free and each statement in flight carries one operation: a few callers, each on a connection.
+//! - Otherwise operations queue, and dispatcher tasks take them in batches as slots free. A dispatcher yields
+//!   once before it looks at the queue, and once more before it ends on an empty queue: the callers a batch
+//!   has just answered are ready to run on the same worker, and their next operations then share one
+//!   statement instead of each taking a slot for one key.
+//! - A dispatcher keeps its connection from one batch to the next (for up to a second, and only while the
+//!   pool has connections to spare): sqlx checks every connection it gets back with a round trip of its own,
+//!   which would otherwise double the round trips under load.
+//! - A caller that left before its batch was formed is not sent at all.
 //!
 //! **Bounds.** A batch holds at most `max_keys` operations, and no more of a kind's budget than it allows (the
 //! bytes a read may bring back, see `batch.rs`): a job the statement defers because its row would not fit goes
@@ -26,7 +33,8 @@
 
 use crate::detach::FinishOnDrop;
 use crate::exec::{self, DbFuture};
-use sqlx::postgres::{PgConnection, PgPool};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +42,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+
+/// The longest a dispatcher keeps one connection for batch after batch.
+const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 
 /// What one caller gets back: its output, or the error of the statement that carried it.
 pub(crate) type Answer<O> = std::result::Result<O, sqlx::Error>;
@@ -106,8 +117,10 @@ struct Pending<K: Kind> {
 
 struct State<K: Kind> {
     pending: VecDeque<Pending<K>>,
-    /// Dispatcher tasks alive.
+    /// Batches running: dispatcher tasks alive, and callers running their own batch of one.
     running: usize,
+    /// Operations in the batches now running.
+    carried: usize,
 }
 
 pub(crate) struct Queue<K: Kind> {
@@ -134,7 +147,7 @@ impl<K: Kind> Queue<K> {
             pool,
             limits,
             operation,
-            state: Mutex::new(State { pending: VecDeque::new(), running: 0 }),
+            state: Mutex::new(State { pending: VecDeque::new(), running: 0, carried: 0 }),
             shared_statements: AtomicU64::new(0),
             shared_operations: AtomicU64::new(0),
         })
@@ -178,11 +191,18 @@ impl<K: Kind> Queue<K> {
         let mut own_batch = Vec::new();
         {
             let mut state = self.state();
-            // A lone operation that finds nothing waiting and a slot free runs its batch of one itself, in the
-            // caller's task: no task switch, so a lone caller pays nothing for coalescing.
-            let inline = jobs.len() == 1 && state.pending.is_empty() && state.running < self.limits.max_batches;
+            // A lone operation runs its batch of one itself, in the caller's task: no task switch, so a lone
+            // caller pays nothing for coalescing. It is alone when nothing waits, a slot is free, and every
+            // statement in flight carries a single operation (a few callers, each with its own connection).
+            // Past that, callers queue, so that those one finished batch wakes share the next statement rather
+            // than each taking a slot for one key.
+            let inline = jobs.len() == 1
+                && state.pending.is_empty()
+                && state.running < self.limits.max_batches
+                && state.carried < self.limits.max_batches;
             if inline {
                 state.running += 1;
+                state.carried += 1;
             }
             for job in jobs {
                 let (reply, answer) = oneshot::channel();
@@ -202,7 +222,9 @@ impl<K: Kind> Queue<K> {
             let queue = Arc::clone(self);
             let own = FinishOnDrop::new(move |_| async move {
                 let slot = InlineSlot(Arc::clone(&queue));
-                queue.run_batch(own_batch).await;
+                let carried = Carried(&queue, 1);
+                queue.run_batch(own_batch, &mut None).await;
+                drop(carried);
                 drop(slot);
             });
             // Past the deadline the caller stops waiting (its answer below is a timeout); the batch finishes
@@ -240,17 +262,46 @@ impl<K: Kind> Queue<K> {
             let queue = Arc::clone(self);
             tokio::spawn(async move {
                 let _slot = Slot(&queue);
-                while let Some(batch) = queue.take_batch() {
-                    queue.run_batch(batch).await;
+                // Callers woken together (by the batch that just answered them) are ready to run on this worker:
+                // let them queue their operations before taking the batch.
+                tokio::task::yield_now().await;
+                // The connection of the last batch, kept for the next one (see `exec::attempt_holding`), and
+                // when it was taken.
+                let (mut held, mut held_since) = (None, Instant::now());
+                loop {
+                    let batch = match queue.take_batch(false) {
+                        Some(batch) => batch,
+                        None => {
+                            // The callers this batch answered have not run yet: give them one turn to send
+                            // their next operations, which this connection can then carry.
+                            tokio::task::yield_now().await;
+                            match queue.take_batch(true) {
+                                Some(batch) => batch,
+                                None => break,
+                            }
+                        }
+                    };
+                    if held.is_none() {
+                        held_since = Instant::now();
+                    }
+                    let carried = Carried(&queue, batch.len());
+                    queue.run_batch(batch, &mut held).await;
+                    drop(carried);
+                    // Give the connection back between batches when someone else may be waiting for one, and
+                    // now and then anyway, so that the pool's own rules (lifetime, the host it connects to
+                    // after a failover) reach it under unbroken load too.
+                    if queue.pool_is_taken() || held_since.elapsed() >= HOLD_AT_MOST {
+                        held = None;
+                    }
                 }
             });
         }
     }
 
-    /// The next batch, or `None` (and one dispatcher fewer) when nothing is waiting. Jobs whose callers left
-    /// are dropped here; jobs of a key already in the batch wait for the next one when keys may not share,
-    /// and the batch ends before the job that would take it past the kind's budget.
-    fn take_batch(&self) -> Option<Vec<Pending<K>>> {
+    /// The next batch, or `None` when nothing is waiting (and, if `last`, one dispatcher fewer). Jobs whose
+    /// callers left are dropped here; jobs of a key already in the batch wait for the next one when keys may
+    /// not share, and the batch ends before the job that would take it past the kind's budget.
+    fn take_batch(&self, last: bool) -> Option<Vec<Pending<K>>> {
         let mut state = self.state();
         let mut batch = Vec::new();
         let mut keys = HashSet::new();
@@ -277,20 +328,29 @@ impl<K: Kind> Queue<K> {
             state.pending.push_front(pending);
         }
         if batch.is_empty() {
-            state.running -= 1;
+            if last {
+                state.running -= 1;
+            }
             return None;
         }
+        state.carried += batch.len();
         Some(batch)
     }
 
-    async fn run_batch(self: &Arc<Self>, batch: Vec<Pending<K>>) {
+    /// Whether every connection of the pool is out.
+    fn pool_is_taken(&self) -> bool {
+        self.pool.num_idle() == 0 && self.pool.size() >= self.pool.options().get_max_connections()
+    }
+
+    /// Runs one batch, on `held` if it holds a connection (and leaves it there after a success).
+    async fn run_batch(self: &Arc<Self>, batch: Vec<Pending<K>>, held: &mut Option<PoolConnection<Postgres>>) {
         let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
         let (jobs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.job, (p.reply, p.deadline))).unzip();
-        match self.execute(&jobs, deadline).await {
+        match self.execute(&jobs, deadline, held).await {
             Ok(outputs) => self.answer(jobs, replies, outputs),
             Err(error) if K::SPLIT_ON_ERROR && jobs.len() > 1 && !exec::is_connection_error(&error) => {
                 for (job, (reply, deadline)) in jobs.into_iter().zip(replies) {
-                    match self.execute(std::slice::from_ref(&job), deadline).await {
+                    match self.execute(std::slice::from_ref(&job), deadline, held).await {
                         Ok(outputs) => self.answer(vec![job], vec![(reply, deadline)], outputs),
                         Err(error) => {
                             let _ = reply.send(Err(error));
@@ -339,14 +399,19 @@ impl<K: Kind> Queue<K> {
         }
     }
 
-    async fn execute(&self, jobs: &[K::Job], deadline: Instant) -> Answer<Vec<Outcome<K::Output>>> {
+    async fn execute(
+        &self,
+        jobs: &[K::Job],
+        deadline: Instant,
+        held: &mut Option<PoolConnection<Postgres>>,
+    ) -> Answer<Vec<Outcome<K::Output>>> {
         if jobs.len() > 1 {
             self.shared_statements.fetch_add(1, Ordering::Relaxed);
             self.shared_operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
             crate::metrics::coalesced(self.operation, jobs.len());
         }
         let work = statement::<K>(self.kind.params(jobs));
-        exec::attempt(&self.pool, deadline, self.limits.op_timeout, &work, None).await
+        exec::attempt_holding(&self.pool, held, deadline, self.limits.op_timeout, &work, None).await
     }
 }
 
@@ -372,6 +437,16 @@ impl<K: Kind> Drop for InlineSlot<K> {
         if !state.pending.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
             self.0.start_dispatchers(&mut state);
         }
+    }
+}
+
+/// Counts a running batch's operations out when it is done (or abandoned).
+struct Carried<'a, K: Kind>(&'a Queue<K>, usize);
+
+impl<K: Kind> Drop for Carried<'_, K> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.carried = state.carried.saturating_sub(self.1);
     }
 }
 
@@ -468,7 +543,7 @@ mod tests {
     }
 
     fn next_keys(queue: &Queue<Reads>) -> Vec<String> {
-        queue.take_batch().unwrap_or_default().into_iter().map(|p| p.job.key).collect()
+        queue.take_batch(true).unwrap_or_default().into_iter().map(|p| p.job.key).collect()
     }
 
     #[tokio::test]
@@ -478,7 +553,7 @@ mod tests {
         assert_eq!(next_keys(&queue), ["a", "b"]);
         // A key of unknown length weighs the budget's share of a full batch (30 bytes here).
         assert_eq!(next_keys(&queue), ["c", "d"]);
-        assert!(queue.take_batch().is_none());
+        assert!(queue.take_batch(true).is_none());
     }
 
     #[tokio::test]

@@ -71,7 +71,30 @@ pub(crate) async fn attempt<T, W>(
 where
     W: for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, T> + Sync,
 {
-    let mut conn = timeout_at(deadline, pool.acquire()).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
+    attempt_holding(pool, &mut None, deadline, timeout, work, abandoned).await
+}
+
+/// [`attempt`] on `held` if it holds a connection, else on one from `pool`; after a success the connection is
+/// left in `held`, for the caller to run its next statement on or to give back (after a failure, `held` is
+/// empty: the connection went back to the pool, which checks it, or was closed).
+///
+/// A connection given back to the pool costs a round trip: sqlx checks every connection it gets back with a
+/// `Sync`. A dispatcher with batches queued up runs them on one connection and saves that check.
+pub(crate) async fn attempt_holding<T, W>(
+    pool: &PgPool,
+    held: &mut Option<PoolConnection<Postgres>>,
+    deadline: Instant,
+    timeout: Duration,
+    work: &W,
+    abandoned: Option<&AtomicBool>,
+) -> std::result::Result<T, sqlx::Error>
+where
+    W: for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, T> + Sync,
+{
+    let mut conn = match held.take() {
+        Some(conn) => conn,
+        None => timeout_at(deadline, pool.acquire()).await.map_err(|_| sqlx::Error::PoolTimedOut)??,
+    };
     if abandoned.is_some_and(|gone| gone.load(Ordering::Acquire)) {
         // The caller is gone: nobody wants this statement's result.
         return Err(sqlx::Error::PoolTimedOut);
@@ -79,7 +102,10 @@ where
     // The last-resort bound (see the module docs), well past the caller's own deadline.
     let hard_deadline = deadline + timeout.saturating_mul(3).max(Duration::from_secs(1));
     let error = match on_connection(&mut conn, hard_deadline, work).await {
-        Ok(value) => return Ok(value),
+        Ok(value) => {
+            *held = Some(conn);
+            return Ok(value);
+        }
         Err(error) => error,
     };
     if !is_connection_error(&error) {

@@ -379,3 +379,47 @@ async fn overlapping_batches_do_not_deadlock(pool: PgPool) -> TestResult {
     assert_eq!(after, before, "batches with shared keys deadlocked");
     Ok(())
 }
+
+/// Dispatchers under unbroken load keep their connection from batch to batch; when the pool has none to
+/// spare they give it back between batches, so other operations still get a connection within their timeout.
+/// (Here 256 readers keep both connections busy; with dispatchers that kept theirs for a whole second, some
+/// of the writes waited that long and timed out. With the rule they wait a few milliseconds.)
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+async fn busy_readers_leave_connections_for_other_operations(pool: PgPool) -> TestResult {
+    let cache = PgCache::builder()
+        .connect_options((*pool.connect_options()).clone())
+        .max_connections(2)
+        .op_timeout(Duration::from_millis(600))
+        .sweep_interval(None)
+        .build()
+        .await?;
+    cache.set("busy:hot", &7, Ttl::Never).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut readers = JoinSet::new();
+    for i in 0..256 {
+        let (cache, stop, reads) = (cache.clone(), Arc::clone(&stop), Arc::clone(&reads));
+        readers.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let key = if i % 2 == 0 { "busy:hot" } else { "busy:cold" };
+                if let Ok(value) = cache.get::<i32>(key).await {
+                    assert_eq!(value, (key == "busy:hot").then_some(7));
+                    reads.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    // Every connection is busy with reads before the writes start.
+    integration_tests::within(Duration::from_secs(20), async || reads.load(Ordering::Relaxed) >= 1_000)
+        .await
+        .expect("the readers get going");
+    for i in 0..50 {
+        cache.set(&format!("busy:w{i}"), &i, Ttl::Never).await?;
+        assert_eq!(cache.get::<i32>(&format!("busy:w{i}")).await?, Some(i));
+    }
+    stop.store(true, Ordering::Relaxed);
+    while let Some(joined) = readers.join_next().await {
+        joined?;
+    }
+    Ok(())
+}
