@@ -254,47 +254,48 @@ impl<K: Kind> Queue<K> {
     }
 
     fn start_dispatchers(self: &Arc<Self>, state: &mut State<K>) {
-        // A dispatcher is either running a batch or taking the next one, never idle: so jobs that arrive
-        // while every dispatcher is busy get a new one, up to the cap, and only then wait to be coalesced.
+        // A dispatcher is running a batch or about to take the next one, never idle: so jobs that arrive while
+        // every dispatcher is busy get a new one, up to the cap, and only then wait to be coalesced.
         let wanted = (state.running + state.pending.len().div_ceil(self.limits.max_keys)).min(self.limits.max_batches);
         while state.running < wanted {
             state.running += 1;
-            let queue = Arc::clone(self);
-            tokio::spawn(async move {
-                let _slot = Slot(&queue);
-                // Callers woken together (by the batch that just answered them) are ready to run on this worker:
-                // let them queue their operations before taking the batch.
-                tokio::task::yield_now().await;
-                // The connection of the last batch, kept for the next one (see `exec::attempt_holding`), and
-                // when it was taken.
-                let (mut held, mut held_since) = (None, Instant::now());
-                loop {
-                    let batch = match queue.take_batch(false) {
+            tokio::spawn(Arc::clone(self).dispatch());
+        }
+    }
+
+    /// A dispatcher: takes batches and runs them until the queue stays empty.
+    async fn dispatch(self: Arc<Self>) {
+        let _slot = Slot(&self);
+        // Callers woken together (by the batch that just answered them) are ready to run on this worker: let
+        // them queue their operations before taking the batch.
+        tokio::task::yield_now().await;
+        // The connection of the last batch, kept for the next one (see `exec::attempt_holding`), and since when.
+        let (mut held, mut held_since) = (None, Instant::now());
+        loop {
+            let batch = match self.take_batch(false) {
+                Some(batch) => batch,
+                None => {
+                    // The callers the last batch answered may not have run yet: give them one turn to send
+                    // their next operations, which this connection can then carry.
+                    tokio::task::yield_now().await;
+                    match self.take_batch(true) {
                         Some(batch) => batch,
-                        None => {
-                            // The callers this batch answered have not run yet: give them one turn to send
-                            // their next operations, which this connection can then carry.
-                            tokio::task::yield_now().await;
-                            match queue.take_batch(true) {
-                                Some(batch) => batch,
-                                None => break,
-                            }
-                        }
-                    };
-                    if held.is_none() {
-                        held_since = Instant::now();
-                    }
-                    let carried = Carried(&queue, batch.len());
-                    queue.run_batch(batch, &mut held).await;
-                    drop(carried);
-                    // Give the connection back between batches when someone else may be waiting for one, and
-                    // now and then anyway, so that the pool's own rules (lifetime, the host it connects to
-                    // after a failover) reach it under unbroken load too.
-                    if queue.pool_is_taken() || held_since.elapsed() >= HOLD_AT_MOST {
-                        held = None;
+                        None => return,
                     }
                 }
-            });
+            };
+            if held.is_none() {
+                held_since = Instant::now();
+            }
+            let carried = Carried(&self, batch.len());
+            self.run_batch(batch, &mut held).await;
+            drop(carried);
+            // Give the connection back between batches when someone else may be waiting for one, and now and
+            // then anyway, so that the pool's own rules (lifetime, the host it connects to after a failover)
+            // reach it under unbroken load too.
+            if self.pool_is_taken() || held_since.elapsed() >= HOLD_AT_MOST {
+                held = None;
+            }
         }
     }
 
