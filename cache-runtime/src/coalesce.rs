@@ -222,9 +222,7 @@ impl<K: Kind> Queue<K> {
             let queue = Arc::clone(self);
             let own = FinishOnDrop::new(move |_| async move {
                 let slot = InlineSlot(Arc::clone(&queue));
-                let carried = Carried(&queue, 1);
                 queue.run_batch(own_batch, &mut None).await;
-                drop(carried);
                 drop(slot);
             });
             // Past the deadline the caller stops waiting (its answer below is a timeout); the batch finishes
@@ -427,14 +425,15 @@ fn statement<K: Kind>(
     }
 }
 
-/// The slot of a caller that ran its own batch: given back when the batch is done (or abandoned), and with
-/// it, a dispatcher for whatever queued up meanwhile.
+/// The slot of a caller that ran its own batch (and its one operation): given back when the batch is done
+/// (or abandoned), and with it, a dispatcher for whatever queued up meanwhile.
 struct InlineSlot<K: Kind>(Arc<Queue<K>>);
 
 impl<K: Kind> Drop for InlineSlot<K> {
     fn drop(&mut self) {
         let mut state = self.0.state();
         state.running = state.running.saturating_sub(1);
+        state.carried = state.carried.saturating_sub(1);
         if !state.pending.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
             self.0.start_dispatchers(&mut state);
         }
