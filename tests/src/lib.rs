@@ -36,6 +36,23 @@ impl Squares {
     }
 }
 
+/// A cache on `url` (a multi-host URL, as the failover tests give it) with a 1 s operation timeout and no
+/// sweeper, migrated, and [`Squares`] memoized in it for `0..keys`, each computed once.
+pub async fn failover_squares(
+    url: &str,
+    keys: u64,
+) -> Result<(PgCache, std::sync::Arc<Squares>), Box<dyn std::error::Error + Send + Sync>> {
+    let cache =
+        PgCache::builder().database_url(url).op_timeout(Duration::from_secs(1)).sweep_interval(None).build().await?;
+    cache.migrate().await?;
+    let squares = std::sync::Arc::new(Squares::new(&cache));
+    for x in 0..keys {
+        assert_eq!(squares.square(x).await, x * x);
+    }
+    assert_eq!(squares.runs(), keys);
+    Ok((cache, squares))
+}
+
 /// Counts how many times a memoized body ran.
 #[derive(Debug, Default)]
 pub struct Calls(AtomicUsize);

@@ -12,9 +12,9 @@
 //! commands), so Rust would only shell out to the same commands. One implementation of the setup, its waits
 //! and its teardown serves both the test and whoever tries it by hand, and the test keeps the script working.
 
-use cache_runtime::{PgCache, Ttl};
+use cache_runtime::Ttl;
 use integration_tests::pg_cluster::find_bin_dir;
-use integration_tests::{within, Squares};
+use integration_tests::{failover_squares, within};
 use sqlx::Connection;
 use std::io::Write;
 use std::path::PathBuf;
@@ -202,15 +202,10 @@ async fn the_cache_follows_a_pg_auto_failover_failover() -> TestResult {
     let hosts = each_host(&url);
     assert_eq!(hosts.len(), 2, "{url} names a primary and a secondary");
 
-    let cache =
-        PgCache::builder().database_url(&url).op_timeout(Duration::from_secs(1)).sweep_interval(None).build().await?;
-    cache.migrate().await?;
-    let squares = Arc::new(Squares::new(&cache));
+    let (cache, squares) = failover_squares(&url, KEYS).await?;
     for x in 0..KEYS {
-        assert_eq!(squares.square(x).await, x * x);
         cache.set(&direct_key(x), &(x * x), Ttl::Never).await?;
     }
-    assert_eq!(squares.runs(), KEYS);
     let old_primary = primary_of(&hosts).await.ok_or("no single primary before the failover")?;
     // The cache commits without waiting for the standby (synchronous_commit off): wait until it has them all.
     let expected = 2 * KEYS as i64;

@@ -3,9 +3,9 @@
 //! promotes the standby: callers never fail, and the entries replicated before the failover are hits again
 //! soon after the promotion, without anyone touching the cache.
 
-use cache_runtime::{PgCache, Ttl};
+use cache_runtime::Ttl;
 use integration_tests::pg_cluster::PgCluster;
-use integration_tests::{within, Squares};
+use integration_tests::{failover_squares, within};
 use sqlx::Connection;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -38,14 +38,7 @@ async fn the_cache_follows_a_promoted_standby() -> TestResult {
         primary.port(),
         standby.port()
     );
-    let cache =
-        PgCache::builder().database_url(&url).op_timeout(Duration::from_secs(1)).sweep_interval(None).build().await?;
-    cache.migrate().await?;
-    let squares = Arc::new(Squares::new(&cache));
-    for x in 0..KEYS {
-        assert_eq!(squares.square(x).await, x * x);
-    }
-    assert_eq!(squares.runs(), KEYS);
+    let (cache, squares) = failover_squares(&url, KEYS).await?;
     within(Duration::from_secs(20), async || rows_on(&standby).await.ok() == Some(KEYS as i64))
         .await
         .ok_or("the standby did not replay the entries within 20 s")?;
