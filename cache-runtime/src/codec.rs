@@ -6,8 +6,8 @@
 //! writer that stops at the size limit, so an oversized value costs at most `limit` bytes of memory and no
 //! network I/O.
 
-use crate::canonical::{self, EncodeError, JsonbCheck};
 use crate::error::CacheError;
+use crate::key::canonical::{self, EncodeError, JsonbCheck};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io;

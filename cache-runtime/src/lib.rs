@@ -145,59 +145,49 @@
 #![warn(missing_docs)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
-mod batch;
-mod bulk;
-mod by_tag;
-mod canonical;
-mod coalesce;
+// The layers, top to bottom; each uses only those below it (docs/ARCHITECTURE.md).
+//   memo     the contract with generated code (`__private`) and the memoization engine
+//   cache    `PgCache`: the public store, its builder, bulk and tag operations, maintenance and reports
+//   tier     this process's own state: the in-process tier, flights in progress, the event listener
+//   route    which server: shards, read replicas, failover, connection sources
+//   server   one PostgreSQL server: pools, coalesced statements, execution, the SQL text
+//   leaves   entry, key, tags, channel, codec, ttl, error, observe, latest: used by all, using none
+mod cache;
+mod memo;
+mod route;
+mod server;
+mod tier;
+
+pub mod channel;
 mod codec;
-mod config;
-mod detach;
+mod entry;
 mod error;
-mod events;
-mod exec;
-mod failover;
-mod flight;
-mod global;
 mod key;
 mod latest;
-mod lease;
-mod local;
-mod maintenance;
-mod memo;
-mod metrics;
-mod replicas;
-mod server;
-mod shards;
-mod source;
-mod sql;
-mod stats;
-mod store;
+mod observe;
 mod tags;
 mod ttl;
 
 #[doc(hidden)]
 #[allow(missing_docs)]
-#[path = "private.rs"]
+#[path = "memo/private.rs"]
 pub mod __private;
 
-pub use config::{Durability, PgCacheBuilder};
-pub use error::{CacheError, Result};
-pub use global::{global, set_global};
-pub use key::{validate_namespace, MAX_NAMESPACE_LEN};
-pub use maintenance::SweepReport;
-pub use sql::MIGRATOR;
-pub use stats::{
-    CacheStats, HealthReport, HealthStatus, NamespaceStats, ProcessCounts, ReplicaHealth, ShardHealth,
-    MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES,
+pub use cache::{
+    global, set_global, CacheStats, Durability, HealthReport, HealthStatus, NamespaceStats, PgCache, PgCacheBuilder,
+    ReplicaHealth, ShardHealth, SweepReport,
 };
-pub use store::{validate_key, PgCache, MAX_KEY_CHARS};
-pub use tags::{tag, tags, validate_tag, MAX_TAG_CHARS};
+pub use error::{CacheError, Result};
+pub use key::{validate_key, validate_namespace, MAX_KEY_CHARS, MAX_NAMESPACE_LEN};
+pub use memo::scope::{tag, tags};
+pub use observe::{ProcessCounts, MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES};
+pub use server::sql::MIGRATOR;
+pub use tags::{validate_tag, MAX_TAG_CHARS};
+pub use ttl::Ttl;
 
 /// The LISTEN/NOTIFY channel on which caches tell each other of invalidations and finished computations
-/// (payload format: see `events.rs`). Tools such as `pg-cached watch` listen on it.
-pub const EVENTS_CHANNEL: &str = events::CHANNEL;
-pub use ttl::Ttl;
+/// (payload format: [`channel`]). Tools such as `pg-cached watch` listen on it.
+pub const EVENTS_CHANNEL: &str = channel::CHANNEL;
 
 #[doc(inline)]
 pub use cache_macros::pg_cached;
@@ -209,7 +199,7 @@ pub mod test_support {
 
     /// How many entries `cache`'s in-process tier holds (0 when it is off).
     pub fn local_len(cache: &PgCache) -> u64 {
-        cache.inner.local.get().map_or(0, crate::local::LocalTier::len)
+        cache.inner.local.get().map_or(0, crate::tier::local::LocalTier::len)
     }
 
     /// For reads, writes and deletes, in that order: how many statements carried more than one operation,

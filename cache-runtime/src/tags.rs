@@ -1,19 +1,10 @@
-//! Tags: what an entry was computed from, so that it can be invalidated when that changes.
-//!
-//! An entry's tags come from three places, gathered while its memoized body runs:
-//! - the function's static tags, `#[pg_cached(tags("corpus"))]`;
-//! - [`tag`] and [`tags`], called from inside the body (a task-local scope set by the memoized call);
-//! - every memoized call the body makes: the inner entry's tags, whether it was a hit or a miss, are added
-//!   to the outer entry. An answer built on a retrieval tagged `doc:42` is tagged `doc:42` as well.
-//!
-//! [`PgCache::invalidate_tag`](crate::PgCache::invalidate_tag) then deletes every entry carrying a tag, and
-//! [`PgCache::invalidate_on_change`](crate::PgCache::invalidate_on_change) does it from a trigger on the
-//! table the data comes from.
+//! The rules of tags, which say what an entry was computed from so that it can be invalidated when that
+//! changes: what a valid tag is, and the stored form of an entry's tags (sorted, distinct). Gathering the
+//! tags while a memoized body runs is `memo/scope.rs`; invalidation by tag is `cache/tags.rs`. A leaf module.
 
 use crate::error::{CacheError, Result};
 use std::collections::BTreeSet;
-use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The longest tag, in characters.
 pub const MAX_TAG_CHARS: usize = 200;
@@ -57,130 +48,6 @@ pub(crate) fn stored_form<S: AsRef<str>>(tags: &[S]) -> Result<Option<Tags>> {
     Ok((!set.is_empty()).then(|| set.into_iter().collect()))
 }
 
-tokio::task_local! {
-    /// The tags of the computation running in this task, set by the memoized call that runs it.
-    static SCOPE: Arc<TagScope>;
-}
-
-/// Attaches `tag` to the entry being computed: the result of the innermost memoized call whose body is
-/// running. Outside a memoized body it does nothing. The scope is task-local: a task the body spawns
-/// (`tokio::spawn`) is outside it, so gather such a task's tags in the body (or await the memoized calls
-/// there) rather than in the task.
-///
-/// An invalid tag (see [`validate_tag`]) is not dropped silently, since the entry could then outlive a change
-/// it depends on: the result is returned but not stored, and the error is logged and counted.
-///
-/// ```
-/// # #[derive(serde::Serialize, serde::Deserialize, Clone)] struct Doc { id: u64 }
-/// async fn retrieve(docs: Vec<Doc>) -> Vec<Doc> {
-///     for doc in &docs {
-///         cache_runtime::tag(format!("doc:{}", doc.id));
-///     }
-///     docs
-/// }
-/// ```
-pub fn tag(tag: impl AsRef<str>) {
-    let _ = SCOPE.try_with(|scope| scope.add(tag.as_ref()));
-}
-
-/// [`tag`] for each of `tags`.
-pub fn tags<I>(tags: I)
-where
-    I: IntoIterator,
-    I::Item: AsRef<str>,
-{
-    let _ = SCOPE.try_with(|scope| {
-        for tag in tags {
-            scope.add(tag.as_ref());
-        }
-    });
-}
-
-/// The scope of the computation running in this task, if any.
-pub(crate) fn current() -> Option<Arc<TagScope>> {
-    SCOPE.try_with(Arc::clone).ok()
-}
-
-/// The tags gathered for one computation.
-#[derive(Debug, Default)]
-pub(crate) struct TagScope {
-    gathered: Mutex<Gathered>,
-}
-
-#[derive(Debug, Default)]
-struct Gathered {
-    tags: BTreeSet<String>,
-    /// The first invalid tag given, if any (the tag, shortened, and what is wrong): the entry is then not
-    /// stored.
-    invalid: Option<(String, String)>,
-}
-
-impl TagScope {
-    /// A scope holding a function's static tags (checked at compile time).
-    pub(crate) fn new(static_tags: &[&str]) -> Arc<TagScope> {
-        let scope = TagScope::default();
-        scope.lock().tags.extend(static_tags.iter().map(|t| (*t).to_owned()));
-        Arc::new(scope)
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Gathered> {
-        self.gathered.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn add(&self, tag: &str) {
-        let mut gathered = self.lock();
-        match validate_tag(tag) {
-            Ok(()) => {
-                if !gathered.tags.contains(tag) {
-                    gathered.tags.insert(tag.to_owned());
-                }
-            }
-            Err(CacheError::InvalidTag { tag, reason }) => {
-                gathered.invalid.get_or_insert((tag, reason));
-            }
-            Err(_) => {}
-        }
-    }
-
-    /// Adds the tags of an entry an inner memoized call used (already checked when they were stored).
-    pub(crate) fn inherit(&self, tags: Option<&Tags>) {
-        if let Some(tags) = tags {
-            let mut gathered = self.lock();
-            for tag in tags.iter() {
-                if !gathered.tags.contains(tag) {
-                    gathered.tags.insert(tag.clone());
-                }
-            }
-        }
-    }
-
-    /// Takes in what an inner computation gathered: its tags, or its invalid tag (then this computation,
-    /// which depends on it, is not stored either).
-    pub(crate) fn absorb(&self, inner: &Result<Option<Tags>>) {
-        match inner {
-            Ok(tags) => self.inherit(tags.as_ref()),
-            Err(CacheError::InvalidTag { tag, reason }) => {
-                self.lock().invalid.get_or_insert_with(|| (tag.clone(), reason.clone()));
-            }
-            Err(_) => {}
-        }
-    }
-
-    /// The tags gathered so far, or the first invalid tag given.
-    pub(crate) fn finish(&self) -> Result<Option<Tags>> {
-        let gathered = self.lock();
-        if let Some((tag, reason)) = &gathered.invalid {
-            return Err(CacheError::InvalidTag { tag: tag.clone(), reason: reason.clone() });
-        }
-        Ok((!gathered.tags.is_empty()).then(|| gathered.tags.iter().cloned().collect()))
-    }
-}
-
-/// Runs `body` with `scope` as the scope [`tag`] adds to.
-pub(crate) async fn gather<F: Future>(scope: Arc<TagScope>, body: F) -> F::Output {
-    SCOPE.scope(scope, body).await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,23 +69,5 @@ mod tests {
         assert_eq!(tags.as_deref(), Some(&["a".to_owned(), "b".to_owned()][..]));
         assert!(stored_form::<&str>(&[]).ok().flatten().is_none());
         assert!(stored_form(&["ok", ""]).is_err());
-    }
-
-    #[tokio::test]
-    async fn tag_adds_to_the_current_scope_only() {
-        tag("outside"); // no scope: nothing happens
-        let scope = TagScope::new(&["static"]);
-        gather(Arc::clone(&scope), async {
-            tag("doc:1");
-            tags(["doc:2", "doc:1"]);
-        })
-        .await;
-        let tags = scope.finish().ok().flatten();
-        assert_eq!(tags.as_deref().map(|t| t.join(",")).as_deref(), Some("doc:1,doc:2,static"));
-
-        let bad = TagScope::new(&[]);
-        gather(Arc::clone(&bad), async { tag("a\0") }).await;
-        assert!(bad.finish().is_err());
-        assert!(bad.finish().is_err(), "stays invalid");
     }
 }

@@ -1,13 +1,13 @@
 //! One memoized call against the store: the lookup, the write (guarded against invalidations that happened
 //! while the body ran), and the refresh of a stale entry.
 
+use super::scope::TagScope;
 use super::{run, served, Computed};
 use crate::__private::{Policy, Site};
-use crate::local::LocalTier;
-use crate::server::{remaining, EntryMeta, LiveEntry, ReadFrom, Start};
-use crate::stats::Event;
-use crate::store::{MemoWrite, PgCache};
-use crate::tags::TagScope;
+use crate::cache::{MemoWrite, PgCache};
+use crate::entry::{remaining, EntryMeta, LiveEntry, ReadFrom, Start};
+use crate::observe::Event;
+use crate::tier::local::LocalTier;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

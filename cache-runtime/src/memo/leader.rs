@@ -5,10 +5,10 @@
 use super::call::{Call, Fallback, Found};
 use super::{Body, Computed};
 use crate::__private::{Policy, SingleFlight};
-use crate::flight::Shared;
-use crate::lease::Lease;
-use crate::server::{EntryMeta, ReadFrom, Start};
-use crate::stats::Event;
+use crate::entry::{EntryMeta, ReadFrom, Start};
+use crate::memo::lease::Lease;
+use crate::observe::Event;
+use crate::tier::flight::Shared;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

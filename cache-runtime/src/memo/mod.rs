@@ -8,16 +8,18 @@
 
 mod call;
 mod leader;
+pub(crate) mod lease;
+pub(crate) mod scope;
 
 use crate::__private::{CacheRef, Policy, SingleFlight, Site};
+use crate::cache::PgCache;
+use crate::entry::{EntryMeta, ReadFrom};
 use crate::error::CacheError;
-use crate::local::{LocalEntry, LocalTier};
-use crate::server::EntryMeta;
-use crate::server::ReadFrom;
-use crate::stats::Event;
-use crate::store::PgCache;
-use crate::tags::{TagScope, Tags};
+use crate::observe::Event;
+use crate::tags::Tags;
+use crate::tier::local::{LocalEntry, LocalTier};
 use call::Call;
+use scope::TagScope;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -56,7 +58,7 @@ where
 {
     let cache = cache.resolve();
     // The computation this call is part of, if any: it inherits this call's tags, hit or miss.
-    let outer = crate::tags::current();
+    let outer = crate::memo::scope::current();
     // Each call is a span, so that tracing and OpenTelemetry users see cache hits in their traces; `outcome`
     // and `tier` are filled in as they become known (see `record_outcome`).
     let span = tracing::info_span!(
@@ -230,7 +232,7 @@ where
     let Some(cache) = cache else {
         // No cache: the body still runs in a scope of its own, so that its tags reach an outer cached call.
         let scope = TagScope::new(site.tags);
-        let outcome = crate::tags::gather(Arc::clone(&scope), Box::pin(body)).await;
+        let outcome = crate::memo::scope::gather(Arc::clone(&scope), Box::pin(body)).await;
         if let Some(outer) = &outer {
             outer.absorb(&scope.finish());
         }
@@ -288,8 +290,8 @@ async fn run<R>(
     cache.record(site.namespace, Event::Execution);
     let started = std::time::Instant::now();
     let scope = TagScope::new(site.tags);
-    let outcome = crate::tags::gather(Arc::clone(&scope), body).await;
-    crate::metrics::compute(cache.metric_namespace(site.namespace), Some(started));
+    let outcome = crate::memo::scope::gather(Arc::clone(&scope), body).await;
+    crate::observe::metrics::compute(cache.metric_namespace(site.namespace), Some(started));
     let tags = scope.finish();
     if let Some(outer) = outer {
         outer.absorb(&tags);

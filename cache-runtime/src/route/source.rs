@@ -81,6 +81,6 @@ pub(crate) fn server_name(hosts: &[PgConnectOptions]) -> String {
 
 /// The hosts of a URL (one, or several for a primary and its standbys; see `failover.rs`).
 fn parse_url(url: &str) -> Result<Vec<PgConnectOptions>> {
-    crate::failover::parse_hosts(url)
+    crate::route::failover::parse_hosts(url)
         .map_err(|e| CacheError::Config(format!("invalid database URL {}: {e}", redact_url(url))))
 }

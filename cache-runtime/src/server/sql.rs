@@ -10,7 +10,7 @@
 //! - Remaining lifetimes are computed only for finite expiries: a row whose `expires_at` is `infinity` (written
 //!   by hand or by another tool) is permanent, one at `-infinity` is expired, and neither makes a read fail.
 //! - Notifications go through `pg_notify` inside the statement that changed the data, on
-//!   [`crate::events::CHANNEL`].
+//!   [`crate::channel::CHANNEL`].
 
 /// The migrations that create the cache table, embedded at compile time.
 ///
@@ -173,7 +173,7 @@ pub(crate) const LEASE_RELEASE: &str = concat!(
 pub(crate) const LEASE_IS_LIVE: &str =
     "SELECT EXISTS (SELECT 1 FROM cache_leases WHERE cache_key = $1 AND deadline > now())";
 
-pub(crate) const GIN_INDEX: &str = include_str!("../../migrations/optional/gin_index.sql");
+pub(crate) const GIN_INDEX: &str = include_str!("../../../migrations/optional/gin_index.sql");
 
 #[cfg(test)]
 mod tests {
@@ -181,12 +181,12 @@ mod tests {
 
     #[test]
     fn notifications_use_the_events_channel() {
-        assert!(NOTIFY.contains(&format!("'{}'", crate::events::CHANNEL)));
-        let migration = include_str!("../../migrations/0003_serialized_writes.sql");
-        assert_eq!(migration.matches(&format!("pg_notify('{}'", crate::events::CHANNEL)).count(), 3);
-        let batched = include_str!("../../migrations/0004_batched_writes.sql");
-        assert_eq!(batched.matches(&format!("pg_notify('{}'", crate::events::CHANNEL)).count(), 2);
-        let tags = include_str!("../../migrations/0005_tags.sql");
-        assert_eq!(tags.matches(&format!("pg_notify('{}'", crate::events::CHANNEL)).count(), 3);
+        assert!(NOTIFY.contains(&format!("'{}'", crate::channel::CHANNEL)));
+        let migration = include_str!("../../../migrations/0003_serialized_writes.sql");
+        assert_eq!(migration.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 3);
+        let batched = include_str!("../../../migrations/0004_batched_writes.sql");
+        assert_eq!(batched.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 2);
+        let tags = include_str!("../../../migrations/0005_tags.sql");
+        assert_eq!(tags.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 3);
     }
 }

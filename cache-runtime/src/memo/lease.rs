@@ -10,8 +10,8 @@
 //! hangs or overruns simply stops counting at its deadline, and the next caller to try takes over. A holder
 //! whose future is dropped (cancelled) releases the lease from a background task.
 
+use crate::cache::PgCache;
 use crate::error::Result;
-use crate::store::PgCache;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 static NEXT_OWNER: AtomicU64 = AtomicU64::new(0);
@@ -96,7 +96,7 @@ async fn release(cache: &PgCache, key: &str, owner: &str) {
 }
 
 async fn try_release(cache: &PgCache, key: &str, owner: &str) -> bool {
-    let payload = cache.inner.events.done_payload(key);
+    let payload = crate::channel::done_payload(cache.inner.events.sender, key);
     match cache.server_for(key).lease_release(key, owner, payload).await {
         Ok(()) => true,
         Err(error) => {

@@ -31,8 +31,8 @@
 //! operation at a time (for kinds where one operation can fail alone), so that a bad operation fails only
 //! its own caller.
 
-use crate::detach::FinishOnDrop;
-use crate::exec::{self, DbFuture};
+use crate::server::detach::FinishOnDrop;
+use crate::server::exec::{self, DbFuture};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use std::collections::{HashSet, VecDeque};
@@ -407,7 +407,7 @@ impl<K: Kind> Queue<K> {
         if jobs.len() > 1 {
             self.shared_statements.fetch_add(1, Ordering::Relaxed);
             self.shared_operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
-            crate::metrics::coalesced(self.operation, jobs.len());
+            crate::observe::metrics::coalesced(self.operation, jobs.len());
         }
         let work = statement::<K>(self.kind.params(jobs));
         exec::attempt_holding(&self.pool, held, deadline, self.limits.op_timeout, &work, None).await
@@ -517,7 +517,7 @@ impl sqlx::error::DatabaseError for SharedDbError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{ReadJob, Reads};
+    use crate::server::batch::{ReadJob, Reads};
 
     /// A read queue over a pool that never connects: enough to form batches.
     fn read_queue(max_bytes: usize, max_keys: usize) -> Arc<Queue<Reads>> {

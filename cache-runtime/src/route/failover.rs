@@ -60,7 +60,7 @@ impl Hosts {
         }
         let telling = match error {
             crate::CacheError::Database { source, .. } => {
-                crate::exec::is_connection_error(source) || is_read_only(source)
+                crate::server::exec::is_connection_error(source) || is_read_only(source)
             }
             // A pool that cannot open a connection in time may be facing a primary that is gone.
             crate::CacheError::Timeout { .. } => true,

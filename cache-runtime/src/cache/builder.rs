@@ -1,9 +1,9 @@
 //! Settings: [`PgCacheBuilder`], the environment variables of [`PgCache::from_env`], and [`Durability`].
 
+use super::PgCache;
 use crate::error::{CacheError, Result};
-use crate::failover::Hosts;
-use crate::source::{server_name, Source};
-use crate::store::PgCache;
+use crate::route::failover::Hosts;
+use crate::route::source::{server_name, Source};
 use crate::ttl::Ttl;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::time::Duration;
@@ -460,7 +460,7 @@ fn env_number(name: &str) -> Result<Option<u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::redact_url;
+    use crate::route::source::redact_url;
 
     #[test]
     fn passwords_never_reach_debug_output() {

@@ -5,7 +5,7 @@
 //! makes a cancelled leader harmless: if the leader's future is dropped mid-computation, the cell stays empty
 //! and the next waiter runs its own initializer, so followers are never stranded.
 
-use crate::server::EntryMeta;
+use crate::entry::EntryMeta;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;

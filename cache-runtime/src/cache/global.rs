@@ -1,6 +1,6 @@
 //! The process-wide cache that `#[pg_cached]` uses when no `cache = ...` is given.
 
-use crate::store::PgCache;
+use super::PgCache;
 use std::sync::RwLock;
 
 enum State {

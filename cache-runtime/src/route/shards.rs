@@ -41,7 +41,7 @@ impl Shards {
         let mut names = Vec::with_capacity(servers.len());
         let mut list = Vec::with_capacity(servers.len());
         for (index, (name, server)) in servers.into_iter().enumerate() {
-            ring.insert(ShardNode { name_hash: crate::local::key_hash(&name), index });
+            ring.insert(ShardNode { name_hash: crate::key::key_hash(&name), index });
             names.push(name);
             list.push(server);
         }
@@ -53,7 +53,7 @@ impl Shards {
         if self.servers.len() == 1 {
             return 0;
         }
-        let item = crate::local::key_hash(key);
+        let item = crate::key::key_hash(key);
         self.ring.calc_candidates(&item).next().map_or(0, |node| node.index)
     }
 
@@ -187,13 +187,13 @@ mod tests {
     fn ring(names: &[&str]) -> RendezvousNodes<ShardNode, StableHasher> {
         let mut ring = RendezvousNodes::new(StableHasher);
         for (index, name) in names.iter().enumerate() {
-            ring.insert(ShardNode { name_hash: crate::local::key_hash(name), index });
+            ring.insert(ShardNode { name_hash: crate::key::key_hash(name), index });
         }
         ring
     }
 
     fn owner(ring: &RendezvousNodes<ShardNode, StableHasher>, names: &[&str], key: &str) -> String {
-        let node = ring.calc_candidates(&crate::local::key_hash(key)).next().expect("a shard");
+        let node = ring.calc_candidates(&crate::key::key_hash(key)).next().expect("a shard");
         names[node.index].to_owned()
     }
 

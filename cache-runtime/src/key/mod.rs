@@ -4,9 +4,14 @@
 //! `canonical.rs`). The encoding depends only on the serde data model, so the same arguments give the same
 //! key in every process, build and platform. Keys are always 65 to 129 characters long, well inside the
 //! `VARCHAR(500)` column, whatever the arguments' size.
+//!
+//! Also the rules every key obeys before any I/O ([`check_key`]), the namespace a key belongs to, and the
+//! 64-bit hash that notifications and shard routing use. A leaf module.
 
-use crate::canonical::{self, EncodeError};
+pub(crate) mod canonical;
+
 use crate::error::CacheError;
+use canonical::EncodeError;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -45,6 +50,58 @@ pub fn validate_namespace(namespace: &str) -> Result<(), CacheError> {
         None => Ok(()),
         Some(reason) => Err(CacheError::InvalidNamespace { namespace: namespace.to_owned(), reason }),
     }
+}
+
+/// The longest key the `cache_key VARCHAR(500)` column holds, in characters.
+pub const MAX_KEY_CHARS: usize = 500;
+
+/// Checks a key as every operation does before any I/O, for tools that take keys from people: not empty, no
+/// NUL character, at most [`MAX_KEY_CHARS`] characters.
+///
+/// ```
+/// assert!(cache_runtime::validate_key("retrieval:abc").is_ok());
+/// assert!(cache_runtime::validate_key("a\0b").is_err());
+/// ```
+///
+/// # Errors
+/// [`CacheError::InvalidKey`] or [`CacheError::KeyTooLong`].
+pub fn validate_key(key: &str) -> Result<(), CacheError> {
+    check_key(key)
+}
+
+/// Checks a key before any I/O: no NUL (PostgreSQL text cannot hold it), not empty, at most 500 characters
+/// (longer keys would fail or, with a cast, be truncated into collisions).
+pub(crate) fn check_key(key: &str) -> Result<(), CacheError> {
+    if key.is_empty() {
+        return Err(CacheError::InvalidKey { reason: "the key is empty".into() });
+    }
+    if key.contains('\0') {
+        return Err(CacheError::InvalidKey { reason: "the key contains a NUL character".into() });
+    }
+    // Byte length bounds character count from above: only count characters when it could matter.
+    if key.len() > MAX_KEY_CHARS {
+        let chars = key.chars().count();
+        if chars > MAX_KEY_CHARS {
+            return Err(CacheError::KeyTooLong { chars, max: MAX_KEY_CHARS });
+        }
+    }
+    Ok(())
+}
+
+/// A stable 64-bit hash of a key, the same in every process and build (FNV-1a).
+pub(crate) fn key_hash(key: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The namespace of a key: what comes before the first `:`. Keys without one share the namespace "", so
+/// that counters stay one per namespace instead of growing with every distinct plain key.
+pub(crate) fn namespace_of(key: &str) -> &str {
+    key.split_once(':').map_or("", |(ns, _)| ns)
 }
 
 /// Builds one fingerprint. Used by [`cache_key!`](crate::cache_key) and by code that `#[pg_cached]` generates.
@@ -224,6 +281,16 @@ macro_rules! __cache_key_args {
 mod tests {
     use super::*;
     use std::collections::{BTreeMap, HashMap};
+
+    #[test]
+    fn keys_are_checked_before_io() {
+        assert!(check_key(&"k".repeat(500)).is_ok());
+        assert!(matches!(check_key(&"k".repeat(501)), Err(CacheError::KeyTooLong { chars: 501, max: 500 })));
+        // 500 characters of 2 bytes each is still 500 characters.
+        assert!(check_key(&"é".repeat(500)).is_ok());
+        assert!(matches!(check_key("a\0b"), Err(CacheError::InvalidKey { .. })));
+        assert!(matches!(check_key(""), Err(CacheError::InvalidKey { .. })));
+    }
 
     // Golden vectors: these strings are the on-disk contract. If one changes, every deployed cache entry is
     // silently abandoned, so a change here must come with a bump of KEY_FORMAT and a changelog line.

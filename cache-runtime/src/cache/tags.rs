@@ -1,10 +1,10 @@
 //! Invalidation by tag, from the application ([`PgCache::invalidate_tag`]) or from a trigger on the table
 //! the data comes from ([`PgCache::invalidate_on_change`]). The SQL side is `migrations/0005_tags.sql`.
 
+use super::PgCache;
 use crate::error::{CacheError, Result};
-use crate::shards::on_every_shard;
-use crate::sql;
-use crate::store::PgCache;
+use crate::route::shards::on_every_shard;
+use crate::server::sql;
 use crate::tags::{stored_form, validate_tag};
 
 impl PgCache {
@@ -39,13 +39,13 @@ impl PgCache {
         let Some(tags) = stored_form(tags)? else { return Ok(0) };
         let tags: Vec<String> = tags.to_vec();
         self.forget_tags_locally(&tags);
-        let sender = self.inner.events.sender_id();
+        let sender = crate::channel::sender_id(self.inner.events.sender);
         let deleted =
             on_every_shard(self.shards(), |server| server.invalidate_tags(tags.clone(), sender.clone())).await;
         // A read of this process that fetched a row before the delete committed may have refilled the tier.
         self.forget_tags_locally(&tags);
         let total = deleted.into_iter().sum::<Result<u64>>()?;
-        crate::metrics::invalidation("", "tag");
+        crate::observe::metrics::invalidation("", "tag");
         tracing::info!(tags = ?tags, deleted = total, "tags invalidated");
         Ok(total)
     }

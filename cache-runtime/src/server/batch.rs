@@ -1,10 +1,10 @@
 //! The three coalesced operations (see `coalesce.rs`): reads, writes and deletes, each as one statement for
 //! many keys, and as the one-key statement for a batch of one.
 
-use crate::coalesce::{Answer, Kind, Outcome};
-use crate::events::keys_payload;
-use crate::server::{EntryMeta, Lookup};
-use crate::sql;
+use crate::channel::keys_payload;
+use crate::entry::{EntryMeta, Lookup};
+use crate::server::coalesce::{Answer, Kind, Outcome};
+use crate::server::sql;
 use crate::tags::Tags;
 use sqlx::postgres::PgConnection;
 use std::collections::HashMap;

@@ -20,7 +20,7 @@
 //! Label sets are bounded: namespaces beyond [`MAX_COUNTED_NAMESPACES`](crate::MAX_COUNTED_NAMESPACES) are
 //! reported as [`OTHER_NAMESPACES`](crate::OTHER_NAMESPACES), as the process counters are.
 
-use crate::stats::Event;
+use super::event::Event;
 use std::time::Instant;
 
 /// The start of something to time: `None` without the feature, so that the hot path reads no clock for a

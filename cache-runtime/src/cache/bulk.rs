@@ -2,13 +2,16 @@
 //! documents of one answer). Keys go to the server in as few statements as the coalescing limits allow
 //! (see `PgCacheBuilder::coalesce_max_keys`), whether or not single operations are coalesced.
 
+use super::{MemoWrite, PgCache};
 use crate::codec;
+use crate::entry::{remaining, LiveEntry};
 use crate::error::Result;
-use crate::local::LocalTier;
-use crate::server::{remaining, LiveEntry, Write};
-use crate::shards::scatter;
-use crate::stats::{namespace_of, Event};
-use crate::store::{check_key, MemoWrite, PgCache};
+use crate::key::check_key;
+use crate::key::namespace_of;
+use crate::observe::Event;
+use crate::route::shards::scatter;
+use crate::server::Write;
+use crate::tier::local::LocalTier;
 use crate::ttl::Ttl;
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -7,9 +7,9 @@
 //! Every entry has a deadline: the earlier of its PostgreSQL expiry and the tier's max age. An entry past its
 //! deadline is never served, whether or not moka has evicted it yet.
 
+use crate::entry::EntryMeta;
+use crate::key::{key_hash, namespace_of};
 use crate::latest::LatestInstant;
-use crate::server::EntryMeta;
-use crate::stats::namespace_of;
 use moka::sync::Cache;
 use moka::Expiry;
 use std::any::Any;
@@ -19,16 +19,6 @@ use std::time::{Duration, Instant};
 
 /// The capacity of a tier created on demand by a function with `local = "..."`.
 pub(crate) const DEFAULT_CAPACITY: u64 = 10_000;
-
-/// A stable 64-bit hash of a key, the same in every process and build (FNV-1a).
-pub(crate) fn key_hash(key: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in key.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
 
 #[derive(Debug)]
 pub(crate) struct LocalEntry {

@@ -4,26 +4,37 @@
 //! [`Server`] below it. Maintenance (purges, sweeps, stats, health) is in `maintenance.rs`; settings in
 //! `config.rs`.
 
+mod builder;
+mod bulk;
+mod global;
+mod maintenance;
+mod stats;
+mod tags;
+
+pub(crate) use builder::Config;
+pub use builder::{Durability, PgCacheBuilder};
+pub use global::{global, set_global};
+pub use maintenance::SweepReport;
+pub use stats::{CacheStats, HealthReport, HealthStatus, NamespaceStats, ReplicaHealth, ShardHealth};
+
 use crate::codec;
-use crate::config::Config;
+use crate::entry::{remaining, EntryMeta, LiveEntry, Lookup, ReadFrom, Start};
 use crate::error::{CacheError, Result};
-use crate::events::Events;
-use crate::failover::Hosts;
-use crate::flight::Flights;
-use crate::local::LocalTier;
-use crate::replicas::Replicas;
-use crate::server::{remaining, EntryMeta, LiveEntry, Lookup, ReadFrom, Server, Start, Write};
-use crate::shards::Shards;
-use crate::stats::{namespace_of, Counters, Event};
+use crate::key::{check_key, namespace_of};
+use crate::observe::{Counters, Event};
+use crate::route::failover::Hosts;
+use crate::route::replicas::Replicas;
+use crate::route::shards::Shards;
+use crate::server::{Server, Write};
+use crate::tier::events::Events;
+use crate::tier::flight::Flights;
+use crate::tier::local::LocalTier;
 use crate::ttl::Ttl;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sqlx::postgres::PgPool;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-
-/// The longest key the `cache_key VARCHAR(500)` column holds, in characters.
-pub const MAX_KEY_CHARS: usize = 500;
 
 /// A PostgreSQL-backed cache of JSON values.
 ///
@@ -93,39 +104,6 @@ pub(crate) struct MemoWrite {
     pub(crate) meta: EntryMeta,
 }
 
-/// Checks a key as every operation does before any I/O, for tools that take keys from people: not empty, no
-/// NUL character, at most [`MAX_KEY_CHARS`] characters.
-///
-/// ```
-/// assert!(cache_runtime::validate_key("retrieval:abc").is_ok());
-/// assert!(cache_runtime::validate_key("a\0b").is_err());
-/// ```
-///
-/// # Errors
-/// [`CacheError::InvalidKey`] or [`CacheError::KeyTooLong`].
-pub fn validate_key(key: &str) -> Result<()> {
-    check_key(key)
-}
-
-/// Checks a key before any I/O: no NUL (PostgreSQL text cannot hold it), not empty, at most 500 characters
-/// (longer keys would fail or, with a cast, be truncated into collisions).
-pub(crate) fn check_key(key: &str) -> Result<()> {
-    if key.is_empty() {
-        return Err(CacheError::InvalidKey { reason: "the key is empty".into() });
-    }
-    if key.contains('\0') {
-        return Err(CacheError::InvalidKey { reason: "the key contains a NUL character".into() });
-    }
-    // Byte length bounds character count from above: only count characters when it could matter.
-    if key.len() > MAX_KEY_CHARS {
-        let chars = key.chars().count();
-        if chars > MAX_KEY_CHARS {
-            return Err(CacheError::KeyTooLong { chars, max: MAX_KEY_CHARS });
-        }
-    }
-    Ok(())
-}
-
 impl PgCache {
     /// A cache over `pools`, one per shard, each with its shard name and its hosts; `replicas` (named pools)
     /// answer reads for the one server there is when they are given.
@@ -191,7 +169,10 @@ impl PgCache {
     /// [`CacheError::Migrate`] or [`CacheError::Database`] when the schema cannot be created.
     pub async fn migrate(&self) -> Result<()> {
         let gin_index = self.inner.config.gin_index;
-        crate::shards::on_every_shard(self.shards(), |server| server.migrate(gin_index)).await.into_iter().collect()
+        crate::route::shards::on_every_shard(self.shards(), |server| server.migrate(gin_index))
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Stores `value` under `key`. `ttl`: `None` for the default, `Some(duration)`, or [`Ttl::Never`].
@@ -261,7 +242,7 @@ impl PgCache {
             tags: memo.meta.tags.as_ref(),
             compute_us: memo.meta.compute_us,
         };
-        let started = crate::metrics::clock();
+        let started = crate::observe::metrics::clock();
         let result = self.server_for(key).write(key, json, write).await;
         self.timed("set", key, started);
         self.note_failure(key, "set", &result);
@@ -285,7 +266,7 @@ impl PgCache {
         epoch: Option<u64>,
     ) {
         if written {
-            crate::metrics::bytes_written(self.metric_namespace(namespace_of(key)), json.len());
+            crate::observe::metrics::bytes_written(self.metric_namespace(namespace_of(key)), json.len());
         }
         if let (Some(tier), Some(epoch)) = (self.inner.local.get(), epoch) {
             if written && (tier.for_all_keys || memo.local_max_age.is_some()) {
@@ -313,7 +294,7 @@ impl PgCache {
     pub(crate) fn local_tier_for(&self, max_age: Duration) -> &LocalTier {
         let tier = self.inner.local.get_or_init(|| {
             LocalTier::new(
-                crate::local::DEFAULT_CAPACITY,
+                crate::tier::local::DEFAULT_CAPACITY,
                 max_age.max(Duration::from_secs(3600)),
                 false,
                 Arc::clone(&self.inner.events.listening),
@@ -326,7 +307,7 @@ impl PgCache {
     /// Looks a memoized call's key up: a live entry, or an expired one within `stale_window`.
     pub(crate) async fn lookup(&self, key: &str, stale_window: Option<Duration>, from: ReadFrom) -> Result<Lookup> {
         check_key(key)?;
-        let started = crate::metrics::clock();
+        let started = crate::observe::metrics::clock();
         let result = self.server_for(key).lookup(key, Ttl::millis(stale_window).unwrap_or(0), from).await;
         self.timed("lookup", key, started);
         self.note_failure(key, "get", &result);
@@ -382,7 +363,7 @@ impl PgCache {
     /// [`get`](Self::get), also the fast path of a memoized hit.
     pub(crate) async fn get_live(&self, key: &str, from: ReadFrom) -> Result<Option<LiveEntry>> {
         check_key(key)?;
-        let started = crate::metrics::clock();
+        let started = crate::observe::metrics::clock();
         let result = self.server_for(key).get_live(key, from).await;
         self.timed("get", key, started);
         self.note_failure(key, "get", &result);
@@ -400,7 +381,7 @@ impl PgCache {
     pub async fn delete(&self, key: &str) -> Result<bool> {
         check_key(key)?;
         self.forget_locally(key);
-        let started = crate::metrics::clock();
+        let started = crate::observe::metrics::clock();
         let result = self.server_for(key).delete_and_mark(key).await;
         self.note_failure(key, "delete", &result);
         self.after_delete(key, result.is_ok());
@@ -414,13 +395,13 @@ impl PgCache {
     pub(crate) fn after_delete(&self, key: &str, done: bool) {
         self.forget_locally(key);
         if done {
-            crate::metrics::invalidation(self.metric_namespace(namespace_of(key)), "key");
+            crate::observe::metrics::invalidation(self.metric_namespace(namespace_of(key)), "key");
         }
     }
 
     /// Records how long `operation` on `key` took, since `started` (from `metrics::clock`).
     pub(crate) fn timed(&self, operation: &'static str, key: &str, started: Option<Instant>) {
-        crate::metrics::operation(operation, self.metric_namespace(namespace_of(key)), started);
+        crate::observe::metrics::operation(operation, self.metric_namespace(namespace_of(key)), started);
     }
 
     /// Drops `key` from this process's tier, and detaches its computation in flight, if any, so that callers
@@ -443,7 +424,7 @@ impl PgCache {
     /// Counts a failed cache operation (the caller ran, or runs, without the cache).
     pub(crate) fn record_error(&self, namespace: &str, error: &CacheError) {
         self.inner.counters.record(namespace, Event::Error);
-        crate::metrics::error(self.metric_namespace(namespace), error.kind());
+        crate::observe::metrics::error(self.metric_namespace(namespace), error.kind());
     }
 
     /// `namespace` as metrics label it: bounded as the process counters are.
@@ -483,20 +464,5 @@ fn is_undefined_table(error: &CacheError) -> bool {
     match error {
         CacheError::Database { source: sqlx::Error::Database(db), .. } => db.code().as_deref() == Some("42P01"),
         _ => false,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_are_checked_before_io() {
-        assert!(check_key(&"k".repeat(500)).is_ok());
-        assert!(matches!(check_key(&"k".repeat(501)), Err(CacheError::KeyTooLong { chars: 501, max: 500 })));
-        // 500 characters of 2 bytes each is still 500 characters.
-        assert!(check_key(&"é".repeat(500)).is_ok());
-        assert!(matches!(check_key("a\0b"), Err(CacheError::InvalidKey { .. })));
-        assert!(matches!(check_key(""), Err(CacheError::InvalidKey { .. })));
     }
 }

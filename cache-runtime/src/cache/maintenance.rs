@@ -1,12 +1,12 @@
 //! Work on many rows at once: namespace purges, expiry sweeps, eviction, the background sweeper, and the
 //! reports (keys, stats, health).
 
+use super::stats::{CacheStats, HealthReport, HealthStatus};
+use super::{Inner, PgCache};
 use crate::error::Result;
-use crate::replicas::Replicas;
+use crate::route::replicas::Replicas;
+use crate::route::shards::on_every_shard;
 use crate::server::Server;
-use crate::shards::on_every_shard;
-use crate::stats::{CacheStats, HealthReport, HealthStatus};
-use crate::store::{Inner, PgCache};
 use serde::Serialize;
 use std::sync::Weak;
 use std::time::{Duration, Instant};
@@ -51,7 +51,7 @@ impl PgCache {
         self.forget_namespace_locally(namespace);
         // Every shard purges at once; an error on one (a shard that is down) is returned after the others
         // are done, so the caller knows the namespace may survive there.
-        let payload = self.inner.events.namespace_payload(namespace);
+        let payload = crate::channel::namespace_payload(self.inner.events.sender, namespace);
         let pattern = like_prefix(&format!("{namespace}:"));
         let purged = on_every_shard(self.shards(), |server| {
             let (payload, pattern) = (payload.clone(), pattern.clone());
@@ -72,7 +72,7 @@ impl PgCache {
             tracing::warn!(namespace, %error, "could not notify the end of a namespace purge");
         }
         let total = sum(purged)?;
-        crate::metrics::invalidation(self.metric_namespace(namespace), "namespace");
+        crate::observe::metrics::invalidation(self.metric_namespace(namespace), "namespace");
         tracing::info!(namespace, deleted = total, "namespace purged");
         Ok(total)
     }
@@ -81,7 +81,7 @@ impl PgCache {
         if let Some(tier) = self.inner.local.get() {
             tier.remove_namespace(namespace);
         }
-        self.inner.flights.detach(|key| crate::stats::namespace_of(key) == namespace);
+        self.inner.flights.detach(|key| crate::key::namespace_of(key) == namespace);
     }
 
     /// Deletes expired rows in batches (soonest-expired first) and returns how many went. Each batch is its

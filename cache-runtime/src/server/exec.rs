@@ -19,8 +19,8 @@
 //! the same deadline. Every operation sent this way is idempotent (reads, upserts, deletes, lease
 //! take-overs by their own owner), so a retry never does harm.
 
-use crate::detach::FinishOnDrop;
 use crate::error::{CacheError, Result};
+use crate::server::detach::FinishOnDrop;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use sqlx::Connection;

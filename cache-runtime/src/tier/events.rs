@@ -4,36 +4,21 @@
 //! from its in-process tier) and lease releases (a cluster-wide computation finished, so waiting processes
 //! read the value now instead of at their next poll).
 //!
-//! A payload is `<sender>|<kind>|<data>`, where sender is a random id per `PgCache`, so a process ignores its
-//! own news. Kinds: `k` (comma-separated key hashes in hex), `n` (a namespace), `t` (a tag, sent by
-//! `pg_cached_invalidate_tags` in SQL, also from triggers, with sender `0000000000000000`), `d` (a finished
-//! key's hash). Payloads stay far below PostgreSQL's 8,000-byte limit: a key travels as its 16-character hash and a
-//! namespace is at most 64 characters.
+//! The payload format is in `channel.rs`.
 //!
 //! Notifications are lost while the listener is disconnected, so after every reconnect the in-process tier is
 //! cleared. Between a loss and the reconnect, entries still expire by their max age: no value is served more
 //! than the tier's max age after it was invalidated.
 
-use crate::local::{key_hash, LocalTier};
+use super::local::LocalTier;
+use crate::channel::{decode, Message, Notice, CHANNEL};
+use crate::key::key_hash;
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
-
-pub(crate) const CHANNEL: &str = "pg_cached_events";
-
-/// The event that `keys` changed, from the cache whose sender id is `sender`.
-pub(crate) fn keys_payload<'a>(sender: u64, keys: impl IntoIterator<Item = &'a str>) -> String {
-    use std::fmt::Write;
-    let mut payload = format!("{sender:016x}|k|");
-    for (i, key) in keys.into_iter().enumerate() {
-        let comma = if i == 0 { "" } else { "," };
-        let _ = write!(payload, "{comma}{:016x}", key_hash(key));
-    }
-    payload
-}
 
 /// What one `PgCache` shares with its listener task.
 #[derive(Debug)]
@@ -82,19 +67,6 @@ impl Events {
             listeners: OnceLock::new(),
         }
     }
-    pub(crate) fn namespace_payload(&self, namespace: &str) -> String {
-        format!("{:016x}|n|{namespace}", self.sender)
-    }
-
-    /// This cache's id as notifications carry it.
-    pub(crate) fn sender_id(&self) -> String {
-        format!("{:016x}", self.sender)
-    }
-
-    pub(crate) fn done_payload(&self, key: &str) -> String {
-        format!("{:016x}|d|{:016x}", self.sender, key_hash(key))
-    }
-
     /// A handle that is notified when another process reports `key` done.
     pub(crate) fn waiter(&self, key: &str) -> Arc<Notify> {
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
@@ -144,38 +116,19 @@ impl Events {
 }
 
 fn apply(events: &Events, local: Option<&LocalTier>, payload: &str) {
-    let mut parts = payload.splitn(3, '|');
-    let (Some(sender), Some(kind), Some(data)) = (parts.next(), parts.next(), parts.next()) else {
-        tracing::debug!(payload, "ignoring a malformed cache event");
+    let Some(Message { sender, notice }) = decode(payload) else {
+        tracing::debug!(payload, "ignoring a cache event this version does not understand");
         return;
     };
-    if u64::from_str_radix(sender, 16) == Ok(events.sender) {
+    if sender == events.sender {
         return;
     }
-    match kind {
-        "k" => {
-            for hash in data.split(',').filter_map(|h| u64::from_str_radix(h, 16).ok()) {
-                if let Some(local) = local {
-                    local.remove_hash(hash);
-                }
-            }
-        }
-        "n" => {
-            if let Some(local) = local {
-                local.remove_namespace(data);
-            }
-        }
-        "t" => {
-            if let Some(local) = local {
-                local.remove_tag(data);
-            }
-        }
-        "d" => {
-            if let Ok(hash) = u64::from_str_radix(data, 16) {
-                events.wake(hash);
-            }
-        }
-        _ => tracing::debug!(payload, "ignoring an unknown cache event"),
+    match (notice, local) {
+        (Notice::Keys(hashes), Some(local)) => hashes.into_iter().for_each(|hash| local.remove_hash(hash)),
+        (Notice::Namespace(namespace), Some(local)) => local.remove_namespace(&namespace),
+        (Notice::Tag(tag), Some(local)) => local.remove_tag(&tag),
+        (Notice::Done(hash), _) => events.wake(hash),
+        _ => {}
     }
 }
 
