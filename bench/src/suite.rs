@@ -426,7 +426,7 @@ impl Ctx {
     /// Closes every pool, so that the next case's connections fit under the server's `max_connections`.
     async fn close_pools(&mut self) {
         for (_, cache) in self.caches.drain().chain(self.lean_caches.drain().map(|((t, _, f), c)| ((t, f, true), c))) {
-            cache.pool().close().await;
+            cache.single_pool().expect("a cache on one server").close().await;
         }
         for (_, pool) in self.lean_pools.drain() {
             pool.close().await;

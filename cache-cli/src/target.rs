@@ -67,7 +67,12 @@ impl Target {
         let builder = |url: &str| configure(PgCache::builder().database_url(url), args.timeout, tuning);
         let connecting = urls.iter().map(|url| connect_one(builder(url), url, args.timeout));
         let caches: Vec<PgCache> = join_all(connecting).await.into_iter().collect::<Result<_, _>>()?;
-        let shards = caches.iter().map(|c| Shard { name: server_name(c.pool()), pool: c.pool().clone() }).collect();
+        // Each of these caches runs on the one server of its URL.
+        let shards = caches
+            .iter()
+            .flat_map(PgCache::shard_pools)
+            .map(|pool| Shard { name: server_name(pool), pool: pool.clone() })
+            .collect();
         let cache = match <[PgCache; 1]>::try_from(caches) {
             Ok([only]) => only,
             // Every shard answered above: the sharded cache may open its own connections lazily.
@@ -148,7 +153,8 @@ async fn connect_one(builder: PgCacheBuilder, url: &str, timeout: Duration) -> R
 /// and then only says that it timed out; one direct attempt recovers the reason ("Connection refused").
 async fn diagnose(url: &str, error: &CacheError, timeout: Duration) -> String {
     let pooled = root_cause(error);
-    let timed_out = matches!(error, CacheError::Database { source: sqlx::Error::PoolTimedOut, .. });
+    let timed_out = matches!(error, CacheError::Timeout { .. })
+        || matches!(error, CacheError::Database { source, .. } if matches!(**source, sqlx::Error::PoolTimedOut));
     // Multi-host URLs do not parse here; the pool's word is all there is for them.
     let Some(options) = timed_out.then(|| url.parse::<PgConnectOptions>().ok()).flatten() else {
         return pooled;

@@ -45,7 +45,7 @@ impl Lookup {
     /// The entry, if it is live (not one served from the stale window).
     pub(crate) fn live(self) -> Option<LiveEntry> {
         let (remaining_ms, as_of, meta) = (self.remaining_ms, self.as_of, self.meta);
-        self.json.filter(|_| self.fresh).map(|json| LiveEntry { json, remaining_ms, as_of, meta })
+        self.json.filter(|_| self.fresh).map(|json| LiveEntry { json: json.into(), remaining_ms, as_of, meta })
     }
 
     /// When the computation that follows this lookup began, for the stale-set guard.
@@ -88,10 +88,42 @@ pub(crate) struct Start {
 /// A live entry.
 #[derive(Debug, Clone)]
 pub(crate) struct LiveEntry {
-    pub(crate) json: String,
+    pub(crate) json: Arc<str>,
     /// Milliseconds left before it expires; `None`: never.
     pub(crate) remaining_ms: Option<i64>,
     /// As [`Lookup::as_of`].
     pub(crate) as_of: Option<Instant>,
     pub(crate) meta: EntryMeta,
+}
+
+impl LiveEntry {
+    /// The entry a write just made, as the in-process tier keeps it.
+    pub(crate) fn written(json: Arc<str>, ttl: Option<Duration>, meta: EntryMeta) -> LiveEntry {
+        LiveEntry { json, remaining_ms: crate::ttl::Ttl::millis(ttl), as_of: None, meta }
+    }
+}
+
+/// One write of an entry, in the one shape every layer passes down: built once by [`PgCache`](crate::PgCache)
+/// (from a `set`, a bulk write or a memoized result) and sent as it is to the statement that writes it.
+#[derive(Debug, Clone)]
+pub(crate) struct Write {
+    pub(crate) key: String,
+    /// The value, as JSON already checked for what JSONB cannot hold.
+    pub(crate) json: Arc<str>,
+    /// How long it lives; `None`: forever.
+    pub(crate) ttl: Option<Duration>,
+    /// How long the row is kept past its expiry, to be served stale (`stale`, `stale_if_error`).
+    pub(crate) keep: Option<Duration>,
+    /// For a memoized result: when its computation began. The write is refused for any invalidation of its
+    /// key, namespace or tags that the computation may not have seen.
+    pub(crate) started: Option<Start>,
+    /// Its tags and compute time.
+    pub(crate) meta: EntryMeta,
+}
+
+impl Write {
+    /// A plain write (no guard, no tags), as `set` makes.
+    pub(crate) fn plain(key: impl Into<String>, json: Arc<str>, ttl: Option<Duration>) -> Write {
+        Write { key: key.into(), json, ttl, keep: None, started: None, meta: EntryMeta::default() }
+    }
 }

@@ -1,5 +1,6 @@
 //! The one error type of the crate.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Everything that can go wrong in a cache operation.
@@ -88,29 +89,37 @@ pub enum CacheError {
         after: Duration,
     },
 
-    /// The database returned an error, or could not be reached.
+    /// The database returned an error, or could not be reached. [`sqlstate`](Self::sqlstate) gives the
+    /// database's error code, if it sent one.
     #[error("database error during `{operation}`: {source}")]
     Database {
         /// Which operation failed.
         operation: &'static str,
-        /// The driver's error.
+        /// The driver's error. Shared: every caller whose operation went out in the same coalesced statement
+        /// gets this same error.
         #[source]
-        source: sqlx::Error,
+        source: Arc<sqlx::Error>,
     },
 
     /// Applying the embedded migrations failed.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 
-    /// A setting is missing or malformed (for example `DATABASE_URL`).
+    /// A setting is missing or malformed (for example `DATABASE_URL`), or an operation needs something the
+    /// cache was not configured with.
     #[error("configuration error: {0}")]
     Config(String),
+
+    /// The cache's own machinery failed to answer: a background task it relies on ended early (for instance
+    /// because its tokio runtime shut down). Not a problem with the database or with what was asked.
+    #[error("internal cache error: {0}")]
+    Internal(String),
 }
 
 impl CacheError {
     /// A short, stable name of the variant, as metrics label errors: `invalid_namespace`, `invalid_key`,
     /// `key_too_long`, `unsupported_value`, `value_too_large`, `serialize`, `invalid_ttl`, `invalid_tag`,
-    /// `invalid_identifier`, `timeout`, `database`, `migrate`, `config`.
+    /// `invalid_identifier`, `timeout`, `database`, `migrate`, `config`, `internal`.
     pub fn kind(&self) -> &'static str {
         match self {
             CacheError::InvalidNamespace { .. } => "invalid_namespace",
@@ -126,11 +135,25 @@ impl CacheError {
             CacheError::Database { .. } => "database",
             CacheError::Migrate(_) => "migrate",
             CacheError::Config(_) => "config",
+            CacheError::Internal(_) => "internal",
         }
     }
 
     pub(crate) fn db(operation: &'static str) -> impl FnOnce(sqlx::Error) -> CacheError {
-        move |source| CacheError::Database { operation, source }
+        move |source| CacheError::Database { operation, source: Arc::new(source) }
+    }
+
+    /// The SQLSTATE code of a [`Database`](Self::Database) error that the server sent (`"42P01"`: the table
+    /// does not exist, and so on); `None` for other errors.
+    ///
+    /// ```
+    /// # let error = cache_runtime::CacheError::Config("x".into());
+    /// if error.sqlstate() == Some("42P01") { /* run PgCache::migrate() */ }
+    /// ```
+    pub fn sqlstate(&self) -> Option<&str> {
+        let CacheError::Database { source, .. } = self else { return None };
+        let sqlx::Error::Database(db) = source.as_ref() else { return None };
+        db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>().map(sqlx::postgres::PgDatabaseError::code)
     }
 
     /// True when the error says the database could not be used (unreachable, timed out, failed), as opposed

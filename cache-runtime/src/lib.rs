@@ -160,11 +160,13 @@ mod tier;
 
 pub mod channel;
 mod codec;
+mod config;
 mod entry;
 mod error;
 mod key;
 mod latest;
 mod observe;
+mod report;
 mod tags;
 mod ttl;
 
@@ -173,14 +175,13 @@ mod ttl;
 #[path = "memo/private.rs"]
 pub mod __private;
 
-pub use cache::{
-    global, set_global, CacheStats, Durability, HealthReport, HealthStatus, NamespaceStats, PgCache, PgCacheBuilder,
-    ReplicaHealth, ShardHealth, SweepReport,
-};
+pub use cache::{global, set_global, PgCache, PgCacheBuilder, SweepReport};
+pub use config::Durability;
 pub use error::{CacheError, Result};
 pub use key::{validate_key, validate_namespace, MAX_KEY_CHARS, MAX_NAMESPACE_LEN};
 pub use memo::scope::{tag, tags};
 pub use observe::{ProcessCounts, MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES};
+pub use report::{CacheStats, HealthReport, HealthStatus, NamespaceStats, ReplicaHealth, ShardHealth};
 pub use server::sql::MIGRATOR;
 pub use tags::{validate_tag, MAX_TAG_CHARS};
 pub use ttl::Ttl;
@@ -192,31 +193,25 @@ pub const EVENTS_CHANNEL: &str = channel::CHANNEL;
 #[doc(inline)]
 pub use cache_macros::pg_cached;
 
-/// Hooks for this crate's own tests. **Not a stable API.**
+/// Hooks for the tests and benchmarks of this workspace (feature `test-support`). **Not a stable API.**
+#[cfg(feature = "test-support")]
 #[doc(hidden)]
 pub mod test_support {
     use crate::PgCache;
 
     /// How many entries `cache`'s in-process tier holds (0 when it is off).
     pub fn local_len(cache: &PgCache) -> u64 {
-        cache.inner.local.get().map_or(0, crate::tier::local::LocalTier::len)
+        cache.local_len()
     }
 
     /// For reads, writes and deletes, in that order: how many statements carried more than one operation,
     /// and how many operations they carried.
     pub fn shared_statements(cache: &PgCache) -> [(u64, u64); 3] {
-        let mut total = [(0, 0); 3];
-        for server in cache.shards().all() {
-            for (sum, (statements, operations)) in total.iter_mut().zip(server.shared_statements()) {
-                sum.0 += statements;
-                sum.1 += operations;
-            }
-        }
-        total
+        cache.shared_statements()
     }
 
     /// How many times `cache`'s event listener has connected.
     pub fn listener_connects(cache: &PgCache) -> u64 {
-        cache.inner.events.connects.load(std::sync::atomic::Ordering::Relaxed)
+        cache.listener_connects()
     }
 }

@@ -215,7 +215,7 @@ where
     cache.migrate().await?;
     write_header(out, &paint, &options, &cache)?;
     // The documents live in a table; a trigger on it invalidates what cites a document when it changes.
-    documents::load(cache.pool(), options.engine.documents()).await?;
+    documents::load(demo_pool(&cache)?, options.engine.documents()).await?;
     cache.invalidate_on_change(DOCUMENTS_TABLE, "id", DOCUMENT_TAG_PREFIX).await?;
     writeln!(
         out,
@@ -233,7 +233,7 @@ where
         "clean start", cleared.0, cleared.1
     )?;
 
-    let pipeline = orchestrator(&options, &cache);
+    let pipeline = orchestrator(&options, &cache)?;
     let cold = run_pass(
         out,
         &paint,
@@ -269,11 +269,11 @@ where
     // pool and counters, and only the table is shared.
     let before_restart = CounterSnapshot::take(&cache).await?;
     drop(pipeline);
-    cache.pool().close().await;
+    demo_pool(&cache)?.close().await;
     drop(cache);
     let cache = connect().await?;
     cache.migrate().await?;
-    let pipeline = orchestrator(&options, &cache);
+    let pipeline = orchestrator(&options, &cache)?;
     let restarted = run_pass(
         out,
         &paint,
@@ -321,10 +321,17 @@ where
     Ok(DemoReport { cleared, passes: vec![cold, warm, restarted], source_change, invalidation, namespaces })
 }
 
-fn orchestrator(options: &DemoOptions, cache: &PgCache) -> Orchestrator {
+fn orchestrator(options: &DemoOptions, cache: &PgCache) -> Result<Orchestrator, DemoError> {
     let retriever = Retriever::new(Arc::clone(&options.engine), cache.clone());
-    Orchestrator::new(retriever, Arc::clone(&options.generator), cache.clone())
-        .with_document_table(cache.pool().clone())
+    let orchestrator = Orchestrator::new(retriever, Arc::clone(&options.generator), cache.clone());
+    Ok(orchestrator.with_document_table(demo_pool(cache)?.clone()))
+}
+
+/// The pool of the demo's cache, which runs on one server: the documents table lives next to it.
+fn demo_pool(cache: &PgCache) -> Result<&sqlx::PgPool, DemoError> {
+    cache
+        .single_pool()
+        .ok_or_else(|| CacheError::Config("the demo needs a cache on one server, not shards".into()).into())
 }
 
 /// "1, 3 and 4": 1-based query numbers.
@@ -345,7 +352,7 @@ async fn run_source_change(
     pipeline: &Orchestrator,
     queries: &[String],
 ) -> Result<Option<SourceChangeReport>, DemoError> {
-    let pool = pipeline.cache().pool();
+    let pool = demo_pool(pipeline.cache())?;
     let mut keys = Vec::with_capacity(queries.len());
     for query in queries {
         keys.push(pipeline.retriever().retrieve_cache_key(query, CONTEXT_DOCUMENTS)?);
@@ -587,7 +594,7 @@ fn write_header(
     options: &DemoOptions,
     cache: &PgCache,
 ) -> Result<(), DemoError> {
-    let connect = cache.pool().connect_options();
+    let connect = demo_pool(cache)?.connect_options();
     let server = match connect.get_socket() {
         Some(socket) => format!("socket in {}", socket.display()),
         None => format!("{}:{}", connect.get_host(), connect.get_port()),
@@ -705,7 +712,7 @@ async fn write_stored_rows(
              FROM cache_entries WHERE cache_key = $1",
         )
         .bind(&key)
-        .fetch_optional(pipeline.cache().pool())
+        .fetch_optional(demo_pool(pipeline.cache())?)
         .await?;
         let short_key = match key.split_once(':') {
             Some((ns, hash)) => format!("{ns}:{}...", &hash[..hash.len().min(12)]),

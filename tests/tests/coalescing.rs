@@ -124,7 +124,7 @@ async fn a_caller_whose_batch_cannot_start_times_out_and_the_cache_recovers(pool
         .build()
         .await?;
     cache.set("queued:warm", &1, Ttl::Never).await?;
-    let held = cache.pool().acquire().await?;
+    let held = cache.single_pool().expect("a cache on one server").acquire().await?;
     let mut set = JoinSet::new();
     for i in 0..20 {
         let cache = cache.clone();
@@ -366,7 +366,7 @@ async fn overlapping_batches_do_not_deadlock(pool: PgPool) -> TestResult {
         joined??;
     }
     // A backend reports its statistics at the latest when it exits.
-    cache.pool().close().await;
+    cache.single_pool().expect("a cache on one server").close().await;
     drop(cache);
     let mut after = deadlocks(&pool).await?;
     for _ in 0..20 {

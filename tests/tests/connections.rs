@@ -77,7 +77,7 @@ async fn a_restart_costs_no_operation_an_error() -> TestResult {
     let squares = Squares::new(&cache);
     assert_eq!(squares.square(7).await, 49);
     assert!(set_and_get(&cache, "before", 5).await.is_empty());
-    open_every_connection(cache.pool(), 10).await?;
+    open_every_connection(cache.single_pool().expect("a cache on one server"), 10).await?;
 
     let c = Arc::clone(&cluster);
     let restarted = Instant::now();
@@ -91,7 +91,7 @@ async fn a_restart_costs_no_operation_an_error() -> TestResult {
         "50 operations after the restart took {:?}; {} failed: {failures:?}; pool size {}",
         started.elapsed(),
         failures.len(),
-        cache.pool().size()
+        cache.single_pool().expect("a cache on one server").size()
     );
     assert!(
         failures.is_empty(),
@@ -199,7 +199,7 @@ fn a_process_wide_cache_keeps_working_on_a_later_runtime() -> TestResult {
         assert!(failures.is_empty(), "on the first runtime: {failures:?}");
         assert_eq!(cube(3).await, 27);
         assert_eq!(cube(3).await, 27);
-        open_every_connection(cache.pool(), 4).await?;
+        open_every_connection(cache.single_pool().expect("a cache on one server"), 4).await?;
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(cache)
     })?;
     assert_eq!(CUBE_RUNS.load(Ordering::SeqCst), 1);
@@ -234,7 +234,7 @@ fn a_process_wide_cache_keeps_working_on_a_later_runtime() -> TestResult {
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
     })?;
     // The cache's connections belong to the second runtime: close them while it runs.
-    second.block_on(cache.pool().close());
+    second.block_on(cache.single_pool().expect("a cache on one server").close());
     Ok(())
 }
 

@@ -23,7 +23,7 @@ async fn settings_come_from_the_environment() -> TestResult {
     let expires: Option<f64> =
         sqlx::query_scalar("SELECT extract(epoch FROM expires_at)::float8 FROM cache_entries WHERE cache_key = $1")
             .bind(&key)
-            .fetch_one(cache.pool())
+            .fetch_one(cache.single_pool().expect("a cache on one server"))
             .await?;
     assert_eq!(expires, None, "CACHE_DEFAULT_TTL_MINUTES=0 means entries never expire");
     cache.delete(&key).await?;
@@ -35,7 +35,7 @@ async fn settings_come_from_the_environment() -> TestResult {
         "SELECT extract(epoch FROM expires_at - created_at)::float8 FROM cache_entries WHERE cache_key = $1",
     )
     .bind(&key)
-    .fetch_one(cache.pool())
+    .fetch_one(cache.single_pool().expect("a cache on one server"))
     .await?;
     assert_eq!(Duration::from_secs_f64(ttl), Duration::from_secs(300));
     cache.delete(&key).await?;

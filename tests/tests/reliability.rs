@@ -741,7 +741,10 @@ async fn the_event_listener_does_not_take_a_pooled_connection(pool: PgPool) -> T
         .build()
         .await?;
     tokio::time::sleep(Duration::from_millis(300)).await; // the listener connects
-    let (size, idle) = (cache.pool().size(), cache.pool().num_idle());
+    let (size, idle) = (
+        cache.single_pool().expect("a cache on one server").size(),
+        cache.single_pool().expect("a cache on one server").num_idle(),
+    );
     let result = cache.set("rel_plain:one", &1, None).await;
     println!("pool of 1 with the in-process tier: size {size}, idle {idle}; a set gives {result:?}");
     result?;
@@ -771,8 +774,10 @@ async fn adding_columns_under_load_reaches_no_caller(pool: PgPool) -> TestResult
     assert_eq!(probe.cache.get::<i32>("rel_plain:x").await?, Some(1));
     assert_eq!(probe.cache.process_stats().errors, 0, "prepared statements survive ADD COLUMN");
 
-    // Then under load: 8 callers while columns come and go.
-    let op_timeout = Duration::from_millis(250);
+    // Then under load: 8 callers while columns come and go. Each ALTER TABLE waits for the statements in
+    // flight and holds every later one behind its lock; on a busy machine that wait alone passed 250 ms, so
+    // the timeout is generous: this test is about errors from prepared statements, not about latency.
+    let op_timeout = Duration::from_secs(2);
     let service = Service::new(cache_over(user_pool(&pool, 10).await?, op_timeout).await?, Duration::from_millis(1));
     let bound = op_timeout * 4 * 3 + Duration::from_secs(1);
     let (tally, stop) = (Arc::new(Tally::default()), Arc::new(AtomicBool::new(false)));

@@ -94,12 +94,16 @@ async fn ttl_bounds_are_checked(pool: PgPool) -> TestResult {
     assert!(matches!(cache.set("t:zero", &1, Duration::ZERO).await, Err(CacheError::InvalidTtl(_))));
     let huge = Duration::from_secs(u64::MAX);
     assert!(matches!(cache.set("t:huge", &1, huge).await, Err(CacheError::InvalidTtl(_))));
-    let never_default = PgCache::builder().pool(cache.pool().clone()).default_ttl(Ttl::Never).build().await?;
+    let never_default = PgCache::builder()
+        .pool(cache.single_pool().expect("a cache on one server").clone())
+        .default_ttl(Ttl::Never)
+        .build()
+        .await?;
     never_default.set("t:perm", &1, None).await?;
     let expires: Option<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM expires_at)::float8 FROM cache_entries WHERE cache_key = 't:perm'",
     )
-    .fetch_one(cache.pool())
+    .fetch_one(cache.single_pool().expect("a cache on one server"))
     .await?;
     assert_eq!(expires, None);
     Ok(())

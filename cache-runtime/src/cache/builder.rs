@@ -1,73 +1,13 @@
 //! Settings: [`PgCacheBuilder`], the environment variables of [`PgCache::from_env`], and [`Durability`].
 
 use super::PgCache;
+use crate::config::{Config, Durability};
 use crate::error::{CacheError, Result};
 use crate::route::failover::Hosts;
 use crate::route::source::{server_name, Source};
 use crate::ttl::Ttl;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::time::Duration;
-
-/// How cache writes meet the write-ahead log.
-///
-/// A cache can always be rebuilt, so by default writes do not wait for the WAL to reach disk: each write
-/// turns `synchronous_commit` off for its own transaction only (it never touches the session or other
-/// writes). A crash can then lose the last few hundred milliseconds of cache writes, which only means a few
-/// extra misses; in exchange a write costs about a third as much (see `docs/BENCHMARKS.md`). The entries
-/// that survive are never torn or corrupted either way.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Durability {
-    /// Commit without waiting for the WAL flush (`synchronous_commit = off` for the write's transaction).
-    #[default]
-    AsyncCommit,
-    /// Wait for the WAL flush, as ordinary writes do.
-    Full,
-}
-
-/// Settings of a [`PgCache`]. Built by [`PgCacheBuilder`].
-#[derive(Debug, Clone)]
-pub(crate) struct Config {
-    pub(crate) default_ttl: Ttl,
-    pub(crate) max_entries: Option<u64>,
-    pub(crate) max_value_bytes: usize,
-    pub(crate) op_timeout: Duration,
-    pub(crate) maintenance_timeout: Duration,
-    pub(crate) durability: Durability,
-    pub(crate) sweep_interval: Option<Duration>,
-    pub(crate) batch_size: i64,
-    pub(crate) gin_index: bool,
-    pub(crate) lease: Duration,
-    pub(crate) local_tier: Option<(u64, Duration)>,
-    pub(crate) coalesce: bool,
-    pub(crate) coalesce_max_keys: usize,
-    pub(crate) coalesce_max_bytes: usize,
-    pub(crate) coalesce_in_flight: usize,
-    /// With read replicas: how old a standby's answers may be.
-    pub(crate) max_replica_lag: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            default_ttl: Ttl::After(Duration::from_secs(60 * 60)),
-            max_entries: Some(10_000),
-            max_value_bytes: 1024 * 1024,
-            op_timeout: Duration::from_millis(250),
-            maintenance_timeout: Duration::from_secs(30),
-            durability: Durability::AsyncCommit,
-            sweep_interval: Some(Duration::from_secs(60)),
-            batch_size: 1000,
-            gin_index: false,
-            lease: Duration::from_secs(30),
-            local_tier: None,
-            coalesce: true,
-            coalesce_max_keys: 128,
-            coalesce_max_bytes: 4 * 1024 * 1024,
-            coalesce_in_flight: 4,
-            max_replica_lag: Duration::from_secs(1),
-        }
-    }
-}
 
 /// Builds a [`PgCache`].
 ///
@@ -398,63 +338,6 @@ fn own_pool(config: &Config, max_connections: Option<u32>) -> PgPoolOptions {
         // measured at up to 0.69x the rate of raw sqlx (docs/BENCHMARKS.md). A dead connection shows up on
         // use instead, and the operation is retried once on a fresh connection (see `exec.rs`).
         .test_before_acquire(false)
-}
-
-impl PgCache {
-    /// Connects with default settings (see [`PgCacheBuilder`]).
-    ///
-    /// # Errors
-    /// As [`PgCacheBuilder::build`].
-    pub async fn connect(database_url: &str) -> Result<PgCache> {
-        PgCache::builder().database_url(database_url).build().await
-    }
-
-    /// Connects with settings from the environment:
-    /// - `DATABASE_URL` (required),
-    /// - `CACHE_DEFAULT_TTL_MINUTES` (default 60; `0` means entries never expire),
-    /// - `CACHE_MAX_ENTRIES` (default 10000; `0` means no limit).
-    ///
-    /// # Errors
-    /// [`CacheError::Config`] for a missing or malformed variable; otherwise as [`PgCacheBuilder::build`].
-    pub async fn from_env() -> Result<PgCache> {
-        PgCache::builder_from_env()?.build().await
-    }
-
-    /// A builder preset from the environment, as [`from_env`](Self::from_env) reads it.
-    ///
-    /// # Errors
-    /// [`CacheError::Config`] for a missing or malformed variable.
-    pub fn builder_from_env() -> Result<PgCacheBuilder> {
-        let url = std::env::var("DATABASE_URL").map_err(|_| CacheError::Config("DATABASE_URL is not set".into()))?;
-        let mut builder = PgCache::builder().database_url(url);
-        if let Some(minutes) = env_number("CACHE_DEFAULT_TTL_MINUTES")? {
-            builder = match minutes {
-                0 => builder.default_ttl(Ttl::Never),
-                m => builder.default_ttl(Duration::from_secs(m.saturating_mul(60))),
-            };
-        }
-        if let Some(n) = env_number("CACHE_MAX_ENTRIES")? {
-            builder = builder.max_entries((n > 0).then_some(n));
-        }
-        Ok(builder)
-    }
-
-    /// Starts a [`PgCacheBuilder`].
-    pub fn builder() -> PgCacheBuilder {
-        PgCacheBuilder::default()
-    }
-}
-
-fn env_number(name: &str) -> Result<Option<u64>> {
-    match std::env::var(name) {
-        Ok(text) => text
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| CacheError::Config(format!("{name} must be a whole number, got {text:?}"))),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => Err(CacheError::Config(format!("{name} is not valid UTF-8"))),
-    }
 }
 
 #[cfg(test)]

@@ -2,16 +2,15 @@
 //! documents of one answer). Keys go to the server in as few statements as the coalescing limits allow
 //! (see `PgCacheBuilder::coalesce_max_keys`), whether or not single operations are coalesced.
 
-use super::{MemoWrite, PgCache};
+use super::PgCache;
 use crate::codec;
-use crate::entry::{remaining, LiveEntry};
+use crate::entry::{EntryMeta, LiveEntry, Write};
 use crate::error::Result;
-use crate::key::check_key;
-use crate::key::namespace_of;
+use crate::key::{check_key, namespace_of};
 use crate::observe::Event;
 use crate::route::shards::scatter;
-use crate::server::Write;
 use crate::tier::local::LocalTier;
+
 use crate::ttl::Ttl;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -63,8 +62,8 @@ impl PgCache {
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[impl AsRef<str>]) -> Result<Vec<Option<T>>> {
         check_keys(keys)?;
         let (slots, unique) = distinct(keys.iter().map(AsRef::as_ref));
-        let tier = self.local_tier_for_all_keys();
-        let epoch = tier.map(LocalTier::epoch);
+        let tier = self.tier_for_all_keys();
+        let fill = tier.map(|tier| tier.fill());
         // Per distinct key: its JSON and where it came from, or `None` for a miss.
         let mut found: Vec<Option<(Arc<str>, Event)>> = vec![None; unique.len()];
         let mut to_fetch = Vec::new();
@@ -91,10 +90,10 @@ impl PgCache {
             self.note_failure(key, "get", result);
         }
         for (&i, entry) in to_fetch.iter().zip(first_error(fetched)?) {
-            if let Some(LiveEntry { json, remaining_ms, as_of, meta }) = entry {
-                let json: Arc<str> = json.into();
-                if let (Some(tier), Some(epoch)) = (tier, epoch) {
-                    tier.put(unique[i], Arc::clone(&json), meta, remaining(remaining_ms), None, epoch, as_of);
+            if let Some(entry) = entry {
+                let json = Arc::clone(&entry.json);
+                if let Some(fill) = &fill {
+                    fill.put(unique[i], entry, None);
                 }
                 found[i] = Some((json, Event::Hit));
             }
@@ -127,35 +126,33 @@ impl PgCache {
     /// [`CacheError::Database`](crate::CacheError::Database) when some entry was not written (the others may
     /// have been).
     pub async fn set_many<T: Serialize>(&self, entries: &[(impl AsRef<str>, T)], ttl: impl Into<Ttl>) -> Result<()> {
-        let ttl = ttl.into().resolve(self.inner.config.default_ttl)?;
+        let ttl = ttl.into().resolve(self.config().default_ttl)?;
         let mut jsons = Vec::with_capacity(entries.len());
         for (key, value) in entries {
             check_key(key.as_ref())?;
-            jsons.push(codec::encode(value, self.inner.config.max_value_bytes)?);
+            jsons.push(codec::encode(value, self.config().max_value_bytes)?);
         }
         // Last write wins: keep each key's last place only.
         let mut last = HashMap::new();
         for (i, (key, _)) in entries.iter().enumerate() {
             last.insert(key.as_ref(), i);
         }
-        let mut writes: Vec<(&str, &str, Write<'_>)> = Vec::with_capacity(last.len());
-        for (i, (key, _)) in entries.iter().enumerate() {
-            let key = key.as_ref();
-            if last.get(key) == Some(&i) {
-                writes.push((key, &jsons[i], Write::plain(namespace_of(key), Ttl::millis(ttl))));
-            }
-        }
-        let epoch = self.inner.local.get().map(LocalTier::epoch);
+        let writes: Vec<Write> = (entries.iter().zip(jsons).enumerate())
+            .filter(|(i, ((key, _), _))| last.get(key.as_ref()) == Some(i))
+            .map(|(_, ((key, _), json))| Write::plain(key.as_ref(), json.into(), ttl))
+            .collect();
+        let fill = self.inner.local.get().map(LocalTier::fill);
         let results = scatter(
             self.shards(),
             writes.clone(),
-            |entry| entry.0,
-            |server, entries| async move { server.write_many(&entries).await },
+            |write| &write.key,
+            |node, writes| async move { node.primary().write_many(writes).await },
         )
         .await;
-        for ((key, json, _), result) in writes.iter().zip(&results) {
-            self.note_failure(key, "set", result);
-            self.after_write(key, json, ttl, matches!(result, Ok(true)), &MemoWrite::default(), epoch);
+        for (write, result) in writes.into_iter().zip(&results) {
+            self.note_failure(&write.key, "set", result);
+            let entry = LiveEntry::written(write.json, ttl, EntryMeta::default());
+            self.after_write(fill.as_ref(), &write.key, entry, matches!(result, Ok(true)), None);
         }
         first_error(results).map(drop)
     }
@@ -178,7 +175,7 @@ impl PgCache {
             self.shards(),
             unique.clone(),
             |key| key,
-            |server, keys| async move { server.delete_many(&keys).await },
+            |node, keys| async move { node.primary().delete_many(&keys).await },
         )
         .await;
         for (key, result) in unique.iter().zip(&results) {

@@ -1,9 +1,9 @@
 //! Work on many rows at once: namespace purges, expiry sweeps, eviction, the background sweeper, and the
 //! reports (keys, stats, health).
 
-use super::stats::{CacheStats, HealthReport, HealthStatus};
 use super::{Inner, PgCache};
 use crate::error::Result;
+use crate::report::{CacheStats, HealthReport, HealthStatus};
 use crate::route::replicas::Replicas;
 use crate::route::shards::on_every_shard;
 use crate::server::Server;

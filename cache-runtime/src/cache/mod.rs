@@ -1,37 +1,46 @@
-//! [`PgCache`]: the public store, and its per-key operations (set, get, delete, the memoized lookup).
+//! [`PgCache`], the public store: what it holds, how it is built, and the helpers its operations share.
 //!
-//! `PgCache` checks keys and values, keeps the counters and the in-process tier, and sends I/O to the
-//! [`Server`] below it. Maintenance (purges, sweeps, stats, health) is in `maintenance.rs`; settings in
-//! `config.rs`.
+//! Each family of operations has a file of its own, all of them `impl PgCache`:
+//! - `ops.rs`: per-key `set`, `set_tagged`, `get`, `delete`;
+//! - `bulk.rs`: `get_many`, `set_many`, `delete_many`;
+//! - `tags.rs`: `invalidate_tag(s)`, `invalidate_on_change` and its removal;
+//! - `maintenance.rs`: namespace purges, sweeps, eviction, `keys`, `stats`, `health_check`;
+//! - `builder.rs`, `env.rs`: [`PgCacheBuilder`], `connect`, `from_env`;
+//! - `memo.rs`: the narrow handle through which the memoization engine uses a cache;
+//! - `global.rs`: the process-wide instance.
+//!
+//! `PgCache` checks keys and values, keeps the counters and the in-process tier, and sends I/O down through
+//! `route/` (which shard, which replica) to a `server/`. Its state ([`Inner`]) is private to this module.
 
 mod builder;
 mod bulk;
+mod env;
 mod global;
 mod maintenance;
-mod stats;
+mod memo;
+mod ops;
 mod tags;
 
-pub(crate) use builder::Config;
-pub use builder::{Durability, PgCacheBuilder};
+pub use builder::PgCacheBuilder;
 pub use global::{global, set_global};
 pub use maintenance::SweepReport;
-pub use stats::{CacheStats, HealthReport, HealthStatus, NamespaceStats, ReplicaHealth, ShardHealth};
+pub(crate) use memo::MemoHandle;
 
 use crate::codec;
-use crate::entry::{remaining, EntryMeta, LiveEntry, Lookup, ReadFrom, Start};
+use crate::config::Config;
+use crate::entry::{LiveEntry, ReadFrom, Write};
 use crate::error::{CacheError, Result};
 use crate::key::{check_key, namespace_of};
 use crate::observe::{Counters, Event};
 use crate::route::failover::Hosts;
+use crate::route::node::Node;
 use crate::route::replicas::Replicas;
-use crate::route::shards::Shards;
-use crate::server::{Server, Write};
+use crate::route::shards::{on_every_shard, Shards};
+use crate::server::Server;
 use crate::tier::events::Events;
 use crate::tier::flight::Flights;
-use crate::tier::local::LocalTier;
-use crate::ttl::Ttl;
+use crate::tier::local::{Fill, LocalTier};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use sqlx::postgres::PgPool;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -53,6 +62,24 @@ use std::time::{Duration, Instant};
 /// # Ok(()) }
 /// ```
 ///
+/// # What a `PgCache` does
+/// - **Build it**: [`PgCache::builder`], [`connect`](Self::connect), [`from_env`](Self::from_env),
+///   [`builder_from_env`](Self::builder_from_env); then [`migrate`](Self::migrate) once.
+/// - **One key**: [`set`](Self::set), [`set_tagged`](Self::set_tagged), [`get`](Self::get),
+///   [`delete`](Self::delete).
+/// - **Many keys**: [`get_many`](Self::get_many), [`set_many`](Self::set_many),
+///   [`delete_many`](Self::delete_many).
+/// - **Invalidate what depends on something**: [`invalidate_tag`](Self::invalidate_tag),
+///   [`invalidate_tags`](Self::invalidate_tags), [`invalidate_on_change`](Self::invalidate_on_change),
+///   [`remove_invalidate_on_change`](Self::remove_invalidate_on_change),
+///   [`delete_namespace`](Self::delete_namespace).
+/// - **Keep it tidy**: [`sweep`](Self::sweep), [`clear_expired`](Self::clear_expired),
+///   [`enforce_max_entries`](Self::enforce_max_entries) (a background sweeper does all three).
+/// - **Look at it**: [`keys`](Self::keys), [`stats`](Self::stats), [`process_stats`](Self::process_stats),
+///   [`health_check`](Self::health_check), [`shard_for`](Self::shard_for),
+///   [`single_pool`](Self::single_pool), [`shard_pools`](Self::shard_pools).
+/// - **Memoize**: `#[pg_cached]` functions use it (see [`macro@crate::pg_cached`]).
+///
 /// # Expiry
 /// An expired entry is never returned: every read compares `expires_at` with the database's clock. Expired
 /// rows are deleted later, by [`clear_expired`](Self::clear_expired) or by the background sweeper.
@@ -61,24 +88,27 @@ use std::time::{Duration, Instant};
 /// Every operation is bounded by the operation timeout (250 ms by default,
 /// [`PgCacheBuilder::op_timeout`](crate::PgCacheBuilder::op_timeout)); a database that hangs gives
 /// [`CacheError::Timeout`], not a hung caller. Maintenance operations (sweeps, namespace purges, stats) are
-/// bounded per batch by the maintenance timeout. A caller that is cancelled (its future dropped) never costs a
-/// pooled connection: its statement finishes in a task of its own and the connection goes back to the pool. A statement that meets a dead connection (after a server restart) is
-/// retried once on a fresh one within the same timeout.
+/// bounded per batch by the maintenance timeout. A caller that is cancelled (its future dropped) never costs
+/// a pooled connection: its statement finishes in a task of its own and the connection goes back to the
+/// pool. A statement that meets a dead connection (after a server restart) is retried once on a fresh one
+/// within the same timeout.
 #[derive(Clone, Debug)]
 pub struct PgCache {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
+/// What every clone of one `PgCache` shares. Private to this module: the layers above reach it only through
+/// `PgCache`'s methods and [`MemoHandle`].
 #[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) shards: Shards,
-    pub(crate) config: Config,
-    pub(crate) counters: Counters,
-    pub(crate) flights: Flights,
+struct Inner {
+    shards: Shards,
+    config: Config,
+    counters: Counters,
+    flights: Flights,
     /// The in-process tier, created by the builder or on first use by a function with `local = "..."`.
-    pub(crate) local: Arc<OnceLock<LocalTier>>,
-    pub(crate) events: Arc<Events>,
-    pub(crate) sweeper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    local: Arc<OnceLock<LocalTier>>,
+    events: Arc<Events>,
+    sweeper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Inner {
@@ -89,25 +119,10 @@ impl Drop for Inner {
     }
 }
 
-/// What a write may add to a plain `set`: a memoized result's guard, stale window and tier setting, and any
-/// entry's tags and compute time.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct MemoWrite {
-    /// How long the row is kept past its expiry, to be served stale (`stale`, `stale_if_error`).
-    pub(crate) keep: Option<Duration>,
-    /// The function's own in-process max age (`local = "..."`), if any.
-    pub(crate) local_max_age: Option<Duration>,
-    /// For a memoized result: when its computation began. The write is refused for any invalidation of its
-    /// key, namespace or tags the computation may not have seen.
-    pub(crate) started: Option<Start>,
-    /// Its tags and compute time.
-    pub(crate) meta: EntryMeta,
-}
-
 impl PgCache {
     /// A cache over `pools`, one per shard, each with its shard name and its hosts; `replicas` (named pools)
     /// answer reads for the one server there is when they are given.
-    pub(crate) fn from_parts(
+    fn from_parts(
         pools: Vec<(String, PgPool, Arc<Hosts>)>,
         replicas: Vec<(String, PgPool)>,
         config: Config,
@@ -117,25 +132,23 @@ impl PgCache {
         if let Some((capacity, max_age)) = config.local_tier {
             let _ = local.set(LocalTier::new(capacity, max_age, true, Arc::clone(&events.listening)));
         }
-        let cache = PgCache {
-            inner: Arc::new(Inner {
-                shards: Shards::new(
-                    pools
-                        .into_iter()
-                        .map(|(name, pool, hosts)| {
-                            let server = Server::new(pool, hosts, &config, events.sender);
-                            (name, with_replicas(server, replicas.clone(), &config))
-                        })
-                        .collect(),
-                ),
-                config,
-                counters: Counters::default(),
-                flights: Flights::default(),
-                local,
-                events,
-                sweeper: std::sync::Mutex::new(None),
-            }),
+        let nodes = pools
+            .into_iter()
+            .map(|(name, pool, hosts)| {
+                let server = Server::new(pool, &config, events.sender, Box::new(hosts));
+                (name, node(server, replicas.clone(), &config))
+            })
+            .collect();
+        let inner = Inner {
+            shards: Shards::new(nodes),
+            config,
+            counters: Counters::default(),
+            flights: Flights::default(),
+            local,
+            events,
+            sweeper: std::sync::Mutex::new(None),
         };
+        let cache = PgCache { inner: Arc::new(inner) };
         if cache.inner.local.get().is_some() {
             cache.listen_for_events();
         }
@@ -143,9 +156,17 @@ impl PgCache {
         cache
     }
 
-    /// The pool the cache uses; with [`shards`](crate::PgCacheBuilder::shards), the first shard's.
-    pub fn pool(&self) -> &PgPool {
-        self.inner.shards.first().pool()
+    /// The connection pool, when the cache runs on one server; `None` with
+    /// [`shards`](crate::PgCacheBuilder::shards) (see [`shard_pools`](Self::shard_pools)). Useful to run
+    /// the application's own SQL next to the cache (a trigger's source table, a test's checks).
+    pub fn single_pool(&self) -> Option<&PgPool> {
+        (self.inner.shards.len() == 1).then(|| self.inner.shards.first().primary().pool())
+    }
+
+    /// The connection pool of each shard's primary, in the order given to
+    /// [`PgCacheBuilder::shards`](crate::PgCacheBuilder::shards) (one pool on one server).
+    pub fn shard_pools(&self) -> impl ExactSizeIterator<Item = &PgPool> {
+        self.inner.shards.all().iter().map(|node| node.primary().pool())
     }
 
     /// The index of the shard that holds `key`, in the order given to
@@ -154,196 +175,98 @@ impl PgCache {
         self.inner.shards.index_for(key)
     }
 
-    /// The server that holds `key`.
-    pub(crate) fn server_for(&self, key: &str) -> &Server {
-        self.inner.shards.for_key(key)
-    }
-
-    pub(crate) fn shards(&self) -> &Shards {
-        &self.inner.shards
-    }
-
     /// Creates or updates the cache table (idempotent; safe to run from several processes at once).
     ///
     /// # Errors
     /// [`CacheError::Migrate`] or [`CacheError::Database`] when the schema cannot be created.
     pub async fn migrate(&self) -> Result<()> {
         let gin_index = self.inner.config.gin_index;
-        crate::route::shards::on_every_shard(self.shards(), |server| server.migrate(gin_index))
-            .await
-            .into_iter()
-            .collect()
+        on_every_shard(self.shards(), |server| server.migrate(gin_index)).await.into_iter().collect()
     }
 
-    /// Stores `value` under `key`. `ttl`: `None` for the default, `Some(duration)`, or [`Ttl::Never`].
-    ///
-    /// Concurrent writers of one key never fail: the last write wins, whole.
-    ///
-    /// # Errors
-    /// Refused before any I/O, with a typed error: keys that are empty, hold NUL or exceed 500 characters
-    /// ([`CacheError::InvalidKey`], [`CacheError::KeyTooLong`]); values holding NaN, infinities or U+0000, or
-    /// larger than the size limit; an invalid TTL. Then [`CacheError::Timeout`] or [`CacheError::Database`]
-    /// when the database does not take the write.
-    pub async fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T, ttl: impl Into<Ttl>) -> Result<()> {
-        check_key(key)?;
-        let ttl = ttl.into().resolve(self.inner.config.default_ttl)?;
-        let json = codec::encode(value, self.inner.config.max_value_bytes)?;
-        self.set_json(key, &json, ttl).await
+    /// The shard that holds `key`.
+    fn node_for(&self, key: &str) -> &Node {
+        self.inner.shards.for_key(key)
     }
 
-    pub(crate) async fn set_json(&self, key: &str, json: &str, ttl: Option<Duration>) -> Result<()> {
-        self.write_json(key, json, ttl, &MemoWrite::default()).await.map(drop)
+    /// The primary server of the shard that holds `key`.
+    fn server_for(&self, key: &str) -> &Server {
+        self.node_for(key).primary()
     }
 
-    /// [`set`](Self::set), with `tags`: [`invalidate_tag`](Self::invalidate_tag) of any of them deletes the
-    /// entry. The entry's previous tags, if any, are replaced.
-    ///
-    /// ```no_run
-    /// # async fn demo(cache: cache_runtime::PgCache) -> Result<(), cache_runtime::CacheError> {
-    /// use std::time::Duration;
-    /// cache.set_tagged("answer:q1", &"42", Some(Duration::from_secs(3600)), &["doc:7", "doc:9"]).await?;
-    /// cache.invalidate_tag("doc:9").await?; // answer:q1 is gone
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// # Errors
-    /// Those of [`set`](Self::set), and [`CacheError::InvalidTag`] for a bad tag, before any I/O.
-    pub async fn set_tagged<T: Serialize + ?Sized>(
-        &self,
-        key: &str,
-        value: &T,
-        ttl: impl Into<Ttl>,
-        tags: &[impl AsRef<str>],
-    ) -> Result<()> {
-        check_key(key)?;
-        let tags = crate::tags::stored_form(tags)?;
-        let ttl = ttl.into().resolve(self.inner.config.default_ttl)?;
-        let json = codec::encode(value, self.inner.config.max_value_bytes)?;
-        let memo = MemoWrite { meta: EntryMeta { tags, compute_us: None }, ..MemoWrite::default() };
-        self.write_json(key, &json, ttl, &memo).await.map(drop)
+    fn shards(&self) -> &Shards {
+        &self.inner.shards
+    }
+
+    fn config(&self) -> &Config {
+        &self.inner.config
     }
 
     /// Every write: one statement that also tells every process (see `sql::WRITE`), then this process's tier.
-    /// A guarded write (`memo.started`) may be refused: returns whether the row was written.
-    pub(crate) async fn write_json(
-        &self,
-        key: &str,
-        json: &str,
-        ttl: Option<Duration>,
-        memo: &MemoWrite,
-    ) -> Result<bool> {
-        let namespace = namespace_of(key);
-        let epoch = self.inner.local.get().map(LocalTier::epoch);
-        let write = Write {
-            namespace,
-            ttl_ms: Ttl::millis(ttl),
-            keep_ms: Ttl::millis(memo.keep).unwrap_or(0),
-            started: memo.started.as_ref(),
-            tags: memo.meta.tags.as_ref(),
-            compute_us: memo.meta.compute_us,
-        };
+    /// A guarded write (`write.started`) may be refused: returns whether the row was written. `local_max_age`:
+    /// the function's own in-process max age (`local = "..."`), if any.
+    async fn write(&self, write: Write, local_max_age: Option<Duration>) -> Result<bool> {
+        let fill = self.inner.local.get().map(LocalTier::fill);
+        let (key, json, ttl, meta) = (write.key.clone(), Arc::clone(&write.json), write.ttl, write.meta.clone());
         let started = crate::observe::metrics::clock();
-        let result = self.server_for(key).write(key, json, write).await;
-        self.timed("set", key, started);
-        self.note_failure(key, "set", &result);
+        let result = self.server_for(&key).write(write).await;
+        self.timed("set", &key, started);
+        self.note_failure(&key, "set", &result);
         let written = result?;
         if !written {
-            tracing::debug!(namespace, key, "result computed before an invalidation; not stored");
+            tracing::debug!(namespace = namespace_of(&key), key, "result computed before an invalidation; not stored");
         }
-        self.after_write(key, json, ttl, written, memo, epoch);
+        self.after_write(fill.as_ref(), &key, LiveEntry::written(json, ttl, meta), written, local_max_age);
         Ok(written)
     }
 
-    /// Brings this process's tier up to date after a write of `key`: the new value if the tier holds such
-    /// keys and it was written, otherwise nothing. `epoch` is the tier's epoch from before the write.
-    pub(crate) fn after_write(
+    /// Brings this process's tier up to date after a write of `key` (`fill` was taken before it): the new
+    /// entry if the tier holds such keys and it was written, otherwise the key leaves the tier.
+    fn after_write(
         &self,
+        fill: Option<&Fill<'_>>,
         key: &str,
-        json: &str,
-        ttl: Option<Duration>,
+        entry: LiveEntry,
         written: bool,
-        memo: &MemoWrite,
-        epoch: Option<u64>,
+        local: Option<Duration>,
     ) {
         if written {
-            crate::observe::metrics::bytes_written(self.metric_namespace(namespace_of(key)), json.len());
+            crate::observe::metrics::bytes_written(self.metric_namespace(namespace_of(key)), entry.json.len());
         }
-        if let (Some(tier), Some(epoch)) = (self.inner.local.get(), epoch) {
-            if written && (tier.for_all_keys || memo.local_max_age.is_some()) {
-                tier.put(key, json.into(), memo.meta.clone(), ttl, memo.local_max_age, epoch, None);
-            } else {
-                tier.remove(key);
-            }
+        let Some(fill) = fill else { return };
+        if written && (fill.tier().for_all_keys || local.is_some()) {
+            fill.put(key, entry, local);
+        } else {
+            fill.tier().remove(key);
         }
     }
 
     /// Starts listening for other processes' invalidations and lease releases (once).
-    pub(crate) fn listen_for_events(&self) {
+    fn listen_for_events(&self) {
         if tokio::runtime::Handle::try_current().is_ok() {
-            let pools = self.shards().all().iter().map(Server::pool);
+            let pools = self.shard_pools();
             self.inner.events.ensure_listening(pools, Arc::downgrade(&self.inner.local));
         }
     }
 
     /// The in-process tier when the builder turned it on for every key (`local_tier`).
-    pub(crate) fn local_tier_for_all_keys(&self) -> Option<&LocalTier> {
+    fn tier_for_all_keys(&self) -> Option<&LocalTier> {
         self.inner.local.get().filter(|tier| tier.for_all_keys)
     }
 
-    /// The in-process tier, created on first use by a function with `local = "..."` when the builder did not.
-    pub(crate) fn local_tier_for(&self, max_age: Duration) -> &LocalTier {
-        let tier = self.inner.local.get_or_init(|| {
-            LocalTier::new(
-                crate::tier::local::DEFAULT_CAPACITY,
-                max_age.max(Duration::from_secs(3600)),
-                false,
-                Arc::clone(&self.inner.events.listening),
-            )
-        });
-        self.listen_for_events();
-        tier
-    }
-
-    /// Looks a memoized call's key up: a live entry, or an expired one within `stale_window`.
-    pub(crate) async fn lookup(&self, key: &str, stale_window: Option<Duration>, from: ReadFrom) -> Result<Lookup> {
+    /// The JSON of a live entry and the milliseconds it has left, straight from PostgreSQL: the statement of
+    /// [`get`](Self::get), also the fast path of a memoized hit.
+    async fn get_live(&self, key: &str, from: ReadFrom) -> Result<Option<LiveEntry>> {
         check_key(key)?;
         let started = crate::observe::metrics::clock();
-        let result = self.server_for(key).lookup(key, Ttl::millis(stale_window).unwrap_or(0), from).await;
-        self.timed("lookup", key, started);
+        let result = self.node_for(key).get_live(key, from).await;
+        self.timed("get", key, started);
         self.note_failure(key, "get", &result);
         result
     }
 
-    /// Reads `key`. `None` when it is missing, expired, or stored in a shape that no longer deserializes
-    /// into `T` (a changed type is a miss, not an error that sticks; the next `set` replaces the entry).
-    ///
-    /// # Errors
-    /// [`CacheError::InvalidKey`] or [`CacheError::KeyTooLong`] before any I/O; [`CacheError::Timeout`] or
-    /// [`CacheError::Database`] when the database cannot answer.
-    pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        check_key(key)?;
-        let tier = self.local_tier_for_all_keys();
-        if let Some(entry) = tier.and_then(|tier| tier.get(key)) {
-            return Ok(self.decode_counted(key, &entry.json, Event::LocalHit));
-        }
-        if tier.is_some() {
-            self.record(namespace_of(key), Event::LocalMiss);
-        }
-        let epoch = tier.map(LocalTier::epoch);
-        let Some(LiveEntry { json, remaining_ms, as_of, meta }) = self.get_live(key, ReadFrom::AnyCopy).await? else {
-            self.record(namespace_of(key), Event::Miss);
-            tracing::debug!(namespace = namespace_of(key), key, "cache miss");
-            return Ok(None);
-        };
-        let value = self.decode_counted(key, &json, Event::Hit);
-        if let (Some(tier), Some(epoch), Some(_)) = (tier, epoch, &value) {
-            tier.put(key, json.into(), meta, remaining(remaining_ms), None, epoch, as_of);
-        }
-        Ok(value)
-    }
-
     /// Decodes a stored value, counting it as `hit`, or as a miss when it has the wrong shape.
-    pub(crate) fn decode_counted<T: DeserializeOwned>(&self, key: &str, json: &str, hit: Event) -> Option<T> {
+    fn decode_counted<T: DeserializeOwned>(&self, key: &str, json: &str, hit: Event) -> Option<T> {
         let namespace = namespace_of(key);
         match codec::decode(json) {
             Ok(value) => {
@@ -359,76 +282,42 @@ impl PgCache {
         }
     }
 
-    /// The JSON of a live entry and the milliseconds it has left, straight from PostgreSQL: the statement of
-    /// [`get`](Self::get), also the fast path of a memoized hit.
-    pub(crate) async fn get_live(&self, key: &str, from: ReadFrom) -> Result<Option<LiveEntry>> {
-        check_key(key)?;
-        let started = crate::observe::metrics::clock();
-        let result = self.server_for(key).get_live(key, from).await;
-        self.timed("get", key, started);
-        self.note_failure(key, "get", &result);
-        result
-    }
-
-    /// Deletes `key`; `true` if a row was there (expired or not).
-    ///
-    /// It is also an invalidation: a memoized computation of this key that started before the delete will not
-    /// store its result, and every process drops the key from its in-process tier.
-    ///
-    /// # Errors
-    /// [`CacheError::InvalidKey`] or [`CacheError::KeyTooLong`] before any I/O; [`CacheError::Timeout`] or
-    /// [`CacheError::Database`] when the database cannot answer.
-    pub async fn delete(&self, key: &str) -> Result<bool> {
-        check_key(key)?;
-        self.forget_locally(key);
-        let started = crate::observe::metrics::clock();
-        let result = self.server_for(key).delete_and_mark(key).await;
-        self.note_failure(key, "delete", &result);
-        self.after_delete(key, result.is_ok());
-        self.timed("delete", key, started);
-        result
-    }
-
     /// After a delete of `key` (`done`: it committed): the tier once more, since a read of this process that
     /// fetched the row before the delete committed may have refilled it meanwhile (the epoch catches most,
     /// not a read that began after the first removal); and the metric.
-    pub(crate) fn after_delete(&self, key: &str, done: bool) {
+    fn after_delete(&self, key: &str, done: bool) {
         self.forget_locally(key);
         if done {
             crate::observe::metrics::invalidation(self.metric_namespace(namespace_of(key)), "key");
         }
     }
 
-    /// Records how long `operation` on `key` took, since `started` (from `metrics::clock`).
-    pub(crate) fn timed(&self, operation: &'static str, key: &str, started: Option<Instant>) {
-        crate::observe::metrics::operation(operation, self.metric_namespace(namespace_of(key)), started);
-    }
-
     /// Drops `key` from this process's tier, and detaches its computation in flight, if any, so that callers
     /// arriving from now on start a fresh one instead of waiting for a value computed before.
-    pub(crate) fn forget_locally(&self, key: &str) {
+    fn forget_locally(&self, key: &str) {
         if let Some(tier) = self.inner.local.get() {
             tier.remove(key);
         }
         self.inner.flights.detach(|flight| flight == key);
     }
 
-    pub(crate) fn config(&self) -> &Config {
-        &self.inner.config
+    /// Records how long `operation` on `key` took, since `started` (from `metrics::clock`).
+    fn timed(&self, operation: &'static str, key: &str, started: Option<Instant>) {
+        crate::observe::metrics::operation(operation, self.metric_namespace(namespace_of(key)), started);
     }
 
-    pub(crate) fn record(&self, namespace: &str, event: Event) {
+    fn record(&self, namespace: &str, event: Event) {
         self.inner.counters.record(namespace, event);
     }
 
     /// Counts a failed cache operation (the caller ran, or runs, without the cache).
-    pub(crate) fn record_error(&self, namespace: &str, error: &CacheError) {
+    fn record_error(&self, namespace: &str, error: &CacheError) {
         self.inner.counters.record(namespace, Event::Error);
         crate::observe::metrics::error(self.metric_namespace(namespace), error.kind());
     }
 
     /// `namespace` as metrics label it: bounded as the process counters are.
-    pub(crate) fn metric_namespace<'a>(&self, namespace: &'a str) -> &'a str {
+    fn metric_namespace<'a>(&self, namespace: &'a str) -> &'a str {
         if cfg!(feature = "metrics") {
             self.inner.counters.slot(namespace)
         } else {
@@ -436,11 +325,11 @@ impl PgCache {
         }
     }
 
-    pub(crate) fn note_failure<T>(&self, key: &str, operation: &'static str, result: &Result<T>) {
+    fn note_failure<T>(&self, key: &str, operation: &'static str, result: &Result<T>) {
         if let Err(error) = result {
             let namespace = namespace_of(key);
             self.record_error(namespace, error);
-            if is_undefined_table(error) {
+            if error.sqlstate() == Some("42P01") {
                 tracing::warn!(namespace, operation, "the cache_entries table does not exist: call PgCache::migrate()");
             } else {
                 tracing::warn!(namespace, operation, %error, "cache operation failed");
@@ -449,20 +338,38 @@ impl PgCache {
     }
 }
 
-/// `server`, reading from `replicas` too when there are any.
-fn with_replicas(server: Server, replicas: Vec<(String, PgPool)>, config: &Config) -> Server {
+/// A shard of `server`, reading from `replicas` too when there are any.
+fn node(server: Server, replicas: Vec<(String, PgPool)>, config: &Config) -> Node {
     if replicas.is_empty() {
-        return server;
+        return Node::new(server, None);
     }
     let members = replicas.into_iter().map(|(name, pool)| (name, pool.clone(), server.standby_reads(pool))).collect();
     let replicas = Replicas::new(server.pool().clone(), members, config.max_replica_lag, config.op_timeout);
     replicas.start_monitor();
-    server.with_replicas(replicas)
+    Node::new(server, Some(replicas))
 }
 
-fn is_undefined_table(error: &CacheError) -> bool {
-    match error {
-        CacheError::Database { source: sqlx::Error::Database(db), .. } => db.code().as_deref() == Some("42P01"),
-        _ => false,
+#[cfg(feature = "test-support")]
+impl PgCache {
+    /// See [`crate::test_support`].
+    pub(crate) fn local_len(&self) -> u64 {
+        self.inner.local.get().map_or(0, LocalTier::len)
+    }
+
+    /// See [`crate::test_support`].
+    pub(crate) fn shared_statements(&self) -> [(u64, u64); 3] {
+        let mut total = [(0, 0); 3];
+        for node in self.shards().all() {
+            for (sum, (statements, operations)) in total.iter_mut().zip(node.primary().shared_statements()) {
+                sum.0 += statements;
+                sum.1 += operations;
+            }
+        }
+        total
+    }
+
+    /// See [`crate::test_support`].
+    pub(crate) fn listener_connects(&self) -> u64 {
+        self.inner.events.connects.load(std::sync::atomic::Ordering::Relaxed)
     }
 }

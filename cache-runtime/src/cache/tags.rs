@@ -94,7 +94,8 @@ impl PgCache {
             validate_tag(tag_prefix)?;
         }
         let args = vec![table.to_owned(), column.to_owned(), tag_prefix.to_owned()];
-        let result = self.inner.shards.first().manage_trigger::<String>(sql::INVALIDATE_ON_CHANGE, args).await;
+        let result =
+            self.inner.shards.first().primary().manage_trigger::<String>(sql::INVALIDATE_ON_CHANGE, args).await;
         let trigger = result.map_err(|error| name_error(error, table, column))?;
         tracing::info!(table, column, tag_prefix, trigger, "invalidation trigger installed");
         Ok(())
@@ -109,7 +110,8 @@ impl PgCache {
         self.single_server("remove_invalidate_on_change")?;
         check_name("table", table)?;
         let args = vec![table.to_owned()];
-        let result = self.inner.shards.first().manage_trigger::<i64>(sql::REMOVE_INVALIDATE_ON_CHANGE, args).await;
+        let result =
+            self.inner.shards.first().primary().manage_trigger::<i64>(sql::REMOVE_INVALIDATE_ON_CHANGE, args).await;
         Ok(result.map_err(|error| name_error(error, table, ""))?.max(0).unsigned_abs())
     }
 
@@ -138,7 +140,8 @@ fn check_name(what: &'static str, name: &str) -> Result<()> {
 
 /// Turns PostgreSQL's "no such table / column / bad name" errors into [`CacheError::InvalidIdentifier`].
 fn name_error(error: CacheError, table: &str, column: &str) -> CacheError {
-    let CacheError::Database { source: sqlx::Error::Database(db), .. } = &error else { return error };
+    let CacheError::Database { source, .. } = &error else { return error };
+    let sqlx::Error::Database(db) = source.as_ref() else { return error };
     let what = match db.code().as_deref() {
         // undefined_table, invalid_name, invalid_schema_name, wrong_object_type (a view, an index...)
         Some("42P01" | "42602" | "3F000" | "42809" | "42P16") => "table",

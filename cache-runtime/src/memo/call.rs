@@ -4,8 +4,8 @@
 use super::scope::TagScope;
 use super::{run, served, Computed};
 use crate::__private::{Policy, Site};
-use crate::cache::{MemoWrite, PgCache};
-use crate::entry::{remaining, EntryMeta, LiveEntry, ReadFrom, Start};
+use crate::cache::MemoHandle;
+use crate::entry::{EntryMeta, LiveEntry, ReadFrom, Start, Write};
 use crate::observe::Event;
 use crate::tier::local::LocalTier;
 use std::future::Future;
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 /// One memoized call in progress.
 pub(super) struct Call<'a, P> {
-    pub(super) cache: &'a PgCache,
+    pub(super) cache: MemoHandle<'a>,
     pub(super) site: &'static Site,
     pub(super) key: &'a str,
     pub(super) policy: &'a P,
@@ -119,7 +119,7 @@ impl<P> Call<'_, P> {
         P: Policy<R>,
     {
         let namespace = self.site.namespace;
-        let epoch = self.local.map(LocalTier::epoch);
+        let fill = self.local.map(LocalTier::fill);
         let lookup = match self.cache.lookup(self.key, self.site.keep(), from).await {
             Ok(lookup) => lookup,
             // Already counted and logged by the store. A store that cannot be read will not take a write
@@ -142,10 +142,13 @@ impl<P> Call<'_, P> {
                 self.record_served(Event::Hit, &lookup.meta);
                 tracing::debug!(namespace, key = self.key, "memoized hit");
                 let json: Arc<str> = json.into();
-                if let (Some(tier), Some(epoch)) = (self.local, epoch) {
-                    let remaining = remaining(lookup.remaining_ms);
-                    let (local, as_of) = (self.site.local, lookup.as_of);
-                    tier.put(self.key, Arc::clone(&json), lookup.meta.clone(), remaining, local, epoch, as_of);
+                if let Some(fill) = fill {
+                    let (remaining_ms, as_of, meta) = (lookup.remaining_ms, lookup.as_of, lookup.meta.clone());
+                    fill.put(
+                        self.key,
+                        LiveEntry { json: Arc::clone(&json), remaining_ms, as_of, meta },
+                        self.site.local,
+                    );
                 }
                 Found::Fresh(outcome, json, lookup.meta)
             }
@@ -173,14 +176,13 @@ impl<P> Call<'_, P> {
     where
         P: Policy<R>,
     {
-        let epoch = self.local.map(LocalTier::epoch);
-        let found = self.cache.get_live(self.key, from).await.map_err(drop)?;
-        let Some(LiveEntry { json, remaining_ms, as_of, meta }) = found else { return Ok(None) };
-        let Ok(outcome) = self.policy.decode(&json) else { return Ok(None) };
-        self.record_served(served, &meta);
+        let fill = self.local.map(LocalTier::fill);
+        let Some(entry) = self.cache.get_live(self.key, from).await.map_err(drop)? else { return Ok(None) };
+        let Ok(outcome) = self.policy.decode(&entry.json) else { return Ok(None) };
+        self.record_served(served, &entry.meta);
         tracing::debug!(namespace = self.site.namespace, key = self.key, ?served, "memoized hit");
-        if let (Some(tier), Some(epoch)) = (self.local, epoch) {
-            tier.put(self.key, json.into(), meta, remaining(remaining_ms), self.site.local, epoch, as_of);
+        if let Some(fill) = fill {
+            fill.put(self.key, entry, self.site.local);
         }
         Ok(Some(outcome))
     }
@@ -188,7 +190,7 @@ impl<P> Call<'_, P> {
     /// Writes a computed outcome unless an invalidation happened that its computation (begun at `start`) may
     /// not have seen. `Ok(false)`: refused for that reason; `Err`: not written because the TTL is unusable, a
     /// tag was invalid, or the store failed (counted and logged there; the caller has its value either way).
-    pub(super) async fn write(&self, json: &str, start: Start, computed: &Computed) -> Result<bool, ()> {
+    pub(super) async fn write(&self, json: &Arc<str>, start: Start, computed: &Computed) -> Result<bool, ()> {
         let ttl = self.ttl().ok_or(())?;
         let tags = match &computed.tags {
             Ok(tags) => tags.clone(),
@@ -198,13 +200,15 @@ impl<P> Call<'_, P> {
                 return Err(());
             }
         };
-        let memo = MemoWrite {
+        let write = Write {
+            key: self.key.to_owned(),
+            json: Arc::clone(json),
+            ttl,
             keep: self.site.keep(),
-            local_max_age: self.site.local,
             started: Some(start),
             meta: EntryMeta { tags, compute_us: Some(computed.compute_us) },
         };
-        self.cache.write_json(self.key, json, ttl, &memo).await.map_err(drop)
+        self.cache.write(write, self.site.local).await.map_err(drop)
     }
 
     /// `single_flight = "off"`: look up, and on a miss compute and store.

@@ -3,10 +3,10 @@
 //! publishes the outcome; the others wait and take the outcome as JSON.
 
 use super::call::{Call, Fallback, Found};
+use super::lease::Lease;
 use super::{Body, Computed};
 use crate::__private::{Policy, SingleFlight};
 use crate::entry::{EntryMeta, ReadFrom, Start};
-use crate::memo::lease::Lease;
 use crate::observe::Event;
 use crate::tier::flight::Shared;
 use std::future::Future;
@@ -35,7 +35,7 @@ impl<P> Call<'_, P> {
     {
         // A flight that finished between the caller's lookup and this join has stored its value by then, and
         // the leader's own lookup finds it.
-        let mut ticket = self.cache.inner.flights.join(self.key);
+        let mut ticket = self.cache.flights().join(self.key);
         let mut leader: Option<LeaderWork<R>> = None;
         let (body_ref, leader_slot) = (&mut body, &mut leader);
         let shared = ticket
@@ -109,7 +109,7 @@ impl<P> Call<'_, P> {
                 Found::Stale(stale, json, meta, start) => {
                     let shared = Shared::Stale(json, meta.clone());
                     let lease = if cluster {
-                        match self.cache.try_lease(self.key).await {
+                        match Lease::try_take(self.cache.cache(), self.key).await {
                             Ok(Some(lease)) => Some(lease),
                             // Someone else refreshes it: serve the stale value and move on.
                             Ok(None) => {
@@ -126,7 +126,7 @@ impl<P> Call<'_, P> {
                 Found::Missing(start, fallback) => {
                     let mut lease = None;
                     if cluster && start.is_some() {
-                        match self.cache.try_lease(self.key).await {
+                        match Lease::try_take(self.cache.cache(), self.key).await {
                             Ok(Some(held)) => lease = Some(held),
                             Ok(None) => {
                                 // Another process computes: wait for its value, or for its lease to lapse.
@@ -185,8 +185,7 @@ impl<P> Call<'_, P> {
     where
         P: Policy<R>,
     {
-        self.cache.listen_for_events();
-        let done = self.cache.inner.events.waiter(self.key);
+        let done = self.cache.waiter(self.key);
         let mut poll = Duration::from_millis(25);
         loop {
             let notified = done.notified();

@@ -25,44 +25,43 @@ pub(crate) struct Lease {
     released: bool,
 }
 
-impl PgCache {
-    /// Takes the lease on `key` if nobody holds a live one.
+impl Lease {
+    /// Takes the lease on `key` in `cache` if nobody holds a live one.
     ///
     /// Cancellation-safe: the statement runs in a task of its own, so if this future is dropped after the row
     /// was written, the task still receives the lease and, finding nobody to hand it to, releases it.
-    pub(crate) async fn try_lease(&self, key: &str) -> Result<Option<Lease>> {
+    pub(crate) async fn try_take(cache: &PgCache, key: &str) -> Result<Option<Lease>> {
         let (handover, received) = tokio::sync::oneshot::channel();
-        let (cache, key) = (self.clone(), key.to_owned());
+        let (cache, key) = (cache.clone(), key.to_owned());
         tokio::spawn(async move {
             // A send to a dropped receiver gives the lease back, and dropping it releases it.
-            let _ = handover.send(cache.acquire(key).await);
+            let _ = handover.send(acquire(cache, key).await);
         });
-        received.await.unwrap_or_else(|_| Err(crate::CacheError::Config("the lease task ended early".into())))
+        received.await.unwrap_or_else(|_| Err(crate::CacheError::Internal("the lease task ended early".into())))
     }
 
-    async fn acquire(&self, key: String) -> Result<Option<Lease>> {
-        let prefix = format!("{:016x}-", self.inner.events.sender);
-        let owner = format!("{prefix}{}", NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
-        let lease_ms = i64::try_from(self.config().lease.as_millis()).unwrap_or(i64::MAX);
-        match self.server_for(&key).lease_acquire(&key, &owner, &prefix, lease_ms).await {
-            Ok(taken) => Ok(taken.then(|| Lease { cache: self.clone(), key, owner, released: false })),
-            Err(error) => {
-                // A timeout may strike after the server took the lease: delete it by its (unique) owner, so
-                // nobody waits for a lease that no caller knows it holds.
-                let _ = spawn_release(self, key, owner);
-                Err(error)
-            }
-        }
-    }
-}
-
-impl Lease {
     /// Gives the lease up and tells waiting processes the key is done. The release runs in a task of its own
     /// that this call waits for: a cancelled caller leaves the task to finish, so the row never stays behind.
     pub(crate) async fn release(mut self) {
         self.released = true;
         if let Some(task) = spawn_release(&self.cache, std::mem::take(&mut self.key), std::mem::take(&mut self.owner)) {
             let _ = task.await;
+        }
+    }
+}
+
+async fn acquire(cache: PgCache, key: String) -> Result<Option<Lease>> {
+    let store = cache.memo();
+    let prefix = format!("{:016x}-", store.sender());
+    let owner = format!("{prefix}{}", NEXT_OWNER.fetch_add(1, Ordering::Relaxed));
+    let lease_ms = i64::try_from(store.config().lease.as_millis()).unwrap_or(i64::MAX);
+    match store.lease_acquire(&key, &owner, &prefix, lease_ms).await {
+        Ok(taken) => Ok(taken.then(|| Lease { cache: cache.clone(), key, owner, released: false })),
+        Err(error) => {
+            // A timeout may strike after the server took the lease: delete it by its (unique) owner, so
+            // nobody waits for a lease that no caller knows it holds.
+            let _ = spawn_release(&cache, key, owner);
+            Err(error)
         }
     }
 }
@@ -82,7 +81,7 @@ async fn release(cache: &PgCache, key: &str, owner: &str) {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
     let (cache, key, owner) = (cache.clone(), key.to_owned(), owner.to_owned());
     runtime.spawn(async move {
-        let give_up = tokio::time::Instant::now() + cache.config().lease;
+        let give_up = tokio::time::Instant::now() + cache.memo().config().lease;
         let mut pause = std::time::Duration::from_millis(50);
         while tokio::time::Instant::now() < give_up {
             tokio::time::sleep(pause).await;
@@ -96,8 +95,7 @@ async fn release(cache: &PgCache, key: &str, owner: &str) {
 }
 
 async fn try_release(cache: &PgCache, key: &str, owner: &str) -> bool {
-    let payload = crate::channel::done_payload(cache.inner.events.sender, key);
-    match cache.server_for(key).lease_release(key, owner, payload).await {
+    match cache.memo().lease_release(key, owner).await {
         Ok(()) => true,
         Err(error) => {
             tracing::debug!(key, %error, "releasing a single-flight lease failed; retrying");
@@ -111,12 +109,5 @@ impl Drop for Lease {
         if !self.released {
             let _ = spawn_release(&self.cache, std::mem::take(&mut self.key), std::mem::take(&mut self.owner));
         }
-    }
-}
-
-impl PgCache {
-    /// Whether someone holds a live lease on `key`.
-    pub(crate) async fn lease_is_live(&self, key: &str) -> Result<bool> {
-        self.server_for(key).lease_is_live(key).await
     }
 }

@@ -12,12 +12,12 @@ pub(crate) mod lease;
 pub(crate) mod scope;
 
 use crate::__private::{CacheRef, Policy, SingleFlight, Site};
-use crate::cache::PgCache;
+use crate::cache::{MemoHandle, PgCache};
 use crate::entry::{EntryMeta, ReadFrom};
 use crate::error::CacheError;
 use crate::observe::Event;
 use crate::tags::Tags;
-use crate::tier::local::{LocalEntry, LocalTier};
+use crate::tier::local::LocalEntry;
 use call::Call;
 use scope::TagScope;
 use std::future::Future;
@@ -68,7 +68,8 @@ where
         outcome = tracing::field::Empty,
         tier = tracing::field::Empty,
     );
-    let hit = span.in_scope(|| local_hit(site, cache.as_ref(), key.as_deref().ok(), &policy, values, outer.as_deref()));
+    let store = cache.as_ref().map(PgCache::memo);
+    let hit = span.in_scope(|| local_hit(site, store, key.as_deref().ok(), &policy, values, outer.as_deref()));
     if let Some(value) = hit {
         span.record("outcome", "hit").record("tier", "local");
         return Memoized::ready(value);
@@ -163,18 +164,10 @@ impl<R: Clone + Send + Sync + 'static> LocalValues<R> for Typed {
     }
 }
 
-/// The in-process tier this function uses: its own `local = "..."` one, or the cache's tier for every key.
-fn local_tier<'a>(site: &Site, cache: &'a PgCache) -> Option<&'a LocalTier> {
-    match site.local {
-        Some(max_age) => Some(cache.local_tier_for(max_age)),
-        None => cache.local_tier_for_all_keys(),
-    }
-}
-
 /// Answers from the in-process tier, synchronously, when it holds the key.
 fn local_hit<R, P, L>(
     site: &Site,
-    cache: Option<&PgCache>,
+    cache: Option<MemoHandle<'_>>,
     key: Option<&str>,
     policy: &P,
     values: L,
@@ -188,7 +181,7 @@ where
     if refresh_requested(key) {
         return None;
     }
-    let tier = local_tier(site, cache)?;
+    let tier = cache.tier(site.local)?;
     let entry = tier.get(key);
     let value = entry.as_ref().and_then(|entry| {
         values.take(entry).or_else(|| {
@@ -207,11 +200,8 @@ where
 
 /// Counts a value served from an entry (`event`: which kind of hit) with the compute time it saved, and
 /// passes its tags on to the computation this call is part of.
-pub(crate) fn served(cache: &PgCache, site: &Site, event: Event, meta: &EntryMeta, outer: Option<&TagScope>) {
-    cache.record(site.namespace, event);
-    if let Some(us) = meta.compute_us.filter(|_| matches!(event, Event::Hit | Event::LocalHit | Event::Coalesced)) {
-        cache.inner.counters.saved(site.namespace, us.max(0).unsigned_abs());
-    }
+pub(crate) fn served(cache: MemoHandle<'_>, site: &Site, event: Event, meta: &EntryMeta, outer: Option<&TagScope>) {
+    cache.served(site.namespace, event, meta);
     if let Some(outer) = outer {
         outer.inherit(meta.tags.as_ref());
     }
@@ -238,17 +228,18 @@ where
         }
         return outcome;
     };
+    let store = cache.memo();
     let key = match key {
         Ok(key) => key,
         Err(error) => {
-            cache.record_error(site.namespace, &error);
+            store.record_error(site.namespace, &error);
             record_outcome(Event::Error);
             tracing::warn!(namespace = site.namespace, function = site.function, %error, "cannot build the cache key; running uncached");
-            return run(&cache, site, outer.as_deref(), Box::pin(body)).await.0;
+            return run(store, site, outer.as_deref(), Box::pin(body)).await.0;
         }
     };
-    let local = local_tier(site, &cache);
-    let call = Call { cache: &cache, site, key: &key, policy: &policy, local, outer: outer.as_deref() };
+    let local = store.tier(site.local);
+    let call = Call { cache: store, site, key: &key, policy: &policy, local, outer: outer.as_deref() };
     if refresh_requested(&key) {
         return call.refresh_now(Box::pin(body)).await;
     }
@@ -282,7 +273,7 @@ pub(crate) struct Computed {
 /// Runs the body in a tag scope of its own, timing it; its tags also go to `outer`, the computation this call
 /// is part of, whatever becomes of its outcome.
 async fn run<R>(
-    cache: &PgCache,
+    cache: MemoHandle<'_>,
     site: &Site,
     outer: Option<&TagScope>,
     body: impl Future<Output = R>,
@@ -291,7 +282,7 @@ async fn run<R>(
     let started = std::time::Instant::now();
     let scope = TagScope::new(site.tags);
     let outcome = crate::memo::scope::gather(Arc::clone(&scope), body).await;
-    crate::observe::metrics::compute(cache.metric_namespace(site.namespace), Some(started));
+    cache.computed(site.namespace, Some(started));
     let tags = scope.finish();
     if let Some(outer) = outer {
         outer.absorb(&tags);

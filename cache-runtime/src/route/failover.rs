@@ -90,6 +90,13 @@ impl Hosts {
     }
 }
 
+/// A failed operation may mean the primary moved.
+impl crate::server::OnError for Arc<Hosts> {
+    fn failed(&self, error: &crate::CacheError, pool: &PgPool) {
+        self.after_error(error, pool);
+    }
+}
+
 async fn accepts_writes(options: &PgConnectOptions) -> Result<bool, sqlx::Error> {
     let mut conn = sqlx::PgConnection::connect_with(options).await?;
     let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()").fetch_one(&mut conn).await?;

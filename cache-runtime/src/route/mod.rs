@@ -3,6 +3,7 @@
 //! from in the first place ([`source`]). Uses `server/` below it; knows nothing of tiers or memoization.
 
 pub(crate) mod failover;
+pub(crate) mod node;
 pub(crate) mod replicas;
 pub(crate) mod shards;
 pub(crate) mod source;

@@ -13,10 +13,10 @@
 //! that must see the latest write (a single-flight follower reading its leader's value back, a process
 //! waiting on another's lease) reads the primary, and every write, delete, lease and purge runs there.
 
-use crate::cache::ReplicaHealth;
 use crate::latest::LatestInstant;
-use crate::server::batch::Reads;
+use crate::report::ReplicaHealth;
 use crate::server::coalesce::Queue;
+use crate::server::reads::Reads;
 use futures_util::future::join_all;
 use sqlx::postgres::PgPool;
 use std::collections::VecDeque;

@@ -1,6 +1,6 @@
 //! The routing layer: which server holds a key.
 //!
-//! A `PgCache` runs over one or more [`Server`]s. Per-key operations (reads, writes, deletes, the memoized
+//! A `PgCache` runs over one or more shards ([`Node`]s: a primary [`Server`] and its optional standbys). Per-key operations (reads, writes, deletes, the memoized
 //! path, leases) go to the key's shard; operations on many keys at once (namespace purges, sweeps, `keys`,
 //! `stats`, health, migrations) go to every shard, in parallel, and their results are merged.
 //!
@@ -16,13 +16,14 @@
 //! a fixed 64-bit finalizer: the same in every process, build and platform, which routing needs (two
 //! processes that disagree on a key's shard would each miss the other's writes).
 
+use super::node::Node;
 use crate::server::Server;
 use rendezvous_hash::{NodeHasher, RendezvousNodes};
 use std::hash::{Hash, Hasher};
 
 /// The servers of one cache and the rule that picks one per key.
 pub(crate) struct Shards {
-    servers: Vec<Server>,
+    servers: Vec<Node>,
     names: Vec<String>,
     /// Shard indexes, scored by name.
     ring: RendezvousNodes<ShardNode, StableHasher>,
@@ -36,7 +37,7 @@ impl std::fmt::Debug for Shards {
 
 impl Shards {
     /// `servers` with their names (distinct; see the module docs).
-    pub(crate) fn new(servers: Vec<(String, Server)>) -> Shards {
+    pub(crate) fn new(servers: Vec<(String, Node)>) -> Shards {
         let mut ring = RendezvousNodes::new(StableHasher);
         let mut names = Vec::with_capacity(servers.len());
         let mut list = Vec::with_capacity(servers.len());
@@ -57,16 +58,16 @@ impl Shards {
         self.ring.calc_candidates(&item).next().map_or(0, |node| node.index)
     }
 
-    /// The server that holds `key`.
-    pub(crate) fn for_key(&self, key: &str) -> &Server {
+    /// The shard that holds `key`.
+    pub(crate) fn for_key(&self, key: &str) -> &Node {
         &self.servers[self.index_for(key)]
     }
 
-    pub(crate) fn all(&self) -> &[Server] {
+    pub(crate) fn all(&self) -> &[Node] {
         &self.servers
     }
 
-    pub(crate) fn first(&self) -> &Server {
+    pub(crate) fn first(&self) -> &Node {
         &self.servers[0]
     }
 
@@ -88,20 +89,20 @@ impl Shards {
     }
 }
 
-/// Runs `op` on every shard at once; the results in shard order.
+/// Runs `op` on every shard's primary at once; the results in shard order.
 pub(crate) async fn on_every_shard<'a, T, F, Fut>(shards: &'a Shards, op: F) -> Vec<T>
 where
     F: Fn(&'a Server) -> Fut,
     Fut: std::future::Future<Output = T> + 'a,
 {
-    futures_util::future::join_all(shards.all().iter().map(op)).await
+    futures_util::future::join_all(shards.all().iter().map(|node| op(node.primary()))).await
 }
 
 /// Runs `op` once per shard on the items whose key it holds (all shards at once), and puts the results, one
 /// per item, back in the order of `items`.
 pub(crate) async fn scatter<'a, I, T, F, Fut>(shards: &'a Shards, items: Vec<I>, key: fn(&I) -> &str, op: F) -> Vec<T>
 where
-    F: Fn(&'a Server, Vec<I>) -> Fut,
+    F: Fn(&'a Node, Vec<I>) -> Fut,
     Fut: std::future::Future<Output = Vec<T>> + 'a,
 {
     if shards.len() == 1 {

@@ -19,16 +19,54 @@
 //! the same deadline. Every operation sent this way is idempotent (reads, upserts, deletes, lease
 //! take-overs by their own owner), so a retry never does harm.
 
+use super::detach::FinishOnDrop;
 use crate::error::{CacheError, Result};
-use crate::server::detach::FinishOnDrop;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
 use sqlx::Connection;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::{timeout_at, Instant};
+
+/// Why an attempt gave no result. Cheap to clone: every caller of a coalesced batch that failed gets the same
+/// failure.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    /// Its caller left before it began: it was not sent.
+    Abandoned,
+    /// Its deadline passed: waiting for a connection, or on the server.
+    Deadline,
+    /// The database or the connection failed.
+    Db(Arc<sqlx::Error>),
+}
+
+impl Failure {
+    /// The error a caller of `operation` (bounded by `timeout`) sees.
+    pub(crate) fn into_error(self, operation: &'static str, timeout: Duration) -> CacheError {
+        match self {
+            // An abandoned operation has nobody to tell; should one ask, it timed out from its side.
+            Failure::Abandoned | Failure::Deadline => CacheError::Timeout { operation, after: timeout },
+            Failure::Db(source) => CacheError::Database { operation, source },
+        }
+    }
+
+    /// See [`is_connection_error`].
+    pub(crate) fn is_connection_error(&self) -> bool {
+        matches!(self, Failure::Db(error) if is_connection_error(error))
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Failure {
+        match error {
+            sqlx::Error::PoolTimedOut => Failure::Deadline,
+            error => Failure::Db(Arc::new(error)),
+        }
+    }
+}
 
 /// The future of one statement on a borrowed connection.
 pub(crate) type DbFuture<'c, T> = Pin<Box<dyn Future<Output = std::result::Result<T, sqlx::Error>> + Send + 'c>>;
@@ -41,10 +79,7 @@ where
     W: for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, T> + Send + Sync + 'static,
 {
     let deadline = Instant::now() + timeout;
-    let classify = |error: sqlx::Error| match error {
-        sqlx::Error::PoolTimedOut => CacheError::Timeout { operation, after: timeout },
-        source => CacheError::Database { operation, source },
-    };
+    let classify = |failure: Failure| failure.into_error(operation, timeout);
     if tokio::runtime::Handle::try_current().is_err() {
         // Not inside tokio: sqlx cannot run either, and will say so.
         return attempt(pool, deadline, timeout, &work, None).await.map_err(classify);
@@ -67,7 +102,7 @@ pub(crate) async fn attempt<T, W>(
     timeout: Duration,
     work: &W,
     abandoned: Option<&AtomicBool>,
-) -> std::result::Result<T, sqlx::Error>
+) -> std::result::Result<T, Failure>
 where
     W: for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, T> + Sync,
 {
@@ -87,17 +122,17 @@ pub(crate) async fn attempt_holding<T, W>(
     timeout: Duration,
     work: &W,
     abandoned: Option<&AtomicBool>,
-) -> std::result::Result<T, sqlx::Error>
+) -> std::result::Result<T, Failure>
 where
     W: for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, T> + Sync,
 {
     let mut conn = match held.take() {
         Some(conn) => conn,
-        None => timeout_at(deadline, pool.acquire()).await.map_err(|_| sqlx::Error::PoolTimedOut)??,
+        None => timeout_at(deadline, pool.acquire()).await.map_err(|_| Failure::Deadline)??,
     };
     if abandoned.is_some_and(|gone| gone.load(Ordering::Acquire)) {
         // The caller is gone: nobody wants this statement's result.
-        return Err(sqlx::Error::PoolTimedOut);
+        return Err(Failure::Abandoned);
     }
     // The last-resort bound (see the module docs), well past the caller's own deadline.
     let hard_deadline = deadline + timeout.saturating_mul(3).max(Duration::from_secs(1));
@@ -109,20 +144,20 @@ where
         Err(error) => error,
     };
     if !is_connection_error(&error) {
-        return Err(error);
+        return Err(error.into());
     }
     conn.close_on_drop();
     drop(conn);
     if Instant::now() >= deadline {
-        return Err(error);
+        return Err(error.into());
     }
     tracing::debug!(%error, "a pooled connection was dead; retrying once on a fresh one");
     let options = pool.connect_options();
     let mut fresh =
-        timeout_at(deadline, PgConnection::connect_with(&options)).await.map_err(|_| sqlx::Error::PoolTimedOut)??;
+        timeout_at(deadline, PgConnection::connect_with(&options)).await.map_err(|_| Failure::Deadline)??;
     let outcome = match timeout_at(hard_deadline, work(&mut fresh)).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(sqlx::Error::PoolTimedOut),
+        Ok(outcome) => outcome.map_err(Failure::from),
+        Err(_) => Err(Failure::Deadline),
     };
     // The fresh connection is not the pool's to keep: close it politely, off the caller's path.
     tokio::spawn(async move {

@@ -1,83 +1,57 @@
 //! One PostgreSQL server: its pool, and every operation the cache runs on it.
 //!
 //! This layer knows SQL and nothing else: no keys are checked here, no in-process tier or counter is
-//! touched. [`PgCache`](crate::PgCache) does that above it, and calls a `Server` for the I/O. Each operation
-//! goes through [`exec::run`](crate::server::exec::run): cancellation-safe, within its timeout, retried once on
-//! a dead connection.
+//! touched, and it does not know which shard or replica it is. [`PgCache`](crate::PgCache) does that above
+//! it (through `route/`), and calls a `Server` for the I/O. Each operation goes through [`exec::run`] or a
+//! coalescing queue ([`coalesce`]): cancellation-safe, within its timeout, retried once on a dead connection.
+//!
+//! - `mod.rs` (here): the server, and its coalesced per-key operations (reads, writes, deletes);
+//! - `reads.rs`, `writes.rs`: how a batch of each becomes one statement;
+//! - `statements.rs`: every other statement (marks, tags, triggers, maintenance, reports, leases);
+//! - `coalesce/`, `exec.rs`, `detach.rs`: how operations share statements, run, and survive cancellation;
+//! - `sql.rs`: the SQL text.
 
-pub(crate) mod batch;
 pub(crate) mod coalesce;
 pub(crate) mod detach;
 pub(crate) mod exec;
+pub(crate) mod reads;
 pub(crate) mod sql;
+mod statements;
+pub(crate) mod writes;
 
-use crate::cache::{Config, Durability};
-use crate::entry::{LiveEntry, Lookup, ReadFrom, Start};
+use crate::config::{Config, Durability};
+use crate::entry::{Lookup, Write};
 use crate::error::{CacheError, Result};
-use crate::route::failover::Hosts;
-use crate::route::replicas::Replicas;
-use crate::tags::Tags;
-use batch::{DeleteJob, Deletes, ReadJob, Reads, WriteJob, Writes};
 use coalesce::{Kind, Limits, Queue};
 use exec::DbFuture;
+use reads::{ReadJob, Reads};
 use sqlx::postgres::{PgConnection, PgPool};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use writes::{Deletes, Writes};
 
 /// The most keys one write or delete statement carries: its notification names each in 17 bytes, and must
 /// stay under PostgreSQL's 8,000-byte payload limit.
 pub(crate) const MAX_KEYS_PER_NOTIFICATION: usize = 400;
 
-/// How a row is written.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Write<'a> {
-    /// The key's namespace, whose invalidation also refuses a guarded write.
-    pub(crate) namespace: &'a str,
-    /// Milliseconds until expiry; `None`: never.
-    pub(crate) ttl_ms: Option<i64>,
-    /// Milliseconds the row is kept past its expiry, to be served stale.
-    pub(crate) keep_ms: i64,
-    /// For a memoized result: when its computation began.
-    pub(crate) started: Option<&'a Start>,
-    /// The entry's tags.
-    pub(crate) tags: Option<&'a Tags>,
-    /// How long the computation took (µs), for a memoized result.
-    pub(crate) compute_us: Option<i64>,
+/// Told of every failed operation on a server, with the server's pool: the route layer uses it to look for a
+/// new primary when an error says the current one is gone (see `route/failover.rs`).
+pub(crate) trait OnError: Send + Sync + std::fmt::Debug {
+    fn failed(&self, error: &CacheError, pool: &PgPool);
 }
 
-impl<'a> Write<'a> {
-    /// A plain write of a key in `namespace` (no guard, no tags), for `ttl_ms`.
-    pub(crate) fn plain(namespace: &'a str, ttl_ms: Option<i64>) -> Write<'a> {
-        Write { namespace, ttl_ms, keep_ms: 0, started: None, tags: None, compute_us: None }
-    }
-
-    fn job(&self, key: &str, json: &str) -> WriteJob {
-        WriteJob {
-            key: key.to_owned(),
-            json: json.to_owned(),
-            namespace: self.namespace.to_owned(),
-            ttl_ms: self.ttl_ms,
-            keep_ms: self.keep_ms,
-            started_us: self.started.map(|s| s.us),
-            started_snapshot: self.started.and_then(|s| s.snapshot.clone()),
-            tags: self.tags.cloned(),
-            compute_us: self.compute_us,
-        }
-    }
-}
-
-fn no_answer<T>() -> Result<T> {
-    Err(CacheError::Config("a coalesced operation got no answer".into()))
+/// Nobody to tell.
+impl OnError for () {
+    fn failed(&self, _: &CacheError, _: &PgPool) {}
 }
 
 #[derive(Debug)]
 pub(crate) struct Server {
     pool: PgPool,
-    /// Where the primary may be; see `failover.rs`.
-    hosts: Arc<Hosts>,
+    on_error: Box<dyn OnError>,
     maintenance_timeout: Duration,
     batch_size: i64,
-    /// Whether single operations are coalesced (see `coalesce.rs`); bulk operations always are.
+    /// Whether single operations are coalesced (see `coalesce/`); bulk operations always are.
     coalesce: bool,
     reads: Arc<Queue<Reads>>,
     writes: Arc<Queue<Writes>>,
@@ -85,13 +59,11 @@ pub(crate) struct Server {
     op_timeout: Duration,
     /// The operation timeout in milliseconds, as `set_config('lock_timeout', ...)` takes it.
     lock_timeout: String,
-    /// Standbys that may answer reads (opt-in).
-    replicas: Option<Arc<Replicas>>,
 }
 
 impl Server {
     /// A server reached through `pool`; `sender` is the cache's id in the notifications it sends.
-    pub(crate) fn new(pool: PgPool, hosts: Arc<Hosts>, config: &Config, sender: u64) -> Server {
+    pub(crate) fn new(pool: PgPool, config: &Config, sender: u64, on_error: Box<dyn OnError>) -> Server {
         let lock_timeout = config.op_timeout.as_millis().max(1).to_string();
         let limits = Limits {
             max_keys: config.coalesce_max_keys,
@@ -100,44 +72,25 @@ impl Server {
         };
         let write_limits = Limits { max_keys: limits.max_keys.min(MAX_KEYS_PER_NOTIFICATION), ..limits };
         let async_commit = config.durability == Durability::AsyncCommit;
+        let writes = Writes { sender, lock_timeout: lock_timeout.clone(), async_commit };
+        let deletes = Deletes { sender, lock_timeout: lock_timeout.clone() };
         Server {
             reads: Queue::new(Reads::new(config.coalesce_max_bytes, limits.max_keys), pool.clone(), limits, "get"),
-            writes: Queue::new(
-                Writes { sender, lock_timeout: lock_timeout.clone(), async_commit },
-                pool.clone(),
-                write_limits,
-                "set",
-            ),
-            deletes: Queue::new(
-                Deletes { sender, lock_timeout: lock_timeout.clone() },
-                pool.clone(),
-                write_limits,
-                "delete",
-            ),
+            writes: Queue::new(writes, pool.clone(), write_limits, "set"),
+            deletes: Queue::new(deletes, pool.clone(), write_limits, "delete"),
             pool,
-            hosts,
+            on_error,
             coalesce: config.coalesce,
             op_timeout: config.op_timeout,
             maintenance_timeout: config.maintenance_timeout,
             lock_timeout,
             batch_size: config.batch_size,
-            replicas: None,
         }
     }
 
-    /// A read queue as this server's own, for a standby reached through `pool`.
+    /// A read queue like this server's own, for a standby reached through `pool`.
     pub(crate) fn standby_reads(&self, pool: PgPool) -> Arc<Queue<Reads>> {
         Queue::new(self.reads.kind().clone(), pool, self.reads.limits(), "get")
-    }
-
-    /// Lets reads go to `replicas`.
-    pub(crate) fn with_replicas(mut self, replicas: Arc<Replicas>) -> Server {
-        self.replicas = Some(replicas);
-        self
-    }
-
-    pub(crate) fn replicas(&self) -> Option<&Replicas> {
-        self.replicas.as_deref()
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
@@ -155,10 +108,10 @@ impl Server {
         result
     }
 
-    /// Looks for a new primary when an outcome suggests the current one is gone (see `failover.rs`).
+    /// Tells `on_error` of a failure.
     fn observe<T>(&self, result: &Result<T>) {
         if let Err(error) = result {
-            self.hosts.after_error(error, &self.pool);
+            self.on_error.failed(error, &self.pool);
         }
     }
 
@@ -179,85 +132,50 @@ impl Server {
         Ok(())
     }
 
-    /// A live entry.
-    pub(crate) async fn get_live(&self, key: &str, from: ReadFrom) -> Result<Option<LiveEntry>> {
-        Ok(self.lookup(key, 0, from).await?.live())
+    /// A lookup of `key`: a live entry, or one expired less than `stale_window_ms` ago.
+    pub(crate) async fn read(&self, key: &str, stale_window_ms: i64) -> Result<Lookup> {
+        self.one(&self.reads, ReadJob::new(key, stale_window_ms)).await
     }
 
-    /// Live entries of `keys`, in order (coalesced into as few statements as the limits allow).
-    pub(crate) async fn get_many_live(&self, keys: &[&str]) -> Vec<Result<Option<LiveEntry>>> {
-        let jobs: Vec<ReadJob> = keys.iter().map(|key| ReadJob::new(*key, 0)).collect();
-        let Some((replicas, replica, as_of)) = self.standby() else {
-            let found = self.many(&self.reads, jobs).await;
-            return found.into_iter().map(|lookup| lookup.map(Lookup::live)).collect();
-        };
-        replica.sent(jobs.len());
-        let answers = self.many_unobserved(&replica.reads, jobs.clone()).await;
-        if answers.iter().any(|a| a.is_err()) {
-            replicas.failed(replica);
-        }
-        let mut found: Vec<Option<Result<Lookup>>> =
-            answers.into_iter().map(|a| a.ok().map(|l| Ok(l.answered_by_standby(as_of, replicas.max_lag())))).collect();
-        // What the standby did not answer, the primary does.
-        let missing: Vec<usize> = (0..found.len()).filter(|&i| found[i].is_none()).collect();
-        if !missing.is_empty() {
-            let retry = missing.iter().map(|&i| jobs[i].clone()).collect();
-            for (i, answer) in missing.into_iter().zip(self.many(&self.reads, retry).await) {
-                found[i] = Some(answer);
-            }
-        }
-        found.into_iter().map(|lookup| lookup.unwrap_or_else(no_answer).map(Lookup::live)).collect()
+    /// Lookups of live entries of `keys`, in order (in as few statements as the limits allow).
+    pub(crate) async fn read_many(&self, keys: &[&str]) -> Vec<Result<Lookup>> {
+        self.many(&self.reads, keys.iter().map(|key| ReadJob::new(*key, 0)).collect()).await
     }
 
-    /// A memoized call's lookup: a live entry, or one expired less than `stale_window_ms` ago.
-    pub(crate) async fn lookup(&self, key: &str, stale_window_ms: i64, from: ReadFrom) -> Result<Lookup> {
-        let job = ReadJob::new(key, stale_window_ms);
-        if from == ReadFrom::AnyCopy {
-            if let Some((replicas, replica, as_of)) = self.standby() {
-                replica.sent(1);
-                match self.one_unobserved(&replica.reads, job.clone()).await {
-                    Ok(lookup) => return Ok(lookup.answered_by_standby(as_of, replicas.max_lag())),
-                    Err(error) => {
-                        tracing::debug!(replica = %replica.name, %error, "read replica failed; reading the primary");
-                        replicas.failed(replica);
-                    }
-                }
-            }
-        }
-        self.one(&self.reads, job).await
+    /// [`read`](Self::read) through a standby's queue: a failure is the caller's to handle, and says
+    /// nothing about this server.
+    pub(crate) async fn read_on(&self, standby: &Arc<Queue<Reads>>, key: &str, stale_window_ms: i64) -> Result<Lookup> {
+        self.one_unobserved(standby, ReadJob::new(key, stale_window_ms)).await
     }
 
-    /// A standby to read from now, if the cache has any and one is within the lag bound.
-    fn standby(&self) -> Option<(&Arc<Replicas>, &crate::route::replicas::Replica, Instant)> {
-        let replicas = self.replicas.as_ref()?;
-        let (replica, as_of) = replicas.pick()?;
-        Some((replicas, replica, as_of))
+    /// [`read_many`](Self::read_many) through a standby's queue, unobserved as [`read_on`](Self::read_on).
+    pub(crate) async fn read_many_on(&self, standby: &Arc<Queue<Reads>>, keys: &[&str]) -> Vec<Result<Lookup>> {
+        self.many_unobserved(standby, keys.iter().map(|key| ReadJob::new(*key, 0)).collect()).await
     }
 
-    /// Writes `json` under `key` and tells every process; see [`sql::WRITE`]. Whether it wrote: a guarded write
-    /// (`write.started_us`) is refused when the key or its namespace was invalidated since.
-    pub(crate) async fn write(&self, key: &str, json: &str, write: Write<'_>) -> Result<bool> {
-        self.one(&self.writes, write.job(key, json)).await
+    /// Writes an entry and tells every process (see [`sql::WRITE`]). Whether it wrote: a guarded write
+    /// (`write.started`) is refused when the key, its namespace or one of its tags was invalidated since.
+    pub(crate) async fn write(&self, write: Write) -> Result<bool> {
+        self.one(&self.writes, write).await
     }
 
-    /// Writes each `(key, json, how)` (distinct keys); whether each was written.
-    pub(crate) async fn write_many(&self, entries: &[(&str, &str, Write<'_>)]) -> Vec<Result<bool>> {
-        let jobs = entries.iter().map(|(key, json, write)| write.job(key, json)).collect();
-        self.many(&self.writes, jobs).await
+    /// [`write`](Self::write) for entries of distinct keys; whether each was written.
+    pub(crate) async fn write_many(&self, writes: Vec<Write>) -> Vec<Result<bool>> {
+        self.many(&self.writes, writes).await
     }
 
     /// Deletes `key`, records its invalidation and tells every process; whether a row was there.
-    pub(crate) async fn delete_and_mark(&self, key: &str) -> Result<bool> {
-        Ok(self.one(&self.deletes, DeleteJob { key: key.to_owned() }).await? > 0)
+    pub(crate) async fn delete(&self, key: &str) -> Result<bool> {
+        Ok(self.one(&self.deletes, key.to_owned()).await? > 0)
     }
 
-    /// [`delete_and_mark`](Self::delete_and_mark) for distinct keys; the rows deleted for each.
+    /// [`delete`](Self::delete) for distinct keys; the rows deleted for each.
     pub(crate) async fn delete_many(&self, keys: &[&str]) -> Vec<Result<u64>> {
-        let jobs = keys.iter().map(|key| DeleteJob { key: (*key).to_owned() }).collect();
-        self.many(&self.deletes, jobs).await
+        self.many(&self.deletes, keys.iter().map(|key| (*key).to_owned()).collect()).await
     }
 
     /// For reads, writes and deletes: statements that carried more than one operation, and those operations.
+    #[cfg(feature = "test-support")]
     pub(crate) fn shared_statements(&self) -> [(u64, u64); 3] {
         [self.reads.shared(), self.writes.shared(), self.deletes.shared()]
     }
@@ -270,10 +188,9 @@ impl Server {
         result
     }
 
-    /// [`one`](Self::one), without looking for a new primary after an error (for reads on standbys).
     async fn one_unobserved<K: Kind>(&self, queue: &Arc<Queue<K>>, job: K::Job) -> Result<K::Output> {
         if self.coalesce && tokio::runtime::Handle::try_current().is_ok() {
-            queue.submit(vec![job]).await.pop().unwrap_or_else(no_answer)
+            queue.submit(vec![job]).await.pop().unwrap_or_else(|| Err(no_answer(queue)))
         } else {
             queue.run_alone(job).await
         }
@@ -300,207 +217,9 @@ impl Server {
             answers
         }
     }
+}
 
-    /// Records the invalidation of `namespace` and sends `payload`.
-    pub(crate) async fn mark_namespace(&self, namespace: &str, payload: String) -> Result<()> {
-        let (namespace, lock_timeout) = (namespace.to_owned(), self.lock_timeout.clone());
-        self.op("delete_namespace", move |conn| {
-            let query = sqlx::query_scalar::<_, Option<String>>(sql::MARK_NAMESPACE)
-                .bind(namespace.clone())
-                .bind(payload.clone())
-                .bind(lock_timeout.clone());
-            Box::pin(async move { query.fetch_one(conn).await.map(drop) })
-        })
-        .await
-    }
-
-    /// Sends one event to every process.
-    pub(crate) async fn notify(&self, payload: String) -> Result<()> {
-        self.op("notify", move |conn| {
-            let query = sqlx::query(sql::NOTIFY).bind(payload.clone());
-            Box::pin(async move { query.execute(conn).await.map(drop) })
-        })
-        .await
-    }
-
-    /// Runs a batched delete (`statement` takes the `LIKE` pattern, if any, then the batch size) until a
-    /// batch comes back short; each batch is its own short transaction. Returns the rows deleted.
-    async fn delete_in_batches(
-        &self,
-        operation: &'static str,
-        statement: &'static str,
-        pattern: Option<String>,
-    ) -> Result<u64> {
-        let limit = self.batch_size;
-        let mut total = 0;
-        loop {
-            let pattern = pattern.clone();
-            let deleted = self
-                .maintenance(operation, move |conn| {
-                    let mut query = sqlx::query(statement);
-                    if let Some(pattern) = &pattern {
-                        query = query.bind(pattern.clone());
-                    }
-                    let query = query.bind(limit);
-                    Box::pin(async move { Ok(query.execute(conn).await?.rows_affected()) })
-                })
-                .await?;
-            total += deleted;
-            if deleted < limit.unsigned_abs() {
-                return Ok(total);
-            }
-        }
-    }
-
-    /// Deletes every row whose key matches the `LIKE` pattern.
-    pub(crate) async fn delete_matching(&self, operation: &'static str, pattern: String) -> Result<u64> {
-        self.delete_in_batches(operation, sql::DELETE_PREFIX_BATCH, Some(pattern)).await
-    }
-
-    pub(crate) async fn delete_expired(&self) -> Result<u64> {
-        self.delete_in_batches("clear_expired", sql::DELETE_EXPIRED_BATCH, None).await
-    }
-
-    /// Evicts rows closest to expiry until the table holds at most `max` rows; the rows evicted.
-    pub(crate) async fn evict_to(&self, max: i64) -> Result<u64> {
-        let mut excess = self
-            .maintenance("enforce_max_entries", move |conn| {
-                Box::pin(sqlx::query_scalar::<_, i64>(sql::COUNT_EXCESS).bind(max).fetch_one(conn))
-            })
-            .await?;
-        let mut total = 0;
-        while excess > 0 {
-            let batch = excess.min(self.batch_size);
-            let deleted = self
-                .maintenance("enforce_max_entries", move |conn| {
-                    let query = sqlx::query(sql::EVICT_BATCH).bind(batch);
-                    Box::pin(async move { Ok(query.execute(conn).await?.rows_affected()) })
-                })
-                .await?;
-            if deleted == 0 {
-                break;
-            }
-            total += deleted;
-            excess -= i64::try_from(deleted).unwrap_or(i64::MAX);
-        }
-        Ok(total)
-    }
-
-    /// Deletes old invalidation marks and long-dead leases.
-    pub(crate) async fn sweep_bookkeeping(&self) -> Result<()> {
-        self.maintenance("sweep", |conn| {
-            Box::pin(
-                async move { sqlx::query_scalar::<_, i64>(sql::SWEEP_BOOKKEEPING).fetch_one(conn).await.map(drop) },
-            )
-        })
-        .await
-    }
-
-    pub(crate) async fn keys(&self, pattern: String, limit: i64) -> Result<Vec<String>> {
-        self.maintenance("keys", move |conn| {
-            Box::pin(sqlx::query_scalar::<_, String>(sql::KEYS).bind(pattern.clone()).bind(limit).fetch_all(conn))
-        })
-        .await
-    }
-
-    /// Rows, live rows and the compute time (µs) held in live rows, per namespace.
-    pub(crate) async fn namespace_counts(&self) -> Result<Vec<(String, i64, i64, i64)>> {
-        self.maintenance("stats", |conn| {
-            Box::pin(sqlx::query_as::<_, (String, i64, i64, i64)>(sql::NAMESPACE_COUNTS).fetch_all(conn))
-        })
-        .await
-    }
-
-    /// Deletes every entry carrying one of `tags` and records their invalidation; `payload_sender` names this
-    /// cache in the notifications. The entries deleted.
-    pub(crate) async fn invalidate_tags(&self, tags: Vec<String>, sender: String) -> Result<u64> {
-        let lock_timeout = self.lock_timeout.clone();
-        let deleted = self
-            .maintenance("invalidate_tag", move |conn| {
-                let query = sqlx::query_scalar::<_, i64>(sql::INVALIDATE_TAGS)
-                    .bind(tags.clone())
-                    .bind(sender.clone())
-                    .bind(lock_timeout.clone());
-                Box::pin(query.fetch_one(conn))
-            })
-            .await?;
-        Ok(deleted.max(0).unsigned_abs())
-    }
-
-    /// Runs one trigger-management statement (`sql::INVALIDATE_ON_CHANGE` or `REMOVE_...`) with text arguments.
-    pub(crate) async fn manage_trigger<T>(&self, statement: &'static str, args: Vec<String>) -> Result<T>
-    where
-        T: Send + Unpin + 'static + for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
-    {
-        self.maintenance("invalidate_on_change", move |conn| {
-            let mut query = sqlx::query_scalar::<_, T>(statement);
-            for arg in &args {
-                query = query.bind(arg.clone());
-            }
-            Box::pin(query.fetch_one(conn))
-        })
-        .await
-    }
-
-    pub(crate) async fn table_size(&self) -> Result<i64> {
-        self.maintenance("stats", |conn| Box::pin(sqlx::query_scalar::<_, i64>(sql::TABLE_SIZE).fetch_one(conn))).await
-    }
-
-    /// One round trip, bounded by `timeout`.
-    pub(crate) async fn ping(&self, timeout: Duration) -> Result<()> {
-        exec::run(&self.pool, "health_check", timeout, |conn| {
-            Box::pin(async move { sqlx::query_scalar::<_, i32>(sql::PING).fetch_one(conn).await.map(drop) })
-        })
-        .await
-    }
-
-    pub(crate) async fn count_all(&self, timeout: Duration) -> Result<i64> {
-        exec::run(&self.pool, "health_check", timeout, |conn| {
-            Box::pin(sqlx::query_scalar::<_, i64>(sql::COUNT_ALL).fetch_one(conn))
-        })
-        .await
-    }
-
-    /// Takes the lease on `key` for `owner`; whether it was taken.
-    pub(crate) async fn lease_acquire(
-        &self,
-        key: &str,
-        owner: &str,
-        owner_prefix: &str,
-        lease_ms: i64,
-    ) -> Result<bool> {
-        let (key, owner, prefix) = (key.to_owned(), owner.to_owned(), owner_prefix.to_owned());
-        let taken = self
-            .op("lease", move |conn| {
-                let query = sqlx::query_scalar::<_, i32>(sql::LEASE_ACQUIRE)
-                    .bind(key.clone())
-                    .bind(owner.clone())
-                    .bind(lease_ms)
-                    .bind(prefix.clone());
-                Box::pin(query.fetch_optional(conn))
-            })
-            .await?;
-        Ok(taken.is_some())
-    }
-
-    /// Gives up `owner`'s lease on `key` and sends `payload`.
-    pub(crate) async fn lease_release(&self, key: &str, owner: &str, payload: String) -> Result<()> {
-        let (key, owner) = (key.to_owned(), owner.to_owned());
-        self.op("lease", move |conn| {
-            let query = sqlx::query_as::<_, (i64, Option<i32>)>(sql::LEASE_RELEASE)
-                .bind(key.clone())
-                .bind(owner.clone())
-                .bind(payload.clone());
-            Box::pin(async move { query.fetch_one(conn).await.map(drop) })
-        })
-        .await
-    }
-
-    pub(crate) async fn lease_is_live(&self, key: &str) -> Result<bool> {
-        let key = key.to_owned();
-        self.op("lease", move |conn| {
-            Box::pin(sqlx::query_scalar::<_, bool>(sql::LEASE_IS_LIVE).bind(key.clone()).fetch_one(conn))
-        })
-        .await
-    }
+/// A queue that gave fewer answers than it was given jobs: a bug of this crate, never the caller's.
+fn no_answer<K: Kind>(queue: &Queue<K>) -> CacheError {
+    CacheError::Internal(format!("a coalesced operation got no answer from {queue:?}"))
 }

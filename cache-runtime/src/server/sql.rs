@@ -37,10 +37,11 @@ macro_rules! notify {
 /// write is refused for a tag invalidated by a transaction this snapshot did not see). Always one row, so that
 /// the clock comes back on a miss too.
 pub(crate) const LOOKUP: &str = concat!(
-    "SELECT e.data::text, ",
+    "SELECT e.data::text AS json, ",
     remaining_ms!("e.expires_at"),
-    ", (e.expires_at IS NULL OR e.expires_at > now()), \
-     (extract(epoch FROM now()) * 1000000)::bigint, e.tags, e.compute_us, pg_current_snapshot()::text \
+    " AS remaining_ms, (e.expires_at IS NULL OR e.expires_at > now()) AS fresh, \
+     (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us, \
+     pg_current_snapshot()::text AS snapshot \
      FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
      AND (e.expires_at IS NULL OR e.expires_at > now() - $2::bigint * interval '1 millisecond')"
 );
@@ -52,11 +53,12 @@ pub(crate) const LOOKUP: &str = concat!(
 /// the rows: a window over the response costs a sort, and measured a fifth of a 16-key statement's server
 /// time; `OFFSET 0` keeps the JSON text from being computed once per use.)
 pub(crate) const READ_MANY: &str = concat!(
-    "SELECT i, CASE WHEN octet_length(t) <= cap THEN t END, CASE WHEN octet_length(t) > cap THEN octet_length(t) END, \
-     remaining, fresh, now_us, tags, compute_us, CASE WHEN i = 1 THEN pg_current_snapshot()::text END FROM \
-     (SELECT k.i, k.cap, e.data::text AS t, ",
+    "SELECT i, CASE WHEN octet_length(t) <= cap THEN t END AS json, \
+     CASE WHEN octet_length(t) > cap THEN octet_length(t) END AS deferred_bytes, \
+     remaining_ms, fresh, now_us, tags, compute_us, CASE WHEN i = 1 THEN pg_current_snapshot()::text END AS snapshot \
+     FROM (SELECT k.i, k.cap, e.data::text AS t, ",
     remaining_ms!("e.expires_at"),
-    " AS remaining, (e.expires_at IS NULL OR e.expires_at > now()) AS fresh, \
+    " AS remaining_ms, (e.expires_at IS NULL OR e.expires_at > now()) AS fresh, \
       (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us \
       FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS k(key, stale_ms, cap, i) \
       LEFT JOIN cache_entries AS e ON e.cache_key = k.key \

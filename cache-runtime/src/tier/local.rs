@@ -7,7 +7,7 @@
 //! Every entry has a deadline: the earlier of its PostgreSQL expiry and the tier's max age. An entry past its
 //! deadline is never served, whether or not moka has evicted it yet.
 
-use crate::entry::EntryMeta;
+use crate::entry::{remaining, EntryMeta, LiveEntry};
 use crate::key::{key_hash, namespace_of};
 use crate::latest::LatestInstant;
 use moka::sync::Cache;
@@ -130,24 +130,20 @@ impl LocalTier {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Stores `json` for `key`, for at most `max_age` (the tier's, or a shorter one of the function's) and
-    /// never past `remaining` (the time left before the PostgreSQL entry expires; `None` = never), unless a
-    /// removal happened since `epoch` (or, for a value read from a standby, since its `as_of`) or the listener
-    /// is not connected. Returns the entry when it was kept.
-    // Each argument is one independent fact about the read; a struct would only rename them.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn put(
-        &self,
-        key: &str,
-        json: Arc<str>,
-        meta: EntryMeta,
-        remaining: Option<Duration>,
-        max_age: Option<Duration>,
-        epoch: u64,
-        as_of: Option<Instant>,
-    ) -> Option<Arc<LocalEntry>> {
+    /// A ticket to fill the tier with what a read or write is about to bring: take it before the I/O (it
+    /// notes the epoch, see the coherence notes above), and [`Fill::put`] the result after it.
+    pub(crate) fn fill(&self) -> Fill<'_> {
+        Fill { tier: self, epoch: self.epoch() }
+    }
+
+    /// Stores `entry` for `key`, for at most `max_age` (the tier's, or a shorter one of the function's) and
+    /// never past the time it has left in PostgreSQL, unless a removal happened since `epoch` (or, for a value
+    /// read from a standby, since its `as_of`) or the listener is not connected. Returns the entry when it was
+    /// kept.
+    fn put(&self, key: &str, entry: LiveEntry, max_age: Option<Duration>, epoch: u64) -> Option<Arc<LocalEntry>> {
+        let LiveEntry { json, remaining_ms, as_of, meta } = entry;
         let mut lifetime = max_age.map_or(self.max_age, |m| m.min(self.max_age));
-        if let Some(remaining) = remaining {
+        if let Some(remaining) = remaining(remaining_ms) {
             lifetime = lifetime.min(remaining);
         }
         if lifetime.is_zero() || !self.listening() || self.epoch() != epoch || self.removed_since(as_of) {
@@ -208,9 +204,30 @@ impl LocalTier {
         self.entries.invalidate_all();
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn len(&self) -> u64 {
         self.entries.run_pending_tasks();
         self.entries.entry_count()
+    }
+}
+
+/// See [`LocalTier::fill`].
+#[derive(Debug)]
+pub(crate) struct Fill<'a> {
+    tier: &'a LocalTier,
+    epoch: u64,
+}
+
+impl Fill<'_> {
+    /// The tier this ticket fills.
+    pub(crate) fn tier(&self) -> &LocalTier {
+        self.tier
+    }
+
+    /// Keeps `entry` for `key` (for at most `max_age`, the function's own, if any) unless something was
+    /// removed from the tier since the ticket was taken. Returns the entry when it was kept.
+    pub(crate) fn put(&self, key: &str, entry: LiveEntry, max_age: Option<Duration>) -> Option<Arc<LocalEntry>> {
+        self.tier.put(key, entry, max_age, self.epoch)
     }
 }
 
@@ -226,6 +243,12 @@ mod tests {
         assert_eq!(key_hash("retrieval:abc"), key_hash("retrieval:abc"));
     }
 
+    /// An entry as a read brought it: `remaining` before it expires, read from a standby at `as_of`.
+    fn live(json: &str, meta: EntryMeta, remaining: Option<Duration>, as_of: Option<Instant>) -> LiveEntry {
+        let remaining_ms = remaining.map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        LiveEntry { json: json.into(), remaining_ms, as_of, meta }
+    }
+
     fn listening_tier(max_age: Duration) -> LocalTier {
         LocalTier::new(100, max_age, true, Arc::new(AtomicBool::new(true)))
     }
@@ -233,14 +256,14 @@ mod tests {
     #[test]
     fn never_serves_past_the_deadline_or_another_key() {
         let tier = listening_tier(Duration::from_secs(60));
-        tier.put("ns:a", "1".into(), EntryMeta::default(), Some(Duration::from_millis(30)), None, tier.epoch(), None);
+        tier.put("ns:a", live("1", EntryMeta::default(), Some(Duration::from_millis(30)), None), None, tier.epoch());
         assert!(tier.get("ns:a").is_some());
         std::thread::sleep(Duration::from_millis(40));
         assert!(tier.get("ns:a").is_none(), "the PostgreSQL expiry bounds the entry");
-        tier.put("ns:b", "2".into(), EntryMeta::default(), None, Some(Duration::from_millis(20)), tier.epoch(), None);
+        tier.put("ns:b", live("2", EntryMeta::default(), None, None), Some(Duration::from_millis(20)), tier.epoch());
         std::thread::sleep(Duration::from_millis(30));
         assert!(tier.get("ns:b").is_none(), "the function's max age bounds the entry");
-        tier.put("ns:c", "3".into(), EntryMeta::default(), None, None, tier.epoch(), None);
+        tier.put("ns:c", live("3", EntryMeta::default(), None, None), None, tier.epoch());
         assert!(tier.get("ns:c").is_some());
         tier.remove_namespace("ns");
         assert!(tier.get("ns:c").is_none());
@@ -251,14 +274,14 @@ mod tests {
         let tier = listening_tier(Duration::from_secs(60));
         let tagged =
             |tags: &[&str]| EntryMeta { tags: crate::tags::stored_form(tags).ok().flatten(), compute_us: None };
-        tier.put("a:1", "1".into(), tagged(&["doc:1", "corpus"]), None, None, tier.epoch(), None);
-        tier.put("a:2", "2".into(), tagged(&["doc:2"]), None, None, tier.epoch(), None);
-        tier.put("a:3", "3".into(), EntryMeta::default(), None, None, tier.epoch(), None);
+        tier.put("a:1", live("1", tagged(&["doc:1", "corpus"]), None, None), None, tier.epoch());
+        tier.put("a:2", live("2", tagged(&["doc:2"]), None, None), None, tier.epoch());
+        tier.put("a:3", live("3", EntryMeta::default(), None, None), None, tier.epoch());
         let before = tier.epoch();
         tier.remove_tag("doc:1");
         assert!(tier.get("a:1").is_none());
         assert!(tier.get("a:2").is_some() && tier.get("a:3").is_some());
-        assert!(tier.put("a:1", "1".into(), EntryMeta::default(), None, None, before, None).is_none(), "epoch");
+        assert!(tier.put("a:1", live("1", EntryMeta::default(), None, None), None, before).is_none(), "epoch");
     }
 
     #[test]
@@ -266,9 +289,9 @@ mod tests {
         let tier = listening_tier(Duration::from_secs(60));
         let before = tier.epoch();
         tier.remove("ns:other");
-        assert!(tier.put("ns:a", "old".into(), EntryMeta::default(), None, None, before, None).is_none());
+        assert!(tier.put("ns:a", live("old", EntryMeta::default(), None, None), None, before).is_none());
         assert!(tier.get("ns:a").is_none());
-        assert!(tier.put("ns:a", "new".into(), EntryMeta::default(), None, None, tier.epoch(), None).is_some());
+        assert!(tier.put("ns:a", live("new", EntryMeta::default(), None, None), None, tier.epoch()).is_some());
     }
 
     #[test]
@@ -278,15 +301,15 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         let epoch = tier.epoch();
         assert!(
-            tier.put("ns:a", "1".into(), EntryMeta::default(), None, None, epoch, Some(as_of)).is_some(),
+            tier.put("ns:a", live("1", EntryMeta::default(), None, Some(as_of)), None, epoch).is_some(),
             "no removal since"
         );
         tier.remove("ns:other");
         // The removal came before this read began (the epoch is current), but after the standby's instant.
-        assert!(tier.put("ns:b", "2".into(), EntryMeta::default(), None, None, tier.epoch(), Some(as_of)).is_none());
+        assert!(tier.put("ns:b", live("2", EntryMeta::default(), None, Some(as_of)), None, tier.epoch()).is_none());
         std::thread::sleep(Duration::from_millis(2));
         assert!(tier
-            .put("ns:b", "2".into(), EntryMeta::default(), None, None, tier.epoch(), Some(Instant::now()))
+            .put("ns:b", live("2", EntryMeta::default(), None, Some(Instant::now())), None, tier.epoch())
             .is_some());
     }
 
@@ -294,9 +317,9 @@ mod tests {
     fn nothing_is_served_or_kept_while_not_listening() {
         let listening = Arc::new(AtomicBool::new(false));
         let tier = LocalTier::new(100, Duration::from_secs(60), true, Arc::clone(&listening));
-        assert!(tier.put("ns:a", "1".into(), EntryMeta::default(), None, None, tier.epoch(), None).is_none());
+        assert!(tier.put("ns:a", live("1", EntryMeta::default(), None, None), None, tier.epoch()).is_none());
         listening.store(true, Ordering::Release);
-        tier.put("ns:a", "1".into(), EntryMeta::default(), None, None, tier.epoch(), None);
+        tier.put("ns:a", live("1", EntryMeta::default(), None, None), None, tier.epoch());
         assert!(tier.get("ns:a").is_some());
         listening.store(false, Ordering::Release);
         assert!(tier.get("ns:a").is_none());
@@ -305,7 +328,7 @@ mod tests {
     #[test]
     fn an_unbounded_max_age_does_not_overflow() {
         let tier = listening_tier(Duration::MAX);
-        assert!(tier.put("ns:forever", "1".into(), EntryMeta::default(), None, None, tier.epoch(), None).is_some());
+        assert!(tier.put("ns:forever", live("1", EntryMeta::default(), None, None), None, tier.epoch()).is_some());
         assert!(tier.get("ns:forever").is_some());
     }
 
@@ -313,7 +336,7 @@ mod tests {
     fn typed_values_are_cloned_out() {
         let tier = listening_tier(Duration::from_secs(60));
         let entry =
-            tier.put("ns:t", "[1,2]".into(), EntryMeta::default(), None, None, tier.epoch(), None).expect("kept");
+            tier.put("ns:t", live("[1,2]", EntryMeta::default(), None, None), None, tier.epoch()).expect("kept");
         assert_eq!(entry.typed::<Vec<u8>>(), None);
         entry.set_typed(vec![1u8, 2]);
         assert_eq!(tier.get("ns:t").and_then(|e| e.typed::<Vec<u8>>()), Some(vec![1, 2]));

@@ -1,10 +1,10 @@
 //! The cache's events, heard on `pg_cached_events` (LISTEN/NOTIFY), decoded for people.
 //!
 //! cache-runtime sends a notification from every transaction that changes entries, so that services drop
-//! what changed from their in-process tiers. The payload is `<sender hex>|<kind>|<data>`: kind `k` carries
-//! comma-separated hashes of keys written or deleted, `n` a namespace purged (sent when the purge starts
-//! and again when it ends), `t` a tag invalidated (by `invalidate_tag` or by a trigger on a source table),
-//! `d` the hash of a key whose cluster-wide lease was released.
+//! what changed from their in-process tiers: keys written or deleted, a namespace purged (when the purge
+//! starts and again when it ends), a tag invalidated (by `invalidate_tag` or by a trigger on a source
+//! table), a cluster-wide lease released. The payload format is cache-runtime's (`cache_runtime::channel`),
+//! decoded here with its decoder.
 //!
 //! One listener per server runs in a task of its own and forwards what it hears over a channel; each tick
 //! of `watch` drains the channel. Notifications sent while a listener is reconnecting are lost (PostgreSQL
@@ -12,6 +12,7 @@
 
 use crate::error::CliError;
 use crate::target::{Shard, Target};
+use cache_runtime::channel::Notice;
 use serde::Serialize;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -34,18 +35,14 @@ pub enum Event {
     Unrecognized,
 }
 
-/// Decodes a payload. Never fails: what cannot be read is [`Event::Unrecognized`].
+/// Decodes a payload with cache-runtime's own decoder. Never fails: what cannot be read is
+/// [`Event::Unrecognized`].
 pub fn decode(payload: &str) -> Event {
-    let mut parts = payload.splitn(3, '|');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(_sender), Some("k"), Some(hashes)) => {
-            Event::KeysInvalidated(hashes.split(',').filter(|h| !h.is_empty()).count() as u64)
-        }
-        (Some(_sender), Some("n"), Some(namespace)) if !namespace.is_empty() => {
-            Event::NamespacePurged(namespace.to_owned())
-        }
-        (Some(_sender), Some("t"), Some(tag)) if !tag.is_empty() => Event::TagInvalidated(tag.to_owned()),
-        (Some(_sender), Some("d"), Some(_hash)) => Event::LeaseReleased,
+    match cache_runtime::channel::decode(payload).map(|message| message.notice) {
+        Some(Notice::Keys(hashes)) => Event::KeysInvalidated(hashes.len() as u64),
+        Some(Notice::Namespace(namespace)) => Event::NamespacePurged(namespace),
+        Some(Notice::Tag(tag)) => Event::TagInvalidated(tag),
+        Some(Notice::Done(_)) => Event::LeaseReleased,
         _ => Event::Unrecognized,
     }
 }

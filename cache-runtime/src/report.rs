@@ -1,5 +1,6 @@
 //! The reports a [`PgCache`](crate::PgCache) gives about itself: [`CacheStats`] (the table and this process's
-//! counters) and [`HealthReport`] (whether the servers answer).
+//! counters) and [`HealthReport`] (whether the servers answer). Plain data, a leaf module: the cache layer
+//! fills them in, the route layer reports its standbys in them.
 
 use crate::observe::ProcessCounts;
 use serde::Serialize;

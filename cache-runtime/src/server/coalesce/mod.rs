@@ -29,25 +29,30 @@
 //!
 //! **Errors.** A batch that fails as a whole for a reason other than its connection is run again one
 //! operation at a time (for kinds where one operation can fail alone), so that a bad operation fails only
-//! its own caller.
+//! its own caller. Every caller of a batch that failed gets the same error (shared, not copied).
+//!
+//! **Capacity.** The counts of batches running and operations carried change only through a `Permit`
+//! (`permit.rs`), given back on drop whatever ends its holder.
 
-use crate::server::detach::FinishOnDrop;
-use crate::server::exec::{self, DbFuture};
+use super::detach::FinishOnDrop;
+use super::exec::{self, DbFuture, Failure};
+use permit::{Permit, State};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+mod permit;
+
 /// The longest a dispatcher keeps one connection for batch after batch.
 const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 
-/// What one caller gets back: its output, or the error of the statement that carried it.
-pub(crate) type Answer<O> = std::result::Result<O, sqlx::Error>;
+/// What one caller gets back: its output, or why its batch gave it none.
+pub(crate) type Answer<O> = std::result::Result<O, Failure>;
 
 /// What a batch's statement gave one job.
 #[derive(Debug, Clone)]
@@ -95,7 +100,7 @@ pub(crate) trait Kind: Send + Sync + 'static {
     fn run<'c>(
         conn: &'c mut PgConnection,
         params: &'c Self::Params,
-    ) -> impl Future<Output = Answer<Vec<Outcome<Self::Output>>>> + Send + 'c;
+    ) -> impl Future<Output = Result<Vec<Outcome<Self::Output>>, sqlx::Error>> + Send + 'c;
 }
 
 /// How far coalescing may go.
@@ -109,18 +114,10 @@ pub(crate) struct Limits {
     pub(crate) op_timeout: Duration,
 }
 
-struct Pending<K: Kind> {
+pub(super) struct Pending<K: Kind> {
     job: K::Job,
     reply: oneshot::Sender<Answer<K::Output>>,
     deadline: Instant,
-}
-
-struct State<K: Kind> {
-    pending: VecDeque<Pending<K>>,
-    /// Batches running: dispatcher tasks alive, and callers running their own batch of one.
-    running: usize,
-    /// Operations in the batches now running.
-    carried: usize,
 }
 
 pub(crate) struct Queue<K: Kind> {
@@ -129,9 +126,10 @@ pub(crate) struct Queue<K: Kind> {
     limits: Limits,
     operation: &'static str,
     state: Mutex<State<K>>,
-    /// Statements that carried more than one operation, and the operations they carried.
-    shared_statements: AtomicU64,
-    shared_operations: AtomicU64,
+    /// Statements that carried more than one operation, and the operations they carried (for the tests; the
+    /// `metrics` feature reports the same).
+    #[cfg(feature = "test-support")]
+    shared: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl<K: Kind> std::fmt::Debug for Queue<K> {
@@ -147,13 +145,12 @@ impl<K: Kind> Queue<K> {
             pool,
             limits,
             operation,
-            state: Mutex::new(State { pending: VecDeque::new(), running: 0, carried: 0 }),
-            shared_statements: AtomicU64::new(0),
-            shared_operations: AtomicU64::new(0),
+            state: Mutex::new(State::new()),
+            #[cfg(feature = "test-support")]
+            shared: Default::default(),
         })
     }
 
-    /// Statements that carried more than one operation so far, and how many operations they carried.
     pub(crate) fn kind(&self) -> &K {
         &self.kind
     }
@@ -162,8 +159,11 @@ impl<K: Kind> Queue<K> {
         self.limits
     }
 
+    /// Statements that carried more than one operation so far, and how many operations they carried.
+    #[cfg(feature = "test-support")]
     pub(crate) fn shared(&self) -> (u64, u64) {
-        (self.shared_statements.load(Ordering::Relaxed), self.shared_operations.load(Ordering::Relaxed))
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.shared[0].load(Relaxed), self.shared[1].load(Relaxed))
     }
 
     fn state(&self) -> MutexGuard<'_, State<K>> {
@@ -176,10 +176,7 @@ impl<K: Kind> Queue<K> {
         let outputs = exec::run(&self.pool, self.operation, self.limits.op_timeout, work).await?;
         match outputs.into_iter().next() {
             Some(Outcome::Done(output)) => Ok(output),
-            _ => Err(crate::CacheError::Database {
-                operation: self.operation,
-                source: sqlx::Error::Protocol("a statement returned no row for its key".into()),
-            }),
+            _ => Err(no_row(self.operation)),
         }
     }
 
@@ -188,8 +185,7 @@ impl<K: Kind> Queue<K> {
     pub(crate) async fn submit(self: &Arc<Self>, jobs: Vec<K::Job>) -> Vec<crate::Result<K::Output>> {
         let deadline = Instant::now() + self.limits.op_timeout;
         let mut answers = Vec::with_capacity(jobs.len());
-        let mut own_batch = Vec::new();
-        {
+        let (own_batch, dispatchers) = {
             let mut state = self.state();
             // A lone operation runs its batch of one itself, in the caller's task: no task switch, so a lone
             // caller pays nothing for coalescing. It is alone when nothing waits, a slot is free, and every
@@ -198,32 +194,31 @@ impl<K: Kind> Queue<K> {
             // than each taking a slot for one key.
             let inline = jobs.len() == 1
                 && state.pending.is_empty()
-                && state.running < self.limits.max_batches
-                && state.carried < self.limits.max_batches;
-            if inline {
-                state.running += 1;
-                state.carried += 1;
-            }
+                && state.running() < self.limits.max_batches
+                && state.carried() < self.limits.max_batches;
+            let mut own = inline.then(|| {
+                let mut permit = state.take_slot(self, true);
+                permit.carry(&mut state, 1);
+                (permit, Vec::with_capacity(1))
+            });
             for job in jobs {
                 let (reply, answer) = oneshot::channel();
                 let pending = Pending { job, reply, deadline };
-                if inline {
-                    own_batch.push(pending);
-                } else {
-                    state.pending.push_back(pending);
+                match &mut own {
+                    Some((_, batch)) => batch.push(pending),
+                    None => state.pending.push_back(pending),
                 }
                 answers.push(answer);
             }
-            if !inline {
-                self.start_dispatchers(&mut state);
-            }
-        }
-        if !own_batch.is_empty() {
+            let dispatchers = if own.is_none() { self.dispatchers_wanted(&mut state) } else { Vec::new() };
+            (own, dispatchers)
+        };
+        self.launch(dispatchers);
+        if let Some((permit, batch)) = own_batch {
             let queue = Arc::clone(self);
             let own = FinishOnDrop::new(move |_| async move {
-                let slot = InlineSlot(Arc::clone(&queue));
-                queue.run_batch(own_batch, &mut None).await;
-                drop(slot);
+                queue.run_batch(batch, &mut None).await;
+                drop(permit);
             });
             // Past the deadline the caller stops waiting (its answer below is a timeout); the batch finishes
             // in a task of its own.
@@ -241,53 +236,72 @@ impl<K: Kind> Queue<K> {
         answer: oneshot::Receiver<Answer<K::Output>>,
         deadline: Instant,
     ) -> crate::Result<K::Output> {
-        let (operation, after) = (self.operation, self.limits.op_timeout);
+        let timeout = self.limits.op_timeout;
         match tokio::time::timeout_at(deadline, answer).await {
-            Ok(Ok(Ok(output))) => Ok(output),
-            Ok(Ok(Err(sqlx::Error::PoolTimedOut))) | Err(_) => Err(crate::CacheError::Timeout { operation, after }),
-            Ok(Ok(Err(source))) => Err(crate::CacheError::Database { operation, source }),
-            // The dispatcher panicked or its runtime is shutting down.
-            Ok(Err(_)) => Err(crate::CacheError::Database { operation, source: sqlx::Error::WorkerCrashed }),
+            Ok(Ok(answer)) => answer.map_err(|failure| failure.into_error(self.operation, timeout)),
+            Err(_) => Err(crate::CacheError::Timeout { operation: self.operation, after: timeout }),
+            // The batch was dropped unanswered: its task panicked, or its runtime is shutting down.
+            Ok(Err(_)) => Err(crate::CacheError::Internal(format!(
+                "the batch carrying this `{}` ended without an answer (its task panicked or its runtime shut down)",
+                self.operation
+            ))),
         }
     }
 
-    fn start_dispatchers(self: &Arc<Self>, state: &mut State<K>) {
-        // A dispatcher is running a batch or about to take the next one, never idle: so jobs that arrive while
-        // every dispatcher is busy get a new one, up to the cap, and only then wait to be coalesced.
-        let wanted = (state.running + state.pending.len().div_ceil(self.limits.max_keys)).min(self.limits.max_batches);
-        while state.running < wanted {
-            state.running += 1;
-            tokio::spawn(Arc::clone(self).dispatch());
+    /// Slots for the dispatchers the queue needs now, taken under the lock; [`launch`](Self::launch) them once
+    /// it is released. A dispatcher is running a batch or about to take the next one, never idle: so jobs that
+    /// arrive while every dispatcher is busy get a new one, up to the cap, and only then wait to be coalesced.
+    fn dispatchers_wanted(self: &Arc<Self>, state: &mut State<K>) -> Vec<Permit<K>> {
+        let wanted =
+            (state.running() + state.pending.len().div_ceil(self.limits.max_keys)).min(self.limits.max_batches);
+        (state.running()..wanted).map(|_| state.take_slot(self, false)).collect()
+    }
+
+    /// Starts a dispatcher for each permit (which it holds until it ends); without a runtime the permits are
+    /// simply given back.
+    fn launch(self: &Arc<Self>, permits: Vec<Permit<K>>) {
+        if permits.is_empty() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        for permit in permits {
+            tokio::spawn(Arc::clone(self).dispatch(permit));
         }
     }
 
     /// A dispatcher: takes batches and runs them until the queue stays empty.
-    async fn dispatch(self: Arc<Self>) {
-        let _slot = Slot(&self);
+    async fn dispatch(self: Arc<Self>, mut permit: Permit<K>) {
         // Callers woken together (by the batch that just answered them) are ready to run on this worker: let
         // them queue their operations before taking the batch.
         tokio::task::yield_now().await;
         // The connection of the last batch, kept for the next one (see `exec::attempt_holding`), and since when.
         let (mut held, mut held_since) = (None, Instant::now());
         loop {
-            let batch = match self.take_batch(false) {
+            let batch = match self.take_batch(&mut permit) {
                 Some(batch) => batch,
                 None => {
                     // The callers the last batch answered may not have run yet: give them one turn to send
                     // their next operations, which this connection can then carry.
                     tokio::task::yield_now().await;
-                    match self.take_batch(true) {
+                    match self.take_batch(&mut permit) {
                         Some(batch) => batch,
-                        None => return,
+                        None => {
+                            let mut state = self.state();
+                            // Checked again under the lock that ends this dispatcher, so that no job can be
+                            // queued between the last look and the end and find no dispatcher.
+                            if state.pending.is_empty() {
+                                permit.retire(&mut state);
+                                return;
+                            }
+                            continue;
+                        }
                     }
                 }
             };
             if held.is_none() {
                 held_since = Instant::now();
             }
-            let carried = Carried(&self, batch.len());
             self.run_batch(batch, &mut held).await;
-            drop(carried);
+            permit.unload(&mut self.state());
             // Give the connection back between batches when someone else may be waiting for one, and now and
             // then anyway, so that the pool's own rules (lifetime, the host it connects to after a failover)
             // reach it under unbroken load too.
@@ -297,10 +311,10 @@ impl<K: Kind> Queue<K> {
         }
     }
 
-    /// The next batch, or `None` when nothing is waiting (and, if `last`, one dispatcher fewer). Jobs whose
-    /// callers left are dropped here; jobs of a key already in the batch wait for the next one when keys may
-    /// not share, and the batch ends before the job that would take it past the kind's budget.
-    fn take_batch(&self, last: bool) -> Option<Vec<Pending<K>>> {
+    /// The next batch, counted as carried by `permit`, or `None` when nothing is waiting. Jobs whose callers
+    /// left are dropped here; jobs of a key already in the batch wait for the next one when keys may not
+    /// share, and the batch ends before the job that would take it past the kind's budget.
+    fn take_batch(&self, permit: &mut Permit<K>) -> Option<Vec<Pending<K>>> {
         let mut state = self.state();
         let mut batch = Vec::new();
         let mut keys = HashSet::new();
@@ -327,12 +341,9 @@ impl<K: Kind> Queue<K> {
             state.pending.push_front(pending);
         }
         if batch.is_empty() {
-            if last {
-                state.running -= 1;
-            }
             return None;
         }
-        state.carried += batch.len();
+        permit.carry(&mut state, batch.len());
         Some(batch)
     }
 
@@ -347,19 +358,19 @@ impl<K: Kind> Queue<K> {
         let (jobs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.job, (p.reply, p.deadline))).unzip();
         match self.execute(&jobs, deadline, held).await {
             Ok(outputs) => self.answer(jobs, replies, outputs),
-            Err(error) if K::SPLIT_ON_ERROR && jobs.len() > 1 && !exec::is_connection_error(&error) => {
+            Err(failure) if K::SPLIT_ON_ERROR && jobs.len() > 1 && !failure.is_connection_error() => {
                 for (job, (reply, deadline)) in jobs.into_iter().zip(replies) {
                     match self.execute(std::slice::from_ref(&job), deadline, held).await {
                         Ok(outputs) => self.answer(vec![job], vec![(reply, deadline)], outputs),
-                        Err(error) => {
-                            let _ = reply.send(Err(error));
+                        Err(failure) => {
+                            let _ = reply.send(Err(failure));
                         }
                     }
                 }
             }
-            Err(error) => {
+            Err(failure) => {
                 for (reply, _) in replies {
-                    let _ = reply.send(Err(duplicate(&error)));
+                    let _ = reply.send(Err(failure.clone()));
                 }
             }
         }
@@ -384,8 +395,8 @@ impl<K: Kind> Queue<K> {
                     deferred.push(Pending { job, reply, deadline });
                 }
                 None => {
-                    let _ =
-                        reply.send(Err(sqlx::Error::Protocol("a batch returned fewer rows than it had jobs".into())));
+                    let missing = sqlx::Error::Protocol("a batch returned fewer rows than it had jobs".into());
+                    let _ = reply.send(Err(Failure::Db(Arc::new(missing))));
                 }
             }
         }
@@ -405,13 +416,23 @@ impl<K: Kind> Queue<K> {
         held: &mut Option<PoolConnection<Postgres>>,
     ) -> Answer<Vec<Outcome<K::Output>>> {
         if jobs.len() > 1 {
-            self.shared_statements.fetch_add(1, Ordering::Relaxed);
-            self.shared_operations.fetch_add(jobs.len() as u64, Ordering::Relaxed);
+            #[cfg(feature = "test-support")]
+            {
+                use std::sync::atomic::Ordering::Relaxed;
+                self.shared[0].fetch_add(1, Relaxed);
+                self.shared[1].fetch_add(jobs.len() as u64, Relaxed);
+            }
             crate::observe::metrics::coalesced(self.operation, jobs.len());
         }
         let work = statement::<K>(self.kind.params(jobs));
         exec::attempt_holding(&self.pool, held, deadline, self.limits.op_timeout, &work, None).await
     }
+}
+
+/// A statement answered without the row its key needed: the server and this version disagree.
+fn no_row(operation: &'static str) -> crate::CacheError {
+    let source = sqlx::Error::Protocol("a statement returned no row for its key".into());
+    crate::CacheError::Database { operation, source: Arc::new(source) }
 }
 
 /// The statement of one batch, as `exec` runs it (possibly twice, so it shares its parameters).
@@ -425,165 +446,5 @@ fn statement<K: Kind>(
     }
 }
 
-/// The slot of a caller that ran its own batch (and its one operation): given back when the batch is done
-/// (or abandoned), and with it, a dispatcher for whatever queued up meanwhile.
-struct InlineSlot<K: Kind>(Arc<Queue<K>>);
-
-impl<K: Kind> Drop for InlineSlot<K> {
-    fn drop(&mut self) {
-        let mut state = self.0.state();
-        state.running = state.running.saturating_sub(1);
-        state.carried = state.carried.saturating_sub(1);
-        if !state.pending.is_empty() && tokio::runtime::Handle::try_current().is_ok() {
-            self.0.start_dispatchers(&mut state);
-        }
-    }
-}
-
-/// Counts a running batch's operations out when it is done (or abandoned).
-struct Carried<'a, K: Kind>(&'a Queue<K>, usize);
-
-impl<K: Kind> Drop for Carried<'_, K> {
-    fn drop(&mut self) {
-        let mut state = self.0.state();
-        state.carried = state.carried.saturating_sub(self.1);
-    }
-}
-
-/// Counts a dispatcher out if it panics (a normal exit is counted by `take_batch`), so the queue starts a
-/// new one on the next submission.
-struct Slot<'a, K: Kind>(&'a Queue<K>);
-
-impl<K: Kind> Drop for Slot<'_, K> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let mut state = self.0.state();
-            state.running = state.running.saturating_sub(1);
-        }
-    }
-}
-
-/// A copy of `error` for each caller of a failed batch (`sqlx::Error` is not `Clone`). Keeps what callers and
-/// logs look at: the kind of failure, the message and a database error's SQLSTATE.
-pub(crate) fn duplicate(error: &sqlx::Error) -> sqlx::Error {
-    match error {
-        sqlx::Error::PoolTimedOut => sqlx::Error::PoolTimedOut,
-        sqlx::Error::WorkerCrashed => sqlx::Error::WorkerCrashed,
-        sqlx::Error::Io(io) => sqlx::Error::Io(std::io::Error::new(io.kind(), io.to_string())),
-        sqlx::Error::Database(db) => sqlx::Error::Database(Box::new(SharedDbError {
-            message: db.message().to_owned(),
-            code: db.code().map(|code| code.into_owned()),
-        })),
-        other => sqlx::Error::Protocol(other.to_string()),
-    }
-}
-
-/// A database error handed to each caller of a failed batch.
-#[derive(Debug)]
-struct SharedDbError {
-    message: String,
-    code: Option<String>,
-}
-
-impl std::fmt::Display for SharedDbError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for SharedDbError {}
-
-impl sqlx::error::DatabaseError for SharedDbError {
-    fn message(&self) -> &str {
-        &self.message
-    }
-    fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
-        self.code.as_deref().map(std::borrow::Cow::Borrowed)
-    }
-    fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-    fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
-        self
-    }
-    fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
-        self
-    }
-    fn kind(&self) -> sqlx::error::ErrorKind {
-        sqlx::error::ErrorKind::Other
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::server::batch::{ReadJob, Reads};
-
-    /// A read queue over a pool that never connects: enough to form batches.
-    fn read_queue(max_bytes: usize, max_keys: usize) -> Arc<Queue<Reads>> {
-        let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:9/none").unwrap();
-        let limits = Limits { max_keys, max_batches: 1, op_timeout: Duration::from_secs(1) };
-        Queue::new(Reads::new(max_bytes, max_keys), pool, limits, "get")
-    }
-
-    fn queued(
-        queue: &Queue<Reads>,
-        jobs: &[(&str, Option<usize>)],
-    ) -> Vec<oneshot::Receiver<Answer<crate::server::Lookup>>> {
-        let mut state = queue.state();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut answers = Vec::new();
-        for &(key, bytes) in jobs {
-            let (reply, answer) = oneshot::channel();
-            state.pending.push_back(Pending { job: ReadJob { bytes, ..ReadJob::new(key, 0) }, reply, deadline });
-            answers.push(answer);
-        }
-        state.running = 1;
-        answers
-    }
-
-    fn next_keys(queue: &Queue<Reads>) -> Vec<String> {
-        queue.take_batch(true).unwrap_or_default().into_iter().map(|p| p.job.key).collect()
-    }
-
-    #[tokio::test]
-    async fn a_batch_stops_before_the_read_that_would_pass_its_byte_budget() {
-        let queue = read_queue(3_000, 100);
-        let _answers = queued(&queue, &[("a", Some(2_000)), ("b", Some(900)), ("c", Some(200)), ("d", None)]);
-        assert_eq!(next_keys(&queue), ["a", "b"]);
-        // A key of unknown length weighs the budget's share of a full batch (30 bytes here).
-        assert_eq!(next_keys(&queue), ["c", "d"]);
-        assert!(queue.take_batch(true).is_none());
-    }
-
-    #[tokio::test]
-    async fn a_read_longer_than_the_whole_budget_goes_alone() {
-        let queue = read_queue(3_000, 100);
-        let _answers = queued(&queue, &[("big", Some(5_000)), ("small", None), ("other", None)]);
-        assert_eq!(next_keys(&queue), ["big"]);
-        assert_eq!(next_keys(&queue), ["small", "other"]);
-    }
-
-    #[tokio::test]
-    async fn unknown_lengths_fill_a_batch_up_to_its_key_cap() {
-        let queue = read_queue(4 << 20, 128);
-        let jobs: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
-        let _answers = queued(&queue, &jobs.iter().map(|k| (k.as_str(), None)).collect::<Vec<_>>());
-        assert_eq!(next_keys(&queue).len(), 128);
-        assert_eq!(next_keys(&queue).len(), 128);
-        assert_eq!(next_keys(&queue).len(), 44);
-    }
-
-    #[test]
-    fn duplicated_errors_keep_their_kind_and_code() {
-        let io = sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "gone"));
-        assert!(exec::is_connection_error(&duplicate(&io)));
-        let db = duplicate(&sqlx::Error::Database(Box::new(SharedDbError {
-            message: "relation \"cache_entries\" does not exist".into(),
-            code: Some("42P01".into()),
-        })));
-        let sqlx::Error::Database(db) = db else { panic!("not a database error") };
-        assert_eq!(db.code().as_deref(), Some("42P01"));
-        assert!(db.message().contains("cache_entries"));
-    }
-}
+mod tests;

@@ -1,0 +1,96 @@
+//! Batch formation and the capacity counts, without a server.
+
+use super::*;
+use crate::server::reads::{ReadJob, Reads};
+
+/// A read queue over a pool that never connects: enough to form batches.
+fn read_queue(max_bytes: usize, max_keys: usize) -> Arc<Queue<Reads>> {
+    let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:9/none").unwrap();
+    let limits = Limits { max_keys, max_batches: 1, op_timeout: Duration::from_secs(1) };
+    Queue::new(Reads::new(max_bytes, max_keys), pool, limits, "get")
+}
+
+fn queued(
+    queue: &Arc<Queue<Reads>>,
+    jobs: &[(&str, Option<usize>)],
+) -> (Permit<Reads>, Vec<oneshot::Receiver<Answer<crate::entry::Lookup>>>) {
+    let mut state = queue.state();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answers = Vec::new();
+    for &(key, bytes) in jobs {
+        let (reply, answer) = oneshot::channel();
+        state.pending.push_back(Pending { job: ReadJob { bytes, ..ReadJob::new(key, 0) }, reply, deadline });
+        answers.push(answer);
+    }
+    (state.take_slot(queue, false), answers)
+}
+
+fn next_keys(queue: &Queue<Reads>, permit: &mut Permit<Reads>) -> Vec<String> {
+    let batch = queue.take_batch(permit).unwrap_or_default();
+    permit.unload(&mut queue.state());
+    batch.into_iter().map(|p| p.job.key).collect()
+}
+
+#[tokio::test]
+async fn a_batch_stops_before_the_read_that_would_pass_its_byte_budget() {
+    let queue = read_queue(3_000, 100);
+    let (mut permit, _answers) = queued(&queue, &[("a", Some(2_000)), ("b", Some(900)), ("c", Some(200)), ("d", None)]);
+    assert_eq!(next_keys(&queue, &mut permit), ["a", "b"]);
+    // A key of unknown length weighs the budget's share of a full batch (30 bytes here).
+    assert_eq!(next_keys(&queue, &mut permit), ["c", "d"]);
+    assert!(queue.take_batch(&mut permit).is_none());
+}
+
+#[tokio::test]
+async fn a_read_longer_than_the_whole_budget_goes_alone() {
+    let queue = read_queue(3_000, 100);
+    let (mut permit, _answers) = queued(&queue, &[("big", Some(5_000)), ("small", None), ("other", None)]);
+    assert_eq!(next_keys(&queue, &mut permit), ["big"]);
+    assert_eq!(next_keys(&queue, &mut permit), ["small", "other"]);
+}
+
+#[tokio::test]
+async fn unknown_lengths_fill_a_batch_up_to_its_key_cap() {
+    let queue = read_queue(4 << 20, 128);
+    let jobs: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    let (mut permit, _answers) = queued(&queue, &jobs.iter().map(|k| (k.as_str(), None)).collect::<Vec<_>>());
+    assert_eq!(next_keys(&queue, &mut permit).len(), 128);
+    assert_eq!(next_keys(&queue, &mut permit).len(), 128);
+    assert_eq!(next_keys(&queue, &mut permit).len(), 44);
+}
+
+/// Batches running and operations carried.
+fn counts(queue: &Queue<Reads>) -> (usize, usize) {
+    let state = queue.state();
+    (state.running(), state.carried())
+}
+
+#[tokio::test]
+async fn permits_give_back_their_counts_however_they_end() {
+    let queue = read_queue(1 << 20, 8);
+    let (mut permit, _answers) = queued(&queue, &[("a", None), ("b", None)]);
+    assert!(queue.take_batch(&mut permit).is_some());
+    assert_eq!(counts(&queue), (1, 2));
+    drop(permit); // a dispatcher dropped mid-batch (its task cancelled, its runtime gone)
+    assert_eq!(counts(&queue), (0, 0));
+
+    let mut state = queue.state();
+    let mut permit = state.take_slot(&queue, false);
+    permit.carry(&mut state, 3);
+    permit.retire(&mut state); // a dispatcher that found the queue empty
+    assert_eq!((state.running(), state.carried()), (0, 0));
+}
+
+#[test]
+fn a_permit_dropped_outside_any_runtime_gives_back_its_slot() {
+    // The queue is built inside a runtime that is then shut down, with a dispatcher's permit still held.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let (queue, permit) = runtime.block_on(async {
+        let queue = read_queue(1 << 20, 8);
+        let permit = queue.state().take_slot(&queue, true);
+        (queue, permit)
+    });
+    drop(runtime);
+    drop(permit);
+    assert_eq!(counts(&queue), (0, 0));
+}

@@ -1,0 +1,157 @@
+//! Coalesced writes and deletes (see `coalesce/`): many keys in one call of a SQL function, and the one-key
+//! function for a batch of one. Each statement also sends the notification that names every key it
+//! changed, from inside its own transaction.
+
+use super::coalesce::{Kind, Outcome};
+use super::sql;
+use crate::channel::keys_payload;
+use crate::entry::Write;
+use crate::key::namespace_of;
+use crate::ttl::Ttl;
+use sqlx::postgres::PgConnection;
+
+/// Writes; one notification per batch names every key written.
+#[derive(Debug)]
+pub(crate) struct Writes {
+    pub(crate) sender: u64,
+    /// The operation timeout in milliseconds, as `set_config('lock_timeout', ...)` takes it.
+    pub(crate) lock_timeout: String,
+    pub(crate) async_commit: bool,
+}
+
+/// What one write statement binds: the batch's writes as they came, and the notification.
+pub(crate) struct WriteParams {
+    writes: Vec<Write>,
+    notify: String,
+    lock_timeout: String,
+    async_commit: bool,
+}
+
+impl Kind for Writes {
+    type Job = Write;
+    type Output = bool;
+    type Params = WriteParams;
+    const SAME_KEY_SHARES: bool = false;
+    const SPLIT_ON_ERROR: bool = true;
+
+    fn key(job: &Write) -> &str {
+        &job.key
+    }
+
+    fn params(&self, jobs: &[Write]) -> WriteParams {
+        WriteParams {
+            // Cheap: the JSON and the tags are shared, only the keys are copied.
+            writes: jobs.to_vec(),
+            notify: keys_payload(self.sender, jobs.iter().map(|j| j.key.as_str())),
+            lock_timeout: self.lock_timeout.clone(),
+            async_commit: self.async_commit,
+        }
+    }
+
+    async fn run<'c>(conn: &'c mut PgConnection, p: &'c WriteParams) -> sqlx::Result<Vec<Outcome<bool>>> {
+        let written: Vec<bool> = match p.writes.as_slice() {
+            [one] => vec![write_one(conn, one, p).await?],
+            writes => write_many(conn, writes, p).await?,
+        };
+        Ok(written.into_iter().map(Outcome::Done).collect())
+    }
+}
+
+/// Milliseconds the row is kept past its expiry.
+fn keep_ms(write: &Write) -> i64 {
+    Ttl::millis(write.keep).unwrap_or(0)
+}
+
+/// [`sql::WRITE`] for one key.
+async fn write_one(conn: &mut PgConnection, w: &Write, p: &WriteParams) -> sqlx::Result<bool> {
+    sqlx::query_scalar::<_, bool>(sql::WRITE)
+        .bind(&w.key)
+        .bind(&*w.json)
+        .bind(Ttl::millis(w.ttl))
+        .bind(keep_ms(w))
+        .bind(w.started.as_ref().map(|s| s.us))
+        .bind(namespace_of(&w.key))
+        .bind(&p.notify)
+        .bind(&p.lock_timeout)
+        .bind(p.async_commit)
+        .bind(w.meta.tags.as_deref())
+        .bind(w.meta.compute_us)
+        .bind(w.started.as_ref().and_then(|s| s.snapshot.as_deref()))
+        .fetch_one(conn)
+        .await
+}
+
+/// [`sql::WRITE_MANY`]: the same, one array per argument. Tags go as one string per key, joined by U+001F
+/// (which tags never hold): SQL arrays of arrays must be rectangular.
+async fn write_many(conn: &mut PgConnection, writes: &[Write], p: &WriteParams) -> sqlx::Result<Vec<bool>> {
+    let column = |f: fn(&Write) -> Option<i64>| writes.iter().map(f).collect::<Vec<_>>();
+    sqlx::query_scalar::<_, Vec<bool>>(sql::WRITE_MANY)
+        .bind(writes.iter().map(|w| w.key.as_str()).collect::<Vec<_>>())
+        .bind(writes.iter().map(|w| &*w.json).collect::<Vec<_>>())
+        .bind(column(|w| Ttl::millis(w.ttl)))
+        .bind(writes.iter().map(keep_ms).collect::<Vec<_>>())
+        .bind(column(|w| w.started.as_ref().map(|s| s.us)))
+        .bind(writes.iter().map(|w| namespace_of(&w.key)).collect::<Vec<_>>())
+        .bind(&p.notify)
+        .bind(&p.lock_timeout)
+        .bind(p.async_commit)
+        .bind(writes.iter().map(|w| w.meta.tags.as_ref().map(|t| t.join("\u{1f}"))).collect::<Vec<_>>())
+        .bind(column(|w| w.meta.compute_us))
+        .bind(writes.iter().map(|w| w.started.as_ref().and_then(|s| s.snapshot.as_deref())).collect::<Vec<_>>())
+        .fetch_one(conn)
+        .await
+}
+
+/// Deletes, each also an invalidation of its key; one notification per batch.
+#[derive(Debug)]
+pub(crate) struct Deletes {
+    pub(crate) sender: u64,
+    pub(crate) lock_timeout: String,
+}
+
+pub(crate) struct DeleteParams {
+    keys: Vec<String>,
+    notify: String,
+    lock_timeout: String,
+}
+
+impl Kind for Deletes {
+    /// The key to delete.
+    type Job = String;
+    type Output = u64;
+    type Params = DeleteParams;
+    const SAME_KEY_SHARES: bool = false;
+    const SPLIT_ON_ERROR: bool = true;
+
+    fn key(job: &String) -> &str {
+        job
+    }
+
+    fn params(&self, jobs: &[String]) -> DeleteParams {
+        DeleteParams {
+            keys: jobs.to_vec(),
+            notify: keys_payload(self.sender, jobs.iter().map(String::as_str)),
+            lock_timeout: self.lock_timeout.clone(),
+        }
+    }
+
+    async fn run<'c>(conn: &'c mut PgConnection, p: &'c DeleteParams) -> sqlx::Result<Vec<Outcome<u64>>> {
+        let deleted: Vec<i64> = if p.keys.len() == 1 {
+            let deleted = sqlx::query_scalar::<_, i64>(sql::DELETE)
+                .bind(&p.keys[0])
+                .bind(&p.notify)
+                .bind(&p.lock_timeout)
+                .fetch_one(conn)
+                .await?;
+            vec![deleted]
+        } else {
+            sqlx::query_scalar::<_, Vec<i64>>(sql::DELETE_MANY)
+                .bind(&p.keys)
+                .bind(&p.notify)
+                .bind(&p.lock_timeout)
+                .fetch_one(conn)
+                .await?
+        };
+        Ok(deleted.into_iter().map(|n| Outcome::Done(n.max(0).unsigned_abs())).collect())
+    }
+}
