@@ -5,7 +5,7 @@
 //! A payload is `<sender>|<kind>|<data>`, where sender is a random id per `PgCache` (16 hex digits), so a
 //! process can ignore its own news. Kinds: `k` (comma-separated key hashes in hex), `n` (a namespace), `t` (a
 //! tag, sent by `pg_cached_invalidate_tags` in SQL, also from triggers, with sender `0000000000000000`), `d`
-//! (a finished key's hash). Payloads stay far below PostgreSQL's 8,000-byte limit: a key travels as its
+//! (a finished key's hash), `p` (a listener's heartbeat to itself, a sequence number). Payloads stay far below PostgreSQL's 8,000-byte limit: a key travels as its
 //! 16-character hash and a namespace is at most 64 characters.
 
 use crate::key::key_hash;
@@ -26,6 +26,8 @@ pub enum Notice {
     Tag(String),
     /// A cluster-wide single-flight lease on the key with this hash was released.
     Done(u64),
+    /// A listener's heartbeat to itself (see `tier/events.rs`); others ignore it.
+    Ping(u64),
 }
 
 /// A decoded payload: who sent it, and what it says.
@@ -49,6 +51,7 @@ pub fn decode(payload: &str) -> Option<Message> {
         "n" if !data.is_empty() => Notice::Namespace(data.to_owned()),
         "t" if !data.is_empty() => Notice::Tag(data.to_owned()),
         "d" => Notice::Done(hash(data)?),
+        "p" => Notice::Ping(hash(data)?),
         _ => return None,
     };
     Some(Message { sender, notice })
@@ -74,6 +77,11 @@ pub(crate) fn namespace_payload(sender: u64, namespace: &str) -> String {
     format!("{sender:016x}|n|{namespace}")
 }
 
+/// A listener's heartbeat number `sequence`.
+pub(crate) fn ping_payload(sender: u64, sequence: u64) -> String {
+    format!("{sender:016x}|p|{sequence:016x}")
+}
+
 /// The event that the lease on `key` was released.
 pub(crate) fn done_payload(sender: u64, key: &str) -> String {
     format!("{sender:016x}|d|{:016x}", key_hash(key))
@@ -92,6 +100,7 @@ mod tests {
         assert_eq!(ns, Some(Notice::Namespace("retrieval".into())));
         let done = decode(&done_payload(sender, "a:1")).map(|m| m.notice);
         assert_eq!(done, Some(Notice::Done(key_hash("a:1"))));
+        assert_eq!(decode(&ping_payload(sender, 3)).map(|m| m.notice), Some(Notice::Ping(3)));
         let tag = decode("0000000000000000|t|doc:7").map(|m| m.notice);
         assert_eq!(tag, Some(Notice::Tag("doc:7".into())));
         for junk in ["", "x|k|1", "0000000000000000|z|1", "0000000000000000|n|", "00|d|zz"] {

@@ -2,15 +2,20 @@
 //!
 //! Encoding first walks the value once to reject what `jsonb` cannot hold exactly (NaN and infinities, which
 //! serde_json would silently write as `null`; -0.0, which `numeric` turns into 0; and U+0000, which `jsonb`
-//! refuses), then writes JSON through a
-//! writer that stops at the size limit, so an oversized value costs at most `limit` bytes of memory and no
-//! network I/O.
+//! refuses), then writes JSON through a writer that stops at the size limit, so an oversized value costs at
+//! most `limit` bytes of memory and no network I/O. Last, it refuses JSON nested deeper than serde_json reads
+//! back ([`MAX_DEPTH`]): such a value would be stored and never served, so a memoized function holding one
+//! would recompute and rewrite it on every call.
 
 use crate::error::CacheError;
 use crate::key::canonical::{self, EncodeError, JsonbCheck};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::io;
+
+/// The deepest nesting of arrays and objects that serde_json reads back (its recursion limit, 128, counts
+/// the value it starts in).
+pub(crate) const MAX_DEPTH: usize = 127;
 
 /// Serializes `value` to JSON text that PostgreSQL will store and give back unchanged.
 pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, limit: usize) -> Result<String, CacheError> {
@@ -24,8 +29,39 @@ pub(crate) fn encode<T: Serialize + ?Sized>(value: &T, limit: usize) -> Result<S
         Err(err) if err.is_io() => return Err(CacheError::ValueTooLarge { limit }),
         Err(err) => return Err(CacheError::Serialize(err)),
     }
+    let depth = nesting_depth(&writer.buf);
+    if depth > MAX_DEPTH {
+        let reason = format!("it is nested {depth} levels deep; at most {MAX_DEPTH} can be read back");
+        return Err(CacheError::UnsupportedValue { reason });
+    }
     // serde_json only ever writes UTF-8.
     String::from_utf8(writer.buf).map_err(|err| CacheError::Serialize(serde::ser::Error::custom(err)))
+}
+
+/// The deepest nesting of arrays and objects in well-formed JSON text, brackets inside strings excepted.
+fn nesting_depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match (escaped, byte) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Parses stored JSON. A failure means the stored shape no longer matches the type: callers treat it as a miss.
@@ -76,6 +112,19 @@ mod tests {
         assert!(matches!(encode(&big, 1000), Err(CacheError::ValueTooLarge { limit: 1000 })));
         assert!(encode(&big, 10_002).is_ok());
         assert!(matches!(encode(&big, 10_001), Err(CacheError::ValueTooLarge { .. })));
+    }
+
+    #[test]
+    fn refuses_what_serde_json_cannot_read_back() {
+        let nested = |depth: usize| -> serde_json::Value {
+            (0..depth).fold(serde_json::json!("x"), |inner, _| serde_json::json!([inner]))
+        };
+        let deepest = encode(&nested(MAX_DEPTH), 1 << 20).expect("the deepest value serde_json reads back");
+        assert_eq!(decode::<serde_json::Value>(&deepest).ok(), Some(nested(MAX_DEPTH)));
+        let too_deep = encode(&nested(MAX_DEPTH + 1), 1 << 20);
+        assert!(matches!(too_deep, Err(CacheError::UnsupportedValue { .. })), "{too_deep:?}");
+        // Brackets inside strings are text, escaped quotes included.
+        assert_eq!(nesting_depth(br#"["[[\"[[", {"a": "]]}"}]"#), 2);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub(crate) struct Config {
     pub(crate) coalesce_in_flight: usize,
     /// With read replicas: how old a standby's answers may be.
     pub(crate) max_replica_lag: Duration,
+    /// How often an event listener checks its connection (a ping to itself, due back by the next check).
+    pub(crate) listener_heartbeat: Duration,
 }
 
 impl Default for Config {
@@ -61,6 +63,7 @@ impl Default for Config {
             coalesce_max_bytes: 4 * 1024 * 1024,
             coalesce_in_flight: 4,
             max_replica_lag: Duration::from_secs(1),
+            listener_heartbeat: Duration::from_secs(5),
         }
     }
 }

@@ -187,6 +187,15 @@ impl PgCacheBuilder {
         self
     }
 
+    /// How often the event listener of the in-process tier checks that its connection still carries
+    /// notifications (default every 5 s): it notifies itself, and if that has not come back by the next
+    /// check, it reconnects (and the tier, cleared, serves nothing until it has). This bounds how long a
+    /// half-open connection can leave the tier deaf to other processes' invalidations: two intervals.
+    pub fn listener_heartbeat(mut self, interval: Duration) -> Self {
+        self.config.listener_heartbeat = interval.max(Duration::from_millis(10));
+        self
+    }
+
     /// How long a cluster-wide single-flight lease lasts (default 30 s): if its holder crashes, hangs or
     /// overruns, other processes wait at most this long before one of them computes instead.
     pub fn lease_duration(mut self, lease: Duration) -> Self {

@@ -90,14 +90,10 @@ impl<'a> MemoHandle<'a> {
         let Some(max_age) = local else { return self.cache.tier_for_all_keys() };
         let inner = &self.cache.inner;
         let tier = inner.local.get_or_init(|| {
-            LocalTier::new(
-                DEFAULT_CAPACITY,
-                max_age.max(Duration::from_secs(3600)),
-                false,
-                Arc::clone(&inner.events.listening),
-            )
+            let max_age = max_age.max(Duration::from_secs(3600));
+            LocalTier::new(DEFAULT_CAPACITY, max_age, false, Arc::clone(&inner.events.listening))
         });
-        self.cache.listen_for_events();
+        self.cache.keep_listening(tier);
         Some(tier)
     }
 

@@ -37,7 +37,7 @@ use crate::route::node::Node;
 use crate::route::replicas::Replicas;
 use crate::route::shards::{on_every_shard, Shards};
 use crate::server::Server;
-use crate::tier::events::Events;
+use crate::tier::events::{Events, Targets};
 use crate::tier::flight::Flights;
 use crate::tier::local::{Fill, LocalTier};
 use serde::de::DeserializeOwned;
@@ -104,7 +104,7 @@ struct Inner {
     shards: Shards,
     config: Config,
     counters: Counters,
-    flights: Flights,
+    flights: Arc<Flights>,
     /// The in-process tier, created by the builder or on first use by a function with `local = "..."`.
     local: Arc<OnceLock<LocalTier>>,
     events: Arc<Events>,
@@ -128,7 +128,7 @@ impl PgCache {
         config: Config,
     ) -> PgCache {
         let local = Arc::new(OnceLock::new());
-        let events = Arc::new(Events::new(pools.len()));
+        let events = Arc::new(Events::new(pools.len(), config.listener_heartbeat));
         if let Some((capacity, max_age)) = config.local_tier {
             let _ = local.set(LocalTier::new(capacity, max_age, true, Arc::clone(&events.listening)));
         }
@@ -143,7 +143,7 @@ impl PgCache {
             shards: Shards::new(nodes),
             config,
             counters: Counters::default(),
-            flights: Flights::default(),
+            flights: Arc::default(),
             local,
             events,
             sweeper: std::sync::Mutex::new(None),
@@ -244,14 +244,23 @@ impl PgCache {
     /// Starts listening for other processes' invalidations and lease releases (once).
     fn listen_for_events(&self) {
         if tokio::runtime::Handle::try_current().is_ok() {
-            let pools = self.shard_pools();
-            self.inner.events.ensure_listening(pools, Arc::downgrade(&self.inner.local));
+            let targets =
+                Targets { local: Arc::downgrade(&self.inner.local), flights: Arc::downgrade(&self.inner.flights) };
+            self.inner.events.ensure_listening(self.shard_pools(), &targets);
         }
     }
 
     /// The in-process tier when the builder turned it on for every key (`local_tier`).
     fn tier_for_all_keys(&self) -> Option<&LocalTier> {
-        self.inner.local.get().filter(|tier| tier.for_all_keys)
+        self.inner.local.get().filter(|tier| tier.for_all_keys).inspect(|tier| self.keep_listening(tier))
+    }
+
+    /// Makes sure `tier` has its listeners: while it is not listening (not started yet, connecting, or its
+    /// task ended with the runtime it ran in) it serves nothing, and the listeners it lacks are started.
+    fn keep_listening(&self, tier: &LocalTier) {
+        if !tier.listening() {
+            self.listen_for_events();
+        }
     }
 
     /// The JSON of a live entry and the milliseconds it has left, straight from PostgreSQL: the statement of

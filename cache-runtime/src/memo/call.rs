@@ -230,29 +230,26 @@ impl<P> Call<'_, P> {
         }
     }
 
-    /// Recomputes a stale entry; when the body gives nothing storable (an `Err`, a `None`), the stale value is
-    /// served instead and stays in place until its window closes.
+    /// Recomputes a stale entry. When the body fails (an `Err`, a `None` that is not cached), the stale value
+    /// is served instead and stays in place until its window closes; any other outcome is returned, stored
+    /// or not.
     pub(super) async fn refresh<R, F>(&self, body: F, stale: R, meta: &EntryMeta, start: Start) -> R
     where
         P: Policy<R>,
         F: Future<Output = R>,
     {
         let (outcome, computed) = self.run(body).await;
-        match self.encode(&outcome) {
-            Some(json) => {
-                let _ = self.write(&json, start, &computed).await;
-                outcome
-            }
-            None => {
-                self.record_served(Event::StaleServed, meta);
-                tracing::warn!(
-                    namespace = self.site.namespace,
-                    key = self.key,
-                    "refresh gave nothing storable; serving the stale value"
-                );
-                stale
-            }
+        if self.policy.failed(&outcome) {
+            self.record_served(Event::StaleServed, meta);
+            tracing::warn!(namespace = self.site.namespace, key = self.key, "refresh failed; serving the stale value");
+            return stale;
         }
+        // A value that is not stored (`cache_if` said no, too large, not representable) is still the body's
+        // fresh answer: the caller that ran the body gets it.
+        if let Some(json) = self.encode(&outcome) {
+            let _ = self.write(&json, start, &computed).await;
+        }
+        outcome
     }
 
     /// `{fn}_refresh`: runs the body without using what is stored, and overwrites the entry with what it

@@ -73,7 +73,11 @@ impl<P> Call<'_, P> {
                 Err(()) => (json, meta, Event::Coalesced),
             },
             Shared::Unstored(json, meta) => (json, meta, Event::Coalesced),
-            Shared::Stale(json, meta) => (json, meta, Event::StaleServed),
+            // The same for a stale value: served only if the store still holds it (or a fresher one).
+            Shared::Stale(json, meta) => match self.cache.lookup(self.key, self.site.stale, ReadFrom::Primary).await {
+                Ok(lookup) => return self.still_stale(lookup),
+                Err(_) => (json, meta, Event::StaleServed),
+            },
             Shared::Fallback(json, meta) => (json, meta, Event::StaleIfError),
             Shared::Unshareable => return None,
         };
@@ -87,6 +91,17 @@ impl<P> Call<'_, P> {
                 None
             }
         }
+    }
+
+    /// A stale value's follower, from its own read: the refreshed entry, the stale one still there, or `None`
+    /// (deleted since, or of another shape) to compute its own.
+    fn still_stale<R>(&self, lookup: crate::entry::Lookup) -> Option<R>
+    where
+        P: Policy<R>,
+    {
+        let outcome = self.policy.decode(lookup.json.as_deref()?).ok()?;
+        self.record_served(if lookup.fresh { Event::Coalesced } else { Event::StaleServed }, &lookup.meta);
+        Some(outcome)
     }
 
     /// The leader's part inside the flight: what followers get, and what is left to do afterwards.

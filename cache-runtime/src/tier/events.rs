@@ -1,53 +1,89 @@
-//! Cross-process events over PostgreSQL's LISTEN/NOTIFY, on the channel `pg_cached_events`.
+//! Cross-process events over PostgreSQL's LISTEN/NOTIFY, on the channel `pg_cached_events` (format:
+//! `channel.rs`).
 //!
-//! Two kinds of news travel here: invalidations (a key or a namespace changed, so every process drops it
-//! from its in-process tier) and lease releases (a cluster-wide computation finished, so waiting processes
-//! read the value now instead of at their next poll).
+//! Two kinds of news travel here: invalidations (keys, a namespace or a tag changed, so every process drops
+//! them from its in-process tier and detaches its computations of them in flight) and lease releases (a
+//! cluster-wide computation finished, so waiting processes read the value now instead of at their next poll).
 //!
-//! The payload format is in `channel.rs`.
+//! **Only a live listener counts.** Notifications are lost while a listener is not connected, so the tier
+//! serves nothing until every shard's listener has connected, and is cleared whenever one (re)connects. A
+//! listener is its own task; if that task ends for any reason (its connection dropped, a tokio runtime shut
+//! down with the task in it), a guard marks it disconnected, and the next use of the cache starts a new one.
+//! A connection that stays open but carries nothing any more (half-open, a proxy that froze) is found by a
+//! heartbeat: every interval the listener notifies itself, and if that ping has not come back by the next
+//! interval it drops the connection and starts again.
 //!
-//! Notifications are lost while the listener is disconnected, so after every reconnect the in-process tier is
-//! cleared. Between a loss and the reconnect, entries still expire by their max age: no value is served more
-//! than the tier's max age after it was invalidated.
+//! **Bursts.** A task receives notifications and hands them over through a bounded channel, so a burst
+//! (a bulk UPDATE under a trigger, or forged payloads) costs bounded memory in this process: the rest waits
+//! in PostgreSQL's queue. Whatever has arrived is applied as one batch: keys one by one, and tags and
+//! namespaces together, with one scan of the tier (or, past a bound, by clearing it), so the work per
+//! notification stays bounded and tier reads are not slowed by a pile of pending invalidations.
 
+use super::flight::Flights;
 use super::local::LocalTier;
-use crate::channel::{decode, Message, Notice, CHANNEL};
-use crate::key::key_hash;
+use crate::channel::{decode, ping_payload, Message, Notice, CHANNEL};
+use crate::key::{key_hash, namespace_of};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 
-/// What one `PgCache` shares with its listener task.
+/// Notifications received but not yet applied, at most.
+const BACKLOG: usize = 1024;
+
+/// Tags or namespaces in one batch beyond which the tier is cleared instead of scanned.
+const SCAN_AT_MOST: usize = 64;
+
+/// What one `PgCache` shares with its listener tasks.
 #[derive(Debug)]
 pub(crate) struct Events {
     pub(crate) sender: u64,
     /// Callers waiting for a cluster-wide computation, by key hash.
     waiters: Mutex<HashMap<u64, Weak<Notify>>>,
-    /// Times the listener (re)connected; each one cleared the in-process tier.
-    pub(crate) connects: std::sync::atomic::AtomicU64,
+    /// Times a listener (re)connected; each one cleared the in-process tier.
+    pub(crate) connects: AtomicU64,
     /// Whether every shard's listener is connected now. The in-process tier serves nothing while one is not
     /// (see `LocalTier`), since invalidations sent meanwhile would be missed.
     pub(crate) listening: Arc<AtomicBool>,
-    /// Listeners connected now, and how many there are (one per shard).
+    /// Listeners connected now; there is one per shard.
     connected: Mutex<usize>,
     shards: usize,
-    listeners: OnceLock<Vec<tokio::task::JoinHandle<()>>>,
+    /// How often a listener checks its connection with a ping to itself.
+    heartbeat: Duration,
+    /// The listener task of each shard, if one was started.
+    listeners: Mutex<Vec<Option<Listener>>>,
+}
+
+/// A running listener task.
+#[derive(Debug)]
+struct Listener {
+    task: tokio::task::JoinHandle<()>,
+    /// Cleared when the task ends, however it ends (see [`Running`]).
+    alive: Arc<AtomicBool>,
+}
+
+/// What a listener's invalidations reach: this cache's tier and its flights (weakly, so that a listener
+/// never keeps a dropped cache alive).
+#[derive(Debug, Clone)]
+pub(crate) struct Targets {
+    pub(crate) local: Weak<OnceLock<LocalTier>>,
+    pub(crate) flights: Weak<Flights>,
 }
 
 impl Drop for Events {
     fn drop(&mut self) {
-        for handle in self.listeners.get().into_iter().flatten() {
-            handle.abort();
+        for listener in self.listeners.get_mut().unwrap_or_else(|e| e.into_inner()).iter().flatten() {
+            listener.task.abort();
         }
     }
 }
 
 impl Events {
-    /// The events of a cache over `shards` servers (each has a listener).
-    pub(crate) fn new(shards: usize) -> Self {
+    /// The events of a cache over `shards` servers (each has a listener), checking each listener's
+    /// connection every `heartbeat`.
+    pub(crate) fn new(shards: usize, heartbeat: Duration) -> Self {
         let sender = {
             use std::hash::{BuildHasher, Hasher};
             let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -57,16 +93,19 @@ impl Events {
             h.write_u32(std::process::id());
             h.finish()
         };
+        let shards = shards.max(1);
         Events {
             sender,
             waiters: Mutex::default(),
-            connects: Default::default(),
+            connects: AtomicU64::new(0),
             listening: Arc::default(),
             connected: Mutex::new(0),
-            shards: shards.max(1),
-            listeners: OnceLock::new(),
+            shards,
+            heartbeat,
+            listeners: Mutex::new((0..shards).map(|_| None).collect()),
         }
     }
+
     /// A handle that is notified when another process reports `key` done.
     pub(crate) fn waiter(&self, key: &str) -> Arc<Notify> {
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
@@ -87,15 +126,19 @@ impl Events {
         }
     }
 
-    /// Starts the listener tasks once, one per shard's pool; later calls do nothing.
-    pub(crate) fn ensure_listening<'a>(
-        self: &Arc<Self>,
-        pools: impl Iterator<Item = &'a PgPool>,
-        local: Weak<OnceLock<LocalTier>>,
-    ) {
-        self.listeners.get_or_init(|| {
-            pools.map(|pool| tokio::spawn(listen(Arc::downgrade(self), pool.clone(), local.clone()))).collect()
-        });
+    /// Starts a listener task for each shard's pool that has none running: on first use, and again after a
+    /// task ended (its runtime shut down, say). Must run inside a tokio runtime.
+    pub(crate) fn ensure_listening<'a>(self: &Arc<Self>, pools: impl Iterator<Item = &'a PgPool>, targets: &Targets) {
+        let mut listeners = self.listeners.lock().unwrap_or_else(|e| e.into_inner());
+        for (slot, pool) in listeners.iter_mut().zip(pools) {
+            if slot.as_ref().is_some_and(|listener| listener.alive.load(Ordering::Acquire)) {
+                continue;
+            }
+            let alive = Arc::new(AtomicBool::new(true));
+            let running = Running { events: Arc::downgrade(self), targets: targets.clone(), alive: Arc::clone(&alive) };
+            let task = tokio::spawn(listen(running, pool.clone()));
+            *slot = Some(Listener { task, alive });
+        }
     }
 
     /// One more listener is connected; the tier may serve again once all are.
@@ -115,42 +158,74 @@ impl Events {
     }
 }
 
-fn apply(events: &Events, local: Option<&LocalTier>, payload: &str) {
-    let Some(Message { sender, notice }) = decode(payload) else {
-        tracing::debug!(payload, "ignoring a cache event this version does not understand");
-        return;
-    };
-    if sender == events.sender {
-        return;
-    }
-    match (notice, local) {
-        (Notice::Keys(hashes), Some(local)) => hashes.into_iter().for_each(|hash| local.remove_hash(hash)),
-        (Notice::Namespace(namespace), Some(local)) => local.remove_namespace(&namespace),
-        (Notice::Tag(tag), Some(local)) => local.remove_tag(&tag),
-        (Notice::Done(hash), _) => events.wake(hash),
-        _ => {}
+/// A listener task's hold on its cache. Dropped however the task ends, it marks the task gone, so that the
+/// cache's next use starts another one.
+struct Running {
+    events: Weak<Events>,
+    targets: Targets,
+    alive: Arc<AtomicBool>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.alive.store(false, Ordering::Release);
     }
 }
 
-async fn listen(events: Weak<Events>, cache_pool: PgPool, local: Weak<OnceLock<LocalTier>>) {
+/// A connected listener: while it lives the tier may serve; dropped, it stops the tier and clears it.
+struct Connected<'a>(&'a Running);
+
+impl<'a> Connected<'a> {
+    fn new(running: &'a Running) -> Option<Connected<'a>> {
+        let events = running.events.upgrade()?;
+        // Whatever was sent before we listened is lost, on the first connection as on later ones: forget
+        // everything the tier may hold, and only then let it serve again.
+        clear(&running.targets);
+        events.connected();
+        if events.connects.fetch_add(1, Ordering::Relaxed) > 0 {
+            tracing::info!("cache event listener reconnected; in-process tier cleared");
+        }
+        Some(Connected(running))
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        if let Some(events) = self.0.events.upgrade() {
+            events.disconnected();
+        }
+        clear(&self.0.targets);
+    }
+}
+
+fn clear(targets: &Targets) {
+    if let Some(tier) = targets.local.upgrade().as_deref().and_then(OnceLock::get) {
+        tier.clear();
+    }
+}
+
+/// How a listening session ended.
+enum Ended {
+    /// The connection is gone or silent: connect again.
+    Lost,
+    /// The cache was dropped: stop.
+    CacheGone,
+}
+
+async fn listen(running: Running, cache_pool: PgPool) {
     // The listener holds its connection for good: give it a pool of its own on the same server, so it never
     // takes a connection from the caller's pool (a pool of one would otherwise starve every cache operation).
     // It is made anew at each reconnect from the cache pool's current options, which follow the primary
-    // after a failover (see `failover.rs`).
+    // after a failover (see `route/failover.rs`).
     let listener_pool = || {
         PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with((*cache_pool.connect_options()).clone())
     };
-    let clear_local = |local: &Weak<OnceLock<LocalTier>>| {
-        if let Some(tier) = local.upgrade().as_deref().and_then(OnceLock::get) {
-            tier.clear();
-        }
-    };
     let mut backoff = Duration::from_millis(100);
     loop {
-        let mut listener = match connect(&listener_pool()).await {
+        let listener = match connect(&listener_pool()).await {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::debug!(%error, "cache event listener cannot connect; retrying");
@@ -160,27 +235,125 @@ async fn listen(events: Weak<Events>, cache_pool: PgPool, local: Weak<OnceLock<L
             }
         };
         backoff = Duration::from_millis(100);
-        {
-            let Some(events) = events.upgrade() else { return };
-            // Whatever was sent before we listened is lost, on the first connection as on later ones: forget
-            // everything the tier may hold, and only then let it serve again.
-            clear_local(&local);
-            events.connected();
-            if events.connects.fetch_add(1, Ordering::Relaxed) > 0 {
-                tracing::info!("cache event listener reconnected; in-process tier cleared");
+        let Some(connected) = Connected::new(&running) else { return };
+        let (sender, received) = mpsc::channel(BACKLOG);
+        let receiver = tokio::spawn(receive(listener, sender));
+        let ended = session(&running, received, &cache_pool).await;
+        receiver.abort();
+        drop(connected);
+        if matches!(ended, Ended::CacheGone) {
+            return;
+        }
+    }
+}
+
+/// Forwards what `listener` hears until its connection is lost. A payload that cannot be read (not UTF-8
+/// in a `SQL_ASCII` database, say) is skipped: it cannot be one of the cache's, and the connection is fine.
+async fn receive(mut listener: PgListener, forward: mpsc::Sender<String>) {
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                if forward.send(notification.payload().to_owned()).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(error) if crate::server::exec::is_connection_error(&error) => return,
+            Err(error) => {
+                crate::observe::metrics::event_dropped("unreadable");
+                tracing::debug!(%error, "skipping a cache event that cannot be read");
             }
         }
-        // `Ok(None)` or an error means the connection dropped: reconnect with a fresh listener (counted above,
-        // which clears the in-process tier).
-        while let Ok(Some(notification)) = listener.try_recv().await {
-            let Some(events) = events.upgrade() else { return };
-            let tier = local.upgrade();
-            apply(&events, tier.as_deref().and_then(OnceLock::get), notification.payload());
+    }
+}
+
+/// Applies what arrives, and checks the connection every heartbeat, until one of them says to stop.
+async fn session(running: &Running, mut received: mpsc::Receiver<String>, cache_pool: &PgPool) -> Ended {
+    let Some(events) = running.events.upgrade() else { return Ended::CacheGone };
+    let (heartbeat, sender) = (events.heartbeat, events.sender);
+    drop(events);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut sequence, mut awaited): (u64, Option<u64>) = (0, None);
+    let mut batch = Vec::with_capacity(BACKLOG);
+    loop {
+        tokio::select! {
+            count = received.recv_many(&mut batch, BACKLOG) => {
+                if count == 0 {
+                    return Ended::Lost;
+                }
+                let Some(events) = running.events.upgrade() else { return Ended::CacheGone };
+                if apply(&events, &running.targets, batch.drain(..), &mut awaited) {
+                    tracing::trace!("cache event listener heartbeat answered");
+                }
+            }
+            _ = ticker.tick() => {
+                if awaited.is_some() {
+                    tracing::info!("cache event listener heard nothing back from its heartbeat; reconnecting");
+                    return Ended::Lost;
+                }
+                sequence += 1;
+                awaited = Some(sequence);
+                let ping = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(ping_payload(sender, sequence));
+                // A ping that cannot be sent is not an answer either: the next tick finds it missing.
+                let _ = tokio::time::timeout(heartbeat, ping.execute(cache_pool)).await;
+            }
         }
-        if let Some(events) = events.upgrade() {
-            events.disconnected();
+    }
+}
+
+/// Applies a batch of payloads; returns whether it held the ping `awaited` waits for (then cleared).
+fn apply(
+    events: &Events,
+    targets: &Targets,
+    payloads: impl Iterator<Item = String>,
+    awaited: &mut Option<u64>,
+) -> bool {
+    let (mut keys, mut namespaces, mut tags, mut answered) = (HashSet::new(), HashSet::new(), HashSet::new(), false);
+    for payload in payloads {
+        let Some(Message { sender, notice }) = decode(&payload) else {
+            tracing::debug!(payload, "ignoring a cache event this version does not understand");
+            continue;
+        };
+        match notice {
+            Notice::Ping(sequence) if sender == events.sender && Some(sequence) == *awaited => {
+                *awaited = None;
+                answered = true;
+            }
+            _ if sender == events.sender => {}
+            Notice::Keys(hashes) => keys.extend(hashes),
+            Notice::Namespace(namespace) => {
+                namespaces.insert(namespace);
+            }
+            Notice::Tag(tag) => {
+                tags.insert(tag);
+            }
+            Notice::Done(hash) => events.wake(hash),
+            Notice::Ping(_) => {}
         }
-        clear_local(&local);
+    }
+    invalidate(targets, &keys, &namespaces, &tags);
+    answered
+}
+
+/// Drops what other processes invalidated from the tier, and detaches this process's computations of it.
+fn invalidate(targets: &Targets, keys: &HashSet<u64>, namespaces: &HashSet<String>, tags: &HashSet<String>) {
+    if let Some(tier) = targets.local.upgrade().as_deref().and_then(OnceLock::get) {
+        keys.iter().for_each(|&hash| tier.remove_hash(hash));
+        if namespaces.len() + tags.len() > SCAN_AT_MOST {
+            tier.clear();
+        } else {
+            tier.remove_namespaces_and_tags(namespaces, tags);
+        }
+    }
+    // A caller arriving from now on must not join a computation that began before the invalidation. Which
+    // tags a computation will carry is only known when it ends: a tag detaches them all.
+    if let Some(flights) = targets.flights.upgrade() {
+        if !tags.is_empty() {
+            flights.detach(|_| true);
+        } else if !keys.is_empty() || !namespaces.is_empty() {
+            flights.detach(|key| keys.contains(&key_hash(key)) || namespaces.contains(namespace_of(key)));
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use crate::latest::LatestInstant;
 use moka::sync::Cache;
 use moka::Expiry;
 use std::any::Any;
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -112,7 +113,8 @@ impl LocalTier {
         }
     }
 
-    fn listening(&self) -> bool {
+    /// Whether every listener is connected, so that the tier may serve.
+    pub(crate) fn listening(&self) -> bool {
         self.listening.load(Ordering::Acquire)
     }
 
@@ -181,6 +183,19 @@ impl LocalTier {
 
     pub(crate) fn remove(&self, key: &str) {
         self.remove_hash(key_hash(key));
+    }
+
+    /// Removes every entry of one of `namespaces` or carrying one of `tags`, in one scan.
+    pub(crate) fn remove_namespaces_and_tags(&self, namespaces: &HashSet<String>, tags: &HashSet<String>) {
+        if namespaces.is_empty() && tags.is_empty() {
+            return;
+        }
+        self.bump();
+        let (namespaces, tags) = (namespaces.clone(), tags.clone());
+        let _ = self.entries.invalidate_entries_if(move |_, entry| {
+            namespaces.contains(entry.namespace())
+                || entry.meta.tags.as_ref().is_some_and(|own| own.iter().any(|tag| tags.contains(tag)))
+        });
     }
 
     pub(crate) fn remove_namespace(&self, namespace: &str) {
