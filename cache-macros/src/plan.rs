@@ -9,6 +9,8 @@ use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::{Expr, Ident, ItemFn, LitInt, LitStr};
 
+use cache_rules::{tag_problem, NamespaceProblem, TagProblem, MAX_NAMESPACE_LEN, MAX_TAG_CHARS};
+
 use crate::attr::{Args, Errors};
 use crate::duration::{self, Never, Parsed};
 use crate::signature::FnShape;
@@ -184,24 +186,21 @@ fn checked_duration(lit: Option<LitStr>, never: Never, errors: &mut Errors) -> O
     duration::parse(&lit.value(), never).map_err(|message| errors.push(syn::Error::new(lit.span(), message))).ok()
 }
 
-/// The static tags, each reported at its literal when it is not a valid tag (see
-/// `cache_runtime::validate_tag`, whose rules these are).
+/// The static tags, each reported at its literal when it breaks the tag rule (`cache_rules::tag_problem`,
+/// which `cache_runtime::validate_tag` applies at run time).
 fn checked_tags(tags: Vec<LitStr>, errors: &mut Errors) -> Vec<LitStr> {
-    const MAX_TAG_CHARS: usize = 200;
     for lit in &tags {
-        let tag = lit.value();
-        let problem = if tag.is_empty() {
-            Some("a tag cannot be empty".to_owned())
-        } else if let Some(c) = tag.chars().find(|c| c.is_control()) {
-            Some(format!("a tag cannot contain control characters (found `{}`)", c.escape_default()))
-        } else if tag.chars().count() > MAX_TAG_CHARS {
-            Some(format!("a tag has at most {MAX_TAG_CHARS} characters; this one has {}", tag.chars().count()))
-        } else {
-            None
+        let problem = match tag_problem(&lit.value()) {
+            None => continue,
+            Some(TagProblem::Empty) => "a tag cannot be empty".to_owned(),
+            Some(TagProblem::Control(c)) => {
+                format!("a tag cannot contain control characters (found `{}`)", c.escape_default())
+            }
+            Some(TagProblem::TooLong { chars }) => {
+                format!("a tag has at most {MAX_TAG_CHARS} characters; this one has {chars}")
+            }
         };
-        if let Some(problem) = problem {
-            errors.push(syn::Error::new(lit.span(), format!("invalid tag: {problem}")));
-        }
+        errors.push(syn::Error::new(lit.span(), format!("invalid tag: {problem}")));
     }
     tags
 }
@@ -214,18 +213,19 @@ fn seconds(parsed: Parsed) -> Option<u64> {
     }
 }
 
-/// Why `namespace` is not valid, if it is not.
+/// Why `namespace` breaks the namespace rule (`cache_rules::namespace_problem`, which the runtime applies
+/// too), worded for a diagnostic; `None` if it is valid.
 fn namespace_problem(namespace: &str) -> Option<String> {
-    const ALLOWED: &str = "use 1 to 64 ASCII letters, digits, `_`, `-` or `.`";
-    if namespace.is_empty() {
-        return Some(format!("it is empty; {ALLOWED}"));
-    }
-    if let Some(c) = namespace.chars().find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
-        let why = if c == ':' { " (`:` separates the namespace from the hash in a key)" } else { "" };
-        return Some(format!("`{}` is not allowed{why}; {ALLOWED}", c.escape_default()));
-    }
-    if namespace.len() > 64 {
-        return Some(format!("it is {} characters long; {ALLOWED}", namespace.len()));
-    }
-    None
+    let allowed = format!("use 1 to {MAX_NAMESPACE_LEN} ASCII letters, digits, `_`, `-` or `.`");
+    let problem = cache_rules::namespace_problem(namespace)?;
+    Some(match problem {
+        NamespaceProblem::Empty => format!("it is empty; {allowed}"),
+        NamespaceProblem::Forbidden { .. } => {
+            // Always `Some` for the namespace the problem was found in.
+            let c = problem.forbidden_char(namespace).unwrap_or(char::REPLACEMENT_CHARACTER);
+            let why = if c == ':' { " (`:` separates the namespace from the hash in a key)" } else { "" };
+            format!("`{}` is not allowed{why}; {allowed}", c.escape_default())
+        }
+        NamespaceProblem::TooLong { len } => format!("it is {len} characters long; {allowed}"),
+    })
 }
