@@ -6,7 +6,10 @@
 //! N        := one or more ASCII digits
 //! ```
 //!
-//! The total must be more than zero and at most 10,000 years (the runtime's limit for a TTL).
+//! The total must be more than zero and at most 10,000 years (`cache_rules::MAX_TTL_SECS`, the runtime's
+//! limit for a TTL).
+
+use cache_rules::MAX_TTL_SECS;
 
 /// A duration literal after parsing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,9 +29,6 @@ pub(crate) enum Never {
 
 const UNITS: [(char, u64, &str); 4] =
     [('d', 86_400, "days"), ('h', 3_600, "hours"), ('m', 60, "minutes"), ('s', 1, "seconds")];
-
-/// 10,000 years of 365 days: the longest TTL the runtime accepts.
-pub(crate) const MAX_SECS: u64 = 10_000 * 365 * 86_400;
 
 const EXAMPLES: &str = r#"e.g. "45s", "30m", "2h", "1d" or "1h30m""#;
 
@@ -100,7 +100,7 @@ pub(crate) fn parse(text: &str, never: Never) -> Result<Parsed, String> {
         total = value
             .checked_mul(scale)
             .and_then(|secs| total.checked_add(secs))
-            .filter(|&t| t <= MAX_SECS)
+            .filter(|&t| t <= MAX_TTL_SECS)
             .ok_or_else(too_long)?;
         rest = after;
     }
@@ -119,7 +119,7 @@ fn never_hint(never: Never) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse, Never, Parsed, MAX_SECS};
+    use super::{parse, Never, Parsed, MAX_TTL_SECS};
 
     fn secs(text: &str) -> u64 {
         match parse(text, Never::Allowed) {
@@ -196,7 +196,7 @@ mod tests {
         assert!(err("18446744073709551615d").contains("too long"));
         assert!(err("3650001d").contains("too long"));
         assert!(err("3650001d").contains("\"never\""));
-        assert_eq!(secs("3650000d"), MAX_SECS);
+        assert_eq!(secs("3650000d"), MAX_TTL_SECS);
         let e = parse("3650001d", Never::Rejected).unwrap_err();
         assert!(!e.contains("never"), "{e}");
     }

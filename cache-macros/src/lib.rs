@@ -3,12 +3,26 @@
 //! Do not depend on this crate directly: depend on `cache-runtime` and write
 //! `use cache_runtime::pg_cached;`. The code this macro generates names `::cache_runtime::__private`, which
 //! is not a stable API.
+//!
+//! One expansion goes through three stages, each in its own module: `attr.rs` parses the options as written;
+//! `plan.rs` (with `signature.rs` for the function and `duration.rs` for durations) checks everything and
+//! builds a [`Plan`](plan::Plan) of typed values; `expand.rs` generates the memoized function and
+//! `companions.rs` its `{fn}_cache_key`, `{fn}_invalidate` and `{fn}_refresh`. Generators only read the plan.
 
 mod attr;
+mod companions;
 mod duration;
 mod expand;
+mod plan;
+mod signature;
 
 use proc_macro::TokenStream;
+use proc_macro2::Span;
+use quote::quote;
+
+use crate::attr::{Args, Errors};
+use crate::plan::Plan;
+use crate::signature::parse_function;
 
 /// Memoizes an `async fn` in PostgreSQL.
 ///
@@ -287,7 +301,7 @@ use proc_macro::TokenStream;
 #[proc_macro_attribute]
 pub fn pg_cached(args: TokenStream, item: TokenStream) -> TokenStream {
     let original = proc_macro2::TokenStream::from(item.clone());
-    expand::expand(args.into(), item.into())
+    expand(args.into(), item.into())
         .unwrap_or_else(|error| {
             // The item unchanged next to the errors, so that its callers do not add errors of their own.
             let mut tokens = error.into_compile_error();
@@ -296,3 +310,37 @@ pub fn pg_cached(args: TokenStream, item: TokenStream) -> TokenStream {
         })
         .into()
 }
+
+/// Parses the attribute's arguments and the item, checks both, and generates the memoized function and its
+/// companions. Every error found is returned at once.
+fn expand(args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> syn::Result<proc_macro2::TokenStream> {
+    let mut errors = Errors::default();
+    let args = match syn::parse2::<Args>(args) {
+        Ok(mut args) => {
+            errors.append(std::mem::take(&mut args.errors));
+            Some(args)
+        }
+        Err(error) => {
+            errors.push(error);
+            None
+        }
+    };
+    let function = match parse_function(item) {
+        Ok(function) => Some(function),
+        Err(error) => {
+            errors.push(error);
+            None
+        }
+    };
+    let (Some(args), Some(function)) = (args, function) else {
+        return Err(errors.into_error().unwrap_or_else(|| syn::Error::new(Span::call_site(), "invalid input")));
+    };
+    let plan = Plan::new(args, &function, &mut errors);
+    errors.finish()?;
+    let main = plan.function();
+    let companions = plan.companions();
+    Ok(quote!(#main #companions))
+}
+
+#[cfg(test)]
+mod tests;

@@ -6,8 +6,8 @@ use crate::error::{CacheError, Result};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-/// The longest tag, in characters.
-pub const MAX_TAG_CHARS: usize = 200;
+#[doc(inline)]
+pub use cache_rules::MAX_TAG_CHARS;
 
 /// An entry's tags, sorted and distinct; never empty (no tags is `None`).
 pub(crate) type Tags = Arc<[String]>;
@@ -23,17 +23,10 @@ pub(crate) type Tags = Arc<[String]>;
 /// # Errors
 /// [`CacheError::InvalidTag`].
 pub fn validate_tag(tag: &str) -> Result<()> {
-    let problem = if tag.is_empty() {
-        Some("the tag is empty".to_owned())
-    } else if tag.chars().any(char::is_control) {
-        Some("the tag contains a control character".to_owned())
-    } else if tag.len() > MAX_TAG_CHARS && tag.chars().count() > MAX_TAG_CHARS {
-        Some(format!("the tag is longer than {MAX_TAG_CHARS} characters"))
-    } else {
-        None
-    };
-    match problem {
-        Some(reason) => Err(CacheError::InvalidTag { tag: tag.chars().take(64).collect(), reason }),
+    match cache_rules::tag_problem(tag) {
+        Some(problem) => {
+            Err(CacheError::InvalidTag { tag: tag.chars().take(64).collect(), reason: problem.reason().to_owned() })
+        }
         None => Ok(()),
     }
 }

@@ -28,9 +28,6 @@ pub enum Ttl {
     Never,
 }
 
-/// The longest TTL accepted: PostgreSQL timestamps end in the year 294276, but nobody means more than this.
-pub(crate) const MAX_TTL: Duration = Duration::from_secs(10_000 * 365 * 24 * 3600);
-
 impl Ttl {
     /// Resolves `Default` against the cache's default, and checks the bounds. `None` means never.
     pub(crate) fn resolve(self, default: Ttl) -> Result<Option<Duration>, CacheError> {
@@ -40,7 +37,8 @@ impl Ttl {
         };
         match ttl {
             Ttl::Never | Ttl::Default => Ok(None),
-            Ttl::After(d) if d.is_zero() || d > MAX_TTL => Err(CacheError::InvalidTtl(d)),
+            // More than zero and at most 10,000 years: the rule is cache-rules' `ttl_in_range`.
+            Ttl::After(d) if !cache_rules::ttl_in_range(d) => Err(CacheError::InvalidTtl(d)),
             Ttl::After(d) => Ok(Some(d)),
         }
     }

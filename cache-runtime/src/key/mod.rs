@@ -15,33 +15,22 @@ use canonical::EncodeError;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-/// The longest namespace accepted.
-pub const MAX_NAMESPACE_LEN: usize = 64;
+#[doc(inline)]
+pub use cache_rules::MAX_NAMESPACE_LEN;
 
 /// Where the key format changes incompatibly, this changes, so old entries are abandoned instead of misread.
 const KEY_FORMAT: &str = "pg_cached/key/v1";
 const FUNCTION_FORMAT: &str = "pg_cached/fn/v1";
 
-/// Checks a namespace: 1 to 64 characters from `A-Z a-z 0-9 _ - .`.
+/// Checks a namespace: 1 to 64 characters from `A-Z a-z 0-9 _ - .` (the rule, written once for the attribute
+/// and the runtime, is `cache_rules::namespace_problem`).
 ///
 /// It is a `const fn` so that `cache_key!` and `#[pg_cached]` can reject a bad literal at compile time.
 pub const fn namespace_problem(namespace: &str) -> Option<&'static str> {
-    let bytes = namespace.as_bytes();
-    if bytes.is_empty() {
-        return Some("it is empty");
+    match cache_rules::namespace_problem(namespace) {
+        Some(problem) => Some(problem.reason()),
+        None => None,
     }
-    if bytes.len() > MAX_NAMESPACE_LEN {
-        return Some("it is longer than 64 characters");
-    }
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        if !(b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.') {
-            return Some("only ASCII letters, digits, '_', '-' and '.' are allowed");
-        }
-        i += 1;
-    }
-    None
 }
 
 /// Validates a namespace at run time.

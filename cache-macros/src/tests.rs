@@ -278,3 +278,46 @@ fn hash_set_errors_come_with_the_others() {
     assert!(messages[0].starts_with("`#[pg_cached]` applies only to `async fn`"));
     assert!(messages[1].starts_with("a `HashSet` cannot be part of the cache key"));
 }
+
+/// The namespace and tag rules are cache-rules'; the diagnostics word each way of breaking them.
+#[test]
+fn rule_diagnostics() {
+    let allowed = "use 1 to 64 ASCII letters, digits, `_`, `-` or `.`";
+    assert_eq!(
+        errors(quote!(), quote! { async fn café() {} }),
+        [format!(
+            "the function's name is not a valid namespace (`\\u{{e9}}` is not allowed; {allowed}); give one with \
+             `namespace = \"...\"`"
+        )]
+    );
+    let long = syn::Ident::new(&"f".repeat(65), proc_macro2::Span::call_site());
+    assert_eq!(
+        errors(quote!(), quote! { async fn #long() {} }),
+        [format!(
+            "the function's name is not a valid namespace (it is 65 characters long; {allowed}); give one with \
+                  `namespace = \"...\"`"
+        )]
+    );
+    // A forbidden character is named before the length.
+    let long_and_bad = format!("{}é", "x".repeat(70));
+    assert_eq!(
+        errors(quote!(namespace = #long_and_bad), quote! { async fn f() {} }),
+        [format!("invalid namespace: `\\u{{e9}}` is not allowed; {allowed}")]
+    );
+    let long_tag = "é".repeat(201);
+    assert_eq!(
+        errors(quote!(tags("", "a\u{1f}b", #long_tag, "ok")), quote! { async fn f() {} }),
+        [
+            "invalid tag: a tag cannot be empty",
+            "invalid tag: a tag cannot contain control characters (found `\\u{1f}`)",
+            "invalid tag: a tag has at most 200 characters; this one has 201",
+        ]
+    );
+    assert_eq!(
+        errors(quote!(ttl = "3650001d", local = "3650001d"), quote! { async fn f() {} }),
+        [
+            "duration is too long: the maximum is 10,000 years; use \"never\" for entries that do not expire",
+            "duration is too long: the maximum is 10,000 years",
+        ]
+    );
+}

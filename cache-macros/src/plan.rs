@@ -1,0 +1,231 @@
+//! The plan of one expansion: the attribute's options checked against the function and turned into typed
+//! values ([`Options`]), next to the checked signature ([`FnShape`]).
+//!
+//! Generators (`expand.rs`, `companions.rs`) only read a [`Plan`]; every check lives here or in
+//! `signature.rs`. A new option is one field of [`Options`], one check in [`Options::new`], and the code
+//! that reads it.
+
+use proc_macro2::Span;
+use syn::ext::IdentExt;
+use syn::{Expr, Ident, ItemFn, LitInt, LitStr};
+
+use cache_rules::{tag_problem, NamespaceProblem, TagProblem, MAX_NAMESPACE_LEN, MAX_TAG_CHARS};
+
+use crate::attr::{Args, Errors};
+use crate::duration::{self, Never, Parsed};
+use crate::signature::FnShape;
+
+/// Everything the generated code needs, checked: what the generators read, and all they read.
+pub(crate) struct Plan<'a> {
+    /// The function as written: its attributes, visibility, signature and block are kept.
+    pub(crate) function: &'a ItemFn,
+    pub(crate) options: Options,
+    pub(crate) shape: FnShape<'a>,
+}
+
+impl<'a> Plan<'a> {
+    /// Checks the function and the attribute's arguments against each other, reporting every problem in
+    /// `errors`, and keeps what the generated code needs.
+    pub(crate) fn new(mut args: Args, function: &'a ItemFn, errors: &mut Errors) -> Plan<'a> {
+        let skip = args.skip.take().unwrap_or_default();
+        let shape = FnShape::new(function, &skip, errors);
+        let options = Options::new(args, &function.sig.ident, errors);
+        Plan { function, options, shape }
+    }
+}
+
+/// The attribute's options, each checked and in the form the generated code uses.
+pub(crate) struct Options {
+    /// `namespace = "..."`, or the function's name.
+    pub(crate) namespace: LitStr,
+    pub(crate) version: u32,
+    pub(crate) ttl: Option<Parsed>,
+    /// `stale = "..."`, in seconds.
+    pub(crate) stale: Option<u64>,
+    /// The in-process tier's max age in seconds, and where `local = "..."` was written.
+    pub(crate) local: Option<(u64, Span)>,
+    /// `single_flight = "..."`, and where it was written.
+    pub(crate) single_flight: Option<(SingleFlight, Span)>,
+    /// `tags("...")`, each checked.
+    pub(crate) tags: Vec<LitStr>,
+    /// `stale_if_error = "..."`, in seconds.
+    pub(crate) stale_if_error: Option<u64>,
+    /// `cache_if = path`.
+    pub(crate) cache_if: Option<syn::Path>,
+    /// `cache = <expr>`: the cache to use instead of the process-wide one.
+    pub(crate) cache: Option<Expr>,
+    /// The `cache_none` key's span when `cache_none = true`.
+    pub(crate) cache_none: Option<Span>,
+    /// Whether to generate `{fn}_cache_key`, `{fn}_invalidate` and `{fn}_refresh`.
+    pub(crate) companions: bool,
+}
+
+impl Options {
+    /// Checks every option but `skip` (which `FnShape::new` applies to the arguments), in the order of the
+    /// fields, reporting each problem at the option's value.
+    fn new(args: Args, function: &Ident, errors: &mut Errors) -> Options {
+        let Args {
+            namespace,
+            ttl,
+            version,
+            cache,
+            cache_none,
+            single_flight,
+            stale,
+            local,
+            companions,
+            tags,
+            stale_if_error,
+            cache_if,
+            ..
+        } = args;
+        let namespace = checked_namespace(namespace, function, errors);
+        let version = checked_version(version, errors);
+        let ttl = checked_duration(ttl, Never::Allowed, errors);
+        let stale = checked_duration(stale, Never::Rejected, errors).and_then(seconds);
+        let local_span = local.as_ref().map(LitStr::span);
+        let local = checked_duration(local, Never::Rejected, errors).and_then(seconds).zip(local_span);
+        let single_flight =
+            single_flight.and_then(|lit| SingleFlight::parse(&lit, errors).map(|mode| (mode, lit.span())));
+        let tags = checked_tags(tags.unwrap_or_default(), errors);
+        let stale_if_error = checked_duration(stale_if_error, Never::Rejected, errors).and_then(seconds);
+        Options {
+            namespace,
+            version,
+            ttl,
+            stale,
+            local,
+            single_flight,
+            tags,
+            stale_if_error,
+            cache_if,
+            cache,
+            cache_none: cache_none.and_then(|(key, value)| value.value.then_some(key)),
+            companions: companions.is_none_or(|(_, value)| value.value),
+        }
+    }
+}
+
+/// How concurrent misses share one computation: `single_flight = "off" | "process" | "cluster"`.
+#[derive(Clone, Copy)]
+pub(crate) enum SingleFlight {
+    Off,
+    Process,
+    Cluster,
+}
+
+impl SingleFlight {
+    /// The mode `lit` names; another value is reported at the literal.
+    fn parse(lit: &LitStr, errors: &mut Errors) -> Option<SingleFlight> {
+        match lit.value().as_str() {
+            "off" => Some(SingleFlight::Off),
+            "process" => Some(SingleFlight::Process),
+            "cluster" => Some(SingleFlight::Cluster),
+            _ => {
+                errors.push(syn::Error::new(lit.span(), "expected \"off\", \"process\" or \"cluster\""));
+                None
+            }
+        }
+    }
+
+    /// The name of the runtime's `SingleFlight` variant.
+    pub(crate) fn variant(self) -> &'static str {
+        match self {
+            SingleFlight::Off => "Off",
+            SingleFlight::Process => "Process",
+            SingleFlight::Cluster => "Cluster",
+        }
+    }
+}
+
+/// The `namespace` option, checked, or else the function's name (which must then be a valid namespace).
+fn checked_namespace(namespace: Option<LitStr>, function: &Ident, errors: &mut Errors) -> LitStr {
+    match namespace {
+        Some(lit) => {
+            if let Some(problem) = namespace_problem(&lit.value()) {
+                errors.push(syn::Error::new(lit.span(), format!("invalid namespace: {problem}")));
+            }
+            lit
+        }
+        None => {
+            let name = function.unraw().to_string();
+            if let Some(problem) = namespace_problem(&name) {
+                errors.push(syn::Error::new(
+                    function.span(),
+                    format!(
+                        "the function's name is not a valid namespace ({problem}); give one with \
+                         `namespace = \"...\"`"
+                    ),
+                ));
+            }
+            LitStr::new(&name, function.span())
+        }
+    }
+}
+
+/// The `version` option as a `u32`, `0` if absent (or invalid, which is reported).
+fn checked_version(version: Option<LitInt>, errors: &mut Errors) -> u32 {
+    version.map_or(0, |lit| match (lit.suffix(), lit.base10_parse::<u32>()) {
+        ("" | "u32", Ok(v)) => v,
+        (_, Err(e)) => {
+            let why =
+                if lit.base10_digits().starts_with('-') { "it cannot be negative".to_owned() } else { e.to_string() };
+            errors.push(syn::Error::new(lit.span(), format!("`version` must be a `u32`: {why}")));
+            0
+        }
+        (suffix, Ok(_)) => {
+            errors.push(syn::Error::new(lit.span(), format!("`version` is a `u32`; remove the `{suffix}` suffix")));
+            0
+        }
+    })
+}
+
+/// A duration option (`ttl`, `stale`, `local`) parsed; an invalid one is reported at its literal.
+fn checked_duration(lit: Option<LitStr>, never: Never, errors: &mut Errors) -> Option<Parsed> {
+    let lit = lit?;
+    duration::parse(&lit.value(), never).map_err(|message| errors.push(syn::Error::new(lit.span(), message))).ok()
+}
+
+/// The static tags, each reported at its literal when it breaks the tag rule (`cache_rules::tag_problem`,
+/// which `cache_runtime::validate_tag` applies at run time).
+fn checked_tags(tags: Vec<LitStr>, errors: &mut Errors) -> Vec<LitStr> {
+    for lit in &tags {
+        let problem = match tag_problem(&lit.value()) {
+            None => continue,
+            Some(TagProblem::Empty) => "a tag cannot be empty".to_owned(),
+            Some(TagProblem::Control(c)) => {
+                format!("a tag cannot contain control characters (found `{}`)", c.escape_default())
+            }
+            Some(TagProblem::TooLong { chars }) => {
+                format!("a tag has at most {MAX_TAG_CHARS} characters; this one has {chars}")
+            }
+        };
+        errors.push(syn::Error::new(lit.span(), format!("invalid tag: {problem}")));
+    }
+    tags
+}
+
+/// The seconds of a duration that cannot be `"never"`.
+fn seconds(parsed: Parsed) -> Option<u64> {
+    match parsed {
+        Parsed::Secs(s) => Some(s),
+        Parsed::Never => None,
+    }
+}
+
+/// Why `namespace` breaks the namespace rule (`cache_rules::namespace_problem`, which the runtime applies
+/// too), worded for a diagnostic; `None` if it is valid.
+fn namespace_problem(namespace: &str) -> Option<String> {
+    let allowed = format!("use 1 to {MAX_NAMESPACE_LEN} ASCII letters, digits, `_`, `-` or `.`");
+    let problem = cache_rules::namespace_problem(namespace)?;
+    Some(match problem {
+        NamespaceProblem::Empty => format!("it is empty; {allowed}"),
+        NamespaceProblem::Forbidden { .. } => {
+            // Always `Some` for the namespace the problem was found in.
+            let c = problem.forbidden_char(namespace).unwrap_or(char::REPLACEMENT_CHARACTER);
+            let why = if c == ':' { " (`:` separates the namespace from the hash in a key)" } else { "" };
+            format!("`{}` is not allowed{why}; {allowed}", c.escape_default())
+        }
+        NamespaceProblem::TooLong { len } => format!("it is {len} characters long; {allowed}"),
+    })
+}
