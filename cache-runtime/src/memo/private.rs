@@ -20,8 +20,8 @@ pub use ::core::time::Duration;
 
 /// Fails const evaluation (so, compilation) on an invalid namespace literal.
 pub const fn check_namespace(namespace: &'static str) -> &'static str {
-    if crate::key::namespace_problem(namespace).is_some() {
-        panic!("invalid cache namespace: use 1 to 64 characters from A-Z a-z 0-9 _ - .");
+    if let Some(problem) = crate::key::namespace_problem(namespace) {
+        panic!("{}", problem);
     }
     namespace
 }

@@ -39,7 +39,6 @@ use super::exec::{self, DbFuture, Failure};
 use permit::{Permit, State};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -47,6 +46,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 mod permit;
+mod waiting;
 
 /// The longest a dispatcher keeps one connection for batch after batch.
 const HOLD_AT_MOST: Duration = Duration::from_secs(1);
@@ -313,33 +313,10 @@ impl<K: Kind> Queue<K> {
 
     /// The next batch, counted as carried by `permit`, or `None` when nothing is waiting. Jobs whose callers
     /// left are dropped here; jobs of a key already in the batch wait for the next one when keys may not
-    /// share, and the batch ends before the job that would take it past the kind's budget.
+    /// share, and the batch ends before the job that would take it past the kind's budget (see `waiting.rs`).
     fn take_batch(&self, permit: &mut Permit<K>) -> Option<Vec<Pending<K>>> {
         let mut state = self.state();
-        let mut batch = Vec::new();
-        let mut keys = HashSet::new();
-        let mut skipped = Vec::new();
-        let (budget, mut used) = (self.kind.budget(), 0usize);
-        while batch.len() < self.limits.max_keys {
-            let Some(next) = state.pending.pop_front() else { break };
-            if next.reply.is_closed() {
-                continue;
-            }
-            if !K::SAME_KEY_SHARES && !keys.insert(K::key(&next.job).to_owned()) {
-                skipped.push(next);
-                continue;
-            }
-            let weight = self.kind.weight(&next.job);
-            if !batch.is_empty() && used.saturating_add(weight) > budget {
-                state.pending.push_front(next);
-                break;
-            }
-            used = used.saturating_add(weight);
-            batch.push(next);
-        }
-        for pending in skipped.into_iter().rev() {
-            state.pending.push_front(pending);
-        }
+        let batch = state.pending.take(self.limits.max_keys, self.kind.budget(), |job| self.kind.weight(job));
         if batch.is_empty() {
             return None;
         }

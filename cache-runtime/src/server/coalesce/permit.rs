@@ -7,13 +7,13 @@
 //! that is never given back would leave the queue believing its batches still run: after a few such leaks
 //! it would never dispatch again.
 
-use super::{Kind, Pending, Queue};
-use std::collections::VecDeque;
+use super::waiting::Waiting;
+use super::{Kind, Queue};
 use std::sync::Arc;
 
 /// The state behind a queue's lock.
 pub(super) struct State<K: Kind> {
-    pub(super) pending: VecDeque<Pending<K>>,
+    pub(super) pending: Waiting<K>,
     /// Batches running: dispatcher tasks alive, and callers running their own batch of one.
     running: usize,
     /// Operations in the batches now running.
@@ -22,7 +22,7 @@ pub(super) struct State<K: Kind> {
 
 impl<K: Kind> State<K> {
     pub(super) fn new() -> Self {
-        State { pending: VecDeque::new(), running: 0, carried: 0 }
+        State { pending: Waiting::new(), running: 0, carried: 0 }
     }
 
     pub(super) fn running(&self) -> usize {

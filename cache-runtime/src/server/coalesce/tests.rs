@@ -94,3 +94,42 @@ fn a_permit_dropped_outside_any_runtime_gives_back_its_slot() {
     drop(permit);
     assert_eq!(counts(&queue), (0, 0));
 }
+
+/// A write queue over a pool that never connects.
+fn write_queue(max_keys: usize) -> Arc<Queue<crate::server::writes::Writes>> {
+    let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:9/none").unwrap();
+    let limits = Limits { max_keys, max_batches: 1, op_timeout: Duration::from_secs(1) };
+    let writes = crate::server::writes::Writes { sender: 1, lock_timeout: "100".into(), async_commit: true };
+    Queue::new(writes, pool, limits, "set")
+}
+
+/// Audit finding 10: writes queued on one hot key cost O(1) each to batch (they were skipped and put back
+/// on every batch: O(n²) under the queue's lock), and the keys behind them are not held back.
+#[tokio::test]
+async fn a_hot_key_costs_each_batch_one_operation_and_holds_nobody_back() {
+    let queue = write_queue(64);
+    let mut answers = Vec::new();
+    let mut state = queue.state();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let write = |key: &str| crate::entry::Write::plain(key, "1".into(), None);
+    for i in 0..10_100 {
+        let (reply, answer) = oneshot::channel();
+        let key = if i % 101 == 100 { format!("cold{i}") } else { "hot".to_owned() };
+        state.pending.push_back(Pending { job: write(&key), reply, deadline });
+        answers.push(answer);
+    }
+    let mut permit = state.take_slot(&queue, false);
+    drop(state);
+    let mut batches = 0;
+    while let Some(batch) = queue.take_batch(&mut permit) {
+        batches += 1;
+        assert_eq!(batch.iter().filter(|p| p.job.key == "hot").count(), 1, "one write of the hot key per batch");
+        if batches == 1 {
+            assert_eq!(batch.len(), 64, "the cold keys behind the hot ones go in the first batch");
+        }
+        permit.unload(&mut queue.state());
+    }
+    assert_eq!(batches, 10_000);
+    let touched = queue.state().pending.touched;
+    assert_eq!(touched, 10_100, "each write was taken off its queue once");
+}
