@@ -219,7 +219,7 @@ impl LocalTier {
         self.entries.invalidate_all();
     }
 
-    #[cfg(any(test, feature = "test-support"))]
+    #[cfg(feature = "test-support")]
     pub(crate) fn len(&self) -> u64 {
         self.entries.run_pending_tasks();
         self.entries.entry_count()
