@@ -1,9 +1,10 @@
 //! One memoized call against the store: the lookup, the write (guarded against invalidations that happened
 //! while the body ran), and the refresh of a stale entry.
 
+use super::policy::Policy;
 use super::scope::TagScope;
+use super::site::Site;
 use super::{run, served, Computed};
-use crate::__private::{Policy, Site};
 use crate::cache::MemoHandle;
 use crate::entry::{EntryMeta, LiveEntry, ReadFrom, Start, Write};
 use crate::observe::Event;

@@ -4,8 +4,9 @@
 
 use super::call::{Call, Fallback, Found};
 use super::lease::Lease;
+use super::policy::Policy;
+use super::site::SingleFlight;
 use super::{Body, Computed};
-use crate::__private::{Policy, SingleFlight};
 use crate::entry::{EntryMeta, ReadFrom, Start};
 use crate::observe::Event;
 use crate::tier::flight::Shared;

@@ -9,9 +9,10 @@
 mod call;
 mod leader;
 pub(crate) mod lease;
+pub(crate) mod policy;
 pub(crate) mod scope;
+pub(crate) mod site;
 
-use crate::__private::{CacheRef, Policy, SingleFlight, Site};
 use crate::cache::{MemoHandle, PgCache};
 use crate::entry::{EntryMeta, ReadFrom};
 use crate::error::CacheError;
@@ -19,7 +20,9 @@ use crate::observe::Event;
 use crate::tags::Tags;
 use crate::tier::local::LocalEntry;
 use call::Call;
+use policy::Policy;
 use scope::TagScope;
+use site::{CacheRef, SingleFlight, Site};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

@@ -5,15 +5,17 @@
 //! is tested without expanding any macro. This module is the contract only: the engine behind
 //! [`memoize`] (lookups, single-flight, stale serving, the in-process tier) is the crate's `memo` module.
 
-use crate::codec;
 use crate::memo::{self, JsonOnly, Typed};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::future::Future;
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 pub use crate::key::KeyBuilder;
+pub use crate::memo::policy::{
+    assert_returns_option, cache_if, AsIs, CacheIf, OkOnly, OptionKind, OptionPolicy, PlainKind, Policy, Probe,
+    ResultKind, ReturnsOption,
+};
+pub use crate::memo::site::{CacheRef, SingleFlight, Site};
 pub use crate::ttl::Ttl;
 pub use crate::{CacheError, PgCache};
 pub use ::core::time::Duration;
@@ -24,93 +26,6 @@ pub const fn check_namespace(namespace: &'static str) -> &'static str {
         panic!("{}", problem);
     }
     namespace
-}
-
-/// How concurrent misses of one key are coalesced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SingleFlight {
-    /// Every caller that misses computes.
-    Off,
-    /// Callers in this process share one computation per key.
-    Process,
-    /// Callers in every process share one computation per key, through a lease row in PostgreSQL.
-    Cluster,
-}
-
-/// Static description of one memoized function.
-#[derive(Debug)]
-pub struct Site {
-    pub(crate) namespace: &'static str,
-    pub(crate) function: &'static str,
-    pub(crate) version: u32,
-    pub(crate) ttl: Ttl,
-    pub(crate) single_flight: SingleFlight,
-    pub(crate) stale: Option<Duration>,
-    pub(crate) local: Option<Duration>,
-    /// `stale_if_error = "..."`: how long after expiry an entry may stand in for a failed computation.
-    pub(crate) stale_if_error: Option<Duration>,
-    /// `tags("...")`: every entry of the function carries these.
-    pub(crate) tags: &'static [&'static str],
-    /// The hash state after the function's fixed part (format, namespace, path, version), computed once:
-    /// every call clones it and adds only its own arguments.
-    prefix: std::sync::OnceLock<KeyBuilder>,
-}
-
-impl Site {
-    pub const fn new(namespace: &'static str, function: &'static str, version: u32) -> Site {
-        Site {
-            namespace,
-            function,
-            version,
-            ttl: Ttl::Default,
-            single_flight: SingleFlight::Process,
-            stale: None,
-            local: None,
-            stale_if_error: None,
-            tags: &[],
-            prefix: std::sync::OnceLock::new(),
-        }
-    }
-    pub const fn ttl(mut self, ttl: Ttl) -> Site {
-        self.ttl = ttl;
-        self
-    }
-    pub const fn single_flight(mut self, mode: SingleFlight) -> Site {
-        self.single_flight = mode;
-        self
-    }
-    pub const fn stale(mut self, window: Duration) -> Site {
-        self.stale = Some(window);
-        self
-    }
-    pub const fn local(mut self, max_age: Duration) -> Site {
-        self.local = Some(max_age);
-        self
-    }
-    pub const fn stale_if_error(mut self, window: Duration) -> Site {
-        self.stale_if_error = Some(window);
-        self
-    }
-    /// Static tags (checked by the macro, at compile time).
-    pub const fn tags(mut self, tags: &'static [&'static str]) -> Site {
-        self.tags = tags;
-        self
-    }
-
-    /// How long past expiry a row of this function must be kept: for stale serving and for `stale_if_error`.
-    pub(crate) fn keep(&self) -> Option<Duration> {
-        match (self.stale, self.stale_if_error) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
-
-impl KeyBuilder {
-    /// Starts the fingerprint of one call of a memoized function.
-    pub fn new(site: &'static Site) -> KeyBuilder {
-        site.prefix.get_or_init(|| KeyBuilder::for_function(site.namespace, site.function, site.version)).clone()
-    }
 }
 
 /// One part of a key: an argument, a binding from a destructured argument, or a const generic value.
@@ -126,24 +41,6 @@ pub trait KeyArg {
 impl<T: Serialize + ?Sized> KeyArg for T {
     fn add_to_key(&self, key: &mut KeyBuilder) {
         key.positional(self);
-    }
-}
-
-/// Which cache a memoized call uses.
-#[derive(Debug)]
-pub enum CacheRef {
-    /// The process-wide instance ([`crate::global`]).
-    Global,
-    /// The value of a `cache = ...` expression; `None` runs uncached.
-    Explicit(Option<PgCache>),
-}
-
-impl CacheRef {
-    pub(crate) fn resolve(self) -> Option<PgCache> {
-        match self {
-            CacheRef::Global => crate::global(),
-            CacheRef::Explicit(cache) => cache,
-        }
     }
 }
 
@@ -184,195 +81,6 @@ impl<T: CacheSource + ?Sized> CacheSource for Arc<T> {
 pub fn explicit<S: CacheSource + ?Sized>(source: &S) -> CacheRef {
     CacheRef::Explicit(source.to_cache())
 }
-
-/// What is stored for an outcome `R` of a memoized function, and how it comes back.
-#[diagnostic::on_unimplemented(
-    message = "the return type `{R}` cannot be cached",
-    label = "the cached value must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
-    note = "for `Result<T, E>` only `T` is stored, for `Option<T>` only `T`; other types are stored whole"
-)]
-pub trait Policy<R> {
-    /// What is stored of an outcome: `T` for `Result<T, E>` and `Option<T>`, the outcome itself otherwise.
-    type Value;
-    /// The value to store, if the outcome has one.
-    fn value<'a>(&self, outcome: &'a R) -> Option<&'a Self::Value>;
-    /// The JSON to store, or `None` when this outcome is not stored.
-    fn encode(&self, outcome: &R, limit: usize) -> Option<Result<String, CacheError>>;
-    fn decode(&self, json: &str) -> Result<R, serde_json::Error>;
-    /// Whether the outcome is a failure (`Err`, or `None` unless `None` is cached), which an entry expired
-    /// less than `stale_if_error` ago may replace.
-    fn failed(&self, outcome: &R) -> bool;
-}
-
-/// Stores the whole outcome.
-#[derive(Debug, Clone, Copy)]
-pub struct AsIs;
-impl<T: Serialize + DeserializeOwned> Policy<T> for AsIs {
-    type Value = T;
-    fn value<'a>(&self, outcome: &'a T) -> Option<&'a T> {
-        Some(outcome)
-    }
-    fn failed(&self, _: &T) -> bool {
-        false
-    }
-    fn encode(&self, outcome: &T, limit: usize) -> Option<Result<String, CacheError>> {
-        Some(codec::encode(outcome, limit))
-    }
-    fn decode(&self, json: &str) -> Result<T, serde_json::Error> {
-        codec::decode(json)
-    }
-}
-
-/// Stores `Ok` values only.
-#[derive(Debug, Clone, Copy)]
-pub struct OkOnly;
-impl<T: Serialize + DeserializeOwned, E> Policy<Result<T, E>> for OkOnly {
-    type Value = T;
-    fn value<'a>(&self, outcome: &'a Result<T, E>) -> Option<&'a T> {
-        outcome.as_ref().ok()
-    }
-    fn failed(&self, outcome: &Result<T, E>) -> bool {
-        outcome.is_err()
-    }
-    fn encode(&self, outcome: &Result<T, E>, limit: usize) -> Option<Result<String, CacheError>> {
-        outcome.as_ref().ok().map(|value| codec::encode(value, limit))
-    }
-    fn decode(&self, json: &str) -> Result<Result<T, E>, serde_json::Error> {
-        codec::decode(json).map(Ok)
-    }
-}
-
-/// Stores `Some` values, and `None` too when `cache_none` is on.
-#[derive(Debug, Clone, Copy)]
-pub struct OptionPolicy {
-    cache_none: bool,
-}
-impl<T: Serialize + DeserializeOwned> Policy<Option<T>> for OptionPolicy {
-    type Value = T;
-    fn value<'a>(&self, outcome: &'a Option<T>) -> Option<&'a T> {
-        outcome.as_ref()
-    }
-    fn failed(&self, outcome: &Option<T>) -> bool {
-        outcome.is_none() && !self.cache_none
-    }
-    fn encode(&self, outcome: &Option<T>, limit: usize) -> Option<Result<String, CacheError>> {
-        match outcome {
-            None if self.cache_none => Some(Ok("null".to_owned())),
-            None => None,
-            Some(value) => {
-                let json = codec::encode(value, limit);
-                // With cache_none, `null` means None: a Some whose value is itself written as `null` (a unit,
-                // a nested None) would come back as None, so it is not stored at all.
-                match json {
-                    Ok(json) if self.cache_none && json == "null" => None,
-                    other => Some(other),
-                }
-            }
-        }
-    }
-    fn decode(&self, json: &str) -> Result<Option<T>, serde_json::Error> {
-        if self.cache_none && json == "null" {
-            return Ok(None);
-        }
-        codec::decode(json).map(Some)
-    }
-}
-
-/// `cache_if = predicate`: a policy that stores a value only when `keep` says so. The value is still returned
-/// either way.
-pub struct CacheIf<P, V> {
-    policy: P,
-    keep: fn(&V) -> bool,
-}
-
-impl<P: std::fmt::Debug, V> std::fmt::Debug for CacheIf<P, V> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CacheIf").field("policy", &self.policy).finish_non_exhaustive()
-    }
-}
-
-impl<R, P, V> Policy<R> for CacheIf<P, V>
-where
-    P: Policy<R, Value = V>,
-{
-    type Value = V;
-    fn value<'a>(&self, outcome: &'a R) -> Option<&'a V> {
-        self.policy.value(outcome)
-    }
-    fn encode(&self, outcome: &R, limit: usize) -> Option<Result<String, CacheError>> {
-        match self.policy.value(outcome) {
-            Some(value) if !(self.keep)(value) => None,
-            _ => self.policy.encode(outcome, limit),
-        }
-    }
-    fn decode(&self, json: &str) -> Result<R, serde_json::Error> {
-        self.policy.decode(json)
-    }
-    fn failed(&self, outcome: &R) -> bool {
-        self.policy.failed(outcome)
-    }
-}
-
-/// Wraps the policy of a function returning `R` with its `cache_if` predicate. A predicate of the wrong
-/// signature fails to coerce to `fn(&V) -> bool` here, at the path the user wrote.
-pub fn cache_if<R, P: Policy<R>>(policy: P, keep: fn(&P::Value) -> bool) -> CacheIf<P, P::Value> {
-    CacheIf { policy, keep }
-}
-
-/// Selects a [`Policy`] from a return type by autoref specialization: `Result` and `Option` (through any
-/// alias) get their own policies, anything else is stored whole.
-///
-/// `(&Probe::<R>::new()).policy(cache_none)`
-pub struct Probe<R>(PhantomData<fn() -> R>);
-
-impl<R> std::fmt::Debug for Probe<R> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Probe")
-    }
-}
-
-impl<R> Probe<R> {
-    #[allow(clippy::new_without_default)]
-    pub const fn new() -> Self {
-        Probe(PhantomData)
-    }
-}
-
-pub trait ResultKind {
-    fn policy(&self, cache_none: bool) -> OkOnly;
-}
-impl<T, E> ResultKind for Probe<Result<T, E>> {
-    fn policy(&self, _cache_none: bool) -> OkOnly {
-        OkOnly
-    }
-}
-
-pub trait OptionKind {
-    fn policy(&self, cache_none: bool) -> OptionPolicy;
-}
-impl<T> OptionKind for Probe<Option<T>> {
-    fn policy(&self, cache_none: bool) -> OptionPolicy {
-        OptionPolicy { cache_none }
-    }
-}
-
-pub trait PlainKind {
-    fn policy(&self, cache_none: bool) -> AsIs;
-}
-impl<R> PlainKind for &Probe<R> {
-    fn policy(&self, _cache_none: bool) -> AsIs {
-        AsIs
-    }
-}
-
-/// `cache_none = true` on a function that does not return an `Option` fails here.
-#[diagnostic::on_unimplemented(
-    message = "`cache_none` applies only to functions that return `Option<_>`; this one returns `{Self}`"
-)]
-pub trait ReturnsOption {}
-impl<T> ReturnsOption for Option<T> {}
-
-pub fn assert_returns_option<R: ReturnsOption>() {}
 
 /// Runs `call` (a call of the memoized function) so that the memoized call with exactly this key skips the
 /// lookup and the single-flight, runs its body, and overwrites the entry.

@@ -1,0 +1,115 @@
+//! What generated code tells the engine about one memoized function ([`Site`], built once in a `static`),
+//! and which cache a call uses ([`CacheRef`]). Part of the `__private` contract.
+
+// Items of the hidden `__private` contract, re-exported there: not part of the documented API.
+#![allow(missing_docs)]
+
+use crate::cache::PgCache;
+use crate::key::KeyBuilder;
+use crate::ttl::Ttl;
+use std::time::Duration;
+
+/// How concurrent misses of one key are coalesced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SingleFlight {
+    /// Every caller that misses computes.
+    Off,
+    /// Callers in this process share one computation per key.
+    Process,
+    /// Callers in every process share one computation per key, through a lease row in PostgreSQL.
+    Cluster,
+}
+
+/// Static description of one memoized function.
+#[derive(Debug)]
+pub struct Site {
+    pub(crate) namespace: &'static str,
+    pub(crate) function: &'static str,
+    pub(crate) version: u32,
+    pub(crate) ttl: Ttl,
+    pub(crate) single_flight: SingleFlight,
+    pub(crate) stale: Option<Duration>,
+    pub(crate) local: Option<Duration>,
+    /// `stale_if_error = "..."`: how long after expiry an entry may stand in for a failed computation.
+    pub(crate) stale_if_error: Option<Duration>,
+    /// `tags("...")`: every entry of the function carries these.
+    pub(crate) tags: &'static [&'static str],
+    /// The hash state after the function's fixed part (format, namespace, path, version), computed once:
+    /// every call clones it and adds only its own arguments.
+    prefix: std::sync::OnceLock<KeyBuilder>,
+}
+
+impl Site {
+    pub const fn new(namespace: &'static str, function: &'static str, version: u32) -> Site {
+        Site {
+            namespace,
+            function,
+            version,
+            ttl: Ttl::Default,
+            single_flight: SingleFlight::Process,
+            stale: None,
+            local: None,
+            stale_if_error: None,
+            tags: &[],
+            prefix: std::sync::OnceLock::new(),
+        }
+    }
+    pub const fn ttl(mut self, ttl: Ttl) -> Site {
+        self.ttl = ttl;
+        self
+    }
+    pub const fn single_flight(mut self, mode: SingleFlight) -> Site {
+        self.single_flight = mode;
+        self
+    }
+    pub const fn stale(mut self, window: Duration) -> Site {
+        self.stale = Some(window);
+        self
+    }
+    pub const fn local(mut self, max_age: Duration) -> Site {
+        self.local = Some(max_age);
+        self
+    }
+    pub const fn stale_if_error(mut self, window: Duration) -> Site {
+        self.stale_if_error = Some(window);
+        self
+    }
+    /// Static tags (checked by the macro, at compile time).
+    pub const fn tags(mut self, tags: &'static [&'static str]) -> Site {
+        self.tags = tags;
+        self
+    }
+
+    /// How long past expiry a row of this function must be kept: for stale serving and for `stale_if_error`.
+    pub(crate) fn keep(&self) -> Option<Duration> {
+        match (self.stale, self.stale_if_error) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl KeyBuilder {
+    /// Starts the fingerprint of one call of a memoized function.
+    pub fn new(site: &'static Site) -> KeyBuilder {
+        site.prefix.get_or_init(|| KeyBuilder::for_function(site.namespace, site.function, site.version)).clone()
+    }
+}
+
+/// Which cache a memoized call uses.
+#[derive(Debug)]
+pub enum CacheRef {
+    /// The process-wide instance ([`crate::global`]).
+    Global,
+    /// The value of a `cache = ...` expression; `None` runs uncached.
+    Explicit(Option<PgCache>),
+}
+
+impl CacheRef {
+    pub(crate) fn resolve(self) -> Option<PgCache> {
+        match self {
+            CacheRef::Global => crate::global(),
+            CacheRef::Explicit(cache) => cache,
+        }
+    }
+}
