@@ -33,6 +33,8 @@ pub(crate) struct Args {
     pub(crate) tags: Option<Vec<LitStr>>,
     pub(crate) stale_if_error: Option<LitStr>,
     pub(crate) cache_if: Option<syn::Path>,
+    pub(crate) refresh_ahead: Option<LitStr>,
+    pub(crate) background_refresh: Option<Flag>,
     /// Errors found while parsing that did not stop the parse.
     pub(crate) errors: Errors,
 }
@@ -93,6 +95,11 @@ const OPTIONS: &[OptionSpec] = &[
         value: Value::Str(|args| &mut args.stale_if_error, "a string literal, e.g. `stale_if_error = \"1h\"`"),
     },
     OptionSpec { name: "cache_if", value: Value::Path(|args| &mut args.cache_if) },
+    OptionSpec {
+        name: "refresh_ahead",
+        value: Value::Str(|args| &mut args.refresh_ahead, "a percentage, e.g. `refresh_ahead = \"10%\"`"),
+    },
+    OptionSpec { name: "background_refresh", value: Value::Flag(|args| &mut args.background_refresh) },
 ];
 
 /// "`namespace`, `ttl`, ... or `companions`": every option in [`OPTIONS`], for error messages.
@@ -371,16 +378,16 @@ mod tests {
             messages(args),
             [
                 "unknown option `ttll`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error` or `cache_if`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead` or `background_refresh`",
                 "duplicate option `ttl`",
                 "expected an integer literal, e.g. `version = 2`",
                 "expected a string literal, e.g. `namespace = \"retrieval\"`",
                 "expected `true` or `false`",
                 "duplicate option `cache`",
                 "unknown option `frobnicate`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error` or `cache_if`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead` or `background_refresh`",
                 "unknown option `flag`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error` or `cache_if`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead` or `background_refresh`",
                 "expected a string literal, e.g. `stale = \"5m\"`",
             ]
         );
@@ -407,7 +414,7 @@ mod tests {
             err.as_deref(),
             Some(
                 "expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, `cache_none`, `single_flight`, \
-                 `stale`, `local`, `companions`, `tags`, `stale_if_error` or `cache_if`"
+                 `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead` or `background_refresh`"
             )
         );
     }

@@ -28,7 +28,8 @@ impl Plan<'_> {
         let cache_key = self.cache_key_companion(span, &key_doc);
         let invalidate = self.invalidate_companion(span, &invalidate_doc);
         let refresh = self.refresh_companion(span, &refresh_doc);
-        quote!(#cache_key #invalidate #refresh)
+        let task = self.background_task_fn();
+        quote!(#cache_key #invalidate #refresh #task)
     }
 
     /// `fn {fn}_cache_key(<key arguments>) -> Result<String, CacheError>`.

@@ -56,6 +56,9 @@ impl Plan<'_> {
             let tags = &self.options.tags;
             site.extend(quote!(.tags(&[#(#tags),*])));
         }
+        if let Some(percent) = self.options.refresh_ahead {
+            site.extend(quote!(.refresh_ahead(#percent)));
+        }
         quote!(static __PG_CACHED_SITE: #rt::Site = #site;)
     }
 
@@ -143,11 +146,17 @@ impl Plan<'_> {
     /// let __pg_cached_key = <key from the arguments>;
     /// let __pg_cached_cache = <cache>;
     /// let __pg_cached_policy = <policy chosen from the return type>;
-    /// memoize(&__PG_CACHED_SITE, __pg_cached_cache, __pg_cached_key, __pg_cached_policy, async move {
-    ///     <fake return edge>
-    ///     <original block>
+    /// memoize(&__PG_CACHED_SITE, __pg_cached_cache, __pg_cached_key, __pg_cached_policy, move |how| {
+    ///     <with background refreshes: asked for How::Elsewhere, the task that calls the function again>
+    ///     Body::Here(async move {
+    ///         <fake return edge>
+    ///         <original block>
+    ///     })
     /// }).await
     /// ```
+    ///
+    /// The closure is called once, when the engine needs the body (not at all on a hit): so nothing is built
+    /// that a hit does not use, and the arguments can still be copied for a background refresh.
     fn body(&self) -> TokenStream {
         let site = self.site();
         let key = self.key(&vec![false; self.shape.params.len()]);
@@ -180,15 +189,19 @@ impl Plan<'_> {
             None => (quote_spanned!(ret_span=> memoize), ret_span),
         };
         let call_rt = self::rt(call_span);
+        let background = self.background_branch();
         let memoize = quote_spanned! {call_span=>
             #call_rt::#memoize_fn(
                 &__PG_CACHED_SITE,
                 __pg_cached_cache,
                 __pg_cached_key,
                 __pg_cached_policy,
-                async move {
-                    #fake_return
-                    #block
+                move |__pg_cached_how: #call_rt::How| {
+                    #background
+                    #call_rt::Body::Here(async move {
+                        #fake_return
+                        #block
+                    })
                 },
             )
             .await

@@ -10,6 +10,7 @@
 //! `companions.rs` its `{fn}_cache_key`, `{fn}_invalidate` and `{fn}_refresh`. Generators only read the plan.
 
 mod attr;
+mod background;
 mod companions;
 mod duration;
 mod expand;
@@ -66,6 +67,8 @@ use crate::signature::parse_function;
 /// | `tags("...", ...)` | string literals: [tags](#tags) every entry of the function carries (1 to 200 characters, no control characters) | none |
 /// | `stale_if_error = "..."` | a [duration](#durations): when the body fails, an entry expired less than this long ago is returned instead; see [Expiry](#expiry-stale-and-local) | none |
 /// | `cache_if = path` | a function `fn(&T) -> bool` on the value that would be stored; `false`: return it, do not store it | store every storable value |
+/// | `refresh_ahead = "N%"` | 1% to 99%: a hit on an entry with at most that share of its `ttl` left starts a refresh in the background; see [Background refreshes](#background-refreshes) | none |
+/// | `background_refresh = false` | refresh stale entries in the caller that finds them, as if the function could not be called in the background; see [Background refreshes](#background-refreshes) | `true` where possible |
 ///
 /// An option given twice, or an unknown option, is an error at that option. All errors in one attribute
 /// are reported together.
@@ -192,15 +195,38 @@ use crate::signature::parse_function;
 /// An entry is served until its `ttl` has passed (by the database's clock); after that the next call runs the
 /// body again. Without `ttl`, the TTL configured on the cache applies.
 ///
-/// With `stale = "..."`, for that long after an entry expired, one caller refreshes it (runs the body and
-/// stores the result) while callers arriving meanwhile get the expired value at once instead of waiting.
-/// If the refresh gives nothing that is cached (an `Err`, a `None`), the expired value is returned instead.
+/// With `stale = "..."`, for that long after an entry expired, callers get the expired value at once while
+/// one refresh (per key, in each process; across processes with `single_flight = "cluster"`) runs the body
+/// and stores the result. Where the function can be called again from a task of its own (see
+/// [Background refreshes](#background-refreshes)), the refresh runs there and no caller waits for it, not even
+/// the one that found the entry stale; otherwise that caller refreshes it and gets the new value. A refresh
+/// that fails (an `Err`, a `None` that is not cached) leaves the expired value in place, and the next caller
+/// that finds it stale tries again.
 ///
 /// With `stale_if_error = "..."`, an entry is kept that long past its expiry without being served; if the
 /// body then fails (returns an `Err`, or a `None` that is not cached), the expired value is returned instead
 /// of the failure, and counted as `stale_if_error` in the stats. An LLM endpoint answering 429 or 503 then
 /// degrades to slightly old answers instead of errors. The expired entry is not refreshed by it: the next
 /// call tries the body again.
+///
+/// # Background refreshes
+///
+/// A background refresh calls the function again from a task of its own, with owned copies of its arguments,
+/// and stores what it returns (as `{fn}_refresh` would). `stale` starts one when an entry is found expired,
+/// and `refresh_ahead = "N%"` when a hit finds an entry with at most N % of its `ttl` left, so a key that is
+/// read often never expires at all. The attribute decides from the signature which functions can run so:
+///
+/// - the function has no generic parameters, and its companions are generated (not in a trait impl);
+/// - its receiver, if any, is taken by reference or by value (`&self`, `self: &Arc<Self>`, `self`), not
+///   `&mut`, and its type is `Clone`;
+/// - each argument is a plain name whose type is `&str` (copied into a `String`), `&[T]`, `Cow<'_, X>`,
+///   `&T` or `T`, with `T` `Clone` and no `impl Trait`, `dyn`, `&mut` or lifetime inside.
+///
+/// A function that fails one of these (a receiver or an argument that is not `Clone` included) refreshes in
+/// the caller that finds the entry stale, as before, and `refresh_ahead` does nothing for it. A function
+/// that passes them must return a `Send` future and, for a method, belong to an `impl` whose type has no
+/// lifetime parameter and only `'static` type parameters; if not, it does not compile, and takes
+/// `background_refresh = false`.
 ///
 /// With `local = "..."`, entries are also kept in this process's memory for up to that long (never past their
 /// `ttl`), so a hit costs no round trip. Invalidations made through the cache reach every process's in-memory

@@ -12,6 +12,7 @@ use syn::{Expr, Ident, ItemFn, LitInt, LitStr};
 use cache_rules::{tag_problem, NamespaceProblem, TagProblem, MAX_NAMESPACE_LEN, MAX_TAG_CHARS};
 
 use crate::attr::{Args, Errors};
+use crate::background::Background;
 use crate::duration::{self, Never, Parsed};
 use crate::signature::FnShape;
 
@@ -21,6 +22,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) function: &'a ItemFn,
     pub(crate) options: Options,
     pub(crate) shape: FnShape<'a>,
+    /// How a stale or nearly expired entry is refreshed in the background, when the function allows it.
+    pub(crate) background: Option<Background>,
 }
 
 impl<'a> Plan<'a> {
@@ -30,7 +33,11 @@ impl<'a> Plan<'a> {
         let skip = args.skip.take().unwrap_or_default();
         let shape = FnShape::new(function, &skip, errors);
         let options = Options::new(args, &function.sig.ident, errors);
-        Plan { function, options, shape }
+        // A refresh in the background needs the stale window or refresh-ahead that start one, the sibling
+        // function that runs it (a companion), and a signature that allows the call.
+        let wanted = (options.stale.is_some() || options.refresh_ahead.is_some()) && options.background_refresh;
+        let background = (wanted && options.companions).then(|| Background::new(&shape, &function.sig)).flatten();
+        Plan { function, options, shape, background }
     }
 }
 
@@ -58,6 +65,10 @@ pub(crate) struct Options {
     pub(crate) cache_none: Option<Span>,
     /// Whether to generate `{fn}_cache_key`, `{fn}_invalidate` and `{fn}_refresh`.
     pub(crate) companions: bool,
+    /// `refresh_ahead = "N%"`: the share of the TTL left at which a hit starts a refresh.
+    pub(crate) refresh_ahead: Option<u8>,
+    /// `background_refresh = false` turns background refreshes off.
+    pub(crate) background_refresh: bool,
 }
 
 impl Options {
@@ -77,6 +88,8 @@ impl Options {
             tags,
             stale_if_error,
             cache_if,
+            refresh_ahead,
+            background_refresh,
             ..
         } = args;
         let namespace = checked_namespace(namespace, function, errors);
@@ -89,6 +102,7 @@ impl Options {
             single_flight.and_then(|lit| SingleFlight::parse(&lit, errors).map(|mode| (mode, lit.span())));
         let tags = checked_tags(tags.unwrap_or_default(), errors);
         let stale_if_error = checked_duration(stale_if_error, Never::Rejected, errors).and_then(seconds);
+        let refresh_ahead = refresh_ahead.and_then(|lit| checked_percent(&lit, ttl.as_ref(), errors));
         Options {
             namespace,
             version,
@@ -102,8 +116,30 @@ impl Options {
             cache,
             cache_none: cache_none.and_then(|(key, value)| value.value.then_some(key)),
             companions: companions.is_none_or(|(_, value)| value.value),
+            refresh_ahead,
+            background_refresh: background_refresh.is_none_or(|(_, value)| value.value),
         }
     }
+}
+
+/// `refresh_ahead = "N%"`: 1 to 99 percent of a TTL that ends (not `ttl = "never"`).
+fn checked_percent(lit: &LitStr, ttl: Option<&Parsed>, errors: &mut Errors) -> Option<u8> {
+    let text = lit.value();
+    let percent = text.strip_suffix('%').and_then(|n| n.trim().parse::<u8>().ok()).filter(|n| (1..=99).contains(n));
+    let Some(percent) = percent else {
+        let message =
+            format!("invalid refresh_ahead {text:?}: write a percentage of the TTL from 1% to 99%, e.g. \"10%\"");
+        errors.push(syn::Error::new(lit.span(), message));
+        return None;
+    };
+    if matches!(ttl, Some(Parsed::Never)) {
+        errors.push(syn::Error::new(
+            lit.span(),
+            "refresh_ahead needs entries that expire, and this one has `ttl = \"never\"`",
+        ));
+        return None;
+    }
+    Some(percent)
 }
 
 /// How concurrent misses share one computation: `single_flight = "off" | "process" | "cluster"`.

@@ -1,7 +1,7 @@
 //! Memoized calls made through `cache_runtime::__private` directly, the way `#[pg_cached]` expands, so the
 //! runtime's memoization logic is tested without any macro in between.
 
-use cache_runtime::__private::{memoize, memoize_local, AsIs, CacheRef, KeyArg, KeyBuilder, OkOnly, Site};
+use cache_runtime::__private::{here, memoize, memoize_local, AsIs, CacheRef, KeyArg, KeyBuilder, OkOnly, Site};
 use cache_runtime::{CacheError, PgCache};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -20,7 +20,7 @@ where
     R: Serialize + DeserializeOwned,
     F: Future<Output = R>,
 {
-    memoize(site, CacheRef::Explicit(Some(cache.clone())), key(site, arg), AsIs, body).await
+    memoize(site, CacheRef::Explicit(Some(cache.clone())), key(site, arg), AsIs, here(body)).await
 }
 
 /// The same, for a function that returns a `Result` (only `Ok` is stored).
@@ -29,7 +29,7 @@ where
     T: Serialize + DeserializeOwned,
     F: Future<Output = Result<T, E>>,
 {
-    memoize(site, CacheRef::Explicit(Some(cache.clone())), key(site, arg), OkOnly, body).await
+    memoize(site, CacheRef::Explicit(Some(cache.clone())), key(site, arg), OkOnly, here(body)).await
 }
 
 /// The same, for a function with `local = "..."` (typed in-process hits).
@@ -38,7 +38,7 @@ where
     R: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     F: Future<Output = R>,
 {
-    memoize_local(site, CacheRef::Explicit(Some(cache.clone())), key(site, arg), AsIs, body).await
+    memoize_local(site, CacheRef::Explicit(Some(cache.clone())), key(site, arg), AsIs, here(body)).await
 }
 
 /// A second pool on the same database as `pool`, as another process would have.

@@ -2,7 +2,7 @@
 //! orchestrator calling a memoized retriever calling ...) would otherwise multiply their bodies' sizes and
 //! overflow a thread's stack.
 
-use cache_runtime::__private::{memoize, AsIs, CacheRef, SingleFlight, Site};
+use cache_runtime::__private::{here, memoize, AsIs, CacheRef, SingleFlight, Site};
 use cache_runtime::PgCache;
 use integration_tests::memo;
 use std::time::Duration;
@@ -26,7 +26,7 @@ async fn a_memoized_future_does_not_hold_its_body_inline() {
         .expect("a well-formed URL");
     assert!(std::mem::size_of_val(&big_body()) > 8192);
     for site in [&SITE, &CLUSTER_SITE] {
-        let call = memoize(site, CacheRef::Explicit(Some(cache.clone())), memo::key(site, 1), AsIs, big_body());
+        let call = memoize(site, CacheRef::Explicit(Some(cache.clone())), memo::key(site, 1), AsIs, here(big_body()));
         let size = std::mem::size_of_val(&call);
         assert!(size <= 64, "a memoized future of {size} bytes");
         // And it still works: the database is unreachable, so the body runs.

@@ -7,7 +7,7 @@ use crate::entry::{EntryMeta, LiveEntry, Lookup, ReadFrom, Write};
 use crate::error::{CacheError, Result};
 use crate::key::check_key;
 use crate::observe::Event;
-use crate::tier::flight::Flights;
+use crate::tier::flight::{Flights, Refreshing};
 use crate::tier::local::{LocalTier, DEFAULT_CAPACITY};
 use crate::ttl::Ttl;
 use std::sync::Arc;
@@ -82,6 +82,16 @@ impl<'a> MemoHandle<'a> {
     /// Computations in flight in this process, by key.
     pub(crate) fn flights(&self) -> &'a Flights {
         &self.cache.inner.flights
+    }
+
+    /// Marks `key` as refreshing in the background, unless a refresh of it already runs in this process.
+    pub(crate) fn start_refresh(&self, key: &str) -> Option<Refreshing> {
+        self.cache.inner.flights.start_refresh(key)
+    }
+
+    /// Whether a background refresh of `key` runs in this process.
+    pub(crate) fn is_refreshing(&self, key: &str) -> bool {
+        self.cache.inner.flights.is_refreshing(key)
     }
 
     /// The in-process tier a function uses: its own `local = "..."` one (created on first use when the builder

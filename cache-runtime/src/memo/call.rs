@@ -1,9 +1,12 @@
 //! One memoized call against the store: the lookup, the write (guarded against invalidations that happened
 //! while the body ran), and the refresh of a stale entry.
 
+use super::background;
+use super::lease::Lease;
 use super::policy::Policy;
 use super::scope::TagScope;
-use super::site::Site;
+use super::site::{SingleFlight, Site};
+use super::work::{Body, How, Work};
 use super::{run, served, Computed};
 use crate::cache::MemoHandle;
 use crate::entry::{EntryMeta, LiveEntry, ReadFrom, Start, Write};
@@ -173,7 +176,8 @@ impl<P> Call<'_, P> {
     /// The fast path of a hit: the same statement as `PgCache::get`, lighter than the lookup a miss needs (no
     /// stale window). Counts only what it serves, as `served` (a hit, or a follower's coalesced read); `Err`
     /// when the store could not be reached. `from`: whether a read replica may answer.
-    pub(super) async fn find_live<R>(&self, served: Event, from: ReadFrom) -> Result<Option<R>, ()>
+    /// A hit comes with the milliseconds its entry has left (`None`: it never expires).
+    pub(super) async fn find_live<R>(&self, served: Event, from: ReadFrom) -> Result<Option<(R, Option<i64>)>, ()>
     where
         P: Policy<R>,
     {
@@ -182,10 +186,11 @@ impl<P> Call<'_, P> {
         let Ok(outcome) = self.policy.decode(&entry.json) else { return Ok(None) };
         self.record_served(served, &entry.meta);
         tracing::debug!(namespace = self.site.namespace, key = self.key, ?served, "memoized hit");
+        let remaining_ms = entry.remaining_ms;
         if let Some(fill) = fill {
             fill.put(self.key, entry, self.site.local);
         }
-        Ok(Some(outcome))
+        Ok(Some((outcome, remaining_ms)))
     }
 
     /// Writes a computed outcome unless an invalidation happened that its computation (begun at `start`) may
@@ -213,22 +218,70 @@ impl<P> Call<'_, P> {
     }
 
     /// `single_flight = "off"`: look up, and on a miss compute and store.
-    pub(super) async fn uncoalesced<R, F>(&self, body: F) -> R
+    pub(super) async fn uncoalesced<R, M, F>(&self, mut work: Work<M, F>) -> R
     where
         P: Policy<R>,
+        M: FnOnce(How) -> Body<F>,
         F: Future<Output = R>,
     {
         match self.find(ReadFrom::AnyCopy).await {
             Found::Fresh(outcome, ..) => outcome,
-            Found::Stale(stale, _, meta, start) => self.refresh(body, stale, &meta, start).await,
+            Found::Stale(stale, _, meta, start) => self.refresh_stale(work, stale, &meta, start).await,
             Found::Missing(start, fallback) => {
-                let (outcome, computed) = self.run(body).await;
+                let (outcome, computed) = self.run(work.body()).await;
                 if let (Some(start), Some(json)) = (start, self.encode(&outcome)) {
                     let _ = self.write(&json, start, &computed).await;
                 }
                 self.or_fallback(outcome, fallback.as_ref())
             }
         }
+    }
+
+    /// A stale entry, found by this caller, which refreshes it: in the background when the function allows
+    /// it (the caller gets the stale value at once; see `background.rs`), else here, in the caller (with a
+    /// cluster lease first under `single_flight = "cluster"`, and the stale value if another process holds
+    /// it).
+    pub(super) async fn refresh_stale<R, M, F>(&self, work: Work<M, F>, stale: R, meta: &EntryMeta, start: Start) -> R
+    where
+        P: Policy<R>,
+        M: FnOnce(How) -> Body<F>,
+        F: Future<Output = R>,
+    {
+        if self.cache.is_refreshing(self.key) {
+            // Its refresh runs in the background already.
+            self.record_served(Event::StaleServed, meta);
+            return stale;
+        }
+        // Without a tokio runtime there is nowhere to spawn: refresh here.
+        let mut work = match tokio::runtime::Handle::try_current() {
+            Ok(_) => match work.into_task() {
+                Ok(task) => {
+                    background::spawn_refresh(self.cache, self.site, self.key, task);
+                    self.record_served(Event::StaleServed, meta);
+                    return stale;
+                }
+                Err(work) => work,
+            },
+            Err(_) => work,
+        };
+        let lease = if self.site.single_flight == SingleFlight::Cluster {
+            match Lease::try_take(self.cache.cache(), self.key).await {
+                Ok(Some(lease)) => Some(lease),
+                // Another process refreshes it: serve the stale value and move on.
+                Ok(None) => {
+                    self.record_served(Event::StaleServed, meta);
+                    return stale;
+                }
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let outcome = self.refresh(work.body(), stale, meta, start).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        outcome
     }
 
     /// Recomputes a stale entry. When the body fails (an `Err`, a `None` that is not cached), the stale value

@@ -6,7 +6,8 @@ use super::call::{Call, Fallback, Found};
 use super::lease::Lease;
 use super::policy::Policy;
 use super::site::SingleFlight;
-use super::{Body, Computed};
+use super::work::{Body, How, Work};
+use super::Computed;
 use crate::entry::{EntryMeta, ReadFrom, Start};
 use crate::observe::Event;
 use crate::tier::flight::Shared;
@@ -18,8 +19,8 @@ use std::time::Duration;
 enum LeaderWork<R> {
     /// Give up the lease if one is held, and return the outcome.
     Done(R, Option<Lease>),
-    /// Refresh a stale entry: run the body, and serve the stale value if the refresh gives nothing storable.
-    Refresh(R, EntryMeta, Start, Option<Lease>),
+    /// Refresh a stale entry (see `Call::refresh_stale`), serving the stale value meanwhile or if it fails.
+    Refresh(R, EntryMeta, Start),
 }
 
 impl<P> Call<'_, P> {
@@ -27,30 +28,31 @@ impl<P> Call<'_, P> {
     /// cluster lease when asked); followers take its outcome as JSON the moment it is known. `store_down`:
     /// that lookup failed to reach the store, so the leader does not wait for another timeout.
     ///
-    /// The body is only borrowed by the leader's initializer: a follower keeps its own, unpolled, in case the
-    /// leader's outcome cannot be shared.
-    pub(super) async fn single_flight<R, F>(&self, mut body: Body<F>, store_down: bool) -> R
+    /// The work is only borrowed by the leader's initializer: a follower keeps its own, its body unmade, in
+    /// case the leader's outcome cannot be shared.
+    pub(super) async fn single_flight<R, M, F>(&self, mut work: Work<M, F>, store_down: bool) -> R
     where
         P: Policy<R>,
+        M: FnOnce(How) -> Body<F>,
         F: Future<Output = R>,
     {
         // A flight that finished between the caller's lookup and this join has stored its value by then, and
         // the leader's own lookup finds it.
         let mut ticket = self.cache.flights().join(self.key);
         let mut leader: Option<LeaderWork<R>> = None;
-        let (body_ref, leader_slot) = (&mut body, &mut leader);
+        let (work_ref, leader_slot) = (&mut work, &mut leader);
         let shared = ticket
             .cell()
             .get_or_init(|| async move {
-                let (shared, work) = self.lead(body_ref, store_down).await;
-                *leader_slot = Some(work);
+                let (shared, left) = self.lead(work_ref, store_down).await;
+                *leader_slot = Some(left);
                 shared
             })
             .await
             .clone();
-        if let Some(work) = leader {
+        if let Some(left) = leader {
             ticket.lead();
-            return self.finish_leading(work, body).await;
+            return self.finish_leading(left, work).await;
         }
         drop(ticket);
         if let Some(outcome) = self.follow(&shared).await {
@@ -58,7 +60,7 @@ impl<P> Call<'_, P> {
         }
         // The leader's outcome could not be shared (an `Err`, a `None`, a value JSONB cannot hold, a value
         // invalidated since): this caller goes its own way, as if single-flight were off.
-        self.uncoalesced(body).await
+        self.uncoalesced(work).await
     }
 
     /// A follower's outcome from what its leader published, if it can use it.
@@ -70,7 +72,7 @@ impl<P> Call<'_, P> {
             // Read it back: this read starts after the follower's call did, so it reflects every invalidation
             // that completed before the call, in any process. The copy serves only if the store fails.
             Shared::Stored(json, meta) => match self.find_live(Event::Coalesced, ReadFrom::Primary).await {
-                Ok(found) => return found,
+                Ok(found) => return found.map(|(outcome, _)| outcome),
                 Err(()) => (json, meta, Event::Coalesced),
             },
             Shared::Unstored(json, meta) => (json, meta, Event::Coalesced),
@@ -107,9 +109,10 @@ impl<P> Call<'_, P> {
 
     /// The leader's part inside the flight: what followers get, and what is left to do afterwards.
     /// `store_down`: this caller's lookup just failed to reach the store; do not wait for another timeout.
-    async fn lead<R, F>(&self, body: &mut Body<F>, store_down: bool) -> (Shared, LeaderWork<R>)
+    async fn lead<R, M, F>(&self, work: &mut Work<M, F>, store_down: bool) -> (Shared, LeaderWork<R>)
     where
         P: Policy<R>,
+        M: FnOnce(How) -> Body<F>,
         F: Future<Output = R>,
     {
         let cluster = self.site.single_flight == SingleFlight::Cluster;
@@ -123,21 +126,9 @@ impl<P> Call<'_, P> {
                     return (Shared::Stored(json, meta), LeaderWork::Done(outcome, None));
                 }
                 Found::Stale(stale, json, meta, start) => {
-                    let shared = Shared::Stale(json, meta.clone());
-                    let lease = if cluster {
-                        match Lease::try_take(self.cache.cache(), self.key).await {
-                            Ok(Some(lease)) => Some(lease),
-                            // Someone else refreshes it: serve the stale value and move on.
-                            Ok(None) => {
-                                self.record_served(Event::StaleServed, &meta);
-                                return (shared, LeaderWork::Done(stale, None));
-                            }
-                            Err(_) => None,
-                        }
-                    } else {
-                        None
-                    };
-                    return (shared, LeaderWork::Refresh(stale, meta, start, lease));
+                    // Followers get the stale value (each after reading it back); the leader refreshes it,
+                    // in the background if it can (see `Call::refresh_stale`).
+                    return (Shared::Stale(json, meta.clone()), LeaderWork::Refresh(stale, meta, start));
                 }
                 Found::Missing(start, fallback) => {
                     let mut lease = None;
@@ -154,7 +145,7 @@ impl<P> Call<'_, P> {
                             Err(_) => {}
                         }
                     }
-                    let (outcome, computed) = self.run(body.as_mut()).await;
+                    let (outcome, computed) = self.run(work.body()).await;
                     let shared = self.publish(&outcome, start, &computed, fallback.as_ref()).await;
                     let outcome = self.or_fallback(outcome, fallback.as_ref());
                     return (shared, LeaderWork::Done(outcome, lease));
@@ -227,18 +218,20 @@ impl<P> Call<'_, P> {
         }
     }
 
-    async fn finish_leading<R, F>(&self, work: LeaderWork<R>, body: Body<F>) -> R
+    async fn finish_leading<R, M, F>(&self, left: LeaderWork<R>, work: Work<M, F>) -> R
     where
         P: Policy<R>,
+        M: FnOnce(How) -> Body<F>,
         F: Future<Output = R>,
     {
-        let (outcome, lease) = match work {
-            LeaderWork::Done(outcome, lease) => (outcome, lease),
-            LeaderWork::Refresh(stale, meta, start, lease) => (self.refresh(body, stale, &meta, start).await, lease),
-        };
-        if let Some(lease) = lease {
-            lease.release().await;
+        match left {
+            LeaderWork::Done(outcome, lease) => {
+                if let Some(lease) = lease {
+                    lease.release().await;
+                }
+                outcome
+            }
+            LeaderWork::Refresh(stale, meta, start) => self.refresh_stale(work, stale, &meta, start).await,
         }
-        outcome
     }
 }

@@ -5,13 +5,19 @@
 //!   everything else runs boxed), the in-process tier's fast path, and `{fn}_refresh` scoping.
 //! - `call.rs`: one call against the store: lookups, writes guarded against invalidations, stale refreshes.
 //! - `leader.rs`: single-flight: followers wait for one leader, which may hold a cluster-wide lease.
+//! - `work.rs`: the body, made only when needed, or a task that runs the call in the background;
+//!   `background.rs`: those background refreshes (stale-while-revalidate, `refresh_ahead`).
+//! - `lease.rs`: cluster-wide leases; `scope.rs`: the tags a running body gathers.
+//! - `private.rs`, `site.rs`, `policy.rs`: the contract with generated code (`__private`).
 
+mod background;
 mod call;
 mod leader;
 pub(crate) mod lease;
 pub(crate) mod policy;
 pub(crate) mod scope;
 pub(crate) mod site;
+pub(crate) mod work;
 
 use crate::cache::{MemoHandle, PgCache};
 use crate::entry::{EntryMeta, ReadFrom};
@@ -26,11 +32,9 @@ use site::{CacheRef, SingleFlight, Site};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use tracing::Instrument;
-
-/// A memoized function's body, boxed once a call misses so that it is never moved again.
-pub(crate) type Body<F> = Pin<Box<F>>;
 use std::task::{Context, Poll};
+use tracing::Instrument;
+use work::{Body, How, Work};
 
 tokio::task_local! {
     /// Set by a `{fn}_refresh` companion: the one key whose lookup is skipped.
@@ -46,16 +50,17 @@ fn refresh_requested(key: &str) -> bool {
     REFRESH_KEY.try_with(|k| k == key).unwrap_or(false)
 }
 
-pub(crate) fn memoize_with<R, P, F, L>(
+pub(crate) fn memoize_with<R, P, M, F, L>(
     site: &'static Site,
     cache: CacheRef,
     key: Result<String, CacheError>,
     policy: P,
-    body: F,
+    make: M,
     values: L,
 ) -> Memoized<R, impl Future<Output = R>>
 where
     P: Policy<R>,
+    M: FnOnce(How) -> Body<F>,
     F: Future<Output = R>,
     L: LocalValues<R>,
 {
@@ -73,11 +78,12 @@ where
     );
     let store = cache.as_ref().map(PgCache::memo);
     let hit = span.in_scope(|| local_hit(site, store, key.as_deref().ok(), &policy, values, outer.as_deref()));
-    if let Some(value) = hit {
+    if let (Some((value, remaining_ms)), Some(store), Ok(key)) = (hit, store, &key) {
         span.record("outcome", "hit").record("tier", "local");
+        background::refresh_ahead(store, site, key, remaining_ms, Work::new(make));
         return Memoized::ready(value);
     }
-    Memoized::pending(memoize_slow(site, cache, key, policy, body, outer).instrument(span))
+    Memoized::pending(memoize_slow(site, cache, key, policy, Work::new(make), outer).instrument(span))
 }
 
 /// Notes what `event` says about the current memoized call on its span: `outcome` is `hit`, `miss`,
@@ -167,7 +173,8 @@ impl<R: Clone + Send + Sync + 'static> LocalValues<R> for Typed {
     }
 }
 
-/// Answers from the in-process tier, synchronously, when it holds the key.
+/// Answers from the in-process tier, synchronously, when it holds the key: the value and the milliseconds the
+/// entry has left in PostgreSQL.
 fn local_hit<R, P, L>(
     site: &Site,
     cache: Option<MemoHandle<'_>>,
@@ -175,7 +182,7 @@ fn local_hit<R, P, L>(
     policy: &P,
     values: L,
     outer: Option<&TagScope>,
-) -> Option<R>
+) -> Option<(R, Option<i64>)>
 where
     P: Policy<R>,
     L: LocalValues<R>,
@@ -193,12 +200,16 @@ where
             Some(value)
         })
     });
-    let entry_meta = entry.map(|entry| entry.meta.clone());
-    match (&value, &entry_meta) {
-        (Some(_), Some(meta)) => served(cache, site, Event::LocalHit, meta, outer),
-        _ => cache.record(site.namespace, Event::LocalMiss),
+    match (value, entry) {
+        (Some(value), Some(entry)) => {
+            served(cache, site, Event::LocalHit, &entry.meta, outer);
+            Some((value, entry.remaining_ms()))
+        }
+        _ => {
+            cache.record(site.namespace, Event::LocalMiss);
+            None
+        }
     }
-    value
 }
 
 /// Counts a value served from an entry (`event`: which kind of hit) with the compute time it saved, and
@@ -210,22 +221,23 @@ pub(crate) fn served(cache: MemoHandle<'_>, site: &Site, event: Event, meta: &En
     }
 }
 
-async fn memoize_slow<R, P, F>(
+async fn memoize_slow<R, P, M, F>(
     site: &'static Site,
     cache: Option<PgCache>,
     key: Result<String, CacheError>,
     policy: P,
-    body: F,
+    mut work: Work<M, F>,
     outer: Option<Arc<TagScope>>,
 ) -> R
 where
     P: Policy<R>,
+    M: FnOnce(How) -> Body<F>,
     F: Future<Output = R>,
 {
     let Some(cache) = cache else {
         // No cache: the body still runs in a scope of its own, so that its tags reach an outer cached call.
         let scope = TagScope::new(site.tags);
-        let outcome = crate::memo::scope::gather(Arc::clone(&scope), Box::pin(body)).await;
+        let outcome = crate::memo::scope::gather(Arc::clone(&scope), work.body()).await;
         if let Some(outer) = &outer {
             outer.absorb(&scope.finish());
         }
@@ -238,29 +250,29 @@ where
             store.record_error(site.namespace, &error);
             record_outcome(Event::Error);
             tracing::warn!(namespace = site.namespace, function = site.function, %error, "cannot build the cache key; running uncached");
-            return run(store, site, outer.as_deref(), Box::pin(body)).await.0;
+            return run(store, site, outer.as_deref(), work.body()).await.0;
         }
     };
     let local = store.tier(site.local);
     let call = Call { cache: store, site, key: &key, policy: &policy, local, outer: outer.as_deref() };
     if refresh_requested(&key) {
-        return call.refresh_now(Box::pin(body)).await;
+        return call.refresh_now(work.body()).await;
     }
     // A hit, the common case, needs neither the flight map nor the body.
     let store_down = match site.single_flight {
         SingleFlight::Off => false,
         SingleFlight::Process | SingleFlight::Cluster => match call.find_live(Event::Hit, ReadFrom::AnyCopy).await {
-            Ok(Some(outcome)) => return outcome,
+            Ok(Some((outcome, remaining_ms))) => {
+                background::refresh_ahead(store, site, &key, remaining_ms, work);
+                return outcome;
+            }
             Ok(None) => false,
             Err(()) => true,
         },
     };
-    // The paths below pass the body through several nested futures; inline, each would reserve room for it,
-    // and the whole would be many times the body's size. Boxed once here, it is only ever borrowed.
-    let body = Box::pin(body);
     match site.single_flight {
-        SingleFlight::Off => call.uncoalesced(body).await,
-        SingleFlight::Process | SingleFlight::Cluster => call.single_flight(body, store_down).await,
+        SingleFlight::Off => call.uncoalesced(work).await,
+        SingleFlight::Process | SingleFlight::Cluster => call.single_flight(work, store_down).await,
     }
 }
 

@@ -114,38 +114,51 @@ pub async fn invalidate(
 ///
 /// A hit in the in-process tier is answered before the returned future is first polled to completion, with no
 /// allocation; every other path runs in one boxed future, so a memoized future stays small whatever its body.
-pub fn memoize<R, P, F>(
+///
+/// `make` builds the body when it is needed ([`How::Here`]); asked for [`How::Elsewhere`], it may instead give
+/// a task that runs the whole call again in the background (owned copies of the arguments, calling the function
+/// under a refresh scope), which stale-while-revalidate and `refresh_ahead` spawn so that no caller waits.
+pub fn memoize<R, P, M, F>(
     site: &'static Site,
     cache: CacheRef,
     key: Result<String, CacheError>,
     policy: P,
-    body: F,
+    make: M,
 ) -> Memoized<R, impl Future<Output = R>>
 where
     P: Policy<R>,
+    M: FnOnce(How) -> Body<F>,
     F: Future<Output = R>,
 {
-    memo::memoize_with(site, cache, key, policy, body, JsonOnly)
+    memo::memoize_with(site, cache, key, policy, make, JsonOnly)
 }
 
 /// [`memoize`] for functions with `local = "..."`: in-process hits hand out clones of the decoded value,
 /// with no JSON parsing.
-pub fn memoize_local<R, P, F>(
+pub fn memoize_local<R, P, M, F>(
     site: &'static Site,
     cache: CacheRef,
     key: Result<String, CacheError>,
     policy: P,
-    body: F,
+    make: M,
 ) -> Memoized<R, impl Future<Output = R>>
 where
     R: Clone + Send + Sync + 'static,
     P: Policy<R>,
+    M: FnOnce(How) -> Body<F>,
     F: Future<Output = R>,
 {
-    memo::memoize_with(site, cache, key, policy, body, Typed)
+    memo::memoize_with(site, cache, key, policy, make, Typed)
 }
 
+pub use crate::memo::work::{task, Body, How, NotOwned, Own, OwnSlice, Owned, Task};
 pub use crate::memo::Memoized;
+
+/// A body closure for [`memoize`] that always builds `body` (no background refresh): for callers that write
+/// the engine's arguments by hand, as the tests of the engine do.
+pub fn here<F>(body: F) -> impl FnOnce(How) -> Body<F> {
+    move |_| Body::Here(body)
+}
 
 #[cfg(test)]
 mod tests {

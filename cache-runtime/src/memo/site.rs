@@ -34,6 +34,9 @@ pub struct Site {
     pub(crate) stale_if_error: Option<Duration>,
     /// `tags("...")`: every entry of the function carries these.
     pub(crate) tags: &'static [&'static str],
+    /// `refresh_ahead = "N%"`: a hit on an entry with at most this share of its TTL left starts a background
+    /// refresh, in percent.
+    pub(crate) refresh_ahead: Option<u8>,
     /// The hash state after the function's fixed part (format, namespace, path, version), computed once:
     /// every call clones it and adds only its own arguments.
     prefix: std::sync::OnceLock<KeyBuilder>,
@@ -51,6 +54,7 @@ impl Site {
             local: None,
             stale_if_error: None,
             tags: &[],
+            refresh_ahead: None,
             prefix: std::sync::OnceLock::new(),
         }
     }
@@ -72,6 +76,11 @@ impl Site {
     }
     pub const fn stale_if_error(mut self, window: Duration) -> Site {
         self.stale_if_error = Some(window);
+        self
+    }
+    /// `refresh_ahead = "N%"` (checked by the macro: 1 to 99).
+    pub const fn refresh_ahead(mut self, percent: u8) -> Site {
+        self.refresh_ahead = Some(percent);
         self
     }
     /// Static tags (checked by the macro, at compile time).

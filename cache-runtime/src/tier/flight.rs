@@ -6,7 +6,7 @@
 //! and the next waiter runs its own initializer, so followers are never stranded.
 
 use crate::entry::EntryMeta;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
@@ -33,6 +33,8 @@ type Cell = OnceCell<Shared>;
 #[derive(Debug, Default)]
 pub(crate) struct Flights {
     in_flight: Mutex<HashMap<String, Arc<Cell>>>,
+    /// Keys being refreshed in the background (stale-while-revalidate, `refresh_ahead`): one refresh per key.
+    refreshing: Mutex<HashSet<String>>,
 }
 
 impl Flights {
@@ -48,6 +50,18 @@ impl Flights {
     /// computed before it.
     pub(crate) fn detach(&self, matches: impl Fn(&str) -> bool) {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| !matches(key));
+    }
+
+    /// Marks `key` as being refreshed in the background, unless it already is: the guard unmarks it when the
+    /// refresh ends, however it ends.
+    pub(crate) fn start_refresh(self: &Arc<Self>, key: &str) -> Option<Refreshing> {
+        let mut refreshing = self.refreshing.lock().unwrap_or_else(|e| e.into_inner());
+        refreshing.insert(key.to_owned()).then(|| Refreshing { flights: Arc::clone(self), key: key.to_owned() })
+    }
+
+    /// Whether `key` is being refreshed in the background.
+    pub(crate) fn is_refreshing(&self, key: &str) -> bool {
+        self.refreshing.lock().unwrap_or_else(|e| e.into_inner()).contains(key)
     }
 
     #[cfg(test)]
@@ -93,6 +107,19 @@ impl Drop for Ticket<'_> {
         if finished_leader || alone {
             map.remove(&self.key);
         }
+    }
+}
+
+/// A background refresh of one key in progress (see [`Flights::start_refresh`]).
+#[derive(Debug)]
+pub(crate) struct Refreshing {
+    flights: Arc<Flights>,
+    key: String,
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        self.flights.refreshing.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.key);
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) struct LocalEntry {
     /// The decoded value, for memoized functions with `local = "..."`: filled on first use, then cloned out.
     typed: OnceLock<Arc<dyn Any + Send + Sync>>,
     deadline: Instant,
+    /// When the entry expires in PostgreSQL (`None`: never), for `refresh_ahead`.
+    expires: Option<Instant>,
 }
 
 impl LocalEntry {
@@ -44,6 +46,12 @@ impl LocalEntry {
 
     pub(crate) fn set_typed<T: Send + Sync + 'static>(&self, value: T) {
         let _ = self.typed.set(Arc::new(value));
+    }
+
+    /// Milliseconds until the entry expires in PostgreSQL; `None`: never.
+    pub(crate) fn remaining_ms(&self) -> Option<i64> {
+        let left = self.expires?.saturating_duration_since(Instant::now());
+        Some(i64::try_from(left.as_millis()).unwrap_or(i64::MAX))
     }
 }
 
@@ -153,7 +161,8 @@ impl LocalTier {
         }
         let now = Instant::now();
         let deadline = now.checked_add(lifetime).unwrap_or(now);
-        let entry = Arc::new(LocalEntry { key: key.into(), json, meta, typed: OnceLock::new(), deadline });
+        let expires = remaining(remaining_ms).and_then(|left| now.checked_add(left));
+        let entry = Arc::new(LocalEntry { key: key.into(), json, meta, typed: OnceLock::new(), deadline, expires });
         let hash = key_hash(key);
         self.entries.insert(hash, Arc::clone(&entry));
         // A removal that bumped the epoch after the check above may have run before the insert: undo it.
