@@ -1,4 +1,5 @@
-//! The builder's `Debug`: no URL, builder, cache or error shows a password.
+//! The builder's checks and its `Debug`: settings out of bounds are refused at build, and no URL, builder,
+//! cache or error shows a password.
 
 use super::*;
 
@@ -78,4 +79,26 @@ async fn no_error_shows_a_password() {
             assert_hidden(&format!("the error ({how}, {url})"), &format!("{error} / {error:?}"));
         }
     }
+}
+
+/// Bounds are checked before anything is built, whatever the source.
+#[tokio::test]
+async fn settings_out_of_bounds_are_refused_at_build() {
+    let url = "postgres://app@127.0.0.1:1/cache";
+    let refused = [
+        ("op_timeout", PgCache::builder().database_url(url).op_timeout(Duration::MAX)),
+        ("maintenance_timeout", PgCache::builder().database_url(url).maintenance_timeout(Duration::ZERO)),
+        ("max_lag", PgCache::builder().database_url(url).read_replicas([url], Duration::MAX)),
+        ("max_connections", PgCache::builder().database_url(url).max_connections(0)),
+        ("max_connections", PgCache::builder().shards([url]).max_connections(u32::MAX)),
+        ("default_ttl", PgCache::builder().database_url(url).default_ttl(Duration::MAX)),
+    ];
+    for (setting, builder) in refused {
+        match builder.build_lazy() {
+            Err(CacheError::Config(message)) => assert!(message.contains(setting), "{message}"),
+            other => panic!("{setting}: {other:?}"),
+        }
+    }
+    let error = PgCache::builder().database_url(url).lease_duration(Duration::MAX).build().await.expect_err("refused");
+    assert!(matches!(&error, CacheError::Config(message) if message.contains("lease_duration")), "{error}");
 }
