@@ -18,7 +18,7 @@ pub enum CliError {
     /// No server could be reached in time, or it refused the connection.
     #[error("cannot connect to {server}: {reason}")]
     Connect {
-        /// The server's `host:port/database`, without credentials.
+        /// The server's URL, its password (wherever the URL holds one) replaced by `***`.
         server: String,
         /// What went wrong.
         reason: String,

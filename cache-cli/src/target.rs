@@ -11,7 +11,7 @@
 
 use crate::cli::ConnectionArgs;
 use crate::error::CliError;
-use cache_runtime::{CacheError, PgCache, PgCacheBuilder};
+use cache_runtime::{redact_url, CacheError, PgCache, PgCacheBuilder};
 use futures_util::future::join_all;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, PgPool};
@@ -137,7 +137,7 @@ fn configure(builder: PgCacheBuilder, timeout: Duration, tuning: Tuning) -> PgCa
 /// Builds a one-server cache, which connects. The builder bounds each attempt by `timeout` (probing for
 /// the primary, then the pool's first connection); the outer limit is only a backstop.
 async fn connect_one(builder: PgCacheBuilder, url: &str, timeout: Duration) -> Result<PgCache, CliError> {
-    let server = redact(url);
+    let server = redact_url(url);
     let backstop = timeout * 2 + Duration::from_secs(2);
     match tokio::time::timeout(backstop, builder.build()).await {
         Ok(Ok(cache)) => Ok(cache),
@@ -185,27 +185,9 @@ fn server_name(pool: &PgPool) -> String {
     format!("{}:{}/{}", options.get_host(), options.get_port(), options.get_database().unwrap_or(""))
 }
 
-/// A URL without its credentials or query string (which may hold a password), for messages.
-fn redact(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let rest = rest.split_once('?').map_or(rest, |(before, _)| before);
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => rest[at + 1..].to_owned(),
-        None => rest.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn messages_never_show_credentials() {
-        assert_eq!(redact("postgres://app:s3cr@t@db:5432/cache?sslmode=require"), "db:5432/cache");
-        assert_eq!(redact("postgres://db/cache?password=x"), "db/cache");
-        assert_eq!(redact("postgres://u@h1:5432,h2:5433/db"), "h1:5432,h2:5433/db");
-    }
 
     #[test]
     fn shards_take_the_place_of_the_database_url() {

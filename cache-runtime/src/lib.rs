@@ -151,7 +151,7 @@
 //   tier     this process's own state: the in-process tier, flights in progress, the event listener
 //   route    which server: shards, read replicas, failover, connection sources
 //   server   one PostgreSQL server: pools, coalesced statements, execution, the SQL text
-//   leaves   entry, key, tags, channel, codec, ttl, error, observe, latest: used by all, using none
+//   leaves   entry, key, tags, channel, codec, ttl, error, observe, latest, redact: used by all, using none
 mod cache;
 mod memo;
 mod route;
@@ -166,6 +166,7 @@ mod error;
 mod key;
 mod latest;
 mod observe;
+mod redact;
 mod report;
 mod tags;
 mod ttl;
@@ -181,6 +182,7 @@ pub use error::{CacheError, Result};
 pub use key::{validate_key, validate_namespace, MAX_KEY_CHARS, MAX_NAMESPACE_LEN};
 pub use memo::scope::{tag, tags};
 pub use observe::{ProcessCounts, MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES};
+pub use redact::redact_url;
 pub use report::{CacheStats, HealthReport, HealthStatus, NamespaceStats, ReplicaHealth, ShardHealth};
 pub use server::sql::MIGRATOR;
 pub use tags::{validate_tag, MAX_TAG_CHARS};

@@ -14,6 +14,11 @@ async fn settings_come_from_the_environment() -> TestResult {
     let err = PgCache::builder_from_env().expect_err("a malformed number is refused");
     assert!(matches!(err, CacheError::Config(ref m) if m.contains("CACHE_MAX_ENTRIES")), "{err}");
 
+    // Past the longest TTL (10,000 years), named by its variable rather than failing every write.
+    std::env::set_var("CACHE_DEFAULT_TTL_MINUTES", u64::MAX.to_string());
+    let err = PgCache::builder_from_env().expect_err("a TTL past 10,000 years is refused");
+    assert!(matches!(err, CacheError::Config(ref m) if m.contains("CACHE_DEFAULT_TTL_MINUTES")), "{err}");
+
     std::env::set_var("CACHE_MAX_ENTRIES", "25");
     std::env::set_var("CACHE_DEFAULT_TTL_MINUTES", "0");
     let cache = PgCache::from_env().await?;

@@ -2,6 +2,7 @@
 
 mod diagnostics;
 mod reads;
+mod secrets;
 mod support;
 #[cfg(unix)]
 mod terminal;

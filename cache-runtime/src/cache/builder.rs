@@ -3,6 +3,7 @@
 use super::PgCache;
 use crate::config::{Config, Durability};
 use crate::error::{CacheError, Result};
+use crate::redact::redact_url;
 use crate::route::failover::Hosts;
 use crate::route::source::{server_name, Source};
 use crate::ttl::Ttl;
@@ -27,7 +28,15 @@ use std::time::Duration;
 ///
 /// Settings that can be switched off take an `Option` (or anything that converts into one): `None` turns
 /// them off, as in `.max_entries(None)` or `.sweep_interval(None)`.
-#[derive(Debug, Default)]
+///
+/// **Bounds.** Each setter says which values it accepts. A value out of bounds is not clamped: [`build`]
+/// and [`build_lazy`] refuse it with [`CacheError::Config`], which names the setting, the value and the
+/// bound. Zero is refused wherever it would mean nothing, and durations wherever they exceed what the server
+/// (or, for `Duration::MAX`, `Instant` arithmetic) can hold.
+///
+/// [`build`]: Self::build
+/// [`build_lazy`]: Self::build_lazy
+#[derive(Default)]
 #[must_use = "a builder does nothing until .build() is awaited"]
 pub struct PgCacheBuilder {
     source: Source,
@@ -112,19 +121,23 @@ impl PgCacheBuilder {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// `max_lag` must be more than zero and at most 10,000 years.
     pub fn read_replicas<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>, max_lag: Duration) -> Self {
         self.replicas = urls.into_iter().map(Into::into).collect();
-        self.config.max_replica_lag = max_lag.max(Duration::from_millis(1));
+        self.config.max_replica_lag = max_lag;
         self
     }
 
-    /// The size of the cache's own pool (default 10). Ignored with [`pool`](Self::pool).
+    /// The size of the cache's own pool (default 10): at least 1 and at most 262,143 (PostgreSQL's own
+    /// limit on connections). Ignored with [`pool`](Self::pool), but checked all the same.
     pub fn max_connections(mut self, n: u32) -> Self {
         self.max_connections = Some(n);
         self
     }
 
-    /// The TTL of writes that do not give one (default one hour). `Ttl::Never` makes entries permanent.
+    /// The TTL of writes that do not give one (default one hour): more than zero and at most 10,000 years, as
+    /// every TTL. `Ttl::Never` makes entries permanent.
     pub fn default_ttl(mut self, ttl: impl Into<Ttl>) -> Self {
         self.config.default_ttl = match ttl.into() {
             Ttl::Default => Config::default().default_ttl,
@@ -133,15 +146,16 @@ impl PgCacheBuilder {
         self
     }
 
-    /// The most rows the sweeper lets the table keep (default 10,000); `None` for no limit. See
-    /// [`PgCache::enforce_max_entries`].
+    /// The most rows the sweeper lets the table keep (default 10,000); `None` for no limit (zero is refused,
+    /// rather than read as "none" or "keep nothing"). See [`PgCache::enforce_max_entries`].
     pub fn max_entries(mut self, n: impl Into<Option<u64>>) -> Self {
         self.config.max_entries = n.into();
         self
     }
 
-    /// The largest serialized value accepted, in bytes (default 1 MiB). Larger values are refused with
-    /// [`CacheError::ValueTooLarge`] before anything is sent.
+    /// The largest serialized value accepted, in bytes (default 1 MiB; at least 1). Larger values are refused
+    /// with [`CacheError::ValueTooLarge`] before anything is sent. There is no upper bound here, but PostgreSQL
+    /// refuses a `jsonb` value over 255 MiB: such a write fails with [`CacheError::Database`].
     pub fn max_value_bytes(mut self, n: usize) -> Self {
         self.config.max_value_bytes = n;
         self
@@ -150,14 +164,21 @@ impl PgCacheBuilder {
     /// The time limit of each get, set and delete, including waiting for a pooled connection (default 250 ms).
     /// Writes also give it to the server as their `lock_timeout`, so a write stuck behind a row lock is
     /// cancelled there rather than holding its connection.
+    ///
+    /// More than zero (there is no "no timeout") and at most 2,147,483,647 ms (about 24.8 days), the largest
+    /// `lock_timeout` PostgreSQL accepts. The server counts whole milliseconds: less than 1 ms counts as 1 ms.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
-        self.config.op_timeout = timeout.max(Duration::from_millis(1));
+        self.config.op_timeout = timeout;
         self
     }
 
-    /// The time limit of each batch of a sweep or purge, and of stats (default 30 s).
+    /// The time limit of each batch of a sweep or purge, and of stats (default 30 s). With a URL, the cache's
+    /// connections also take it as their `statement_timeout`.
+    ///
+    /// More than zero and at most 2,147,483,647 ms (about 24.8 days), the largest `statement_timeout`
+    /// PostgreSQL accepts; less than 1 ms counts as 1 ms.
     pub fn maintenance_timeout(mut self, timeout: Duration) -> Self {
-        self.config.maintenance_timeout = timeout.max(Duration::from_millis(1));
+        self.config.maintenance_timeout = timeout;
         self
     }
 
@@ -167,23 +188,29 @@ impl PgCacheBuilder {
         self
     }
 
-    /// How often the background sweeper runs (default every 60 s); `None` (or zero) turns it off.
+    /// How often the background sweeper runs (default every 60 s); `None` (or zero) turns it off. At most
+    /// 10,000 years.
     pub fn sweep_interval(mut self, interval: impl Into<Option<Duration>>) -> Self {
         self.config.sweep_interval = interval.into().filter(|d| !d.is_zero());
         self
     }
 
-    /// Rows deleted per statement by sweeps, eviction and namespace purges (default 1,000).
+    /// Rows deleted per statement by sweeps, eviction and namespace purges (default 1,000; at least 1). Each
+    /// statement must finish within the [`maintenance_timeout`](Self::maintenance_timeout).
     pub fn batch_size(mut self, n: u32) -> Self {
-        self.config.batch_size = i64::from(n.max(1));
+        self.config.batch_size = i64::from(n);
         self
     }
 
     /// Turns on the in-process tier for every key: up to `capacity` entries, each kept at most `max_age` (and
     /// never past its PostgreSQL expiry). It is off by default. Invalidations reach every process's tier
     /// through LISTEN/NOTIFY; see the crate docs, "The in-process tier", for the coherence guarantee.
+    ///
+    /// `capacity` must be at least 1 and `max_age` more than zero. A `max_age` over 100 years (such as
+    /// `Duration::MAX`) is taken as 100 years, which means "no age limit": an entry still never outlives its
+    /// PostgreSQL expiry. This one is a cap rather than an error because no other reading of it is plausible.
     pub fn local_tier(mut self, capacity: u64, max_age: Duration) -> Self {
-        self.config.local_tier = Some((capacity.max(1), max_age));
+        self.config.local_tier = Some((capacity, max_age));
         self
     }
 
@@ -191,15 +218,19 @@ impl PgCacheBuilder {
     /// notifications (default every 5 s): it notifies itself, and if that has not come back by the next
     /// check, it reconnects (and the tier, cleared, serves nothing until it has). This bounds how long a
     /// half-open connection can leave the tier deaf to other processes' invalidations: two intervals.
+    ///
+    /// Bounds: intervals under 10 ms count as 10 ms; over a day, [`build`](Self::build) fails with
+    /// [`CacheError::Config`].
     pub fn listener_heartbeat(mut self, interval: Duration) -> Self {
         self.config.listener_heartbeat = interval.max(Duration::from_millis(10));
         self
     }
 
     /// How long a cluster-wide single-flight lease lasts (default 30 s): if its holder crashes, hangs or
-    /// overruns, other processes wait at most this long before one of them computes instead.
+    /// overruns, other processes wait at most this long before one of them computes instead. More than zero
+    /// and at most 10,000 years; less than 10 ms counts as 10 ms.
     pub fn lease_duration(mut self, lease: Duration) -> Self {
-        self.config.lease = lease.max(Duration::from_millis(10));
+        self.config.lease = lease;
         self
     }
 
@@ -213,17 +244,18 @@ impl PgCacheBuilder {
         self
     }
 
-    /// The most keys one coalesced statement carries (default 128; writes and deletes at most 400).
+    /// The most keys one coalesced statement carries (default 128; at least 1; writes and deletes carry at
+    /// most 400 whatever this says).
     pub fn coalesce_max_keys(mut self, n: usize) -> Self {
-        self.config.coalesce_max_keys = n.max(1);
+        self.config.coalesce_max_keys = n;
         self
     }
 
     /// The most bytes of JSON one coalesced read brings back (default 4 MiB). Each key of a statement may bring
     /// its share; a longer value waits for a later statement that has room for it, and a value longer than
-    /// the whole budget comes back alone.
+    /// the whole budget comes back alone. At least 1.
     pub fn coalesce_max_bytes(mut self, bytes: usize) -> Self {
-        self.config.coalesce_max_bytes = bytes.max(1);
+        self.config.coalesce_max_bytes = bytes;
         self
     }
 
@@ -231,9 +263,9 @@ impl PgCacheBuilder {
     /// pooled connection (default 4, and never more than the pool). Operations that arrive while that many
     /// are running wait and share the next statement. Fewer in flight means larger batches and fewer
     /// round trips; more means more of the server's cores at work. On a 2-core server 4 served the most gets
-    /// at 16 to 256 callers (docs/BENCHMARKS.md); a server with many cores may want more.
+    /// at 16 to 256 callers (docs/BENCHMARKS.md); a server with many cores may want more. At least 1.
     pub fn coalesce_in_flight(mut self, n: usize) -> Self {
-        self.config.coalesce_in_flight = n.max(1);
+        self.config.coalesce_in_flight = n;
         self
     }
 
@@ -247,9 +279,10 @@ impl PgCacheBuilder {
     /// it does no I/O. Starts the background sweeper unless it was turned off.
     ///
     /// # Errors
-    /// [`CacheError::Config`] when neither a pool nor a URL was given or the URL is malformed;
-    /// [`CacheError::Database`] when the database cannot be reached.
-    pub async fn build(self) -> Result<PgCache> {
+    /// [`CacheError::Config`] when neither a pool nor a URL was given, a URL is malformed or a setting is out
+    /// of bounds; [`CacheError::Database`] when the database cannot be reached.
+    pub async fn build(mut self) -> Result<PgCache> {
+        self.check()?;
         if matches!(self.source, Source::Pool(_) | Source::Unset) {
             return self.build_lazy();
         }
@@ -271,6 +304,12 @@ impl PgCacheBuilder {
         }
         let replicas = self.replica_pools(servers.len())?;
         Ok(PgCache::from_parts(servers, replicas, self.config))
+    }
+
+    /// Checks every setting against its bounds (see the type's docs), once they are all known.
+    fn check(&mut self) -> Result<()> {
+        self.config = std::mem::take(&mut self.config).checked()?;
+        crate::config::check_max_connections(self.max_connections)
     }
 
     fn check_replicas(&self, servers: usize) -> Result<()> {
@@ -304,8 +343,10 @@ impl PgCacheBuilder {
     /// first failed operation on.
     ///
     /// # Errors
-    /// [`CacheError::Config`] when neither a pool nor a URL was given or the URL is malformed.
-    pub fn build_lazy(self) -> Result<PgCache> {
+    /// [`CacheError::Config`] when neither a pool nor a URL was given, a URL is malformed or a setting is out
+    /// of bounds.
+    pub fn build_lazy(mut self) -> Result<PgCache> {
+        self.check()?;
         if let Source::Pool(pool) = &self.source {
             let options = (*pool.connect_options()).clone();
             let name = server_name(std::slice::from_ref(&options));
@@ -332,6 +373,19 @@ impl PgCacheBuilder {
     }
 }
 
+/// By hand, so that no URL shows its password (see `redact.rs`).
+impl std::fmt::Debug for PgCacheBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let replicas: Vec<String> = self.replicas.iter().map(|url| redact_url(url)).collect();
+        f.debug_struct("PgCacheBuilder")
+            .field("source", &self.source)
+            .field("replicas", &replicas)
+            .field("max_connections", &self.max_connections)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
 /// No statement of the cache's own pool runs on the server for longer than the maintenance timeout.
 fn with_statement_timeout(config: &Config, options: PgConnectOptions) -> PgConnectOptions {
     let statement_timeout = config.maintenance_timeout.as_millis().to_string();
@@ -350,19 +404,4 @@ fn own_pool(config: &Config, max_connections: Option<u32>) -> PgPoolOptions {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::route::source::redact_url;
-
-    #[test]
-    fn passwords_never_reach_debug_output() {
-        let url = "postgres://app:s3cr@t:x@db.internal:5432/cache";
-        assert_eq!(redact_url(url), "postgres://app:***@db.internal:5432/cache");
-        let builder = PgCache::builder().database_url(url);
-        let shown = format!("{builder:?}");
-        assert!(!shown.contains("s3cr"), "{shown}");
-        assert!(shown.contains("app:***@db.internal"), "{shown}");
-        assert_eq!(redact_url("postgres://app@db/cache"), "postgres://app@db/cache");
-        assert_eq!(redact_url("not a url"), "not a url");
-    }
-}
+mod tests;

@@ -4,6 +4,7 @@
 use super::{PgCache, PgCacheBuilder};
 use crate::error::{CacheError, Result};
 use crate::ttl::Ttl;
+use cache_rules::MAX_TTL;
 use std::time::Duration;
 
 impl PgCache {
@@ -17,7 +18,7 @@ impl PgCache {
 
     /// Connects with settings from the environment:
     /// - `DATABASE_URL` (required),
-    /// - `CACHE_DEFAULT_TTL_MINUTES` (default 60; `0` means entries never expire),
+    /// - `CACHE_DEFAULT_TTL_MINUTES` (default 60; `0` means entries never expire; at most 10,000 years),
     /// - `CACHE_MAX_ENTRIES` (default 10000; `0` means no limit).
     ///
     /// # Errors
@@ -34,9 +35,14 @@ impl PgCache {
         let url = std::env::var("DATABASE_URL").map_err(|_| CacheError::Config("DATABASE_URL is not set".into()))?;
         let mut builder = PgCache::builder().database_url(url);
         if let Some(minutes) = env_number("CACHE_DEFAULT_TTL_MINUTES")? {
+            let max = MAX_TTL.as_secs() / 60;
             builder = match minutes {
                 0 => builder.default_ttl(Ttl::Never),
-                m => builder.default_ttl(Duration::from_secs(m.saturating_mul(60))),
+                m if m > max => {
+                    let message = format!("CACHE_DEFAULT_TTL_MINUTES must be at most {max} (10,000 years), got {m}");
+                    return Err(CacheError::Config(message));
+                }
+                m => builder.default_ttl(Duration::from_secs(m * 60)),
             };
         }
         if let Some(n) = env_number("CACHE_MAX_ENTRIES")? {

@@ -20,11 +20,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The hosts of one server: a primary and its standbys, in the order the URL gave them.
-#[derive(Debug)]
 pub(crate) struct Hosts {
     candidates: Vec<PgConnectOptions>,
     /// A search for the primary is running.
     searching: AtomicBool,
+}
+
+/// By hand: sqlx's own `Debug` of connection options shows the password.
+impl std::fmt::Debug for Hosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let candidates: Vec<String> = self.candidates.iter().map(without_password).collect();
+        f.debug_struct("Hosts")
+            .field("candidates", &candidates)
+            .field("searching", &self.searching.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// `user@host:port/database`: what can be shown of connection options.
+fn without_password(options: &PgConnectOptions) -> String {
+    let database = options.get_database().unwrap_or("");
+    format!("{}@{}:{}/{database}", options.get_username(), options.get_host(), options.get_port())
 }
 
 impl Hosts {
@@ -111,15 +127,24 @@ fn is_read_only(error: &sqlx::Error) -> bool {
 
 /// Connection options for each host of a libpq-style URL (`host1:port1,host2:port2`); a URL with one host
 /// gives one. `target_session_attrs` is taken out (see the module docs); any other value of it is an error.
+///
+/// Some URLs are refused although they might parse, because they most likely hold a password that was not
+/// percent-encoded, whose pieces would otherwise be taken for a host, a port, a database or a parameter (and
+/// shown as such): a `#` anywhere, an `@` after the host list, and password-like parameters that sqlx does
+/// not read as the password (it would log their value).
 pub(crate) fn parse_hosts(url: &str) -> Result<Vec<PgConnectOptions>, String> {
-    let (scheme, rest) = url.split_once("://").ok_or("the URL has no scheme")?;
+    let (scheme, rest) =
+        url.split_once("://").ok_or("the URL has no scheme (postgres://); key=value strings are not accepted")?;
+    if rest.contains('#') {
+        return Err(not_encoded("a `#` means nothing in a connection URL", "`#` as %23"));
+    }
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     let (user_info, host_list) = match authority.rfind('@') {
         Some(at) => (&authority[..=at], &authority[at + 1..]),
         None => ("", authority),
     };
-    let tail = strip_target_session_attrs(tail)?;
+    let tail = checked_parameters(tail)?;
     host_list
         .split(',')
         .map(|host| {
@@ -129,10 +154,26 @@ pub(crate) fn parse_hosts(url: &str) -> Result<Vec<PgConnectOptions>, String> {
         .collect()
 }
 
-fn strip_target_session_attrs(tail: &str) -> Result<String, String> {
-    let Some((path, query)) = tail.split_once('?') else { return Ok(tail.to_owned()) };
+/// Why a URL with a character out of place is refused.
+fn not_encoded(what: &str, escapes: &str) -> String {
+    format!("{what}: in a password, percent-encode {escapes}")
+}
+
+/// The path and query string with `target_session_attrs` taken out, after the checks of [`parse_hosts`].
+fn checked_parameters(tail: &str) -> Result<String, String> {
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    if path.contains('@') {
+        return Err(not_encoded("an `@` after the host list", "`@` as %40 and `/` as %2F"));
+    }
     let mut kept = Vec::new();
-    for pair in query.split('&') {
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+        if key.contains('@') {
+            return Err(not_encoded("an `@` in a parameter name", "`@` as %40 and `?` as %3F"));
+        }
+        if crate::redact::is_secret_key(key) && crate::redact::decoded_key(key) != "password" {
+            return Err(format!("the parameter `{key}` is not read by the driver: the password goes in `password`"));
+        }
         match pair.split_once('=') {
             Some(("target_session_attrs", "read-write" | "any" | "primary")) => {}
             Some(("target_session_attrs", other)) => {
@@ -159,5 +200,39 @@ mod tests {
         assert_eq!(parse_hosts("postgres://h/db").expect("one host").len(), 1);
         assert!(parse_hosts("postgres://h1,h2/db?target_session_attrs=read-only").is_err());
         assert!(parse_hosts("not a url").is_err());
+    }
+
+    /// A password whose `/`, `#`, `?` or `@` was not percent-encoded would otherwise become a host, a port, a
+    /// database or a parameter name (shown in shard names, `Debug` and logs): such URLs are refused.
+    #[test]
+    fn unencoded_password_characters_are_refused() {
+        for url in [
+            "postgres://app:1234/5@db/cache",
+            "postgres://app:12#pw@db/cache",
+            "postgres://app:12?pw@db/cache",
+            "postgres://db/cache?PASSWORD=pw",
+            "postgres://db/cache?sslpassword=pw",
+        ] {
+            let refused = parse_hosts(url).map(|hosts| hosts.len());
+            assert!(refused.is_err(), "{url}: {refused:?}");
+        }
+        for url in [
+            "postgres://app:pw@db/cache?application_name=a@b",
+            "postgres://app:1234%2F5@db/cache",
+            "postgres://db/cache?pass%77ord=pw",
+            "postgres://db/cache?password=pw",
+        ] {
+            assert!(parse_hosts(url).is_ok(), "{url}");
+        }
+        let hosts = parse_hosts("postgres://app:pa%2Fss%40word@db/cache").expect("an encoded password");
+        assert_eq!((hosts[0].get_host(), hosts[0].get_database()), ("db", Some("cache")));
+    }
+
+    #[test]
+    fn debug_output_shows_no_password() {
+        let hosts = Hosts::new(parse_hosts("postgres://app:Pw1secret@h1:5432,h2:5433/cache").expect("valid"));
+        let shown = format!("{hosts:?}");
+        assert!(!shown.contains("Pw1secret"), "{shown}");
+        assert!(shown.contains("app@h1:5432/cache") && shown.contains("app@h2:5433/cache"), "{shown}");
     }
 }

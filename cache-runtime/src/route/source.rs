@@ -1,8 +1,8 @@
 //! Where a cache's connections come from: a pool, a URL (one host, or a primary and its standbys), sqlx
-//! connection options, or several URLs for shards; and how servers are named and URLs shown without their
-//! passwords.
+//! connection options, or several URLs for shards; and how servers are named (never with credentials).
 
 use crate::error::{CacheError, Result};
+use crate::redact::redact_url;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 
 /// Where the cache's connections come from.
@@ -32,19 +32,6 @@ impl std::fmt::Debug for Source {
                 .field("database", &options.get_database())
                 .finish_non_exhaustive(),
         }
-    }
-}
-
-/// `url` with its password, if any, replaced by `***`, for logs and `Debug` output.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    // The user-info part ends at the last '@' before the path; a password may itself contain '@' or ':'.
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
-    let user_info = &rest[..at];
-    match user_info.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***{}", &rest[at..]),
-        None => url.to_owned(),
     }
 }
 
