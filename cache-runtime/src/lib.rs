@@ -33,8 +33,8 @@
 //! behaviour you can rely on.
 //!
 //! The table is `cache_entries (cache_key VARCHAR(500) PRIMARY KEY, data JSONB NOT NULL, created_at, expires_at)`,
-//! created by [`PgCache::migrate`] or by `psql -f migrations/*.sql`. Values are plain JSONB, so they can be read
-//! and queried with SQL.
+//! created by [`PgCache::migrate`] (or with `psql`: the numbered files of `migrations/`, then
+//! `migrations/functions.sql`). Values are plain JSONB, so they can be read and queried with SQL.
 //!
 //! # Concurrent misses: single-flight
 //! When many callers miss the same key at once, `#[pg_cached]` runs the function once and shares the result:
@@ -167,6 +167,7 @@ mod maintenance;
 mod memo;
 mod metrics;
 mod replicas;
+mod schema;
 mod server;
 mod shards;
 mod source;
@@ -186,6 +187,7 @@ pub use error::{CacheError, Result};
 pub use global::{global, set_global};
 pub use key::{validate_namespace, MAX_NAMESPACE_LEN};
 pub use maintenance::SweepReport;
+pub use schema::FUNCTIONS_VERSION;
 pub use sql::MIGRATOR;
 pub use stats::{
     CacheStats, HealthReport, HealthStatus, NamespaceStats, ProcessCounts, ReplicaHealth, ShardHealth,

@@ -257,7 +257,7 @@ impl Server {
     }
 
     pub(crate) async fn migrate(&self, gin_index: bool) -> Result<()> {
-        crate::MIGRATOR.run(&self.pool).await?;
+        crate::schema::migrate(&self.pool).await?;
         if gin_index {
             sqlx::raw_sql(sql::GIN_INDEX).execute(&self.pool).await.map_err(CacheError::db("migrate"))?;
         }

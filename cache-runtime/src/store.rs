@@ -185,7 +185,9 @@ impl PgCache {
         &self.inner.shards
     }
 
-    /// Creates or updates the cache table (idempotent; safe to run from several processes at once).
+    /// Creates or updates the cache's tables and SQL functions (idempotent; safe to run from several
+    /// processes at once). The functions are replaced only by a newer version of them: a process of an older
+    /// release leaves those of a newer one in place.
     ///
     /// # Errors
     /// [`CacheError::Migrate`] or [`CacheError::Database`] when the schema cannot be created.
