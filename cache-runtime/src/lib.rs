@@ -36,6 +36,12 @@
 //! created by [`PgCache::migrate`] (or with `psql`: the numbered files of `migrations/`, then
 //! `migrations/functions.sql`). Values are plain JSONB, so they can be read and queried with SQL.
 //!
+//! # Database roles
+//! Only the role that ran [`PgCache::migrate`] (the cache's owner) may use the cache's tables and SQL
+//! functions; a service connected as another role needs [`PgCache::grant`] (everything the cache does) or
+//! [`PgCache::grant_reader`] (reading only) first, once, from the owner. docs/RELIABILITY.md ("Security")
+//! says what each role may do.
+//!
 //! # Concurrent misses: single-flight
 //! When many callers miss the same key at once, `#[pg_cached]` runs the function once and shares the result:
 //!
@@ -159,6 +165,7 @@ mod exec;
 mod failover;
 mod flight;
 mod global;
+mod grant;
 mod key;
 mod latest;
 mod lease;

@@ -109,6 +109,12 @@ pub(crate) const DELETE: &str = "SELECT pg_cached_delete(p_key => $1, p_notify =
 pub(crate) const MARK_NAMESPACE: &str =
     "SELECT pg_cached_mark_namespace(p_namespace => $1, p_notify => $2, p_lock_timeout => $3)::text";
 
+/// Lets role $1 use the cache: everything it does when $2 is true, reading only otherwise.
+pub(crate) const GRANT: &str = "SELECT pg_cached_grant(p_role => $1, p_writer => $2)::text";
+
+/// Takes back what [`GRANT`] gave role $1.
+pub(crate) const REVOKE: &str = "SELECT pg_cached_revoke(p_role => $1)::text";
+
 /// Invalidation marks older than a day and leases long past their deadline are no longer needed.
 pub(crate) const SWEEP_BOOKKEEPING: &str = "WITH old AS (DELETE FROM cache_invalidations \
      WHERE invalidated_at < now() - interval '1 day' RETURNING 1), \

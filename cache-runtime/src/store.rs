@@ -187,7 +187,8 @@ impl PgCache {
 
     /// Creates or updates the cache's tables and SQL functions (idempotent; safe to run from several
     /// processes at once). The functions are replaced only by a newer version of them: a process of an older
-    /// release leaves those of a newer one in place.
+    /// release leaves those of a newer one in place. Run it as the role that owns the cache; other roles need
+    /// [`grant`](Self::grant).
     ///
     /// # Errors
     /// [`CacheError::Migrate`] or [`CacheError::Database`] when the schema cannot be created.
