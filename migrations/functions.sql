@@ -213,15 +213,6 @@ END $$;
 -- Each records when it happened (cache_invalidations, cache_tag_invalidations), so that computations that
 -- began earlier are not stored, and notifies every process.
 
--- Records that p_scopes (keys, or with p_is_namespace namespaces) were invalidated now.
-CREATE OR REPLACE FUNCTION pg_cached_mark(p_is_namespace boolean, p_scopes text[])
-RETURNS void LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at)
-    SELECT p_is_namespace, d.scope, clock_timestamp() FROM (SELECT DISTINCT s AS scope FROM unnest(p_scopes) AS s) AS d
-    ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
-END $$;
-
 -- Deletes p_key and records its invalidation; sends p_notify. Returns the rows deleted.
 CREATE OR REPLACE FUNCTION pg_cached_delete(p_key text, p_notify text, p_lock_timeout text)
 RETURNS bigint LANGUAGE plpgsql AS $$
@@ -232,7 +223,8 @@ BEGIN
     PERFORM pg_cached_lock('key', p_key);
     DELETE FROM cache_entries WHERE cache_key = p_key;
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
-    PERFORM pg_cached_mark(false, ARRAY[p_key]);
+    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at) VALUES (false, p_key, clock_timestamp())
+    ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
     PERFORM pg_notify('pg_cached_events', p_notify);
     RETURN v_deleted;
 END $$;
@@ -255,7 +247,9 @@ BEGIN
              THEN 1 ELSE 0 END::bigint ORDER BY u.i)
     INTO v_counts
     FROM unnest(p_keys) WITH ORDINALITY AS u(k, i);
-    PERFORM pg_cached_mark(false, p_keys);
+    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at)
+    SELECT false, d.k, clock_timestamp() FROM (SELECT DISTINCT k FROM unnest(p_keys) AS k) AS d
+    ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
     PERFORM pg_notify('pg_cached_events', p_notify);
     RETURN v_counts;
 END $$;
@@ -268,7 +262,8 @@ RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_cached_begin(p_lock_timeout);
     PERFORM pg_cached_lock('namespace', p_namespace);
-    PERFORM pg_cached_mark(true, ARRAY[p_namespace]);
+    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at) VALUES (true, p_namespace, clock_timestamp())
+    ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
     PERFORM pg_notify('pg_cached_events', p_notify);
 END $$;
 
