@@ -331,7 +331,7 @@ fn reference_get() -> String {
 /// The reference write: the plain parameterized upsert ($1 key, $2 JSON, $3 TTL in ms) that a user of raw
 /// sqlx would write, with the same commit mode as the runtime. The runtime's own write does more (it takes
 /// turns with invalidations of the key, notifies other processes, records the sweep time) through
-/// `pg_cached_write`; set against this, the ratio is the price of those guarantees.
+/// `pg_cached_write_entry`; set against this, the ratio is the price of those guarantees.
 fn reference_upsert(durability: Durability) -> String {
     let relaxed = match durability {
         Durability::AsyncCommit => " FROM (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed",

@@ -54,6 +54,8 @@ pub enum Command {
     Migrate,
     /// Delete expired entries now, as the services' background sweeper does.
     Sweep(SweepArgs),
+    /// Let a database role use the cache (run as the cache's owner): everything, or reading only.
+    Grant(GrantArgs),
     /// Check schema, indexes, vacuum, settings, connections and clocks; say how to fix what is off.
     Doctor(DoctorArgs),
     /// A live view: operations per second, entries per namespace, invalidation events.
@@ -123,6 +125,20 @@ pub struct SweepArgs {
     /// without CACHE_MAX_ENTRIES) a sweep evicts nothing: the services' own limit is not known here.
     #[arg(long, env = "CACHE_MAX_ENTRIES", value_name = "N")]
     pub max_entries: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// The role, as PostgreSQL spells it (case matters, no quotes).
+    pub role: String,
+
+    /// Reading only (get, keys, stats, watch), instead of everything the cache does.
+    #[arg(long, conflicts_with = "revoke")]
+    pub read_only: bool,
+
+    /// Take back what an earlier grant gave the role, instead.
+    #[arg(long)]
+    pub revoke: bool,
 }
 
 #[derive(Debug, Args)]

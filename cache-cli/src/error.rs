@@ -130,7 +130,7 @@ impl CliError {
     }
 }
 
-/// Input that cache-runtime refused before any I/O.
+/// Input that cache-runtime refused, before any I/O or (a role that does not exist) from the database's answer.
 fn is_bad_input(error: &CacheError) -> bool {
     matches!(
         error,
@@ -138,6 +138,7 @@ fn is_bad_input(error: &CacheError) -> bool {
             | CacheError::KeyTooLong { .. }
             | CacheError::InvalidNamespace { .. }
             | CacheError::InvalidTag { .. }
+            | CacheError::InvalidIdentifier { .. }
             | CacheError::InvalidTtl(_)
             | CacheError::Config(_)
     )

@@ -105,6 +105,10 @@ pub const COUNT_SWEEPABLE: &str = "SELECT count(*) FROM cache_entries \
 /// not exist (see [`HAS_MIGRATIONS_TABLE`]).
 pub const APPLIED_MIGRATIONS: &str = "SELECT version, success, checksum FROM _sqlx_migrations ORDER BY version";
 
+/// The version of the SQL functions `PgCache::migrate` applied (`migrations/functions.sql`); no row when they
+/// never were.
+pub const FUNCTIONS_VERSION: &str = "SELECT functions_version FROM cache_schema";
+
 /// Whether sqlx's migrations table exists.
 pub const HAS_MIGRATIONS_TABLE: &str = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL";
 

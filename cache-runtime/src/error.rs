@@ -69,10 +69,11 @@ pub enum CacheError {
     },
 
     /// A table or column named to [`PgCache::invalidate_on_change`](crate::PgCache::invalidate_on_change)
-    /// does not exist, is not a table, or is not a valid SQL name.
+    /// does not exist, is not a table, is not a valid SQL name, or (a column) is of a type that cannot name
+    /// tags; or a role named to [`PgCache::grant`](crate::PgCache::grant) is not one.
     #[error("invalid {what} {name:?}: {reason}")]
     InvalidIdentifier {
-        /// `"table"` or `"column"`.
+        /// `"table"`, `"column"` or `"role"`.
         what: &'static str,
         /// The name as given.
         name: String,

@@ -33,8 +33,14 @@
 //! behaviour you can rely on.
 //!
 //! The table is `cache_entries (cache_key VARCHAR(500) PRIMARY KEY, data JSONB NOT NULL, created_at, expires_at)`,
-//! created by [`PgCache::migrate`] or by `psql -f migrations/*.sql`. Values are plain JSONB, so they can be read
-//! and queried with SQL.
+//! created by [`PgCache::migrate`] (or with `psql`: the numbered files of `migrations/`, then
+//! `migrations/functions.sql`). Values are plain JSONB, so they can be read and queried with SQL.
+//!
+//! # Database roles
+//! Only the role that ran [`PgCache::migrate`] (the cache's owner) may use the cache's tables and SQL
+//! functions; a service connected as another role needs [`PgCache::grant`] (everything the cache does) or
+//! [`PgCache::grant_reader`] (reading only) first, once, from the owner. docs/RELIABILITY.md ("Security")
+//! says what each role may do.
 //!
 //! # Concurrent misses: single-flight
 //! When many callers miss the same key at once, `#[pg_cached]` runs the function once and shares the result:
@@ -184,6 +190,7 @@ pub use memo::scope::{tag, tags};
 pub use observe::{ProcessCounts, MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES};
 pub use redact::redact_url;
 pub use report::{CacheStats, HealthReport, HealthStatus, NamespaceStats, ReplicaHealth, ShardHealth};
+pub use server::schema::FUNCTIONS_VERSION;
 pub use server::sql::MIGRATOR;
 pub use tags::{validate_tag, MAX_TAG_CHARS};
 pub use ttl::Ttl;

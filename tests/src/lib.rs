@@ -3,6 +3,7 @@
 pub mod checker;
 pub mod memo;
 pub mod pg_cluster;
+pub mod roles;
 
 use cache_runtime::PgCache;
 use sqlx::PgPool;

@@ -64,7 +64,7 @@ fn below_500(value: &u64) -> bool {
 
 /// Finding 1: a caller in process A that starts after process B's delete returned must not get the deleted
 /// value, even while A's stale refresh of it (begun before the delete) is still running.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_delete_in_another_process_is_not_undone_by_a_stale_refresh_in_flight(pool: PgPool) -> TestResult {
     init_tracing();
     let (a, b) = (Service::new(&cache_on(pool.clone()).await), Service::new(&cache_on(pool).await));
@@ -87,7 +87,7 @@ async fn a_delete_in_another_process_is_not_undone_by_a_stale_refresh_in_flight(
 
 /// Finding 2: a stale refresh whose fresh result is not stored (here `cache_if` refuses it) still gives the
 /// caller that ran the body that result, not the expired value.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_stale_refresh_returns_its_fresh_result_even_when_it_is_not_stored(pool: PgPool) -> TestResult {
     let service = Service::new(&cache_on(pool).await);
     assert_eq!(service.filtered(0).await, 1, "stored: below 500");
@@ -101,7 +101,7 @@ async fn a_stale_refresh_returns_its_fresh_result_even_when_it_is_not_stored(poo
 
 /// Finding 7: a value nested deeper than serde_json reads back is refused at write, with a typed error,
 /// instead of being stored and never served.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn values_nested_too_deep_are_refused_at_write(pool: PgPool) -> TestResult {
     let cache = cache_on(pool).await;
     let nested = |depth: usize| (0..depth).fold(serde_json::json!(1), |inner, _| serde_json::json!([inner]));
@@ -152,7 +152,7 @@ fn a_tier_whose_listener_died_with_its_runtime_does_not_serve_what_others_delete
 
 /// Finding 6b: a listener whose connection goes silent (half-open: the TCP connection stays, nothing
 /// flows) is found out by its heartbeat; the tier then stops serving and is cleared.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_half_open_listener_is_found_out_by_its_heartbeat(pool: PgPool) -> TestResult {
     let proxy = FreezableProxy::start(&pool).await?;
     let through_proxy = PgPoolOptions::new().max_connections(4).connect_with(proxy.options(&pool)).await?;

@@ -42,7 +42,7 @@ async fn setup(pool: &PgPool) {
         .expect("table");
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn one_execution_across_processes(pool: PgPool) -> TestResult {
     setup(&pool).await;
     let database = database_name(&pool).await;
@@ -62,7 +62,7 @@ async fn one_execution_across_processes(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_killed_leader_blocks_nobody_past_its_lease(pool: PgPool) -> TestResult {
     setup(&pool).await;
     let database = database_name(&pool).await;

@@ -51,7 +51,7 @@ async fn every_caller_gets_its_own_value(cache: PgCache, tasks: usize) -> TestRe
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn five_hundred_callers_each_get_their_own_value(pool: PgPool) -> TestResult {
     let cache = small_pool_cache(&pool, 4, true).await?;
     every_caller_gets_its_own_value(cache.clone(), 500).await?;
@@ -62,7 +62,7 @@ async fn five_hundred_callers_each_get_their_own_value(pool: PgPool) -> TestResu
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn five_hundred_callers_without_coalescing_get_their_own_value(pool: PgPool) -> TestResult {
     let cache = small_pool_cache(&pool, 4, false).await?;
     every_caller_gets_its_own_value(cache.clone(), 500).await?;
@@ -70,7 +70,7 @@ async fn five_hundred_callers_without_coalescing_get_their_own_value(pool: PgPoo
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_bad_key_fails_only_its_own_caller(pool: PgPool) -> TestResult {
     let cache = small_pool_cache(&pool, 2, true).await?;
     for i in 0..50 {
@@ -96,7 +96,7 @@ async fn a_bad_key_fails_only_its_own_caller(pool: PgPool) -> TestResult {
 
 /// Many callers write the same few keys at once: one statement cannot touch a row twice, so writes of one key
 /// go to different batches. Every caller must succeed, and each key must end with one of its writers' values.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn the_same_key_written_by_many_callers_at_once(pool: PgPool) -> TestResult {
     let cache = small_pool_cache(&pool, 2, true).await?;
     let mut set = JoinSet::new();
@@ -114,7 +114,7 @@ async fn the_same_key_written_by_many_callers_at_once(pool: PgPool) -> TestResul
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_caller_whose_batch_cannot_start_times_out_and_the_cache_recovers(pool: PgPool) -> TestResult {
     let cache = PgCache::builder()
         .connect_options((*pool.connect_options()).clone())
@@ -147,7 +147,7 @@ async fn a_caller_whose_batch_cannot_start_times_out_and_the_cache_recovers(pool
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn reads_past_the_byte_budget_wait_for_the_next_statement(pool: PgPool) -> TestResult {
     const BUDGET: usize = 3_000;
     let cache = PgCache::builder()
@@ -200,7 +200,7 @@ impl Gated {
 
 /// Memoized computations of many keys finish at once, so their guarded writes share statements; the keys
 /// invalidated meanwhile must not be stored, their neighbours must.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn an_invalidation_during_a_batch_refuses_only_its_key(pool: PgPool) -> TestResult {
     let cache = small_pool_cache(&pool, 2, true).await?;
     let gated = Arc::new(Gated { cache: cache.clone(), gate: Semaphore::new(0), started: AtomicUsize::new(0) });
@@ -236,7 +236,7 @@ async fn an_invalidation_during_a_batch_refuses_only_its_key(pool: PgPool) -> Te
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn get_many_keeps_order_and_duplicates(pool: PgPool) -> TestResult {
     let cache = cache_on(pool).await;
     cache.set("doc:a", &"A", Ttl::Never).await?;
@@ -253,7 +253,7 @@ async fn get_many_keeps_order_and_duplicates(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn set_many_keeps_the_last_value_of_a_key(pool: PgPool) -> TestResult {
     let cache = cache_on(pool).await;
     let entries = [("doc:1", 1), ("doc:2", 2), ("doc:1", 3), ("doc:3", 4), ("doc:1", 5)];
@@ -265,7 +265,7 @@ async fn set_many_keeps_the_last_value_of_a_key(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_bad_entry_fails_the_bulk_call_before_any_io(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     let bad_key = [("doc:1", 1.0), ("doc:\u{0}", 2.0)];
@@ -280,7 +280,7 @@ async fn a_bad_entry_fails_the_bulk_call_before_any_io(pool: PgPool) -> TestResu
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn delete_many_counts_rows_and_invalidates(pool: PgPool) -> TestResult {
     let cache = cache_on(pool).await;
     cache.set_many(&[("doc:1", 1), ("doc:2", 2), ("doc:3", 3)], Ttl::Never).await?;
@@ -292,7 +292,7 @@ async fn delete_many_counts_rows_and_invalidates(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn bulk_calls_larger_than_a_batch_span_several_statements(pool: PgPool) -> TestResult {
     let cache = PgCache::builder().pool(pool).sweep_interval(None).coalesce_max_keys(7).build().await?;
     let entries: Vec<(String, usize)> = (0..100).map(|i| (format!("n:{i}"), i * i)).collect();
@@ -306,7 +306,7 @@ async fn bulk_calls_larger_than_a_batch_span_several_statements(pool: PgPool) ->
 }
 
 /// 256 callers on the default pool of 10: with coalescing none of them needs a connection of its own.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn two_hundred_fifty_six_callers_on_the_default_pool(pool: PgPool) -> TestResult {
     let cache = PgCache::builder()
         .connect_options((*pool.connect_options()).clone())
@@ -337,7 +337,7 @@ async fn two_hundred_fifty_six_callers_on_the_default_pool(pool: PgPool) -> Test
 /// Their locks are taken in one global order, so they wait for each other and never deadlock: PostgreSQL's
 /// deadlock counter for the database must not move. (A deadlock would not reach callers: the failed batch
 /// is re-run one write at a time. Hence the counter.)
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn overlapping_batches_do_not_deadlock(pool: PgPool) -> TestResult {
     let deadlocks = async |pool: &PgPool| -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
@@ -384,7 +384,7 @@ async fn overlapping_batches_do_not_deadlock(pool: PgPool) -> TestResult {
 /// spare they give it back between batches, so other operations still get a connection within their timeout.
 /// (Here 256 readers keep both connections busy; with dispatchers that kept theirs for a whole second, some
 /// of the writes waited that long and timed out. With the rule they wait a few milliseconds.)
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn busy_readers_leave_connections_for_other_operations(pool: PgPool) -> TestResult {
     let cache = PgCache::builder()
         .connect_options((*pool.connect_options()).clone())

@@ -146,7 +146,7 @@ impl ScratchDatabase {
             sqlx::raw_sql(&format!("CREATE DATABASE \"{}\"", scratch.name)).execute(&mut admin).await?;
             admin.close().await?;
             let pool = PgPoolOptions::new().max_connections(1).connect_with(scratch.options()).await?;
-            cache_runtime::MIGRATOR.run(&pool).await?;
+            integration_tests::cache_on(pool.clone()).await.migrate().await?;
             pool.close().await;
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
         })?;
@@ -291,7 +291,7 @@ fn a_runtime_that_shuts_down_mid_batch_leaks_no_dispatcher_slot() -> TestResult 
 // 3. Writes behind a row lock
 // ---------------------------------------------------------------------------------------------------------
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn writes_stuck_behind_a_row_lock_give_their_connections_back(pool: PgPool) -> TestResult {
     let op_timeout = Duration::from_millis(200);
     let small = PgPoolOptions::new().max_connections(2).connect_with((*pool.connect_options()).clone()).await?;

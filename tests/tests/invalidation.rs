@@ -442,37 +442,37 @@ async fn check_invalidations(pool: PgPool, variant: Variant) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn checker_process_single_flight_serves_nothing_invalidated(pool: PgPool) -> TestResult {
     check_invalidations(pool, Variant::Process).await
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn checker_without_single_flight_serves_nothing_invalidated(pool: PgPool) -> TestResult {
     check_invalidations(pool, Variant::Uncoalesced).await
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn checker_function_tiers_serve_nothing_invalidated_after_250ms(pool: PgPool) -> TestResult {
     check_invalidations(pool, Variant::FunctionTier).await
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn checker_cache_tiers_serve_nothing_invalidated_after_250ms(pool: PgPool) -> TestResult {
     check_invalidations(pool, Variant::CacheTier).await
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn checker_namespace_purges_leave_nothing_invalidated(pool: PgPool) -> TestResult {
     check_invalidations(pool, Variant::Namespace).await
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn checker_tag_invalidations_through_nested_calls_leave_nothing_invalidated(pool: PgPool) -> TestResult {
     check_invalidations(pool, Variant::Tag).await
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn checker_tag_invalidations_reach_cache_tiers_within_250ms(pool: PgPool) -> TestResult {
     check_invalidations(pool, Variant::TagTier).await
 }
@@ -481,7 +481,7 @@ async fn checker_tag_invalidations_reach_cache_tiers_within_250ms(pool: PgPool) 
 // 2. Writes racing deletes
 // ---------------------------------------------------------------------------------------------------------
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_slow_computation_that_began_before_a_delete_is_not_stored(pool: PgPool) -> TestResult {
     let data = Data::new(Duration::ZERO);
     let service = Service::new(&cache_on(pool).await, &data);
@@ -579,7 +579,7 @@ async fn race_writers_against_deletes(
     Ok((races, anomalies))
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn memoized_writes_racing_deletes_never_outlive_them(pool: PgPool) -> TestResult {
     let _alone = HEAVY.lock().await;
     let (races, anomalies) = race_writers_against_deletes(pool, Writer::Memoized).await?;
@@ -593,7 +593,7 @@ async fn memoized_writes_racing_deletes_never_outlive_them(pool: PgPool) -> Test
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn refreshes_racing_deletes_never_outlive_them(pool: PgPool) -> TestResult {
     let _alone = HEAVY.lock().await;
     let (races, anomalies) = race_writers_against_deletes(pool, Writer::Refresh).await?;
@@ -611,7 +611,7 @@ async fn refreshes_racing_deletes_never_outlive_them(pool: PgPool) -> TestResult
 // 3. A refresh racing an invalidation
 // ---------------------------------------------------------------------------------------------------------
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_refresh_that_began_before_an_invalidation_is_not_stored(pool: PgPool) -> TestResult {
     let data = Data::new(Duration::ZERO);
     let service = Service::new(&cache_on(pool).await, &data);
@@ -679,12 +679,12 @@ async fn check_no_late_join(pool: PgPool, purge_namespace: bool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_caller_after_invalidate_does_not_join_an_older_flight(pool: PgPool) -> TestResult {
     check_no_late_join(pool, false).await
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_caller_after_delete_namespace_does_not_join_an_older_flight(pool: PgPool) -> TestResult {
     check_no_late_join(pool, true).await
 }
@@ -713,7 +713,7 @@ async fn held_in_tier(a: &PgCache, key: &str, expected: &str) {
     assert!(held.is_some(), "A's tier holds {key} = {expected}");
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_set_by_a_process_without_a_tier_reaches_other_tiers(pool: PgPool) -> TestResult {
     let (a, b) = tiered_and_plain(&pool).await?;
     b.set("doc:1", &"v1", None).await?;
@@ -725,7 +725,7 @@ async fn a_set_by_a_process_without_a_tier_reaches_other_tiers(pool: PgPool) -> 
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_delete_by_a_process_without_a_tier_reaches_other_tiers(pool: PgPool) -> TestResult {
     let (a, b) = tiered_and_plain(&pool).await?;
     b.set("doc:1", &"v1", None).await?;
@@ -736,7 +736,7 @@ async fn a_delete_by_a_process_without_a_tier_reaches_other_tiers(pool: PgPool) 
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_refresh_by_a_process_without_a_tier_reaches_other_tiers(pool: PgPool) -> TestResult {
     let (a, b) = tiered_and_plain(&pool).await?;
     let data = Data::new(Duration::ZERO);
@@ -775,7 +775,7 @@ async fn allow_connections(options: &PgConnectOptions, database: &str, allow: bo
     admin.close().await
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn an_invalidation_sent_before_the_listener_first_connects_is_not_missed(pool: PgPool) -> TestResult {
     let options = (*pool.connect_options()).clone();
     let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await?;
@@ -816,7 +816,7 @@ async fn an_invalidation_sent_before_the_listener_first_connects_is_not_missed(p
 // 7. Sweeps and stale windows
 // ---------------------------------------------------------------------------------------------------------
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_sweep_keeps_expired_entries_inside_their_stale_window(pool: PgPool) -> TestResult {
     let data = Data::new(Duration::ZERO);
     let service = Service::new(&cache_on(pool.clone()).await, &data);
@@ -852,7 +852,7 @@ async fn a_sweep_keeps_expired_entries_inside_their_stale_window(pool: PgPool) -
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_sweep_deletes_expired_entries_without_a_stale_window(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     cache.set("plain:short", &1, Duration::from_millis(300)).await?;
@@ -883,7 +883,7 @@ async fn insert_by_hand(pool: &PgPool, key: &str, json: &str, expires_at: &str) 
     .map(drop)
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn infinity_is_permanent_and_minus_infinity_is_expired(pool: PgPool) -> TestResult {
     insert_by_hand(&pool, "inf:forever", r#""kept""#, "infinity").await?;
     insert_by_hand(&pool, "inf:never", r#""gone""#, "-infinity").await?;
@@ -956,7 +956,7 @@ async fn without_panic<T: Send + 'static>(
     }
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_tier_without_an_age_limit_holds_permanent_entries(pool: PgPool) -> TestResult {
     let cache =
         PgCache::builder().pool(pool.clone()).local_tier(100, Duration::MAX).sweep_interval(None).build().await?;

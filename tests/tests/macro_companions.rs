@@ -52,7 +52,7 @@ async fn stored(pool: &PgPool) -> Vec<(String, serde_json::Value)> {
         .expect("read the table")
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn cache_key_is_the_stored_key(pool: PgPool) -> TestResult {
     let s = Stamps::new(pool.clone()).await;
     assert_eq!(s.stamp(7, 1).await, 1);
@@ -64,7 +64,7 @@ async fn cache_key_is_the_stored_key(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn invalidate_removes_the_entry(pool: PgPool) -> TestResult {
     let s = Stamps::new(pool.clone()).await;
     assert_eq!(s.stamp(7, 1).await, 1);
@@ -79,7 +79,7 @@ async fn invalidate_removes_the_entry(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn refresh_runs_the_body_and_overwrites(pool: PgPool) -> TestResult {
     let s = Stamps::new(pool.clone()).await;
     assert_eq!(s.stamp(7, 1).await, 1);
@@ -94,7 +94,7 @@ async fn refresh_runs_the_body_and_overwrites(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn refresh_of_a_destructured_argument_uses_the_same_key(pool: PgPool) -> TestResult {
     let s = Stamps::new(pool.clone()).await;
     assert_eq!(s.pair((1, 2), "x").await, 301);
@@ -106,7 +106,7 @@ async fn refresh_of_a_destructured_argument_uses_the_same_key(pool: PgPool) -> T
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn refresh_does_not_store_what_the_function_would_not(pool: PgPool) -> TestResult {
     let s = Stamps::new(pool.clone()).await;
     assert_eq!(s.fallible(1).await, Ok(1));

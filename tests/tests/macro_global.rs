@@ -16,7 +16,7 @@ async fn greet(name: &str) -> String {
     format!("hello {name}")
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn the_process_wide_cache_is_used(pool: PgPool) -> TestResult {
     cache_runtime::set_global(cache_on(pool.clone()).await);
     assert_eq!(greet("ada").await, "hello ada");

@@ -96,7 +96,7 @@ impl Svc {
     }
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn hit_after_miss(pool: PgPool) -> TestResult {
     let svc = Svc::new(pool.clone()).await;
     assert_eq!(svc.square(7).await, 49);
@@ -112,7 +112,7 @@ async fn hit_after_miss(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn entries_expire_after_their_ttl(pool: PgPool) -> TestResult {
     let svc = Svc::new(pool).await;
     assert_eq!(svc.short_lived(1).await, "run 1 for 1");
@@ -123,7 +123,7 @@ async fn entries_expire_after_their_ttl(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn ok_is_cached_err_is_not(pool: PgPool) -> TestResult {
     let svc = Svc::new(pool.clone()).await;
     assert_eq!(svc.fallible(2).await, Ok(4));
@@ -139,7 +139,7 @@ async fn ok_is_cached_err_is_not(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn some_is_cached_none_only_with_cache_none(pool: PgPool) -> TestResult {
     let svc = Svc::new(pool.clone()).await;
     assert_eq!(svc.maybe(3).await, Some(3));
@@ -159,7 +159,7 @@ async fn some_is_cached_none_only_with_cache_none(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn skipped_arguments_are_not_in_the_key(pool: PgPool) -> TestResult {
     let svc = Svc::new(pool).await;
     assert_eq!(svc.traced("q", 1).await, "Q");
@@ -214,7 +214,7 @@ mod isolation {
     }
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn versions_never_share(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     let calls = Calls::default();
@@ -232,7 +232,7 @@ async fn versions_never_share(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn namespaces_never_share(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     let calls = Calls::default();
@@ -274,7 +274,7 @@ impl Right {
     }
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn same_method_name_in_two_impls_never_shares(pool: PgPool) -> TestResult {
     let left = Left { cache: cache_on(pool.clone()).await, calls: Calls::default() };
     let right = Right { cache: left.cache.clone(), calls: Calls::default() };
@@ -301,7 +301,7 @@ impl<T> Typed<T> {
     }
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn generic_instantiations_never_share(pool: PgPool) -> TestResult {
     let svc = Svc::new(pool.clone()).await;
     assert_eq!(svc.describe::<u8>(1).await, "u8:1");
@@ -321,7 +321,7 @@ async fn generic_instantiations_never_share(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn nan_is_never_turned_into_none(pool: PgPool) -> TestResult {
     let svc = Svc::new(pool).await;
     for _ in 0..3 {
@@ -331,7 +331,7 @@ async fn nan_is_never_turned_into_none(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_stored_value_of_the_wrong_shape_is_recomputed(pool: PgPool) -> TestResult {
     let svc = Svc::new(pool.clone()).await;
     let expected = Record { id: 4, name: "record 4".into() };

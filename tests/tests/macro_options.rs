@@ -57,7 +57,7 @@ impl Svc {
     }
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn local_serves_hits_from_memory(pool: PgPool) -> TestResult {
     let svc = Svc::new(pool.clone()).await;
     assert_eq!(svc.local(1).await, [1]);
@@ -72,7 +72,7 @@ async fn local_serves_hits_from_memory(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn stale_serves_the_expired_value_when_the_refresh_fails(pool: PgPool) -> TestResult {
     let svc = Svc::new(pool).await;
     assert_eq!(svc.stale(1).await, Ok("run 1 for 1".to_owned()));
@@ -86,7 +86,7 @@ async fn stale_serves_the_expired_value_when_the_refresh_fails(pool: PgPool) -> 
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn single_flight_modes(pool: PgPool) -> TestResult {
     let svc = Svc::new(pool).await;
     let mut callers = JoinSet::new();

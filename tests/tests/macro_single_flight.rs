@@ -25,7 +25,7 @@ impl Slow {
     }
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_thousand_callers_on_a_cold_key_run_the_body_once(pool: PgPool) -> TestResult {
     let slow =
         Arc::new(Slow { cache: cache_on(pool).await, runs: AtomicUsize::new(0), delay: Duration::from_millis(300) });
@@ -41,7 +41,7 @@ async fn a_thousand_callers_on_a_cold_key_run_the_body_once(pool: PgPool) -> Tes
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_cancelled_leader_does_not_strand_its_followers(pool: PgPool) -> TestResult {
     let slow =
         Arc::new(Slow { cache: cache_on(pool).await, runs: AtomicUsize::new(0), delay: Duration::from_millis(400) });

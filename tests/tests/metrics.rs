@@ -66,7 +66,7 @@ impl Metered {
     }
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn memoized_calls_and_store_operations_are_reported(pool: PgPool) -> TestResult {
     snapshotter();
     let cache = cache_on(pool).await;
@@ -97,7 +97,7 @@ async fn memoized_calls_and_store_operations_are_reported(pool: PgPool) -> TestR
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn hits_are_labelled_by_tier(pool: PgPool) -> TestResult {
     snapshotter();
     let cache =
@@ -124,7 +124,7 @@ async fn failures_are_counted_by_kind() {
     assert_eq!(errors, 1);
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn coalesced_statements_are_counted(pool: PgPool) -> TestResult {
     snapshotter();
     // Bulk reads always share statements: 10 keys make one statement.

@@ -102,7 +102,7 @@ async fn counts(cache: &PgCache, namespace: &str) -> ProcessCounts {
     CounterSnapshot::take(cache).await.expect("stats").namespace(namespace)
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn process_query_misses_then_hits(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     let generator = TestGenerator::new("test-model");
@@ -131,7 +131,7 @@ async fn process_query_misses_then_hits(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn stored_rows_have_the_expected_shapes(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     let rag = pipeline(&cache, Arc::new(LocalGenerator::new().without_latency()));
@@ -181,7 +181,7 @@ async fn stored_rows_have_the_expected_shapes(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_fresh_cache_on_the_same_pool_sees_the_entries(pool: PgPool) -> TestResult {
     let first = cache_on(pool.clone()).await;
     let answer = pipeline(&first, TestGenerator::new("test-model")).process_query(QUESTION).await?;
@@ -199,7 +199,7 @@ async fn a_fresh_cache_on_the_same_pool_sees_the_entries(pool: PgPool) -> TestRe
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn generator_errors_are_not_cached(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     let generator = TestGenerator::new("flaky-model");
@@ -231,7 +231,7 @@ async fn generator_errors_are_not_cached(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn retrieval_errors_are_not_cached(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     let generator = TestGenerator::new("test-model");
@@ -247,7 +247,7 @@ async fn retrieval_errors_are_not_cached(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn invalidating_an_answer_keeps_its_retrieval(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     let generator = TestGenerator::new("test-model");
@@ -275,7 +275,7 @@ async fn invalidating_an_answer_keeps_its_retrieval(pool: PgPool) -> TestResult 
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn answers_are_keyed_by_model(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     let small = TestGenerator::new("small-model");
@@ -293,7 +293,7 @@ async fn answers_are_keyed_by_model(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn the_demo_turns_misses_into_hits(pool: PgPool) -> TestResult {
     let queries = ["What is MVCC in PostgreSQL?", "Why do caches need a TTL?", "How do tokio timeouts work?"];
     let mut options = DemoOptions::new(engine(), Arc::new(LocalGenerator::new().without_latency()));

@@ -93,7 +93,7 @@ async fn entered(service: &Service) -> TestResult {
 
 /// The caller that finds an entry stale gets it at once, while the refresh, blocked in its body, runs in the
 /// background; 100 more callers meanwhile get it too, and the body runs once for all of them.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_stale_hit_never_waits_for_its_refresh(pool: PgPool) -> TestResult {
     let service = Service::new(&cache_on(pool).await);
     assert_eq!(service.stale(7, "q").await, Ok(7001));
@@ -119,7 +119,7 @@ async fn a_stale_hit_never_waits_for_its_refresh(pool: PgPool) -> TestResult {
 }
 
 /// A refresh that fails leaves the stale value in place; the next caller that finds it stale starts another.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_failed_refresh_keeps_the_stale_value_and_is_retried(pool: PgPool) -> TestResult {
     let service = Service::new(&cache_on(pool).await);
     assert_eq!(service.stale(3, "q").await, Ok(3001));
@@ -139,7 +139,7 @@ async fn a_failed_refresh_keeps_the_stale_value_and_is_retried(pool: PgPool) -> 
 }
 
 /// With cluster single-flight, two processes that find one key stale at once refresh it once between them.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn two_processes_refresh_a_stale_key_once(pool: PgPool) -> TestResult {
     let state = Arc::<State>::default();
     let a = Service { cache: cache_on(pool.clone()).await, state: Arc::clone(&state) };
@@ -160,7 +160,7 @@ async fn two_processes_refresh_a_stale_key_once(pool: PgPool) -> TestResult {
 
 /// `refresh_ahead`: a hit on an entry with little of its TTL left refreshes it in the background, so that the
 /// key keeps hitting through its expiry.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn refresh_ahead_keeps_a_hot_key_from_missing(pool: PgPool) -> TestResult {
     integration_tests::init_tracing();
     let service = Service::new(&cache_on(pool).await);

@@ -365,7 +365,7 @@ async fn burst(
 // 2. Pool exhaustion and a slow server
 // ---------------------------------------------------------------------------------------------------------
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn an_exhausted_pool_falls_back_within_the_op_timeout(pool: PgPool) -> TestResult {
     // The caller's own pool of 2 connections, with sqlx's default acquire timeout of 30 s.
     let small = user_pool(&pool, 2).await?;
@@ -394,7 +394,7 @@ async fn an_exhausted_pool_falls_back_within_the_op_timeout(pool: PgPool) -> Tes
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn pool_held_by_slow_queries_falls_back_within_the_op_timeout(pool: PgPool) -> TestResult {
     // Every connection of the cache's pool is busy with a slow statement (pg_sleep) of someone else's.
     let shared = user_pool(&pool, 3).await?;
@@ -426,7 +426,7 @@ async fn pool_held_by_slow_queries_falls_back_within_the_op_timeout(pool: PgPool
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn slow_writes_fall_back_within_the_op_timeout(pool: PgPool) -> TestResult {
     // Every write of the cache sleeps 1 s inside PostgreSQL (a trigger calling pg_sleep).
     sqlx::raw_sql(
@@ -465,7 +465,7 @@ async fn slow_writes_fall_back_within_the_op_timeout(pool: PgPool) -> TestResult
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_locked_table_falls_back_within_the_op_timeout(pool: PgPool) -> TestResult {
     let (op_timeout, body) = (Duration::from_millis(100), Duration::from_millis(20));
     let service = Service::new(cache_over(user_pool(&pool, 10).await?, op_timeout).await?, body);
@@ -607,7 +607,7 @@ async fn sessions_opened(pool: &PgPool) -> Option<i64> {
         .ok()
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn ten_thousand_cancelled_calls_leave_no_transaction_or_lock_behind(pool: PgPool) -> TestResult {
     // The cache's own pool of 10, as `PgCache::connect` builds it.
     let cache = PgCache::builder()
@@ -651,7 +651,7 @@ async fn ten_thousand_cancelled_calls_leave_no_transaction_or_lock_behind(pool: 
 /// Regression test for R1 (docs/RELIABILITY.md), fixed: before the fix, a call cancelled while its lease INSERT is in flight
 /// leaves a lease row that nobody will release, and every later caller of that key, in any process, waits
 /// for the lease's deadline (30 s by default) before computing.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn cancelled_lease_acquisitions_leave_no_lease_behind(pool: PgPool) -> TestResult {
     let op_timeout = Duration::from_millis(250);
     let service = Service::new(cache_over(user_pool(&pool, 10).await?, op_timeout).await?, Duration::ZERO);
@@ -687,7 +687,7 @@ async fn cancelled_lease_acquisitions_leave_no_lease_behind(pool: PgPool) -> Tes
 /// in production: the server restarts, or the pool is exhausted or locked out, between the lease and its
 /// release) stays until its deadline, and the next call of the key waits for that deadline, even in the
 /// process that took the lease and is no longer computing.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_failed_lease_release_does_not_stall_the_next_call(pool: PgPool) -> TestResult {
     // Lease releases hang for 300 ms and then delete nothing.
     sqlx::raw_sql(
@@ -731,7 +731,7 @@ async fn a_failed_lease_release_does_not_stall_the_next_call(pool: PgPool) -> Te
 /// Regression test for R3 (docs/RELIABILITY.md), fixed: before the fix, the LISTEN connection is taken from the cache's pool
 /// and never given back, so a pool of one connection is dead to the cache as soon as the listener starts (with
 /// the in-process tier, or the first wait on another process's lease), and a pool of N has N - 1 left.
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn the_event_listener_does_not_take_a_pooled_connection(pool: PgPool) -> TestResult {
     let cache = PgCache::builder()
         .pool(user_pool(&pool, 1).await?)
@@ -755,7 +755,7 @@ async fn the_event_listener_does_not_take_a_pooled_connection(pool: PgPool) -> T
 // 4. Schema change under load
 // ---------------------------------------------------------------------------------------------------------
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn adding_columns_under_load_reaches_no_caller(pool: PgPool) -> TestResult {
     // One connection, so that every statement of the cache runs on a connection that prepared it before the
     // table changed: "cached plan must not change result type" would show here if it could happen.

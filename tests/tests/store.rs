@@ -22,7 +22,7 @@ async fn row_count(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM cache_entries").fetch_one(pool).await.expect("count")
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn set_get_delete_round_trip(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     assert_eq!(cache.get::<Retrieval>("retrieval:python:5").await?, None);
@@ -49,7 +49,7 @@ async fn set_get_delete_round_trip(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn both_durability_modes_write(pool: PgPool) -> TestResult {
     for durability in [Durability::AsyncCommit, Durability::Full] {
         let cache = PgCache::builder().pool(pool.clone()).durability(durability).sweep_interval(None).build().await?;
@@ -63,7 +63,7 @@ async fn both_durability_modes_write(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn expired_entries_are_never_returned(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     cache.set("t:short", &1, Duration::from_millis(300)).await?;
@@ -88,7 +88,7 @@ async fn expired_entries_are_never_returned(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn ttl_bounds_are_checked(pool: PgPool) -> TestResult {
     let cache = cache_on(pool).await;
     assert!(matches!(cache.set("t:zero", &1, Duration::ZERO).await, Err(CacheError::InvalidTtl(_))));
@@ -109,7 +109,7 @@ async fn ttl_bounds_are_checked(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn clear_expired_works_in_batches(pool: PgPool) -> TestResult {
     let cache = PgCache::builder().pool(pool.clone()).batch_size(400).sweep_interval(None).build().await?;
     sqlx::query(
@@ -125,7 +125,7 @@ async fn clear_expired_works_in_batches(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn one_sweep_enforces_max_entries(pool: PgPool) -> TestResult {
     let max = 500u64;
     let cache =
@@ -150,7 +150,7 @@ async fn one_sweep_enforces_max_entries(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn namespaces_are_purged_exactly(pool: PgPool) -> TestResult {
     let cache = PgCache::builder().pool(pool.clone()).batch_size(100).sweep_interval(None).build().await?;
     for i in 0..250 {
@@ -166,7 +166,7 @@ async fn namespaces_are_purged_exactly(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn keys_lists_live_keys_by_prefix(pool: PgPool) -> TestResult {
     let cache = cache_on(pool).await;
     for k in ["retrieval:b", "retrieval:a", "retrieval:c", "answer:a", "50%_off:x"] {
@@ -182,7 +182,7 @@ async fn keys_lists_live_keys_by_prefix(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn stats_count_table_and_process(pool: PgPool) -> TestResult {
     let cache = cache_on(pool).await;
     cache.set("retrieval:1", &1, None).await?;
@@ -209,7 +209,7 @@ async fn stats_count_table_and_process(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn health_check_reports_without_failing(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     cache.set("h:1", &1, None).await?;
@@ -230,7 +230,7 @@ async fn health_check_reports_without_failing(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn migrate_is_idempotent_and_gin_is_opt_in(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     cache.migrate().await?;
@@ -255,7 +255,7 @@ async fn migrate_is_idempotent_and_gin_is_opt_in(pool: PgPool) -> TestResult {
 
 // ---- Bad input: typed errors, never a panic, never a wrong value (FAILURE-MODES 1-5, 18) ----
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn nul_characters_are_refused(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     assert!(matches!(cache.set("k:a\0b", &1, None).await, Err(CacheError::InvalidKey { .. })));
@@ -270,7 +270,7 @@ async fn nul_characters_are_refused(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn non_finite_floats_are_refused_not_mangled(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
@@ -284,7 +284,7 @@ async fn non_finite_floats_are_refused_not_mangled(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn numbers_round_trip_bit_exact(pool: PgPool) -> TestResult {
     let cache = cache_on(pool).await;
     let ints = (i64::MIN, i64::MAX, u64::MAX, (1u64 << 53) + 1, -((1i64 << 53) + 1));
@@ -323,7 +323,7 @@ async fn oversized_values_are_refused_before_any_io() -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn default_size_limit_is_one_mebibyte(pool: PgPool) -> TestResult {
     let cache = cache_on(pool).await;
     let just_under = "y".repeat(1024 * 1024 - 2); // plus two quotes
@@ -334,7 +334,7 @@ async fn default_size_limit_is_one_mebibyte(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn long_keys_never_collide(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     let base = "L".repeat(500);
@@ -359,7 +359,7 @@ async fn long_keys_never_collide(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn hostile_text_round_trips_exactly(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     let nasty = [
@@ -380,7 +380,7 @@ async fn hostile_text_round_trips_exactly(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_changed_shape_is_a_miss(pool: PgPool) -> TestResult {
     let cache = cache_on(pool).await;
     cache.set("shape:1", &sample(), None).await?;
@@ -406,7 +406,7 @@ async fn a_silent_server_gives_timeouts_not_hangs() -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_locked_table_gives_a_timeout(pool: PgPool) -> TestResult {
     let cache = PgCache::builder()
         .pool(pool.clone())
@@ -453,7 +453,7 @@ impl Stamp {
     }
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn sixty_four_writers_and_readers_on_one_key(pool: PgPool) -> TestResult {
     let cache = PgCache::builder().pool(pool).op_timeout(Duration::from_secs(10)).sweep_interval(None).build().await?;
     let mut tasks = Vec::new();
@@ -480,7 +480,7 @@ async fn sixty_four_writers_and_readers_on_one_key(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn clones_share_one_store_and_counters(pool: PgPool) -> TestResult {
     fn assert_send_sync<T: Send + Sync + Clone + 'static>() {}
     assert_send_sync::<PgCache>();
@@ -492,7 +492,7 @@ async fn clones_share_one_store_and_counters(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn the_background_sweeper_expires_and_evicts(pool: PgPool) -> TestResult {
     let cache = PgCache::builder()
         .pool(pool.clone())
@@ -515,7 +515,7 @@ async fn the_background_sweeper_expires_and_evicts(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn keys_without_a_namespace_share_one_bucket(pool: PgPool) -> TestResult {
     let cache = cache_on(pool).await;
     for i in 0..20 {

@@ -87,7 +87,7 @@ async fn count(pool: &PgPool, namespace: &str) -> i64 {
         .expect("count entries")
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn tags_are_static_dynamic_and_propagated_three_levels_deep(pool: PgPool) -> TestResult {
     let rag = Rag::new(pool.clone()).await?;
     // All misses: every level computes.
@@ -134,7 +134,7 @@ async fn tags_are_static_dynamic_and_propagated_three_levels_deep(pool: PgPool) 
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_computation_begun_before_a_tag_invalidation_is_not_stored(pool: PgPool) -> TestResult {
     struct Slow {
         cache: PgCache,
@@ -178,7 +178,7 @@ async fn a_computation_begun_before_a_tag_invalidation_is_not_stored(pool: PgPoo
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn invalidate_tag_under_concurrent_computations(pool: PgPool) -> TestResult {
     // 200 tasks compute and read values tagged with one of 4 documents while the documents' version changes
     // and their tags are invalidated: no caller that starts after an invalidation returned may get a value
@@ -234,7 +234,7 @@ async fn invalidate_tag_under_concurrent_computations(pool: PgPool) -> TestResul
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_trigger_invalidates_on_commit_and_not_on_rollback(pool: PgPool) -> TestResult {
     let rag = Rag::new(pool.clone()).await?;
     rag.cache.invalidate_on_change("documents", "id", "doc:").await?;
@@ -288,7 +288,7 @@ async fn a_trigger_invalidates_on_commit_and_not_on_rollback(pool: PgPool) -> Te
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_value_computed_before_the_changing_transaction_commits_is_not_stored(pool: PgPool) -> TestResult {
     // The trigger runs at UPDATE time, but the change becomes visible at COMMIT. A computation that began
     // in between reads the old row; its result must not be stored once the transaction commits.
@@ -346,7 +346,7 @@ async fn a_value_computed_before_the_changing_transaction_commits_is_not_stored(
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn bad_identifiers_are_typed_errors_never_injection(pool: PgPool) -> TestResult {
     let cache = cache_on(pool.clone()).await;
     sqlx::raw_sql(
@@ -391,7 +391,7 @@ async fn bad_identifiers_are_typed_errors_never_injection(pool: PgPool) -> TestR
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn invalidations_by_tag_and_by_trigger_reach_other_processes_tiers(pool: PgPool) -> TestResult {
     let tiered = |pool: PgPool| async move {
         let cache = PgCache::builder()
@@ -435,7 +435,7 @@ async fn invalidations_by_tag_and_by_trigger_reach_other_processes_tiers(pool: P
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn stale_if_error_serves_a_recent_entry_only_inside_its_window(pool: PgPool) -> TestResult {
     struct Llm {
         cache: PgCache,
@@ -506,7 +506,7 @@ fn has_results(docs: &Vec<u32>) -> bool {
     !docs.is_empty()
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn cache_if_decides_what_is_stored(pool: PgPool) -> TestResult {
     struct Search {
         cache: PgCache,
@@ -530,7 +530,7 @@ async fn cache_if_decides_what_is_stored(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn compute_times_are_recorded_and_hits_count_what_they_saved(pool: PgPool) -> TestResult {
     struct Slow {
         cache: PgCache,
@@ -561,7 +561,7 @@ async fn compute_times_are_recorded_and_hits_count_what_they_saved(pool: PgPool)
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn an_invalid_dynamic_tag_leaves_the_result_unstored(pool: PgPool) -> TestResult {
     struct Bad {
         cache: PgCache,
@@ -586,7 +586,7 @@ async fn an_invalid_dynamic_tag_leaves_the_result_unstored(pool: PgPool) -> Test
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn the_trigger_works_for_a_role_without_cache_rights_and_another_search_path(pool: PgPool) -> TestResult {
     // The application's role may change the source table without any right on the cache's tables, and its
     // session may use another search_path: the trigger runs as the cache's owner, with the migration's path.

@@ -21,7 +21,7 @@ async fn tiered(pool: PgPool, max_age: Duration) -> PgCache {
     cache
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn invalidations_reach_other_processes_tiers(pool: PgPool) -> TestResult {
     let a = tiered(pool.clone(), Duration::from_secs(60)).await;
     let b = tiered(second_pool(&pool).await, Duration::from_secs(60)).await;
@@ -65,7 +65,7 @@ async fn invalidations_reach_other_processes_tiers(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_lost_listener_clears_the_tier(pool: PgPool) -> TestResult {
     let a = tiered(pool.clone(), Duration::from_secs(60)).await;
     listening(&a).await;
@@ -89,7 +89,7 @@ async fn a_lost_listener_clears_the_tier(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn the_tier_never_serves_expired_entries(pool: PgPool) -> TestResult {
     let a = tiered(pool.clone(), Duration::from_secs(60)).await;
     a.set("short:1", &1, Duration::from_millis(300)).await?;
@@ -111,7 +111,7 @@ async fn the_tier_never_serves_expired_entries(pool: PgPool) -> TestResult {
 
 static LOCAL_SITE: Site = Site::new("local_fn", "tiers::local_fn", 1).local(Duration::from_secs(30));
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn per_function_tier_serves_clones_without_postgres(pool: PgPool) -> TestResult {
     // No tier in the builder: `local = "30s"` on the function creates one.
     let cache = memo_cache(pool.clone()).await;
@@ -146,7 +146,7 @@ static STALE_SITE: Site = Site::new("stale_fn", "tiers::stale_fn", 1)
     .ttl(cache_runtime::Ttl::After(Duration::from_secs(1)))
     .stale(Duration::from_secs(30));
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn stale_values_are_served_at_once_while_one_refresh_runs(pool: PgPool) -> TestResult {
     let cache = memo_cache(pool.clone()).await;
     let first: String = memo::call(&cache, &STALE_SITE, 1, async { "v1".to_string() }).await;
@@ -192,7 +192,7 @@ static FLAKY_SITE: Site = Site::new("flaky_fn", "tiers::flaky_fn", 1)
     .stale(Duration::from_secs(2))
     .single_flight(SingleFlight::Off);
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_failed_refresh_keeps_serving_stale_until_the_window_closes(pool: PgPool) -> TestResult {
     let cache = memo_cache(pool).await;
     let ok: Result<String, String> = memo::call_result(&cache, &FLAKY_SITE, 1, async { Ok("v1".to_string()) }).await;
@@ -209,7 +209,7 @@ async fn a_failed_refresh_keeps_serving_stale_until_the_window_closes(pool: PgPo
 
 static SLOW_SITE: Site = Site::new("slow_fn", "tiers::slow_fn", 1);
 
-#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_value_computed_before_an_invalidation_is_not_stored(pool: PgPool) -> TestResult {
     for invalidate_namespace in [false, true] {
         let cache = memo_cache(pool.clone()).await;

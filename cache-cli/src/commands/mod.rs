@@ -6,6 +6,7 @@ mod completions;
 mod delete;
 mod doctor;
 mod get;
+mod grant;
 mod keys;
 mod maintain;
 mod purge;
@@ -32,6 +33,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Purge(args) => purge::run(connection, args, output).await,
         Command::Migrate => maintain::migrate(connection, output).await,
         Command::Sweep(args) => maintain::sweep(connection, args, output).await,
+        Command::Grant(args) => grant::run(connection, args, output).await,
         Command::Doctor(args) => doctor::run(connection, args, output).await,
         Command::Watch(args) => watch::run(connection, args, output).await,
         Command::Completions(args) => completions::run(args),

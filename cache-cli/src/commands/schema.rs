@@ -91,6 +91,14 @@ pub async fn applied(shard: &Shard) -> Result<Vec<Applied>, CliError> {
     Ok(rows.into_iter().map(|(version, success, checksum)| Applied { version, success, checksum }).collect())
 }
 
+/// The version of the SQL functions recorded on a server (`None` when they were never applied).
+///
+/// # Errors
+/// A database error (`cache_schema` missing: migration 6 is not applied).
+pub async fn functions_version(shard: &Shard) -> Result<Option<i32>, CliError> {
+    sqlx::query_scalar(sql::FUNCTIONS_VERSION).fetch_optional(&shard.pool).await.map_err(shard.error())
+}
+
 /// The migrations embedded in cache-runtime (forward ones only): version and checksum.
 pub fn embedded() -> Vec<(i64, &'static [u8])> {
     cache_runtime::MIGRATOR

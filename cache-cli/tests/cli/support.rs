@@ -25,6 +25,8 @@ pub struct TestDb {
     pub url: String,
     admin_url: String,
     runtime: tokio::runtime::Runtime,
+    /// Roles created by [`TestDb::role`], dropped after the database.
+    roles: std::cell::RefCell<Vec<String>>,
 }
 
 impl TestDb {
@@ -39,7 +41,7 @@ impl TestDb {
             .build()
             .expect("a tokio runtime for the test");
         runtime.block_on(admin(&admin_url, &format!("CREATE DATABASE {name}")));
-        TestDb { name, url, admin_url, runtime }
+        TestDb { name, url, admin_url, runtime, roles: Default::default() }
     }
 
     /// Creates a fresh database and applies the cache's migrations to it (through the library).
@@ -87,6 +89,22 @@ impl TestDb {
         })
     }
 
+    /// A new LOGIN role with no right on the cache, named after this database (roles are the whole
+    /// server's), dropped with it.
+    pub fn role(&self, label: &str) -> String {
+        let role = format!("r{}_{label}", self.name.trim_start_matches("pg_"));
+        self.block_on(admin(&self.admin_url, &format!("CREATE ROLE {role} LOGIN")));
+        self.roles.borrow_mut().push(role.clone());
+        role
+    }
+
+    /// A cache over this database connected as `role`.
+    pub fn cache_as(&self, role: &str) -> PgCache {
+        let options: sqlx::postgres::PgConnectOptions = self.url.parse().expect("the test URL parses");
+        self.block_on(PgCache::builder().connect_options(options.username(role)).sweep_interval(None).build())
+            .expect("a cache over the test database")
+    }
+
     /// The binary, pointed at this database, with an environment that cannot leak in from the caller.
     pub fn pg_cached(&self) -> Command {
         pg_cached_at(&self.url)
@@ -97,6 +115,9 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
         self.runtime.block_on(admin(&self.admin_url, &statement));
+        for role in self.roles.borrow().iter() {
+            self.runtime.block_on(admin(&self.admin_url, &format!("DROP ROLE IF EXISTS {role}")));
+        }
     }
 }
 

@@ -16,6 +16,7 @@ mod builder;
 mod bulk;
 mod env;
 mod global;
+mod grant;
 mod maintenance;
 mod memo;
 mod ops;
@@ -175,7 +176,10 @@ impl PgCache {
         self.inner.shards.index_for(key)
     }
 
-    /// Creates or updates the cache table (idempotent; safe to run from several processes at once).
+    /// Creates or updates the cache's tables and SQL functions (idempotent; safe to run from several
+    /// processes at once). The functions are replaced only by a newer version of them: a process of an older
+    /// release leaves those of a newer one in place. Run it as the role that owns the cache; other roles need
+    /// [`grant`](Self::grant).
     ///
     /// # Errors
     /// [`CacheError::Migrate`] or [`CacheError::Database`] when the schema cannot be created.

@@ -1,5 +1,5 @@
 //! Invalidation by tag, from the application ([`PgCache::invalidate_tag`]) or from a trigger on the table
-//! the data comes from ([`PgCache::invalidate_on_change`]). The SQL side is `migrations/0005_tags.sql`.
+//! the data comes from ([`PgCache::invalidate_on_change`]). The SQL side is `migrations/functions.sql`.
 
 use super::PgCache;
 use crate::error::{CacheError, Result};
@@ -72,6 +72,14 @@ impl PgCache {
     /// (`"Documents"`, `"it's"`). `column` is the column's exact name. The trigger calls the SQL function
     /// `pg_cached_invalidate_tags`, which a DBA can also call by hand.
     ///
+    /// The column must be of a built-in scalar type: `text`, `varchar`, `char`, `name`, `smallint`,
+    /// `integer`, `bigint`, `numeric`, `boolean`, `uuid`, `date`, `timestamp` or `timestamptz`. The tag
+    /// text is the value as PostgreSQL prints it with `DateStyle = ISO` and `TimeZone = UTC`, whatever the
+    /// changing session's settings (`2024-03-05`, `2024-03-05 06:07:08.5+00`, `12.50`, `true`). A value
+    /// whose tag would be longer than [`MAX_TAG_CHARS`](crate::MAX_TAG_CHARS) names no entry and is skipped.
+    /// Only a role that owns `table` (or the cache's owner) may install or remove the trigger, and a
+    /// temporary table only from its own session.
+    ///
     /// ```no_run
     /// # async fn demo(cache: cache_runtime::PgCache) -> Result<(), cache_runtime::CacheError> {
     /// cache.invalidate_on_change("documents", "id", "doc:").await?;
@@ -83,9 +91,10 @@ impl PgCache {
     /// [`shards`](crate::PgCacheBuilder::shards) this is a configuration error.
     ///
     /// # Errors
-    /// [`CacheError::InvalidIdentifier`] for a table or column that does not exist or a malformed name;
-    /// [`CacheError::InvalidTag`] for a prefix that cannot start a tag; [`CacheError::Config`] with shards; a
-    /// timeout or database error otherwise (for example without the privilege to create triggers).
+    /// [`CacheError::InvalidIdentifier`] for a table or column that does not exist, a malformed name, or a
+    /// column of another type; [`CacheError::InvalidTag`] for a prefix that cannot start a tag;
+    /// [`CacheError::Config`] with shards; a timeout or database error otherwise (for example a role that
+    /// does not own the table: `42501`).
     pub async fn invalidate_on_change(&self, table: &str, column: &str, tag_prefix: &str) -> Result<()> {
         self.single_server("invalidate_on_change")?;
         check_name("table", table)?;
@@ -145,7 +154,8 @@ fn name_error(error: CacheError, table: &str, column: &str) -> CacheError {
     let what = match db.code().as_deref() {
         // undefined_table, invalid_name, invalid_schema_name, wrong_object_type (a view, an index...)
         Some("42P01" | "42602" | "3F000" | "42809" | "42P16") => "table",
-        Some("42703") => "column",
+        // undefined_column, and datatype_mismatch: a column whose type cannot name tags.
+        Some("42703" | "42804") => "column",
         _ => return error,
     };
     let name = if what == "table" { table } else { column };

@@ -15,6 +15,7 @@ pub(crate) mod coalesce;
 pub(crate) mod detach;
 pub(crate) mod exec;
 pub(crate) mod reads;
+pub(crate) mod schema;
 pub(crate) mod sql;
 mod statements;
 pub(crate) mod writes;
@@ -125,7 +126,7 @@ impl Server {
     }
 
     pub(crate) async fn migrate(&self, gin_index: bool) -> Result<()> {
-        crate::MIGRATOR.run(&self.pool).await?;
+        schema::migrate(&self.pool).await?;
         if gin_index {
             sqlx::raw_sql(sql::GIN_INDEX).execute(&self.pool).await.map_err(CacheError::db("migrate"))?;
         }

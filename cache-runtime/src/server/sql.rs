@@ -3,19 +3,20 @@
 //! Conventions:
 //! - Every statement names its columns (never `SELECT *`), so a column added by a DBA cannot break a
 //!   prepared statement's result type.
-//! - Writes and invalidations call the functions of `migrations/0003_serialized_writes.sql`: one round trip
-//!   each. They set `lock_timeout` (and, by default, `synchronous_commit = off`) for their own transaction,
-//!   so a write stuck behind a lock is cancelled by the server instead of holding its connection, and the
-//!   session is untouched.
+//! - Writes and invalidations call the SQL functions of `migrations/functions.sql`, with named arguments:
+//!   one round trip each. They set `lock_timeout` (and, by default, `synchronous_commit = off`) for their own
+//!   transaction, so a write stuck behind a lock is cancelled by the server instead of holding its
+//!   connection, and the session is untouched.
 //! - Remaining lifetimes are computed only for finite expiries: a row whose `expires_at` is `infinity` (written
 //!   by hand or by another tool) is permanent, one at `-infinity` is expired, and neither makes a read fail.
 //! - Notifications go through `pg_notify` inside the statement that changed the data, on
 //!   [`crate::channel::CHANNEL`].
 
-/// The migrations that create the cache table, embedded at compile time.
+/// The migrations that create the cache's tables and indexes, embedded at compile time.
 ///
-/// Usable with `#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]`, or through
-/// [`PgCache::migrate`](crate::PgCache::migrate).
+/// They do not create the cache's SQL functions, which live in `migrations/functions.sql` and are applied
+/// after them: [`PgCache::migrate`](crate::PgCache::migrate) does both. With
+/// `#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]`, call `migrate()` on the test's cache as well.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Milliseconds until `expires_at`, NULL for an entry that never expires.
@@ -33,7 +34,7 @@ macro_rules! notify {
 }
 
 /// A memoized call's lookup of $1: a live entry or one expired less than $2 ms ago, its tags and compute time,
-/// and the database's clock and snapshot (see `pg_cached_write_refused` in `migrations/0005_tags.sql`: a
+/// and the database's clock and snapshot (see `pg_cached_write_refused` in `migrations/functions.sql`: a
 /// write is refused for a tag invalidated by a transaction this snapshot did not see). Always one row, so that
 /// the clock comes back on a miss too.
 pub(crate) const LOOKUP: &str = concat!(
@@ -67,43 +68,54 @@ pub(crate) const READ_MANY: &str = concat!(
 
 /// Coalesced writes: [`WRITE`] for each key of $1 (distinct), with arrays for the per-key arguments (tags as
 /// one string per key, joined by U+001F) and one notification $7 for all. Returns whether each was written.
-/// See `migrations/0005_tags.sql`.
-pub(crate) const WRITE_MANY: &str = "SELECT pg_cached_write_entries($1::text[], $2::text[]::jsonb[], $3::bigint[], \
-     $4::bigint[], $5::bigint[], $6::text[], $7, $8, $9, $10::text[], $11::bigint[], $12::text[])";
+pub(crate) const WRITE_MANY: &str = "SELECT pg_cached_write_entries(p_keys => $1::text[], \
+     p_data => $2::text[]::jsonb[], p_ttl_ms => $3::bigint[], p_keep_ms => $4::bigint[], \
+     p_started_us => $5::bigint[], p_namespaces => $6::text[], p_notify => $7, p_lock_timeout => $8, \
+     p_async_commit => $9, p_tags => $10::text[], p_compute_us => $11::bigint[], p_started_snapshots => $12::text[])";
 
 /// Coalesced deletes: [`DELETE`] for each key of $1 (distinct), one notification $2 for all; $3 is the lock
 /// timeout in ms. Returns the rows deleted per key.
-pub(crate) const DELETE_MANY: &str = "SELECT pg_cached_delete_many($1::text[], $2, $3)";
+pub(crate) const DELETE_MANY: &str =
+    "SELECT pg_cached_delete_many(p_keys => $1::text[], p_notify => $2, p_lock_timeout => $3)";
 
 /// Writes $1 = $2 for $3 ms (NULL: forever), kept $4 ms more for stale serving, with tags $10 and compute
 /// time $11 µs; with $5 (µs of the database clock when a memoized computation began) and $12 (the snapshot of
 /// its lookup), refused if key $1, namespace $6 or one of the tags was invalidated since; sends $7; $8 is the
 /// lock timeout in ms, $9 whether to commit without waiting for the WAL flush. Returns whether it wrote.
-/// See `migrations/0003_serialized_writes.sql` and `0005_tags.sql`: writes and invalidations of one key (and
-/// of one tag) take turns under advisory transaction locks.
-pub(crate) const WRITE: &str =
-    "SELECT pg_cached_write_entry($1, $2::jsonb, $3, $4, $5, $6, $7, $8, $9, $10::text[], $11, $12)";
+/// Writes and invalidations of one key (and of one tag) take turns under advisory transaction locks.
+pub(crate) const WRITE: &str = "SELECT pg_cached_write_entry(p_key => $1, p_data => $2::jsonb, p_ttl_ms => $3, \
+     p_keep_ms => $4, p_started_us => $5, p_namespace => $6, p_notify => $7, p_lock_timeout => $8, \
+     p_async_commit => $9, p_tags => $10::text[], p_compute_us => $11, p_started_snapshot => $12)";
 
 /// Deletes every entry carrying one of the tags $1, records their invalidation and tells every process
 /// (sender $2); $3 is the lock timeout in ms. Returns the entries deleted.
-pub(crate) const INVALIDATE_TAGS: &str = "SELECT pg_cached_invalidate_tags($1::text[], $2, $3)";
+pub(crate) const INVALIDATE_TAGS: &str =
+    "SELECT pg_cached_invalidate_tags(p_tags => $1::text[], p_sender => $2, p_lock_timeout => $3)";
 
 /// Installs the trigger that invalidates tag `$3 || <column $2>` on changes to table $1 (a regclass).
-pub(crate) const INVALIDATE_ON_CHANGE: &str = "SELECT pg_cached_invalidate_on_change($1::regclass, $2, $3)";
+pub(crate) const INVALIDATE_ON_CHANGE: &str =
+    "SELECT pg_cached_invalidate_on_change(p_table => $1::regclass, p_column => $2, p_tag_prefix => $3)";
 
 /// Removes those triggers from table $1; returns how many.
 pub(crate) const REMOVE_INVALIDATE_ON_CHANGE: &str =
-    "SELECT pg_cached_remove_invalidate_on_change($1::regclass)::bigint";
+    "SELECT pg_cached_remove_invalidate_on_change(p_table => $1::regclass)::bigint";
 
 /// Sends $1 on the events channel.
 pub(crate) const NOTIFY: &str = concat!("SELECT ", notify!("$1"));
 
 /// Deletes key $1, records its invalidation and sends $2; $3 is the lock timeout in ms. Returns the rows
 /// deleted.
-pub(crate) const DELETE: &str = "SELECT pg_cached_delete($1, $2, $3)";
+pub(crate) const DELETE: &str = "SELECT pg_cached_delete(p_key => $1, p_notify => $2, p_lock_timeout => $3)";
 
 /// Records the invalidation of namespace $1 and sends $2; $3 is the lock timeout in ms.
-pub(crate) const MARK_NAMESPACE: &str = "SELECT pg_cached_mark_namespace($1, $2, $3)::text";
+pub(crate) const MARK_NAMESPACE: &str =
+    "SELECT pg_cached_mark_namespace(p_namespace => $1, p_notify => $2, p_lock_timeout => $3)::text";
+
+/// Lets role $1 use the cache: everything it does when $2 is true, reading only otherwise.
+pub(crate) const GRANT: &str = "SELECT pg_cached_grant(p_role => $1, p_writer => $2)::text";
+
+/// Takes back what [`GRANT`] gave role $1.
+pub(crate) const REVOKE: &str = "SELECT pg_cached_revoke(p_role => $1)::text";
 
 /// Invalidation marks older than a day and leases long past their deadline are no longer needed.
 pub(crate) const SWEEP_BOOKKEEPING: &str = "WITH old AS (DELETE FROM cache_invalidations \
@@ -184,11 +196,9 @@ mod tests {
     #[test]
     fn notifications_use_the_events_channel() {
         assert!(NOTIFY.contains(&format!("'{}'", crate::channel::CHANNEL)));
-        let migration = include_str!("../../../migrations/0003_serialized_writes.sql");
-        assert_eq!(migration.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 3);
-        let batched = include_str!("../../../migrations/0004_batched_writes.sql");
-        assert_eq!(batched.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 2);
-        let tags = include_str!("../../../migrations/0005_tags.sql");
-        assert_eq!(tags.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 3);
+        // Two writes, two deletes, the namespace mark and the tag invalidation.
+        let functions = super::super::schema::FUNCTIONS_SQL;
+        assert_eq!(functions.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 6);
+        assert_eq!(functions.matches("pg_notify(").count(), 6);
     }
 }

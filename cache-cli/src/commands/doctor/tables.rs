@@ -18,9 +18,38 @@ const SCALE_FACTOR_WARN: f64 = 0.05;
 const AUTOVACUUM_FIX: &str = "ALTER TABLE cache_entries SET (autovacuum_vacuum_scale_factor = 0.01, \
      autovacuum_analyze_scale_factor = 0.02);";
 
-/// Every migration embedded in cache-runtime is applied, none failed or changed.
+/// Every migration embedded in cache-runtime is applied, none failed or changed, and the SQL functions are
+/// at cache-runtime's version.
 pub async fn schema(shard: &Shard) -> Result<Check, CliError> {
-    Ok(schema_verdict(&schema::embedded(), &schema::applied(shard).await?))
+    let tables = schema_verdict(&schema::embedded(), &schema::applied(shard).await?);
+    if tables.status != super::Status::Ok {
+        return Ok(tables);
+    }
+    Ok(functions_verdict(tables.message, schema::functions_version(shard).await?))
+}
+
+/// The verdict on the functions' version recorded in `cache_schema` (`None`: never applied), given the
+/// migrations' own verdict (all applied).
+fn functions_verdict(migrations: String, stored: Option<i32>) -> Check {
+    let ours = cache_runtime::FUNCTIONS_VERSION;
+    match stored {
+        Some(version) if version == ours => {
+            Check::ok("schema", format!("{migrations}; SQL functions at version {ours}"))
+        }
+        Some(version) if version > ours => Check::warn(
+            "schema",
+            format!("{migrations}; SQL functions at version {version}, newer than this pg-cached's ({ours})"),
+            "use a pg-cached built from the same cache-runtime version as the services",
+        ),
+        stored => Check::fail(
+            "schema",
+            match stored {
+                Some(version) => format!("{migrations}, but the SQL functions are at version {version}, not {ours}"),
+                None => format!("{migrations}, but the SQL functions (migrations/functions.sql) were never applied"),
+            },
+            "pg-cached migrate",
+        ),
+    }
 }
 
 /// The verdict on the applied migrations, given the embedded ones (version, checksum).
@@ -189,6 +218,18 @@ mod tests {
         assert_eq!(newer.status, Status::Warn);
         let dirty = Applied { success: false, ..applied(2, b"b") };
         assert_eq!(schema_verdict(&embedded, &[applied(1, b"a"), dirty]).status, Status::Fail);
+    }
+
+    #[test]
+    fn functions_verdicts() {
+        let ours = cache_runtime::FUNCTIONS_VERSION;
+        let ok = functions_verdict("all 6".into(), Some(ours));
+        assert_eq!((ok.status, ok.message.as_str()), (Status::Ok, &*format!("all 6; SQL functions at version {ours}")));
+        assert_eq!(functions_verdict("m".into(), Some(ours + 1)).status, Status::Warn);
+        for behind in [None, Some(ours - 1)] {
+            let verdict = functions_verdict("m".into(), behind);
+            assert_eq!((verdict.status, verdict.fix.as_deref()), (Status::Fail, Some("pg-cached migrate")));
+        }
     }
 
     #[test]

@@ -1,0 +1,510 @@
+-- Every SQL function of pg_cached, defined once. Functions version 1.
+--
+-- How it is applied. The tables come from the numbered migrations beside this file; the functions from here
+-- only. PgCache::migrate (and `pg-cached migrate`) runs the migrations, then this file, in one transaction
+-- under the advisory lock below, so several processes may migrate at once. It records its version in
+-- cache_schema, and a process whose version is older than the recorded one leaves the functions as they are:
+-- an older release never downgrades them. By hand, in this order and each file in one transaction:
+--
+--     for f in migrations/0*.sql; do psql -1 -v ON_ERROR_STOP=1 -f "$f"; done
+--     psql -1 -v ON_ERROR_STOP=1 -f migrations/functions.sql
+--
+-- Changing this file: bump the version (here, in the guard below, in the INSERT at the end, and
+-- FUNCTIONS_VERSION in cache-runtime/src/schema.rs; a unit test pins the file's checksum to its version).
+-- Keep the previous release working: never change an existing parameter's name, type or place; give a new
+-- parameter a default and add it last; when a signature changes, drop the old one here. The cache calls the
+-- functions with named arguments.
+--
+-- Callers this version keeps working: the release before it (functions from migrations 0003-0005), which
+-- calls pg_cached_write_entry, pg_cached_write_entries, pg_cached_delete, pg_cached_delete_many,
+-- pg_cached_mark_namespace, pg_cached_invalidate_tags, pg_cached_invalidate_on_change and
+-- pg_cached_remove_invalidate_on_change with positional arguments: their signatures are unchanged. Gone:
+-- pg_cached_write and pg_cached_write_many, the wrappers kept for releases from before tags.
+--
+-- Privileges. PostgreSQL lets PUBLIC execute a new function; the end of this file takes that back from every
+-- function of the cache. The owner (the role that applies this file) keeps every right. pg_cached_grant gives
+-- an application role what it needs. Every function runs with its caller's rights except
+-- pg_cached_invalidation_trigger, which runs as the owner and so evaluates no expression, cast or function
+-- the table's owner could have chosen (see it below).
+
+DO $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(1885430596, 0); -- the 'schema' lock class below: appliers take turns
+    -- Every schema-wide loop below (privileges, the trigger's search_path) works on the schema of the tables.
+    IF current_schema() IS DISTINCT FROM (SELECT n.nspname FROM pg_catalog.pg_class AS c
+                                          JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+                                          WHERE c.oid = 'cache_entries'::regclass) THEN
+        RAISE EXCEPTION 'apply functions.sql in the schema of cache_entries (the search_path the migrations ran with)'
+            USING ERRCODE = 'invalid_schema_name';
+    END IF;
+    IF (SELECT functions_version FROM cache_schema) > 1 THEN
+        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (1)',
+            (SELECT functions_version FROM cache_schema)
+            USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'keep them: they serve older processes too';
+    END IF;
+END $$;
+
+DROP FUNCTION IF EXISTS pg_cached_write(text, jsonb, bigint, bigint, bigint, text, text, text, boolean);
+DROP FUNCTION IF EXISTS pg_cached_write_many(text[], jsonb[], bigint[], bigint[], bigint[], text[], text, text,
+                                             boolean);
+
+-- ## Locks
+--
+-- Writes and invalidations take turns under transaction-scoped advisory locks, released at COMMIT or ROLLBACK
+-- (nothing leaks through a pool). The lock classes are the first key of pg_advisory_xact_lock(int, int):
+-- 'pg_c' as a 32-bit integer (1885430592) plus one per class. The second key is hashtext() of the name; a
+-- collision only makes two names take turns. Callers that lock several classes take them in the order
+-- namespace, key, tag, and the names of one class in the order of their lock keys (pg_cached_lock_many), so
+-- that two callers locking overlapping names wait for each other instead of deadlocking.
+--
+-- pg_cached_lock_class, pg_cached_lock and pg_cached_begin are single SQL expressions: the planner inlines
+-- them into their callers' statements, so that they cost what the built-in calls they wrap cost.
+CREATE OR REPLACE FUNCTION pg_cached_lock_class(p_class text) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE p_class
+        WHEN 'key' THEN 1885430593       -- one cache key: writes and deletes, exclusive
+        WHEN 'namespace' THEN 1885430594 -- writes shared, a namespace mark exclusive
+        WHEN 'tag' THEN 1885430595       -- writes of tagged entries shared, tag invalidations exclusive
+        WHEN 'schema' THEN 1885430596    -- applying this file
+        ELSE ('unknown lock class: ' || p_class)::integer -- raises
+    END
+$$;
+
+-- Takes the lock of class p_class on p_name (none for NULL), shared or exclusive.
+CREATE OR REPLACE FUNCTION pg_cached_lock(p_class text, p_name text, p_shared boolean DEFAULT false)
+RETURNS void LANGUAGE sql AS $$
+    SELECT CASE WHEN p_shared THEN pg_advisory_xact_lock_shared(pg_cached_lock_class(p_class), hashtext(p_name))
+                ELSE pg_advisory_xact_lock(pg_cached_lock_class(p_class), hashtext(p_name)) END
+$$;
+
+-- Takes the locks of class p_class on each of p_names (NULLs skipped), shared or exclusive, in the order of
+-- their lock keys.
+CREATE OR REPLACE FUNCTION pg_cached_lock_many(p_class text, p_names text[], p_shared boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_class integer := pg_cached_lock_class(p_class);
+BEGIN
+    -- One statement per call (a loop of PERFORMs costs an executor start per name); the sort under the
+    -- projection fixes the order in which the locks are taken.
+    IF p_shared THEN
+        PERFORM pg_advisory_xact_lock_shared(v_class, l.h)
+        FROM (SELECT DISTINCT hashtext(n) AS h FROM unnest(p_names) AS n WHERE n IS NOT NULL ORDER BY 1) AS l;
+    ELSE
+        PERFORM pg_advisory_xact_lock(v_class, l.h)
+        FROM (SELECT DISTINCT hashtext(n) AS h FROM unnest(p_names) AS n WHERE n IS NOT NULL ORDER BY 1) AS l;
+    END IF;
+END $$;
+
+-- What every write and invalidation does first, for its own transaction only: give up waiting for a lock
+-- after p_lock_timeout ms (so that a statement stuck behind a lock is cancelled by the server instead of
+-- holding its connection), and with p_async_commit, commit without waiting for the WAL flush. NULL
+-- p_lock_timeout keeps the session's setting (a trigger inside the application's transaction). Both settings
+-- go through one concat(), evaluated left to right, to keep the body one expression.
+CREATE OR REPLACE FUNCTION pg_cached_begin(p_lock_timeout text, p_async_commit boolean DEFAULT false)
+RETURNS void LANGUAGE sql AS $$
+    SELECT CASE WHEN concat(
+        CASE WHEN p_lock_timeout IS NOT NULL THEN set_config('lock_timeout', p_lock_timeout, true) END,
+        CASE WHEN p_async_commit THEN set_config('synchronous_commit', 'off', true) END) IS NOT NULL
+    THEN NULL::void END
+$$;
+
+-- ## Writes
+--
+-- A write of a memoized result carries p_started_us (µs of the database clock when its computation began)
+-- and p_started_snapshot (the snapshot of its lookup), and is refused if its key, its namespace or one of its
+-- tags was invalidated since. Tag marks are judged by transaction too: an invalidation made by a trigger
+-- inside an application's transaction takes effect at that COMMIT, which may come long after the trigger ran,
+-- so a write is also refused for a mark whose transaction its computation's snapshot did not see. Every
+-- write notifies (pg_cached_events) from its own transaction, so processes with an in-process tier hear
+-- about writes from processes without one.
+
+-- Whether a guarded write of p_key (namespace p_namespace, tags p_tags) must be refused, per the rule above.
+-- NULL p_started_us: an unguarded write, never refused. Its callers read the marks after taking their locks.
+-- PL/pgSQL rather than SQL: a SQL function that cannot be inlined is planned again in every transaction that
+-- calls it (measured: two thirds of a write's time on the server), PL/pgSQL keeps its plan for the session.
+CREATE OR REPLACE FUNCTION pg_cached_write_refused(
+    p_key text, p_namespace text, p_tags text[], p_started_us bigint, p_snapshot text
+) RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF p_started_us IS NULL THEN
+        RETURN false;
+    END IF;
+    RETURN EXISTS (
+            SELECT 1 FROM cache_invalidations AS inv
+            WHERE ((inv.scope = p_key AND NOT inv.is_namespace) OR (inv.scope = p_namespace AND inv.is_namespace))
+              AND (extract(epoch FROM inv.invalidated_at) * 1000000)::bigint >= p_started_us
+        )
+        OR (p_tags IS NOT NULL AND EXISTS (
+            SELECT 1 FROM cache_tag_invalidations AS inv
+            WHERE inv.tag = ANY (p_tags)
+              AND ((extract(epoch FROM inv.invalidated_at) * 1000000)::bigint >= p_started_us
+                   OR (p_snapshot IS NOT NULL AND NOT pg_visible_in_snapshot(inv.xact, p_snapshot::pg_snapshot)))
+        ));
+END $$;
+
+-- Stores p_data under p_key for p_ttl_ms (NULL: forever), kept p_keep_ms more for stale serving, with its
+-- tags and compute time (µs); guarded as above; sends p_notify. Returns whether it wrote.
+CREATE OR REPLACE FUNCTION pg_cached_write_entry(
+    p_key text, p_data jsonb, p_ttl_ms bigint, p_keep_ms bigint, p_started_us bigint, p_namespace text,
+    p_notify text, p_lock_timeout text, p_async_commit boolean, p_tags text[], p_compute_us bigint,
+    p_started_snapshot text
+) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_expires timestamptz := now() + p_ttl_ms * interval '1 millisecond';
+BEGIN
+    PERFORM pg_cached_begin(p_lock_timeout, p_async_commit);
+    PERFORM pg_cached_lock('namespace', p_namespace, true);
+    PERFORM pg_cached_lock('key', p_key);
+    IF p_tags IS NOT NULL THEN
+        PERFORM pg_cached_lock_many('tag', p_tags, true);
+    END IF;
+    IF pg_cached_write_refused(p_key, p_namespace, p_tags, p_started_us, p_started_snapshot) THEN
+        RETURN false;
+    END IF;
+    INSERT INTO cache_entries (cache_key, data, created_at, expires_at, sweep_at, tags, compute_us)
+    VALUES (p_key, p_data, now(), v_expires, v_expires + coalesce(p_keep_ms, 0) * interval '1 millisecond',
+            p_tags, p_compute_us)
+    ON CONFLICT (cache_key) DO UPDATE
+        SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at,
+            sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us;
+    PERFORM pg_notify('pg_cached_events', p_notify);
+    RETURN true;
+END $$;
+
+-- pg_cached_write_entry for many distinct keys in one statement, each under its own guard; one notification
+-- p_notify for all. p_tags[i] holds key i's tags joined by the unit separator (U+001F, which tags never
+-- contain), or NULL: SQL arrays of arrays must be rectangular. Returns, per key in order, whether it wrote.
+CREATE OR REPLACE FUNCTION pg_cached_write_entries(
+    p_keys text[], p_data jsonb[], p_ttl_ms bigint[], p_keep_ms bigint[], p_started_us bigint[],
+    p_namespaces text[], p_notify text, p_lock_timeout text, p_async_commit boolean, p_tags text[],
+    p_compute_us bigint[], p_started_snapshots text[]
+) RETURNS boolean[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_written boolean[];
+BEGIN
+    PERFORM pg_cached_begin(p_lock_timeout, p_async_commit);
+    PERFORM pg_cached_lock_many('namespace', p_namespaces, true);
+    PERFORM pg_cached_lock_many('key', p_keys);
+    IF cardinality(array_remove(p_tags, NULL)) > 0 THEN
+        PERFORM pg_cached_lock_many(
+            'tag', ARRAY(SELECT t FROM unnest(p_tags) AS j, unnest(string_to_array(j, E'\x1f')) AS t), true);
+    END IF;
+    SELECT array_agg(
+        NOT pg_cached_write_refused(w.k, w.ns, string_to_array(w.tags, E'\x1f'), w.started_us, w.snap) ORDER BY w.i)
+    INTO v_written
+    FROM unnest(p_keys, p_namespaces, p_started_us, p_tags, p_started_snapshots)
+        WITH ORDINALITY AS w(k, ns, started_us, tags, snap, i);
+    INSERT INTO cache_entries (cache_key, data, created_at, expires_at, sweep_at, tags, compute_us)
+    SELECT w.k, w.d, now(), e.expires, e.expires + coalesce(w.keep_ms, 0) * interval '1 millisecond',
+           string_to_array(w.tags, E'\x1f'), w.compute_us
+    FROM unnest(p_keys, p_data, p_ttl_ms, p_keep_ms, p_tags, p_compute_us)
+        WITH ORDINALITY AS w(k, d, ttl_ms, keep_ms, tags, compute_us, i)
+    CROSS JOIN LATERAL (SELECT now() + w.ttl_ms * interval '1 millisecond' AS expires) AS e
+    WHERE v_written[w.i]
+    ON CONFLICT (cache_key) DO UPDATE
+        SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at,
+            sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us;
+    PERFORM pg_notify('pg_cached_events', p_notify);
+    RETURN v_written;
+END $$;
+
+-- ## Deletes and invalidations
+--
+-- Each records when it happened (cache_invalidations, cache_tag_invalidations), so that computations that
+-- began earlier are not stored, and notifies every process.
+
+-- Deletes p_key and records its invalidation; sends p_notify. Returns the rows deleted.
+CREATE OR REPLACE FUNCTION pg_cached_delete(p_key text, p_notify text, p_lock_timeout text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_deleted bigint;
+BEGIN
+    PERFORM pg_cached_begin(p_lock_timeout);
+    PERFORM pg_cached_lock('key', p_key);
+    DELETE FROM cache_entries WHERE cache_key = p_key;
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at) VALUES (false, p_key, clock_timestamp())
+    ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
+    PERFORM pg_notify('pg_cached_events', p_notify);
+    RETURN v_deleted;
+END $$;
+
+-- pg_cached_delete for every key of p_keys, one notification p_notify for all. Returns, per key in order, the
+-- rows deleted (a key listed twice counts its row once, at its first place).
+CREATE OR REPLACE FUNCTION pg_cached_delete_many(p_keys text[], p_notify text, p_lock_timeout text)
+RETURNS bigint[] LANGUAGE plpgsql AS $$
+DECLARE
+    v_deleted text[];
+    v_counts bigint[];
+BEGIN
+    PERFORM pg_cached_begin(p_lock_timeout);
+    PERFORM pg_cached_lock_many('key', p_keys);
+    WITH gone AS (DELETE FROM cache_entries WHERE cache_key = ANY (p_keys) RETURNING cache_key)
+    SELECT coalesce(array_agg(cache_key), '{}') INTO v_deleted FROM gone;
+    SELECT array_agg(
+        CASE WHEN u.k = ANY (v_deleted) AND u.i = (SELECT min(j) FROM unnest(p_keys) WITH ORDINALITY AS f(fk, j)
+                                                   WHERE f.fk = u.k)
+             THEN 1 ELSE 0 END::bigint ORDER BY u.i)
+    INTO v_counts
+    FROM unnest(p_keys) WITH ORDINALITY AS u(k, i);
+    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at)
+    SELECT false, d.k, clock_timestamp() FROM (SELECT DISTINCT k FROM unnest(p_keys) AS k) AS d
+    ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
+    PERFORM pg_notify('pg_cached_events', p_notify);
+    RETURN v_counts;
+END $$;
+
+-- Records the invalidation of a whole namespace and sends p_notify. It waits for the namespace's writes in
+-- progress (they hold its lock shared), so that each of them either committed before the mark (and the purge
+-- that follows deletes its row) or sees the mark and is refused.
+CREATE OR REPLACE FUNCTION pg_cached_mark_namespace(p_namespace text, p_notify text, p_lock_timeout text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_cached_begin(p_lock_timeout);
+    PERFORM pg_cached_lock('namespace', p_namespace);
+    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at) VALUES (true, p_namespace, clock_timestamp())
+    ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
+    PERFORM pg_notify('pg_cached_events', p_notify);
+END $$;
+
+-- Deletes every entry carrying any of p_tags, records the tags' invalidation, and tells every process's
+-- in-process tier, one notification per tag (`<sender>|t|<tag>`). Returns the number of entries deleted.
+-- Inside a larger transaction (a trigger), all of it takes effect at COMMIT and none of it after ROLLBACK, and
+-- writes of entries carrying one of the tags wait for that end. p_lock_timeout, when given, bounds the wait
+-- for writes in progress (and applies to the rest of the transaction: the cache passes it only for its own).
+CREATE OR REPLACE FUNCTION pg_cached_invalidate_tags(
+    p_tags text[], p_sender text DEFAULT '0000000000000000', p_lock_timeout text DEFAULT NULL
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_tags text[];
+    v_deleted bigint;
+BEGIN
+    SELECT array_agg(DISTINCT t ORDER BY t) INTO v_tags FROM unnest(p_tags) AS t WHERE t IS NOT NULL;
+    IF v_tags IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF EXISTS (SELECT 1 FROM unnest(v_tags) AS t WHERE octet_length(t) > 1000) THEN
+        RAISE EXCEPTION 'a cache tag is longer than 1000 bytes' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM pg_cached_begin(p_lock_timeout);
+    PERFORM pg_cached_lock_many('tag', v_tags);
+    INSERT INTO cache_tag_invalidations (tag, invalidated_at, xact)
+    SELECT t, clock_timestamp(), pg_current_xact_id() FROM unnest(v_tags) AS t
+    ON CONFLICT (tag) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at, xact = EXCLUDED.xact;
+    DELETE FROM cache_entries WHERE tags && v_tags;
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    PERFORM pg_notify('pg_cached_events', coalesce(p_sender, '0000000000000000') || '|t|' || t)
+    FROM unnest(v_tags) AS t;
+    RETURN v_deleted;
+END $$;
+
+-- ## Triggers on the application's tables (invalidate_on_change)
+
+-- The type of p_column of p_table, if the trigger can make tags of its values safely; raises otherwise
+-- (undefined_column, or datatype_mismatch for a type it refuses). Accepted: built-in scalar types whose text
+-- form is the same in every session once the trigger's own settings are fixed (DateStyle ISO, TimeZone UTC).
+-- Refused: every other type, domains, enums, composites and arrays included. The trigger runs as the cache's
+-- owner, and turning a value of a type the table's owner chose into text could run that owner's code (a cast
+-- of their own) with the cache owner's rights; a float's text depends on extra_float_digits, and equality
+-- on floats makes poor tags anyway.
+CREATE OR REPLACE FUNCTION pg_cached_tag_column_type(p_table regclass, p_column text)
+RETURNS regtype LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_type regtype;
+BEGIN
+    SELECT a.atttypid INTO v_type FROM pg_catalog.pg_attribute AS a
+    WHERE a.attrelid = p_table AND a.attname = p_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'column "%" of relation % does not exist', p_column, p_table USING ERRCODE = 'undefined_column';
+    END IF;
+    IF v_type NOT IN ('pg_catalog.text'::pg_catalog.regtype, 'pg_catalog.varchar'::pg_catalog.regtype,
+                      'pg_catalog.bpchar'::pg_catalog.regtype, 'pg_catalog.name'::pg_catalog.regtype,
+                      'pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+                      'pg_catalog.int8'::pg_catalog.regtype, 'pg_catalog.numeric'::pg_catalog.regtype,
+                      'pg_catalog.bool'::pg_catalog.regtype, 'pg_catalog.uuid'::pg_catalog.regtype,
+                      'pg_catalog.date'::pg_catalog.regtype, 'pg_catalog.timestamp'::pg_catalog.regtype,
+                      'pg_catalog.timestamptz'::pg_catalog.regtype) THEN
+        RAISE EXCEPTION 'column "%" of relation % has type %, which cannot name cache tags', p_column, p_table, v_type
+            USING ERRCODE = 'datatype_mismatch',
+                  HINT = 'use a column of type text, varchar, char, name, smallint, integer, bigint, numeric, '
+                         'boolean, uuid, date, timestamp or timestamptz';
+    END IF;
+    RETURN v_type;
+END $$;
+
+-- Raises unless the current role may manage the cache's triggers on p_table: a member of the table owner's
+-- role, or of the cache owner's (who owns these functions); a temporary table only from its own session.
+CREATE OR REPLACE FUNCTION pg_cached_check_trigger_table(p_table regclass)
+RETURNS void LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_table pg_catalog.pg_class;
+    v_cache_owner oid := (SELECT proowner FROM pg_catalog.pg_proc
+                          WHERE oid = 'pg_cached_invalidation_trigger()'::pg_catalog.regprocedure);
+BEGIN
+    SELECT * INTO v_table FROM pg_catalog.pg_class WHERE oid = p_table;
+    IF v_table.relpersistence = 't' AND v_table.relnamespace IS DISTINCT FROM pg_catalog.pg_my_temp_schema() THEN
+        RAISE EXCEPTION '% is a temporary table of another session', p_table USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF NOT (pg_catalog.pg_has_role(v_table.relowner, 'USAGE')
+            OR (v_table.relpersistence <> 't' AND pg_catalog.pg_has_role(v_cache_owner, 'USAGE'))) THEN
+        RAISE EXCEPTION 'only the owner of % (or of the cache) may manage its cache triggers', p_table
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+END $$;
+
+-- The trigger installed by pg_cached_invalidate_on_change, after each UPDATE or DELETE of a row: invalidates
+-- the tag TG_ARGV[1] || <the row's value of column TG_ARGV[0]>, old and new. Tags longer than the runtime
+-- accepts (200 characters, MAX_TAG_CHARS) cannot be on any entry: they are skipped, and the change goes on.
+--
+-- It runs as the cache's owner (SECURITY DEFINER), so that a role allowed to change the table needs no right
+-- on the cache's tables. That is only safe because nothing it evaluates can be chosen by the table's owner:
+-- - the column's type is checked on every call (pg_cached_tag_column_type: it may have changed since the
+--   trigger was installed), and only built-in types are turned into text, by built-in casts;
+-- - its search_path is pg_catalog, the cache's schema (set at the end of this file), then pg_temp, so no
+--   function, operator, type or table of the caller's choosing is found first;
+-- - DateStyle and TimeZone are fixed, so that a date or timestamp gives the same tag in every session.
+-- If the invalidation cannot run, the change fails with it (as a foreign key check would): entries built on
+-- data that changed are never silently kept.
+CREATE OR REPLACE FUNCTION pg_cached_invalidation_trigger() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp SET "DateStyle" = 'ISO, YMD' SET "TimeZone" = 'UTC' AS $$
+DECLARE
+    v_old text;
+    v_new text;
+BEGIN
+    PERFORM pg_cached_tag_column_type(TG_RELID, TG_ARGV[0]);
+    EXECUTE format('SELECT ($1).%I::pg_catalog.text', TG_ARGV[0]) USING OLD INTO v_old;
+    IF TG_OP = 'UPDATE' THEN
+        EXECUTE format('SELECT ($1).%I::pg_catalog.text', TG_ARGV[0]) USING NEW INTO v_new;
+    END IF;
+    -- A NULL value names no tag (prefix || NULL is NULL, and NULLs are skipped).
+    PERFORM pg_cached_invalidate_tags(ARRAY(
+        SELECT t FROM unnest(ARRAY[TG_ARGV[1] || v_old, TG_ARGV[1] || v_new]) AS t WHERE char_length(t) <= 200));
+    RETURN NULL;
+END $$;
+
+-- Installs (or replaces) the trigger that invalidates `<p_tag_prefix><p_column>` whenever a row of p_table is
+-- updated or deleted. Idempotent: one trigger per (column, prefix) pair, named after a hash of the pair.
+-- Returns the trigger's name. p_table is a regclass: schema-qualified or not, quoted as in SQL; a missing
+-- table fails with undefined_table (42P01), a missing column with undefined_column (42703), a column of a
+-- type it cannot use with datatype_mismatch (42804), a table the caller may not manage with
+-- insufficient_privilege (42501).
+CREATE OR REPLACE FUNCTION pg_cached_invalidate_on_change(p_table regclass, p_column text, p_tag_prefix text)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    v_trigger text := 'pg_cached_' || left(md5(p_column || E'\x1f' || p_tag_prefix), 16);
+BEGIN
+    PERFORM pg_cached_check_trigger_table(p_table);
+    PERFORM pg_cached_tag_column_type(p_table, p_column);
+    EXECUTE format('CREATE OR REPLACE TRIGGER %I AFTER UPDATE OR DELETE ON %s FOR EACH ROW '
+                   'EXECUTE FUNCTION pg_cached_invalidation_trigger(%L, %L)',
+                   v_trigger, p_table, p_column, p_tag_prefix);
+    RETURN v_trigger;
+END $$;
+
+-- Removes every trigger pg_cached_invalidate_on_change installed on p_table; returns how many.
+CREATE OR REPLACE FUNCTION pg_cached_remove_invalidate_on_change(p_table regclass)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_trigger text;
+    v_removed integer := 0;
+BEGIN
+    PERFORM pg_cached_check_trigger_table(p_table);
+    FOR v_trigger IN
+        SELECT t.tgname FROM pg_trigger AS t JOIN pg_proc AS p ON p.oid = t.tgfoid
+        WHERE t.tgrelid = p_table AND p.proname = 'pg_cached_invalidation_trigger' AND NOT t.tgisinternal
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', v_trigger, p_table);
+        v_removed := v_removed + 1;
+    END LOOP;
+    RETURN v_removed;
+END $$;
+
+-- ## Roles
+
+-- Every function of the cache: the pg_cached_* functions in its schema (the one of cache_entries).
+CREATE OR REPLACE FUNCTION pg_cached_functions() RETURNS SETOF regprocedure LANGUAGE sql STABLE AS $$
+    SELECT p.oid::regprocedure FROM pg_catalog.pg_proc AS p
+    WHERE p.pronamespace = (SELECT relnamespace FROM pg_catalog.pg_class WHERE oid = 'cache_entries'::regclass)
+      AND p.proname LIKE 'pg\_cached\_%'
+    ORDER BY p.oid
+$$;
+
+-- Lets p_role use the cache. A writer (p_writer, the default) may do everything a PgCache does: read, write,
+-- delete, purge namespaces, invalidate tags, take leases, sweep, and manage invalidation triggers on tables it
+-- owns; it gets SELECT, INSERT, UPDATE and DELETE on the cache's tables and EXECUTE on its functions but
+-- pg_cached_grant and pg_cached_revoke. A reader gets SELECT on cache_entries only: get, keys, stats; a
+-- writer made a reader loses the rest. Both get USAGE on the cache's schema. Run it as the cache's owner. A
+-- role that does not exist fails with undefined_object (42704); so does PUBLIC, which is no role: granting
+-- it would undo the point.
+CREATE OR REPLACE FUNCTION pg_cached_grant(p_role text, p_writer boolean DEFAULT true)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_function regprocedure;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = p_role) THEN
+        RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = 'undefined_object';
+    END IF;
+    IF NOT p_writer THEN
+        PERFORM pg_cached_revoke(p_role);
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
+                   (SELECT n.nspname FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n
+                    ON n.oid = c.relnamespace WHERE c.oid = 'cache_entries'::regclass), p_role);
+    EXECUTE format('GRANT SELECT ON cache_entries TO %I', p_role);
+    IF p_writer THEN
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON cache_entries, cache_leases, cache_invalidations, '
+                       'cache_tag_invalidations TO %I', p_role);
+        FOR v_function IN
+            SELECT f FROM pg_cached_functions() AS f
+            WHERE f NOT IN ('pg_cached_grant(text, boolean)'::regprocedure, 'pg_cached_revoke(text)'::regprocedure)
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', v_function, p_role);
+        END LOOP;
+    END IF;
+END $$;
+
+-- Takes back what pg_cached_grant gave p_role (but the schema's USAGE, which the role may need for other
+-- things).
+CREATE OR REPLACE FUNCTION pg_cached_revoke(p_role text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_function regprocedure;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = p_role) THEN
+        RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = 'undefined_object';
+    END IF;
+    EXECUTE format('REVOKE ALL ON cache_entries, cache_leases, cache_invalidations, cache_tag_invalidations FROM %I',
+                   p_role);
+    FOR v_function IN SELECT f FROM pg_cached_functions() AS f LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %I', v_function, p_role);
+    END LOOP;
+END $$;
+
+-- ## Privileges, last: they cover every function above.
+
+DO $$
+DECLARE
+    v_function regprocedure;
+    v_writer text;
+BEGIN
+    -- PUBLIC may run none of them (CREATE FUNCTION granted it; CREATE OR REPLACE keeps what was revoked).
+    FOR v_function IN SELECT f FROM pg_cached_functions() AS f LOOP
+        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', v_function);
+    END LOOP;
+    -- Writers granted under an earlier version get the functions this one adds: a writer is a role that may
+    -- insert into cache_entries (table rights outlive function versions).
+    FOR v_writer IN
+        SELECT DISTINCT r.rolname FROM pg_catalog.pg_class AS c, aclexplode(c.relacl) AS a
+        JOIN pg_catalog.pg_roles AS r ON r.oid = a.grantee
+        WHERE c.oid = 'cache_entries'::regclass AND a.privilege_type = 'INSERT' AND a.grantee <> c.relowner
+    LOOP
+        PERFORM pg_cached_grant(v_writer, true);
+    END LOOP;
+    -- The trigger's search_path names the cache's schema, which only this file's caller knows.
+    EXECUTE format('ALTER FUNCTION pg_cached_invalidation_trigger() SET search_path = pg_catalog, %I, pg_temp',
+                   current_schema());
+END $$;
+
+INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 1)
+ON CONFLICT (singleton) DO UPDATE SET functions_version = EXCLUDED.functions_version, applied_at = now();
