@@ -105,12 +105,20 @@ pub enum CacheError {
     /// A setting is missing or malformed (for example `DATABASE_URL`).
     #[error("configuration error: {0}")]
     Config(String),
+
+    /// An [`Embedder`](crate::semantic::Embedder) could not embed a text: the model does not load, a text
+    /// is longer than it reads, or an embeddings endpoint failed or answered something unusable.
+    #[error("embedding failed: {reason}")]
+    Embedding {
+        /// What went wrong, and where.
+        reason: String,
+    },
 }
 
 impl CacheError {
     /// A short, stable name of the variant, as metrics label errors: `invalid_namespace`, `invalid_key`,
     /// `key_too_long`, `unsupported_value`, `value_too_large`, `serialize`, `invalid_ttl`, `invalid_tag`,
-    /// `invalid_identifier`, `timeout`, `database`, `migrate`, `config`.
+    /// `invalid_identifier`, `timeout`, `database`, `migrate`, `config`, `embedding`.
     pub fn kind(&self) -> &'static str {
         match self {
             CacheError::InvalidNamespace { .. } => "invalid_namespace",
@@ -126,6 +134,7 @@ impl CacheError {
             CacheError::Database { .. } => "database",
             CacheError::Migrate(_) => "migrate",
             CacheError::Config(_) => "config",
+            CacheError::Embedding { .. } => "embedding",
         }
     }
 

@@ -167,6 +167,7 @@ mod maintenance;
 mod memo;
 mod metrics;
 mod replicas;
+pub mod semantic;
 mod server;
 mod shards;
 mod source;
