@@ -26,6 +26,7 @@ use crate::CacheError;
 #[cfg(feature = "minilm")]
 mod bert;
 mod env;
+pub mod guard;
 #[cfg(feature = "minilm")]
 mod minilm;
 #[cfg(feature = "openai")]
