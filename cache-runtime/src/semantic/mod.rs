@@ -84,17 +84,3 @@ impl<E: Embedder + ?Sized> Embedder for Arc<E> {
         (**self).embed(texts)
     }
 }
-
-impl<E: Embedder + ?Sized> Embedder for Box<E> {
-    fn model_id(&self) -> &str {
-        (**self).model_id()
-    }
-
-    fn dimensions(&self) -> usize {
-        (**self).dimensions()
-    }
-
-    fn embed<'a>(&'a self, texts: &'a [&'a str]) -> EmbedFuture<'a> {
-        (**self).embed(texts)
-    }
-}
