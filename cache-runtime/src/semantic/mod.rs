@@ -37,7 +37,7 @@ pub use env::{default_model_dir, embedder_from_env, MODEL_DIR_ENV};
 #[cfg(feature = "minilm")]
 pub use minilm::MiniLm;
 #[cfg(feature = "openai")]
-pub use openai::{OpenAiEmbedder, OpenAiEmbedderConfig};
+pub use openai::{OpenAiEmbedder, OpenAiEmbedderConfig, DEFAULT_EMBEDDINGS_MODEL, DEFAULT_EMBEDDINGS_TIMEOUT};
 pub use vector::{check_vectors, cosine, normalize};
 
 /// What [`Embedder::embed`] returns: a boxed future, so that the trait can be used as `dyn Embedder`.
