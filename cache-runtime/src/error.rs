@@ -115,12 +115,20 @@ pub enum CacheError {
     /// because its tokio runtime shut down). Not a problem with the database or with what was asked.
     #[error("internal cache error: {0}")]
     Internal(String),
+
+    /// An [`Embedder`](crate::semantic::Embedder) could not embed a text: the model does not load, a text
+    /// is longer than it reads, or an embeddings endpoint failed or answered something unusable.
+    #[error("embedding failed: {reason}")]
+    Embedding {
+        /// What went wrong, and where.
+        reason: String,
+    },
 }
 
 impl CacheError {
     /// A short, stable name of the variant, as metrics label errors: `invalid_namespace`, `invalid_key`,
     /// `key_too_long`, `unsupported_value`, `value_too_large`, `serialize`, `invalid_ttl`, `invalid_tag`,
-    /// `invalid_identifier`, `timeout`, `database`, `migrate`, `config`, `internal`.
+    /// `invalid_identifier`, `timeout`, `database`, `migrate`, `config`, `internal`, `embedding`.
     pub fn kind(&self) -> &'static str {
         match self {
             CacheError::InvalidNamespace { .. } => "invalid_namespace",
@@ -137,6 +145,7 @@ impl CacheError {
             CacheError::Migrate(_) => "migrate",
             CacheError::Config(_) => "config",
             CacheError::Internal(_) => "internal",
+            CacheError::Embedding { .. } => "embedding",
         }
     }
 

@@ -153,6 +153,7 @@
 
 // The layers, top to bottom; each uses only those below it (docs/ARCHITECTURE.md).
 //   memo     the contract with generated code (`__private`) and the memoization engine
+//   semantic embedders and the nearest-text search of semantic hits
 //   cache    `PgCache`: the public store, its builder, bulk and tag operations, maintenance and reports
 //   tier     this process's own state: the in-process tier, flights in progress, the event listener
 //   route    which server: shards, read replicas, failover, connection sources
@@ -161,6 +162,7 @@
 mod cache;
 mod memo;
 mod route;
+pub mod semantic;
 mod server;
 mod tier;
 

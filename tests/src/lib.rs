@@ -1,7 +1,9 @@
 //! Helpers shared by the integration tests.
 
+pub mod canned_http;
 pub mod checker;
 pub mod memo;
+pub mod model;
 pub mod pg_cluster;
 pub mod roles;
 
