@@ -35,6 +35,9 @@ pub(crate) struct Args {
     pub(crate) cache_if: Option<syn::Path>,
     pub(crate) refresh_ahead: Option<LitStr>,
     pub(crate) background_refresh: Option<Flag>,
+    /// Where the bare `stream` key was written.
+    pub(crate) stream: Option<Span>,
+    pub(crate) replay: Option<LitStr>,
     /// Errors found while parsing that did not stop the parse.
     pub(crate) errors: Errors,
 }
@@ -65,6 +68,8 @@ enum Value {
     Strs(fn(&mut Args) -> &mut Option<Vec<LitStr>>),
     /// `= path::to::item`.
     Path(fn(&mut Args) -> &mut Option<syn::Path>),
+    /// The key alone, with no value.
+    Bare(fn(&mut Args) -> &mut Option<Span>),
 }
 
 /// Every option `#[pg_cached]` accepts. The parser, and the list in the "unknown option" message, both come
@@ -100,6 +105,11 @@ const OPTIONS: &[OptionSpec] = &[
         value: Value::Str(|args| &mut args.refresh_ahead, "a percentage, e.g. `refresh_ahead = \"10%\"`"),
     },
     OptionSpec { name: "background_refresh", value: Value::Flag(|args| &mut args.background_refresh) },
+    OptionSpec { name: "stream", value: Value::Bare(|args| &mut args.stream) },
+    OptionSpec {
+        name: "replay",
+        value: Value::Str(|args| &mut args.replay, "a string literal: \"as_recorded\" or \"immediate\""),
+    },
 ];
 
 /// "`namespace`, `ttl`, ... or `companions`": every option in [`OPTIONS`], for error messages.
@@ -202,6 +212,17 @@ impl Args {
                     }
                 }
                 seen.set_once(self, key, name, field, Some(literals));
+            }
+            Value::Bare(field) => {
+                if input.peek(Token![=]) {
+                    let value: Expr = {
+                        input.parse::<Token![=]>()?;
+                        input.parse()?
+                    };
+                    let message = format!("`{name}` takes no value: write `{name}` alone");
+                    self.errors.push(syn::Error::new(value.span(), message));
+                }
+                seen.set_once(self, key, name, field, Some(key));
             }
             Value::Path(field) => {
                 input.parse::<Token![=]>()?;

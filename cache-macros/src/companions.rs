@@ -27,7 +27,11 @@ impl Plan<'_> {
         let [key_doc, invalidate_doc, refresh_doc] = self.companion_docs(span);
         let cache_key = self.cache_key_companion(span, &key_doc);
         let invalidate = self.invalidate_companion(span, &invalidate_doc);
-        let refresh = self.refresh_companion(span, &refresh_doc);
+        // A stream's call runs when its stream is read, outside any scope `{fn}_refresh` could set.
+        let refresh = match self.stream {
+            Some(_) => TokenStream::new(),
+            None => self.refresh_companion(span, &refresh_doc),
+        };
         let task = self.background_task_fn();
         quote!(#cache_key #invalidate #refresh #task)
     }

@@ -59,6 +59,9 @@ impl Plan<'_> {
         if let Some(percent) = self.options.refresh_ahead {
             site.extend(quote!(.refresh_ahead(#percent)));
         }
+        if self.options.replay_as_recorded {
+            site.extend(quote!(.replay_as_recorded()));
+        }
         quote!(static __PG_CACHED_SITE: #rt::Site = #site;)
     }
 
@@ -133,7 +136,10 @@ impl Plan<'_> {
             function.attrs.iter().partition(|a| matches!(a.style, syn::AttrStyle::Outer));
         let vis = &function.vis;
         let sig = &function.sig;
-        let body = self.body();
+        let body = match &self.stream {
+            Some(shape) => self.stream_body(shape),
+            None => self.body(),
+        };
         let mut tokens = quote!(#(#outer)* #vis #sig);
         function.block.brace_token.surround(&mut tokens, |tokens| {
             tokens.extend(quote!(#(#inner)* #body));

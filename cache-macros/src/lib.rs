@@ -16,6 +16,7 @@ mod duration;
 mod expand;
 mod plan;
 mod signature;
+mod stream;
 
 use proc_macro::TokenStream;
 use proc_macro2::Span;
@@ -69,6 +70,8 @@ use crate::signature::parse_function;
 /// | `cache_if = path` | a function `fn(&T) -> bool` on the value that would be stored; `false`: return it, do not store it | store every storable value |
 /// | `refresh_ahead = "N%"` | 1% to 99%: a hit on an entry with at most that share of its `ttl` left starts a refresh in the background; see [Background refreshes](#background-refreshes) | none |
 /// | `background_refresh = false` | refresh stale entries in the caller that finds them, as if the function could not be called in the background; see [Background refreshes](#background-refreshes) | `true` where possible |
+/// | `stream` | the function returns a stream of `Result`s: record it, store it when it ends, replay it; see [Streams](#streams) | not a stream |
+/// | `replay = "..."` | with `stream`: `"immediate"` (replay as fast as the caller reads) or `"as_recorded"` (with the recorded gaps between chunks) | `"immediate"` |
 ///
 /// An option given twice, or an unknown option, is an error at that option. All errors in one attribute
 /// are reported together.
@@ -232,6 +235,44 @@ use crate::signature::parse_function;
 /// `ttl`), so a hit costs no round trip. Invalidations made through the cache reach every process's in-memory
 /// tier; a change made to the table by hand is seen after at most that long. Hits hand out clones, so the
 /// return type must also be `Clone + Send + Sync + 'static` (a compile error at the `local` value otherwise).
+///
+/// # Streams
+///
+/// With `stream`, the function is a plain `fn` (not `async`) that returns a stream of `Result<C, E>` items:
+/// `impl Stream<Item = Result<C, E>>` (with any further bounds), `BoxStream<'_, Result<C, E>>` or
+/// `Pin<Box<dyn Stream<Item = Result<C, E>> + ...>>`, such as an LLM answer arriving token by token. `C` must
+/// be `Serialize + DeserializeOwned + Send + 'static`.
+///
+/// ```ignore
+/// use cache_runtime::pg_cached;
+/// use futures_util::stream::{self, Stream};
+///
+/// #[pg_cached(namespace = "answer", ttl = "1h", stream, replay = "as_recorded")]
+/// fn answer(question: &str) -> impl Stream<Item = Result<String, std::io::Error>> {
+///     let words: Vec<String> = question.split(' ').map(str::to_owned).collect();
+///     stream::iter(words.into_iter().map(Ok))
+/// }
+/// ```
+///
+/// The body runs on every call, to build the stream, but the stream does its work only when polled:
+///
+/// - **Miss**: the caller reads the function's own stream, unchanged; every `Ok` chunk is recorded as it
+///   passes, with its time. When the stream ends, the chunks are stored as one entry (under the same guard
+///   against invalidations as every other write).
+/// - **Hit**: the function's stream is dropped unpolled, and the stored chunks are replayed in order.
+/// - **Nothing is stored** when an item is an `Err` (the error still reaches the caller, and the stream
+///   goes on), when the caller drops the stream before its end, when the chunks together pass the cache's
+///   `max_value_bytes`, when a chunk cannot be stored as JSON, or when `cache_if = path`, here a
+///   `fn(&[C]) -> bool` over all the chunks, says `false` (a truncated answer, say). The next call
+///   computes again.
+/// - **Concurrent callers** of a cold key in one process run the stream once: the first reads it, the
+///   others wait until it is stored and then replay it (or compute their own if nothing was stored). They
+///   do not receive the chunks live as the first caller reads them. With `single_flight = "cluster"` the
+///   same holds across processes, through a lease.
+///
+/// A stream takes `namespace`, `ttl`, `version`, `skip`, `cache`, `single_flight`, `tags`, `cache_if`,
+/// `companions` and `replay`; `local`, `cache_none`, `stale`, `stale_if_error`, `refresh_ahead` and
+/// `background_refresh` are compile errors. Its companions are `{fn}_cache_key` and `{fn}_invalidate`.
 ///
 /// # Failures
 ///

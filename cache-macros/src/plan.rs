@@ -11,10 +11,11 @@ use syn::{Expr, Ident, ItemFn, LitInt, LitStr};
 
 use cache_rules::{tag_problem, NamespaceProblem, TagProblem, MAX_NAMESPACE_LEN, MAX_TAG_CHARS};
 
-use crate::attr::{Args, Errors};
+use crate::attr::{Args, Errors, Flag};
 use crate::background::Background;
 use crate::duration::{self, Never, Parsed};
 use crate::signature::FnShape;
+use crate::stream::StreamShape;
 
 /// Everything the generated code needs, checked: what the generators read, and all they read.
 pub(crate) struct Plan<'a> {
@@ -24,6 +25,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) shape: FnShape<'a>,
     /// How a stale or nearly expired entry is refreshed in the background, when the function allows it.
     pub(crate) background: Option<Background>,
+    /// With `stream`: the stream's chunk type and whether it is boxed.
+    pub(crate) stream: Option<StreamShape>,
 }
 
 impl<'a> Plan<'a> {
@@ -31,13 +34,16 @@ impl<'a> Plan<'a> {
     /// `errors`, and keeps what the generated code needs.
     pub(crate) fn new(mut args: Args, function: &'a ItemFn, errors: &mut Errors) -> Plan<'a> {
         let skip = args.skip.take().unwrap_or_default();
-        let shape = FnShape::new(function, &skip, errors);
+        let stream_span = args.stream;
+        let shape = FnShape::new(function, &skip, stream_span.is_some(), errors);
         let options = Options::new(args, &function.sig.ident, errors);
+        let stream = stream_span.and_then(|span| crate::stream::check(&function.sig, span, errors));
         // A refresh in the background needs the stale window or refresh-ahead that start one, the sibling
         // function that runs it (a companion), and a signature that allows the call.
         let wanted = (options.stale.is_some() || options.refresh_ahead.is_some()) && options.background_refresh;
-        let background = (wanted && options.companions).then(|| Background::new(&shape, &function.sig)).flatten();
-        Plan { function, options, shape, background }
+        let wanted = wanted && options.companions && stream_span.is_none();
+        let background = wanted.then(|| Background::new(&shape, &function.sig)).flatten();
+        Plan { function, options, shape, background, stream }
     }
 }
 
@@ -69,6 +75,8 @@ pub(crate) struct Options {
     pub(crate) refresh_ahead: Option<u8>,
     /// `background_refresh = false` turns background refreshes off.
     pub(crate) background_refresh: bool,
+    /// `replay = "as_recorded"` (streams): replay with the recorded gaps.
+    pub(crate) replay_as_recorded: bool,
 }
 
 impl Options {
@@ -90,8 +98,26 @@ impl Options {
             cache_if,
             refresh_ahead,
             background_refresh,
+            stream,
+            replay,
             ..
         } = args;
+        if stream.is_some() {
+            let span = |lit: &Option<LitStr>| lit.as_ref().map(LitStr::span);
+            let flag = |flag: &Option<Flag>| flag.as_ref().map(|(key, _)| *key);
+            reject_with_stream(
+                &[
+                    ("local", span(&local)),
+                    ("cache_none", flag(&cache_none)),
+                    ("stale", span(&stale)),
+                    ("stale_if_error", span(&stale_if_error)),
+                    ("refresh_ahead", span(&refresh_ahead)),
+                    ("background_refresh", flag(&background_refresh)),
+                ],
+                errors,
+            );
+        }
+        let replay_as_recorded = replay.as_ref().is_some_and(|lit| checked_replay(lit, stream.is_some(), errors));
         let namespace = checked_namespace(namespace, function, errors);
         let version = checked_version(version, errors);
         let ttl = checked_duration(ttl, Never::Allowed, errors);
@@ -118,6 +144,35 @@ impl Options {
             companions: companions.is_none_or(|(_, value)| value.value),
             refresh_ahead,
             background_refresh: background_refresh.is_none_or(|(_, value)| value.value),
+            replay_as_recorded,
+        }
+    }
+}
+
+/// Options a memoized stream does not take, each reported where it was written.
+fn reject_with_stream(given: &[(&str, Option<Span>)], errors: &mut Errors) {
+    for (name, span) in given {
+        if let Some(span) = span {
+            let message =
+                format!("`{name}` does not apply to a `stream` function; see the attribute's docs, \"Streams\"");
+            errors.push(syn::Error::new(*span, message));
+        }
+    }
+}
+
+/// `replay = "as_recorded" | "immediate"`, with `stream` only; whether to replay with the recorded gaps.
+fn checked_replay(lit: &LitStr, stream: bool, errors: &mut Errors) -> bool {
+    if !stream {
+        errors.push(syn::Error::new(lit.span(), "`replay` applies to `stream` functions only"));
+        return false;
+    }
+    match lit.value().as_str() {
+        "as_recorded" => true,
+        "immediate" => false,
+        other => {
+            let message = format!("invalid replay {other:?}: write \"as_recorded\" or \"immediate\"");
+            errors.push(syn::Error::new(lit.span(), message));
+            false
         }
     }
 }

@@ -62,11 +62,13 @@ pub(crate) struct FnShape<'a> {
 
 impl<'a> FnShape<'a> {
     /// Checks the function, its arguments and the names `skip` gives, reporting every problem in `errors`.
-    pub(crate) fn new(function: &'a ItemFn, skip: &[Ident], errors: &mut Errors) -> FnShape<'a> {
+    /// `stream`: the function returns a stream (checked in `stream.rs`), so it is not `async` and its return
+    /// type is an `impl Stream` or a boxed one.
+    pub(crate) fn new(function: &'a ItemFn, skip: &[Ident], stream: bool, errors: &mut Errors) -> FnShape<'a> {
         let sig = &function.sig;
         reject_repeated_attribute(function, errors);
-        check_async_fn(sig, errors);
-        let (ret, ret_span) = return_type(sig, errors);
+        check_async_fn(sig, stream, errors);
+        let (ret, ret_span) = return_type(sig, stream, errors);
         let (receiver, mut params) = parameters(sig, errors);
         apply_skip(skip, &mut params, errors);
         reject_hash_sets(&params, errors);
@@ -110,14 +112,14 @@ fn reject_repeated_attribute(function: &ItemFn, errors: &mut Errors) {
     }
 }
 
-/// The function must be an `async fn`, neither `const` nor variadic.
-fn check_async_fn(sig: &Signature, errors: &mut Errors) {
+/// The function must be an `async fn` (unless it returns a stream), neither `const` nor variadic.
+fn check_async_fn(sig: &Signature, stream: bool, errors: &mut Errors) {
     if let Some(constness) = &sig.constness {
         errors.push(syn::Error::new_spanned(
             constness,
             "`#[pg_cached]` cannot be applied to a `const fn`: a memoized call reads and writes a database",
         ));
-    } else if sig.asyncness.is_none() {
+    } else if sig.asyncness.is_none() && !stream {
         errors.push(syn::Error::new_spanned(
             pair(&sig.fn_token, &sig.ident),
             format!(
@@ -132,9 +134,11 @@ fn check_async_fn(sig: &Signature, errors: &mut Errors) {
     }
 }
 
-/// The declared return type (`()` if none) and where errors about it go; an `impl Trait` in it is rejected.
-fn return_type(sig: &Signature, errors: &mut Errors) -> (TokenStream, Span) {
+/// The declared return type (`()` if none) and where errors about it go; an `impl Trait` in it is rejected
+/// (but for a stream, whose return type `stream.rs` checks).
+fn return_type(sig: &Signature, stream: bool, errors: &mut Errors) -> (TokenStream, Span) {
     match &sig.output {
+        ReturnType::Type(_, ty) if stream => (ty.to_token_stream(), ty.span()),
         ReturnType::Type(_, ty) => {
             let mut finder = ImplTraitFinder::default();
             finder.visit_type(ty);

@@ -7,7 +7,7 @@ use crate::entry::{EntryMeta, LiveEntry, Lookup, ReadFrom, Write};
 use crate::error::{CacheError, Result};
 use crate::key::check_key;
 use crate::observe::Event;
-use crate::tier::flight::{Flights, Refreshing};
+use crate::tier::flight::{Flights, Refreshing, StreamTicket};
 use crate::tier::local::{LocalTier, DEFAULT_CAPACITY};
 use crate::ttl::Ttl;
 use std::sync::Arc;
@@ -87,6 +87,11 @@ impl<'a> MemoHandle<'a> {
     /// Marks `key` as refreshing in the background, unless a refresh of it already runs in this process.
     pub(crate) fn start_refresh(&self, key: &str) -> Option<Refreshing> {
         self.cache.inner.flights.start_refresh(key)
+    }
+
+    /// Joins the in-process flight of a memoized stream (see `tier/flight.rs`).
+    pub(crate) fn join_stream(&self, key: &str) -> StreamTicket {
+        self.cache.inner.flights.join_stream(key)
     }
 
     /// Whether a background refresh of `key` runs in this process.

@@ -17,6 +17,7 @@ pub(crate) mod lease;
 pub(crate) mod policy;
 pub(crate) mod scope;
 pub(crate) mod site;
+pub(crate) mod stream;
 pub(crate) mod work;
 
 use crate::cache::{MemoHandle, PgCache};

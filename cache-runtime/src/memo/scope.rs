@@ -132,6 +132,12 @@ impl TagScope {
     }
 }
 
+/// Runs `poll`, one step of a computation, with `scope` as the scope [`tag`] adds to: for a memoized stream,
+/// whose body runs a little at each poll.
+pub(crate) fn gather_step<R>(scope: &Arc<TagScope>, poll: impl FnOnce() -> R) -> R {
+    SCOPE.sync_scope(Arc::clone(scope), poll)
+}
+
 /// Runs `body` with `scope` as the scope [`tag`] adds to.
 pub(crate) async fn gather<F: Future>(scope: Arc<TagScope>, body: F) -> F::Output {
     SCOPE.scope(scope, body).await

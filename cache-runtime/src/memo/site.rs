@@ -37,6 +37,8 @@ pub struct Site {
     /// `refresh_ahead = "N%"`: a hit on an entry with at most this share of its TTL left starts a background
     /// refresh, in percent.
     pub(crate) refresh_ahead: Option<u8>,
+    /// `replay = "as_recorded"`: a memoized stream is replayed with the gaps it was recorded with.
+    pub(crate) replay_as_recorded: bool,
     /// The hash state after the function's fixed part (format, namespace, path, version), computed once:
     /// every call clones it and adds only its own arguments.
     prefix: std::sync::OnceLock<KeyBuilder>,
@@ -55,6 +57,7 @@ impl Site {
             stale_if_error: None,
             tags: &[],
             refresh_ahead: None,
+            replay_as_recorded: false,
             prefix: std::sync::OnceLock::new(),
         }
     }
@@ -81,6 +84,11 @@ impl Site {
     /// `refresh_ahead = "N%"` (checked by the macro: 1 to 99).
     pub const fn refresh_ahead(mut self, percent: u8) -> Site {
         self.refresh_ahead = Some(percent);
+        self
+    }
+    /// `replay = "as_recorded"`.
+    pub const fn replay_as_recorded(mut self) -> Site {
+        self.replay_as_recorded = true;
         self
     }
     /// Static tags (checked by the macro, at compile time).

@@ -4,11 +4,16 @@
 //! `get_or_init` is the leader and computes, the others wait for the value it publishes. `OnceCell` is what
 //! makes a cancelled leader harmless: if the leader's future is dropped mid-computation, the cell stays empty
 //! and the next waiter runs its own initializer, so followers are never stranded.
+//!
+//! Memoized streams have flights of their own ([`Flights::join_stream`]): the leader's caller drives the
+//! stream, so nobody can wait inside a `OnceCell` for it; followers watch its progress instead, and read the
+//! stored entry back once it is stored, or compute their own when the leader gave up (its stream failed, or
+//! was dropped before the end).
 
 use crate::entry::EntryMeta;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use tokio::sync::OnceCell;
+use tokio::sync::{watch, OnceCell};
 
 /// What a leader hands to the callers that waited for it.
 #[derive(Debug, Clone)]
@@ -35,6 +40,57 @@ pub(crate) struct Flights {
     in_flight: Mutex<HashMap<String, Arc<Cell>>>,
     /// Keys being refreshed in the background (stale-while-revalidate, `refresh_ahead`): one refresh per key.
     refreshing: Mutex<HashSet<String>>,
+    /// Memoized streams being computed, by key: what their followers watch.
+    streams: Mutex<HashMap<String, watch::Receiver<Progress>>>,
+}
+
+/// How far the leader of a stream's flight got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Progress {
+    Running,
+    /// The whole stream is stored: read it back.
+    Stored,
+    /// The leader gave up (its stream failed, was refused, or was dropped): compute your own.
+    Abandoned,
+}
+
+/// A caller's place in a stream's flight.
+#[derive(Debug)]
+pub(crate) enum StreamTicket {
+    Lead(StreamLead),
+    Follow(watch::Receiver<Progress>),
+}
+
+/// The leader's end of a stream's flight. Dropped without [`stored`](Self::stored), it tells the followers
+/// that it gave up.
+#[derive(Debug)]
+pub(crate) struct StreamLead {
+    flights: Arc<Flights>,
+    key: String,
+    progress: watch::Sender<Progress>,
+}
+
+impl StreamLead {
+    /// The whole stream is stored.
+    pub(crate) fn stored(self) {
+        let _ = self.progress.send(Progress::Stored);
+    }
+}
+
+impl Drop for StreamLead {
+    fn drop(&mut self) {
+        self.progress.send_if_modified(|progress| {
+            let running = *progress == Progress::Running;
+            if running {
+                *progress = Progress::Abandoned;
+            }
+            running
+        });
+        let mut streams = self.flights.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if streams.get(&self.key).is_some_and(|receiver| receiver.same_channel(&self.progress.subscribe())) {
+            streams.remove(&self.key);
+        }
+    }
 }
 
 impl Flights {
@@ -50,6 +106,18 @@ impl Flights {
     /// computed before it.
     pub(crate) fn detach(&self, matches: impl Fn(&str) -> bool) {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| !matches(key));
+        self.streams.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| !matches(key));
+    }
+
+    /// Joins the stream flight of `key`: leads it if none runs, else follows the one that does.
+    pub(crate) fn join_stream(self: &Arc<Self>, key: &str) -> StreamTicket {
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(running) = streams.get(key).filter(|r| *r.borrow() == Progress::Running) {
+            return StreamTicket::Follow(running.clone());
+        }
+        let (progress, receiver) = watch::channel(Progress::Running);
+        streams.insert(key.to_owned(), receiver);
+        StreamTicket::Lead(StreamLead { flights: Arc::clone(self), key: key.to_owned(), progress })
     }
 
     /// Marks `key` as being refreshed in the background, unless it already is: the guard unmarks it when the

@@ -1,0 +1,303 @@
+//! Memoized streams (`#[pg_cached(stream)]`): a function that returns a stream of `Result<C, E>` items (an
+//! LLM answer arriving token by token) is recorded as its caller reads it, stored whole when it ends, and
+//! replayed from then on.
+//!
+//! - **Miss**: the caller reads the function's own stream; each `Ok` chunk is recorded as it passes. The
+//!   entry is written (guarded against invalidations, like every memoized write) only when the stream ends
+//!   normally: a stream that yields an `Err`, that is dropped by its caller before its end, whose chunks
+//!   pass `max_value_bytes`, or that `cache_if` refuses, stores nothing, and the next call computes again.
+//! - **Hit**: the stored chunks come back in order, as fast as the caller reads them or, with
+//!   `replay = "as_recorded"`, with the gaps they were recorded with.
+//! - **Concurrent callers of a cold stream** in one process run it once: the first drives it, the others wait
+//!   for it to be stored and replay it (or, if it stored nothing, compute their own). Across processes,
+//!   `single_flight = "cluster"` does the same through a lease.
+//!
+//! `record.rs` holds the stored form and the recorder; this file the stream that ties them together.
+
+mod record;
+mod replay;
+
+use super::lease::Lease;
+use super::scope::{gather_step, TagScope};
+use super::site::{CacheRef, SingleFlight, Site};
+use crate::cache::{MemoHandle, PgCache};
+use crate::entry::{EntryMeta, ReadFrom, Start};
+use crate::error::CacheError;
+use crate::observe::Event;
+use crate::tier::flight::{StreamLead, StreamTicket};
+use futures_util::Stream;
+use record::{Recorder, Spoiled, Stored};
+use replay::{store, Replay};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The stream of a memoized stream function's call (see the module docs).
+pub struct MemoStream<C, S> {
+    site: &'static Site,
+    keep: Option<fn(&[C]) -> bool>,
+    /// The computation this call is part of (an outer memoized body), which inherits its tags.
+    outer: Option<Arc<TagScope>>,
+    state: State<C, S>,
+}
+
+impl<C, S> std::fmt::Debug for MemoStream<C, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoStream").field("function", &self.site.function).finish_non_exhaustive()
+    }
+}
+
+enum State<C, S> {
+    /// Looking the key up (and, for a follower, waiting for the leader), with the function's stream built
+    /// but not polled yet.
+    Looking {
+        source: Option<S>,
+        decision: BoxFuture<Decision>,
+    },
+    Replaying(Replay<C>),
+    Live(Box<Live<S>>),
+    /// Writing the recorded stream; then the end.
+    Storing(BoxFuture<()>),
+    Done,
+}
+
+/// What the lookup decided.
+enum Decision {
+    /// Replay this entry (found in `cache`, counted as `event`).
+    Hit(Stored, EntryMeta, Event, PgCache),
+    /// Run the function's stream, recording it under `plan` if there is one (none: no cache, or it failed).
+    Compute(Option<Plan>),
+}
+
+/// Where and how a computed stream is stored.
+struct Plan {
+    cache: PgCache,
+    key: String,
+    start: Start,
+    /// This process's flight, which the followers watch.
+    lead: Option<StreamLead>,
+    /// The cluster-wide lease, with `single_flight = "cluster"`.
+    lease: Option<Lease>,
+}
+
+struct Live<S> {
+    source: Pin<Box<S>>,
+    scope: Arc<TagScope>,
+    recorder: Recorder,
+    plan: Option<Plan>,
+    started: Instant,
+}
+
+/// A memoized stream call: looks `key` up in `cache`, replays it on a hit, and on a miss reads `source`, the
+/// function's own stream, recording it. `keep` is the `cache_if` predicate over the whole stream's chunks.
+///
+/// The function's body has run already, to build `source` (a stream does its work when it is polled, and
+/// the returned stream may not borrow the arguments longer than the function's signature says); on a hit
+/// `source` is dropped unpolled.
+pub fn memoize_stream<C, E, S>(
+    site: &'static Site,
+    cache: CacheRef,
+    key: Result<String, CacheError>,
+    keep: Option<fn(&[C]) -> bool>,
+    source: S,
+) -> MemoStream<C, S>
+where
+    C: Serialize + DeserializeOwned + Send + 'static,
+    S: Stream<Item = Result<C, E>>,
+{
+    let outer = super::scope::current();
+    let decision: BoxFuture<Decision> = match (cache.resolve(), key) {
+        (Some(cache), Ok(key)) => Box::pin(decide(cache, site, key)),
+        (Some(cache), Err(error)) => {
+            cache.memo().record_error(site.namespace, &error);
+            tracing::warn!(namespace = site.namespace, %error, "cannot build the cache key; streaming uncached");
+            Box::pin(std::future::ready(Decision::Compute(None)))
+        }
+        (None, _) => Box::pin(std::future::ready(Decision::Compute(None))),
+    };
+    MemoStream { site, keep, outer, state: State::Looking { source: Some(source), decision } }
+}
+
+/// Looks the key up; on a miss, joins the key's flight, and waits for its leader when there is one.
+async fn decide(cache: PgCache, site: &'static Site, key: String) -> Decision {
+    let store = cache.memo();
+    let mut from = ReadFrom::AnyCopy;
+    loop {
+        let lookup = match store.lookup(&key, None, from).await {
+            Ok(lookup) => lookup,
+            // Counted and logged by the store; a store that cannot be read will not take a write either.
+            Err(_) => return Decision::Compute(None),
+        };
+        let event = if from == ReadFrom::AnyCopy { Event::Hit } else { Event::Coalesced };
+        if let Some(stored) = lookup.json.as_deref().filter(|_| lookup.fresh).and_then(Stored::parse) {
+            return Decision::Hit(stored, lookup.meta, event, cache);
+        }
+        let start = lookup.start();
+        if site.single_flight == SingleFlight::Off {
+            store.record(site.namespace, Event::Miss);
+            return Decision::Compute(Some(Plan { cache, key, start, lead: None, lease: None }));
+        }
+        let lead = match store.join_stream(&key) {
+            StreamTicket::Lead(lead) => lead,
+            StreamTicket::Follow(mut progress) => {
+                // Stored: read it back (after the follower's call began, so invalidations since are seen);
+                // abandoned (or gone): try again, and lead if nobody else does.
+                let _ = progress.wait_for(|p| *p != crate::tier::flight::Progress::Running).await;
+                from = ReadFrom::Primary;
+                continue;
+            }
+        };
+        let lease = match site.single_flight {
+            SingleFlight::Cluster => match Lease::try_take(&cache, &key).await {
+                Ok(Some(lease)) => Some(lease),
+                Ok(None) => {
+                    // Another process streams it: wait until it is stored or its lease lapses.
+                    wait_for_other_process(store, &key).await;
+                    from = ReadFrom::Primary;
+                    continue;
+                }
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        store.record(site.namespace, Event::Miss);
+        return Decision::Compute(Some(Plan { cache, key, start, lead: Some(lead), lease }));
+    }
+}
+
+/// Polls until `key` has an entry or nobody holds its lease (at most a lease's duration).
+async fn wait_for_other_process(store: MemoHandle<'_>, key: &str) {
+    let done = store.waiter(key);
+    let mut poll = Duration::from_millis(25);
+    loop {
+        let _ = tokio::time::timeout(poll, done.notified()).await;
+        poll = (poll * 2).min(Duration::from_millis(500));
+        let stored = store.lookup(key, None, ReadFrom::Primary).await.map(|l| l.json.is_some());
+        if !matches!(stored, Ok(false)) || !matches!(store.lease_is_live(key).await, Ok(true)) {
+            return;
+        }
+    }
+}
+
+// Nothing is pinned in place: the source and the futures are boxed, and the rest is moved freely.
+impl<C, S> Unpin for MemoStream<C, S> {}
+
+impl<C, E, S> Stream for MemoStream<C, S>
+where
+    C: Serialize + DeserializeOwned + Send + 'static,
+    S: Stream<Item = Result<C, E>>,
+{
+    type Item = Result<C, E>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<C, E>>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.state {
+                State::Looking { source, decision } => {
+                    let decided = std::task::ready!(decision.as_mut().poll(cx));
+                    let source = source.take();
+                    this.state = this.after_lookup(decided, source);
+                }
+                State::Replaying(replay) => return replay.poll_next(cx).map(|chunk| chunk.map(Ok)),
+                State::Live(live) => {
+                    let item = std::task::ready!(gather_step(&live.scope, || live.source.as_mut().poll_next(cx)));
+                    match item {
+                        Some(Ok(chunk)) => {
+                            live.recorder.chunk(&chunk);
+                            return Poll::Ready(Some(Ok(chunk)));
+                        }
+                        Some(Err(error)) => {
+                            live.recorder.failed();
+                            return Poll::Ready(Some(Err(error)));
+                        }
+                        None => {
+                            let State::Live(live) = std::mem::replace(&mut this.state, State::Done) else {
+                                unreachable!("matched just above")
+                            };
+                            this.state = this.finish(*live);
+                        }
+                    }
+                }
+                State::Storing(storing) => {
+                    std::task::ready!(storing.as_mut().poll(cx));
+                    this.state = State::Done;
+                }
+                State::Done => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+impl<C, E, S> MemoStream<C, S>
+where
+    C: Serialize + DeserializeOwned + Send + 'static,
+    S: Stream<Item = Result<C, E>>,
+{
+    fn after_lookup(&self, decision: Decision, source: Option<S>) -> State<C, S> {
+        match decision {
+            Decision::Hit(stored, meta, event, cache) => match self.replay(stored) {
+                Some(replay) => {
+                    cache.memo().served(self.site.namespace, event, &meta);
+                    super::record_outcome(event);
+                    if let Some(outer) = &self.outer {
+                        outer.inherit(meta.tags.as_ref());
+                    }
+                    State::Replaying(replay)
+                }
+                // Stored in a shape that no longer decodes as `C`: compute it again.
+                None => self.start_live(source, None),
+            },
+            Decision::Compute(plan) => self.start_live(source, plan),
+        }
+    }
+
+    fn replay(&self, stored: Stored) -> Option<Replay<C>> {
+        Replay::new(stored, self.site.replay_as_recorded)
+    }
+
+    fn start_live(&self, source: Option<S>, plan: Option<Plan>) -> State<C, S> {
+        let Some(source) = source else { return State::Done };
+        if let Some(plan) = &plan {
+            plan.cache.memo().record(self.site.namespace, Event::Execution);
+        }
+        let scope = TagScope::new(self.site.tags);
+        let limit = plan.as_ref().map_or(0, |plan| plan.cache.memo().config().max_value_bytes);
+        let source = Box::pin(source);
+        State::Live(Box::new(Live { source, scope, recorder: Recorder::new(limit), plan, started: Instant::now() }))
+    }
+
+    /// The stream ended normally: stores the recording, if it may be stored.
+    fn finish(&self, live: Live<S>) -> State<C, S> {
+        let Live { scope, recorder, plan, started, .. } = live;
+        let tags = scope.finish();
+        if let Some(outer) = &self.outer {
+            outer.absorb(&tags);
+        }
+        let Some(plan) = plan else { return State::Done };
+        let kept = match self.keep {
+            Some(keep) => serde_json::from_str::<Vec<C>>(&recorder.chunks_json()).is_ok_and(|chunks| keep(&chunks)),
+            None => true,
+        };
+        let json = match recorder.finish() {
+            Ok(json) if kept => json,
+            outcome => {
+                let why = match outcome {
+                    Err(Spoiled::TooLong) => "its chunks passed max_value_bytes",
+                    Err(Spoiled::Failed) => "an item was an error",
+                    Err(Spoiled::Unstorable(_)) => "a chunk cannot be stored as JSONB",
+                    Ok(_) => "cache_if refused it",
+                };
+                tracing::debug!(namespace = self.site.namespace, key = plan.key, why, "stream not stored");
+                return State::Done;
+            }
+        };
+        let compute_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
+        State::Storing(Box::pin(store(self.site, plan, json, tags, compute_us)))
+    }
+}
