@@ -265,10 +265,15 @@ use crate::signature::parse_function;
 ///   `max_value_bytes`, when a chunk cannot be stored as JSON, or when `cache_if = path`, here a
 ///   `fn(&[C]) -> bool` over all the chunks, says `false` (a truncated answer, say). The next call
 ///   computes again.
-/// - **Concurrent callers** of a cold key in one process run the stream once: the first reads it, the
-///   others wait until it is stored and then replay it (or compute their own if nothing was stored). They
-///   do not receive the chunks live as the first caller reads them. With `single_flight = "cluster"` the
-///   same holds across processes, through a lease.
+/// - **Concurrent callers** of a cold key in one process run the stream once: the first reads it, and the
+///   others attach to it, receiving the chunks it produced so far and then each one as it comes. When the
+///   error type `E` implements `From<cache_runtime::StreamInterrupted>` (`String`, `std::io::Error`,
+///   `Box<dyn Error + Send + Sync>` and `anyhow::Error` do), they read live, and if the first caller's
+///   stream ends early (an `Err`, or dropped), a caller that had received chunks gets that conversion as
+///   its last item, and one that had received none computes its own. Without the conversion a follower
+///   could not report that half-way, so it waits for the whole stream and then replays it (or computes its
+///   own). Across processes, with `single_flight = "cluster"`, a follower waits for the stored entry,
+///   through a lease.
 ///
 /// A stream takes `namespace`, `ttl`, `version`, `skip`, `cache`, `single_flight`, `tags`, `cache_if`,
 /// `companions` and `replay`; `local`, `cache_none`, `stale`, `stale_if_error`, `refresh_ahead` and

@@ -19,6 +19,10 @@ use crate::plan::Plan;
 pub(crate) struct StreamShape {
     /// `C` of `Result<C, E>`: the chunk type that is stored.
     pub(crate) chunk: Type,
+    /// `E` of `Result<C, E>`: whether it converts from `StreamInterrupted` decides whether concurrent
+    /// callers read a running stream live.
+    /// (`None` for an alias such as `anyhow::Result<C>`: such callers wait for the whole stream).
+    pub(crate) error: Option<Type>,
     /// Whether the stream is returned boxed (`BoxStream`, `Pin<Box<dyn Stream>>`), so the engine's stream is
     /// boxed too.
     pub(crate) boxed: bool,
@@ -48,8 +52,8 @@ pub(crate) fn check(sig: &Signature, stream_span: Span, errors: &mut Errors) -> 
             return None;
         }
     };
-    match result_ok_type(item) {
-        Some(chunk) => Some(StreamShape { chunk: chunk.clone(), boxed }),
+    match result_types(item) {
+        Some((chunk, error)) => Some(StreamShape { chunk: chunk.clone(), error: error.cloned(), boxed }),
         None => {
             errors.push(syn::Error::new_spanned(
                 item,
@@ -109,18 +113,22 @@ fn item_of_bounds<'a>(bounds: impl Iterator<Item = &'a TypeParamBound>) -> Optio
         })
 }
 
-/// `T` of `Result<T, E>` (by its last path segment).
-fn result_ok_type(ty: &Type) -> Option<&Type> {
+/// `T` and `E` of `Result<T, E>` (by its last path segment; no `E` in an alias such as `io::Result<T>`).
+fn result_types(ty: &Type) -> Option<(&Type, Option<&Type>)> {
     let Type::Path(path) = ty else { return None };
     let last = path.path.segments.last()?;
     let PathArguments::AngleBracketed(args) = &last.arguments else { return None };
     if last.ident != "Result" {
         return None;
     }
-    args.args.iter().find_map(|arg| match arg {
+    let mut types = args.args.iter().filter_map(|arg| match arg {
         GenericArgument::Type(t) => Some(t),
         _ => None,
-    })
+    });
+    match (types.next(), types.next(), types.next()) {
+        (Some(ok), error, None) => Some((ok, error)),
+        _ => None,
+    }
 }
 
 impl Plan<'_> {
@@ -131,6 +139,14 @@ impl Plan<'_> {
         let cache = self.cache_ref();
         let block = &self.function.block;
         let chunk = &shape.chunk;
+        let rt = rt(Span::call_site());
+        let live = match &shape.error {
+            Some(error) => quote! {{
+                use #rt::{InterruptInto as _, NoInterrupt as _};
+                (&#rt::Interrupt::<#error>::new()).interruption()
+            }},
+            None => quote!(::core::option::Option::None),
+        };
         // `cache_if = path` over the whole stream's chunks: coerced where it was written, so that a function of
         // another signature is reported there.
         let keep = match &self.options.cache_if {
@@ -150,7 +166,7 @@ impl Plan<'_> {
         };
         // Spanned on the chunk type, so that a chunk that is not `Serialize + DeserializeOwned` is reported there.
         let memoize_stream = {
-            let rt = rt(chunk.span());
+            let rt = crate::expand::rt(chunk.span());
             quote_spanned!(chunk.span()=> #rt::memoize_stream::<#chunk, _, _>)
         };
         let call = quote! {
@@ -159,6 +175,7 @@ impl Plan<'_> {
                 __pg_cached_cache,
                 __pg_cached_key,
                 __pg_cached_keep,
+                __pg_cached_live,
                 (move || #ret #block)(),
             )
         };
@@ -168,6 +185,7 @@ impl Plan<'_> {
             let __pg_cached_key = #key;
             let __pg_cached_cache = #cache;
             let __pg_cached_keep: ::core::option::Option<fn(&[#chunk]) -> bool> = #keep;
+            let __pg_cached_live = #live;
             #call
         }
     }

@@ -151,6 +151,7 @@ async fn failed_truncated_and_oversized_streams_store_nothing(pool: PgPool) -> T
     assert_eq!(rows(&pool, "stream_answer").await?, 0);
     let _ = collect(llm.answer("please fail")).await;
     assert_eq!(llm.runs(), 4, "each was computed again");
+    assert_eq!(cache.process_stats().errors, 1, "the stream over max_value_bytes is counted (value_too_large)");
     Ok(())
 }
 

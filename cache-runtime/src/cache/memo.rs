@@ -90,8 +90,13 @@ impl<'a> MemoHandle<'a> {
     }
 
     /// Joins the in-process flight of a memoized stream (see `tier/flight.rs`).
-    pub(crate) fn join_stream(&self, key: &str) -> StreamTicket {
-        self.cache.inner.flights.join_stream(key)
+    pub(crate) fn join_stream(&self, key: &str, seen: u64) -> StreamTicket {
+        self.cache.inner.flights.join_stream(key, seen)
+    }
+
+    /// How many stream flights have ended; read before a lookup, passed to [`join_stream`](Self::join_stream).
+    pub(crate) fn streams_ended(&self) -> u64 {
+        self.cache.inner.flights.streams_ended()
     }
 
     /// Whether a background refresh of `key` runs in this process.

@@ -151,7 +151,7 @@ where
     memo::memoize_with(site, cache, key, policy, make, Typed)
 }
 
-pub use crate::memo::stream::{memoize_stream, MemoStream};
+pub use crate::memo::stream::{memoize_stream, Interrupt, InterruptInto, Interruption, MemoStream, NoInterrupt};
 pub use crate::memo::work::{task, Body, How, NotOwned, Own, OwnSlice, Owned, Task};
 pub use crate::memo::Memoized;
 

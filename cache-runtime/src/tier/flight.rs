@@ -6,12 +6,14 @@
 //! and the next waiter runs its own initializer, so followers are never stranded.
 //!
 //! Memoized streams have flights of their own ([`Flights::join_stream`]): the leader's caller drives the
-//! stream, so nobody can wait inside a `OnceCell` for it; followers watch its progress instead, and read the
-//! stored entry back once it is stored, or compute their own when the leader gave up (its stream failed, or
-//! was dropped before the end).
+//! stream, so nobody can wait inside a `OnceCell` for it. The leader publishes each chunk to a [`Feed`]
+//! instead, which followers read from the start and then live; when the leader gives up (its stream failed,
+//! or was dropped before the end), the followers that read nothing yet compute their own.
 
 use crate::entry::EntryMeta;
+use crate::tags::Tags;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{watch, OnceCell};
 
@@ -41,55 +43,102 @@ pub(crate) struct Flights {
     /// Keys being refreshed in the background (stale-while-revalidate, `refresh_ahead`): one refresh per key.
     refreshing: Mutex<HashSet<String>>,
     /// Memoized streams being computed, by key: what their followers watch.
-    streams: Mutex<HashMap<String, watch::Receiver<Progress>>>,
+    streams: Mutex<HashMap<String, watch::Receiver<Feed>>>,
+    /// How many stream flights that ran to their end have left the map: a caller that looked its key up
+    /// before one left may have missed the entry it wrote, and looks again rather than lead (see
+    /// [`Flights::join_stream`]). One counter for all keys: a recheck costs one lookup, a map of recent keys
+    /// more than it saves.
+    streams_ended: AtomicU64,
 }
 
-/// How far the leader of a stream's flight got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Progress {
-    Running,
-    /// The whole stream is stored: read it back.
-    Stored,
-    /// The leader gave up (its stream failed, was refused, or was dropped): compute your own.
-    Abandoned,
+/// What a stream's flight has produced so far, as its followers see it.
+#[derive(Debug, Default)]
+pub(crate) struct Feed {
+    /// Every chunk the leader's stream yielded so far, as JSON, in order.
+    pub(crate) chunks: Vec<Arc<str>>,
+    /// How it ended, once it has.
+    pub(crate) end: Option<FeedEnd>,
+}
+
+/// How a stream's flight ended.
+#[derive(Debug, Clone)]
+pub(crate) enum FeedEnd {
+    /// The stream ended normally: `chunks` is all of it. The tags its computation gathered go to the
+    /// followers' own outer computations.
+    Complete(Option<Tags>),
+    /// The leader gave up: its stream yielded an error, was dropped before its end, or could not be recorded
+    /// (a chunk JSONB cannot hold, or more than `max_value_bytes`). Its chunks are gone.
+    Interrupted,
 }
 
 /// A caller's place in a stream's flight.
 #[derive(Debug)]
 pub(crate) enum StreamTicket {
     Lead(StreamLead),
-    Follow(watch::Receiver<Progress>),
+    Follow(watch::Receiver<Feed>),
+    /// A flight ended since the caller's lookup: look again before leading.
+    Recheck,
 }
 
-/// The leader's end of a stream's flight. Dropped without [`stored`](Self::stored), it tells the followers
-/// that it gave up.
+/// The leader's end of a stream's flight: it publishes each chunk, then how the stream ended. Dropped before
+/// an end, it interrupts the flight. The flight stays joinable until the lead is dropped (after the entry
+/// is written), so that a caller arriving in between replays it from memory.
 #[derive(Debug)]
 pub(crate) struct StreamLead {
     flights: Arc<Flights>,
     key: String,
-    progress: watch::Sender<Progress>,
+    feed: watch::Sender<Feed>,
 }
 
 impl StreamLead {
-    /// The whole stream is stored.
-    pub(crate) fn stored(self) {
-        let _ = self.progress.send(Progress::Stored);
+    /// Publishes the next chunk.
+    pub(crate) fn chunk(&self, json: &str) {
+        self.feed.send_modify(|feed| feed.chunks.push(Arc::from(json)));
+    }
+
+    /// The stream ended normally.
+    pub(crate) fn complete(&self, tags: Option<Tags>) {
+        self.end(FeedEnd::Complete(tags));
+    }
+
+    /// The leader gives up: followers that read nothing yet compute again, the others are told. Callers
+    /// arriving from now on start a new flight.
+    pub(crate) fn interrupt(&self) {
+        if self.end(FeedEnd::Interrupted) {
+            self.leave();
+        }
+    }
+
+    /// Sets how the flight ended, unless it already had; whether it did.
+    fn end(&self, end: FeedEnd) -> bool {
+        self.feed.send_if_modified(|feed| {
+            let first = feed.end.is_none();
+            if first {
+                if matches!(end, FeedEnd::Interrupted) {
+                    feed.chunks = Vec::new();
+                }
+                feed.end = Some(end);
+            }
+            first
+        })
+    }
+
+    /// Takes the flight out of the map, if it is still this one's.
+    fn leave(&self) {
+        let mut streams = self.flights.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if streams.get(&self.key).is_some_and(|receiver| receiver.same_channel(&self.feed.subscribe())) {
+            streams.remove(&self.key);
+            if matches!(self.feed.borrow().end, Some(FeedEnd::Complete(_))) {
+                self.flights.streams_ended.fetch_add(1, Ordering::SeqCst);
+            }
+        }
     }
 }
 
 impl Drop for StreamLead {
     fn drop(&mut self) {
-        self.progress.send_if_modified(|progress| {
-            let running = *progress == Progress::Running;
-            if running {
-                *progress = Progress::Abandoned;
-            }
-            running
-        });
-        let mut streams = self.flights.streams.lock().unwrap_or_else(|e| e.into_inner());
-        if streams.get(&self.key).is_some_and(|receiver| receiver.same_channel(&self.progress.subscribe())) {
-            streams.remove(&self.key);
-        }
+        self.end(FeedEnd::Interrupted);
+        self.leave();
     }
 }
 
@@ -109,15 +158,25 @@ impl Flights {
         self.streams.lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| !matches(key));
     }
 
-    /// Joins the stream flight of `key`: leads it if none runs, else follows the one that does.
-    pub(crate) fn join_stream(self: &Arc<Self>, key: &str) -> StreamTicket {
+    /// The count that [`join_stream`](Self::join_stream) compares: read it before looking the key up.
+    pub(crate) fn streams_ended(&self) -> u64 {
+        self.streams_ended.load(Ordering::SeqCst)
+    }
+
+    /// Joins the stream flight of `key`: follows the one that runs; else, unless a flight ended since the
+    /// caller read `seen` (from [`streams_ended`](Self::streams_ended), before its lookup), leads a new one.
+    pub(crate) fn join_stream(self: &Arc<Self>, key: &str, seen: u64) -> StreamTicket {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(running) = streams.get(key).filter(|r| *r.borrow() == Progress::Running) {
+        if let Some(running) = streams.get(key).filter(|r| !matches!(r.borrow().end, Some(FeedEnd::Interrupted))) {
             return StreamTicket::Follow(running.clone());
         }
-        let (progress, receiver) = watch::channel(Progress::Running);
+        // Read under the lock that removals take it under: no flight leaves unseen between the two.
+        if self.streams_ended() != seen {
+            return StreamTicket::Recheck;
+        }
+        let (feed, receiver) = watch::channel(Feed::default());
         streams.insert(key.to_owned(), receiver);
-        StreamTicket::Lead(StreamLead { flights: Arc::clone(self), key: key.to_owned(), progress })
+        StreamTicket::Lead(StreamLead { flights: Arc::clone(self), key: key.to_owned(), feed })
     }
 
     /// Marks `key` as being refreshed in the background, unless it already is: the guard unmarks it when the

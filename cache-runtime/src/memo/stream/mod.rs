@@ -8,14 +8,20 @@
 //!   pass `max_value_bytes`, or that `cache_if` refuses, stores nothing, and the next call computes again.
 //! - **Hit**: the stored chunks come back in order, as fast as the caller reads them or, with
 //!   `replay = "as_recorded"`, with the gaps they were recorded with.
-//! - **Concurrent callers of a cold stream** in one process run it once: the first drives it, the others wait
-//!   for it to be stored and replay it (or, if it stored nothing, compute their own). Across processes,
-//!   `single_flight = "cluster"` does the same through a lease.
+//! - **Concurrent callers of a cold stream** in one process run it once: the first drives it and publishes
+//!   each chunk to the key's flight (`tier/flight.rs`); the others follow it (`follow.rs`), from its first
+//!   chunk and then live when the error type can report an interruption (`interrupt.rs`), or once it is
+//!   whole otherwise. Across processes, `single_flight = "cluster"` makes followers wait for the stored
+//!   entry through a lease.
 //!
 //! `record.rs` holds the stored form and the recorder; this file the stream that ties them together.
 
+mod follow;
+mod interrupt;
 mod record;
 mod replay;
+
+pub use interrupt::{Interrupt, InterruptInto, Interruption, NoInterrupt, StreamInterrupted};
 
 use super::lease::Lease;
 use super::scope::{gather_step, TagScope};
@@ -24,7 +30,8 @@ use crate::cache::{MemoHandle, PgCache};
 use crate::entry::{EntryMeta, ReadFrom, Start};
 use crate::error::CacheError;
 use crate::observe::Event;
-use crate::tier::flight::{StreamLead, StreamTicket};
+use crate::tier::flight::{Feed, StreamLead, StreamTicket};
+use follow::{Follower, Step};
 use futures_util::Stream;
 use record::{Recorder, Spoiled, Stored};
 use replay::{store, Replay};
@@ -35,31 +42,36 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// The stream of a memoized stream function's call (see the module docs).
-pub struct MemoStream<C, S> {
+pub struct MemoStream<C, E, S> {
     site: &'static Site,
     keep: Option<fn(&[C]) -> bool>,
+    /// How an interruption of the flight this call follows becomes an `E`: with it, this call reads the
+    /// leader's chunks live.
+    live: Interruption<E>,
     /// The computation this call is part of (an outer memoized body), which inherits its tags.
     outer: Option<Arc<TagScope>>,
-    state: State<C, S>,
+    state: State<C, E, S>,
 }
 
-impl<C, S> std::fmt::Debug for MemoStream<C, S> {
+impl<C, E, S> std::fmt::Debug for MemoStream<C, E, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MemoStream").field("function", &self.site.function).finish_non_exhaustive()
     }
 }
 
-enum State<C, S> {
-    /// Looking the key up (and, for a follower, waiting for the leader), with the function's stream built
-    /// but not polled yet.
+enum State<C, E, S> {
+    /// Looking the key up, with the function's stream built but not polled yet.
     Looking {
         source: Option<S>,
         decision: BoxFuture<Decision>,
     },
+    /// Reading the chunks of the flight another caller leads.
+    Following(Box<Following<C, E, S>>),
     Replaying(Replay<C>),
     Live(Box<Live<S>>),
     /// Writing the recorded stream; then the end.
@@ -73,6 +85,16 @@ enum Decision {
     Hit(Stored, EntryMeta, Event, PgCache),
     /// Run the function's stream, recording it under `plan` if there is one (none: no cache, or it failed).
     Compute(Option<Plan>),
+    /// Another caller in this process computes it: read its feed.
+    Follow(watch::Receiver<Feed>, PgCache, String),
+}
+
+struct Following<C, E, S> {
+    follower: Follower<C, E>,
+    /// The function's own stream, for when the leader gives up before this call read anything.
+    source: Option<S>,
+    cache: PgCache,
+    key: String,
 }
 
 /// Where and how a computed stream is stored.
@@ -105,8 +127,9 @@ pub fn memoize_stream<C, E, S>(
     cache: CacheRef,
     key: Result<String, CacheError>,
     keep: Option<fn(&[C]) -> bool>,
+    live: Interruption<E>,
     source: S,
-) -> MemoStream<C, S>
+) -> MemoStream<C, E, S>
 where
     C: Serialize + DeserializeOwned + Send + 'static,
     S: Stream<Item = Result<C, E>>,
@@ -121,14 +144,16 @@ where
         }
         (None, _) => Box::pin(std::future::ready(Decision::Compute(None))),
     };
-    MemoStream { site, keep, outer, state: State::Looking { source: Some(source), decision } }
+    MemoStream { site, keep, live, outer, state: State::Looking { source: Some(source), decision } }
 }
 
-/// Looks the key up; on a miss, joins the key's flight, and waits for its leader when there is one.
+/// Looks the key up; on a miss, joins the key's flight (following its leader when there is one), and with
+/// `single_flight = "cluster"` the key's lease.
 async fn decide(cache: PgCache, site: &'static Site, key: String) -> Decision {
     let store = cache.memo();
     let mut from = ReadFrom::AnyCopy;
     loop {
+        let seen = store.streams_ended();
         let lookup = match store.lookup(&key, None, from).await {
             Ok(lookup) => lookup,
             // Counted and logged by the store; a store that cannot be read will not take a write either.
@@ -143,12 +168,11 @@ async fn decide(cache: PgCache, site: &'static Site, key: String) -> Decision {
             store.record(site.namespace, Event::Miss);
             return Decision::Compute(Some(Plan { cache, key, start, lead: None, lease: None }));
         }
-        let lead = match store.join_stream(&key) {
+        let lead = match store.join_stream(&key, seen) {
             StreamTicket::Lead(lead) => lead,
-            StreamTicket::Follow(mut progress) => {
-                // Stored: read it back (after the follower's call began, so invalidations since are seen);
-                // abandoned (or gone): try again, and lead if nobody else does.
-                let _ = progress.wait_for(|p| *p != crate::tier::flight::Progress::Running).await;
+            StreamTicket::Follow(feed) => return Decision::Follow(feed, cache, key),
+            StreamTicket::Recheck => {
+                // A flight ended after this lookup: its entry may be there now.
                 from = ReadFrom::Primary;
                 continue;
             }
@@ -186,9 +210,9 @@ async fn wait_for_other_process(store: MemoHandle<'_>, key: &str) {
 }
 
 // Nothing is pinned in place: the source and the futures are boxed, and the rest is moved freely.
-impl<C, S> Unpin for MemoStream<C, S> {}
+impl<C, E, S> Unpin for MemoStream<C, E, S> {}
 
-impl<C, E, S> Stream for MemoStream<C, S>
+impl<C, E, S> Stream for MemoStream<C, E, S>
 where
     C: Serialize + DeserializeOwned + Send + 'static,
     S: Stream<Item = Result<C, E>>,
@@ -204,16 +228,35 @@ where
                     let source = source.take();
                     this.state = this.after_lookup(decided, source);
                 }
+                State::Following(following) => {
+                    let step = std::task::ready!(following.follower.poll_step(cx));
+                    if let Step::Item(item) = step {
+                        return Poll::Ready(Some(item));
+                    }
+                    let State::Following(following) = std::mem::replace(&mut this.state, State::Done) else {
+                        unreachable!("matched just above")
+                    };
+                    this.state = this.after_following(*following, step);
+                }
                 State::Replaying(replay) => return replay.poll_next(cx).map(|chunk| chunk.map(Ok)),
                 State::Live(live) => {
                     let item = std::task::ready!(gather_step(&live.scope, || live.source.as_mut().poll_next(cx)));
                     match item {
                         Some(Ok(chunk)) => {
-                            live.recorder.chunk(&chunk);
+                            let json = live.recorder.chunk(&chunk);
+                            if let Some(lead) = live.plan.as_ref().and_then(|plan| plan.lead.as_ref()) {
+                                match json {
+                                    Some(json) => lead.chunk(json),
+                                    None => lead.interrupt(),
+                                }
+                            }
                             return Poll::Ready(Some(Ok(chunk)));
                         }
                         Some(Err(error)) => {
                             live.recorder.failed();
+                            if let Some(lead) = live.plan.as_ref().and_then(|plan| plan.lead.as_ref()) {
+                                lead.interrupt();
+                            }
                             return Poll::Ready(Some(Err(error)));
                         }
                         None => {
@@ -234,12 +277,12 @@ where
     }
 }
 
-impl<C, E, S> MemoStream<C, S>
+impl<C, E, S> MemoStream<C, E, S>
 where
     C: Serialize + DeserializeOwned + Send + 'static,
     S: Stream<Item = Result<C, E>>,
 {
-    fn after_lookup(&self, decision: Decision, source: Option<S>) -> State<C, S> {
+    fn after_lookup(&self, decision: Decision, source: Option<S>) -> State<C, E, S> {
         match decision {
             Decision::Hit(stored, meta, event, cache) => match self.replay(stored) {
                 Some(replay) => {
@@ -254,6 +297,35 @@ where
                 None => self.start_live(source, None),
             },
             Decision::Compute(plan) => self.start_live(source, plan),
+            Decision::Follow(feed, cache, key) => {
+                let follower = Follower::new(feed, self.live);
+                State::Following(Box::new(Following { follower, source, cache, key }))
+            }
+        }
+    }
+
+    /// What a follower does once it no longer reads its leader's feed.
+    fn after_following(&self, following: Following<C, E, S>, step: Step<C, E>) -> State<C, E, S> {
+        let Following { source, cache, key, .. } = following;
+        let coalesced = |tags: Option<&crate::tags::Tags>| {
+            cache.memo().record(self.site.namespace, Event::Coalesced);
+            super::record_outcome(Event::Coalesced);
+            if let Some(outer) = &self.outer {
+                outer.inherit(tags);
+            }
+        };
+        match step {
+            Step::Item(_) | Step::Stop => State::Done,
+            Step::End(tags) => {
+                coalesced(tags.as_ref());
+                State::Done
+            }
+            Step::Whole(chunks, tags) => {
+                coalesced(tags.as_ref());
+                State::Replaying(Replay::whole(chunks))
+            }
+            Step::Retry => State::Looking { source, decision: Box::pin(decide(cache.clone(), self.site, key)) },
+            Step::Alone => self.start_live(source, None),
         }
     }
 
@@ -261,7 +333,7 @@ where
         Replay::new(stored, self.site.replay_as_recorded)
     }
 
-    fn start_live(&self, source: Option<S>, plan: Option<Plan>) -> State<C, S> {
+    fn start_live(&self, source: Option<S>, plan: Option<Plan>) -> State<C, E, S> {
         let Some(source) = source else { return State::Done };
         if let Some(plan) = &plan {
             plan.cache.memo().record(self.site.namespace, Event::Execution);
@@ -273,13 +345,16 @@ where
     }
 
     /// The stream ended normally: stores the recording, if it may be stored.
-    fn finish(&self, live: Live<S>) -> State<C, S> {
+    fn finish(&self, live: Live<S>) -> State<C, E, S> {
         let Live { scope, recorder, plan, started, .. } = live;
         let tags = scope.finish();
         if let Some(outer) = &self.outer {
             outer.absorb(&tags);
         }
         let Some(plan) = plan else { return State::Done };
+        if let Some(lead) = &plan.lead {
+            lead.complete(tags.as_ref().ok().cloned().flatten());
+        }
         let kept = match self.keep {
             Some(keep) => serde_json::from_str::<Vec<C>>(&recorder.chunks_json()).is_ok_and(|chunks| keep(&chunks)),
             None => true,
@@ -288,9 +363,19 @@ where
             Ok(json) if kept => json,
             outcome => {
                 let why = match outcome {
-                    Err(Spoiled::TooLong) => "its chunks passed max_value_bytes",
+                    Err(Spoiled::TooLong) => {
+                        // Counted like any value over the limit (errors, kind `value_too_large`): the stream
+                        // itself passed through whole.
+                        let limit = plan.cache.memo().config().max_value_bytes;
+                        plan.cache.memo().record_error(self.site.namespace, &CacheError::ValueTooLarge { limit });
+                        "its chunks passed max_value_bytes"
+                    }
                     Err(Spoiled::Failed) => "an item was an error",
-                    Err(Spoiled::Unstorable(_)) => "a chunk cannot be stored as JSONB",
+                    Err(Spoiled::Unstorable(reason)) => {
+                        let error = CacheError::UnsupportedValue { reason };
+                        plan.cache.memo().record_error(self.site.namespace, &error);
+                        "a chunk cannot be stored as JSONB"
+                    }
                     Ok(_) => "cache_if refused it",
                 };
                 tracing::debug!(namespace = self.site.namespace, key = plan.key, why, "stream not stored");

@@ -67,25 +67,31 @@ impl Recorder {
         Recorder { chunks: String::from("["), ms: Vec::new(), started: None, limit, spoiled: None }
     }
 
-    /// Records one chunk.
-    pub(crate) fn chunk<C: Serialize>(&mut self, chunk: &C) {
+    /// Records one chunk; its JSON, unless the recording is (now) spoiled.
+    pub(crate) fn chunk<C: Serialize>(&mut self, chunk: &C) -> Option<&str> {
         if self.spoiled.is_some() {
-            return;
+            return None;
         }
         let started = *self.started.get_or_insert_with(Instant::now);
         let room = self.limit.saturating_sub(self.chunks.len() + self.ms.len() * 12 + 32);
         match codec::encode(chunk, room) {
             Ok(json) => {
-                if self.ms.is_empty() {
-                    self.chunks.push_str(&json);
-                } else {
+                if !self.ms.is_empty() {
                     self.chunks.push(',');
-                    self.chunks.push_str(&json);
                 }
+                let at = self.chunks.len();
+                self.chunks.push_str(&json);
                 self.ms.push(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+                Some(&self.chunks[at..])
             }
-            Err(CacheError::ValueTooLarge { .. }) => self.spoil(Spoiled::TooLong),
-            Err(error) => self.spoil(Spoiled::Unstorable(error.to_string())),
+            Err(CacheError::ValueTooLarge { .. }) => {
+                self.spoil(Spoiled::TooLong);
+                None
+            }
+            Err(error) => {
+                self.spoil(Spoiled::Unstorable(error.to_string()));
+                None
+            }
         }
     }
 

@@ -28,6 +28,11 @@ impl<C: DeserializeOwned> Replay<C> {
         Some(Replay { chunks: chunks.into_iter(), paced: paced.then(|| (Instant::now(), None)) })
     }
 
+    /// Chunks received whole from another caller's computation, replayed as fast as they are read.
+    pub(super) fn whole(chunks: Vec<C>) -> Replay<C> {
+        Replay { chunks: chunks.into_iter().map(|chunk| (chunk, 0)).collect::<Vec<_>>().into_iter(), paced: None }
+    }
+
     /// The next chunk, when its time has come.
     pub(super) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<C>> {
         if let Some((began, sleep)) = &mut self.paced {
@@ -67,10 +72,15 @@ pub(super) async fn store(
             false
         }
     };
-    // Followers read it back when it was stored; otherwise (dropped unsent) they compute their own.
-    if let (true, Some(lead)) = (written, lead) {
-        lead.stored();
+    if !written {
+        tracing::debug!(
+            namespace = site.namespace,
+            "stream not stored (an invalidation came first, or the store failed)"
+        );
     }
+    // The flight (complete since the stream ended) stays joinable until now, so that callers arriving while
+    // it was written replayed it from memory; from here on they read the entry.
+    drop(lead);
     if let Some(lease) = lease {
         lease.release().await;
     }

@@ -52,3 +52,9 @@ fn main() {
     let _ = model.pinned(3);
     let _ = free(vec!["a".into()]);
 }
+
+/// A `Result` alias with the error type fixed (`std::io::Result`): accepted like `Result<T, E>`.
+#[pg_cached(ttl = "10m", stream)]
+fn io_alias(n: u32) -> impl Stream<Item = std::io::Result<u32>> {
+    stream::iter((0..n).map(Ok))
+}
