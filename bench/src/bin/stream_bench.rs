@@ -114,9 +114,9 @@ async fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         Some(url) => url.clone(),
         None => std::env::var("DATABASE_URL").map_err(|_| "pass --url or set DATABASE_URL")?,
     };
-    let cache = PgCache::builder().url(&url).sweep_interval(None).build().await?;
+    let cache = PgCache::builder().database_url(url).sweep_interval(None).build().await?;
     cache.migrate().await?;
-    cache.invalidate_namespace("bench_stream").await?;
+    cache.delete_namespace("bench_stream").await?;
     let model = Model {
         cache,
         chunks: cli.chunks,
@@ -142,7 +142,7 @@ async fn run(cli: &Cli) -> Result<(), Box<dyn std::error::Error>> {
         cli.gap_us,
         (memoized / alone - 1.0) * 100.0
     );
-    model.cache.invalidate_namespace("bench_stream").await?;
+    model.cache.delete_namespace("bench_stream").await?;
     Ok(())
 }
 
