@@ -17,9 +17,11 @@
 //! listener reads its database's events secret when it connects (`channel.rs`), and drops every payload
 //! that does not verify, counted ([`Events::forged`], metric `pg_cached_forged_events_total`) and otherwise
 //! without effect: the tier, the flights and the connection are left as they are. That includes a payload
-//! that is not UTF-8 (a `SQL_ASCII` database passes any bytes), which sqlx can only read by panicking: the
-//! read is unwound and the payload dropped. (In a build with `panic = "abort"` that is impossible, so there
-//! the listener refuses a `SQL_ASCII` database and the tier stays off.) A listener that cannot read the
+//! that is not UTF-8, which a `SQL_ASCII` database lets any role send: the listener asks such a server for
+//! the bytes as they are (converting them to UTF-8, the server would end the listener's session), and sqlx
+//! can only read them by panicking, so the read is unwound and the payload dropped. (In a build with
+//! `panic = "abort"` that is impossible: there the listener refuses a `SQL_ASCII` database and the tier
+//! stays off.) A listener that cannot read the
 //! secret (a role not granted) does not listen, and the tier serves nothing.
 //!
 //! **Bursts.** A task receives notifications, verifies them and hands over only what it kept, decoded to
@@ -402,16 +404,17 @@ fn invalidate(targets: &Targets, keys: &HashSet<u64>, namespaces: &HashSet<u64>,
 /// Listens on `pool`'s connection, and reads the events secret through `cache_pool`.
 async fn connect(pool: &PgPool, cache_pool: &PgPool) -> Result<(PgListener, Secret), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    #[cfg(not(panic = "unwind"))]
-    {
-        let encoding: String = sqlx::query_scalar("SHOW server_encoding").fetch_one(&mut listener).await?;
-        if encoding.eq_ignore_ascii_case("SQL_ASCII") {
+    let encoding: String = sqlx::query_scalar("SHOW server_encoding").fetch_one(&mut listener).await?;
+    if encoding.eq_ignore_ascii_case("SQL_ASCII") {
+        // Such a server cannot convert what it sends to UTF-8: a payload that is not UTF-8 makes it end the
+        // session (FATAL) of a listener whose client_encoding is UTF8. Asked for SQL_ASCII, it sends the
+        // bytes as they are, and `payload` drops them. A build that aborts on panic cannot.
+        if cfg!(not(panic = "unwind")) {
             return Err(sqlx::Error::Configuration(
-                "a SQL_ASCII database can send payloads that are not UTF-8, which only a build that unwinds \
-                 panics can survive"
-                    .into(),
+                "in a SQL_ASCII database the event listener needs a build that unwinds panics".into(),
             ));
         }
+        sqlx::query("SET client_encoding TO 'SQL_ASCII'").execute(&mut listener).await?;
     }
     listener.listen(CHANNEL).await?;
     let secret: Vec<u8> = sqlx::query_scalar("SELECT secret FROM cache_events_secret").fetch_one(cache_pool).await?;
