@@ -244,7 +244,7 @@ async fn a_burst_of_forged_payloads_costs_nothing_kept(pool: PgPool) -> TestResu
         let i = i64::try_from(reads % 200).unwrap_or_default();
         assert_eq!(owner.get::<i64>(&format!("doc:{i}")).await?, Some(i));
         reads += 1;
-        if reads % 100 == 0 {
+        if reads.is_multiple_of(100) {
             tokio::task::yield_now().await;
         }
     }
