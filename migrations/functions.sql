@@ -1,4 +1,4 @@
--- Every SQL function of pg_cached, defined once. Functions version 1.
+-- Every SQL function of pg_cached, defined once. Functions version 2.
 --
 -- How it is applied. The tables come from the numbered migrations beside this file; the functions from here
 -- only. PgCache::migrate (and `pg-cached migrate`) runs the migrations, then this file, in one transaction
@@ -37,8 +37,8 @@ BEGIN
         RAISE EXCEPTION 'apply functions.sql in the schema of cache_entries (the search_path the migrations ran with)'
             USING ERRCODE = 'invalid_schema_name';
     END IF;
-    IF (SELECT functions_version FROM cache_schema) > 1 THEN
-        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (1)',
+    IF (SELECT functions_version FROM cache_schema) > 2 THEN
+        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (2)',
             (SELECT functions_version FROM cache_schema)
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'keep them: they serve older processes too';
     END IF;
@@ -108,6 +108,45 @@ RETURNS void LANGUAGE sql AS $$
     THEN NULL::void END
 $$;
 
+-- ## The events channel
+--
+-- Every notification the cache sends on pg_cached_events is `<mac>|<sender>|<kind>|<data>` (the format:
+-- cache-runtime/src/channel.rs). Its data holds no key, namespace or tag text, only 64-bit hashes of them:
+-- any role may LISTEN. The mac is the first 16 bytes, in hex, of HMAC-SHA256 (RFC 2104) of the rest under the
+-- secret of cache_events_secret (migration 0010): any role may NOTIFY, and listeners drop what does not
+-- verify. Built on sha256() alone, so that no extension (pgcrypto) is needed.
+
+-- The hash of a namespace or tag as payloads carry it: the first 8 bytes of SHA-256 of its UTF-8 text, in hex.
+CREATE OR REPLACE FUNCTION pg_cached_name_hash(p_name text) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT encode(substr(sha256(convert_to(p_name, 'UTF8')), 1, 8), 'hex')
+$$;
+
+-- HMAC-SHA256 of p_message under p_key (RFC 2104; a key longer than the 64-byte block is hashed first). The
+-- cache signs with the pads stored beside its secret (pg_cached_sign); this one is the definition they follow,
+-- checked against RFC 4231's test vectors and the runtime's implementation, and what a DBA rotating the
+-- secret would use.
+CREATE OR REPLACE FUNCTION pg_cached_hmac(p_key bytea, p_message bytea) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT sha256(k.outer_pad || sha256(k.inner_pad || p_message))
+    FROM (SELECT (SELECT decode(string_agg(lpad(to_hex(get_byte(b.padded, i) # 54), 2, '0'), '' ORDER BY i), 'hex')
+                  FROM generate_series(0, 63) AS i) AS inner_pad,
+                 (SELECT decode(string_agg(lpad(to_hex(get_byte(b.padded, i) # 92), 2, '0'), '' ORDER BY i), 'hex')
+                  FROM generate_series(0, 63) AS i) AS outer_pad
+          FROM (SELECT a.k || decode(repeat('00', 64 - octet_length(a.k)), 'hex') AS padded
+                FROM (SELECT CASE WHEN octet_length(p_key) > 64 THEN sha256(p_key) ELSE p_key END AS k) AS a) AS b
+         ) AS k
+$$;
+
+-- p_payload signed for the events channel: `<mac>|<p_payload>`, the mac as described above. Reads the secret
+-- with the caller's rights (the trigger's are the owner's); a role that may not read it gets an error.
+CREATE OR REPLACE FUNCTION pg_cached_sign(p_payload text) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT encode(substr(sha256(s.outer_pad || sha256(s.inner_pad || convert_to(p_payload, 'UTF8'))), 1, 16), 'hex')
+           || '|' || p_payload
+    FROM cache_events_secret AS s
+$$;
+
 -- ## Writes
 --
 -- A write of a memoized result carries p_started_us (µs of the database clock when its computation began)
@@ -167,7 +206,7 @@ BEGIN
     ON CONFLICT (cache_key) DO UPDATE
         SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at,
             sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us;
-    PERFORM pg_notify('pg_cached_events', p_notify);
+    PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
     RETURN true;
 END $$;
 
@@ -204,7 +243,7 @@ BEGIN
     ON CONFLICT (cache_key) DO UPDATE
         SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at,
             sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us;
-    PERFORM pg_notify('pg_cached_events', p_notify);
+    PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
     RETURN v_written;
 END $$;
 
@@ -225,7 +264,7 @@ BEGIN
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
     INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at) VALUES (false, p_key, clock_timestamp())
     ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
-    PERFORM pg_notify('pg_cached_events', p_notify);
+    PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
     RETURN v_deleted;
 END $$;
 
@@ -250,7 +289,7 @@ BEGIN
     INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at)
     SELECT false, d.k, clock_timestamp() FROM (SELECT DISTINCT k FROM unnest(p_keys) AS k) AS d
     ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
-    PERFORM pg_notify('pg_cached_events', p_notify);
+    PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
     RETURN v_counts;
 END $$;
 
@@ -264,11 +303,12 @@ BEGIN
     PERFORM pg_cached_lock('namespace', p_namespace);
     INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at) VALUES (true, p_namespace, clock_timestamp())
     ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
-    PERFORM pg_notify('pg_cached_events', p_notify);
+    PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
 END $$;
 
 -- Deletes every entry carrying any of p_tags, records the tags' invalidation, and tells every process's
--- in-process tier, one notification per tag (`<sender>|t|<tag>`). Returns the number of entries deleted.
+-- in-process tier, one signed notification per tag (`<sender>|t|<hash of the tag>`). Returns the number of
+-- entries deleted.
 -- Inside a larger transaction (a trigger), all of it takes effect at COMMIT and none of it after ROLLBACK, and
 -- writes of entries carrying one of the tags wait for that end. p_lock_timeout, when given, bounds the wait
 -- for writes in progress (and applies to the rest of the transaction: the cache passes it only for its own).
@@ -293,7 +333,8 @@ BEGIN
     ON CONFLICT (tag) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at, xact = EXCLUDED.xact;
     DELETE FROM cache_entries WHERE tags && v_tags;
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
-    PERFORM pg_notify('pg_cached_events', coalesce(p_sender, '0000000000000000') || '|t|' || t)
+    PERFORM pg_notify('pg_cached_events',
+                      pg_cached_sign(coalesce(p_sender, '0000000000000000') || '|t|' || pg_cached_name_hash(t)))
     FROM unnest(v_tags) AS t;
     RETURN v_deleted;
 END $$;
@@ -434,9 +475,10 @@ $$;
 -- delete, purge namespaces, invalidate tags, take leases, sweep, and manage invalidation triggers on tables it
 -- owns; it gets SELECT, INSERT, UPDATE and DELETE on the cache's tables and EXECUTE on its functions but
 -- pg_cached_grant and pg_cached_revoke. A reader gets SELECT on cache_entries only: get, keys, stats; a
--- writer made a reader loses the rest. Both get USAGE on the cache's schema. Run it as the cache's owner. A
--- role that does not exist fails with undefined_object (42704); so does PUBLIC, which is no role: granting
--- it would undo the point.
+-- writer made a reader loses the rest. Both may read cache_events_secret, which their listeners verify the
+-- events channel's notifications with (and which lets a writer's SQL functions sign what they send). Both get
+-- USAGE on the cache's schema. Run it as the cache's owner. A role that does not exist fails with
+-- undefined_object (42704); so does PUBLIC, which is no role: granting it would undo the point.
 CREATE OR REPLACE FUNCTION pg_cached_grant(p_role text, p_writer boolean DEFAULT true)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -451,7 +493,7 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
                    (SELECT n.nspname FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n
                     ON n.oid = c.relnamespace WHERE c.oid = 'cache_entries'::regclass), p_role);
-    EXECUTE format('GRANT SELECT ON cache_entries TO %I', p_role);
+    EXECUTE format('GRANT SELECT ON cache_entries, cache_events_secret TO %I', p_role);
     IF p_writer THEN
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON cache_entries, cache_leases, cache_invalidations, '
                        'cache_tag_invalidations TO %I', p_role);
@@ -474,8 +516,8 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = p_role) THEN
         RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = 'undefined_object';
     END IF;
-    EXECUTE format('REVOKE ALL ON cache_entries, cache_leases, cache_invalidations, cache_tag_invalidations FROM %I',
-                   p_role);
+    EXECUTE format('REVOKE ALL ON cache_entries, cache_leases, cache_invalidations, cache_tag_invalidations, '
+                   'cache_events_secret FROM %I', p_role);
     FOR v_function IN SELECT f FROM pg_cached_functions() AS f LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %I', v_function, p_role);
     END LOOP;
@@ -501,10 +543,18 @@ BEGIN
     LOOP
         PERFORM pg_cached_grant(v_writer, true);
     END LOOP;
+    -- Readers granted under version 1 may read the events channel's secret too (version 2 added it).
+    FOR v_writer IN
+        SELECT DISTINCT r.rolname FROM pg_catalog.pg_class AS c, aclexplode(c.relacl) AS a
+        JOIN pg_catalog.pg_roles AS r ON r.oid = a.grantee
+        WHERE c.oid = 'cache_entries'::regclass AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
+    LOOP
+        EXECUTE format('GRANT SELECT ON cache_events_secret TO %I', v_writer);
+    END LOOP;
     -- The trigger's search_path names the cache's schema, which only this file's caller knows.
     EXECUTE format('ALTER FUNCTION pg_cached_invalidation_trigger() SET search_path = pg_catalog, %I, pg_temp',
                    current_schema());
 END $$;
 
-INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 1)
+INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 2)
 ON CONFLICT (singleton) DO UPDATE SET functions_version = EXCLUDED.functions_version, applied_at = now();

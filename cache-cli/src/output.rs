@@ -254,9 +254,36 @@ impl Table {
     }
 }
 
+/// `text` safe to print to a terminal: control characters (escape sequences, carriage returns, bells) and
+/// the Unicode formatting characters that reorder text (bidirectional overrides) are written as Rust escapes
+/// (`\u{1b}`, `\r`), and so is the backslash itself, so that an escape in the text cannot pass for one
+/// made here. For text that others may have chosen, such as anything heard on the events channel.
+pub fn escape(text: &str) -> String {
+    let reorders = |c: char| matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || c == '\\' {
+            escaped.extend(c.escape_debug());
+        } else if reorders(c) {
+            escaped.extend(c.escape_unicode());
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_text_holds_no_control_character() {
+        assert_eq!(escape("plain: doc:7 é"), "plain: doc:7 é");
+        assert_eq!(escape("\u{1b}[2J\r\n\u{7}\u{9b}"), "\\u{1b}[2J\\r\\n\\u{7}\\u{9b}");
+        assert_eq!(escape("a\u{202e}b"), "a\\u{202e}b");
+        assert_eq!(escape("a\\u{1b}"), "a\\\\u{1b}", "a backslash in the text is escaped too");
+    }
 
     fn render_json(value: &Value, color: bool) -> String {
         let mut buffer = Vec::new();

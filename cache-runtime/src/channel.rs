@@ -1,18 +1,49 @@
 //! The events channel: its name, and the format of what caches send on it. One source for the format: the
-//! cache's statements encode with it, its listener and `pg-cached watch` decode with it (the SQL functions
-//! that notify from inside PostgreSQL write the same format; `migrations/` says where).
+//! cache's statements encode with it, its listener and `pg-cached watch` verify and decode with it (the SQL
+//! functions that notify from inside PostgreSQL write the same format: see "The events channel" in
+//! `migrations/functions.sql`).
 //!
-//! A payload is `<sender>|<kind>|<data>`, where sender is a random id per `PgCache` (16 hex digits), so a
-//! process can ignore its own news. Kinds: `k` (comma-separated key hashes in hex), `n` (a namespace), `t` (a
-//! tag, sent by `pg_cached_invalidate_tags` in SQL, also from triggers, with sender `0000000000000000`), `d`
-//! (a finished key's hash), `p` (a listener's heartbeat to itself, a sequence number). Payloads stay far below PostgreSQL's 8,000-byte limit: a key travels as its
-//! 16-character hash and a namespace is at most 64 characters.
+//! A payload is `<mac>|<sender>|<kind>|<data>`. The body after the mac is what the cache means:
+//! - sender: a random id per `PgCache` (16 hex digits), so a process can ignore its own news;
+//! - kind and data: `k` (comma-separated key hashes), `n` (a namespace's hash), `t` (a tag's hash, sent by
+//!   `pg_cached_invalidate_tags` in SQL, also from triggers, with sender `0000000000000000`), `d` (a finished
+//!   key's hash), `p` (a listener's heartbeat to itself, a sequence number); every hash and number is 16
+//!   lowercase hex digits.
+//!
+//! **What a listener learns.** PostgreSQL has no privilege for LISTEN: any role that can connect hears the
+//! channel. So no payload carries a key, namespace or tag: keys travel as [their 64-bit
+//! hash](crate::key), namespaces and tags as [`name_hash`] (SHA-256). A role that can guess a tag's text can
+//! check its guess against a hash; it reads nothing it could not guess.
+//!
+//! **Who may send.** Nor is there a privilege for NOTIFY. The mac is HMAC-SHA256 (RFC 2104) of the body under
+//! the database's secret (table `cache_events_secret`, which only the cache's owner and the roles it granted
+//! can read), truncated to its first 16 bytes, in 32 lowercase hex digits. A listener reads the secret when
+//! it connects and drops, counted, whatever does not verify ([`Secret::open`]). Before the mac is computed a
+//! payload must have the format above and at most [`MAX_PAYLOAD`] bytes, so a forged one costs at most one
+//! HMAC over 8,000 bytes and allocates nothing; what is kept of an authentic one is its hashes.
+//!
+//! **Replays.** A payload heard once can be sent again by anyone. It then repeats an invalidation the cache
+//! did make: a tier drops entries it may fetch again, nothing more (a replayed heartbeat is not the one
+//! awaited, a replayed lease release wakes waiters who read again).
 
 use crate::key::key_hash;
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
 use std::fmt::Write;
 
 /// The LISTEN/NOTIFY channel on which caches tell each other of invalidations and finished computations.
 pub const CHANNEL: &str = "pg_cached_events";
+
+/// The longest payload PostgreSQL sends (its limit is just under 8,000 bytes); anything longer is refused
+/// unread.
+pub const MAX_PAYLOAD: usize = 8000;
+
+/// Hex digits of the mac: 16 bytes of HMAC-SHA256.
+const MAC_HEX: usize = 32;
+
+/// Hex digits of a sender, a hash or a number.
+const WORD_HEX: usize = 16;
 
 /// One notification, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,10 +51,10 @@ pub const CHANNEL: &str = "pg_cached_events";
 pub enum Notice {
     /// Keys were written or deleted: their 64-bit hashes.
     Keys(Vec<u64>),
-    /// A namespace purge started or ended.
-    Namespace(String),
-    /// The entries carrying a tag were invalidated.
-    Tag(String),
+    /// A namespace purge started or ended: the namespace's [`name_hash`].
+    Namespace(u64),
+    /// The entries carrying a tag were invalidated: the tag's [`name_hash`].
+    Tag(u64),
     /// A cluster-wide single-flight lease on the key with this hash was released.
     Done(u64),
     /// A listener's heartbeat to itself (see `tier/events.rs`); others ignore it.
@@ -39,19 +70,109 @@ pub struct Message {
     pub notice: Notice,
 }
 
-/// Decodes a payload; `None` for anything this version does not understand (a newer library's event, a
-/// foreign sender, a malformed payload).
-pub fn decode(payload: &str) -> Option<Message> {
-    let mut parts = payload.splitn(3, '|');
+/// A payload the cache did not send: malformed, too long, or not signed with the database's secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forged;
+
+/// The hash by which payloads name a namespace or a tag: the first 8 bytes of SHA-256 of its UTF-8 text, big
+/// endian (`pg_cached_name_hash` in SQL computes the same).
+pub fn name_hash(name: &str) -> u64 {
+    let digest = Sha256::digest(name.as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+/// A database's events secret, ready to sign and verify (see the module docs). Its `Debug` shows nothing of
+/// it.
+#[derive(Clone)]
+pub struct Secret {
+    keyed: Hmac<Sha256>,
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    /// The secret `key` (the `secret` column of `cache_events_secret`; any length, as RFC 2104 allows).
+    pub fn new(key: &[u8]) -> Secret {
+        // RFC 2104: a key longer than the block is hashed, a shorter one padded with zeros to the block.
+        let mut block = [0u8; 64];
+        if key.len() > block.len() {
+            block[..32].copy_from_slice(&Sha256::digest(key));
+        } else {
+            block[..key.len()].copy_from_slice(key);
+        }
+        Secret { keyed: <Hmac<Sha256> as KeyInit>::new(&block.into()) }
+    }
+
+    /// `body` signed: `<mac>|<body>`, as `pg_cached_sign` signs it in SQL.
+    pub fn sign(&self, body: &str) -> String {
+        let mut mac = self.keyed.clone();
+        mac.update(body.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        let mut payload = String::with_capacity(MAC_HEX + 1 + body.len());
+        for byte in &digest[..MAC_HEX / 2] {
+            let _ = write!(payload, "{byte:02x}");
+        }
+        payload.push('|');
+        payload.push_str(body);
+        payload
+    }
+
+    /// Checks and decodes a payload. `Ok(None)`: signed with this secret but of a kind this version does not
+    /// know (a newer release's). Costs at most one HMAC over [`MAX_PAYLOAD`] bytes, and allocates only for
+    /// an authentic payload's keys.
+    ///
+    /// # Errors
+    /// [`Forged`] for anything else: too long, malformed, or a mac that does not verify.
+    pub fn open(&self, payload: &str) -> Result<Option<Message>, Forged> {
+        let (mac, body) = split_checked(payload).ok_or(Forged)?;
+        let mut expected = [0u8; MAC_HEX / 2];
+        for (i, byte) in expected.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&mac[2 * i..2 * i + 2], 16).map_err(|_| Forged)?;
+        }
+        let mut keyed = self.keyed.clone();
+        keyed.update(body.as_bytes());
+        // Constant time: a forger learns nothing from how long the comparison took.
+        keyed.verify_truncated_left(&expected).map_err(|_| Forged)?;
+        Ok(decode_body(body))
+    }
+}
+
+/// The mac and the body of a payload of the right length and alphabet, or `None`.
+fn split_checked(payload: &str) -> Option<(&str, &str)> {
+    let bytes = payload.as_bytes();
+    let shortest = MAC_HEX + 1 + WORD_HEX + 3;
+    if bytes.len() > MAX_PAYLOAD || bytes.len() < shortest || bytes[MAC_HEX] != b'|' {
+        return None;
+    }
+    // Hex digits, separators and the kind letters only: one pass, no allocation.
+    let allowed = |b: &u8| matches!(b, b'0'..=b'9' | b'a'..=b'z' | b'|' | b',');
+    bytes.iter().all(allowed).then(|| (&payload[..MAC_HEX], &payload[MAC_HEX + 1..]))
+}
+
+/// One hash or number: exactly 16 lowercase hex digits.
+fn word(text: &str) -> Option<u64> {
+    let lower_hex = |b: &u8| b.is_ascii_digit() || (b'a'..=b'f').contains(b);
+    (text.len() == WORD_HEX && text.as_bytes().iter().all(lower_hex)).then(|| u64::from_str_radix(text, 16).ok())?
+}
+
+/// Decodes an authenticated body; `None` for a kind or shape this version does not understand.
+fn decode_body(body: &str) -> Option<Message> {
+    let mut parts = body.splitn(3, '|');
     let (sender, kind, data) = (parts.next()?, parts.next()?, parts.next()?);
-    let sender = u64::from_str_radix(sender, 16).ok()?;
-    let hash = |text: &str| u64::from_str_radix(text, 16).ok();
+    let sender = word(sender)?;
     let notice = match kind {
-        "k" => Notice::Keys(data.split(',').filter_map(hash).collect()),
-        "n" if !data.is_empty() => Notice::Namespace(data.to_owned()),
-        "t" if !data.is_empty() => Notice::Tag(data.to_owned()),
-        "d" => Notice::Done(hash(data)?),
-        "p" => Notice::Ping(hash(data)?),
+        "k" if data.is_empty() => Notice::Keys(Vec::new()),
+        "k" => Notice::Keys(data.split(',').map(word).collect::<Option<Vec<u64>>>()?),
+        "n" => Notice::Namespace(word(data)?),
+        "t" => Notice::Tag(word(data)?),
+        "d" => Notice::Done(word(data)?),
+        "p" => Notice::Ping(word(data)?),
         _ => return None,
     };
     Some(Message { sender, notice })
@@ -62,7 +183,7 @@ pub(crate) fn sender_id(sender: u64) -> String {
     format!("{sender:016x}")
 }
 
-/// The event that `keys` changed.
+/// The body of the event that `keys` changed (signed in SQL by the statement that sends it).
 pub(crate) fn keys_payload<'a>(sender: u64, keys: impl IntoIterator<Item = &'a str>) -> String {
     let mut payload = format!("{sender:016x}|k|");
     for (i, key) in keys.into_iter().enumerate() {
@@ -72,39 +193,20 @@ pub(crate) fn keys_payload<'a>(sender: u64, keys: impl IntoIterator<Item = &'a s
     payload
 }
 
-/// The event that `namespace` was purged.
+/// The body of the event that `namespace` was purged.
 pub(crate) fn namespace_payload(sender: u64, namespace: &str) -> String {
-    format!("{sender:016x}|n|{namespace}")
+    format!("{sender:016x}|n|{:016x}", name_hash(namespace))
 }
 
-/// A listener's heartbeat number `sequence`.
+/// The body of a listener's heartbeat number `sequence` (the listener signs it itself).
 pub(crate) fn ping_payload(sender: u64, sequence: u64) -> String {
     format!("{sender:016x}|p|{sequence:016x}")
 }
 
-/// The event that the lease on `key` was released.
+/// The body of the event that the lease on `key` was released.
 pub(crate) fn done_payload(sender: u64, key: &str) -> String {
     format!("{sender:016x}|d|{:016x}", key_hash(key))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn what_is_encoded_decodes() {
-        let sender = 0x1234;
-        let keys = decode(&keys_payload(sender, ["a:1", "a:2"])).expect("keys");
-        assert_eq!(keys, Message { sender, notice: Notice::Keys(vec![key_hash("a:1"), key_hash("a:2")]) });
-        let ns = decode(&namespace_payload(sender, "retrieval")).map(|m| m.notice);
-        assert_eq!(ns, Some(Notice::Namespace("retrieval".into())));
-        let done = decode(&done_payload(sender, "a:1")).map(|m| m.notice);
-        assert_eq!(done, Some(Notice::Done(key_hash("a:1"))));
-        assert_eq!(decode(&ping_payload(sender, 3)).map(|m| m.notice), Some(Notice::Ping(3)));
-        let tag = decode("0000000000000000|t|doc:7").map(|m| m.notice);
-        assert_eq!(tag, Some(Notice::Tag("doc:7".into())));
-        for junk in ["", "x|k|1", "0000000000000000|z|1", "0000000000000000|n|", "00|d|zz"] {
-            assert_eq!(decode(junk), None, "{junk:?}");
-        }
-    }
-}
+mod tests;

@@ -190,6 +190,7 @@ impl PgCache {
         for counts in self.inner.counters.snapshot().values() {
             all += counts;
         }
+        all.forged_events = self.inner.events.forged.load(std::sync::atomic::Ordering::Relaxed);
         all
     }
 

@@ -126,6 +126,10 @@ pub struct ProcessCounts {
     /// caller's computation) did not have to redo: the sum of the compute times recorded with the entries
     /// they were served. See [`compute_saved`](Self::compute_saved).
     pub compute_saved_us: u64,
+    /// Notifications on the events channel that this cache's listeners dropped because the cache did not send
+    /// them (malformed, not UTF-8, or not signed with the database's events secret): each had no effect.
+    /// Counted for the whole process, never per namespace (a forged notification names none).
+    pub forged_events: u64,
 }
 
 impl From<&NamespaceCounters> for ProcessCounts {
@@ -142,6 +146,7 @@ impl From<&NamespaceCounters> for ProcessCounts {
             local_misses: get(&c.local_misses),
             stale_if_error: get(&c.stale_if_error),
             compute_saved_us: get(&c.compute_saved_us),
+            forged_events: 0,
         }
     }
 }
@@ -174,6 +179,7 @@ impl std::ops::AddAssign<&ProcessCounts> for ProcessCounts {
         self.local_misses += other.local_misses;
         self.stale_if_error += other.stale_if_error;
         self.compute_saved_us += other.compute_saved_us;
+        self.forged_events += other.forged_events;
     }
 }
 
@@ -209,6 +215,7 @@ mod tests {
             local_misses: 8,
             stale_if_error: 9,
             compute_saved_us: 10,
+            forged_events: 11,
         };
         let mut total = one;
         total += &one;
@@ -225,6 +232,7 @@ mod tests {
                 local_misses: 16,
                 stale_if_error: 18,
                 compute_saved_us: 20,
+                forged_events: 22,
             }
         );
     }

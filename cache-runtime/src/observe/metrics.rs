@@ -12,7 +12,8 @@
 //! | `pg_cached_errors_total` | counter | `namespace`, `kind` (see [`CacheError::kind`](crate::CacheError::kind)) |
 //! | `pg_cached_invalidations_total` | counter | `namespace`, `scope` (`key`, `namespace`, `tag`) |
 //! | `pg_cached_bytes_written_total` | counter | `namespace` (JSON bytes of the values written) |
-//! | `pg_cached_events_dropped_total` | counter | `reason`: notifications on the events channel dropped unapplied |
+//! | `pg_cached_events_dropped_total` | counter | `reason` (`unknown`: signed by the cache, of a kind this release does not know): notifications on the events channel dropped unapplied |
+//! | `pg_cached_forged_events_total` | counter | none: notifications on the events channel that the cache did not send (malformed, not UTF-8, not signed with the database's secret), dropped without effect |
 //! | `pg_cached_coalesced_batches_total` | counter | `operation` (`get`, `set`, `delete`): statements that carried more than one operation |
 //! | `pg_cached_coalesced_operations_total` | counter | `operation`: the operations those statements carried |
 //! | `pg_cached_operation_seconds` | histogram | `operation` (`get`, `set`, `delete`, `lookup`), `namespace`: PostgreSQL round trips |
@@ -82,14 +83,21 @@ pub(crate) fn invalidation(namespace: &str, scope: &'static str) {
     let _ = (namespace, scope);
 }
 
-/// Counts a notification on the events channel that was dropped unapplied, and why (`unreadable`: it could
-/// not be decoded).
+/// Counts a notification on the events channel that was authentic but dropped unapplied, and why (`unknown`:
+/// a kind this release does not know).
 #[inline]
 pub(crate) fn event_dropped(reason: &'static str) {
     #[cfg(feature = "metrics")]
     metrics::counter!("pg_cached_events_dropped_total", "reason" => reason).increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = reason;
+}
+
+/// Counts a notification on the events channel that the cache did not send.
+#[inline]
+pub(crate) fn forged_event() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("pg_cached_forged_events_total").increment(1);
 }
 
 /// Counts `bytes` of JSON written for `namespace`.

@@ -26,10 +26,11 @@ macro_rules! remaining_ms {
     };
 }
 
-/// `pg_notify` returns void: a scalar sub-query turns it into a plain integer column.
+/// Sends the payload body $param, signed (`pg_cached_sign`, see `channel.rs`). `pg_notify` returns void: a
+/// scalar sub-query turns it into a plain integer column.
 macro_rules! notify {
     ($param:literal) => {
-        concat!("(SELECT 1 FROM (SELECT pg_notify('pg_cached_events', ", $param, ")) AS n)")
+        concat!("(SELECT 1 FROM (SELECT pg_notify('pg_cached_events', pg_cached_sign(", $param, "))) AS n)")
     };
 }
 
@@ -100,7 +101,7 @@ pub(crate) const INVALIDATE_ON_CHANGE: &str =
 pub(crate) const REMOVE_INVALIDATE_ON_CHANGE: &str =
     "SELECT pg_cached_remove_invalidate_on_change(p_table => $1::regclass)::bigint";
 
-/// Sends $1 on the events channel.
+/// Sends the body $1 on the events channel, signed.
 pub(crate) const NOTIFY: &str = concat!("SELECT ", notify!("$1"));
 
 /// Deletes key $1, records its invalidation and sends $2; $3 is the lock timeout in ms. Returns the rows

@@ -13,15 +13,27 @@
 //! heartbeat: every interval the listener notifies itself, and if that ping has not come back by the next
 //! interval it drops the connection and starts again.
 //!
-//! **Bursts.** A task receives notifications and hands them over through a bounded channel, so a burst
-//! (a bulk UPDATE under a trigger, or forged payloads) costs bounded memory in this process: the rest waits
-//! in PostgreSQL's queue. Whatever has arrived is applied as one batch: keys one by one, and tags and
+//! **Only the cache's own notifications count.** Any role that can connect may NOTIFY on the channel. A
+//! listener reads its database's events secret when it connects (`channel.rs`), and drops every payload
+//! that does not verify, counted ([`Events::forged`], metric `pg_cached_forged_events_total`) and otherwise
+//! without effect: the tier, the flights and the connection are left as they are. That includes a payload
+//! that is not UTF-8, which a `SQL_ASCII` database lets any role send: the listener asks such a server for
+//! the bytes as they are (converting them to UTF-8, the server would end the listener's session), and sqlx
+//! can only read them by panicking, so the read is unwound and the payload dropped. (In a build with
+//! `panic = "abort"` that is impossible: there the listener refuses a `SQL_ASCII` database and the tier
+//! stays off.) A listener that cannot read the
+//! secret (a role not granted) does not listen, and the tier serves nothing.
+//!
+//! **Bursts.** A task receives notifications, verifies them and hands over only what it kept, decoded to
+//! hashes, through a bounded channel, so a burst (a bulk UPDATE under a trigger, or forged payloads) costs
+//! bounded memory in this process: the rest waits in PostgreSQL's queue. A forged payload costs at most one
+//! HMAC over its 8,000 bytes and is never copied. Whatever has arrived is applied as one batch: keys one by one, and tags and
 //! namespaces together, with one scan of the tier (or, past a bound, by clearing it), so the work per
 //! notification stays bounded and tier reads are not slowed by a pile of pending invalidations.
 
 use super::flight::Flights;
 use super::local::LocalTier;
-use crate::channel::{decode, ping_payload, Message, Notice, CHANNEL};
+use crate::channel::{name_hash, ping_payload, Message, Notice, Secret, CHANNEL};
 use crate::key::{key_hash, namespace_of};
 use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 use std::collections::{HashMap, HashSet};
@@ -44,6 +56,8 @@ pub(crate) struct Events {
     waiters: Mutex<HashMap<u64, Weak<Notify>>>,
     /// Times a listener (re)connected; each one cleared the in-process tier.
     pub(crate) connects: AtomicU64,
+    /// Notifications dropped because the cache did not send them (see the module docs).
+    pub(crate) forged: AtomicU64,
     /// Whether every shard's listener is connected now. The in-process tier serves nothing while one is not
     /// (see `LocalTier`), since invalidations sent meanwhile would be missed.
     pub(crate) listening: Arc<AtomicBool>,
@@ -98,6 +112,7 @@ impl Events {
             sender,
             waiters: Mutex::default(),
             connects: AtomicU64::new(0),
+            forged: AtomicU64::new(0),
             listening: Arc::default(),
             connected: Mutex::new(0),
             shards,
@@ -225,10 +240,10 @@ async fn listen(running: Running, cache_pool: PgPool) {
     };
     let mut backoff = Duration::from_millis(100);
     loop {
-        let listener = match connect(&listener_pool()).await {
-            Ok(listener) => listener,
+        let (listener, secret) = match connect(&listener_pool(), &cache_pool).await {
+            Ok(connected) => connected,
             Err(error) => {
-                tracing::debug!(%error, "cache event listener cannot connect; retrying");
+                tracing::warn!(%error, "cache event listener cannot listen; the in-process tier is off until it does");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
@@ -237,8 +252,8 @@ async fn listen(running: Running, cache_pool: PgPool) {
         backoff = Duration::from_millis(100);
         let Some(connected) = Connected::new(&running) else { return };
         let (sender, received) = mpsc::channel(BACKLOG);
-        let receiver = tokio::spawn(receive(listener, sender));
-        let ended = session(&running, received, &cache_pool).await;
+        let receiver = tokio::spawn(receive(listener, secret.clone(), running.events.clone(), sender));
+        let ended = session(&running, received, &cache_pool, &secret).await;
         receiver.abort();
         drop(connected);
         if matches!(ended, Ended::CacheGone) {
@@ -247,28 +262,60 @@ async fn listen(running: Running, cache_pool: PgPool) {
     }
 }
 
-/// Forwards what `listener` hears until its connection is lost. A payload that cannot be read (not UTF-8
-/// in a `SQL_ASCII` database, say) is skipped: it cannot be one of the cache's, and the connection is fine.
-async fn receive(mut listener: PgListener, forward: mpsc::Sender<String>) {
+/// Forwards what `listener` hears, verified and decoded, until its connection is lost. Whatever does not
+/// verify is counted and dropped here, before anything is copied or queued (see the module docs).
+async fn receive(mut listener: PgListener, secret: Secret, events: Weak<Events>, forward: mpsc::Sender<Message>) {
     loop {
-        match listener.try_recv().await {
-            Ok(Some(notification)) => {
-                if forward.send(notification.payload().to_owned()).await.is_err() {
-                    return;
-                }
-            }
+        let notification = match listener.try_recv().await {
+            Ok(Some(notification)) => notification,
             Ok(None) => return,
             Err(error) if crate::server::exec::is_connection_error(&error) => return,
             Err(error) => {
-                crate::observe::metrics::event_dropped("unreadable");
-                tracing::debug!(%error, "skipping a cache event that cannot be read");
+                forged(&events);
+                tracing::debug!(%error, "dropping a cache event that cannot be read");
+                continue;
             }
+        };
+        match payload(&notification).map(|payload| secret.open(payload)) {
+            Some(Ok(Some(message))) => {
+                if forward.send(message).await.is_err() {
+                    return;
+                }
+            }
+            Some(Ok(None)) => crate::observe::metrics::event_dropped("unknown"),
+            Some(Err(crate::channel::Forged)) | None => forged(&events),
         }
     }
 }
 
+/// The payload of `notification`, or `None` if it is not UTF-8: sqlx's accessor panics then, and the panic is
+/// caught (the module docs say why that is the only way, and what a `panic = "abort"` build does instead).
+fn payload(notification: &sqlx::postgres::PgNotification) -> Option<&str> {
+    #[cfg(panic = "unwind")]
+    {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| notification.payload())).ok()
+    }
+    #[cfg(not(panic = "unwind"))]
+    {
+        Some(notification.payload())
+    }
+}
+
+/// Counts a notification the cache did not send.
+fn forged(events: &Weak<Events>) {
+    if let Some(events) = events.upgrade() {
+        events.forged.fetch_add(1, Ordering::Relaxed);
+    }
+    crate::observe::metrics::forged_event();
+}
+
 /// Applies what arrives, and checks the connection every heartbeat, until one of them says to stop.
-async fn session(running: &Running, mut received: mpsc::Receiver<String>, cache_pool: &PgPool) -> Ended {
+async fn session(
+    running: &Running,
+    mut received: mpsc::Receiver<Message>,
+    cache_pool: &PgPool,
+    secret: &Secret,
+) -> Ended {
     let Some(events) = running.events.upgrade() else { return Ended::CacheGone };
     let (heartbeat, sender) = (events.heartbeat, events.sender);
     drop(events);
@@ -294,7 +341,8 @@ async fn session(running: &Running, mut received: mpsc::Receiver<String>, cache_
                 }
                 sequence += 1;
                 awaited = Some(sequence);
-                let ping = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(ping_payload(sender, sequence));
+                let ping = secret.sign(&ping_payload(sender, sequence));
+                let ping = sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(ping);
                 // A ping that cannot be sent is not an answer either: the next tick finds it missing.
                 let _ = tokio::time::timeout(heartbeat, ping.execute(cache_pool)).await;
             }
@@ -302,19 +350,15 @@ async fn session(running: &Running, mut received: mpsc::Receiver<String>, cache_
     }
 }
 
-/// Applies a batch of payloads; returns whether it held the ping `awaited` waits for (then cleared).
+/// Applies a batch of verified messages; returns whether it held the ping `awaited` waits for (then cleared).
 fn apply(
     events: &Events,
     targets: &Targets,
-    payloads: impl Iterator<Item = String>,
+    messages: impl Iterator<Item = Message>,
     awaited: &mut Option<u64>,
 ) -> bool {
     let (mut keys, mut namespaces, mut tags, mut answered) = (HashSet::new(), HashSet::new(), HashSet::new(), false);
-    for payload in payloads {
-        let Some(Message { sender, notice }) = decode(&payload) else {
-            tracing::debug!(payload, "ignoring a cache event this version does not understand");
-            continue;
-        };
+    for Message { sender, notice } in messages {
         match notice {
             Notice::Ping(sequence) if sender == events.sender && Some(sequence) == *awaited => {
                 *awaited = None;
@@ -337,7 +381,7 @@ fn apply(
 }
 
 /// Drops what other processes invalidated from the tier, and detaches this process's computations of it.
-fn invalidate(targets: &Targets, keys: &HashSet<u64>, namespaces: &HashSet<String>, tags: &HashSet<String>) {
+fn invalidate(targets: &Targets, keys: &HashSet<u64>, namespaces: &HashSet<u64>, tags: &HashSet<u64>) {
     if let Some(tier) = targets.local.upgrade().as_deref().and_then(OnceLock::get) {
         keys.iter().for_each(|&hash| tier.remove_hash(hash));
         if namespaces.len() + tags.len() > SCAN_AT_MOST {
@@ -352,13 +396,27 @@ fn invalidate(targets: &Targets, keys: &HashSet<u64>, namespaces: &HashSet<Strin
         if !tags.is_empty() {
             flights.detach(|_| true);
         } else if !keys.is_empty() || !namespaces.is_empty() {
-            flights.detach(|key| keys.contains(&key_hash(key)) || namespaces.contains(namespace_of(key)));
+            flights.detach(|key| keys.contains(&key_hash(key)) || namespaces.contains(&name_hash(namespace_of(key))));
         }
     }
 }
 
-async fn connect(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+/// Listens on `pool`'s connection, and reads the events secret through `cache_pool`.
+async fn connect(pool: &PgPool, cache_pool: &PgPool) -> Result<(PgListener, Secret), sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
+    let encoding: String = sqlx::query_scalar("SHOW server_encoding").fetch_one(&mut listener).await?;
+    if encoding.eq_ignore_ascii_case("SQL_ASCII") {
+        // Such a server cannot convert what it sends to UTF-8: a payload that is not UTF-8 makes it end the
+        // session (FATAL) of a listener whose client_encoding is UTF8. Asked for SQL_ASCII, it sends the
+        // bytes as they are, and `payload` drops them. A build that aborts on panic cannot.
+        if cfg!(not(panic = "unwind")) {
+            return Err(sqlx::Error::Configuration(
+                "in a SQL_ASCII database the event listener needs a build that unwinds panics".into(),
+            ));
+        }
+        sqlx::query("SET client_encoding TO 'SQL_ASCII'").execute(&mut listener).await?;
+    }
     listener.listen(CHANNEL).await?;
-    Ok(listener)
+    let secret: Vec<u8> = sqlx::query_scalar("SELECT secret FROM cache_events_secret").fetch_one(cache_pool).await?;
+    Ok((listener, Secret::new(&secret)))
 }

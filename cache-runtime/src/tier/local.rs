@@ -7,6 +7,7 @@
 //! Every entry has a deadline: the earlier of its PostgreSQL expiry and the tier's max age. An entry past its
 //! deadline is never served, whether or not moka has evicted it yet.
 
+use crate::channel::name_hash;
 use crate::entry::{remaining, EntryMeta, LiveEntry};
 use crate::key::{key_hash, namespace_of};
 use crate::latest::LatestInstant;
@@ -32,6 +33,23 @@ pub(crate) struct LocalEntry {
     deadline: Instant,
     /// When the entry expires in PostgreSQL (`None`: never), for `refresh_ahead`.
     expires: Option<Instant>,
+    /// The [`name_hash`] of its namespace and of each of its tags, by which other processes' invalidations
+    /// name them (computed once, when the entry is stored).
+    names: NameHashes,
+}
+
+/// The hashes by which the events channel names an entry's namespace and tags.
+#[derive(Debug)]
+struct NameHashes {
+    namespace: u64,
+    tags: Box<[u64]>,
+}
+
+impl NameHashes {
+    fn of(key: &str, meta: &EntryMeta) -> NameHashes {
+        let tags = meta.tags.as_ref().map_or_else(Box::default, |tags| tags.iter().map(|t| name_hash(t)).collect());
+        NameHashes { namespace: name_hash(namespace_of(key)), tags }
+    }
 }
 
 impl LocalEntry {
@@ -162,7 +180,9 @@ impl LocalTier {
         let now = Instant::now();
         let deadline = now.checked_add(lifetime).unwrap_or(now);
         let expires = remaining(remaining_ms).and_then(|left| now.checked_add(left));
-        let entry = Arc::new(LocalEntry { key: key.into(), json, meta, typed: OnceLock::new(), deadline, expires });
+        let names = NameHashes::of(key, &meta);
+        let entry =
+            Arc::new(LocalEntry { key: key.into(), json, meta, typed: OnceLock::new(), deadline, expires, names });
         let hash = key_hash(key);
         self.entries.insert(hash, Arc::clone(&entry));
         // A removal that bumped the epoch after the check above may have run before the insert: undo it.
@@ -194,16 +214,16 @@ impl LocalTier {
         self.remove_hash(key_hash(key));
     }
 
-    /// Removes every entry of one of `namespaces` or carrying one of `tags`, in one scan.
-    pub(crate) fn remove_namespaces_and_tags(&self, namespaces: &HashSet<String>, tags: &HashSet<String>) {
+    /// Removes every entry of one of `namespaces` or carrying one of `tags` (by their [`name_hash`], as
+    /// other processes' notifications name them), in one scan.
+    pub(crate) fn remove_namespaces_and_tags(&self, namespaces: &HashSet<u64>, tags: &HashSet<u64>) {
         if namespaces.is_empty() && tags.is_empty() {
             return;
         }
         self.bump();
         let (namespaces, tags) = (namespaces.clone(), tags.clone());
         let _ = self.entries.invalidate_entries_if(move |_, entry| {
-            namespaces.contains(entry.namespace())
-                || entry.meta.tags.as_ref().is_some_and(|own| own.iter().any(|tag| tags.contains(tag)))
+            namespaces.contains(&entry.names.namespace) || entry.names.tags.iter().any(|tag| tags.contains(tag))
         });
     }
 

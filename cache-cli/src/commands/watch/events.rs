@@ -4,15 +4,19 @@
 //! what changed from their in-process tiers: keys written or deleted, a namespace purged (when the purge
 //! starts and again when it ends), a tag invalidated (by `invalidate_tag` or by a trigger on a source
 //! table), a cluster-wide lease released. The payload format is cache-runtime's (`cache_runtime::channel`),
-//! decoded here with its decoder.
+//! verified and decoded here with its code, under each server's events secret (read at start: the tool's role
+//! must be the cache's owner or granted). Namespaces and tags travel as hashes, shown as such; payloads the
+//! cache did not send are only counted. Nothing heard on the channel is printed without
+//! [`escape`](crate::output::escape): any role may send there.
 //!
 //! One listener per server runs in a task of its own and forwards what it hears over a channel; each tick
 //! of `watch` drains the channel. Notifications sent while a listener is reconnecting are lost (PostgreSQL
 //! does not queue them), so the reconnections are counted and shown.
 
 use crate::error::CliError;
+use crate::output::escape;
 use crate::target::{Shard, Target};
-use cache_runtime::channel::Notice;
+use cache_runtime::channel::{Notice, Secret};
 use serde::Serialize;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
@@ -25,25 +29,27 @@ pub const CHANNEL: &str = cache_runtime::EVENTS_CHANNEL;
 pub enum Event {
     /// Keys written or deleted: how many.
     KeysInvalidated(u64),
-    /// A namespace purge started or ended.
+    /// A namespace purge started or ended: the namespace's hash, in hex.
     NamespacePurged(String),
-    /// The entries carrying a tag were invalidated.
+    /// The entries carrying a tag were invalidated: the tag's hash, in hex.
     TagInvalidated(String),
     /// A cluster-wide single-flight lease was released (its value is stored, or its computation gave up).
     LeaseReleased,
-    /// Something this version does not know (a newer library's event, a foreign sender).
+    /// Signed by the cache, but of a kind this version does not know (a newer library's event).
     Unrecognized,
+    /// Not sent by the cache: malformed, not UTF-8, or not signed with the server's events secret.
+    Forged,
 }
 
-/// Decodes a payload with cache-runtime's own decoder. Never fails: what cannot be read is
-/// [`Event::Unrecognized`].
-pub fn decode(payload: &str) -> Event {
-    match cache_runtime::channel::decode(payload).map(|message| message.notice) {
-        Some(Notice::Keys(hashes)) => Event::KeysInvalidated(hashes.len() as u64),
-        Some(Notice::Namespace(namespace)) => Event::NamespacePurged(namespace),
-        Some(Notice::Tag(tag)) => Event::TagInvalidated(tag),
-        Some(Notice::Done(_)) => Event::LeaseReleased,
-        _ => Event::Unrecognized,
+/// Verifies and decodes a payload with cache-runtime's own code. Never fails.
+pub fn decode(secret: &Secret, payload: &str) -> Event {
+    match secret.open(payload).map(|message| message.map(|m| m.notice)) {
+        Ok(Some(Notice::Keys(hashes))) => Event::KeysInvalidated(hashes.len() as u64),
+        Ok(Some(Notice::Namespace(hash))) => Event::NamespacePurged(format!("{hash:016x}")),
+        Ok(Some(Notice::Tag(hash))) => Event::TagInvalidated(format!("{hash:016x}")),
+        Ok(Some(Notice::Done(_))) => Event::LeaseReleased,
+        Ok(_) => Event::Unrecognized,
+        Err(_) => Event::Forged,
     }
 }
 
@@ -55,16 +61,19 @@ pub const MAX_TAGS_SHOWN: usize = 20;
 pub struct EventCounts {
     /// Keys written or deleted by any process (each makes services drop the key from their tiers).
     pub keys_invalidated: u64,
-    /// Namespaces purged, each once, in the order heard.
+    /// Namespaces purged (their hashes), each once, in the order heard.
     pub namespaces_purged: Vec<String>,
-    /// Tags invalidated, each once, in the order heard (at most [`MAX_TAGS_SHOWN`]; the rest are counted).
+    /// Tags invalidated (their hashes), each once, in the order heard (at most [`MAX_TAGS_SHOWN`]; the rest
+    /// are counted).
     pub tags_invalidated: Vec<String>,
     /// Tags invalidated beyond those listed.
     pub more_tags_invalidated: u64,
     /// Cluster-wide single-flight leases released.
     pub leases_released: u64,
-    /// Payloads not understood.
+    /// Payloads signed by the cache but not understood.
     pub unrecognized: u64,
+    /// Payloads the cache did not send (any role may NOTIFY): dropped, as the cache's listeners drop them.
+    pub forged: u64,
     /// Times a listener lost its connection and reconnected: events may have been missed.
     pub listener_reconnects: u64,
 }
@@ -88,22 +97,25 @@ impl EventCounts {
             }
             Event::LeaseReleased => self.leases_released += 1,
             Event::Unrecognized => self.unrecognized += 1,
+            Event::Forged => self.forged += 1,
         }
     }
 
-    /// The events as phrases: "keys invalidated: 3", "namespace purged: retrieval", "lease released".
+    /// The events as phrases: "keys invalidated: 3", "namespace purged: 3f2a…", "lease released". Text from
+    /// the channel goes through [`escape`].
     pub fn phrases(&self) -> Vec<String> {
         let mut phrases = Vec::new();
         if self.keys_invalidated > 0 {
             phrases.push(format!("keys invalidated: {}", self.keys_invalidated));
         }
-        phrases.extend(self.namespaces_purged.iter().map(|ns| format!("namespace purged: {ns}")));
+        phrases.extend(self.namespaces_purged.iter().map(|ns| format!("namespace purged: {}", escape(ns))));
         if !self.tags_invalidated.is_empty() {
             let more = match self.more_tags_invalidated {
                 0 => String::new(),
                 n => format!(" and {n} more"),
             };
-            phrases.push(format!("tags invalidated: {}{more}", self.tags_invalidated.join(", ")));
+            let tags: Vec<String> = self.tags_invalidated.iter().map(|tag| escape(tag)).collect();
+            phrases.push(format!("tags invalidated: {}{more}", tags.join(", ")));
         }
         match self.leases_released {
             0 => {}
@@ -112,6 +124,9 @@ impl EventCounts {
         }
         if self.unrecognized > 0 {
             phrases.push(format!("unrecognized events: {}", self.unrecognized));
+        }
+        if self.forged > 0 {
+            phrases.push(format!("forged events dropped: {}", self.forged));
         }
         if self.listener_reconnects > 0 {
             phrases.push(format!("listener reconnected {} time(s); events may be missing", self.listener_reconnects));
@@ -123,7 +138,7 @@ impl EventCounts {
 /// What a listener task reports.
 #[derive(Debug)]
 enum Heard {
-    Payload(String),
+    Event(Event),
     Reconnected,
     Failed(CliError),
 }
@@ -146,11 +161,15 @@ impl Listeners {
             .on_every_shard("listening for events", |shard| async move {
                 let mut listener = PgListener::connect_with(&shard.pool).await.map_err(shard.error())?;
                 listener.listen(CHANNEL).await.map_err(shard.error())?;
-                Ok((shard.clone(), listener))
+                let secret: Vec<u8> = sqlx::query_scalar("SELECT secret FROM cache_events_secret")
+                    .fetch_one(&shard.pool)
+                    .await
+                    .map_err(shard.error())?;
+                Ok((shard.clone(), listener, Secret::new(&secret)))
             })
             .await?;
-        for (shard, listener) in listeners {
-            tokio::spawn(forward(shard, listener, sender.clone()));
+        for (shard, listener, secret) in listeners {
+            tokio::spawn(forward(shard, listener, secret, sender.clone()));
         }
         Ok(Listeners { heard })
     }
@@ -163,7 +182,7 @@ impl Listeners {
         let mut counts = EventCounts::default();
         while let Ok(heard) = self.heard.try_recv() {
             match heard {
-                Heard::Payload(payload) => counts.add(decode(&payload)),
+                Heard::Event(event) => counts.add(event),
                 Heard::Reconnected => counts.listener_reconnects += 1,
                 Heard::Failed(error) => return Err(error),
             }
@@ -173,10 +192,15 @@ impl Listeners {
 }
 
 /// Forwards one server's notifications until the receiver goes away or the listener fails for good.
-async fn forward(shard: Shard, mut listener: PgListener, sender: UnboundedSender<Heard>) {
+async fn forward(shard: Shard, mut listener: PgListener, secret: Secret, sender: UnboundedSender<Heard>) {
     loop {
         let heard = match listener.try_recv().await {
-            Ok(Some(notification)) => Heard::Payload(notification.payload().to_owned()),
+            // sqlx's accessor panics on a payload that is not UTF-8 (a SQL_ASCII database passes any bytes):
+            // the cache never sends one, so it is forged.
+            Ok(Some(notification)) => Heard::Event(
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(&secret, notification.payload())))
+                    .unwrap_or(Event::Forged),
+            ),
             // The connection dropped; sqlx reconnects and LISTENs again on the next call.
             Ok(None) => Heard::Reconnected,
             Err(error) => Heard::Failed(CliError::database(&shard.name, error)),
@@ -192,32 +216,70 @@ async fn forward(shard: Shard, mut listener: PgListener, sender: UnboundedSender
 mod tests {
     use super::*;
 
+    /// What pg_cached_sign sends for `body` under the secret "s".
+    fn signed(body: &str) -> String {
+        Secret::new(b"s").sign(body)
+    }
+
     #[test]
     fn payloads_decode_into_events() {
-        assert_eq!(decode("00ff|k|0123456789abcdef,fedcba9876543210,0000000000000001"), Event::KeysInvalidated(3));
-        assert_eq!(decode("00ff|n|retrieval"), Event::NamespacePurged("retrieval".into()));
-        assert_eq!(decode("00ff|d|0123456789abcdef"), Event::LeaseReleased);
-        assert_eq!(decode("0000000000000000|t|doc:42"), Event::TagInvalidated("doc:42".into()));
-        assert_eq!(decode("00ff|t|a|b"), Event::TagInvalidated("a|b".into()), "a tag may hold `|`");
-        assert_eq!(decode("00ff|x|whatever"), Event::Unrecognized);
-        assert_eq!(decode("garbage"), Event::Unrecognized);
-        assert_eq!(decode("00ff|k|"), Event::KeysInvalidated(0));
+        let secret = Secret::new(b"s");
+        let decode = |body: &str| decode(&secret, &signed(body));
+        let keys = "00000000000000ff|k|0123456789abcdef,fedcba9876543210,0000000000000001";
+        assert_eq!(decode(keys), Event::KeysInvalidated(3));
+        assert_eq!(decode("00000000000000ff|n|aa818245c677a1df"), Event::NamespacePurged("aa818245c677a1df".into()));
+        assert_eq!(decode("00000000000000ff|d|0123456789abcdef"), Event::LeaseReleased);
+        assert_eq!(decode("0000000000000000|t|aa818245c677a1df"), Event::TagInvalidated("aa818245c677a1df".into()));
+        assert_eq!(decode("00000000000000ff|x|0123456789abcdef"), Event::Unrecognized);
+        assert_eq!(decode("00000000000000ff|k|"), Event::KeysInvalidated(0));
+        for forged in ["garbage", "0000000000000000|t|doc:42", "0000000000000000|t|\u{1b}[2J"] {
+            assert_eq!(super::decode(&secret, forged), Event::Forged, "{forged:?}");
+        }
+        let other = Secret::new(b"not the server's");
+        assert_eq!(super::decode(&other, &signed(keys)), Event::Forged);
     }
 
     #[test]
     fn counts_read_as_phrases() {
         let mut counts = EventCounts::default();
-        for payload in ["a|k|1,2", "a|k|3", "a|n|retrieval", "b|n|retrieval", "a|t|doc:1", "b|t|doc:1", "a|d|1"] {
-            counts.add(decode(payload));
+        for event in [
+            Event::KeysInvalidated(2),
+            Event::KeysInvalidated(1),
+            Event::NamespacePurged("aa".into()),
+            Event::NamespacePurged("aa".into()),
+            Event::TagInvalidated("bb".into()),
+            Event::TagInvalidated("bb".into()),
+            Event::LeaseReleased,
+            Event::Forged,
+        ] {
+            counts.add(event);
         }
         assert_eq!(
             counts.phrases(),
-            ["keys invalidated: 3", "namespace purged: retrieval", "tags invalidated: doc:1", "lease released"]
+            [
+                "keys invalidated: 3",
+                "namespace purged: aa",
+                "tags invalidated: bb",
+                "lease released",
+                "forged events dropped: 1"
+            ]
         );
         for i in 0..(MAX_TAGS_SHOWN + 5) {
-            counts.add(Event::TagInvalidated(format!("doc:{i}")));
+            counts.add(Event::TagInvalidated(format!("{i:02x}")));
         }
         assert_eq!(counts.tags_invalidated.len(), MAX_TAGS_SHOWN);
-        assert_eq!(counts.more_tags_invalidated, 5, "doc:1 was listed already, doc:0 and doc:2..doc:19 fill the list");
+        assert_eq!(counts.more_tags_invalidated, 6, "bb and 00..12 fill the list");
+    }
+
+    #[test]
+    fn text_from_the_channel_is_printed_escaped() {
+        let counts = EventCounts {
+            namespaces_purged: vec!["a\u{1b}[2Jb".into()],
+            tags_invalidated: vec!["t\r\n\u{7}x".into()],
+            ..EventCounts::default()
+        };
+        let phrases = counts.phrases().join(" ");
+        assert!(!phrases.chars().any(char::is_control), "{phrases:?}");
+        assert_eq!(phrases, "namespace purged: a\\u{1b}[2Jb tags invalidated: t\\r\\n\\u{7}x");
     }
 }
