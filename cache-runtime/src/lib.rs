@@ -158,7 +158,7 @@
 //   tier     this process's own state: the in-process tier, flights in progress, the event listener
 //   route    which server: shards, read replicas, failover, connection sources
 //   server   one PostgreSQL server: pools, coalesced statements, execution, the SQL text
-//   leaves   entry, key, tags, channel, codec, ttl, error, observe, latest, redact: used by all, using none
+//   leaves   entry, key, tags, channel, codec, ttl, usage, error, observe, latest, redact: used by all, using none
 mod cache;
 mod memo;
 mod route;
@@ -178,6 +178,7 @@ mod redact;
 mod report;
 mod tags;
 mod ttl;
+mod usage;
 
 #[doc(hidden)]
 #[allow(missing_docs)]
@@ -188,7 +189,7 @@ pub use cache::{global, set_global, PgCache, PgCacheBuilder, SweepReport};
 pub use config::Durability;
 pub use error::{CacheError, Result};
 pub use key::{validate_key, validate_namespace, MAX_KEY_CHARS, MAX_NAMESPACE_LEN};
-pub use memo::scope::{tag, tags};
+pub use memo::scope::{tag, tags, usage};
 pub use observe::{ProcessCounts, MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES};
 pub use redact::redact_url;
 pub use report::{CacheStats, HealthReport, HealthStatus, NamespaceStats, ReplicaHealth, ShardHealth};
@@ -196,6 +197,7 @@ pub use server::schema::FUNCTIONS_VERSION;
 pub use server::sql::MIGRATOR;
 pub use tags::{validate_tag, MAX_TAG_CHARS};
 pub use ttl::Ttl;
+pub use usage::Usage;
 
 /// The LISTEN/NOTIFY channel on which caches tell each other of invalidations and finished computations
 /// (payload format: [`channel`]). Tools such as `pg-cached watch` listen on it.
