@@ -53,6 +53,7 @@ pub(crate) enum HitKind {
 
 impl HitKind {
     /// The `kind` label's value.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
     pub(crate) fn label(self) -> &'static str {
         match self {
             HitKind::Exact => "exact",
