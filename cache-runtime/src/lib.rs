@@ -111,6 +111,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Usage: what the cache saved in tokens and money
+//! A body that calls an LLM reports what the call consumed with [`usage`] (a [`Usage`]: input and output
+//! tokens, cost in micro-USD). It is stored with the entry and inherited by outer memoized calls, like tags;
+//! every hit counts it as saved: [`ProcessCounts::tokens_saved`] and [`ProcessCounts::cost_saved`], the
+//! `pg_cached_tokens_saved_total` and `pg_cached_cost_saved_micros_total` metrics (by namespace and kind of
+//! hit), and [`NamespaceStats::usage_held`] for what live entries hold.
+//!
 //! # The in-process tier
 //! A PostgreSQL hit costs a network round trip. For hot keys, an in-process tier (L1) answers from memory:
 //! turn it on for every key with [`PgCacheBuilder::local_tier`], or per function with `local = "30s"`.
