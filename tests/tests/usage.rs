@@ -5,6 +5,7 @@
 
 use cache_runtime::__private::Site;
 use cache_runtime::{pg_cached, usage, PgCache, ProcessCounts, Usage};
+use futures_util::StreamExt;
 use integration_tests::memo;
 use integration_tests::{cache_on, listening, within};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
@@ -281,5 +282,39 @@ async fn a_hit_on_an_entry_without_usage_counts_zero(pool: PgPool) -> TestResult
     assert_eq!((old.hits, old.tokens_saved, old.cost_saved, old.compute_saved_us), (1, 0, 0, 1500));
     let stats = cache.stats().await?;
     assert_eq!(stats.namespace("us_old").map(|n| n.usage_held), Some(Usage::default()));
+    Ok(())
+}
+
+struct Streamer {
+    cache: PgCache,
+}
+
+impl Streamer {
+    /// Reports its usage from inside the stream, as an LLM client does when the final chunk says it.
+    #[pg_cached(cache = self.cache, namespace = "us_stream", ttl = "1h", stream)]
+    fn tokens(&self, n: u64) -> impl futures_util::Stream<Item = Result<u64, String>> + Send + '_ {
+        futures_util::stream::iter(0..n).map(move |i| {
+            if i + 1 == n {
+                usage(USAGE);
+            }
+            Ok(i)
+        })
+    }
+}
+
+/// A memoized stream stores the usage reported while it was read, and each replay counts it.
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn a_replayed_stream_counts_the_usage_reported_while_it_was_recorded(pool: PgPool) -> TestResult {
+    let cache = cache_on(pool.clone()).await;
+    let streamer = Streamer { cache: cache.clone() };
+    let first: Vec<_> = streamer.tokens(4).collect().await;
+    let row = (USAGE.input_tokens as i64, USAGE.output_tokens as i64, USAGE.cost_micros_usd as i64);
+    assert_eq!(stored(&pool, "us_stream").await, [row]);
+    for _ in 0..2 {
+        let replayed: Vec<_> = streamer.tokens(4).collect().await;
+        assert_eq!(replayed, first);
+    }
+    let counted = counts(&cache, "us_stream").await;
+    assert_eq!((counted.hits, counted.tokens_saved, counted.cost_saved), (2, 2 * USAGE.tokens(), 14));
     Ok(())
 }
