@@ -21,6 +21,12 @@
 -- pg_cached_remove_invalidate_on_change with positional arguments: their signatures are unchanged. Gone:
 -- pg_cached_write and pg_cached_write_many, the wrappers kept for releases from before tags.
 --
+-- Version 2 (migration 0008, usage): pg_cached_write_entry and pg_cached_write_entries take the entry's usage
+-- as three new last parameters with defaults (p_input_tokens, p_output_tokens, p_cost_micros; arrays for the
+-- batch), so the calls of version 1's processes, named or positional, still resolve (and store no usage).
+-- Their old signatures are dropped: a call would otherwise match both. Writers granted earlier get EXECUTE on
+-- the new ones at the end of this file.
+--
 -- Privileges. PostgreSQL lets PUBLIC execute a new function; the end of this file takes that back from every
 -- function of the cache. The owner (the role that applies this file) keeps every right. pg_cached_grant gives
 -- an application role what it needs. Every function runs with its caller's rights except
@@ -182,11 +188,15 @@ BEGIN
 END $$;
 
 -- Stores p_data under p_key for p_ttl_ms (NULL: forever), kept p_keep_ms more for stale serving, with its
--- tags and compute time (µs); guarded as above; sends p_notify. Returns whether it wrote.
+-- tags, compute time (µs) and usage (tokens in and out, cost in micro-USD; NULL: none reported); guarded as
+-- above; sends p_notify. Returns whether it wrote.
+DROP FUNCTION IF EXISTS pg_cached_write_entry(text, jsonb, bigint, bigint, bigint, text, text, text, boolean, text[],
+                                              bigint, text);
 CREATE OR REPLACE FUNCTION pg_cached_write_entry(
     p_key text, p_data jsonb, p_ttl_ms bigint, p_keep_ms bigint, p_started_us bigint, p_namespace text,
     p_notify text, p_lock_timeout text, p_async_commit boolean, p_tags text[], p_compute_us bigint,
-    p_started_snapshot text
+    p_started_snapshot text, p_input_tokens bigint DEFAULT NULL, p_output_tokens bigint DEFAULT NULL,
+    p_cost_micros bigint DEFAULT NULL
 ) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     v_expires timestamptz := now() + p_ttl_ms * interval '1 millisecond';
@@ -200,23 +210,30 @@ BEGIN
     IF pg_cached_write_refused(p_key, p_namespace, p_tags, p_started_us, p_started_snapshot) THEN
         RETURN false;
     END IF;
-    INSERT INTO cache_entries (cache_key, data, created_at, expires_at, sweep_at, tags, compute_us)
+    INSERT INTO cache_entries (cache_key, data, created_at, expires_at, sweep_at, tags, compute_us, input_tokens,
+                               output_tokens, cost_micros)
     VALUES (p_key, p_data, now(), v_expires, v_expires + coalesce(p_keep_ms, 0) * interval '1 millisecond',
-            p_tags, p_compute_us)
+            p_tags, p_compute_us, p_input_tokens, p_output_tokens, p_cost_micros)
     ON CONFLICT (cache_key) DO UPDATE
         SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at,
-            sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us;
+            sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us,
+            input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
+            cost_micros = EXCLUDED.cost_micros;
     PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
     RETURN true;
 END $$;
 
 -- pg_cached_write_entry for many distinct keys in one statement, each under its own guard; one notification
 -- p_notify for all. p_tags[i] holds key i's tags joined by the unit separator (U+001F, which tags never
--- contain), or NULL: SQL arrays of arrays must be rectangular. Returns, per key in order, whether it wrote.
+-- contain), or NULL: SQL arrays of arrays must be rectangular. The usage arrays, when given, have one element
+-- per key. Returns, per key in order, whether it wrote.
+DROP FUNCTION IF EXISTS pg_cached_write_entries(text[], jsonb[], bigint[], bigint[], bigint[], text[], text, text,
+                                                boolean, text[], bigint[], text[]);
 CREATE OR REPLACE FUNCTION pg_cached_write_entries(
     p_keys text[], p_data jsonb[], p_ttl_ms bigint[], p_keep_ms bigint[], p_started_us bigint[],
     p_namespaces text[], p_notify text, p_lock_timeout text, p_async_commit boolean, p_tags text[],
-    p_compute_us bigint[], p_started_snapshots text[]
+    p_compute_us bigint[], p_started_snapshots text[], p_input_tokens bigint[] DEFAULT NULL,
+    p_output_tokens bigint[] DEFAULT NULL, p_cost_micros bigint[] DEFAULT NULL
 ) RETURNS boolean[] LANGUAGE plpgsql AS $$
 DECLARE
     v_written boolean[];
@@ -233,16 +250,20 @@ BEGIN
     INTO v_written
     FROM unnest(p_keys, p_namespaces, p_started_us, p_tags, p_started_snapshots)
         WITH ORDINALITY AS w(k, ns, started_us, tags, snap, i);
-    INSERT INTO cache_entries (cache_key, data, created_at, expires_at, sweep_at, tags, compute_us)
+    INSERT INTO cache_entries (cache_key, data, created_at, expires_at, sweep_at, tags, compute_us, input_tokens,
+                               output_tokens, cost_micros)
     SELECT w.k, w.d, now(), e.expires, e.expires + coalesce(w.keep_ms, 0) * interval '1 millisecond',
-           string_to_array(w.tags, E'\x1f'), w.compute_us
+           string_to_array(w.tags, E'\x1f'), w.compute_us, p_input_tokens[w.i], p_output_tokens[w.i],
+           p_cost_micros[w.i]
     FROM unnest(p_keys, p_data, p_ttl_ms, p_keep_ms, p_tags, p_compute_us)
         WITH ORDINALITY AS w(k, d, ttl_ms, keep_ms, tags, compute_us, i)
     CROSS JOIN LATERAL (SELECT now() + w.ttl_ms * interval '1 millisecond' AS expires) AS e
     WHERE v_written[w.i]
     ON CONFLICT (cache_key) DO UPDATE
         SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at,
-            sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us;
+            sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us,
+            input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
+            cost_micros = EXCLUDED.cost_micros;
     PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
     RETURN v_written;
 END $$;

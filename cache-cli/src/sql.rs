@@ -30,9 +30,19 @@ macro_rules! namespace {
     };
 }
 
+/// The sum of a `bigint` column over the live rows (0 for none).
+macro_rules! live_sum {
+    ($col:literal) => {
+        concat!("coalesce(sum(", $col, ") FILTER (WHERE expires_at IS NULL OR expires_at > now()), 0)::bigint")
+    };
+}
+
 /// Per namespace: entries, expired entries, stored bytes (`pg_column_size`, after compression, cheap: it
-/// does not detoast), oldest and newest `created_at` (µs), and the compute time held in live entries (µs;
-/// the same sum as cache-runtime's `PgCache::stats`).
+/// does not detoast), oldest and newest `created_at` (µs), the compute time held in live entries (µs; the
+/// same sum as cache-runtime's `PgCache::stats`), and the usage held in live entries (input tokens, output
+/// tokens, cost in micro-USD; the same sums as `NamespaceStats::usage_held`).
+/// A database migrated before usage was recorded (migration 0008) lacks those columns: the statement fails,
+/// and the tool asks for `pg-cached migrate`, as for any older schema.
 pub const NAMESPACE_STATS: &str = concat!(
     "SELECT ",
     namespace!(),
@@ -41,8 +51,15 @@ pub const NAMESPACE_STATS: &str = concat!(
     epoch_us!("min(created_at)"),
     ", ",
     epoch_us!("max(created_at)"),
-    ", coalesce(sum(compute_us) FILTER (WHERE expires_at IS NULL OR expires_at > now()), 0)::bigint \
-     FROM cache_entries GROUP BY 1 ORDER BY 1"
+    ", ",
+    live_sum!("compute_us"),
+    ", ",
+    live_sum!("input_tokens"),
+    ", ",
+    live_sum!("output_tokens"),
+    ", ",
+    live_sum!("cost_micros"),
+    " FROM cache_entries GROUP BY 1 ORDER BY 1"
 );
 
 /// Per namespace: entries (what `watch` shows each tick).

@@ -152,9 +152,30 @@ pub fn count(n: u64) -> String {
     out
 }
 
+/// Micro-USD as dollars: cents from a dollar up (`$1,234.56`), four decimals below (`$0.0054`), `$0` for none.
+pub fn usd(micros: u64) -> String {
+    match micros {
+        0 => "$0".to_owned(),
+        1..1_000_000 => format!("${:.4}", micros as f64 / 1e6),
+        _ => {
+            let cents = micros.saturating_add(5_000) / 10_000;
+            format!("${}.{:02}", count(cents / 100), cents % 100)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dollars_from_micros() {
+        assert_eq!(usd(0), "$0");
+        assert_eq!(usd(5_400), "$0.0054");
+        assert_eq!(usd(999_999), "$1.0000");
+        assert_eq!(usd(1_000_000), "$1.00");
+        assert_eq!(usd(1_234_567_891), "$1,234.57");
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {

@@ -2,6 +2,7 @@
 //! memoized computation began. A leaf module: every layer may use it, it uses none of them.
 
 use crate::tags::Tags;
+use crate::usage::Usage;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,12 +13,15 @@ pub(crate) struct EntryMeta {
     pub(crate) tags: Option<Tags>,
     /// How long its computation took, in microseconds, for a memoized result.
     pub(crate) compute_us: Option<i64>,
+    /// What its computation consumed (see [`crate::usage`]); zero when nothing was reported, for values
+    /// stored with `set`, and for entries written before usage was recorded.
+    pub(crate) usage: Usage,
 }
 
 impl EntryMeta {
-    /// From the `tags` and `compute_us` columns of a read.
-    pub(crate) fn from_columns(tags: Option<Vec<String>>, compute_us: Option<i64>) -> EntryMeta {
-        EntryMeta { tags: tags.filter(|t| !t.is_empty()).map(Into::into), compute_us }
+    /// From the `tags`, `compute_us` and usage columns of a read.
+    pub(crate) fn from_columns(tags: Option<Vec<String>>, compute_us: Option<i64>, usage: Usage) -> EntryMeta {
+        EntryMeta { tags: tags.filter(|t| !t.is_empty()).map(Into::into), compute_us, usage }
     }
 }
 

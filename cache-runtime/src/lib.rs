@@ -111,6 +111,13 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Usage: what the cache saved in tokens and money
+//! A body that calls an LLM reports what the call consumed with [`usage`] (a [`Usage`]: input and output
+//! tokens, cost in micro-USD). It is stored with the entry and inherited by outer memoized calls, like tags;
+//! every hit counts it as saved: [`ProcessCounts::tokens_saved`] and [`ProcessCounts::cost_saved`], the
+//! `pg_cached_tokens_saved_total` and `pg_cached_cost_saved_micros_total` metrics (by namespace and kind of
+//! hit), and [`NamespaceStats::usage_held`] for what live entries hold.
+//!
 //! # The in-process tier
 //! A PostgreSQL hit costs a network round trip. For hot keys, an in-process tier (L1) answers from memory:
 //! turn it on for every key with [`PgCacheBuilder::local_tier`], or per function with `local = "30s"`.
@@ -158,7 +165,7 @@
 //   tier     this process's own state: the in-process tier, flights in progress, the event listener
 //   route    which server: shards, read replicas, failover, connection sources
 //   server   one PostgreSQL server: pools, coalesced statements, execution, the SQL text
-//   leaves   entry, key, tags, channel, codec, ttl, error, observe, latest, redact: used by all, using none
+//   leaves   entry, key, tags, channel, codec, ttl, usage, error, observe, latest, redact: used by all, using none
 mod cache;
 mod memo;
 mod route;
@@ -178,6 +185,7 @@ mod redact;
 mod report;
 mod tags;
 mod ttl;
+mod usage;
 
 #[doc(hidden)]
 #[allow(missing_docs)]
@@ -188,7 +196,7 @@ pub use cache::{global, set_global, PgCache, PgCacheBuilder, SweepReport};
 pub use config::Durability;
 pub use error::{CacheError, Result};
 pub use key::{validate_key, validate_namespace, MAX_KEY_CHARS, MAX_NAMESPACE_LEN};
-pub use memo::scope::{tag, tags};
+pub use memo::scope::{tag, tags, usage};
 pub use memo::stream::StreamInterrupted;
 pub use observe::{ProcessCounts, MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES};
 pub use redact::redact_url;
@@ -197,6 +205,7 @@ pub use server::schema::FUNCTIONS_VERSION;
 pub use server::sql::MIGRATOR;
 pub use tags::{validate_tag, MAX_TAG_CHARS};
 pub use ttl::Ttl;
+pub use usage::Usage;
 
 /// The LISTEN/NOTIFY channel on which caches tell each other of invalidations and finished computations
 /// (payload format: [`channel`]). Tools such as `pg-cached watch` listen on it.

@@ -3,6 +3,7 @@
 //! fills them in, the route layer reports its standbys in them.
 
 use crate::observe::ProcessCounts;
+use crate::usage::Usage;
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -19,6 +20,9 @@ pub struct NamespaceStats {
     /// The compute time held in its live rows, in microseconds: what their computations took (memoized
     /// results only; values stored with `set` have none).
     pub compute_held_us: u64,
+    /// The usage held in its live rows: the sums of what their computations reported with
+    /// [`usage`](crate::usage) (entries without usage count 0). What serving them all once more would save.
+    pub usage_held: Usage,
     /// This process's counters for the namespace.
     pub process: ProcessCounts,
 }
@@ -41,17 +45,41 @@ pub struct CacheStats {
     pub namespaces: Vec<NamespaceStats>,
 }
 
+/// What the table holds for one namespace (on one shard, or added up over all).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TableCounts {
+    pub(crate) entries: u64,
+    pub(crate) active: u64,
+    pub(crate) compute_held_us: u64,
+    pub(crate) usage_held: Usage,
+}
+
+impl std::ops::AddAssign for TableCounts {
+    fn add_assign(&mut self, other: TableCounts) {
+        self.entries += other.entries;
+        self.active += other.active;
+        self.compute_held_us = self.compute_held_us.saturating_add(other.compute_held_us);
+        self.usage_held += other.usage_held;
+    }
+}
+
 impl CacheStats {
     pub(crate) fn assemble(
-        table: Vec<(String, u64, u64, u64)>,
+        table: Vec<(String, TableCounts)>,
         bytes_on_disk: u64,
         counters: HashMap<String, ProcessCounts>,
     ) -> CacheStats {
         let mut by_ns: std::collections::BTreeMap<String, NamespaceStats> = table
             .into_iter()
-            .map(|(namespace, entries, active, compute_held_us)| {
-                let process = ProcessCounts::default();
-                let stats = NamespaceStats { namespace: namespace.clone(), entries, active, compute_held_us, process };
+            .map(|(namespace, t)| {
+                let stats = NamespaceStats {
+                    namespace: namespace.clone(),
+                    entries: t.entries,
+                    active: t.active,
+                    compute_held_us: t.compute_held_us,
+                    usage_held: t.usage_held,
+                    process: ProcessCounts::default(),
+                };
                 (namespace, stats)
             })
             .collect();
@@ -65,6 +93,7 @@ impl CacheStats {
                     entries: 0,
                     active: 0,
                     compute_held_us: 0,
+                    usage_held: Usage::default(),
                     process: Default::default(),
                 })
                 .process = counts;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use cache_runtime::PgCache;
 use examples::demo::{self, DemoOptions, DEMO_RETRIEVAL_LATENCY};
+use examples::prices::PriceTable;
 use examples::{AnswerGenerator, LocalGenerator, OpenAiCompatibleGenerator, OpenAiConfig, RetrievalEngine};
 
 const USAGE: &str = "\
@@ -83,6 +84,13 @@ async fn main() -> ExitCode {
         options.queries = queries;
     }
     options.progress = progress;
+    match PriceTable::from_env() {
+        Ok((prices, example)) => (options.prices, options.example_prices) = (prices, example),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    }
     options.colors = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
 
     // A service would serve this on /metrics (the exporter's `http-listener` feature); the demo prints it.

@@ -27,6 +27,7 @@ use crate::generate::{Answer, AnswerGenerator};
 use crate::pipeline::{
     CounterSnapshot, Lookup, Orchestrator, Retriever, ANSWER_NAMESPACE, CONTEXT_DOCUMENTS, RETRIEVAL_NAMESPACE,
 };
+use crate::prices::PriceTable;
 use crate::retrieval::RetrievalEngine;
 
 /// The queries the demo asks when none are given on the command line.
@@ -62,6 +63,10 @@ pub struct DemoOptions {
     pub progress: bool,
     /// Colour hits and misses.
     pub colors: bool,
+    /// What the generator's tokens cost (see [`PriceTable`]).
+    pub prices: PriceTable,
+    /// `prices` is the example table, not the user's: the header says so.
+    pub example_prices: bool,
 }
 
 impl DemoOptions {
@@ -74,6 +79,8 @@ impl DemoOptions {
             generator_endpoint: None,
             progress: false,
             colors: false,
+            prices: PriceTable::example(),
+            example_prices: true,
         }
     }
 }
@@ -316,14 +323,17 @@ where
             }
         })
         .collect();
-    write_stats(out, &paint, &namespaces)?;
+    let basis =
+        SavingsBasis { estimated_tokens: options.generator.is_stand_in(), example_prices: options.example_prices };
+    write_stats(out, &paint, &namespaces, &basis)?;
 
     Ok(DemoReport { cleared, passes: vec![cold, warm, restarted], source_change, invalidation, namespaces })
 }
 
 fn orchestrator(options: &DemoOptions, cache: &PgCache) -> Result<Orchestrator, DemoError> {
     let retriever = Retriever::new(Arc::clone(&options.engine), cache.clone());
-    let orchestrator = Orchestrator::new(retriever, Arc::clone(&options.generator), cache.clone());
+    let orchestrator =
+        Orchestrator::new(retriever, Arc::clone(&options.generator), cache.clone()).with_prices(options.prices.clone());
     Ok(orchestrator.with_document_table(demo_pool(cache)?.clone()))
 }
 
@@ -637,6 +647,13 @@ fn write_header(
             options.generator_endpoint.as_deref().unwrap_or("an OpenAI-compatible endpoint")
         )?;
     }
+    let tokens = if generator.is_stand_in() { "estimated by the stand-in" } else { "as the endpoint reports them" };
+    let prices = if options.example_prices {
+        "example prices (examples/prices.example.json; set LLM_PRICES to your own)"
+    } else {
+        "prices from LLM_PRICES"
+    };
+    writeln!(out, "  {:<12}tokens {tokens}, {prices}", "usage")?;
     writeln!(
         out,
         "  {:<12}#[pg_cached] namespaces \"{RETRIEVAL_NAMESPACE}\" (Retriever::retrieve) and \"{ANSWER_NAMESPACE}\" (Orchestrator::process_query)",
@@ -749,25 +766,40 @@ struct StoredRow {
     model: Option<String>,
 }
 
-fn write_stats(out: &mut (dyn Write + Send), paint: &Paint, namespaces: &[NamespaceSummary]) -> Result<(), DemoError> {
+/// What the summary says about where the savings' numbers come from.
+struct SavingsBasis {
+    /// The stand-in counted its own tokens (an estimate), not a model's tokenizer.
+    estimated_tokens: bool,
+    /// The prices are the example table's, not the user's.
+    example_prices: bool,
+}
+
+fn write_stats(
+    out: &mut (dyn Write + Send),
+    paint: &Paint,
+    namespaces: &[NamespaceSummary],
+    basis: &SavingsBasis,
+) -> Result<(), DemoError> {
     writeln!(out)?;
     writeln!(out, "{}", paint.heading.apply_to("Cache stats"))?;
     writeln!(
         out,
-        "  {:<10}  {:>5}  {:>6}  {:>9}  {:>10}  {:>14}",
-        "namespace", "hits", "misses", "hit ratio", "time saved", "active entries"
+        "  {:<10}  {:>5}  {:>6}  {:>9}  {:>10}  {:>12}  {:>10}  {:>14}",
+        "namespace", "hits", "misses", "hit ratio", "time saved", "tokens saved", "$ saved", "active entries"
     )?;
     let mut total = ProcessCounts::default();
     let mut active = 0;
     let line = |name: &str, counts: &ProcessCounts, active: u64| {
         let ratio = counts.hit_ratio().map_or_else(|| "-".to_string(), |r| format!("{:.1} %", r * 100.0));
         format!(
-            "  {:<10}  {:>5}  {:>6}  {:>9}  {:>10}  {:>14}",
+            "  {:<10}  {:>5}  {:>6}  {:>9}  {:>10}  {:>12}  {:>10}  {:>14}",
             name,
             counts.hits + counts.local_hits + counts.coalesced + counts.stale_served,
             counts.misses,
             ratio,
             fmt_latency(counts.compute_saved()),
+            counts.tokens_saved,
+            fmt_usd(counts.cost_saved),
             active
         )
     };
@@ -779,12 +811,38 @@ fn write_stats(out: &mut (dyn Write + Send), paint: &Paint, namespaces: &[Namesp
     writeln!(out, "{}", line("total", &total, active))?;
     writeln!(
         out,
+        "  saved by the cache: {} of compute, {} tokens, {}{}",
+        fmt_latency(total.compute_saved()),
+        total.tokens_saved,
+        fmt_usd(total.cost_saved),
+        match (basis.estimated_tokens, basis.example_prices) {
+            (true, true) => " (tokens estimated by the stand-in, example prices)",
+            (true, false) => " (tokens estimated by the stand-in)",
+            (false, true) => " (example prices: set LLM_PRICES to a table of your own)",
+            (false, false) => "",
+        }
+    )?;
+    writeln!(
+        out,
         "  hits and misses: counted in this process by both PgCache instances (before and after the restart);"
     )?;
     writeln!(out, "  retrieval is looked up only when an answer has to be computed")?;
     writeln!(out, "  time saved: the compute time recorded with each entry, added up over the hits that served it")?;
+    writeln!(
+        out,
+        "  tokens and $ saved: the usage recorded with each answer (cache_runtime::usage), added up over its hits"
+    )?;
     writeln!(out, "  active entries: rows of cache_entries in the namespace that have not expired")?;
     Ok(())
+}
+
+/// Micro-USD as dollars: four decimals below a dollar, cents above.
+fn fmt_usd(micros: u64) -> String {
+    if micros < 1_000_000 {
+        format!("${:.4}", micros as f64 / 1e6)
+    } else {
+        format!("${:.2}", micros as f64 / 1e6)
+    }
 }
 
 /// Styles, on or off.

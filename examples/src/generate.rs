@@ -59,6 +59,57 @@ pub struct Answer {
     pub generated_by_stand_in: bool,
     /// How long generation took (simulated for the stand-in), in milliseconds.
     pub generation_ms: u64,
+    /// The tokens generation used: as the endpoint reported them, or the stand-in's own estimate
+    /// ([`TokenUsage::estimated`]); `None` when an endpoint reported none. Absent from answers cached before
+    /// it existed.
+    #[serde(default)]
+    pub usage: Option<TokenUsage>,
+}
+
+/// Tokens one generation used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// Prompt tokens (`usage.prompt_tokens`).
+    pub input_tokens: u64,
+    /// Completion tokens (`usage.completion_tokens`).
+    pub output_tokens: u64,
+    /// True when counted by the local stand-in (about four characters a token), not by a model's tokenizer.
+    pub estimated: bool,
+}
+
+impl TokenUsage {
+    /// The stand-in's estimate: about four characters a token, at least one token for non-empty text.
+    pub fn estimate(prompt: &str, completion: &str) -> TokenUsage {
+        let tokens = |text: &str| (text.chars().count() as u64).div_ceil(4);
+        TokenUsage { input_tokens: tokens(prompt), output_tokens: tokens(completion), estimated: true }
+    }
+
+    /// The `usage` object of a chat completion, or of the last chunk of a streamed one (sent when the request
+    /// asks for it with `"stream_options": {"include_usage": true}`): `None` when `json` has none. A streamed
+    /// response's other chunks carry `"usage": null`, so feed each chunk's JSON (the `data:` line of the
+    /// server-sent event) and keep the last `Some`.
+    pub fn from_response_json(json: &str) -> Option<TokenUsage> {
+        let parsed: UsageEnvelope = serde_json::from_str(json).ok()?;
+        parsed.usage.map(|u| TokenUsage {
+            input_tokens: u.prompt_tokens,
+            output_tokens: u.completion_tokens,
+            estimated: false,
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct UsageEnvelope {
+    #[serde(default)]
+    usage: Option<ChatUsage>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatUsage {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
 }
 
 /// Generation failures. `Result`-returning cached functions never store these.
@@ -252,13 +303,18 @@ impl LocalGenerator {
             (parts.join(" "), sources)
         };
 
+        // What a model would have been sent: the question and the context passages.
+        let prompt: String = std::iter::once(question).chain(context.iter().map(|d| d.body.as_str())).collect();
+        let text = format!("{STAND_IN_PREFIX} {body}");
+        let usage = Some(TokenUsage::estimate(&prompt, &text));
         Ok(Answer {
             question: question.to_string(),
-            text: format!("{STAND_IN_PREFIX} {body}"),
+            text,
             model: LOCAL_MODEL.to_string(),
             sources,
             generated_by_stand_in: true,
             generation_ms: self.simulated_latency(question).as_millis() as u64,
+            usage,
         })
     }
 }
@@ -496,6 +552,7 @@ impl OpenAiCompatibleGenerator {
             sources,
             generated_by_stand_in: false,
             generation_ms,
+            usage: TokenUsage::from_response_json(&body),
         })
     }
 }
@@ -582,6 +639,34 @@ pub fn generator_from_lookup(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_comes_from_a_completion_or_the_last_chunk_of_a_stream() {
+        let completion = r#"{"choices":[{"message":{"content":"hi"}}],"usage":{"prompt_tokens":812,"completion_tokens":64,"total_tokens":876}}"#;
+        let expected = TokenUsage { input_tokens: 812, output_tokens: 64, estimated: false };
+        assert_eq!(TokenUsage::from_response_json(completion), Some(expected));
+        // A stream asked with "stream_options": {"include_usage": true}: chunks carry "usage": null, the last
+        // one (with no choices) the totals.
+        let chunks = [
+            r#"{"object":"chat.completion.chunk","choices":[{"delta":{"content":"hi"}}],"usage":null}"#,
+            r#"{"object":"chat.completion.chunk","choices":[],"usage":{"prompt_tokens":812,"completion_tokens":64}}"#,
+        ];
+        let last = chunks.iter().rev().find_map(|chunk| TokenUsage::from_response_json(chunk));
+        assert_eq!(last, Some(expected));
+        assert_eq!(TokenUsage::from_response_json(r#"{"choices":[]}"#), None, "an endpoint that reports none");
+    }
+
+    #[test]
+    fn the_stand_in_estimates_its_tokens_and_says_so() {
+        let docs = crate::retrieval::RetrievalEngine::from_bundled_corpus();
+        let found = docs.search("How does MVCC work?", 3).unwrap();
+        let context = docs.documents_for(&found);
+        let answer = LocalGenerator::new().without_latency().compose("How does MVCC work?", &context).unwrap();
+        let usage = answer.usage.expect("the stand-in reports its tokens");
+        assert!(usage.estimated);
+        assert!(usage.input_tokens > usage.output_tokens && usage.output_tokens > 0, "{usage:?}");
+        assert_eq!(usage.output_tokens, (answer.text.chars().count() as u64).div_ceil(4));
+    }
     use crate::retrieval::RetrievalEngine;
     use std::collections::HashMap;
     use std::sync::OnceLock;

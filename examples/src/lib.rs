@@ -9,6 +9,7 @@ pub mod demo;
 pub mod documents;
 pub mod generate;
 pub mod pipeline;
+pub mod prices;
 pub mod retrieval;
 mod text;
 

@@ -23,7 +23,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use cache_runtime::{pg_cached, CacheError, PgCache, ProcessCounts};
+use crate::prices::PriceTable;
+use cache_runtime::{pg_cached, CacheError, PgCache, ProcessCounts, Usage};
 use sqlx::PgPool;
 
 use crate::documents::{self, document_tag};
@@ -102,12 +103,22 @@ pub struct Orchestrator {
     cache: PgCache,
     /// Where the documents' text is read from: the `documents` table, or the search engine's copy.
     documents: Option<PgPool>,
+    /// What the generator's tokens cost, per model.
+    prices: PriceTable,
 }
 
 impl Orchestrator {
     /// An orchestrator caching its answers in `cache` (usually the retriever's cache).
     pub fn new(retriever: Retriever, generator: Arc<dyn AnswerGenerator>, cache: PgCache) -> Self {
-        Self { retriever, generator, cache, documents: None }
+        Self { retriever, generator, cache, documents: None, prices: PriceTable::example() }
+    }
+
+    /// Prices the generator's tokens with `prices` (default: [`PriceTable::example`], example prices only).
+    /// Each answer's usage (tokens, and their cost when its model has a price) is recorded with its cache
+    /// entry, and counted as saved by each hit.
+    pub fn with_prices(mut self, prices: PriceTable) -> Self {
+        self.prices = prices;
+        self
     }
 
     /// Reads the text of the retrieved documents from the `documents` table of `pool` (see
@@ -177,7 +188,16 @@ impl Orchestrator {
             }
             None => self.retriever.engine().documents_for(&retrieved),
         };
-        Ok(self.generator.generate(query, &context).await?)
+        let answer = self.generator.generate(query, &context).await?;
+        // What generating it consumed, stored with the entry: each hit counts it as saved.
+        if let Some(tokens) = answer.usage {
+            cache_runtime::usage(Usage {
+                input_tokens: tokens.input_tokens,
+                output_tokens: tokens.output_tokens,
+                cost_micros_usd: self.prices.cost(&answer.model, &tokens).unwrap_or(0),
+            });
+        }
+        Ok(answer)
     }
 }
 

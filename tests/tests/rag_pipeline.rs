@@ -165,7 +165,7 @@ async fn stored_rows_have_the_expected_shapes(pool: PgPool) -> TestResult {
     let object_keys: BTreeSet<&str> = data.as_object().expect("an object").keys().map(String::as_str).collect();
     assert_eq!(
         object_keys,
-        BTreeSet::from(["generated_by_stand_in", "generation_ms", "model", "question", "sources", "text"])
+        BTreeSet::from(["generated_by_stand_in", "generation_ms", "model", "question", "sources", "text", "usage"])
     );
     assert_eq!(data["model"], LOCAL_MODEL);
     assert_eq!(data["generated_by_stand_in"], true);
@@ -355,6 +355,7 @@ async fn the_demo_turns_misses_into_hits(pool: PgPool) -> TestResult {
     assert_eq!(answer.namespace, ANSWER_NAMESPACE);
     assert_eq!((answer.counts.hits, answer.counts.misses, answer.active_entries), (7 - cited, 4 + cited, 3));
     assert!(answer.counts.compute_saved_us > 0, "answer hits saved the generator's time");
+    assert!(answer.counts.tokens_saved > 0 && answer.counts.cost_saved > 0, "and its tokens: {:?}", answer.counts);
 
     for expected in [
         "LOCAL STAND-IN, not a language model",
@@ -362,6 +363,9 @@ async fn the_demo_turns_misses_into_hits(pool: PgPool) -> TestResult {
         "Pass 3 of 3: after the edit and a restart",
         "ROLLBACK  ->  0 cache entries removed",
         "time saved",
+        "tokens saved",
+        "(tokens estimated by the stand-in, example prices)",
+        "tokens estimated by the stand-in, example prices (examples/prices.example.json",
         "data keys: results, total_found",
         "ttl 30m",
         "ttl 2h",

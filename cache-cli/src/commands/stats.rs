@@ -1,5 +1,5 @@
-//! `pg-cached stats`: what the table holds per namespace (entries, bytes, what they cost to compute), and the
-//! table's own health.
+//! `pg-cached stats`: what the table holds per namespace (entries, bytes, what they cost to compute, the
+//! tokens and money one more hit of each saves), and the table's own health.
 //!
 //! `PgCache::stats` is not used: it has no bytes, oldest or newest entry per namespace, and its hit and miss
 //! counters belong to the process that calls it (this tool's would always be zero). One grouped scan per
@@ -11,6 +11,7 @@ use crate::output::{Align, Output, Paint, Render, Styled, Table};
 use crate::sql;
 use crate::target::{Shard, Target, Tuning};
 use crate::units::{self, Micros, Timestamp};
+use cache_runtime::Usage;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -22,6 +23,8 @@ pub struct StatsReport {
     bytes: u64,
     /// Compute time held in live entries, all namespaces.
     compute_ms: Micros,
+    /// Usage held in live entries, all namespaces.
+    saved: Usage,
     namespaces: Vec<NamespaceStats>,
     tables: Vec<TableStats>,
 }
@@ -40,6 +43,8 @@ struct NamespaceStats {
     /// What the live entries cost to compute (the sum of their recorded compute times): what a hit on each
     /// of them would save once.
     compute_ms: Micros,
+    /// The usage (tokens, cost) recorded with the live entries: what a hit on each of them saves once.
+    saved: Usage,
 }
 
 /// `cache_entries` on one server (also read by `doctor`).
@@ -71,24 +76,27 @@ pub async fn run(connection: &ConnectionArgs, output: Output) -> Result<(), CliE
         expired: namespaces.iter().map(|n| n.expired).sum(),
         bytes: namespaces.iter().map(|n| n.bytes).sum(),
         compute_ms: namespaces.iter().map(|n| n.compute_ms).sum(),
+        saved: namespaces.iter().map(|n| n.saved).sum(),
         namespaces,
         tables,
     })
 }
 
 async fn namespaces(shard: &Shard) -> Result<Vec<NamespaceStats>, CliError> {
-    type Row = (String, i64, i64, i64, Option<i64>, Option<i64>, i64);
+    type Row = (String, i64, i64, i64, Option<i64>, Option<i64>, i64, i64, i64, i64);
     let rows: Vec<Row> = sqlx::query_as(sql::NAMESPACE_STATS).fetch_all(&shard.pool).await.map_err(shard.error())?;
+    let count = |n: i64| n.max(0).unsigned_abs();
     Ok(rows
         .into_iter()
-        .map(|(namespace, entries, expired, bytes, oldest, newest, compute_us)| NamespaceStats {
+        .map(|(namespace, entries, expired, bytes, oldest, newest, compute_us, input, output, cost)| NamespaceStats {
             namespace,
-            entries: entries.unsigned_abs(),
-            expired: expired.unsigned_abs(),
-            bytes: bytes.unsigned_abs(),
+            entries: count(entries),
+            expired: count(expired),
+            bytes: count(bytes),
             oldest: oldest.map(Timestamp),
             newest: newest.map(Timestamp),
-            compute_ms: Micros(compute_us.unsigned_abs()),
+            compute_ms: Micros(count(compute_us)),
+            saved: Usage { input_tokens: count(input), output_tokens: count(output), cost_micros_usd: count(cost) },
         })
         .collect())
 }
@@ -126,6 +134,7 @@ fn merge(rows: impl IntoIterator<Item = NamespaceStats>) -> Vec<NamespaceStats> 
                 sum.oldest = sum.oldest.into_iter().chain(row.oldest).min();
                 sum.newest = sum.newest.into_iter().chain(row.newest).max();
                 sum.compute_ms = sum.compute_ms + row.compute_ms;
+                sum.saved += row.saved;
             }
             None => {
                 merged.insert(row.namespace.clone(), row);
@@ -146,6 +155,13 @@ impl Render for StatsReport {
         ))?;
         out.paint(Paint::Heading, "compute")?;
         out.line(&format!(": {} held in live entries", self.compute_ms))?;
+        out.paint(Paint::Heading, "saved per hit")?;
+        out.line(&format!(
+            ": {} tokens, {} held in live entries (what one more hit of each saves; running totals are per \
+             process: see metrics)",
+            units::count(self.saved.tokens()),
+            units::usd(self.saved.cost_micros_usd)
+        ))?;
         out.paint(Paint::Heading, "hit ratio")?;
         out.line(": kept per process; see metrics")?;
         if !self.namespaces.is_empty() {
@@ -168,6 +184,8 @@ impl StatsReport {
             ("expired", Align::Right),
             ("bytes", Align::Right),
             ("compute", Align::Right),
+            ("saved tokens", Align::Right),
+            ("saved $", Align::Right),
             ("oldest", Align::Left),
             ("newest", Align::Left),
         ]);
@@ -179,6 +197,8 @@ impl StatsReport {
                 units::count(n.expired),
                 units::bytes(n.bytes),
                 n.compute_ms.to_string(),
+                units::count(n.saved.tokens()),
+                units::usd(n.saved.cost_micros_usd),
                 units::when(n.oldest),
                 units::when(n.newest),
             ]);
@@ -225,6 +245,7 @@ mod tests {
             oldest: Some(Timestamp(oldest)),
             newest: Some(Timestamp(newest)),
             compute_ms: Micros(entries * 1000),
+            saved: Usage { input_tokens: entries, output_tokens: 1, cost_micros_usd: 10 },
         }
     }
 
@@ -234,6 +255,7 @@ mod tests {
         assert_eq!(merged.iter().map(|n| n.namespace.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         let b = &merged[1];
         assert_eq!((b.entries, b.expired, b.bytes, b.compute_ms), (4, 2, 20, Micros(4000)));
+        assert_eq!(b.saved, Usage { input_tokens: 4, output_tokens: 2, cost_micros_usd: 20 });
         assert_eq!((b.oldest, b.newest), (Some(Timestamp(2)), Some(Timestamp(9))));
     }
 }

@@ -25,7 +25,7 @@ fn doctor_passes_a_migrated_database() {
     }
     assert_eq!(check(&report, "schema")["status"], "ok");
     let schema = check(&report, "schema")["message"].as_str().unwrap_or_default();
-    assert!(schema.contains("(version 6)") && schema.contains("SQL functions at version"), "{report:#}");
+    assert!(schema.contains("(version 8)") && schema.contains("SQL functions at version"), "{report:#}");
     assert_eq!(check(&report, "indexes")["status"], "ok", "migration 5's GIN index is expected, not stray");
     let text = text_of(db.pg_cached().args(["doctor", "--pool-size", "1"]));
     assert!(text.lines().any(|l| l.starts_with("OK") && l.contains("schema")), "{text}");

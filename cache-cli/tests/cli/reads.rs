@@ -147,3 +147,28 @@ fn stats_sum_the_compute_time_of_live_entries() {
     assert!(alpha.contains("3.5ms"), "{text}");
     assert!(text.lines().any(|l| l.starts_with("namespace") && l.contains("compute")), "{text}");
 }
+
+#[test]
+fn stats_sum_the_usage_of_live_entries_as_saved() {
+    let db = populated();
+    // alpha: two entries with usage; beta: the live one has none (NULL, as before migration 0008), the expired
+    // one's usage no longer counts.
+    db.sql(
+        "UPDATE cache_entries SET input_tokens = 1000, output_tokens = 200, cost_micros = 4500 \
+            WHERE cache_key IN ('alpha:0', 'alpha:1', 'beta:old')",
+    );
+    let stats = json_of(db.pg_cached().args(["stats", "--json"]));
+    let saved = |name: &str| {
+        let namespaces = stats["namespaces"].as_array().cloned().unwrap_or_default();
+        namespaces.into_iter().find(|n| n["namespace"] == name).map(|n| n["saved"].clone())
+    };
+    let usage = |input: u64, output: u64, cost: u64| serde_json::json!({"input_tokens": input, "output_tokens": output, "cost_micros_usd": cost});
+    assert_eq!(saved("alpha"), Some(usage(2000, 400, 9000)), "{stats}");
+    assert_eq!(saved("beta"), Some(usage(0, 0, 0)), "{stats}");
+    assert_eq!(stats["saved"], usage(2000, 400, 9000), "{stats}");
+
+    let text = text_of(db.pg_cached().arg("stats"));
+    assert!(text.contains("saved per hit: 2,400 tokens, $0.0090 held in live entries"), "{text}");
+    let alpha = text.lines().find(|l| l.starts_with("alpha")).unwrap_or_default();
+    assert!(alpha.contains("2,400") && alpha.contains("$0.0090"), "{text}");
+}

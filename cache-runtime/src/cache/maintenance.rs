@@ -3,7 +3,7 @@
 
 use super::{Inner, PgCache};
 use crate::error::Result;
-use crate::report::{CacheStats, HealthReport, HealthStatus};
+use crate::report::{CacheStats, HealthReport, HealthStatus, TableCounts};
 use crate::route::replicas::Replicas;
 use crate::route::shards::on_every_shard;
 use crate::server::Server;
@@ -164,20 +164,15 @@ impl PgCache {
             Ok::<_, crate::CacheError>((server.namespace_counts().await?, server.table_size().await?))
         })
         .await;
-        let mut table: Vec<(String, u64, u64, u64)> = Vec::new();
+        let mut table: Vec<(String, TableCounts)> = Vec::new();
         let mut size = 0;
         for report in reports {
             let (counts, shard_size) = report?;
             size += shard_size.unsigned_abs();
-            for (namespace, total, active, held) in counts {
-                let (total, active, held) = (total.unsigned_abs(), active.unsigned_abs(), held.unsigned_abs());
+            for (namespace, counts) in counts {
                 match table.iter_mut().find(|row| row.0 == namespace) {
-                    Some(row) => {
-                        row.1 += total;
-                        row.2 += active;
-                        row.3 += held;
-                    }
-                    None => table.push((namespace, total, active, held)),
+                    Some(row) => row.1 += counts,
+                    None => table.push((namespace, counts)),
                 }
             }
         }

@@ -6,7 +6,7 @@ use crate::config::Config;
 use crate::entry::{EntryMeta, LiveEntry, Lookup, ReadFrom, Write};
 use crate::error::{CacheError, Result};
 use crate::key::check_key;
-use crate::observe::Event;
+use crate::observe::{Event, HitKind};
 use crate::tier::flight::{Flights, Refreshing, StreamTicket};
 use crate::tier::local::{LocalTier, DEFAULT_CAPACITY};
 use crate::ttl::Ttl;
@@ -62,12 +62,22 @@ impl<'a> MemoHandle<'a> {
         self.cache.record(namespace, event);
     }
 
-    /// Counts a value served from an entry (`event`: which kind of hit) with the compute time it saved.
+    /// Counts a value served from an entry (`event`: which kind of hit) with the compute time and the usage it
+    /// saved.
     pub(crate) fn served(&self, namespace: &str, event: Event, meta: &EntryMeta) {
         self.cache.record(namespace, event);
         if let Some(us) = meta.compute_us.filter(|_| matches!(event, Event::Hit | Event::LocalHit | Event::Coalesced)) {
             self.cache.inner.counters.saved(namespace, us.max(0).unsigned_abs());
         }
+        if let Some(kind) = event.hit_kind() {
+            self.saved_usage(namespace, kind, meta);
+        }
+    }
+
+    /// Counts the usage a hit of `kind` saved: its entry's (see [`crate::usage`]). `served` calls it for the
+    /// kinds of hit its events say; a tier serving another key's entry (semantic) calls it itself.
+    pub(crate) fn saved_usage(&self, namespace: &str, kind: HitKind, meta: &EntryMeta) {
+        self.cache.inner.counters.usage_saved(namespace, kind, meta.usage);
     }
 
     pub(crate) fn record_error(&self, namespace: &str, error: &CacheError) {

@@ -51,7 +51,7 @@ impl PgCache {
         let ttl = ttl.into().resolve(self.config().default_ttl)?;
         let json = codec::encode(value, self.config().max_value_bytes)?;
         let mut write = Write::plain(key, json.into(), ttl);
-        write.meta = EntryMeta { tags, compute_us: None };
+        write.meta = EntryMeta { tags, ..EntryMeta::default() };
         self.write(write, None).await.map(drop)
     }
 

@@ -212,7 +212,7 @@ impl<P> Call<'_, P> {
             ttl,
             keep: self.site.keep(),
             started: Some(start),
-            meta: EntryMeta { tags, compute_us: Some(computed.compute_us) },
+            meta: EntryMeta { tags, compute_us: Some(computed.compute_us), usage: computed.usage },
         };
         self.cache.write(write, self.site.local).await.map_err(drop)
     }

@@ -174,7 +174,8 @@ impl<P> Call<'_, P> {
                 _ => Shared::Unshareable,
             };
         };
-        let meta = EntryMeta { tags: computed.tags.as_ref().ok().cloned().flatten(), compute_us: None };
+        let tags = computed.tags.as_ref().ok().cloned().flatten();
+        let meta = EntryMeta { tags, compute_us: None, usage: computed.usage };
         // `start` is `None` when the store is down: followers still get the outcome, instead of each paying
         // another timeout and running the body themselves.
         let Some(start) = start else { return Shared::Unstored(json, meta) };

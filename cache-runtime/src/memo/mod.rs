@@ -26,6 +26,7 @@ use crate::error::CacheError;
 use crate::observe::Event;
 use crate::tags::Tags;
 use crate::tier::local::LocalEntry;
+use crate::usage::Usage;
 use call::Call;
 use policy::Policy;
 use scope::TagScope;
@@ -213,12 +214,12 @@ where
     }
 }
 
-/// Counts a value served from an entry (`event`: which kind of hit) with the compute time it saved, and
-/// passes its tags on to the computation this call is part of.
+/// Counts a value served from an entry (`event`: which kind of hit) with the compute time and usage it saved,
+/// and passes its tags and usage on to the computation this call is part of.
 pub(crate) fn served(cache: MemoHandle<'_>, site: &Site, event: Event, meta: &EntryMeta, outer: Option<&TagScope>) {
     cache.served(site.namespace, event, meta);
     if let Some(outer) = outer {
-        outer.inherit(meta.tags.as_ref());
+        outer.inherit_entry(meta);
     }
 }
 
@@ -240,7 +241,7 @@ where
         let scope = TagScope::new(site.tags);
         let outcome = crate::memo::scope::gather(Arc::clone(&scope), work.body()).await;
         if let Some(outer) = &outer {
-            outer.absorb(&scope.finish());
+            outer.absorb(&scope.finish(), scope.usage());
         }
         return outcome;
     };
@@ -284,10 +285,12 @@ pub(crate) struct Computed {
     pub(crate) tags: Result<Option<Tags>, CacheError>,
     /// How long it ran, in microseconds.
     pub(crate) compute_us: i64,
+    /// What it consumed: its `usage()` reports and its inner memoized calls' usage.
+    pub(crate) usage: Usage,
 }
 
-/// Runs the body in a tag scope of its own, timing it; its tags also go to `outer`, the computation this call
-/// is part of, whatever becomes of its outcome.
+/// Runs the body in a tag scope of its own, timing it; its tags and usage also go to `outer`, the computation
+/// this call is part of, whatever becomes of its outcome (the tokens were spent either way).
 async fn run<R>(
     cache: MemoHandle<'_>,
     site: &Site,
@@ -299,10 +302,10 @@ async fn run<R>(
     let scope = TagScope::new(site.tags);
     let outcome = crate::memo::scope::gather(Arc::clone(&scope), body).await;
     cache.computed(site.namespace, Some(started));
-    let tags = scope.finish();
+    let (tags, usage) = (scope.finish(), scope.usage());
     if let Some(outer) = outer {
-        outer.absorb(&tags);
+        outer.absorb(&tags, usage);
     }
     let compute_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
-    (outcome, Computed { tags, compute_us })
+    (outcome, Computed { tags, compute_us, usage })
 }

@@ -1,6 +1,7 @@
 //! Counters kept by this process, per namespace, bounded in number.
 
-use super::event::Event;
+use super::event::{Event, HitKind};
+use crate::usage::Usage;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,9 @@ pub(crate) struct NamespaceCounters {
     pub(crate) stale_if_error: AtomicU64,
     /// Microseconds of computation that hits avoided (each hit adds its entry's compute time).
     pub(crate) compute_saved_us: AtomicU64,
+    /// Tokens (in and out) and micro-USD that hits avoided (each hit adds its entry's usage).
+    pub(crate) tokens_saved: AtomicU64,
+    pub(crate) cost_saved: AtomicU64,
 }
 
 impl NamespaceCounters {
@@ -64,12 +68,22 @@ impl Counters {
         self.add(namespace, |c| &c.compute_saved_us, compute_us);
     }
 
+    /// Adds the usage that a hit of `kind` in `namespace` avoided: its entry's.
+    pub(crate) fn usage_saved(&self, namespace: &str, kind: HitKind, usage: Usage) {
+        if usage.is_zero() {
+            return;
+        }
+        let slot = self.add(namespace, |c| &c.tokens_saved, usage.tokens());
+        self.add(slot, |c| &c.cost_saved, usage.cost_micros_usd);
+        crate::observe::metrics::usage_saved(slot, kind, usage);
+    }
+
     /// Adds `by` to the counter `which` of `namespace`, created if need be; returns the name it is counted
     /// under.
     fn add<'a>(&self, namespace: &'a str, which: impl Fn(&NamespaceCounters) -> &AtomicU64, by: u64) -> &'a str {
         // The common case: the namespace is known, and a shared lock is enough to bump its atomic.
         if let Some(found) = self.by_namespace.read().unwrap_or_else(|e| e.into_inner()).get(namespace) {
-            which(found).fetch_add(by, Ordering::Relaxed);
+            saturating_add(which(found), by);
             return namespace;
         }
         // A poisoned lock only means another thread panicked while holding it; the map is still usable.
@@ -79,7 +93,7 @@ impl Counters {
         } else {
             OTHER_NAMESPACES
         };
-        which(map.entry(slot.to_owned()).or_default()).fetch_add(by, Ordering::Relaxed);
+        saturating_add(which(map.entry(slot.to_owned()).or_default()), by);
         slot
     }
 
@@ -97,6 +111,16 @@ impl Counters {
         let map = self.by_namespace.read().unwrap_or_else(|e| e.into_inner());
         map.iter().map(|(ns, c)| (ns.clone(), ProcessCounts::from(c))).collect()
     }
+}
+
+/// Adds `by` to `counter`, stopping at `u64::MAX` (usage is user-reported and may be large).
+fn saturating_add(counter: &AtomicU64, by: u64) {
+    if by == 1 {
+        // Counts of events: a u64 of them does not overflow.
+        counter.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_add(by)));
 }
 
 /// This process's counters for one namespace (or all of them, added up).
@@ -130,6 +154,14 @@ pub struct ProcessCounts {
     /// them (malformed, not UTF-8, or not signed with the database's events secret): each had no effect.
     /// Counted for the whole process, never per namespace (a forged notification names none).
     pub forged_events: u64,
+    /// Tokens (input and output) that hits did not have to spend again: the sum of the
+    /// [`Usage::tokens`](crate::Usage::tokens) stored with the entries they were served (hits of every kind:
+    /// PostgreSQL, in-process, a joined computation, stale). Entries without usage add 0.
+    pub tokens_saved: u64,
+    /// Money that those hits did not spend again, in micro-USD (millionths of a dollar): the sum of the
+    /// entries' [`Usage::cost_micros_usd`](crate::Usage::cost_micros_usd). See
+    /// [`cost_saved_usd`](Self::cost_saved_usd).
+    pub cost_saved: u64,
 }
 
 impl From<&NamespaceCounters> for ProcessCounts {
@@ -147,6 +179,8 @@ impl From<&NamespaceCounters> for ProcessCounts {
             stale_if_error: get(&c.stale_if_error),
             compute_saved_us: get(&c.compute_saved_us),
             forged_events: 0,
+            tokens_saved: get(&c.tokens_saved),
+            cost_saved: get(&c.cost_saved),
         }
     }
 }
@@ -164,6 +198,11 @@ impl ProcessCounts {
     pub fn compute_saved(&self) -> std::time::Duration {
         std::time::Duration::from_micros(self.compute_saved_us)
     }
+
+    /// The money hits saved ([`cost_saved`](Self::cost_saved)), in US dollars, for display.
+    pub fn cost_saved_usd(&self) -> f64 {
+        self.cost_saved as f64 / 1_000_000.0
+    }
 }
 
 /// Adds another set of counters, for example to total several namespaces or several `PgCache`s.
@@ -180,6 +219,8 @@ impl std::ops::AddAssign<&ProcessCounts> for ProcessCounts {
         self.stale_if_error += other.stale_if_error;
         self.compute_saved_us += other.compute_saved_us;
         self.forged_events += other.forged_events;
+        self.tokens_saved = self.tokens_saved.saturating_add(other.tokens_saved);
+        self.cost_saved = self.cost_saved.saturating_add(other.cost_saved);
     }
 }
 
@@ -203,6 +244,19 @@ mod tests {
     }
 
     #[test]
+    fn usage_saved_adds_tokens_and_cost_and_saturates() {
+        let counters = Counters::default();
+        let usage = Usage { input_tokens: 100, output_tokens: 20, cost_micros_usd: 900 };
+        counters.usage_saved("answer", HitKind::Exact, usage);
+        counters.usage_saved("answer", HitKind::Local, usage);
+        counters.usage_saved("answer", HitKind::Stale, Usage::default());
+        let answer = counters.snapshot()["answer"];
+        assert_eq!((answer.tokens_saved, answer.cost_saved), (240, 1_800));
+        counters.usage_saved("answer", HitKind::Exact, Usage { cost_micros_usd: u64::MAX, ..Usage::default() });
+        assert_eq!(counters.snapshot()["answer"].cost_saved, u64::MAX);
+    }
+
+    #[test]
     fn counters_add_field_by_field() {
         let one = ProcessCounts {
             hits: 1,
@@ -216,6 +270,8 @@ mod tests {
             stale_if_error: 9,
             compute_saved_us: 10,
             forged_events: 11,
+            tokens_saved: 12,
+            cost_saved: 13,
         };
         let mut total = one;
         total += &one;
@@ -233,6 +289,8 @@ mod tests {
                 stale_if_error: 18,
                 compute_saved_us: 20,
                 forged_events: 22,
+                tokens_saved: 24,
+                cost_saved: 26,
             }
         );
     }

@@ -23,3 +23,43 @@ pub(crate) enum Event {
     /// The body failed and an entry expired less than `stale_if_error` ago was served instead.
     StaleIfError,
 }
+
+impl Event {
+    /// Which kind of hit this event is, for the usage it saved; `None` for what serves no entry.
+    pub(crate) fn hit_kind(self) -> Option<HitKind> {
+        match self {
+            // A follower of another caller's computation got the same key's value without running the body.
+            Event::Hit | Event::Coalesced => Some(HitKind::Exact),
+            Event::LocalHit => Some(HitKind::Local),
+            Event::StaleServed | Event::StaleIfError => Some(HitKind::Stale),
+            Event::Miss | Event::Error | Event::Execution | Event::LocalMiss => None,
+        }
+    }
+}
+
+/// How a value was served from an entry, as the savings metrics label it (`kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // `Semantic` is for the semantic tier, which serves an entry stored under a similar key.
+pub(crate) enum HitKind {
+    /// The key's own entry, from PostgreSQL (or a computation in flight for that key).
+    Exact,
+    /// A similar key's entry (the semantic tier).
+    Semantic,
+    /// An expired entry (stale-while-revalidate, `stale_if_error`).
+    Stale,
+    /// The in-process tier.
+    Local,
+}
+
+impl HitKind {
+    /// The `kind` label's value.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            HitKind::Exact => "exact",
+            HitKind::Semantic => "semantic",
+            HitKind::Stale => "stale",
+            HitKind::Local => "local",
+        }
+    }
+}

@@ -18,11 +18,14 @@
 //! | `pg_cached_coalesced_operations_total` | counter | `operation`: the operations those statements carried |
 //! | `pg_cached_operation_seconds` | histogram | `operation` (`get`, `set`, `delete`, `lookup`), `namespace`: PostgreSQL round trips |
 //! | `pg_cached_compute_seconds` | histogram | `namespace` (a memoized body's run time) |
+//! | `pg_cached_tokens_saved_total` | counter | `namespace`, `kind` (`exact`, `semantic`, `stale`, `local`): tokens (in and out) of the entries hits served, as their bodies reported them with [`usage`](crate::usage) |
+//! | `pg_cached_cost_saved_micros_total` | counter | `namespace`, `kind`: the same entries' cost, in micro-USD |
 //!
 //! Label sets are bounded: namespaces beyond [`MAX_COUNTED_NAMESPACES`](crate::MAX_COUNTED_NAMESPACES) are
 //! reported as [`OTHER_NAMESPACES`](crate::OTHER_NAMESPACES), as the process counters are.
 
-use super::event::Event;
+use super::event::{Event, HitKind};
+use crate::usage::Usage;
 use std::time::Instant;
 
 /// The start of something to time: `None` without the feature, so that the hot path reads no clock for a
@@ -61,6 +64,26 @@ pub(crate) fn event(namespace: &str, event: Event) {
     }
     #[cfg(not(feature = "metrics"))]
     let _ = (namespace, event);
+}
+
+/// Counts the usage a hit of `kind` in `namespace` (already bounded) saved. Nothing for zero usage: an entry
+/// without usage leaves the counters as they are (absent, until a hit saves something).
+#[inline]
+pub(crate) fn usage_saved(namespace: &str, kind: HitKind, usage: Usage) {
+    #[cfg(feature = "metrics")]
+    {
+        let (ns, kind) = (namespace.to_owned(), kind.label());
+        if usage.tokens() > 0 {
+            metrics::counter!("pg_cached_tokens_saved_total", "namespace" => ns.clone(), "kind" => kind)
+                .increment(usage.tokens());
+        }
+        if usage.cost_micros_usd > 0 {
+            metrics::counter!("pg_cached_cost_saved_micros_total", "namespace" => ns, "kind" => kind)
+                .increment(usage.cost_micros_usd);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (namespace, kind, usage);
 }
 
 /// Counts a failed cache operation of `kind` for `namespace`.

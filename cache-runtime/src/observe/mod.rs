@@ -8,4 +8,4 @@ pub(crate) mod metrics;
 
 pub(crate) use counters::Counters;
 pub use counters::{ProcessCounts, MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES};
-pub(crate) use event::Event;
+pub(crate) use event::{Event, HitKind};

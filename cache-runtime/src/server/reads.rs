@@ -4,6 +4,7 @@
 use super::coalesce::{Kind, Outcome};
 use super::sql;
 use crate::entry::{EntryMeta, Lookup};
+use crate::usage::Usage;
 use sqlx::postgres::PgConnection;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -68,6 +69,9 @@ struct LookupRow {
     now_us: i64,
     tags: Option<Vec<String>>,
     compute_us: Option<i64>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+    cost_micros: Option<i64>,
     snapshot: Option<String>,
 }
 
@@ -89,7 +93,11 @@ impl LookupRow {
             fresh: self.fresh.unwrap_or(false),
             db_now_us: self.now_us,
             as_of: None,
-            meta: EntryMeta::from_columns(self.tags, self.compute_us),
+            meta: EntryMeta::from_columns(
+                self.tags,
+                self.compute_us,
+                Usage::from_columns(self.input_tokens, self.output_tokens, self.cost_micros),
+            ),
             snapshot: snapshot.or_else(|| self.snapshot.map(Into::into)),
         }
     }

@@ -34,8 +34,8 @@ macro_rules! notify {
     };
 }
 
-/// A memoized call's lookup of $1: a live entry or one expired less than $2 ms ago, its tags and compute time,
-/// and the database's clock and snapshot (see `pg_cached_write_refused` in `migrations/functions.sql`: a
+/// A memoized call's lookup of $1: a live entry or one expired less than $2 ms ago, its tags, compute time and
+/// usage, and the database's clock and snapshot (see `pg_cached_write_refused` in `migrations/functions.sql`: a
 /// write is refused for a tag invalidated by a transaction this snapshot did not see). Always one row, so that
 /// the clock comes back on a miss too.
 pub(crate) const LOOKUP: &str = concat!(
@@ -43,13 +43,13 @@ pub(crate) const LOOKUP: &str = concat!(
     remaining_ms!("e.expires_at"),
     " AS remaining_ms, (e.expires_at IS NULL OR e.expires_at > now()) AS fresh, \
      (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us, \
-     pg_current_snapshot()::text AS snapshot \
+     e.input_tokens, e.output_tokens, e.cost_micros, pg_current_snapshot()::text AS snapshot \
      FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
      AND (e.expires_at IS NULL OR e.expires_at > now() - $2::bigint * interval '1 millisecond')"
 );
 
 /// Coalesced reads: for each key $1[i], with stale window $2[i] ms, what [`LOOKUP`] returns, as rows
-/// `(i, json, deferred bytes, remaining ms, fresh, database clock µs, tags, compute µs, snapshot)` in no
+/// `(i, json, deferred bytes, remaining ms, fresh, database clock µs, tags, compute µs, usage, snapshot)` in no
 /// particular order; the snapshot, the statement's, only in row `i = 1`. A row whose JSON is longer than its
 /// cap $3[i] comes back deferred: without its JSON, with its length. (The caps replace a running total over
 /// the rows: a window over the response costs a sort, and measured a fifth of a 16-key statement's server
@@ -57,11 +57,13 @@ pub(crate) const LOOKUP: &str = concat!(
 pub(crate) const READ_MANY: &str = concat!(
     "SELECT i, CASE WHEN octet_length(t) <= cap THEN t END AS json, \
      CASE WHEN octet_length(t) > cap THEN octet_length(t) END AS deferred_bytes, \
-     remaining_ms, fresh, now_us, tags, compute_us, CASE WHEN i = 1 THEN pg_current_snapshot()::text END AS snapshot \
+     remaining_ms, fresh, now_us, tags, compute_us, input_tokens, output_tokens, cost_micros, \
+     CASE WHEN i = 1 THEN pg_current_snapshot()::text END AS snapshot \
      FROM (SELECT k.i, k.cap, e.data::text AS t, ",
     remaining_ms!("e.expires_at"),
     " AS remaining_ms, (e.expires_at IS NULL OR e.expires_at > now()) AS fresh, \
-      (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us \
+      (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us, \
+      e.input_tokens, e.output_tokens, e.cost_micros \
       FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS k(key, stale_ms, cap, i) \
       LEFT JOIN cache_entries AS e ON e.cache_key = k.key \
       AND (e.expires_at IS NULL OR e.expires_at > now() - k.stale_ms * interval '1 millisecond') OFFSET 0) AS s"
@@ -72,21 +74,23 @@ pub(crate) const READ_MANY: &str = concat!(
 pub(crate) const WRITE_MANY: &str = "SELECT pg_cached_write_entries(p_keys => $1::text[], \
      p_data => $2::text[]::jsonb[], p_ttl_ms => $3::bigint[], p_keep_ms => $4::bigint[], \
      p_started_us => $5::bigint[], p_namespaces => $6::text[], p_notify => $7, p_lock_timeout => $8, \
-     p_async_commit => $9, p_tags => $10::text[], p_compute_us => $11::bigint[], p_started_snapshots => $12::text[])";
+     p_async_commit => $9, p_tags => $10::text[], p_compute_us => $11::bigint[], p_started_snapshots => $12::text[], \
+     p_input_tokens => $13::bigint[], p_output_tokens => $14::bigint[], p_cost_micros => $15::bigint[])";
 
 /// Coalesced deletes: [`DELETE`] for each key of $1 (distinct), one notification $2 for all; $3 is the lock
 /// timeout in ms. Returns the rows deleted per key.
 pub(crate) const DELETE_MANY: &str =
     "SELECT pg_cached_delete_many(p_keys => $1::text[], p_notify => $2, p_lock_timeout => $3)";
 
-/// Writes $1 = $2 for $3 ms (NULL: forever), kept $4 ms more for stale serving, with tags $10 and compute
-/// time $11 µs; with $5 (µs of the database clock when a memoized computation began) and $12 (the snapshot of
+/// Writes $1 = $2 for $3 ms (NULL: forever), kept $4 ms more for stale serving, with tags $10, compute
+/// time $11 µs and usage $13-$15 (tokens in, out, cost in micro-USD); with $5 (µs of the database clock when a memoized computation began) and $12 (the snapshot of
 /// its lookup), refused if key $1, namespace $6 or one of the tags was invalidated since; sends $7; $8 is the
 /// lock timeout in ms, $9 whether to commit without waiting for the WAL flush. Returns whether it wrote.
 /// Writes and invalidations of one key (and of one tag) take turns under advisory transaction locks.
 pub(crate) const WRITE: &str = "SELECT pg_cached_write_entry(p_key => $1, p_data => $2::jsonb, p_ttl_ms => $3, \
      p_keep_ms => $4, p_started_us => $5, p_namespace => $6, p_notify => $7, p_lock_timeout => $8, \
-     p_async_commit => $9, p_tags => $10::text[], p_compute_us => $11, p_started_snapshot => $12)";
+     p_async_commit => $9, p_tags => $10::text[], p_compute_us => $11, p_started_snapshot => $12, \
+     p_input_tokens => $13, p_output_tokens => $14, p_cost_micros => $15)";
 
 /// Deletes every entry carrying one of the tags $1, records their invalidation and tells every process
 /// (sender $2); $3 is the lock timeout in ms. Returns the entries deleted.
@@ -153,12 +157,15 @@ pub(crate) const EVICT_BATCH: &str = "DELETE FROM cache_entries WHERE cache_key 
 pub(crate) const KEYS: &str = "SELECT cache_key FROM cache_entries \
      WHERE cache_key LIKE $1 AND (expires_at IS NULL OR expires_at > now()) ORDER BY cache_key LIMIT $2";
 
-/// Rows, live rows, and the compute time (µs) held in live rows, per namespace. Keys without a `:` count
-/// under the namespace "" (see `stats::namespace_of`).
+/// Rows, live rows, and the compute time (µs) and usage (tokens in, out, cost in micro-USD) held in live
+/// rows, per namespace. Keys without a `:` count under the namespace "" (see `stats::namespace_of`).
 pub(crate) const NAMESPACE_COUNTS: &str = "SELECT CASE WHEN strpos(cache_key, ':') > 0 \
      THEN split_part(cache_key, ':', 1) ELSE '' END, count(*), \
      count(*) FILTER (WHERE expires_at IS NULL OR expires_at > now()), \
-     coalesce(sum(compute_us) FILTER (WHERE expires_at IS NULL OR expires_at > now()), 0)::bigint \
+     coalesce(sum(compute_us) FILTER (WHERE expires_at IS NULL OR expires_at > now()), 0)::bigint, \
+     coalesce(sum(input_tokens) FILTER (WHERE expires_at IS NULL OR expires_at > now()), 0)::bigint, \
+     coalesce(sum(output_tokens) FILTER (WHERE expires_at IS NULL OR expires_at > now()), 0)::bigint, \
+     coalesce(sum(cost_micros) FILTER (WHERE expires_at IS NULL OR expires_at > now()), 0)::bigint \
      FROM cache_entries GROUP BY 1";
 
 pub(crate) const TABLE_SIZE: &str = "SELECT pg_total_relation_size('cache_entries')";

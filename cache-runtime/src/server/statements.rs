@@ -4,6 +4,8 @@
 use super::exec;
 use super::{sql, Server};
 use crate::error::Result;
+use crate::report::TableCounts;
+use crate::usage::Usage;
 use std::time::Duration;
 
 impl Server {
@@ -109,12 +111,24 @@ impl Server {
         .await
     }
 
-    /// Rows, live rows and the compute time (µs) held in live rows, per namespace.
-    pub(crate) async fn namespace_counts(&self) -> Result<Vec<(String, i64, i64, i64)>> {
-        self.maintenance("stats", |conn| {
-            Box::pin(sqlx::query_as::<_, (String, i64, i64, i64)>(sql::NAMESPACE_COUNTS).fetch_all(conn))
-        })
-        .await
+    /// Rows, live rows, and the compute time (µs) and usage held in live rows, per namespace.
+    pub(crate) async fn namespace_counts(&self) -> Result<Vec<(String, TableCounts)>> {
+        type Row = (String, i64, i64, i64, i64, i64, i64);
+        let rows = self
+            .maintenance("stats", |conn| Box::pin(sqlx::query_as::<_, Row>(sql::NAMESPACE_COUNTS).fetch_all(conn)))
+            .await?;
+        let counts = rows.into_iter().map(|(namespace, entries, active, compute_us, input, output, cost)| {
+            let usage_held = Usage::from_columns(Some(input), Some(output), Some(cost));
+            let count = |n: i64| n.max(0).unsigned_abs();
+            let table = TableCounts {
+                entries: count(entries),
+                active: count(active),
+                compute_held_us: count(compute_us),
+                usage_held,
+            };
+            (namespace, table)
+        });
+        Ok(counts.collect())
     }
 
     /// Deletes every entry carrying one of `tags` and records their invalidation; `payload_sender` names this

@@ -64,6 +64,7 @@ fn keep_ms(write: &Write) -> i64 {
 
 /// [`sql::WRITE`] for one key.
 async fn write_one(conn: &mut PgConnection, w: &Write, p: &WriteParams) -> sqlx::Result<bool> {
+    let usage = w.meta.usage.to_columns();
     sqlx::query_scalar::<_, bool>(sql::WRITE)
         .bind(&w.key)
         .bind(&*w.json)
@@ -77,6 +78,9 @@ async fn write_one(conn: &mut PgConnection, w: &Write, p: &WriteParams) -> sqlx:
         .bind(w.meta.tags.as_deref())
         .bind(w.meta.compute_us)
         .bind(w.started.as_ref().and_then(|s| s.snapshot.as_deref()))
+        .bind(usage[0])
+        .bind(usage[1])
+        .bind(usage[2])
         .fetch_one(conn)
         .await
 }
@@ -85,6 +89,10 @@ async fn write_one(conn: &mut PgConnection, w: &Write, p: &WriteParams) -> sqlx:
 /// (which tags never hold): SQL arrays of arrays must be rectangular.
 async fn write_many(conn: &mut PgConnection, writes: &[Write], p: &WriteParams) -> sqlx::Result<Vec<bool>> {
     let column = |f: fn(&Write) -> Option<i64>| writes.iter().map(f).collect::<Vec<_>>();
+    // Usage: NULL arrays when no write of the batch has any (the common case for `set`).
+    let any_usage = writes.iter().any(|w| !w.meta.usage.is_zero());
+    let usage =
+        |field: usize| any_usage.then(|| writes.iter().map(|w| w.meta.usage.to_columns()[field]).collect::<Vec<_>>());
     sqlx::query_scalar::<_, Vec<bool>>(sql::WRITE_MANY)
         .bind(writes.iter().map(|w| w.key.as_str()).collect::<Vec<_>>())
         .bind(writes.iter().map(|w| &*w.json).collect::<Vec<_>>())
@@ -98,6 +106,9 @@ async fn write_many(conn: &mut PgConnection, writes: &[Write], p: &WriteParams) 
         .bind(writes.iter().map(|w| w.meta.tags.as_ref().map(|t| t.join("\u{1f}"))).collect::<Vec<_>>())
         .bind(column(|w| w.meta.compute_us))
         .bind(writes.iter().map(|w| w.started.as_ref().and_then(|s| s.snapshot.as_deref())).collect::<Vec<_>>())
+        .bind(usage(0))
+        .bind(usage(1))
+        .bind(usage(2))
         .fetch_one(conn)
         .await
 }

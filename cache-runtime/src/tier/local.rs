@@ -317,7 +317,7 @@ mod tests {
     fn a_tag_removes_the_entries_carrying_it() {
         let tier = listening_tier(Duration::from_secs(60));
         let tagged =
-            |tags: &[&str]| EntryMeta { tags: crate::tags::stored_form(tags).ok().flatten(), compute_us: None };
+            |tags: &[&str]| EntryMeta { tags: crate::tags::stored_form(tags).ok().flatten(), ..EntryMeta::default() };
         tier.put("a:1", live("1", tagged(&["doc:1", "corpus"]), None, None), None, tier.epoch());
         tier.put("a:2", live("2", tagged(&["doc:2"]), None, None), None, tier.epoch());
         tier.put("a:3", live("3", EntryMeta::default(), None, None), None, tier.epoch());

@@ -289,7 +289,7 @@ where
                     cache.memo().served(self.site.namespace, event, &meta);
                     super::record_outcome(event);
                     if let Some(outer) = &self.outer {
-                        outer.inherit(meta.tags.as_ref());
+                        outer.inherit_entry(&meta);
                     }
                     State::Replaying(replay)
                 }
@@ -347,9 +347,9 @@ where
     /// The stream ended normally: stores the recording, if it may be stored.
     fn finish(&self, live: Live<S>) -> State<C, E, S> {
         let Live { scope, recorder, plan, started, .. } = live;
-        let tags = scope.finish();
+        let (tags, usage) = (scope.finish(), scope.usage());
         if let Some(outer) = &self.outer {
-            outer.absorb(&tags);
+            outer.absorb(&tags, usage);
         }
         let Some(plan) = plan else { return State::Done };
         if let Some(lead) = &plan.lead {
@@ -383,6 +383,6 @@ where
             }
         };
         let compute_us = i64::try_from(started.elapsed().as_micros()).unwrap_or(i64::MAX);
-        State::Storing(Box::pin(store(self.site, plan, json, tags, compute_us)))
+        State::Storing(Box::pin(store(self.site, plan, json, tags, compute_us, usage)))
     }
 }

@@ -6,6 +6,7 @@ use crate::entry::{EntryMeta, Write};
 use crate::error::CacheError;
 use crate::memo::site::Site;
 use crate::tags::Tags;
+use crate::usage::Usage;
 use serde::de::DeserializeOwned;
 use std::future::Future;
 use std::pin::Pin;
@@ -57,12 +58,13 @@ pub(super) async fn store(
     json: String,
     tags: Result<Option<Tags>, CacheError>,
     compute_us: i64,
+    usage: Usage,
 ) {
     let Plan { cache, key, start, lead, lease } = plan;
     let store = cache.memo();
     let written = match (site.ttl.resolve(store.config().default_ttl), tags) {
         (Ok(ttl), Ok(tags)) => {
-            let meta = EntryMeta { tags, compute_us: Some(compute_us) };
+            let meta = EntryMeta { tags, compute_us: Some(compute_us), usage };
             let write = Write { key, json: json.into(), ttl, keep: None, started: Some(start), meta };
             store.write(write, None).await.unwrap_or(false)
         }
