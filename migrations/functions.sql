@@ -1,4 +1,4 @@
--- Every SQL function of pg_cached, defined once. Functions version 1.
+-- Every SQL function of pg_cached, defined once. Functions version 2.
 --
 -- How it is applied. The tables come from the numbered migrations beside this file; the functions from here
 -- only. PgCache::migrate (and `pg-cached migrate`) runs the migrations, then this file, in one transaction
@@ -18,8 +18,9 @@
 -- Callers this version keeps working: the release before it (functions from migrations 0003-0005), which
 -- calls pg_cached_write_entry, pg_cached_write_entries, pg_cached_delete, pg_cached_delete_many,
 -- pg_cached_mark_namespace, pg_cached_invalidate_tags, pg_cached_invalidate_on_change and
--- pg_cached_remove_invalidate_on_change with positional arguments: their signatures are unchanged. Gone:
--- pg_cached_write and pg_cached_write_many, the wrappers kept for releases from before tags.
+-- pg_cached_remove_invalidate_on_change with positional arguments: the same arguments still mean the same
+-- (version 2 adds p_try_locks, defaulted, last, to the writes and deletes). Gone: pg_cached_write and
+-- pg_cached_write_many, the wrappers kept for releases from before tags.
 --
 -- Privileges. PostgreSQL lets PUBLIC execute a new function; the end of this file takes that back from every
 -- function of the cache. The owner (the role that applies this file) keeps every right. pg_cached_grant gives
@@ -37,8 +38,8 @@ BEGIN
         RAISE EXCEPTION 'apply functions.sql in the schema of cache_entries (the search_path the migrations ran with)'
             USING ERRCODE = 'invalid_schema_name';
     END IF;
-    IF (SELECT functions_version FROM cache_schema) > 1 THEN
-        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (1)',
+    IF (SELECT functions_version FROM cache_schema) > 2 THEN
+        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (2)',
             (SELECT functions_version FROM cache_schema)
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'keep them: they serve older processes too';
     END IF;
@@ -47,6 +48,14 @@ END $$;
 DROP FUNCTION IF EXISTS pg_cached_write(text, jsonb, bigint, bigint, bigint, text, text, text, boolean);
 DROP FUNCTION IF EXISTS pg_cached_write_many(text[], jsonb[], bigint[], bigint[], bigint[], text[], text, text,
                                              boolean);
+-- Version 2 adds p_try_locks to the writes and deletes (see "Locks"): the old signatures go, so that a
+-- positional call of the previous release finds exactly one function (its arguments, the new one's default).
+DROP FUNCTION IF EXISTS pg_cached_write_entry(text, jsonb, bigint, bigint, bigint, text, text, text, boolean, text[],
+                                              bigint, text);
+DROP FUNCTION IF EXISTS pg_cached_write_entries(text[], jsonb[], bigint[], bigint[], bigint[], text[], text, text,
+                                                boolean, text[], bigint[], text[]);
+DROP FUNCTION IF EXISTS pg_cached_delete(text, text, text);
+DROP FUNCTION IF EXISTS pg_cached_delete_many(text[], text, text);
 
 -- ## Locks
 --
@@ -94,6 +103,21 @@ BEGIN
         FROM (SELECT DISTINCT hashtext(n) AS h FROM unnest(p_names) AS n WHERE n IS NOT NULL ORDER BY 1) AS l;
     END IF;
 END $$;
+
+-- Tries to take, without waiting, the locks one write of p_key takes (its namespace's shared, its key's
+-- exclusive, each of p_tags' shared); whether it got them all. A batch of many callers' writes (or deletes:
+-- NULL p_namespace and p_tags) tries each job's locks this way, so that a lock someone else holds costs only
+-- the jobs that need it: those are answered NULL and sent again alone, waiting for the lock within their own
+-- callers' deadlines. Locks a job got before one it did not stay held until the batch commits (a
+-- transaction-scoped advisory lock cannot be given back early); never waiting, a batch never deadlocks.
+CREATE OR REPLACE FUNCTION pg_cached_try_lock_write(p_namespace text, p_key text, p_tags text[])
+RETURNS boolean LANGUAGE sql AS $$
+    SELECT (p_namespace IS NULL
+            OR pg_try_advisory_xact_lock_shared(pg_cached_lock_class('namespace'), hashtext(p_namespace)))
+       AND pg_try_advisory_xact_lock(pg_cached_lock_class('key'), hashtext(p_key))
+       AND coalesce((SELECT bool_and(pg_try_advisory_xact_lock_shared(pg_cached_lock_class('tag'), hashtext(t)))
+                     FROM unnest(p_tags) AS t WHERE t IS NOT NULL), true)
+$$;
 
 -- What every write and invalidation does first, for its own transaction only: give up waiting for a lock
 -- after p_lock_timeout ms (so that a statement stuck behind a lock is cancelled by the server instead of
@@ -143,20 +167,27 @@ BEGIN
 END $$;
 
 -- Stores p_data under p_key for p_ttl_ms (NULL: forever), kept p_keep_ms more for stale serving, with its
--- tags and compute time (µs); guarded as above; sends p_notify. Returns whether it wrote.
+-- tags and compute time (µs); guarded as above; sends p_notify. Returns whether it wrote. With p_try_locks,
+-- it waits for no lock (pg_cached_try_lock_write), and returns NULL, having done nothing, if one is held.
 CREATE OR REPLACE FUNCTION pg_cached_write_entry(
     p_key text, p_data jsonb, p_ttl_ms bigint, p_keep_ms bigint, p_started_us bigint, p_namespace text,
     p_notify text, p_lock_timeout text, p_async_commit boolean, p_tags text[], p_compute_us bigint,
-    p_started_snapshot text
+    p_started_snapshot text, p_try_locks boolean DEFAULT false
 ) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     v_expires timestamptz := now() + p_ttl_ms * interval '1 millisecond';
 BEGIN
     PERFORM pg_cached_begin(p_lock_timeout, p_async_commit);
-    PERFORM pg_cached_lock('namespace', p_namespace, true);
-    PERFORM pg_cached_lock('key', p_key);
-    IF p_tags IS NOT NULL THEN
-        PERFORM pg_cached_lock_many('tag', p_tags, true);
+    IF p_try_locks THEN
+        IF NOT pg_cached_try_lock_write(p_namespace, p_key, p_tags) THEN
+            RETURN NULL;
+        END IF;
+    ELSE
+        PERFORM pg_cached_lock('namespace', p_namespace, true);
+        PERFORM pg_cached_lock('key', p_key);
+        IF p_tags IS NOT NULL THEN
+            PERFORM pg_cached_lock_many('tag', p_tags, true);
+        END IF;
     END IF;
     IF pg_cached_write_refused(p_key, p_namespace, p_tags, p_started_us, p_started_snapshot) THEN
         RETURN false;
@@ -174,23 +205,37 @@ END $$;
 -- pg_cached_write_entry for many distinct keys in one statement, each under its own guard; one notification
 -- p_notify for all. p_tags[i] holds key i's tags joined by the unit separator (U+001F, which tags never
 -- contain), or NULL: SQL arrays of arrays must be rectangular. Returns, per key in order, whether it wrote.
+-- With p_try_locks, each key's locks are tried (pg_cached_try_lock_write): a key that did not get them all is
+-- not written, and answered NULL; the others are written as usual.
 CREATE OR REPLACE FUNCTION pg_cached_write_entries(
     p_keys text[], p_data jsonb[], p_ttl_ms bigint[], p_keep_ms bigint[], p_started_us bigint[],
     p_namespaces text[], p_notify text, p_lock_timeout text, p_async_commit boolean, p_tags text[],
-    p_compute_us bigint[], p_started_snapshots text[]
+    p_compute_us bigint[], p_started_snapshots text[], p_try_locks boolean DEFAULT false
 ) RETURNS boolean[] LANGUAGE plpgsql AS $$
 DECLARE
+    v_locked boolean[];
     v_written boolean[];
 BEGIN
     PERFORM pg_cached_begin(p_lock_timeout, p_async_commit);
-    PERFORM pg_cached_lock_many('namespace', p_namespaces, true);
-    PERFORM pg_cached_lock_many('key', p_keys);
-    IF cardinality(array_remove(p_tags, NULL)) > 0 THEN
-        PERFORM pg_cached_lock_many(
-            'tag', ARRAY(SELECT t FROM unnest(p_tags) AS j, unnest(string_to_array(j, E'\x1f')) AS t), true);
+    IF p_try_locks THEN
+        SELECT array_agg(pg_cached_try_lock_write(w.ns, w.k, string_to_array(w.tags, E'\x1f')) ORDER BY w.i)
+        INTO v_locked
+        FROM unnest(p_keys, p_namespaces, p_tags) WITH ORDINALITY AS w(k, ns, tags, i);
+    ELSE
+        PERFORM pg_cached_lock_many('namespace', p_namespaces, true);
+        PERFORM pg_cached_lock_many('key', p_keys);
+        IF cardinality(array_remove(p_tags, NULL)) > 0 THEN
+            PERFORM pg_cached_lock_many(
+                'tag', ARRAY(SELECT t FROM unnest(p_tags) AS j, unnest(string_to_array(j, E'\x1f')) AS t), true);
+        END IF;
     END IF;
+    -- NULL for a key whose locks were not all free. The guards are read by a statement of their own, after
+    -- every lock is taken: its snapshot sees what committed before (a statement's snapshot predates what it
+    -- does, and pg_cached_write_refused, STABLE, reads with its caller's).
     SELECT array_agg(
-        NOT pg_cached_write_refused(w.k, w.ns, string_to_array(w.tags, E'\x1f'), w.started_us, w.snap) ORDER BY w.i)
+        CASE WHEN p_try_locks AND NOT v_locked[w.i] THEN NULL
+             ELSE NOT pg_cached_write_refused(w.k, w.ns, string_to_array(w.tags, E'\x1f'), w.started_us, w.snap)
+        END ORDER BY w.i)
     INTO v_written
     FROM unnest(p_keys, p_namespaces, p_started_us, p_tags, p_started_snapshots)
         WITH ORDINALITY AS w(k, ns, started_us, tags, snap, i);
@@ -200,7 +245,7 @@ BEGIN
     FROM unnest(p_keys, p_data, p_ttl_ms, p_keep_ms, p_tags, p_compute_us)
         WITH ORDINALITY AS w(k, d, ttl_ms, keep_ms, tags, compute_us, i)
     CROSS JOIN LATERAL (SELECT now() + w.ttl_ms * interval '1 millisecond' AS expires) AS e
-    WHERE v_written[w.i]
+    WHERE v_written[w.i] -- NULL (not locked) writes nothing, as false does
     ON CONFLICT (cache_key) DO UPDATE
         SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at,
             sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us;
@@ -213,14 +258,20 @@ END $$;
 -- Each records when it happened (cache_invalidations, cache_tag_invalidations), so that computations that
 -- began earlier are not stored, and notifies every process.
 
--- Deletes p_key and records its invalidation; sends p_notify. Returns the rows deleted.
-CREATE OR REPLACE FUNCTION pg_cached_delete(p_key text, p_notify text, p_lock_timeout text)
+-- Deletes p_key and records its invalidation; sends p_notify. Returns the rows deleted. With p_try_locks,
+-- returns NULL, having done nothing, if the key's lock is held.
+CREATE OR REPLACE FUNCTION pg_cached_delete(p_key text, p_notify text, p_lock_timeout text,
+                                            p_try_locks boolean DEFAULT false)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_deleted bigint;
 BEGIN
     PERFORM pg_cached_begin(p_lock_timeout);
-    PERFORM pg_cached_lock('key', p_key);
+    IF NOT p_try_locks THEN
+        PERFORM pg_cached_lock('key', p_key);
+    ELSIF NOT pg_cached_try_lock_write(NULL, p_key, NULL) THEN
+        RETURN NULL;
+    END IF;
     DELETE FROM cache_entries WHERE cache_key = p_key;
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
     INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at) VALUES (false, p_key, clock_timestamp())
@@ -230,25 +281,35 @@ BEGIN
 END $$;
 
 -- pg_cached_delete for every key of p_keys, one notification p_notify for all. Returns, per key in order, the
--- rows deleted (a key listed twice counts its row once, at its first place).
-CREATE OR REPLACE FUNCTION pg_cached_delete_many(p_keys text[], p_notify text, p_lock_timeout text)
+-- rows deleted (a key listed twice counts its row once, at its first place). With p_try_locks, a key whose
+-- lock is held is left alone and answered NULL.
+CREATE OR REPLACE FUNCTION pg_cached_delete_many(p_keys text[], p_notify text, p_lock_timeout text,
+                                                 p_try_locks boolean DEFAULT false)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
+    v_keys text[] := p_keys; -- the keys this call deletes
     v_deleted text[];
     v_counts bigint[];
 BEGIN
     PERFORM pg_cached_begin(p_lock_timeout);
-    PERFORM pg_cached_lock_many('key', p_keys);
-    WITH gone AS (DELETE FROM cache_entries WHERE cache_key = ANY (p_keys) RETURNING cache_key)
+    IF p_try_locks THEN
+        SELECT coalesce(array_agg(u.k ORDER BY u.i) FILTER (WHERE pg_cached_try_lock_write(NULL, u.k, NULL)), '{}')
+        INTO v_keys
+        FROM unnest(p_keys) WITH ORDINALITY AS u(k, i);
+    ELSE
+        PERFORM pg_cached_lock_many('key', p_keys);
+    END IF;
+    WITH gone AS (DELETE FROM cache_entries WHERE cache_key = ANY (v_keys) RETURNING cache_key)
     SELECT coalesce(array_agg(cache_key), '{}') INTO v_deleted FROM gone;
     SELECT array_agg(
-        CASE WHEN u.k = ANY (v_deleted) AND u.i = (SELECT min(j) FROM unnest(p_keys) WITH ORDINALITY AS f(fk, j)
+        CASE WHEN NOT u.k = ANY (v_keys) THEN NULL
+             WHEN u.k = ANY (v_deleted) AND u.i = (SELECT min(j) FROM unnest(p_keys) WITH ORDINALITY AS f(fk, j)
                                                    WHERE f.fk = u.k)
              THEN 1 ELSE 0 END::bigint ORDER BY u.i)
     INTO v_counts
     FROM unnest(p_keys) WITH ORDINALITY AS u(k, i);
     INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at)
-    SELECT false, d.k, clock_timestamp() FROM (SELECT DISTINCT k FROM unnest(p_keys) AS k) AS d
+    SELECT false, d.k, clock_timestamp() FROM (SELECT DISTINCT k FROM unnest(v_keys) AS k) AS d
     ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
     PERFORM pg_notify('pg_cached_events', p_notify);
     RETURN v_counts;
@@ -506,5 +567,5 @@ BEGIN
                    current_schema());
 END $$;
 
-INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 1)
+INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 2)
 ON CONFLICT (singleton) DO UPDATE SET functions_version = EXCLUDED.functions_version, applied_at = now();
