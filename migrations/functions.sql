@@ -48,7 +48,8 @@ END $$;
 DROP FUNCTION IF EXISTS pg_cached_write(text, jsonb, bigint, bigint, bigint, text, text, text, boolean);
 DROP FUNCTION IF EXISTS pg_cached_write_many(text[], jsonb[], bigint[], bigint[], bigint[], text[], text, text,
                                              boolean);
--- Version 2 adds p_try_locks to the writes and deletes (see "Locks"): the old signatures go, so that a
+-- Version 2 adds p_try_locks to the writes and deletes (see "Locks"), and p_token to the deletes: the old
+-- signatures go, so that a
 -- positional call of the previous release finds exactly one function (its arguments, the new one's default).
 DROP FUNCTION IF EXISTS pg_cached_write_entry(text, jsonb, bigint, bigint, bigint, text, text, text, boolean, text[],
                                               bigint, text);
@@ -56,6 +57,8 @@ DROP FUNCTION IF EXISTS pg_cached_write_entries(text[], jsonb[], bigint[], bigin
                                                 boolean, text[], bigint[], text[]);
 DROP FUNCTION IF EXISTS pg_cached_delete(text, text, text);
 DROP FUNCTION IF EXISTS pg_cached_delete_many(text[], text, text);
+DROP FUNCTION IF EXISTS pg_cached_delete(text, text, text, boolean);
+DROP FUNCTION IF EXISTS pg_cached_delete_many(text[], text, text, boolean);
 
 -- ## Locks
 --
@@ -257,15 +260,29 @@ END $$;
 --
 -- Each records when it happened (cache_invalidations, cache_tag_invalidations), so that computations that
 -- began earlier are not stored, and notifies every process.
+--
+-- A delete's report survives its retry. The cache sends a statement again, on a fresh connection, when its
+-- connection failed before the answer came back; a delete that had committed would then find its row gone
+-- and report 0. So a delete given p_token (unique to the statement, the same in its retry) records it, and the
+-- rows it deleted, in each key's mark; the same token sent again finds them and answers the same, without
+-- deleting again. (Should another delete of the key have replaced the mark in between, the retry runs as a
+-- new delete: the report is then that one's.)
 
 -- Deletes p_key and records its invalidation; sends p_notify. Returns the rows deleted. With p_try_locks,
 -- returns NULL, having done nothing, if the key's lock is held.
 CREATE OR REPLACE FUNCTION pg_cached_delete(p_key text, p_notify text, p_lock_timeout text,
-                                            p_try_locks boolean DEFAULT false)
+                                            p_try_locks boolean DEFAULT false, p_token text DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_deleted bigint;
 BEGIN
+    IF p_token IS NOT NULL THEN
+        SELECT inv.deleted INTO v_deleted FROM cache_invalidations AS inv
+        WHERE inv.scope = p_key AND NOT inv.is_namespace AND inv.token = p_token;
+        IF FOUND THEN
+            RETURN v_deleted; -- this very statement committed before: its answer was lost on the way
+        END IF;
+    END IF;
     PERFORM pg_cached_begin(p_lock_timeout);
     IF NOT p_try_locks THEN
         PERFORM pg_cached_lock('key', p_key);
@@ -274,23 +291,38 @@ BEGIN
     END IF;
     DELETE FROM cache_entries WHERE cache_key = p_key;
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
-    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at) VALUES (false, p_key, clock_timestamp())
-    ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
+    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at, token, deleted)
+    VALUES (false, p_key, clock_timestamp(), p_token, v_deleted)
+    ON CONFLICT (scope, is_namespace) DO UPDATE
+        SET invalidated_at = EXCLUDED.invalidated_at, token = EXCLUDED.token, deleted = EXCLUDED.deleted;
     PERFORM pg_notify('pg_cached_events', p_notify);
     RETURN v_deleted;
 END $$;
 
 -- pg_cached_delete for every key of p_keys, one notification p_notify for all. Returns, per key in order, the
 -- rows deleted (a key listed twice counts its row once, at its first place). With p_try_locks, a key whose
--- lock is held is left alone and answered NULL.
+-- lock is held is left alone and answered NULL. Sent again with the same p_token after it committed, it answers
+-- what it did (NULL for a key whose mark no longer carries the token).
 CREATE OR REPLACE FUNCTION pg_cached_delete_many(p_keys text[], p_notify text, p_lock_timeout text,
-                                                 p_try_locks boolean DEFAULT false)
+                                                 p_try_locks boolean DEFAULT false, p_token text DEFAULT NULL)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
     v_keys text[] := p_keys; -- the keys this call deletes
     v_deleted text[];
     v_counts bigint[];
 BEGIN
+    IF p_token IS NOT NULL AND EXISTS (SELECT 1 FROM cache_invalidations AS inv
+                                       WHERE inv.scope = ANY (p_keys) AND NOT inv.is_namespace
+                                         AND inv.token = p_token) THEN
+        SELECT array_agg(
+            CASE WHEN inv.token IS DISTINCT FROM p_token THEN NULL
+                 WHEN u.i = (SELECT min(j) FROM unnest(p_keys) WITH ORDINALITY AS f(fk, j) WHERE f.fk = u.k)
+                 THEN inv.deleted ELSE 0 END ORDER BY u.i)
+        INTO v_counts
+        FROM unnest(p_keys) WITH ORDINALITY AS u(k, i)
+        LEFT JOIN cache_invalidations AS inv ON inv.scope = u.k AND NOT inv.is_namespace;
+        RETURN v_counts;
+    END IF;
     PERFORM pg_cached_begin(p_lock_timeout);
     IF p_try_locks THEN
         SELECT coalesce(array_agg(u.k ORDER BY u.i) FILTER (WHERE pg_cached_try_lock_write(NULL, u.k, NULL)), '{}')
@@ -308,9 +340,11 @@ BEGIN
              THEN 1 ELSE 0 END::bigint ORDER BY u.i)
     INTO v_counts
     FROM unnest(p_keys) WITH ORDINALITY AS u(k, i);
-    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at)
-    SELECT false, d.k, clock_timestamp() FROM (SELECT DISTINCT k FROM unnest(v_keys) AS k) AS d
-    ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
+    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at, token, deleted)
+    SELECT false, d.k, clock_timestamp(), p_token, (d.k = ANY (v_deleted))::integer
+    FROM (SELECT DISTINCT k FROM unnest(v_keys) AS k) AS d
+    ON CONFLICT (scope, is_namespace) DO UPDATE
+        SET invalidated_at = EXCLUDED.invalidated_at, token = EXCLUDED.token, deleted = EXCLUDED.deleted;
     PERFORM pg_notify('pg_cached_events', p_notify);
     RETURN v_counts;
 END $$;

@@ -221,6 +221,12 @@ pub mod test_support {
         cache.shared_statements()
     }
 
+    /// Loses the answer of the next delete statement carrying `key`, after it committed: it fails as if its
+    /// connection had died, and runs once more on a fresh connection.
+    pub fn lose_next_delete_answer(key: &str) {
+        crate::server::lost::lose_next_delete_answer(key);
+    }
+
     /// How many times `cache`'s event listener has connected.
     pub fn listener_connects(cache: &PgCache) -> u64 {
         cache.listener_connects()

@@ -99,3 +99,23 @@ async fn a_held_namespace_lock_costs_only_that_namespace(pool: PgPool) -> TestRe
     assert!(matches!(blocked.await?, Ok(()) | Err(CacheError::Timeout { .. })));
     Ok(())
 }
+
+/// Issue 22, finding 10b: a delete whose connection dies after its commit runs once more on a fresh
+/// connection; that retry finds the row gone, and must still report that the delete removed it.
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn a_delete_retried_after_its_commit_still_reports_the_row(pool: PgPool) -> TestResult {
+    let cache = cache(pool).await?;
+    use cache_runtime::test_support::lose_next_delete_answer;
+    cache.set("retry:one", &1, None).await?;
+    lose_next_delete_answer("retry:one");
+    assert!(cache.delete("retry:one").await?, "the row was there, and the delete removed it");
+    assert_eq!(cache.get::<i32>("retry:one").await?, None);
+    assert!(!cache.delete("retry:one").await?, "nothing left to delete");
+
+    cache.set_many(&[("retry:a", 1), ("retry:b", 2)], None).await?;
+    lose_next_delete_answer("retry:a");
+    assert_eq!(cache.delete_many(&["retry:a", "retry:b", "retry:none"]).await?, 2);
+    assert_eq!(cache.get_many::<i32>(&["retry:a", "retry:b"]).await?, [None, None]);
+
+    Ok(())
+}

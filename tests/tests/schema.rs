@@ -163,7 +163,7 @@ async fn a_function_edited_in_the_database_or_left_behind_is_caught(pool: PgPool
          LANGUAGE sql IMMUTABLE AS $$ SELECT 0 $$; \
          CREATE FUNCTION pg_cached_stray() RETURNS void LANGUAGE sql AS $$ SELECT $$; \
          REVOKE EXECUTE ON FUNCTION pg_cached_stray() FROM PUBLIC; \
-         GRANT EXECUTE ON FUNCTION pg_cached_delete(text, text, text, boolean) TO PUBLIC;",
+         GRANT EXECUTE ON FUNCTION pg_cached_delete(text, text, text, boolean, text) TO PUBLIC;",
     )
     .execute(&pool)
     .await?;
@@ -172,7 +172,7 @@ async fn a_function_edited_in_the_database_or_left_behind_is_caught(pool: PgPool
         [
             "body differs from functions.sql: pg_cached_lock_class(p_class text)",
             "not in functions.sql (left behind?): pg_cached_stray()",
-            "executable by PUBLIC, or SECURITY DEFINER amiss: pg_cached_delete(text,text,text,boolean)",
+            "executable by PUBLIC, or SECURITY DEFINER amiss: pg_cached_delete(text,text,text,boolean,text)",
         ]
     );
     Ok(())

@@ -85,7 +85,11 @@ impl PgCache {
         Ok(value)
     }
 
-    /// Deletes `key`; `true` if a row was there (expired or not).
+    /// Deletes `key`; `true` if this delete removed a row (expired or not), `false` if there was none.
+    ///
+    /// The answer is this delete's own, also when its connection failed after the commit and the statement
+    /// ran once more on a fresh connection (see "One retry" in the reliability docs): the retry finds its
+    /// first run's record and answers what it did, instead of `false` for the row it had itself removed.
     ///
     /// It is also an invalidation: a memoized computation of this key that started before the delete will not
     /// store its result, and every process drops the key from its in-process tier.

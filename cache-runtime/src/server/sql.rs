@@ -78,7 +78,8 @@ pub(crate) const WRITE_MANY: &str = "SELECT pg_cached_write_entries(p_keys => $1
 /// Coalesced deletes: [`DELETE`] for each key of $1 (distinct), one notification $2 for all; $3 is the lock
 /// timeout in ms. Returns the rows deleted per key.
 pub(crate) const DELETE_MANY: &str =
-    "SELECT pg_cached_delete_many(p_keys => $1::text[], p_notify => $2, p_lock_timeout => $3, p_try_locks => $4)";
+    "SELECT pg_cached_delete_many(p_keys => $1::text[], p_notify => $2, p_lock_timeout => $3, p_try_locks => $4, \
+     p_token => $5)";
 
 /// Writes $1 = $2 for $3 ms (NULL: forever), kept $4 ms more for stale serving, with tags $10 and compute
 /// time $11 µs; with $5 (µs of the database clock when a memoized computation began) and $12 (the snapshot of
@@ -107,10 +108,11 @@ pub(crate) const REMOVE_INVALIDATE_ON_CHANGE: &str =
 /// Sends $1 on the events channel.
 pub(crate) const NOTIFY: &str = concat!("SELECT ", notify!("$1"));
 
-/// Deletes key $1, records its invalidation and sends $2; $3 is the lock timeout in ms. Returns the rows
-/// deleted.
+/// Deletes key $1, records its invalidation and sends $2; $3 is the lock timeout in ms, $4 whether to try the
+/// lock (NULL when it is held), $5 the statement's token (the same statement sent again after it committed
+/// answers what it did). Returns the rows deleted.
 pub(crate) const DELETE: &str =
-    "SELECT pg_cached_delete(p_key => $1, p_notify => $2, p_lock_timeout => $3, p_try_locks => $4)";
+    "SELECT pg_cached_delete(p_key => $1, p_notify => $2, p_lock_timeout => $3, p_try_locks => $4, p_token => $5)";
 
 /// Records the invalidation of namespace $1 and sends $2; $3 is the lock timeout in ms.
 pub(crate) const MARK_NAMESPACE: &str =

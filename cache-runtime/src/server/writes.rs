@@ -10,6 +10,7 @@ use crate::entry::Write;
 use crate::key::namespace_of;
 use crate::ttl::Ttl;
 use sqlx::postgres::PgConnection;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes; one notification per batch names every key written.
 #[derive(Debug)]
@@ -127,6 +128,8 @@ async fn write_many(conn: &mut PgConnection, writes: &[Write], p: &WriteParams) 
 pub(crate) struct Deletes {
     pub(crate) sender: u64,
     pub(crate) lock_timeout: String,
+    /// Statements built so far: with the sender, each statement's token.
+    pub(crate) statements: AtomicU64,
 }
 
 pub(crate) struct DeleteParams {
@@ -134,6 +137,9 @@ pub(crate) struct DeleteParams {
     notify: String,
     lock_timeout: String,
     try_locks: bool,
+    /// Unique to the statement, the same when `exec` sends it again after a lost answer: the retry of a
+    /// delete that committed answers what it did (see `pg_cached_delete` in `migrations/functions.sql`).
+    token: String,
 }
 
 impl Kind for Deletes {
@@ -155,6 +161,7 @@ impl Kind for Deletes {
             notify: keys_payload(self.sender, jobs.iter().map(String::as_str)),
             lock_timeout,
             try_locks,
+            token: format!("{:016x}{:016x}", self.sender, self.statements.fetch_add(1, Ordering::Relaxed)),
         }
     }
 
@@ -165,6 +172,7 @@ impl Kind for Deletes {
                 .bind(&p.notify)
                 .bind(&p.lock_timeout)
                 .bind(p.try_locks)
+                .bind(&p.token)
                 .fetch_one(conn)
                 .await?;
             vec![deleted]
@@ -174,9 +182,14 @@ impl Kind for Deletes {
                 .bind(&p.notify)
                 .bind(&p.lock_timeout)
                 .bind(p.try_locks)
+                .bind(&p.token)
                 .fetch_one(conn)
                 .await?
         };
+        #[cfg(feature = "test-support")]
+        if let Some(error) = super::lost::lost(&p.keys) {
+            return Err(error);
+        }
         Ok(deleted.into_iter().map(|n| outcome(n.map(|n| n.max(0).unsigned_abs()))).collect())
     }
 }
