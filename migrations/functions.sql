@@ -78,6 +78,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         WHEN 'namespace' THEN 1885430594 -- writes shared, a namespace mark exclusive
         WHEN 'tag' THEN 1885430595       -- writes of tagged entries shared, tag invalidations exclusive
         WHEN 'schema' THEN 1885430596    -- applying this file
+        WHEN 'tag_bucket' THEN 1885430597 -- one of 1024 buckets of tags (pg_cached_lock_tags)
         ELSE ('unknown lock class: ' || p_class)::integer -- raises
     END
 $$;
@@ -107,8 +108,14 @@ BEGIN
     END IF;
 END $$;
 
+-- The bucket of tag p_tag, as the name whose lock pg_cached_lock_tags takes ('0' to '1023').
+CREATE OR REPLACE FUNCTION pg_cached_tag_bucket(p_tag text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT (hashtext(p_tag) & 1023)::text
+$$;
+
 -- Tries to take, without waiting, the locks one write of p_key takes (its namespace's shared, its key's
--- exclusive, each of p_tags' shared); whether it got them all. A batch of many callers' writes (or deletes:
+-- exclusive, each of p_tags' and their buckets' shared, see pg_cached_lock_tags); whether it got them all. A batch of many callers' writes (or deletes:
 -- NULL p_namespace and p_tags) tries each job's locks this way, so that a lock someone else holds costs only
 -- the jobs that need it: those are answered NULL and sent again alone, waiting for the lock within their own
 -- callers' deadlines. Locks a job got before one it did not stay held until the batch commits (a
@@ -118,9 +125,33 @@ RETURNS boolean LANGUAGE sql AS $$
     SELECT (p_namespace IS NULL
             OR pg_try_advisory_xact_lock_shared(pg_cached_lock_class('namespace'), hashtext(p_namespace)))
        AND pg_try_advisory_xact_lock(pg_cached_lock_class('key'), hashtext(p_key))
-       AND coalesce((SELECT bool_and(pg_try_advisory_xact_lock_shared(pg_cached_lock_class('tag'), hashtext(t)))
+       AND coalesce((SELECT bool_and(
+                         pg_try_advisory_xact_lock_shared(pg_cached_lock_class('tag_bucket'),
+                                                          hashtext(pg_cached_tag_bucket(t)))
+                         AND pg_try_advisory_xact_lock_shared(pg_cached_lock_class('tag'), hashtext(t)))
                      FROM unnest(p_tags) AS t WHERE t IS NOT NULL), true)
 $$;
+
+-- Takes the locks on tags p_tags (NULLs skipped): shared for a write of entries carrying them, exclusive for
+-- their invalidation. The locks one statement takes are bounded: a write takes, shared, each tag's bucket
+-- (hashtext() modulo 1024) and then each tag's own lock (at most 2 x 64 tags, MAX_TAGS_PER_ENTRY); an
+-- invalidation of at most 64 distinct tags takes each tag's lock, one of more takes the tags' buckets
+-- instead, at most 1024 locks for any number of tags (a 20,000-row UPDATE under invalidate_on_change). Either
+-- way a write and an invalidation of a common tag conflict. Each kind is taken in the order of its lock keys,
+-- buckets before tags, so that callers wait for each other instead of deadlocking.
+CREATE OR REPLACE FUNCTION pg_cached_lock_tags(p_tags text[], p_shared boolean)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_shared THEN
+        PERFORM pg_cached_lock_many('tag_bucket', ARRAY(SELECT pg_cached_tag_bucket(t) FROM unnest(p_tags) AS t),
+                                    true);
+        PERFORM pg_cached_lock_many('tag', p_tags, true);
+    ELSIF (SELECT count(DISTINCT t) FROM unnest(p_tags) AS t) <= 64 THEN
+        PERFORM pg_cached_lock_many('tag', p_tags);
+    ELSE
+        PERFORM pg_cached_lock_many('tag_bucket', ARRAY(SELECT pg_cached_tag_bucket(t) FROM unnest(p_tags) AS t));
+    END IF;
+END $$;
 
 -- What every write and invalidation does first, for its own transaction only: give up waiting for a lock
 -- after p_lock_timeout ms (so that a statement stuck behind a lock is cancelled by the server instead of
@@ -189,7 +220,7 @@ BEGIN
         PERFORM pg_cached_lock('namespace', p_namespace, true);
         PERFORM pg_cached_lock('key', p_key);
         IF p_tags IS NOT NULL THEN
-            PERFORM pg_cached_lock_many('tag', p_tags, true);
+            PERFORM pg_cached_lock_tags(p_tags, true);
         END IF;
     END IF;
     IF pg_cached_write_refused(p_key, p_namespace, p_tags, p_started_us, p_started_snapshot) THEN
@@ -228,8 +259,8 @@ BEGIN
         PERFORM pg_cached_lock_many('namespace', p_namespaces, true);
         PERFORM pg_cached_lock_many('key', p_keys);
         IF cardinality(array_remove(p_tags, NULL)) > 0 THEN
-            PERFORM pg_cached_lock_many(
-                'tag', ARRAY(SELECT t FROM unnest(p_tags) AS j, unnest(string_to_array(j, E'\x1f')) AS t), true);
+            PERFORM pg_cached_lock_tags(
+                ARRAY(SELECT t FROM unnest(p_tags) AS j, unnest(string_to_array(j, E'\x1f')) AS t), true);
         END IF;
     END IF;
     -- NULL for a key whose locks were not all free. The guards are read by a statement of their own, after
@@ -382,7 +413,7 @@ BEGIN
         RAISE EXCEPTION 'a cache tag is longer than 1000 bytes' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM pg_cached_begin(p_lock_timeout);
-    PERFORM pg_cached_lock_many('tag', v_tags);
+    PERFORM pg_cached_lock_tags(v_tags, false);
     INSERT INTO cache_tag_invalidations (tag, invalidated_at, xact)
     SELECT t, clock_timestamp(), pg_current_xact_id() FROM unnest(v_tags) AS t
     ON CONFLICT (tag) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at, xact = EXCLUDED.xact;
@@ -447,9 +478,20 @@ BEGIN
     END IF;
 END $$;
 
--- The trigger installed by pg_cached_invalidate_on_change, after each UPDATE or DELETE of a row: invalidates
--- the tag TG_ARGV[1] || <the row's value of column TG_ARGV[0]>, old and new. Tags longer than the runtime
--- accepts (200 characters, MAX_TAG_CHARS) cannot be on any entry: they are skipped, and the change goes on.
+-- The trigger installed by pg_cached_invalidate_on_change, after each UPDATE or DELETE of a row: notes the
+-- tag TG_ARGV[1] || <the row's value of column TG_ARGV[0]>, old and new, for invalidation when the
+-- transaction commits (pg_cached_flush_invalidations, below). Tags longer than the runtime accepts (200
+-- characters, MAX_TAG_CHARS) cannot be on any entry: they are skipped, and the change goes on.
+--
+-- Why at COMMIT. An invalidation holds each tag's lock exclusive until its transaction ends, so that a write
+-- of an entry carrying the tag waits for the end and then reads the mark. Taken row by row, those locks were
+-- one per tag (a 20,000-row UPDATE ran out of lock memory) and in the order of the rows (two transactions
+-- changing rows of matching values in opposite order deadlocked, and so did their mark rows). Taken at
+-- COMMIT, all of a transaction's tags are invalidated at once: the locks in one order, bounded in number
+-- (pg_cached_lock_tags), held only while the transaction commits. A write that commits in between is deleted
+-- by the invalidation (it runs after the write's lock is given back); one that comes later waits for the
+-- COMMIT and finds the mark. ROLLBACK (of the transaction or of a savepoint) drops the notes with the
+-- changes. An application that runs SET CONSTRAINTS ALL IMMEDIATE gets its notes invalidated at that point.
 --
 -- It runs as the cache's owner (SECURITY DEFINER), so that a role allowed to change the table needs no right
 -- on the cache's tables. That is only safe because nothing it evaluates can be chosen by the table's owner:
@@ -473,10 +515,36 @@ BEGIN
         EXECUTE format('SELECT ($1).%I::pg_catalog.text', TG_ARGV[0]) USING NEW INTO v_new;
     END IF;
     -- A NULL value names no tag (prefix || NULL is NULL, and NULLs are skipped).
-    PERFORM pg_cached_invalidate_tags(ARRAY(
-        SELECT t FROM unnest(ARRAY[TG_ARGV[1] || v_old, TG_ARGV[1] || v_new]) AS t WHERE char_length(t) <= 200));
+    INSERT INTO cache_pending_invalidations (xact, tag)
+    SELECT DISTINCT pg_current_xact_id(), t FROM unnest(ARRAY[TG_ARGV[1] || v_old, TG_ARGV[1] || v_new]) AS t
+    WHERE char_length(t) <= 200;
+    IF FOUND THEN
+        -- The transaction's first note queues its flush at COMMIT; later ones find it queued.
+        INSERT INTO cache_pending_flushes (xact) VALUES (pg_current_xact_id()) ON CONFLICT (xact) DO NOTHING;
+    END IF;
     RETURN NULL;
 END $$;
+
+-- The deferred trigger on cache_pending_flushes: at COMMIT of a transaction that noted tags (above),
+-- invalidates them all at once (pg_cached_invalidate_tags: locks in one order and bounded in number, marks,
+-- deletes, notifications), and removes the notes. Runs as the cache's owner, like the trigger above, and
+-- evaluates nothing but the cache's own functions over the noted text.
+CREATE OR REPLACE FUNCTION pg_cached_flush_invalidations() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_xact xid8 := pg_current_xact_id();
+    v_tags text[];
+BEGIN
+    DELETE FROM cache_pending_flushes WHERE xact = v_xact;
+    WITH noted AS (DELETE FROM cache_pending_invalidations WHERE xact = v_xact RETURNING tag)
+    SELECT array_agg(DISTINCT tag) INTO v_tags FROM noted;
+    PERFORM pg_cached_invalidate_tags(v_tags);
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS pg_cached_flush ON cache_pending_flushes;
+CREATE CONSTRAINT TRIGGER pg_cached_flush AFTER INSERT ON cache_pending_flushes
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pg_cached_flush_invalidations();
 
 -- Installs (or replaces) the trigger that invalidates `<p_tag_prefix><p_column>` whenever a row of p_table is
 -- updated or deleted. Idempotent: one trigger per (column, prefix) pair, named after a hash of the pair.
@@ -598,6 +666,8 @@ BEGIN
     END LOOP;
     -- The trigger's search_path names the cache's schema, which only this file's caller knows.
     EXECUTE format('ALTER FUNCTION pg_cached_invalidation_trigger() SET search_path = pg_catalog, %I, pg_temp',
+                   current_schema());
+    EXECUTE format('ALTER FUNCTION pg_cached_flush_invalidations() SET search_path = pg_catalog, %I, pg_temp',
                    current_schema());
 END $$;
 

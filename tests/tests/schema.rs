@@ -123,7 +123,7 @@ async fn drift(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         "SELECT p.oid::regprocedure::text FROM pg_proc AS p \
          WHERE p.proname LIKE 'pg\\_cached\\_%' AND (p.proacl IS NULL OR EXISTS \
            (SELECT 1 FROM aclexplode(p.proacl) AS a WHERE a.grantee = 0) \
-           OR p.prosecdef <> (p.proname = 'pg_cached_invalidation_trigger')) ORDER BY 1",
+           OR p.prosecdef <> (p.proname IN ('pg_cached_invalidation_trigger', 'pg_cached_flush_invalidations'))) ORDER BY 1",
     )
     .fetch_all(pool)
     .await?;
