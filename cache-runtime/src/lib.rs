@@ -194,7 +194,7 @@ pub use redact::redact_url;
 pub use report::{CacheStats, HealthReport, HealthStatus, NamespaceStats, ReplicaHealth, ShardHealth};
 pub use server::schema::FUNCTIONS_VERSION;
 pub use server::sql::MIGRATOR;
-pub use tags::{validate_tag, MAX_TAG_CHARS};
+pub use tags::{validate_tag, MAX_TAGS_PER_ENTRY, MAX_TAG_CHARS};
 pub use ttl::Ttl;
 
 /// The LISTEN/NOTIFY channel on which caches tell each other of invalidations and finished computations

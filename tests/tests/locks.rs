@@ -119,3 +119,30 @@ async fn a_delete_retried_after_its_commit_still_reports_the_row(pool: PgPool) -
 
     Ok(())
 }
+
+/// Issue 22, finding 4 (writes): an entry carries at most `MAX_TAGS_PER_ENTRY` distinct tags; past it the
+/// write is refused with a typed error before any I/O (an entry of 20,000 tags ran out of lock memory).
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn an_entry_carries_at_most_the_tag_cap(pool: PgPool) -> TestResult {
+    let cache = cache(pool).await?;
+    let max = cache_runtime::MAX_TAGS_PER_ENTRY;
+    let at_cap: Vec<String> = (0..max).map(|i| format!("t:{i}")).collect();
+    cache.set_tagged("cap:ok", &1, None, &at_cap).await?;
+    let past: Vec<String> = (0..20_000).map(|i| format!("t:{i}")).collect();
+    match cache.set_tagged("cap:past", &1, None, &past).await {
+        Err(CacheError::TooManyTags { count: 20_000, max: m }) if m == max => {}
+        other => return Err(format!("expected TooManyTags, got {other:?}").into()),
+    }
+    // Many callers' writes near the cap share batches whose tags stay bounded, and all land.
+    let sets: Vec<_> = (0..40)
+        .map(|i| {
+            let (cache, tags) = (cache.clone(), at_cap.clone());
+            tokio::spawn(async move { cache.set_tagged(&format!("cap:{i}"), &i, None, &tags).await })
+        })
+        .collect();
+    for set in sets {
+        set.await??;
+    }
+    assert_eq!(cache.invalidate_tag("t:7").await?, 41);
+    Ok(())
+}

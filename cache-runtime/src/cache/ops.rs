@@ -37,8 +37,9 @@ impl PgCache {
     /// ```
     ///
     /// # Errors
-    /// Those of [`set`](Self::set), and [`CacheError::InvalidTag`](crate::CacheError::InvalidTag) for a bad
-    /// tag, before any I/O.
+    /// Those of [`set`](Self::set), [`CacheError::InvalidTag`](crate::CacheError::InvalidTag) for a bad
+    /// tag, and [`CacheError::TooManyTags`](crate::CacheError::TooManyTags) past
+    /// [`MAX_TAGS_PER_ENTRY`](crate::MAX_TAGS_PER_ENTRY) distinct tags, before any I/O.
     pub async fn set_tagged<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -47,7 +48,7 @@ impl PgCache {
         tags: &[impl AsRef<str>],
     ) -> Result<()> {
         check_key(key)?;
-        let tags = crate::tags::stored_form(tags)?;
+        let tags = crate::tags::entry_form(tags)?;
         let ttl = ttl.into().resolve(self.config().default_ttl)?;
         let json = codec::encode(value, self.config().max_value_bytes)?;
         let mut write = Write::plain(key, json.into(), ttl);

@@ -55,6 +55,16 @@ impl Kind for Writes {
         &job.key
     }
 
+    /// A write takes a lock (and a bucket's) per tag: a batch carries at most
+    /// [`cache_rules::MAX_TAG_LOCKS_PER_BATCH`] tags, so that its locks stay bounded.
+    fn weight(&self, job: &Write) -> usize {
+        job.meta.tags.as_deref().map_or(0, <[String]>::len)
+    }
+
+    fn budget(&self) -> usize {
+        cache_rules::MAX_TAG_LOCKS_PER_BATCH
+    }
+
     fn params(&self, jobs: &[Write], locking: Locking) -> WriteParams {
         let (lock_timeout, try_locks) = locks(locking, &self.lock_timeout);
         WriteParams {
