@@ -105,3 +105,31 @@ async fn a_rolled_back_change_invalidates_nothing(pool: PgPool) -> TestResult {
     assert!(!present(&cache, "e:1").await?);
     Ok(())
 }
+
+/// The application's transaction under REPEATABLE READ: its snapshot predates writes that commit before its
+/// own COMMIT, which must neither fail the application's COMMIT nor survive the invalidation.
+///
+/// KNOWN FAILURE, not fixed yet: the invalidation's DELETE runs under the application's snapshot, so the
+/// rewritten entry fails the application's COMMIT with 40001 ("could not serialize access due to concurrent
+/// update"), and an entry inserted after the snapshot would be invisible to it and survive. A fix needs the
+/// deletion out of that snapshot (e.g. lookups that treat an entry older than one of its tags' marks as
+/// gone); run with `--ignored` to reproduce.
+#[ignore = "issue 22: trigger invalidation under REPEATABLE READ is not fixed yet (see the doc comment)"]
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn a_repeatable_read_change_invalidates_writes_its_snapshot_missed(pool: PgPool) -> TestResult {
+    sqlx::raw_sql("CREATE TABLE docs (id int PRIMARY KEY, body text); INSERT INTO docs VALUES (1, 'x');")
+        .execute(&pool)
+        .await?;
+    let cache = cache_on(pool.clone()).await;
+    cache.invalidate_on_change("docs", "id", "doc:").await?;
+    tagged(&cache, &[("e:updated", &["doc:1"])]).await?;
+    let mut app = connect(&pool).await?;
+    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM docs;").execute(&mut app).await?;
+    // Committed after the application's snapshot, before its change: one entry rewritten, one new.
+    tagged(&cache, &[("e:updated", &["doc:1"]), ("e:new", &["doc:1"])]).await?;
+    sqlx::raw_sql("UPDATE docs SET body = 'y' WHERE id = 1").execute(&mut app).await?;
+    sqlx::raw_sql("COMMIT").execute(&mut app).await?;
+    assert!(!present(&cache, "e:updated").await?, "an entry rewritten after the snapshot survived");
+    assert!(!present(&cache, "e:new").await?, "an entry written after the snapshot survived");
+    Ok(())
+}
