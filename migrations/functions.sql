@@ -18,8 +18,9 @@
 -- Callers this version keeps working: the release before it (functions from migrations 0003-0005), which
 -- calls pg_cached_write_entry, pg_cached_write_entries, pg_cached_delete, pg_cached_delete_many,
 -- pg_cached_mark_namespace, pg_cached_invalidate_tags, pg_cached_invalidate_on_change and
--- pg_cached_remove_invalidate_on_change with positional arguments: their signatures are unchanged. Gone:
--- pg_cached_write and pg_cached_write_many, the wrappers kept for releases from before tags.
+-- pg_cached_remove_invalidate_on_change with positional arguments: the same arguments still mean the same
+-- (version 2 adds p_try_locks, defaulted, last, to the writes and deletes). Gone: pg_cached_write and
+-- pg_cached_write_many, the wrappers kept for releases from before tags.
 --
 -- Version 2 (migration 0008, usage): pg_cached_write_entry and pg_cached_write_entries take the entry's usage
 -- as three new last parameters with defaults (p_input_tokens, p_output_tokens, p_cost_micros; arrays for the
@@ -53,6 +54,17 @@ END $$;
 DROP FUNCTION IF EXISTS pg_cached_write(text, jsonb, bigint, bigint, bigint, text, text, text, boolean);
 DROP FUNCTION IF EXISTS pg_cached_write_many(text[], jsonb[], bigint[], bigint[], bigint[], text[], text, text,
                                              boolean);
+-- Version 2 adds the usage parameters and p_try_locks to the writes (see "Locks"), and p_try_locks and p_token
+-- to the deletes: the old signatures go, so that a positional call of the previous release finds exactly one
+-- function (its arguments, the new ones' defaults).
+DROP FUNCTION IF EXISTS pg_cached_write_entry(text, jsonb, bigint, bigint, bigint, text, text, text, boolean, text[],
+                                              bigint, text);
+DROP FUNCTION IF EXISTS pg_cached_write_entries(text[], jsonb[], bigint[], bigint[], bigint[], text[], text, text,
+                                                boolean, text[], bigint[], text[]);
+DROP FUNCTION IF EXISTS pg_cached_delete(text, text, text);
+DROP FUNCTION IF EXISTS pg_cached_delete_many(text[], text, text);
+DROP FUNCTION IF EXISTS pg_cached_delete(text, text, text, boolean);
+DROP FUNCTION IF EXISTS pg_cached_delete_many(text[], text, text, boolean);
 
 -- ## Locks
 --
@@ -72,6 +84,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         WHEN 'namespace' THEN 1885430594 -- writes shared, a namespace mark exclusive
         WHEN 'tag' THEN 1885430595       -- writes of tagged entries shared, tag invalidations exclusive
         WHEN 'schema' THEN 1885430596    -- applying this file
+        WHEN 'tag_bucket' THEN 1885430597 -- one of 1024 buckets of tags (pg_cached_lock_tags)
         ELSE ('unknown lock class: ' || p_class)::integer -- raises
     END
 $$;
@@ -98,6 +111,51 @@ BEGIN
     ELSE
         PERFORM pg_advisory_xact_lock(v_class, l.h)
         FROM (SELECT DISTINCT hashtext(n) AS h FROM unnest(p_names) AS n WHERE n IS NOT NULL ORDER BY 1) AS l;
+    END IF;
+END $$;
+
+-- The bucket of tag p_tag, as the name whose lock pg_cached_lock_tags takes ('0' to '1023').
+CREATE OR REPLACE FUNCTION pg_cached_tag_bucket(p_tag text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT (hashtext(p_tag) & 1023)::text
+$$;
+
+-- Tries to take, without waiting, the locks one write of p_key takes (its namespace's shared, its key's
+-- exclusive, each of p_tags' and their buckets' shared, see pg_cached_lock_tags); whether it got them all. A batch of many callers' writes (or deletes:
+-- NULL p_namespace and p_tags) tries each job's locks this way, so that a lock someone else holds costs only
+-- the jobs that need it: those are answered NULL and sent again alone, waiting for the lock within their own
+-- callers' deadlines. Locks a job got before one it did not stay held until the batch commits (a
+-- transaction-scoped advisory lock cannot be given back early); never waiting, a batch never deadlocks.
+CREATE OR REPLACE FUNCTION pg_cached_try_lock_write(p_namespace text, p_key text, p_tags text[])
+RETURNS boolean LANGUAGE sql AS $$
+    SELECT (p_namespace IS NULL
+            OR pg_try_advisory_xact_lock_shared(pg_cached_lock_class('namespace'), hashtext(p_namespace)))
+       AND pg_try_advisory_xact_lock(pg_cached_lock_class('key'), hashtext(p_key))
+       AND coalesce((SELECT bool_and(
+                         pg_try_advisory_xact_lock_shared(pg_cached_lock_class('tag_bucket'),
+                                                          hashtext(pg_cached_tag_bucket(t)))
+                         AND pg_try_advisory_xact_lock_shared(pg_cached_lock_class('tag'), hashtext(t)))
+                     FROM unnest(p_tags) AS t WHERE t IS NOT NULL), true)
+$$;
+
+-- Takes the locks on tags p_tags (NULLs skipped): shared for a write of entries carrying them, exclusive for
+-- their invalidation. The locks one statement takes are bounded: a write takes, shared, each tag's bucket
+-- (hashtext() modulo 1024) and then each tag's own lock (at most 2 x 64 tags, MAX_TAGS_PER_ENTRY); an
+-- invalidation of at most 64 distinct tags takes each tag's lock, one of more takes the tags' buckets
+-- instead, at most 1024 locks for any number of tags (a 20,000-row UPDATE under invalidate_on_change). Either
+-- way a write and an invalidation of a common tag conflict. Each kind is taken in the order of its lock keys,
+-- buckets before tags, so that callers wait for each other instead of deadlocking.
+CREATE OR REPLACE FUNCTION pg_cached_lock_tags(p_tags text[], p_shared boolean)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_shared THEN
+        PERFORM pg_cached_lock_many('tag_bucket', ARRAY(SELECT pg_cached_tag_bucket(t) FROM unnest(p_tags) AS t),
+                                    true);
+        PERFORM pg_cached_lock_many('tag', p_tags, true);
+    ELSIF (SELECT count(DISTINCT t) FROM unnest(p_tags) AS t) <= 64 THEN
+        PERFORM pg_cached_lock_many('tag', p_tags);
+    ELSE
+        PERFORM pg_cached_lock_many('tag_bucket', ARRAY(SELECT pg_cached_tag_bucket(t) FROM unnest(p_tags) AS t));
     END IF;
 END $$;
 
@@ -189,23 +247,28 @@ END $$;
 
 -- Stores p_data under p_key for p_ttl_ms (NULL: forever), kept p_keep_ms more for stale serving, with its
 -- tags, compute time (µs) and usage (tokens in and out, cost in micro-USD; NULL: none reported); guarded as
--- above; sends p_notify. Returns whether it wrote.
-DROP FUNCTION IF EXISTS pg_cached_write_entry(text, jsonb, bigint, bigint, bigint, text, text, text, boolean, text[],
-                                              bigint, text);
+-- above; sends p_notify. Returns whether it wrote. With p_try_locks, it waits for no lock
+-- (pg_cached_try_lock_write), and returns NULL, having done nothing, if one is held.
 CREATE OR REPLACE FUNCTION pg_cached_write_entry(
     p_key text, p_data jsonb, p_ttl_ms bigint, p_keep_ms bigint, p_started_us bigint, p_namespace text,
     p_notify text, p_lock_timeout text, p_async_commit boolean, p_tags text[], p_compute_us bigint,
     p_started_snapshot text, p_input_tokens bigint DEFAULT NULL, p_output_tokens bigint DEFAULT NULL,
-    p_cost_micros bigint DEFAULT NULL
+    p_cost_micros bigint DEFAULT NULL, p_try_locks boolean DEFAULT false
 ) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     v_expires timestamptz := now() + p_ttl_ms * interval '1 millisecond';
 BEGIN
     PERFORM pg_cached_begin(p_lock_timeout, p_async_commit);
-    PERFORM pg_cached_lock('namespace', p_namespace, true);
-    PERFORM pg_cached_lock('key', p_key);
-    IF p_tags IS NOT NULL THEN
-        PERFORM pg_cached_lock_many('tag', p_tags, true);
+    IF p_try_locks THEN
+        IF NOT pg_cached_try_lock_write(p_namespace, p_key, p_tags) THEN
+            RETURN NULL;
+        END IF;
+    ELSE
+        PERFORM pg_cached_lock('namespace', p_namespace, true);
+        PERFORM pg_cached_lock('key', p_key);
+        IF p_tags IS NOT NULL THEN
+            PERFORM pg_cached_lock_tags(p_tags, true);
+        END IF;
     END IF;
     IF pg_cached_write_refused(p_key, p_namespace, p_tags, p_started_us, p_started_snapshot) THEN
         RETURN false;
@@ -226,27 +289,39 @@ END $$;
 -- pg_cached_write_entry for many distinct keys in one statement, each under its own guard; one notification
 -- p_notify for all. p_tags[i] holds key i's tags joined by the unit separator (U+001F, which tags never
 -- contain), or NULL: SQL arrays of arrays must be rectangular. The usage arrays, when given, have one element
--- per key. Returns, per key in order, whether it wrote.
-DROP FUNCTION IF EXISTS pg_cached_write_entries(text[], jsonb[], bigint[], bigint[], bigint[], text[], text, text,
-                                                boolean, text[], bigint[], text[]);
+-- per key. Returns, per key in order, whether it wrote. With p_try_locks, each key's locks are tried
+-- (pg_cached_try_lock_write): a key that did not get them all is not written, and answered NULL; the others
+-- are written as usual.
 CREATE OR REPLACE FUNCTION pg_cached_write_entries(
     p_keys text[], p_data jsonb[], p_ttl_ms bigint[], p_keep_ms bigint[], p_started_us bigint[],
     p_namespaces text[], p_notify text, p_lock_timeout text, p_async_commit boolean, p_tags text[],
     p_compute_us bigint[], p_started_snapshots text[], p_input_tokens bigint[] DEFAULT NULL,
-    p_output_tokens bigint[] DEFAULT NULL, p_cost_micros bigint[] DEFAULT NULL
+    p_output_tokens bigint[] DEFAULT NULL, p_cost_micros bigint[] DEFAULT NULL, p_try_locks boolean DEFAULT false
 ) RETURNS boolean[] LANGUAGE plpgsql AS $$
 DECLARE
+    v_locked boolean[];
     v_written boolean[];
 BEGIN
     PERFORM pg_cached_begin(p_lock_timeout, p_async_commit);
-    PERFORM pg_cached_lock_many('namespace', p_namespaces, true);
-    PERFORM pg_cached_lock_many('key', p_keys);
-    IF cardinality(array_remove(p_tags, NULL)) > 0 THEN
-        PERFORM pg_cached_lock_many(
-            'tag', ARRAY(SELECT t FROM unnest(p_tags) AS j, unnest(string_to_array(j, E'\x1f')) AS t), true);
+    IF p_try_locks THEN
+        SELECT array_agg(pg_cached_try_lock_write(w.ns, w.k, string_to_array(w.tags, E'\x1f')) ORDER BY w.i)
+        INTO v_locked
+        FROM unnest(p_keys, p_namespaces, p_tags) WITH ORDINALITY AS w(k, ns, tags, i);
+    ELSE
+        PERFORM pg_cached_lock_many('namespace', p_namespaces, true);
+        PERFORM pg_cached_lock_many('key', p_keys);
+        IF cardinality(array_remove(p_tags, NULL)) > 0 THEN
+            PERFORM pg_cached_lock_tags(
+                ARRAY(SELECT t FROM unnest(p_tags) AS j, unnest(string_to_array(j, E'\x1f')) AS t), true);
+        END IF;
     END IF;
+    -- NULL for a key whose locks were not all free. The guards are read by a statement of their own, after
+    -- every lock is taken: its snapshot sees what committed before (a statement's snapshot predates what it
+    -- does, and pg_cached_write_refused, STABLE, reads with its caller's).
     SELECT array_agg(
-        NOT pg_cached_write_refused(w.k, w.ns, string_to_array(w.tags, E'\x1f'), w.started_us, w.snap) ORDER BY w.i)
+        CASE WHEN p_try_locks AND NOT v_locked[w.i] THEN NULL
+             ELSE NOT pg_cached_write_refused(w.k, w.ns, string_to_array(w.tags, E'\x1f'), w.started_us, w.snap)
+        END ORDER BY w.i)
     INTO v_written
     FROM unnest(p_keys, p_namespaces, p_started_us, p_tags, p_started_snapshots)
         WITH ORDINALITY AS w(k, ns, started_us, tags, snap, i);
@@ -258,7 +333,7 @@ BEGIN
     FROM unnest(p_keys, p_data, p_ttl_ms, p_keep_ms, p_tags, p_compute_us)
         WITH ORDINALITY AS w(k, d, ttl_ms, keep_ms, tags, compute_us, i)
     CROSS JOIN LATERAL (SELECT now() + w.ttl_ms * interval '1 millisecond' AS expires) AS e
-    WHERE v_written[w.i]
+    WHERE v_written[w.i] -- NULL (not locked) writes nothing, as false does
     ON CONFLICT (cache_key) DO UPDATE
         SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at,
             sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us,
@@ -272,44 +347,91 @@ END $$;
 --
 -- Each records when it happened (cache_invalidations, cache_tag_invalidations), so that computations that
 -- began earlier are not stored, and notifies every process.
+--
+-- A delete's report survives its retry. The cache sends a statement again, on a fresh connection, when its
+-- connection failed before the answer came back; a delete that had committed would then find its row gone
+-- and report 0. So a delete given p_token (unique to the statement, the same in its retry) records it, and the
+-- rows it deleted, in each key's mark; the same token sent again finds them and answers the same, without
+-- deleting again. (Should another delete of the key have replaced the mark in between, the retry runs as a
+-- new delete: the report is then that one's.)
 
--- Deletes p_key and records its invalidation; sends p_notify. Returns the rows deleted.
-CREATE OR REPLACE FUNCTION pg_cached_delete(p_key text, p_notify text, p_lock_timeout text)
+-- Deletes p_key and records its invalidation; sends p_notify. Returns the rows deleted. With p_try_locks,
+-- returns NULL, having done nothing, if the key's lock is held.
+CREATE OR REPLACE FUNCTION pg_cached_delete(p_key text, p_notify text, p_lock_timeout text,
+                                            p_try_locks boolean DEFAULT false, p_token text DEFAULT NULL)
 RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_deleted bigint;
 BEGIN
+    IF p_token IS NOT NULL THEN
+        SELECT inv.deleted INTO v_deleted FROM cache_invalidations AS inv
+        WHERE inv.scope = p_key AND NOT inv.is_namespace AND inv.token = p_token;
+        IF FOUND THEN
+            RETURN v_deleted; -- this very statement committed before: its answer was lost on the way
+        END IF;
+    END IF;
     PERFORM pg_cached_begin(p_lock_timeout);
-    PERFORM pg_cached_lock('key', p_key);
+    IF NOT p_try_locks THEN
+        PERFORM pg_cached_lock('key', p_key);
+    ELSIF NOT pg_cached_try_lock_write(NULL, p_key, NULL) THEN
+        RETURN NULL;
+    END IF;
     DELETE FROM cache_entries WHERE cache_key = p_key;
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
-    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at) VALUES (false, p_key, clock_timestamp())
-    ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
+    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at, token, deleted)
+    VALUES (false, p_key, clock_timestamp(), p_token, v_deleted)
+    ON CONFLICT (scope, is_namespace) DO UPDATE
+        SET invalidated_at = EXCLUDED.invalidated_at, token = EXCLUDED.token, deleted = EXCLUDED.deleted;
     PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
     RETURN v_deleted;
 END $$;
 
 -- pg_cached_delete for every key of p_keys, one notification p_notify for all. Returns, per key in order, the
--- rows deleted (a key listed twice counts its row once, at its first place).
-CREATE OR REPLACE FUNCTION pg_cached_delete_many(p_keys text[], p_notify text, p_lock_timeout text)
+-- rows deleted (a key listed twice counts its row once, at its first place). With p_try_locks, a key whose
+-- lock is held is left alone and answered NULL. Sent again with the same p_token after it committed, it answers
+-- what it did (NULL for a key whose mark no longer carries the token).
+CREATE OR REPLACE FUNCTION pg_cached_delete_many(p_keys text[], p_notify text, p_lock_timeout text,
+                                                 p_try_locks boolean DEFAULT false, p_token text DEFAULT NULL)
 RETURNS bigint[] LANGUAGE plpgsql AS $$
 DECLARE
+    v_keys text[] := p_keys; -- the keys this call deletes
     v_deleted text[];
     v_counts bigint[];
 BEGIN
+    IF p_token IS NOT NULL AND EXISTS (SELECT 1 FROM cache_invalidations AS inv
+                                       WHERE inv.scope = ANY (p_keys) AND NOT inv.is_namespace
+                                         AND inv.token = p_token) THEN
+        SELECT array_agg(
+            CASE WHEN inv.token IS DISTINCT FROM p_token THEN NULL
+                 WHEN u.i = (SELECT min(j) FROM unnest(p_keys) WITH ORDINALITY AS f(fk, j) WHERE f.fk = u.k)
+                 THEN inv.deleted ELSE 0 END ORDER BY u.i)
+        INTO v_counts
+        FROM unnest(p_keys) WITH ORDINALITY AS u(k, i)
+        LEFT JOIN cache_invalidations AS inv ON inv.scope = u.k AND NOT inv.is_namespace;
+        RETURN v_counts;
+    END IF;
     PERFORM pg_cached_begin(p_lock_timeout);
-    PERFORM pg_cached_lock_many('key', p_keys);
-    WITH gone AS (DELETE FROM cache_entries WHERE cache_key = ANY (p_keys) RETURNING cache_key)
+    IF p_try_locks THEN
+        SELECT coalesce(array_agg(u.k ORDER BY u.i) FILTER (WHERE pg_cached_try_lock_write(NULL, u.k, NULL)), '{}')
+        INTO v_keys
+        FROM unnest(p_keys) WITH ORDINALITY AS u(k, i);
+    ELSE
+        PERFORM pg_cached_lock_many('key', p_keys);
+    END IF;
+    WITH gone AS (DELETE FROM cache_entries WHERE cache_key = ANY (v_keys) RETURNING cache_key)
     SELECT coalesce(array_agg(cache_key), '{}') INTO v_deleted FROM gone;
     SELECT array_agg(
-        CASE WHEN u.k = ANY (v_deleted) AND u.i = (SELECT min(j) FROM unnest(p_keys) WITH ORDINALITY AS f(fk, j)
+        CASE WHEN NOT u.k = ANY (v_keys) THEN NULL
+             WHEN u.k = ANY (v_deleted) AND u.i = (SELECT min(j) FROM unnest(p_keys) WITH ORDINALITY AS f(fk, j)
                                                    WHERE f.fk = u.k)
              THEN 1 ELSE 0 END::bigint ORDER BY u.i)
     INTO v_counts
     FROM unnest(p_keys) WITH ORDINALITY AS u(k, i);
-    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at)
-    SELECT false, d.k, clock_timestamp() FROM (SELECT DISTINCT k FROM unnest(p_keys) AS k) AS d
-    ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
+    INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at, token, deleted)
+    SELECT false, d.k, clock_timestamp(), p_token, (d.k = ANY (v_deleted))::integer
+    FROM (SELECT DISTINCT k FROM unnest(v_keys) AS k) AS d
+    ON CONFLICT (scope, is_namespace) DO UPDATE
+        SET invalidated_at = EXCLUDED.invalidated_at, token = EXCLUDED.token, deleted = EXCLUDED.deleted;
     PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
     RETURN v_counts;
 END $$;
@@ -348,7 +470,7 @@ BEGIN
         RAISE EXCEPTION 'a cache tag is longer than 1000 bytes' USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM pg_cached_begin(p_lock_timeout);
-    PERFORM pg_cached_lock_many('tag', v_tags);
+    PERFORM pg_cached_lock_tags(v_tags, false);
     INSERT INTO cache_tag_invalidations (tag, invalidated_at, xact)
     SELECT t, clock_timestamp(), pg_current_xact_id() FROM unnest(v_tags) AS t
     ON CONFLICT (tag) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at, xact = EXCLUDED.xact;
@@ -414,9 +536,20 @@ BEGIN
     END IF;
 END $$;
 
--- The trigger installed by pg_cached_invalidate_on_change, after each UPDATE or DELETE of a row: invalidates
--- the tag TG_ARGV[1] || <the row's value of column TG_ARGV[0]>, old and new. Tags longer than the runtime
--- accepts (200 characters, MAX_TAG_CHARS) cannot be on any entry: they are skipped, and the change goes on.
+-- The trigger installed by pg_cached_invalidate_on_change, after each UPDATE or DELETE of a row: notes the
+-- tag TG_ARGV[1] || <the row's value of column TG_ARGV[0]>, old and new, for invalidation when the
+-- transaction commits (pg_cached_flush_invalidations, below). Tags longer than the runtime accepts (200
+-- characters, MAX_TAG_CHARS) cannot be on any entry: they are skipped, and the change goes on.
+--
+-- Why at COMMIT. An invalidation holds each tag's lock exclusive until its transaction ends, so that a write
+-- of an entry carrying the tag waits for the end and then reads the mark. Taken row by row, those locks were
+-- one per tag (a 20,000-row UPDATE ran out of lock memory) and in the order of the rows (two transactions
+-- changing rows of matching values in opposite order deadlocked, and so did their mark rows). Taken at
+-- COMMIT, all of a transaction's tags are invalidated at once: the locks in one order, bounded in number
+-- (pg_cached_lock_tags), held only while the transaction commits. A write that commits in between is deleted
+-- by the invalidation (it runs after the write's lock is given back); one that comes later waits for the
+-- COMMIT and finds the mark. ROLLBACK (of the transaction or of a savepoint) drops the notes with the
+-- changes. An application that runs SET CONSTRAINTS ALL IMMEDIATE gets its notes invalidated at that point.
 --
 -- It runs as the cache's owner (SECURITY DEFINER), so that a role allowed to change the table needs no right
 -- on the cache's tables. That is only safe because nothing it evaluates can be chosen by the table's owner:
@@ -440,10 +573,36 @@ BEGIN
         EXECUTE format('SELECT ($1).%I::pg_catalog.text', TG_ARGV[0]) USING NEW INTO v_new;
     END IF;
     -- A NULL value names no tag (prefix || NULL is NULL, and NULLs are skipped).
-    PERFORM pg_cached_invalidate_tags(ARRAY(
-        SELECT t FROM unnest(ARRAY[TG_ARGV[1] || v_old, TG_ARGV[1] || v_new]) AS t WHERE char_length(t) <= 200));
+    INSERT INTO cache_pending_invalidations (xact, tag)
+    SELECT DISTINCT pg_current_xact_id(), t FROM unnest(ARRAY[TG_ARGV[1] || v_old, TG_ARGV[1] || v_new]) AS t
+    WHERE char_length(t) <= 200;
+    IF FOUND THEN
+        -- The transaction's first note queues its flush at COMMIT; later ones find it queued.
+        INSERT INTO cache_pending_flushes (xact) VALUES (pg_current_xact_id()) ON CONFLICT (xact) DO NOTHING;
+    END IF;
     RETURN NULL;
 END $$;
+
+-- The deferred trigger on cache_pending_flushes: at COMMIT of a transaction that noted tags (above),
+-- invalidates them all at once (pg_cached_invalidate_tags: locks in one order and bounded in number, marks,
+-- deletes, notifications), and removes the notes. Runs as the cache's owner, like the trigger above, and
+-- evaluates nothing but the cache's own functions over the noted text.
+CREATE OR REPLACE FUNCTION pg_cached_flush_invalidations() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_xact xid8 := pg_current_xact_id();
+    v_tags text[];
+BEGIN
+    DELETE FROM cache_pending_flushes WHERE xact = v_xact;
+    WITH noted AS (DELETE FROM cache_pending_invalidations WHERE xact = v_xact RETURNING tag)
+    SELECT array_agg(DISTINCT tag) INTO v_tags FROM noted;
+    PERFORM pg_cached_invalidate_tags(v_tags);
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS pg_cached_flush ON cache_pending_flushes;
+CREATE CONSTRAINT TRIGGER pg_cached_flush AFTER INSERT ON cache_pending_flushes
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION pg_cached_flush_invalidations();
 
 -- Installs (or replaces) the trigger that invalidates `<p_tag_prefix><p_column>` whenever a row of p_table is
 -- updated or deleted. Idempotent: one trigger per (column, prefix) pair, named after a hash of the pair.
@@ -574,6 +733,8 @@ BEGIN
     END LOOP;
     -- The trigger's search_path names the cache's schema, which only this file's caller knows.
     EXECUTE format('ALTER FUNCTION pg_cached_invalidation_trigger() SET search_path = pg_catalog, %I, pg_temp',
+                   current_schema());
+    EXECUTE format('ALTER FUNCTION pg_cached_flush_invalidations() SET search_path = pg_catalog, %I, pg_temp',
                    current_schema());
 END $$;
 

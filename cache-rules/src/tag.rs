@@ -18,6 +18,18 @@
 /// The longest tag, in characters.
 pub const MAX_TAG_CHARS: usize = 200;
 
+/// The most distinct tags one entry may carry. Each is a lock a write takes (shared) and an element of the
+/// entry's indexed array; the SQL side bounds the locks of an invalidation at 64 tags likewise
+/// (`pg_cached_lock_tags` in `migrations/functions.sql`), and a coalesced batch of writes at
+/// [`MAX_TAG_LOCKS_PER_BATCH`].
+pub const MAX_TAGS_PER_ENTRY: usize = 64;
+
+/// The most tags one coalesced batch of writes carries, all entries together (a batch ends before the write
+/// that would pass it; a write alone may carry [`MAX_TAGS_PER_ENTRY`]).
+pub const MAX_TAG_LOCKS_PER_BATCH: usize = 1024;
+
+const _: () = assert!(MAX_TAGS_PER_ENTRY <= MAX_TAG_LOCKS_PER_BATCH);
+
 /// The most bytes a valid tag takes in UTF-8: four per character.
 pub const MAX_TAG_BYTES: usize = MAX_TAG_CHARS * 4;
 

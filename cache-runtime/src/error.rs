@@ -68,6 +68,16 @@ pub enum CacheError {
         reason: String,
     },
 
+    /// An entry was given more than [`MAX_TAGS_PER_ENTRY`](crate::MAX_TAGS_PER_ENTRY) distinct tags (by
+    /// `set_tagged`, or gathered by a memoized call). Nothing was written.
+    #[error("an entry carries {count} distinct tags; at most {max} are allowed")]
+    TooManyTags {
+        /// The distinct tags given.
+        count: usize,
+        /// The cap.
+        max: usize,
+    },
+
     /// A table or column named to [`PgCache::invalidate_on_change`](crate::PgCache::invalidate_on_change)
     /// does not exist, is not a table, is not a valid SQL name, or (a column) is of a type that cannot name
     /// tags; or a role named to [`PgCache::grant`](crate::PgCache::grant) is not one.
@@ -139,6 +149,7 @@ impl CacheError {
             CacheError::Serialize(_) => "serialize",
             CacheError::InvalidTtl(_) => "invalid_ttl",
             CacheError::InvalidTag { .. } => "invalid_tag",
+            CacheError::TooManyTags { .. } => "too_many_tags",
             CacheError::InvalidIdentifier { .. } => "invalid_identifier",
             CacheError::Timeout { .. } => "timeout",
             CacheError::Database { .. } => "database",

@@ -203,7 +203,7 @@ pub use redact::redact_url;
 pub use report::{CacheStats, HealthReport, HealthStatus, NamespaceStats, ReplicaHealth, ShardHealth};
 pub use server::schema::FUNCTIONS_VERSION;
 pub use server::sql::MIGRATOR;
-pub use tags::{validate_tag, MAX_TAG_CHARS};
+pub use tags::{validate_tag, MAX_TAGS_PER_ENTRY, MAX_TAG_CHARS};
 pub use ttl::Ttl;
 pub use usage::Usage;
 
@@ -229,6 +229,12 @@ pub mod test_support {
     /// and how many operations they carried.
     pub fn shared_statements(cache: &PgCache) -> [(u64, u64); 3] {
         cache.shared_statements()
+    }
+
+    /// Loses the answer of the next delete statement carrying `key`, after it committed: it fails as if its
+    /// connection had died, and runs once more on a fresh connection.
+    pub fn lose_next_delete_answer(key: &str) {
+        crate::server::lost::lose_next_delete_answer(key);
     }
 
     /// How many times `cache`'s event listener has connected.

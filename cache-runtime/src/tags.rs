@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 #[doc(inline)]
-pub use cache_rules::MAX_TAG_CHARS;
+pub use cache_rules::{MAX_TAGS_PER_ENTRY, MAX_TAG_CHARS};
 
 /// An entry's tags, sorted and distinct; never empty (no tags is `None`).
 pub(crate) type Tags = Arc<[String]>;
@@ -32,6 +32,7 @@ pub fn validate_tag(tag: &str) -> Result<()> {
 }
 
 /// Checks tags given to an operation and puts them in stored form: sorted, distinct, `None` when empty.
+/// Invalidations may name any number; see [`entry_form`] for an entry's.
 pub(crate) fn stored_form<S: AsRef<str>>(tags: &[S]) -> Result<Option<Tags>> {
     let mut set = BTreeSet::new();
     for tag in tags {
@@ -39,6 +40,21 @@ pub(crate) fn stored_form<S: AsRef<str>>(tags: &[S]) -> Result<Option<Tags>> {
         set.insert(tag.as_ref().to_owned());
     }
     Ok((!set.is_empty()).then(|| set.into_iter().collect()))
+}
+
+/// [`stored_form`] of an entry's tags: at most [`MAX_TAGS_PER_ENTRY`] distinct ones.
+pub(crate) fn entry_form<S: AsRef<str>>(tags: &[S]) -> Result<Option<Tags>> {
+    let tags = stored_form(tags)?;
+    check_count(tags.as_deref().map_or(0, <[String]>::len))?;
+    Ok(tags)
+}
+
+/// [`CacheError::TooManyTags`] past [`MAX_TAGS_PER_ENTRY`] distinct tags on one entry.
+pub(crate) fn check_count(count: usize) -> Result<()> {
+    if count > MAX_TAGS_PER_ENTRY {
+        return Err(CacheError::TooManyTags { count, max: MAX_TAGS_PER_ENTRY });
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -54,6 +70,18 @@ mod tests {
             assert!(matches!(validate_tag(bad), Err(CacheError::InvalidTag { .. })), "{bad:?}");
         }
         assert!(validate_tag(&"t".repeat(MAX_TAG_CHARS + 1)).is_err());
+    }
+
+    #[test]
+    fn an_entry_carries_at_most_the_cap() {
+        let at_cap: Vec<String> = (0..MAX_TAGS_PER_ENTRY).map(|i| format!("t{i}")).collect();
+        assert_eq!(entry_form(&at_cap).ok().flatten().map(|t| t.len()), Some(MAX_TAGS_PER_ENTRY));
+        let mut past = at_cap.clone();
+        past.push("one more".to_owned());
+        assert!(matches!(entry_form(&past), Err(CacheError::TooManyTags { count: 65, max: 64 })));
+        past.push("one more".to_owned()); // duplicates count once
+        assert!(matches!(entry_form(&past), Err(CacheError::TooManyTags { count: 65, .. })));
+        assert!(stored_form(&past).is_ok(), "an invalidation may name any number");
     }
 
     #[test]

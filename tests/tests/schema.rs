@@ -123,7 +123,7 @@ async fn drift(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         "SELECT p.oid::regprocedure::text FROM pg_proc AS p \
          WHERE p.proname LIKE 'pg\\_cached\\_%' AND (p.proacl IS NULL OR EXISTS \
            (SELECT 1 FROM aclexplode(p.proacl) AS a WHERE a.grantee = 0) \
-           OR p.prosecdef <> (p.proname = 'pg_cached_invalidation_trigger')) ORDER BY 1",
+           OR p.prosecdef <> (p.proname IN ('pg_cached_invalidation_trigger', 'pg_cached_flush_invalidations'))) ORDER BY 1",
     )
     .fetch_all(pool)
     .await?;
@@ -163,7 +163,7 @@ async fn a_function_edited_in_the_database_or_left_behind_is_caught(pool: PgPool
          LANGUAGE sql IMMUTABLE AS $$ SELECT 0 $$; \
          CREATE FUNCTION pg_cached_stray() RETURNS void LANGUAGE sql AS $$ SELECT $$; \
          REVOKE EXECUTE ON FUNCTION pg_cached_stray() FROM PUBLIC; \
-         GRANT EXECUTE ON FUNCTION pg_cached_delete(text, text, text) TO PUBLIC;",
+         GRANT EXECUTE ON FUNCTION pg_cached_delete(text, text, text, boolean, text) TO PUBLIC;",
     )
     .execute(&pool)
     .await?;
@@ -172,7 +172,7 @@ async fn a_function_edited_in_the_database_or_left_behind_is_caught(pool: PgPool
         [
             "body differs from functions.sql: pg_cached_lock_class(p_class text)",
             "not in functions.sql (left behind?): pg_cached_stray()",
-            "executable by PUBLIC, or SECURITY DEFINER amiss: pg_cached_delete(text,text,text)",
+            "executable by PUBLIC, or SECURITY DEFINER amiss: pg_cached_delete(text,text,text,boolean,text)",
         ]
     );
     Ok(())

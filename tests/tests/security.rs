@@ -376,7 +376,7 @@ async fn grants_name_one_existing_role(pool: PgPool) -> TestResult {
     }
     let public: bool = sqlx::query_scalar(
         "SELECT has_table_privilege('public', 'cache_entries', 'SELECT') \
-             OR has_function_privilege('public', 'pg_cached_delete(text, text, text)', 'EXECUTE')",
+             OR has_function_privilege('public', 'pg_cached_delete(text, text, text, boolean, text)', 'EXECUTE')",
     )
     .fetch_one(&pool)
     .await?;

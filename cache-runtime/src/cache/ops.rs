@@ -37,8 +37,9 @@ impl PgCache {
     /// ```
     ///
     /// # Errors
-    /// Those of [`set`](Self::set), and [`CacheError::InvalidTag`](crate::CacheError::InvalidTag) for a bad
-    /// tag, before any I/O.
+    /// Those of [`set`](Self::set), [`CacheError::InvalidTag`](crate::CacheError::InvalidTag) for a bad
+    /// tag, and [`CacheError::TooManyTags`](crate::CacheError::TooManyTags) past
+    /// [`MAX_TAGS_PER_ENTRY`](crate::MAX_TAGS_PER_ENTRY) distinct tags, before any I/O.
     pub async fn set_tagged<T: Serialize + ?Sized>(
         &self,
         key: &str,
@@ -47,7 +48,7 @@ impl PgCache {
         tags: &[impl AsRef<str>],
     ) -> Result<()> {
         check_key(key)?;
-        let tags = crate::tags::stored_form(tags)?;
+        let tags = crate::tags::entry_form(tags)?;
         let ttl = ttl.into().resolve(self.config().default_ttl)?;
         let json = codec::encode(value, self.config().max_value_bytes)?;
         let mut write = Write::plain(key, json.into(), ttl);
@@ -85,7 +86,11 @@ impl PgCache {
         Ok(value)
     }
 
-    /// Deletes `key`; `true` if a row was there (expired or not).
+    /// Deletes `key`; `true` if this delete removed a row (expired or not), `false` if there was none.
+    ///
+    /// The answer is this delete's own, also when its connection failed after the commit and the statement
+    /// ran once more on a fresh connection (see "One retry" in the reliability docs): the retry finds its
+    /// first run's record and answers what it did, instead of `false` for the row it had itself removed.
     ///
     /// It is also an invalidation: a memoized computation of this key that started before the delete will not
     /// store its result, and every process drops the key from its in-process tier.

@@ -80,6 +80,13 @@ impl PgCache {
     /// Only a role that owns `table` (or the cache's owner) may install or remove the trigger, and a
     /// temporary table only from its own session.
     ///
+    /// **The application's writes.** The trigger only notes each changed row's tags; the transaction's
+    /// `COMMIT` invalidates them all at once (a deferred trigger), nothing happens on `ROLLBACK`. So it takes
+    /// no lock while the transaction runs, and at `COMMIT` a bounded number of locks in one order: an UPDATE
+    /// of any number of rows fits the default lock table, and transactions changing rows of matching values in
+    /// any order never deadlock on the cache. A memoized write of an entry carrying a noted tag is refused
+    /// or deleted, as if the invalidation had run row by row.
+    ///
     /// ```no_run
     /// # async fn demo(cache: cache_runtime::PgCache) -> Result<(), cache_runtime::CacheError> {
     /// cache.invalidate_on_change("documents", "id", "doc:").await?;

@@ -185,6 +185,7 @@ impl TagScope {
         if let Some((tag, reason)) = &gathered.invalid {
             return Err(CacheError::InvalidTag { tag: tag.clone(), reason: reason.clone() });
         }
+        crate::tags::check_count(gathered.tags.len())?;
         Ok((!gathered.tags.is_empty()).then(|| gathered.tags.iter().cloned().collect()))
     }
 }

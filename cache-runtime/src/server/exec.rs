@@ -17,7 +17,8 @@
 //! **One retry.** A statement that fails because its connection was dead (the server restarted, the
 //! connection belonged to a tokio runtime that has shut down) runs once more, on a fresh connection, within
 //! the same deadline. Every operation sent this way is idempotent (reads, upserts, deletes, lease
-//! take-overs by their own owner), so a retry never does harm.
+//! take-overs by their own owner), so a retry never does harm; a delete's statement carries a token, so that
+//! its retry after a commit whose answer was lost reports the row the first run removed.
 
 use super::detach::FinishOnDrop;
 use crate::error::{CacheError, Result};

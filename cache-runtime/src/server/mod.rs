@@ -14,6 +14,8 @@
 pub(crate) mod coalesce;
 pub(crate) mod detach;
 pub(crate) mod exec;
+#[cfg(feature = "test-support")]
+pub(crate) mod lost;
 pub(crate) mod reads;
 pub(crate) mod schema;
 pub(crate) mod sql;
@@ -27,6 +29,7 @@ use coalesce::{Kind, Limits, Queue};
 use exec::DbFuture;
 use reads::{ReadJob, Reads};
 use sqlx::postgres::{PgConnection, PgPool};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 use writes::{Deletes, Writes};
@@ -74,7 +77,7 @@ impl Server {
         let write_limits = Limits { max_keys: limits.max_keys.min(MAX_KEYS_PER_NOTIFICATION), ..limits };
         let async_commit = config.durability == Durability::AsyncCommit;
         let writes = Writes { sender, lock_timeout: lock_timeout.clone(), async_commit };
-        let deletes = Deletes { sender, lock_timeout: lock_timeout.clone() };
+        let deletes = Deletes { sender, lock_timeout: lock_timeout.clone(), statements: AtomicU64::new(0) };
         Server {
             reads: Queue::new(Reads::new(config.coalesce_max_bytes, limits.max_keys), pool.clone(), limits, "get"),
             writes: Queue::new(writes, pool.clone(), write_limits, "set"),

@@ -1,7 +1,7 @@
 //! Coalesced reads (see `coalesce/`): many keys' lookups as one statement ([`sql::READ_MANY`]), and the
 //! one-key statement ([`sql::LOOKUP`]) for a batch of one.
 
-use super::coalesce::{Kind, Outcome};
+use super::coalesce::{Kind, Locking, Outcome};
 use super::sql;
 use crate::entry::{EntryMeta, Lookup};
 use crate::usage::Usage;
@@ -135,7 +135,7 @@ impl Kind for Reads {
         job.bytes = Some(bytes);
     }
 
-    fn params(&self, jobs: &[ReadJob]) -> ReadParams {
+    fn params(&self, jobs: &[ReadJob], _locking: Locking) -> ReadParams {
         if let [job] = jobs {
             // The common case, a lone get: nothing to share, and no cap (the one-key statement has none).
             let (keys, stale_ms) = (vec![job.key.clone()], vec![job.stale_ms]);
@@ -204,7 +204,7 @@ mod tests {
         let reads = Reads::new(3_000, 100);
         let jobs = [job("a", Some(1_000)), job("b", None), job("c", Some(500)), job("d", None)];
         assert_eq!(reads.caps(&jobs), [1_000, 750, 500, 750]);
-        let params = reads.params(&jobs);
+        let params = reads.params(&jobs, Locking::Try);
         assert_eq!(params.caps, [1_000, 750, 500, 750]);
         assert!(params.caps.iter().sum::<i64>() <= 3_000, "the caps never add up past the budget");
     }
@@ -213,7 +213,7 @@ mod tests {
     fn callers_of_one_key_share_a_row_with_the_largest_cap() {
         let reads = Reads::new(1_000, 10);
         let jobs = [job("a", None), job("a", Some(600)), job("b", None)];
-        let params = reads.params(&jobs);
+        let params = reads.params(&jobs, Locking::Try);
         assert_eq!(params.keys, ["a", "b"]);
         assert_eq!(params.caps, [600, 200]);
         assert_eq!(params.slots, [0, 0, 1]);
@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn a_lone_read_has_no_cap() {
-        let params = Reads::new(10, 10).params(&[job("a", Some(1 << 20))]);
+        let params = Reads::new(10, 10).params(&[job("a", Some(1 << 20))], Locking::Try);
         assert_eq!(params.caps, [i64::MAX]);
     }
 }

@@ -70,27 +70,32 @@ pub(crate) const READ_MANY: &str = concat!(
 );
 
 /// Coalesced writes: [`WRITE`] for each key of $1 (distinct), with arrays for the per-key arguments (tags as
-/// one string per key, joined by U+001F) and one notification $7 for all. Returns whether each was written.
+/// one string per key, joined by U+001F) and one notification $7 for all; $13-$15 the usage (NULL: none);
+/// $16: try each key's locks. Returns whether each was written, NULL for a key whose lock was held.
 pub(crate) const WRITE_MANY: &str = "SELECT pg_cached_write_entries(p_keys => $1::text[], \
      p_data => $2::text[]::jsonb[], p_ttl_ms => $3::bigint[], p_keep_ms => $4::bigint[], \
      p_started_us => $5::bigint[], p_namespaces => $6::text[], p_notify => $7, p_lock_timeout => $8, \
      p_async_commit => $9, p_tags => $10::text[], p_compute_us => $11::bigint[], p_started_snapshots => $12::text[], \
-     p_input_tokens => $13::bigint[], p_output_tokens => $14::bigint[], p_cost_micros => $15::bigint[])";
+     p_input_tokens => $13::bigint[], p_output_tokens => $14::bigint[], p_cost_micros => $15::bigint[], \
+     p_try_locks => $16)";
 
 /// Coalesced deletes: [`DELETE`] for each key of $1 (distinct), one notification $2 for all; $3 is the lock
 /// timeout in ms. Returns the rows deleted per key.
 pub(crate) const DELETE_MANY: &str =
-    "SELECT pg_cached_delete_many(p_keys => $1::text[], p_notify => $2, p_lock_timeout => $3)";
+    "SELECT pg_cached_delete_many(p_keys => $1::text[], p_notify => $2, p_lock_timeout => $3, p_try_locks => $4, \
+     p_token => $5)";
 
 /// Writes $1 = $2 for $3 ms (NULL: forever), kept $4 ms more for stale serving, with tags $10, compute
-/// time $11 µs and usage $13-$15 (tokens in, out, cost in micro-USD); with $5 (µs of the database clock when a memoized computation began) and $12 (the snapshot of
-/// its lookup), refused if key $1, namespace $6 or one of the tags was invalidated since; sends $7; $8 is the
-/// lock timeout in ms, $9 whether to commit without waiting for the WAL flush. Returns whether it wrote.
+/// time $11 µs and usage $13-$15 (tokens in, out, cost in micro-USD); with $5 (µs of the database clock when
+/// a memoized computation began) and $12 (the snapshot of its lookup), refused if key $1, namespace $6 or one
+/// of the tags was invalidated since; sends $7; $8 is the lock timeout in ms, $9 whether to commit without
+/// waiting for the WAL flush. Returns whether it wrote; with $16 (try the locks), NULL when a lock is held
+/// (see `coalesce::Locking`).
 /// Writes and invalidations of one key (and of one tag) take turns under advisory transaction locks.
 pub(crate) const WRITE: &str = "SELECT pg_cached_write_entry(p_key => $1, p_data => $2::jsonb, p_ttl_ms => $3, \
      p_keep_ms => $4, p_started_us => $5, p_namespace => $6, p_notify => $7, p_lock_timeout => $8, \
      p_async_commit => $9, p_tags => $10::text[], p_compute_us => $11, p_started_snapshot => $12, \
-     p_input_tokens => $13, p_output_tokens => $14, p_cost_micros => $15)";
+     p_input_tokens => $13, p_output_tokens => $14, p_cost_micros => $15, p_try_locks => $16)";
 
 /// Deletes every entry carrying one of the tags $1, records their invalidation and tells every process
 /// (sender $2); $3 is the lock timeout in ms. Returns the entries deleted.
@@ -108,9 +113,11 @@ pub(crate) const REMOVE_INVALIDATE_ON_CHANGE: &str =
 /// Sends the body $1 on the events channel, signed.
 pub(crate) const NOTIFY: &str = concat!("SELECT ", notify!("$1"));
 
-/// Deletes key $1, records its invalidation and sends $2; $3 is the lock timeout in ms. Returns the rows
-/// deleted.
-pub(crate) const DELETE: &str = "SELECT pg_cached_delete(p_key => $1, p_notify => $2, p_lock_timeout => $3)";
+/// Deletes key $1, records its invalidation and sends $2; $3 is the lock timeout in ms, $4 whether to try the
+/// lock (NULL when it is held), $5 the statement's token (the same statement sent again after it committed
+/// answers what it did). Returns the rows deleted.
+pub(crate) const DELETE: &str =
+    "SELECT pg_cached_delete(p_key => $1, p_notify => $2, p_lock_timeout => $3, p_try_locks => $4, p_token => $5)";
 
 /// Records the invalidation of namespace $1 and sends $2; $3 is the lock timeout in ms.
 pub(crate) const MARK_NAMESPACE: &str =

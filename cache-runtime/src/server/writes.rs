@@ -1,14 +1,16 @@
 //! Coalesced writes and deletes (see `coalesce/`): many keys in one call of a SQL function, and the one-key
 //! function for a batch of one. Each statement also sends the notification that names every key it
-//! changed, from inside its own transaction.
+//! changed, from inside its own transaction. A batch tries its jobs' locks ([`Locking::Try`]): a job whose
+//! lock is held comes back [`Outcome::Blocked`], for the queue to send it again alone.
 
-use super::coalesce::{Kind, Outcome};
+use super::coalesce::{Kind, Locking, Outcome};
 use super::sql;
 use crate::channel::keys_payload;
 use crate::entry::Write;
 use crate::key::namespace_of;
 use crate::ttl::Ttl;
 use sqlx::postgres::PgConnection;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes; one notification per batch names every key written.
 #[derive(Debug)]
@@ -25,6 +27,21 @@ pub(crate) struct WriteParams {
     notify: String,
     lock_timeout: String,
     async_commit: bool,
+    try_locks: bool,
+}
+
+/// The lock timeout and whether to try the locks, for `locking`; `op_timeout` is the kind's own timeout (in
+/// ms, as `set_config` takes it), which still bounds a batch's waits for rows.
+fn locks(locking: Locking, op_timeout: &str) -> (String, bool) {
+    match locking {
+        Locking::Wait(limit) => (limit.as_millis().max(1).to_string(), false),
+        Locking::Try => (op_timeout.to_owned(), true),
+    }
+}
+
+/// A statement's answer for one job: NULL when the job did not get its locks.
+fn outcome<T>(answer: Option<T>) -> Outcome<T> {
+    answer.map_or(Outcome::Blocked, Outcome::Done)
 }
 
 impl Kind for Writes {
@@ -38,22 +55,34 @@ impl Kind for Writes {
         &job.key
     }
 
-    fn params(&self, jobs: &[Write]) -> WriteParams {
+    /// A write takes a lock (and a bucket's) per tag: a batch carries at most
+    /// [`cache_rules::MAX_TAG_LOCKS_PER_BATCH`] tags, so that its locks stay bounded.
+    fn weight(&self, job: &Write) -> usize {
+        job.meta.tags.as_deref().map_or(0, <[String]>::len)
+    }
+
+    fn budget(&self) -> usize {
+        cache_rules::MAX_TAG_LOCKS_PER_BATCH
+    }
+
+    fn params(&self, jobs: &[Write], locking: Locking) -> WriteParams {
+        let (lock_timeout, try_locks) = locks(locking, &self.lock_timeout);
         WriteParams {
             // Cheap: the JSON and the tags are shared, only the keys are copied.
             writes: jobs.to_vec(),
             notify: keys_payload(self.sender, jobs.iter().map(|j| j.key.as_str())),
-            lock_timeout: self.lock_timeout.clone(),
+            lock_timeout,
             async_commit: self.async_commit,
+            try_locks,
         }
     }
 
     async fn run<'c>(conn: &'c mut PgConnection, p: &'c WriteParams) -> sqlx::Result<Vec<Outcome<bool>>> {
-        let written: Vec<bool> = match p.writes.as_slice() {
+        let written: Vec<Option<bool>> = match p.writes.as_slice() {
             [one] => vec![write_one(conn, one, p).await?],
             writes => write_many(conn, writes, p).await?,
         };
-        Ok(written.into_iter().map(Outcome::Done).collect())
+        Ok(written.into_iter().map(outcome).collect())
     }
 }
 
@@ -63,9 +92,9 @@ fn keep_ms(write: &Write) -> i64 {
 }
 
 /// [`sql::WRITE`] for one key.
-async fn write_one(conn: &mut PgConnection, w: &Write, p: &WriteParams) -> sqlx::Result<bool> {
+async fn write_one(conn: &mut PgConnection, w: &Write, p: &WriteParams) -> sqlx::Result<Option<bool>> {
     let usage = w.meta.usage.to_columns();
-    sqlx::query_scalar::<_, bool>(sql::WRITE)
+    sqlx::query_scalar::<_, Option<bool>>(sql::WRITE)
         .bind(&w.key)
         .bind(&*w.json)
         .bind(Ttl::millis(w.ttl))
@@ -81,19 +110,20 @@ async fn write_one(conn: &mut PgConnection, w: &Write, p: &WriteParams) -> sqlx:
         .bind(usage[0])
         .bind(usage[1])
         .bind(usage[2])
+        .bind(p.try_locks)
         .fetch_one(conn)
         .await
 }
 
 /// [`sql::WRITE_MANY`]: the same, one array per argument. Tags go as one string per key, joined by U+001F
 /// (which tags never hold): SQL arrays of arrays must be rectangular.
-async fn write_many(conn: &mut PgConnection, writes: &[Write], p: &WriteParams) -> sqlx::Result<Vec<bool>> {
+async fn write_many(conn: &mut PgConnection, writes: &[Write], p: &WriteParams) -> sqlx::Result<Vec<Option<bool>>> {
     let column = |f: fn(&Write) -> Option<i64>| writes.iter().map(f).collect::<Vec<_>>();
     // Usage: NULL arrays when no write of the batch has any (the common case for `set`).
     let any_usage = writes.iter().any(|w| !w.meta.usage.is_zero());
     let usage =
         |field: usize| any_usage.then(|| writes.iter().map(|w| w.meta.usage.to_columns()[field]).collect::<Vec<_>>());
-    sqlx::query_scalar::<_, Vec<bool>>(sql::WRITE_MANY)
+    sqlx::query_scalar::<_, Vec<Option<bool>>>(sql::WRITE_MANY)
         .bind(writes.iter().map(|w| w.key.as_str()).collect::<Vec<_>>())
         .bind(writes.iter().map(|w| &*w.json).collect::<Vec<_>>())
         .bind(column(|w| Ttl::millis(w.ttl)))
@@ -109,6 +139,7 @@ async fn write_many(conn: &mut PgConnection, writes: &[Write], p: &WriteParams) 
         .bind(usage(0))
         .bind(usage(1))
         .bind(usage(2))
+        .bind(p.try_locks)
         .fetch_one(conn)
         .await
 }
@@ -118,12 +149,18 @@ async fn write_many(conn: &mut PgConnection, writes: &[Write], p: &WriteParams) 
 pub(crate) struct Deletes {
     pub(crate) sender: u64,
     pub(crate) lock_timeout: String,
+    /// Statements built so far: with the sender, each statement's token.
+    pub(crate) statements: AtomicU64,
 }
 
 pub(crate) struct DeleteParams {
     keys: Vec<String>,
     notify: String,
     lock_timeout: String,
+    try_locks: bool,
+    /// Unique to the statement, the same when `exec` sends it again after a lost answer: the retry of a
+    /// delete that committed answers what it did (see `pg_cached_delete` in `migrations/functions.sql`).
+    token: String,
 }
 
 impl Kind for Deletes {
@@ -138,31 +175,42 @@ impl Kind for Deletes {
         job
     }
 
-    fn params(&self, jobs: &[String]) -> DeleteParams {
+    fn params(&self, jobs: &[String], locking: Locking) -> DeleteParams {
+        let (lock_timeout, try_locks) = locks(locking, &self.lock_timeout);
         DeleteParams {
             keys: jobs.to_vec(),
             notify: keys_payload(self.sender, jobs.iter().map(String::as_str)),
-            lock_timeout: self.lock_timeout.clone(),
+            lock_timeout,
+            try_locks,
+            token: format!("{:016x}{:016x}", self.sender, self.statements.fetch_add(1, Ordering::Relaxed)),
         }
     }
 
     async fn run<'c>(conn: &'c mut PgConnection, p: &'c DeleteParams) -> sqlx::Result<Vec<Outcome<u64>>> {
-        let deleted: Vec<i64> = if p.keys.len() == 1 {
-            let deleted = sqlx::query_scalar::<_, i64>(sql::DELETE)
+        let deleted: Vec<Option<i64>> = if p.keys.len() == 1 {
+            let deleted = sqlx::query_scalar::<_, Option<i64>>(sql::DELETE)
                 .bind(&p.keys[0])
                 .bind(&p.notify)
                 .bind(&p.lock_timeout)
+                .bind(p.try_locks)
+                .bind(&p.token)
                 .fetch_one(conn)
                 .await?;
             vec![deleted]
         } else {
-            sqlx::query_scalar::<_, Vec<i64>>(sql::DELETE_MANY)
+            sqlx::query_scalar::<_, Vec<Option<i64>>>(sql::DELETE_MANY)
                 .bind(&p.keys)
                 .bind(&p.notify)
                 .bind(&p.lock_timeout)
+                .bind(p.try_locks)
+                .bind(&p.token)
                 .fetch_one(conn)
                 .await?
         };
-        Ok(deleted.into_iter().map(|n| Outcome::Done(n.max(0).unsigned_abs())).collect())
+        #[cfg(feature = "test-support")]
+        if let Some(error) = super::lost::lost(&p.keys) {
+            return Err(error);
+        }
+        Ok(deleted.into_iter().map(|n| outcome(n.map(|n| n.max(0).unsigned_abs()))).collect())
     }
 }

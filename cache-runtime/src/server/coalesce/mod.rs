@@ -27,6 +27,12 @@
 //! The first job of a batch is always taken, so every job makes progress; a caller waits at most its own
 //! operation timeout, queued or not.
 //!
+//! **Locks.** A batch of writes or deletes waits for no lock (see [`Locking`]): a job whose key, tag or
+//! namespace lock someone else holds comes back [`Outcome::Blocked`] and is sent again alone, in a task of its
+//! own (at most half the batch slots' worth at once, see `alone.rs`), waiting for its lock within its own
+//! caller's deadline. So one held lock costs only the operations that need it. A caller's own statement (a
+//! lone operation, [`Queue::run_alone`]) waits for its locks, as a statement of its own always did.
+//!
 //! **Errors.** A batch that fails as a whole for a reason other than its connection is run again one
 //! operation at a time (for kinds where one operation can fail alone), so that a bad operation fails only
 //! its own caller. Every caller of a batch that failed gets the same error (shared, not copied).
@@ -45,6 +51,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+mod alone;
 mod permit;
 mod waiting;
 
@@ -62,6 +69,19 @@ pub(crate) enum Outcome<O> {
     Deferred {
         bytes: usize,
     },
+    /// Not done, because a lock it needs was held by someone else (the batch tried its locks, see
+    /// [`Locking::Try`]): to be sent again alone.
+    Blocked,
+}
+
+/// How a statement takes the advisory locks of its jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Locking {
+    /// Waits for each up to this long (the server's `lock_timeout`): a statement that carries only its
+    /// caller's operation.
+    Wait(Duration),
+    /// Waits for none: a job whose lock is held comes back [`Outcome::Blocked`]. Many callers' batches.
+    Try,
 }
 
 /// One kind of coalesced operation: what a job is, and how a batch of them becomes one statement.
@@ -79,7 +99,8 @@ pub(crate) trait Kind: Send + Sync + 'static {
 
     fn key(job: &Self::Job) -> &str;
 
-    fn params(&self, jobs: &[Self::Job]) -> Self::Params;
+    /// `locking` says how the statement takes its locks (kinds that take none ignore it).
+    fn params(&self, jobs: &[Self::Job], locking: Locking) -> Self::Params;
 
     /// How much of a batch's [`budget`](Self::budget) `job` may take.
     fn weight(&self, _job: &Self::Job) -> usize {
@@ -126,6 +147,8 @@ pub(crate) struct Queue<K: Kind> {
     limits: Limits,
     operation: &'static str,
     state: Mutex<State<K>>,
+    /// Turns for jobs sent again alone after their batch found their lock held (see `alone.rs`).
+    alone: tokio::sync::Semaphore,
     /// Statements that carried more than one operation, and the operations they carried (for the tests; the
     /// `metrics` feature reports the same).
     #[cfg(feature = "test-support")]
@@ -146,6 +169,7 @@ impl<K: Kind> Queue<K> {
             limits,
             operation,
             state: Mutex::new(State::new()),
+            alone: tokio::sync::Semaphore::new(alone::turns(limits.max_batches)),
             #[cfg(feature = "test-support")]
             shared: Default::default(),
         })
@@ -172,7 +196,8 @@ impl<K: Kind> Queue<K> {
 
     /// Runs `job` as a statement of its own, without queueing.
     pub(crate) async fn run_alone(&self, job: K::Job) -> crate::Result<K::Output> {
-        let work = statement::<K>(self.kind.params(std::slice::from_ref(&job)));
+        let locking = Locking::Wait(self.limits.op_timeout);
+        let work = statement::<K>(self.kind.params(std::slice::from_ref(&job), locking));
         let outputs = exec::run(&self.pool, self.operation, self.limits.op_timeout, work).await?;
         match outputs.into_iter().next() {
             Some(Outcome::Done(output)) => Ok(output),
@@ -217,7 +242,8 @@ impl<K: Kind> Queue<K> {
         if let Some((permit, batch)) = own_batch {
             let queue = Arc::clone(self);
             let own = FinishOnDrop::new(move |_| async move {
-                queue.run_batch(batch, &mut None).await;
+                // The caller's own statement: it waits for its locks, within its deadline.
+                queue.run_batch(batch, &mut None, Locking::Wait(queue.limits.op_timeout)).await;
                 drop(permit);
             });
             // Past the deadline the caller stops waiting (its answer below is a timeout); the batch finishes
@@ -300,7 +326,7 @@ impl<K: Kind> Queue<K> {
             if held.is_none() {
                 held_since = Instant::now();
             }
-            self.run_batch(batch, &mut held).await;
+            self.run_batch(batch, &mut held, Locking::Try).await;
             permit.unload(&mut self.state());
             // Give the connection back between batches when someone else may be waiting for one, and now and
             // then anyway, so that the pool's own rules (lifetime, the host it connects to after a failover)
@@ -329,15 +355,21 @@ impl<K: Kind> Queue<K> {
         self.pool.num_idle() == 0 && self.pool.size() >= self.pool.options().get_max_connections()
     }
 
-    /// Runs one batch, on `held` if it holds a connection (and leaves it there after a success).
-    async fn run_batch(self: &Arc<Self>, batch: Vec<Pending<K>>, held: &mut Option<PoolConnection<Postgres>>) {
+    /// Runs one batch, on `held` if it holds a connection (and leaves it there after a success), taking its
+    /// locks as `locking` says.
+    async fn run_batch(
+        self: &Arc<Self>,
+        batch: Vec<Pending<K>>,
+        held: &mut Option<PoolConnection<Postgres>>,
+        locking: Locking,
+    ) {
         let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
         let (jobs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.job, (p.reply, p.deadline))).unzip();
-        match self.execute(&jobs, deadline, held).await {
+        match self.execute(&jobs, deadline, held, locking).await {
             Ok(outputs) => self.answer(jobs, replies, outputs),
             Err(failure) if K::SPLIT_ON_ERROR && jobs.len() > 1 && !failure.is_connection_error() => {
                 for (job, (reply, deadline)) in jobs.into_iter().zip(replies) {
-                    match self.execute(std::slice::from_ref(&job), deadline, held).await {
+                    match self.execute(std::slice::from_ref(&job), deadline, held, Locking::Try).await {
                         Ok(outputs) => self.answer(vec![job], vec![(reply, deadline)], outputs),
                         Err(failure) => {
                             let _ = reply.send(Err(failure));
@@ -371,6 +403,7 @@ impl<K: Kind> Queue<K> {
                     K::deferred(&mut job, bytes);
                     deferred.push(Pending { job, reply, deadline });
                 }
+                Some(Outcome::Blocked) => self.send_alone(Pending { job, reply, deadline }),
                 None => {
                     let missing = sqlx::Error::Protocol("a batch returned fewer rows than it had jobs".into());
                     let _ = reply.send(Err(Failure::Db(Arc::new(missing))));
@@ -391,6 +424,7 @@ impl<K: Kind> Queue<K> {
         jobs: &[K::Job],
         deadline: Instant,
         held: &mut Option<PoolConnection<Postgres>>,
+        locking: Locking,
     ) -> Answer<Vec<Outcome<K::Output>>> {
         if jobs.len() > 1 {
             #[cfg(feature = "test-support")]
@@ -401,7 +435,7 @@ impl<K: Kind> Queue<K> {
             }
             crate::observe::metrics::coalesced(self.operation, jobs.len());
         }
-        let work = statement::<K>(self.kind.params(jobs));
+        let work = statement::<K>(self.kind.params(jobs, locking));
         exec::attempt_holding(&self.pool, held, deadline, self.limits.op_timeout, &work, None).await
     }
 }
