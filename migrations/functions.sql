@@ -1,4 +1,4 @@
--- Every SQL function of pg_cached, defined once. Functions version 1.
+-- Every SQL function of pg_cached, defined once. Functions version 2.
 --
 -- How it is applied. The tables come from the numbered migrations beside this file; the functions from here
 -- only. PgCache::migrate (and `pg-cached migrate`) runs the migrations, then this file, in one transaction
@@ -14,6 +14,8 @@
 -- Keep the previous release working: never change an existing parameter's name, type or place; give a new
 -- parameter a default and add it last; when a signature changes, drop the old one here. The cache calls the
 -- functions with named arguments.
+--
+-- Version 2 adds cache_semantic (migration 0009) to what pg_cached_grant and pg_cached_revoke cover.
 --
 -- Callers this version keeps working: the release before it (functions from migrations 0003-0005), which
 -- calls pg_cached_write_entry, pg_cached_write_entries, pg_cached_delete, pg_cached_delete_many,
@@ -37,8 +39,8 @@ BEGIN
         RAISE EXCEPTION 'apply functions.sql in the schema of cache_entries (the search_path the migrations ran with)'
             USING ERRCODE = 'invalid_schema_name';
     END IF;
-    IF (SELECT functions_version FROM cache_schema) > 1 THEN
-        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (1)',
+    IF (SELECT functions_version FROM cache_schema) > 2 THEN
+        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (2)',
             (SELECT functions_version FROM cache_schema)
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'keep them: they serve older processes too';
     END IF;
@@ -433,8 +435,8 @@ $$;
 -- Lets p_role use the cache. A writer (p_writer, the default) may do everything a PgCache does: read, write,
 -- delete, purge namespaces, invalidate tags, take leases, sweep, and manage invalidation triggers on tables it
 -- owns; it gets SELECT, INSERT, UPDATE and DELETE on the cache's tables and EXECUTE on its functions but
--- pg_cached_grant and pg_cached_revoke. A reader gets SELECT on cache_entries only: get, keys, stats; a
--- writer made a reader loses the rest. Both get USAGE on the cache's schema. Run it as the cache's owner. A
+-- pg_cached_grant and pg_cached_revoke. A reader gets SELECT on cache_entries and cache_semantic only: get,
+-- get_similar, keys, stats; a writer made a reader loses the rest. Both get USAGE on the cache's schema. Run it as the cache's owner. A
 -- role that does not exist fails with undefined_object (42704); so does PUBLIC, which is no role: granting
 -- it would undo the point.
 CREATE OR REPLACE FUNCTION pg_cached_grant(p_role text, p_writer boolean DEFAULT true)
@@ -451,10 +453,10 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
                    (SELECT n.nspname FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n
                     ON n.oid = c.relnamespace WHERE c.oid = 'cache_entries'::regclass), p_role);
-    EXECUTE format('GRANT SELECT ON cache_entries TO %I', p_role);
+    EXECUTE format('GRANT SELECT ON cache_entries, cache_semantic TO %I', p_role);
     IF p_writer THEN
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON cache_entries, cache_leases, cache_invalidations, '
-                       'cache_tag_invalidations TO %I', p_role);
+                       'cache_tag_invalidations, cache_semantic TO %I', p_role);
         FOR v_function IN
             SELECT f FROM pg_cached_functions() AS f
             WHERE f NOT IN ('pg_cached_grant(text, boolean)'::regprocedure, 'pg_cached_revoke(text)'::regprocedure)
@@ -474,8 +476,8 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = p_role) THEN
         RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = 'undefined_object';
     END IF;
-    EXECUTE format('REVOKE ALL ON cache_entries, cache_leases, cache_invalidations, cache_tag_invalidations FROM %I',
-                   p_role);
+    EXECUTE format('REVOKE ALL ON cache_entries, cache_leases, cache_invalidations, cache_tag_invalidations, '
+                   'cache_semantic FROM %I', p_role);
     FOR v_function IN SELECT f FROM pg_cached_functions() AS f LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %I', v_function, p_role);
     END LOOP;
@@ -506,5 +508,5 @@ BEGIN
                    current_schema());
 END $$;
 
-INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 1)
+INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 2)
 ON CONFLICT (singleton) DO UPDATE SET functions_version = EXCLUDED.functions_version, applied_at = now();

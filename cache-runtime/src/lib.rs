@@ -184,8 +184,8 @@ mod ttl;
 #[path = "memo/private.rs"]
 pub mod __private;
 
-pub use cache::{global, set_global, PgCache, PgCacheBuilder, SweepReport};
-pub use config::Durability;
+pub use cache::{global, set_global, PgCache, PgCacheBuilder, SimilarHit, SweepReport};
+pub use config::{Durability, DEFAULT_SIMILARITY_THRESHOLD};
 pub use error::{CacheError, Result};
 pub use key::{validate_key, validate_namespace, MAX_KEY_CHARS, MAX_NAMESPACE_LEN};
 pub use memo::scope::{tag, tags};

@@ -18,7 +18,7 @@ pub(crate) const FUNCTIONS_SQL: &str = include_str!("../../../migrations/functio
 /// The version of the cache's SQL functions (`migrations/functions.sql`) this build applies, as
 /// [`PgCache::migrate`](crate::PgCache::migrate) records it in the `cache_schema` table. A database that
 /// holds a higher version was migrated by a newer release, and keeps its functions.
-pub const FUNCTIONS_VERSION: i32 = 1;
+pub const FUNCTIONS_VERSION: i32 = 2;
 
 /// The advisory lock class under which `functions.sql` is applied (its `'schema'` lock class).
 const SCHEMA_LOCK_CLASS: i32 = 1_885_430_596;
@@ -89,7 +89,7 @@ mod tests {
     /// SHA-256 of `functions.sql` at [`FUNCTIONS_VERSION`]. A database that holds a version skips the file, so
     /// two different files under one version would leave some databases behind: when this test fails, bump
     /// the version (here and in the file), then record the new checksum.
-    const FUNCTIONS_SHA256: &str = "34b940c29819865d9e19e107a7f3b1aa5380c92f24ea6010d91ffee001f9c747";
+    const FUNCTIONS_SHA256: &str = "c0989d9970d8973e06e02af2035a98c0eb45cce22e15b2ca811874fa2d5faee8";
 
     #[test]
     fn the_file_is_pinned_to_its_version() {
