@@ -225,4 +225,15 @@ pub mod test_support {
     pub fn listener_connects(cache: &PgCache) -> u64 {
         cache.listener_connects()
     }
+
+    /// The `scope_hash` of `cache_semantic` rows for `namespace`, `scope` and `model_id` (for benchmarks that
+    /// load many rows with one statement).
+    pub fn semantic_scope_hash(namespace: &str, scope: &str, model_id: &str) -> i64 {
+        crate::cache::Scope::new(namespace, scope, model_id).hash
+    }
+
+    /// The key [`PgCache::set_similar`] stores `text` under.
+    pub fn similar_key(namespace: &str, scope: &str, text: &str) -> String {
+        crate::cache::similar_key(namespace, scope, text)
+    }
 }

@@ -28,6 +28,9 @@ pub use builder::PgCacheBuilder;
 pub use global::{global, set_global};
 pub use maintenance::SweepReport;
 pub(crate) use memo::MemoHandle;
+#[cfg(feature = "test-support")]
+pub(crate) use similar::similar_key;
+pub(crate) use similar::Scope;
 pub use similar::SimilarHit;
 
 use crate::codec;

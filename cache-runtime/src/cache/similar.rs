@@ -144,6 +144,11 @@ impl PgCache {
         Ok(found.await?.map(|(value, hit)| SimilarHit { value, score: hit.score, text: hit.text.to_string() }))
     }
 
+    /// The cache's [`similarity_threshold`](crate::PgCacheBuilder::similarity_threshold).
+    pub(crate) fn config_threshold(&self) -> f32 {
+        self.config().similarity_threshold
+    }
+
     /// The embedder, or the error that says there is none.
     pub(crate) fn embedder(&self) -> Result<&Arc<dyn Embedder>> {
         self.config().embedder.as_ref().ok_or_else(|| {
