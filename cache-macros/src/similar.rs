@@ -7,7 +7,6 @@
 use proc_macro2::Span;
 use syn::ext::IdentExt;
 use syn::parse::ParseStream;
-use syn::spanned::Spanned;
 use syn::{parenthesized, GenericArgument, Ident, Lit, PathArguments, Token, Type};
 
 use crate::attr::Errors;
@@ -86,7 +85,7 @@ pub(crate) fn check(
         let message = format!(
             "`similar({name})` matches a text by meaning: `{name}` must be `&str`, `String`, `&String` or `Cow<str>`"
         );
-        errors.push(syn::Error::new(param.arg.ty.span(), message));
+        errors.push(syn::Error::new_spanned(&param.arg.ty, message));
         return None;
     }
     if similar.threshold.is_some() && threshold.is_none() {
