@@ -22,7 +22,10 @@
 -- (version 2 adds p_try_locks, defaulted, last, to the writes and deletes). Gone: pg_cached_write and
 -- pg_cached_write_many, the wrappers kept for releases from before tags.
 --
--- Version 2 (migration 0008, usage): pg_cached_write_entry and pg_cached_write_entries take the entry's usage
+-- Version 2: notifications are signed (pg_cached_sign, the secret of migration 0010) and name namespaces and
+-- tags by hash; the trigger notes tags and a deferred trigger invalidates them at commit (migration 0007);
+-- pg_cached_grant and pg_cached_revoke cover cache_semantic (migration 0009) and cache_events_secret.
+-- Usage (migration 0008): pg_cached_write_entry and pg_cached_write_entries take the entry's usage
 -- as three new last parameters with defaults (p_input_tokens, p_output_tokens, p_cost_micros; arrays for the
 -- batch), so the calls of version 1's processes, named or positional, still resolve (and store no usage).
 -- Their old signatures are dropped: a call would otherwise match both. Writers granted earlier get EXECUTE on
@@ -654,11 +657,11 @@ $$;
 -- Lets p_role use the cache. A writer (p_writer, the default) may do everything a PgCache does: read, write,
 -- delete, purge namespaces, invalidate tags, take leases, sweep, and manage invalidation triggers on tables it
 -- owns; it gets SELECT, INSERT, UPDATE and DELETE on the cache's tables and EXECUTE on its functions but
--- pg_cached_grant and pg_cached_revoke. A reader gets SELECT on cache_entries only: get, keys, stats; a
--- writer made a reader loses the rest. Both may read cache_events_secret, which their listeners verify the
--- events channel's notifications with (and which lets a writer's SQL functions sign what they send). Both get
--- USAGE on the cache's schema. Run it as the cache's owner. A role that does not exist fails with
--- undefined_object (42704); so does PUBLIC, which is no role: granting it would undo the point.
+-- pg_cached_grant and pg_cached_revoke. A reader gets SELECT on cache_entries and cache_semantic only: get,
+-- get_similar, keys, stats; a writer made a reader loses the rest. Both may read cache_events_secret, which
+-- their listeners verify the events channel's notifications with (and which lets a writer's SQL functions sign
+-- what they send). Both get USAGE on the cache's schema. Run it as the cache's owner. A role that does not
+-- exist fails with undefined_object (42704); so does PUBLIC, which is no role: granting it would undo the point.
 CREATE OR REPLACE FUNCTION pg_cached_grant(p_role text, p_writer boolean DEFAULT true)
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -673,10 +676,10 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
                    (SELECT n.nspname FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n
                     ON n.oid = c.relnamespace WHERE c.oid = 'cache_entries'::regclass), p_role);
-    EXECUTE format('GRANT SELECT ON cache_entries, cache_events_secret TO %I', p_role);
+    EXECUTE format('GRANT SELECT ON cache_entries, cache_semantic, cache_events_secret TO %I', p_role);
     IF p_writer THEN
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON cache_entries, cache_leases, cache_invalidations, '
-                       'cache_tag_invalidations TO %I', p_role);
+                       'cache_tag_invalidations, cache_semantic TO %I', p_role);
         FOR v_function IN
             SELECT f FROM pg_cached_functions() AS f
             WHERE f NOT IN ('pg_cached_grant(text, boolean)'::regprocedure, 'pg_cached_revoke(text)'::regprocedure)
@@ -697,7 +700,7 @@ BEGIN
         RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = 'undefined_object';
     END IF;
     EXECUTE format('REVOKE ALL ON cache_entries, cache_leases, cache_invalidations, cache_tag_invalidations, '
-                   'cache_events_secret FROM %I', p_role);
+                   'cache_semantic, cache_events_secret FROM %I', p_role);
     FOR v_function IN SELECT f FROM pg_cached_functions() AS f LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %I', v_function, p_role);
     END LOOP;

@@ -16,6 +16,8 @@ use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{parenthesized, Expr, Ident, LitBool, LitInt, LitStr, Token};
 
+use crate::similar::SimilarArg;
+
 /// The arguments of one `#[pg_cached(...)]`, as written.
 #[derive(Default)]
 pub(crate) struct Args {
@@ -38,6 +40,8 @@ pub(crate) struct Args {
     /// Where the bare `stream` key was written.
     pub(crate) stream: Option<Span>,
     pub(crate) replay: Option<LitStr>,
+    /// `similar(arg)` or `similar(arg, threshold = ...)`.
+    pub(crate) similar: Option<SimilarArg>,
     /// Errors found while parsing that did not stop the parse.
     pub(crate) errors: Errors,
 }
@@ -70,6 +74,8 @@ enum Value {
     Path(fn(&mut Args) -> &mut Option<syn::Path>),
     /// The key alone, with no value.
     Bare(fn(&mut Args) -> &mut Option<Span>),
+    /// `(name)` or `(name, threshold = <number>)`: see `similar.rs`.
+    Similar(fn(&mut Args) -> &mut Option<SimilarArg>),
 }
 
 /// Every option `#[pg_cached]` accepts. The parser, and the list in the "unknown option" message, both come
@@ -110,6 +116,7 @@ const OPTIONS: &[OptionSpec] = &[
         name: "replay",
         value: Value::Str(|args| &mut args.replay, "a string literal: \"as_recorded\" or \"immediate\""),
     },
+    OptionSpec { name: "similar", value: Value::Similar(|args| &mut args.similar) },
 ];
 
 /// "`namespace`, `ttl`, ... or `companions`": every option in [`OPTIONS`], for error messages.
@@ -224,6 +231,7 @@ impl Args {
                 }
                 seen.set_once(self, key, name, field, Some(key));
             }
+            Value::Similar(field) => seen.set_once(self, key, name, field, Some(crate::similar::parse(input, key)?)),
             Value::Path(field) => {
                 input.parse::<Token![=]>()?;
                 let value = input.parse::<Expr>()?;
@@ -399,16 +407,16 @@ mod tests {
             messages(args),
             [
                 "unknown option `ttll`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead` or `background_refresh`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay` or `similar`",
                 "duplicate option `ttl`",
                 "expected an integer literal, e.g. `version = 2`",
                 "expected a string literal, e.g. `namespace = \"retrieval\"`",
                 "expected `true` or `false`",
                 "duplicate option `cache`",
                 "unknown option `frobnicate`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead` or `background_refresh`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay` or `similar`",
                 "unknown option `flag`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead` or `background_refresh`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay` or `similar`",
                 "expected a string literal, e.g. `stale = \"5m\"`",
             ]
         );
@@ -435,7 +443,7 @@ mod tests {
             err.as_deref(),
             Some(
                 "expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, `cache_none`, `single_flight`, \
-                 `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead` or `background_refresh`"
+                 `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay` or `similar`"
             )
         );
     }
@@ -461,7 +469,11 @@ mod tests {
     fn the_documentation_lists_every_option() {
         let docs = include_str!("lib.rs");
         for option in super::OPTIONS {
-            let rows = [format!("/// | `{} =", option.name), format!("/// | `{}(", option.name)];
+            let rows = [
+                format!("/// | `{} =", option.name),
+                format!("/// | `{}(", option.name),
+                format!("/// | `{}` |", option.name),
+            ];
             assert!(
                 rows.iter().any(|row| docs.contains(row.as_str())),
                 "no row for `{}` in the options table of lib.rs",

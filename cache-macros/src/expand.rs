@@ -62,6 +62,13 @@ impl Plan<'_> {
         if self.options.replay_as_recorded {
             site.extend(quote!(.replay_as_recorded()));
         }
+        if let Some(similar) = &self.similar {
+            let threshold = match similar.threshold {
+                Some(t) => quote!(::core::option::Option::Some(#t)),
+                None => quote!(::core::option::Option::None),
+            };
+            site.extend(quote!(.similar(#threshold)));
+        }
         quote!(static __PG_CACHED_SITE: #rt::Site = #site;)
     }
 
@@ -71,6 +78,11 @@ impl Plan<'_> {
     /// `{fn}_refresh`, which binds them with `ref` so that it can still pass the argument on); otherwise they
     /// are the values themselves. Either way the key sees `&value`, so every key is the same.
     pub(crate) fn key(&self, borrowed: &[bool]) -> TokenStream {
+        self.key_without(borrowed, None)
+    }
+
+    /// [`key`](Self::key) without the argument `left_out`: with `similar(arg)`, the key of the call's scope.
+    fn key_without(&self, borrowed: &[bool], left_out: Option<&Ident>) -> TokenStream {
         let rt = rt(Span::call_site());
         let mut feed = TokenStream::new();
         if self.shape.self_type {
@@ -91,7 +103,7 @@ impl Plan<'_> {
         }
         for (param, &borrowed) in self.shape.params.iter().zip(borrowed) {
             for &(ident, skipped) in &param.bindings {
-                if skipped {
+                if skipped || Some(ident) == left_out {
                     continue;
                 }
                 // Spanned on the argument, so that a type that is not `Serialize` is reported there.
@@ -196,11 +208,25 @@ impl Plan<'_> {
         };
         let call_rt = self::rt(call_span);
         let background = self.background_branch();
+        // `similar(arg)`: the scope's key and the text go to `memoize_similar` (the value is decoded from
+        // JSON on every hit, in-process ones included). The text is taken where the argument is named, so
+        // that a type that is not text is reported there.
+        let (memoize_fn, similar) = match &self.similar {
+            Some(similar) => {
+                let scope = self.key_without(&vec![false; self.shape.params.len()], Some(&similar.arg));
+                let arg = &similar.arg;
+                let arg_rt = self::rt(arg.span());
+                let text = quote_spanned!(arg.span()=> #arg_rt::SimilarText::similar_text(&#arg));
+                (quote_spanned!(call_span=> memoize_similar), quote!(#call_rt::Similar::new(#scope, #text),))
+            }
+            None => (memoize_fn, TokenStream::new()),
+        };
         let memoize = quote_spanned! {call_span=>
             #call_rt::#memoize_fn(
                 &__PG_CACHED_SITE,
                 __pg_cached_cache,
                 __pg_cached_key,
+                #similar
                 __pg_cached_policy,
                 move |__pg_cached_how: #call_rt::How| {
                     #background

@@ -16,6 +16,7 @@ mod duration;
 mod expand;
 mod plan;
 mod signature;
+mod similar;
 mod stream;
 
 use proc_macro::TokenStream;
@@ -71,6 +72,7 @@ use crate::signature::parse_function;
 /// | `refresh_ahead = "N%"` | 1% to 99%: a hit on an entry with at most that share of its `ttl` left starts a refresh in the background; see [Background refreshes](#background-refreshes) | none |
 /// | `background_refresh = false` | refresh stale entries in the caller that finds them, as if the function could not be called in the background; see [Background refreshes](#background-refreshes) | `true` where possible |
 /// | `stream` | the function returns a stream of `Result`s: record it, store it when it ends, replay it; see [Streams](#streams) | not a stream |
+/// | `similar(arg)`, `similar(arg, threshold = 0.9)` | the name of one text argument (`&str`, `String`, `&String` or `Cow<str>`) matched by meaning, and optionally the lowest cosine similarity that counts as a match, in (0, 1]; see [Semantic hits](#semantic-hits) | exact keys only; the cache's `similarity_threshold` |
 /// | `replay = "..."` | with `stream`: `"immediate"` (replay as fast as the caller reads) or `"as_recorded"` (with the recorded gaps between chunks) | `"immediate"` |
 ///
 /// An option given twice, or an unknown option, is an error at that option. All errors in one attribute
@@ -279,6 +281,26 @@ use crate::signature::parse_function;
 /// `companions` and `replay`; `local`, `cache_none`, `stale`, `stale_if_error`, `refresh_ahead` and
 /// `background_refresh` are compile errors. Its companions are `{fn}_cache_key` and `{fn}_invalidate`.
 ///
+/// # Semantic hits
+///
+/// With `similar(question)`, a call whose exact key misses may be answered by the entry of a call that asked
+/// the same thing in other words: the stored `question` nearest in meaning, among calls whose other key
+/// arguments are all equal (a different `model` or `top_k` never matches), scoring at least the threshold
+/// and accepted by the lexical guard (`cache_runtime::semantic::guard`: different numbers, names or a
+/// negation refuse the match).
+///
+/// ```ignore
+/// #[pg_cached(namespace = "answer", ttl = "2h", similar(question, threshold = 0.9))]
+/// async fn answer(&self, question: &str, model: &str, top_k: usize) -> Result<Answer, LlmError> { ... }
+/// ```
+///
+/// A miss computes as usual (single flight, tags, `cache_if`, `stale` all apply) and stores the value with
+/// the text and its embedding, which every invalidation of the entry removes too. The cache needs an
+/// embedder (`PgCacheBuilder::embedder`); without one, or when the text cannot be embedded, the function
+/// works by its exact key alone, with one warning per function. Its model's id is part of every entry's
+/// scope: entries embedded by another model are never compared. docs/SEMANTIC.md has the measurements
+/// behind the default threshold (0.85) and what the model gets wrong.
+///
 /// # Failures
 ///
 /// The cache never changes what the function returns. If the database cannot be reached or is slow, if a
@@ -352,7 +374,8 @@ use crate::signature::parse_function;
 /// variadic arguments, an `impl Trait` return type, the attribute on anything but a function, an invalid
 /// namespace or duration, `version` out of `u32` range, `skip` naming something that is not an argument,
 /// `cache_none = true` on a function that does not return `Option`, an argument or return type that cannot
-/// be serialized, a `HashSet` argument in the key, and an option that is unknown, given twice, or not a
+/// be serialized, a `HashSet` argument in the key, `similar(...)` naming an argument that is missing,
+/// skipped or not text, a similarity threshold outside (0, 1], and an option that is unknown, given twice, or not a
 /// literal where a literal is required.
 ///
 /// # What it expands to

@@ -15,6 +15,7 @@ use crate::attr::{Args, Errors, Flag};
 use crate::background::Background;
 use crate::duration::{self, Never, Parsed};
 use crate::signature::FnShape;
+use crate::similar::SimilarPlan;
 use crate::stream::StreamShape;
 
 /// Everything the generated code needs, checked: what the generators read, and all they read.
@@ -27,6 +28,8 @@ pub(crate) struct Plan<'a> {
     pub(crate) background: Option<Background>,
     /// With `stream`: the stream's chunk type and whether it is boxed.
     pub(crate) stream: Option<StreamShape>,
+    /// `similar(arg)`: the argument matched by meaning, and the function's own threshold.
+    pub(crate) similar: Option<SimilarPlan>,
 }
 
 impl<'a> Plan<'a> {
@@ -35,7 +38,9 @@ impl<'a> Plan<'a> {
     pub(crate) fn new(mut args: Args, function: &'a ItemFn, errors: &mut Errors) -> Plan<'a> {
         let skip = args.skip.take().unwrap_or_default();
         let stream_span = args.stream;
+        let similar_arg = args.similar.take();
         let shape = FnShape::new(function, &skip, stream_span.is_some(), errors);
+        let similar = similar_arg.and_then(|arg| crate::similar::check(arg, &shape, stream_span, errors));
         let options = Options::new(args, &function.sig.ident, errors);
         let stream = stream_span.and_then(|span| crate::stream::check(&function.sig, span, errors));
         // A refresh in the background needs the stale window or refresh-ahead that start one, the sibling
@@ -43,7 +48,7 @@ impl<'a> Plan<'a> {
         let wanted = (options.stale.is_some() || options.refresh_ahead.is_some()) && options.background_refresh;
         let wanted = wanted && options.companions && stream_span.is_none();
         let background = wanted.then(|| Background::new(&shape, &function.sig)).flatten();
-        Plan { function, options, shape, background, stream }
+        Plan { function, options, shape, background, stream, similar }
     }
 }
 

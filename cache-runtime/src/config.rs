@@ -10,8 +10,10 @@
 //! [`PgCacheBuilder::local_tier`](crate::PgCacheBuilder::local_tier)).
 
 use crate::error::CacheError;
+use crate::semantic::Embedder;
 use crate::ttl::Ttl;
 use cache_rules::MAX_TTL;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The longest operation and maintenance timeout: the server takes them as its `lock_timeout` and
@@ -60,7 +62,16 @@ pub(crate) struct Config {
     pub(crate) max_replica_lag: Duration,
     /// How often an event listener checks its connection (a ping to itself, due back by the next check).
     pub(crate) listener_heartbeat: Duration,
+    /// The model that embeds texts for semantic entries; `None`: semantic lookups are refused (the API) or
+    /// skipped (memoized functions, which then work by their exact key).
+    pub(crate) embedder: Option<Arc<dyn Embedder>>,
+    /// The lowest cosine at which a stored text answers an asked one.
+    pub(crate) similarity_threshold: f32,
 }
+
+/// The default [`PgCacheBuilder::similarity_threshold`](crate::PgCacheBuilder::similarity_threshold): the
+/// knee of the curve measured in docs/SEMANTIC.md.
+pub const DEFAULT_SIMILARITY_THRESHOLD: f32 = 0.85;
 
 impl Default for Config {
     fn default() -> Self {
@@ -82,6 +93,8 @@ impl Default for Config {
             coalesce_in_flight: 4,
             max_replica_lag: Duration::from_secs(1),
             listener_heartbeat: Duration::from_secs(5),
+            embedder: None,
+            similarity_threshold: DEFAULT_SIMILARITY_THRESHOLD,
         }
     }
 }
@@ -122,8 +135,18 @@ impl Config {
         nonzero("coalesce_max_keys", self.coalesce_max_keys, "")?;
         nonzero("coalesce_max_bytes", self.coalesce_max_bytes, "")?;
         nonzero("coalesce_in_flight", self.coalesce_in_flight, " (coalesce(false) turns coalescing off)")?;
+        check_threshold(self.similarity_threshold)?;
         Ok(self)
     }
+}
+
+/// Checks a similarity threshold: a cosine in (0, 1]. Zero or less would let unrelated texts hit; above 1 nothing
+/// ever would.
+pub(crate) fn check_threshold(threshold: f32) -> Result<(), CacheError> {
+    if threshold > 0.0 && threshold <= 1.0 {
+        return Ok(());
+    }
+    Err(CacheError::Config(format!("similarity_threshold must be in (0, 1], got {threshold}")))
 }
 
 /// The largest pool: PostgreSQL's own limit on connections (`MAX_BACKENDS`, 2^18 - 1).

@@ -192,8 +192,8 @@ mod usage;
 #[path = "memo/private.rs"]
 pub mod __private;
 
-pub use cache::{global, set_global, PgCache, PgCacheBuilder, SweepReport};
-pub use config::Durability;
+pub use cache::{global, set_global, PgCache, PgCacheBuilder, SimilarHit, SweepReport};
+pub use config::{Durability, DEFAULT_SIMILARITY_THRESHOLD};
 pub use error::{CacheError, Result};
 pub use key::{validate_key, validate_namespace, MAX_KEY_CHARS, MAX_NAMESPACE_LEN};
 pub use memo::scope::{tag, tags, usage};
@@ -240,5 +240,16 @@ pub mod test_support {
     /// How many times `cache`'s event listener has connected.
     pub fn listener_connects(cache: &PgCache) -> u64 {
         cache.listener_connects()
+    }
+
+    /// The `scope_hash` of `cache_semantic` rows for `namespace`, `scope` and `model_id` (for benchmarks that
+    /// load many rows with one statement).
+    pub fn semantic_scope_hash(namespace: &str, scope: &str, model_id: &str) -> i64 {
+        crate::cache::Scope::new(namespace, scope, model_id).hash
+    }
+
+    /// The key [`PgCache::set_similar`] stores `text` under.
+    pub fn similar_key(namespace: &str, scope: &str, text: &str) -> String {
+        crate::cache::similar_key(namespace, scope, text)
     }
 }

@@ -23,14 +23,17 @@ const USAGE: &str = "\
 usage: rag_demo [--no-progress] [--metrics] [QUESTION ...]
 
 Answers each QUESTION (or seven built-in ones) three times through a retrieval engine and an answer
-generator memoized in PostgreSQL, then shows invalidation and the cache's stats. --metrics prints, at the
-end, what a Prometheus server would scrape (cache-runtime's `metrics` feature, rendered by
-metrics-exporter-prometheus).
+generator memoized in PostgreSQL, then shows invalidation and the cache's stats; last, with an embedding
+model, asks paraphrases and look-alikes of the built-in questions and shows which were answered by
+meaning. --metrics prints, at the end, what a Prometheus server would scrape (cache-runtime's `metrics`
+feature, rendered by metrics-exporter-prometheus).
 
 environment:
   DATABASE_URL    the PostgreSQL to cache in (scripts/demo sets it)
   LLM_BASE_URL    use an OpenAI-compatible endpoint instead of the local stand-in generator;
                   with LLM_API_KEY, LLM_MODEL, LLM_TIMEOUT_SECS
+  PG_CACHED_MODEL_DIR  the embedding model of the semantic pass (default: target/models/all-MiniLM-L6-v2,
+                  where scripts/fetch-model puts it); EMBEDDINGS_BASE_URL for an embeddings endpoint
   RUST_LOG        log filter (default: warn)";
 
 #[tokio::main]
@@ -107,8 +110,13 @@ async fn main() -> ExitCode {
     };
 
     let mut stdout = std::io::stdout();
+    let (engine, generator) = (Arc::clone(&options.engine), Arc::clone(&options.generator));
     match demo::run(options, PgCache::from_env, &mut stdout).await {
         Ok(_) => {
+            if let Err(error) = semantic_pass(engine, generator, &mut stdout).await {
+                eprintln!("error: {error}");
+                return ExitCode::FAILURE;
+            }
             if let Some(handle) = scrape {
                 println!("\n# The Prometheus scrape of this run (cache-runtime feature `metrics`):\n");
                 print!("{}", handle.render());
@@ -123,4 +131,19 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The semantic pass (`examples::semantic`), with the embedder the environment gives
+/// (`scripts/fetch-model`'s model, or `EMBEDDINGS_BASE_URL`), or a line saying why it is skipped.
+async fn semantic_pass(
+    engine: Arc<RetrievalEngine>,
+    generator: Arc<dyn AnswerGenerator>,
+    out: &mut std::io::Stdout,
+) -> Result<(), demo::DemoError> {
+    let Some(embedder) = cache_runtime::semantic::embedder_from_env().await else {
+        println!("\nSemantic pass skipped: no embedding model (run scripts/fetch-model, or set EMBEDDINGS_BASE_URL)");
+        return Ok(());
+    };
+    let cache = PgCache::builder_from_env()?.embedder(embedder).build().await?;
+    examples::semantic::run(&cache, engine, generator, out).await.map(drop)
 }

@@ -2,8 +2,8 @@
 //! corpus, hybrid BM25 + vector retrieval ([`retrieval`]), answer generation
 //! behind a trait ([`generate`]), the two memoized with `#[pg_cached]`
 //! ([`pipeline`]), the documents as a PostgreSQL table whose changes invalidate
-//! what was built on them ([`documents`]), and the demo that `scripts/demo` runs
-//! ([`demo`]).
+//! what was built on them ([`documents`]), the demo that `scripts/demo` runs
+//! ([`demo`]), and its pass of questions answered by meaning ([`semantic`]).
 
 pub mod demo;
 pub mod documents;
@@ -11,6 +11,7 @@ pub mod generate;
 pub mod pipeline;
 pub mod prices;
 pub mod retrieval;
+pub mod semantic;
 mod text;
 
 pub use generate::{

@@ -269,6 +269,28 @@ impl PgCacheBuilder {
         self
     }
 
+    /// The model that embeds texts for semantic entries: [`PgCache::set_similar`],
+    /// [`PgCache::get_similar`] and functions with `#[pg_cached(similar(...))]`. Without one, the first two
+    /// return [`CacheError::Config`] and the functions work by their exact key alone (with one warning each).
+    /// [`semantic::embedder_from_env`](crate::semantic::embedder_from_env) finds the one a deployment
+    /// configured; a `MiniLm` or `OpenAiEmbedder` can be given directly, or any implementation of
+    /// [`Embedder`](crate::semantic::Embedder). Its [`model_id`](crate::semantic::Embedder::model_id) is part
+    /// of every semantic entry's scope: entries embedded by another model are never compared.
+    pub fn embedder(mut self, embedder: impl crate::semantic::Embedder + 'static) -> Self {
+        self.config.embedder = Some(std::sync::Arc::new(embedder));
+        self
+    }
+
+    /// The lowest cosine similarity at which a stored text answers an asked one (default
+    /// [`DEFAULT_SIMILARITY_THRESHOLD`](crate::DEFAULT_SIMILARITY_THRESHOLD), 0.85: docs/SEMANTIC.md shows the
+    /// curve it was chosen from; 0.90-0.95 for deployments that must rarely serve a wrong answer). Functions
+    /// with `similar(arg, threshold = ...)` use their own. Must be in (0, 1]: checked when the cache is built
+    /// ([`CacheError::Config`]).
+    pub fn similarity_threshold(mut self, threshold: f32) -> Self {
+        self.config.similarity_threshold = threshold;
+        self
+    }
+
     /// Makes [`PgCache::migrate`] also create the opt-in GIN index over `data`.
     pub fn gin_index(mut self, enabled: bool) -> Self {
         self.config.gin_index = enabled;

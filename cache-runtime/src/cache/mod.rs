@@ -6,6 +6,7 @@
 //! - `tags.rs`: `invalidate_tag(s)`, `invalidate_on_change` and its removal;
 //! - `maintenance.rs`: namespace purges, sweeps, eviction, `keys`, `stats`, `health_check`;
 //! - `builder.rs`, `env.rs`: [`PgCacheBuilder`], `connect`, `from_env`;
+//! - `similar.rs`: semantic entries, `set_similar` and `get_similar`;
 //! - `memo.rs`: the narrow handle through which the memoization engine uses a cache;
 //! - `global.rs`: the process-wide instance.
 //!
@@ -20,12 +21,17 @@ mod grant;
 mod maintenance;
 mod memo;
 mod ops;
+mod similar;
 mod tags;
 
 pub use builder::PgCacheBuilder;
 pub use global::{global, set_global};
 pub use maintenance::SweepReport;
 pub(crate) use memo::MemoHandle;
+#[cfg(feature = "test-support")]
+pub(crate) use similar::similar_key;
+pub(crate) use similar::Scope;
+pub use similar::SimilarHit;
 
 use crate::codec;
 use crate::config::Config;
@@ -41,6 +47,7 @@ use crate::server::Server;
 use crate::tier::events::{Events, Targets};
 use crate::tier::flight::Flights;
 use crate::tier::local::{Fill, LocalTier};
+use crate::tier::vectors::Vectors;
 use serde::de::DeserializeOwned;
 use sqlx::postgres::PgPool;
 use std::sync::{Arc, OnceLock};
@@ -79,6 +86,8 @@ use std::time::{Duration, Instant};
 /// - **Look at it**: [`keys`](Self::keys), [`stats`](Self::stats), [`process_stats`](Self::process_stats),
 ///   [`health_check`](Self::health_check), [`shard_for`](Self::shard_for),
 ///   [`single_pool`](Self::single_pool), [`shard_pools`](Self::shard_pools).
+/// - **Match by meaning**: [`set_similar`](Self::set_similar), [`get_similar`](Self::get_similar) (with an
+///   [`embedder`](crate::PgCacheBuilder::embedder)).
 /// - **Memoize**: `#[pg_cached]` functions use it (see [`macro@crate::pg_cached`]).
 ///
 /// # Expiry
@@ -109,6 +118,8 @@ struct Inner {
     /// The in-process tier, created by the builder or on first use by a function with `local = "..."`.
     local: Arc<OnceLock<LocalTier>>,
     events: Arc<Events>,
+    /// The vectors of the semantic scopes this process searched (see `similar.rs`).
+    vectors: Vectors,
     sweeper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -147,6 +158,7 @@ impl PgCache {
             flights: Arc::default(),
             local,
             events,
+            vectors: Vectors::default(),
             sweeper: std::sync::Mutex::new(None),
         };
         let cache = PgCache { inner: Arc::new(inner) };

@@ -5,6 +5,7 @@ use super::background;
 use super::lease::Lease;
 use super::policy::Policy;
 use super::scope::TagScope;
+use super::similar::Query;
 use super::site::{SingleFlight, Site};
 use super::work::{Body, How, Work};
 use super::{run, served, Computed};
@@ -25,6 +26,8 @@ pub(super) struct Call<'a, P> {
     pub(super) local: Option<&'a LocalTier>,
     /// The computation this call is part of (an outer memoized body), which inherits its tags.
     pub(super) outer: Option<&'a TagScope>,
+    /// `similar(arg)`: the text and vector to store beside each entry this call writes.
+    pub(super) similar: Option<&'a Query>,
 }
 
 /// What the store said about the key.
@@ -214,7 +217,11 @@ impl<P> Call<'_, P> {
             started: Some(start),
             meta: EntryMeta { tags, compute_us: Some(computed.compute_us), usage: computed.usage },
         };
-        self.cache.write(write, self.site.local).await.map_err(drop)
+        let written = self.cache.write(write, self.site.local).await.map_err(drop)?;
+        if let (true, Some(query)) = (written, self.similar) {
+            self.store_similar(query).await;
+        }
+        Ok(written)
     }
 
     /// `single_flight = "off"`: look up, and on a miss compute and store.
@@ -321,5 +328,51 @@ impl<P> Call<'_, P> {
             let _ = self.write(&json, start, &computed).await;
         }
         outcome
+    }
+}
+
+/// `similar(arg)` (see `similar.rs`).
+impl<P> Call<'_, P> {
+    /// The value of the nearest stored text of the query's scope, if one is near enough and the guard
+    /// accepts it; counted and served as a hit. `None` on a miss and when the store fails (logged).
+    pub(super) async fn similar_hit<R>(&self, query: &Query) -> Option<R>
+    where
+        P: Policy<R>,
+    {
+        let cache = self.cache.cache();
+        let policy = self.policy;
+        let found = cache
+            .read_nearest(&query.scope, &query.text, &query.vector, query.threshold, |key| async move {
+                let entry = cache.memo().get_live(&key, ReadFrom::AnyCopy).await?;
+                Ok(entry.and_then(|entry| Some((policy.decode(&entry.json).ok()?, entry.meta))))
+            })
+            .await;
+        match found {
+            Ok(Some(((value, meta), candidate))) => {
+                self.record_served(Event::Hit, &meta);
+                tracing::debug!(
+                    namespace = self.site.namespace,
+                    key = self.key,
+                    matched = &*candidate.key,
+                    score = candidate.score,
+                    "memoized semantic hit"
+                );
+                Some(value)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                tracing::warn!(namespace = self.site.namespace, %error, "semantic lookup failed; computing");
+                None
+            }
+        }
+    }
+
+    /// Stores the text and vector of the entry just written, so that paraphrases find it.
+    pub(super) async fn store_similar(&self, query: &Query) {
+        let cache = self.cache.cache();
+        if let Err(error) = cache.store_vector(self.key, &query.scope, &query.text, &query.vector).await {
+            self.cache.record_error(self.site.namespace, &error);
+            tracing::warn!(namespace = self.site.namespace, key = self.key, %error, "the entry's vector was not stored");
+        }
     }
 }

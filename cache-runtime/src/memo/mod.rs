@@ -16,6 +16,7 @@ mod leader;
 pub(crate) mod lease;
 pub(crate) mod policy;
 pub(crate) mod scope;
+pub(crate) mod similar;
 pub(crate) mod site;
 pub(crate) mod stream;
 pub(crate) mod work;
@@ -30,6 +31,7 @@ use crate::usage::Usage;
 use call::Call;
 use policy::Policy;
 use scope::TagScope;
+use similar::Similar;
 use site::{CacheRef, SingleFlight, Site};
 use std::future::Future;
 use std::pin::Pin;
@@ -59,6 +61,7 @@ pub(crate) fn memoize_with<R, P, M, F, L>(
     policy: P,
     make: M,
     values: L,
+    similar: Option<Similar>,
 ) -> Memoized<R, impl Future<Output = R>>
 where
     P: Policy<R>,
@@ -85,7 +88,7 @@ where
         background::refresh_ahead(store, site, key, remaining_ms, Work::new(make));
         return Memoized::ready(value);
     }
-    Memoized::pending(memoize_slow(site, cache, key, policy, Work::new(make), outer).instrument(span))
+    Memoized::pending(memoize_slow(site, cache, key, policy, Work::new(make), outer, similar).instrument(span))
 }
 
 /// Notes what `event` says about the current memoized call on its span: `outcome` is `hit`, `miss`,
@@ -230,6 +233,7 @@ async fn memoize_slow<R, P, M, F>(
     policy: P,
     mut work: Work<M, F>,
     outer: Option<Arc<TagScope>>,
+    similar: Option<Similar>,
 ) -> R
 where
     P: Policy<R>,
@@ -256,14 +260,22 @@ where
         }
     };
     let local = store.tier(site.local);
-    let call = Call { cache: store, site, key: &key, policy: &policy, local, outer: outer.as_deref() };
+    let mut call =
+        Call { cache: store, site, key: &key, policy: &policy, local, outer: outer.as_deref(), similar: None };
     if refresh_requested(&key) {
+        // A refresh stores the text and vector again too (the entry is rewritten under the same key).
+        let query = match similar {
+            Some(similar) => similar::prepare(site, &cache, similar).await,
+            None => None,
+        };
+        call.similar = query.as_ref();
         return call.refresh_now(work.body()).await;
     }
-    // A hit, the common case, needs neither the flight map nor the body.
-    let store_down = match site.single_flight {
-        SingleFlight::Off => false,
-        SingleFlight::Process | SingleFlight::Cluster => match call.find_live(Event::Hit, ReadFrom::AnyCopy).await {
+    // A hit, the common case, needs neither the flight map nor the body. With `similar(arg)` the exact key is
+    // looked up first whatever the single-flight mode, then the nearest text of the scope.
+    let store_down = match (site.single_flight, &similar) {
+        (SingleFlight::Off, None) => false,
+        _ => match call.find_live(Event::Hit, ReadFrom::AnyCopy).await {
             Ok(Some((outcome, remaining_ms))) => {
                 background::refresh_ahead(store, site, &key, remaining_ms, work);
                 return outcome;
@@ -272,6 +284,16 @@ where
             Err(()) => true,
         },
     };
+    let query = match similar {
+        Some(similar) if !store_down => similar::prepare(site, &cache, similar).await,
+        _ => None,
+    };
+    if let Some(query) = &query {
+        if let Some(outcome) = call.similar_hit(query).await {
+            return outcome;
+        }
+    }
+    call.similar = query.as_ref();
     match site.single_flight {
         SingleFlight::Off => call.uncoalesced(work).await,
         SingleFlight::Process | SingleFlight::Cluster => call.single_flight(work, store_down).await,

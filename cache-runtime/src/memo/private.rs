@@ -130,7 +130,7 @@ where
     M: FnOnce(How) -> Body<F>,
     F: Future<Output = R>,
 {
-    memo::memoize_with(site, cache, key, policy, make, JsonOnly)
+    memo::memoize_with(site, cache, key, policy, make, JsonOnly, None)
 }
 
 /// [`memoize`] for functions with `local = "..."`: in-process hits hand out clones of the decoded value,
@@ -148,9 +148,28 @@ where
     M: FnOnce(How) -> Body<F>,
     F: Future<Output = R>,
 {
-    memo::memoize_with(site, cache, key, policy, make, Typed)
+    memo::memoize_with(site, cache, key, policy, make, Typed, None)
 }
 
+/// [`memoize`] for functions with `similar(arg)`: after the exact key misses, the nearest stored text of
+/// the same scope (the key without `arg`) may answer; a computed value is stored with its text's vector.
+pub fn memoize_similar<R, P, M, F>(
+    site: &'static Site,
+    cache: CacheRef,
+    key: Result<String, CacheError>,
+    similar: Similar,
+    policy: P,
+    make: M,
+) -> Memoized<R, impl Future<Output = R>>
+where
+    P: Policy<R>,
+    M: FnOnce(How) -> Body<F>,
+    F: Future<Output = R>,
+{
+    memo::memoize_with(site, cache, key, policy, make, JsonOnly, Some(similar))
+}
+
+pub use crate::memo::similar::{Similar, SimilarText};
 pub use crate::memo::stream::{memoize_stream, Interrupt, InterruptInto, Interruption, MemoStream, NoInterrupt};
 pub use crate::memo::work::{task, Body, How, NotOwned, Own, OwnSlice, Owned, Task};
 pub use crate::memo::Memoized;

@@ -39,6 +39,11 @@ pub struct Site {
     pub(crate) refresh_ahead: Option<u8>,
     /// `replay = "as_recorded"`: a memoized stream is replayed with the gaps it was recorded with.
     pub(crate) replay_as_recorded: bool,
+    /// `similar(arg)`: calls are also matched by the meaning of one text argument; `Some(threshold)` when
+    /// the function sets its own (`similar(arg, threshold = 0.9)`).
+    pub(crate) similar: Option<Option<f32>>,
+    /// Whether this function has said, once, that it runs by its exact key alone for want of an embedder.
+    pub(crate) similar_warned: std::sync::atomic::AtomicBool,
     /// The hash state after the function's fixed part (format, namespace, path, version), computed once:
     /// every call clones it and adds only its own arguments.
     prefix: std::sync::OnceLock<KeyBuilder>,
@@ -58,6 +63,8 @@ impl Site {
             tags: &[],
             refresh_ahead: None,
             replay_as_recorded: false,
+            similar: None,
+            similar_warned: std::sync::atomic::AtomicBool::new(false),
             prefix: std::sync::OnceLock::new(),
         }
     }
@@ -89,6 +96,11 @@ impl Site {
     /// `replay = "as_recorded"`.
     pub const fn replay_as_recorded(mut self) -> Site {
         self.replay_as_recorded = true;
+        self
+    }
+    /// `similar(arg)` (`threshold`: `None` for the cache's, else checked by the macro: in (0, 1]).
+    pub const fn similar(mut self, threshold: Option<f32>) -> Site {
+        self.similar = Some(threshold);
         self
     }
     /// Static tags (checked by the macro, at compile time).

@@ -8,6 +8,7 @@
 //! - `mod.rs` (here): the server, and its coalesced per-key operations (reads, writes, deletes);
 //! - `reads.rs`, `writes.rs`: how a batch of each becomes one statement;
 //! - `statements.rs`: every other statement (marks, tags, triggers, maintenance, reports, leases);
+//! - `semantic.rs`: semantic entries' texts and vectors (`cache_semantic`);
 //! - `coalesce/`, `exec.rs`, `detach.rs`: how operations share statements, run, and survive cancellation;
 //! - `sql.rs`: the SQL text.
 
@@ -18,6 +19,7 @@ pub(crate) mod exec;
 pub(crate) mod lost;
 pub(crate) mod reads;
 pub(crate) mod schema;
+pub(crate) mod semantic;
 pub(crate) mod sql;
 mod statements;
 pub(crate) mod writes;

@@ -204,6 +204,25 @@ pub(crate) const LEASE_IS_LIVE: &str =
 
 pub(crate) const GIN_INDEX: &str = include_str!("../../../migrations/optional/gin_index.sql");
 
+/// Stores the semantic row of entry $1 (scope hash $2, model id $3, text $4, embedding $5) if the entry is
+/// there; a row already there is replaced, with this transaction as its writer. Returns whether it wrote. The
+/// foreign key makes an entry deleted meanwhile fail the insert (23503), which the caller treats as "not
+/// stored", as the guarded write of the entry itself would have been.
+pub(crate) const WRITE_SEMANTIC: &str = "WITH ins AS (\
+     INSERT INTO cache_semantic (cache_key, scope_hash, model_id, text, embedding) \
+     SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM cache_entries WHERE cache_key = $1) \
+     ON CONFLICT (cache_key) DO UPDATE SET scope_hash = EXCLUDED.scope_hash, model_id = EXCLUDED.model_id, \
+         text = EXCLUDED.text, embedding = EXCLUDED.embedding, xact = pg_current_xact_id() \
+     RETURNING 1) SELECT count(*) FROM ins";
+
+/// The semantic rows of scope $1 and model $2 written by transactions at or after xid $3 (text; `0` for
+/// all), and the xmin of this statement's snapshot, the next call's $3. Always at least one row: the xmin,
+/// with NULLs when nothing is new.
+pub(crate) const SEMANTIC_SINCE: &str = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text, \
+         s.cache_key::text, s.text, s.embedding \
+     FROM (SELECT 1) AS one \
+     LEFT JOIN cache_semantic AS s ON s.scope_hash = $1 AND s.model_id = $2 AND s.xact >= $3::xid8";
+
 #[cfg(test)]
 mod tests {
     use super::*;

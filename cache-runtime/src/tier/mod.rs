@@ -1,7 +1,8 @@
 //! What this process holds besides PostgreSQL: the in-process tier of values ([`local`]), the computations
-//! in flight ([`flight`]), and the listener that keeps both coherent with every other process
-//! ([`events`], LISTEN/NOTIFY). Uses `route/` and `server/` only to open its listener connections.
+//! in flight ([`flight`]), the vectors of semantic entries ([`vectors`], kept current by reading the database),
+//! and the listener that keeps the first two coherent with every other process ([`events`], LISTEN/NOTIFY). Uses `route/` and `server/` only to open its listener connections.
 
 pub(crate) mod events;
 pub(crate) mod flight;
 pub(crate) mod local;
+pub(crate) mod vectors;

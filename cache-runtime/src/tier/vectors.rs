@@ -1,0 +1,273 @@
+//! The vectors of semantic entries, held in this process per scope, so that finding the nearest stored text
+//! costs a scan of memory rather than of the table.
+//!
+//! PostgreSQL stays the source of truth (`cache_semantic`, migration 0009); this is only where candidates
+//! come from. Two things keep it honest:
+//!
+//! - **Nothing added elsewhere is missed for long.** Before each search the scope catches up with the rows
+//!   written since its last look (by transaction id: see the migration), so a vector another process stored
+//!   is found by the next lookup here. Callers waiting on one scope share one catch-up (see [`Catchup`]).
+//! - **Nothing removed is served.** A candidate is only a key: the caller reads the entry by that key, which
+//!   checks expiry and sees every invalidation, and drops the vector here when the entry is gone. Vectors of
+//!   entries removed that never come up as candidates stay until the scope is dropped: a scope unused for
+//!   [`SCOPE_IDLE`] is, and so is one held for [`SCOPE_MAX_AGE`], and its next lookup reloads it.
+//!
+//! The search is exact: every vector of the scope is scored (a dot product: they are unit vectors). At
+//! 100,000 vectors of 384 dimensions that is 38 M multiply-adds, a few milliseconds of one core; the
+//! measurements are in docs/SEMANTIC.md.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// A scope nobody searched for this long is dropped from memory.
+pub(crate) const SCOPE_IDLE: Duration = Duration::from_secs(10 * 60);
+/// A scope is reloaded from the database after this long, which bounds how long the vectors of removed
+/// entries are kept.
+pub(crate) const SCOPE_MAX_AGE: Duration = Duration::from_secs(60 * 60);
+/// At most this many scopes are held; the least recently used go first.
+const MAX_SCOPES: u64 = 256;
+
+/// Every scope this process searches.
+pub(crate) struct Vectors {
+    scopes: moka::sync::Cache<i64, Arc<ScopeVectors>>,
+}
+
+impl std::fmt::Debug for Vectors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vectors").field("scopes", &self.scopes.entry_count()).finish()
+    }
+}
+
+impl Default for Vectors {
+    fn default() -> Self {
+        let scopes = moka::sync::Cache::builder()
+            .max_capacity(MAX_SCOPES)
+            .time_to_idle(SCOPE_IDLE)
+            .time_to_live(SCOPE_MAX_AGE)
+            .build();
+        Vectors { scopes }
+    }
+}
+
+impl Vectors {
+    /// The scope `hash`, created empty (to be caught up with from the start) if it is not held.
+    pub(crate) fn scope(&self, hash: i64, shards: usize) -> Arc<ScopeVectors> {
+        self.scopes.get_with(hash, || Arc::new(ScopeVectors::new(shards)))
+    }
+
+    /// The scope `hash` if it is held: a write adds its vector there, so this process finds it at once.
+    pub(crate) fn held(&self, hash: i64) -> Option<Arc<ScopeVectors>> {
+        self.scopes.get(&hash)
+    }
+}
+
+/// Where one scope's catch-up stands: per shard, the transaction id from which rows are still to be read.
+#[derive(Debug)]
+pub(crate) struct Catchup {
+    /// Per shard, the next catch-up's lower bound (an `xid8` as text; `"0"` before the first).
+    pub(crate) since: Vec<String>,
+    /// When the last complete catch-up began: a caller that asked before that has nothing left to read.
+    pub(crate) began: Option<Instant>,
+}
+
+/// One scope's vectors.
+#[derive(Debug)]
+pub(crate) struct ScopeVectors {
+    /// Held during a catch-up, so that callers of one scope take turns and share the reads.
+    pub(crate) catchup: tokio::sync::Mutex<Catchup>,
+    rows: RwLock<Rows>,
+}
+
+/// A stored text near the asked one: its entry's key, the text, and the cosine of the two.
+#[derive(Debug, Clone)]
+pub(crate) struct Candidate {
+    pub(crate) key: Arc<str>,
+    pub(crate) text: Arc<str>,
+    pub(crate) score: f32,
+}
+
+/// The vectors, one after the other in `data`, with their keys and texts at the same index.
+#[derive(Debug, Default)]
+struct Rows {
+    dims: usize,
+    keys: Vec<Arc<str>>,
+    texts: Vec<Arc<str>>,
+    data: Vec<f32>,
+    slots: HashMap<Arc<str>, usize>,
+}
+
+impl ScopeVectors {
+    fn new(shards: usize) -> ScopeVectors {
+        ScopeVectors {
+            catchup: tokio::sync::Mutex::new(Catchup { since: vec!["0".to_owned(); shards], began: None }),
+            rows: RwLock::default(),
+        }
+    }
+
+    /// How many vectors the scope holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.rows.read().unwrap_or_else(|e| e.into_inner()).keys.len()
+    }
+
+    /// Adds or replaces the vector of `key`. A vector of another length than the scope's is ignored (one
+    /// scope is one model, so this does not happen but by a bug or a corrupted row).
+    pub(crate) fn upsert(&self, key: &str, text: &str, vector: &[f32]) {
+        let mut rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
+        if rows.keys.is_empty() {
+            rows.dims = vector.len();
+        }
+        if vector.len() != rows.dims || vector.is_empty() {
+            return;
+        }
+        let dims = rows.dims;
+        if let Some(&slot) = rows.slots.get(key) {
+            rows.data[slot * dims..(slot + 1) * dims].copy_from_slice(vector);
+            rows.texts[slot] = Arc::from(text);
+            return;
+        }
+        let key: Arc<str> = Arc::from(key);
+        let slot = rows.keys.len();
+        rows.keys.push(Arc::clone(&key));
+        rows.texts.push(Arc::from(text));
+        rows.data.extend_from_slice(vector);
+        rows.slots.insert(key, slot);
+    }
+
+    /// Adds a row as the database stores it (little-endian f32); a row that does not decode is skipped.
+    pub(crate) fn upsert_bytes(&self, key: &str, text: &str, embedding: &[u8]) {
+        if let Some(vector) = decode(embedding) {
+            self.upsert(key, text, &vector);
+        }
+    }
+
+    /// Drops the vector of `key` (its entry is gone).
+    pub(crate) fn remove(&self, key: &str) {
+        let mut rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = rows.slots.remove(key) else { return };
+        let (dims, last) = (rows.dims, rows.keys.len() - 1);
+        if slot != last {
+            let moved = Arc::clone(&rows.keys[last]);
+            rows.data.copy_within(last * dims..(last + 1) * dims, slot * dims);
+            rows.slots.insert(Arc::clone(&moved), slot);
+            rows.keys.swap(slot, last);
+            rows.texts.swap(slot, last);
+        }
+        rows.keys.pop();
+        rows.texts.pop();
+        rows.data.truncate(last * dims);
+    }
+
+    /// The (at most) `n` stored texts most like `query` scoring at least `threshold`, best first.
+    pub(crate) fn nearest(&self, query: &[f32], threshold: f32, n: usize) -> Vec<Candidate> {
+        let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
+        if rows.dims == 0 || query.len() != rows.dims || n == 0 {
+            return Vec::new();
+        }
+        let mut best: Vec<(f32, usize)> = Vec::with_capacity(n + 1);
+        for (slot, vector) in rows.data.chunks_exact(rows.dims).enumerate() {
+            let score = dot(query, vector);
+            if score < threshold || (best.len() == n && score <= best[n - 1].0) {
+                continue;
+            }
+            let at = best.partition_point(|&(s, _)| s >= score);
+            best.insert(at, (score, slot));
+            best.truncate(n);
+        }
+        best.into_iter()
+            .map(|(score, slot)| Candidate {
+                key: Arc::clone(&rows.keys[slot]),
+                text: Arc::clone(&rows.texts[slot]),
+                score,
+            })
+            .collect()
+    }
+}
+
+/// The dot product, with eight partial sums so that the compiler can keep them in vector registers (a
+/// single running sum must be added in order, one element at a time).
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8.remainder().iter().zip(b8.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            sums[i] += x[i] * y[i];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
+}
+
+/// A vector as the database stores it: little-endian f32.
+pub(crate) fn encode(vector: &[f32]) -> Vec<u8> {
+    vector.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// The vector of [`encode`]'s bytes, or `None` when they are not whole finite f32s.
+pub(crate) fn decode(bytes: &[u8]) -> Option<Vec<f32>> {
+    if bytes.is_empty() || bytes.len() % 4 != 0 {
+        return None;
+    }
+    let vector: Vec<f32> = bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    vector.iter().all(|x| x.is_finite()).then_some(vector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / norm).collect()
+    }
+
+    #[test]
+    fn nearest_ranks_by_score_and_respects_the_threshold() {
+        let scope = ScopeVectors::new(1);
+        scope.upsert("a", "A", &unit(&[1.0, 0.0, 0.0]));
+        scope.upsert("b", "B", &unit(&[1.0, 1.0, 0.0]));
+        scope.upsert("c", "C", &unit(&[0.0, 0.0, 1.0]));
+        let found = scope.nearest(&unit(&[1.0, 0.2, 0.0]), 0.5, 4);
+        let keys: Vec<&str> = found.iter().map(|c| &*c.key).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert!(found[0].score > found[1].score);
+        assert_eq!(scope.nearest(&unit(&[1.0, 0.2, 0.0]), 0.5, 1).len(), 1);
+        assert!(scope.nearest(&unit(&[0.0, 1.0, -1.0]), 0.99, 4).is_empty());
+    }
+
+    #[test]
+    fn upsert_replaces_and_remove_keeps_the_others_intact() {
+        let scope = ScopeVectors::new(1);
+        for (i, key) in ["a", "b", "c", "d"].iter().enumerate() {
+            let mut v = vec![0.0; 4];
+            v[i] = 1.0;
+            scope.upsert(key, key, &v);
+        }
+        scope.upsert("a", "A2", &[0.0, 0.0, 0.0, 1.0]);
+        assert_eq!(scope.len(), 4);
+        scope.remove("b");
+        scope.remove("missing");
+        assert_eq!(scope.len(), 3);
+        // "d" moved into b's slot: its vector and text moved with it.
+        let found = scope.nearest(&[0.0, 0.0, 0.0, 1.0], 0.9, 4);
+        let keys: Vec<(&str, &str)> = found.iter().map(|c| (&*c.key, &*c.text)).collect();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&("a", "A2")) && keys.contains(&("d", "d")));
+        assert_eq!(&*scope.nearest(&[0.0, 0.0, 1.0, 0.0], 0.9, 4)[0].key, "c");
+        // Another length than the scope's is ignored.
+        scope.upsert("e", "e", &[1.0, 0.0]);
+        assert_eq!(scope.len(), 3);
+    }
+
+    #[test]
+    fn dot_matches_the_plain_sum_and_bytes_round_trip() {
+        let a: Vec<f32> = (0..21).map(|i| i as f32 * 0.1).collect();
+        let b: Vec<f32> = (0..21).map(|i| 1.0 - i as f32 * 0.05).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - plain).abs() < 1e-4);
+        assert_eq!(decode(&encode(&a)), Some(a));
+        assert_eq!(decode(&[0, 0, 0]), None);
+        assert_eq!(decode(&f32::NAN.to_le_bytes()), None);
+    }
+}
