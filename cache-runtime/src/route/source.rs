@@ -54,7 +54,9 @@ impl Source {
         let servers: Vec<ServerSpec> = match self {
             Source::Url(url) => vec![unnamed(parse_url(url)?)],
             Source::Options(options) => vec![unnamed(vec![(**options).clone()])],
-            Source::Shards(specs) => specs.iter().enumerate().map(|(i, spec)| parse_spec(i, spec)).collect::<Result<_>>()?,
+            Source::Shards(specs) => {
+                specs.iter().enumerate().map(|(i, spec)| parse_spec(i, spec)).collect::<Result<_>>()?
+            }
             Source::Pool(_) | Source::Unset => {
                 return Err(CacheError::Config("PgCache::builder() needs .pool(), .database_url() or .shards()".into()))
             }
