@@ -29,8 +29,10 @@ pub struct ConnectionArgs {
     pub database_url: Option<String>,
 
     /// A sharded cache: every shard's URL, comma-separated, as the services give them to
-    /// `PgCacheBuilder::shards`. Takes the place of --database-url.
-    #[arg(long, value_delimiter = ',', global = true, value_name = "URL,URL,...")]
+    /// `PgCacheBuilder::shards`, names included (`eu-1=postgres://...`). A URL may list several hosts
+    /// (`postgres://db1a,db1b/app`): a comma starts a new shard only before `postgres://` or `NAME=postgres://`.
+    /// Takes the place of --database-url.
+    #[arg(long, global = true, value_name = "URL,URL,...")]
     pub shards: Vec<String>,
 
     /// How long to wait for a connection and for each cache operation, in seconds.

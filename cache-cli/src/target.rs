@@ -4,7 +4,8 @@
 //! With `--shards`, the `PgCache` is built with `.shards(urls)`, so deletes and purges reach every shard
 //! exactly as the services' own calls would, and the tool's SQL runs on every shard at once; commands merge
 //! the results. Each shard's pool comes from a one-server `PgCache` over the same URL, so multi-host URLs
-//! (a primary and its standbys) are understood the same way the library understands them.
+//! (a primary and its standbys) and named shards (`eu-1=postgres://...`) are understood the same way the
+//! library understands them, and `shard_for` routes by the same identities as the services.
 //!
 //! Nothing here may hang: connecting is bounded by `--timeout`, and every statement of the tool's own by
 //! [`STATEMENT_TIMEOUT`] (the library's connections also carry it as `statement_timeout`).
@@ -64,7 +65,13 @@ impl Target {
     /// [`CliError::Usage`] when no database is named; [`CliError::Connect`] when a server cannot be reached.
     pub async fn connect(args: &ConnectionArgs, tuning: Tuning) -> Result<Target, CliError> {
         let urls = urls(args)?;
-        let builder = |url: &str| configure(PgCache::builder().database_url(url), args.timeout, tuning);
+        // A shard is given as the services give it (maybe `name=postgres://...`): a one-shard list.
+        let sharded = !args.shards.is_empty();
+        let one = |url: &str| match sharded {
+            true => PgCache::builder().shards([url]),
+            false => PgCache::builder().database_url(url),
+        };
+        let builder = |url: &str| configure(one(url), args.timeout, tuning);
         let connecting = urls.iter().map(|url| connect_one(builder(url), url, args.timeout));
         let caches: Vec<PgCache> = join_all(connecting).await.into_iter().collect::<Result<_, _>>()?;
         // Each of these caches runs on the one server of its URL.
@@ -118,7 +125,7 @@ pub async fn bounded<T>(
 
 /// The URLs to use: `--shards` if given, else `--database-url` / `DATABASE_URL`.
 fn urls(args: &ConnectionArgs) -> Result<Vec<String>, CliError> {
-    let shards: Vec<String> = args.shards.iter().map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+    let shards: Vec<String> = args.shards.iter().flat_map(|list| split_shards(list)).collect();
     if !shards.is_empty() {
         return Ok(shards);
     }
@@ -179,6 +186,29 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     innermost.to_string()
 }
 
+/// A comma-separated list of shards, each `URL` or `NAME=URL`, where a URL may itself list several hosts
+/// separated by commas: a comma starts a new shard only where what follows opens one (`scheme://` or
+/// `NAME=scheme://`); otherwise it belongs to the URL before it.
+fn split_shards(list: &str) -> Vec<String> {
+    let mut shards: Vec<String> = Vec::new();
+    for piece in list.split(',').filter(|piece| !piece.trim().is_empty()) {
+        match shards.last_mut() {
+            Some(last) if !opens_a_shard(piece.trim_start()) => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => shards.push(piece.to_owned()),
+        }
+    }
+    shards.into_iter().map(|s| s.trim().to_owned()).collect()
+}
+
+/// Whether `piece` starts with `scheme://` or `name=scheme://` (a name and a scheme hold neither `/`, `:`,
+/// `@` nor `?`, which every host, port or path before a `://` further on would).
+fn opens_a_shard(piece: &str) -> bool {
+    piece.find("://").is_some_and(|end| !piece[..end].contains(['/', ':', '@', '?']) && end > 0)
+}
+
 /// `host:port/database` of the server a pool connects to.
 fn server_name(pool: &PgPool) -> String {
     let options = pool.connect_options();
@@ -200,6 +230,13 @@ mod tests {
         let sharded = urls(&args(Some("postgres://a/x"), &["postgres://b/y", " postgres://c/z"]));
         assert_eq!(sharded.ok(), Some(vec!["postgres://b/y".to_owned(), "postgres://c/z".to_owned()]));
         assert!(matches!(urls(&args(None, &[])), Err(CliError::Usage(_))));
+        // Multi-host URLs and named shards, in one list or in several flags.
+        let listed = urls(&args(
+            None,
+            &["postgres://u@a1,a2:5433/x?sslmode=disable,eu-2=postgres://b1,b2/y", "c=postgresql://c/z,"],
+        ));
+        let expected = ["postgres://u@a1,a2:5433/x?sslmode=disable", "eu-2=postgres://b1,b2/y", "c=postgresql://c/z"];
+        assert_eq!(listed.ok(), Some(expected.map(str::to_owned).to_vec()));
         assert!(matches!(urls(&args(Some(" "), &[])), Err(CliError::Usage(_))));
     }
 }

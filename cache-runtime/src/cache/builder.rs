@@ -5,7 +5,7 @@ use crate::config::{Config, Durability};
 use crate::error::{CacheError, Result};
 use crate::redact::redact_url;
 use crate::route::failover::Hosts;
-use crate::route::source::{server_name, Source};
+use crate::route::source::{identity, warn_unnamed_host_lists, Source};
 use crate::ttl::Ttl;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::time::Duration;
@@ -69,14 +69,35 @@ impl PgCacheBuilder {
     }
 
     /// Spreads the cache over several PostgreSQL servers (or databases), one URL each: every key lives on one
-    /// of them, chosen by rendezvous hashing on the key and the server's `host:port/database` (so the list may
-    /// be given in any order; adding a server moves about 1/N of the keys to it, removing one only loses its
-    /// own). Each server gets a pool of [`max_connections`](Self::max_connections).
+    /// of them, chosen by rendezvous hashing on the key and the shard's identity (adding a shard moves about
+    /// 1/N of the keys to it, removing one only loses its own). Each server gets a pool of
+    /// [`max_connections`](Self::max_connections).
     ///
     /// Per-key operations and memoized calls go to the key's shard; purges, sweeps, `keys`, `stats`, health
     /// checks and migrations go to every shard in parallel. A shard that is down costs only its own keys:
     /// their operations fail (memoized calls run uncached) while every other key keeps hitting, and they hit
     /// again by themselves once it is back. See docs/SCALING.md.
+    ///
+    /// # A shard's identity
+    /// Every process that shares the shards must give each one the same identity, or the processes route
+    /// keys differently: each writes where the others never read, and their invalidations miss. The
+    /// identity is read from the configuration alone, never from the servers, so it is the same in a
+    /// process built with [`build_lazy`](Self::build_lazy) and in one that starts while a shard is down.
+    ///
+    /// - **Named**: `name=postgres://...`, a name of 1 to 63 ASCII letters, digits, `.`, `_` or `-`. The
+    ///   identity is the name alone: the hosts, their order, the standbys listed, the user and the
+    ///   parameters may differ between processes, and the shard may move to other hosts, without moving a
+    ///   key. **Name every shard whose URL lists several hosts** (a primary and its standbys), or whose
+    ///   hosts may be spelled differently by different processes (`db1` and `db1.internal`).
+    /// - **Unnamed**: the shard's database and the set of its `host:port` (sorted, each once; never
+    ///   credentials). The order of a URL's hosts does not matter, but every process must list the same
+    ///   hosts, spelled the same way: listing one more standby changes the identity. A URL with one host is
+    ///   `host:port/database`. Building a cache with several shards logs a warning for each unnamed shard
+    ///   that lists several hosts.
+    ///
+    /// The order of the list does not matter either way; [`PgCache::shard_for`] indexes it. Naming a shard
+    /// (or renaming it) moves the keys that change shard once: each is a miss, then lives on its new shard,
+    /// and the old copy expires by its TTL. Names must be distinct.
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), cache_runtime::CacheError> {
@@ -85,6 +106,14 @@ impl PgCacheBuilder {
     ///     .build()
     ///     .await?;
     /// let shard = cache.shard_for("retrieval:rust:5"); // 0, 1 or 2
+    ///
+    /// // Each shard a primary and its standby: named, so that any process may list their hosts its own way.
+    /// let cache = cache_runtime::PgCache::builder()
+    ///     .shards([
+    ///         "eu-1=postgres://cache@db1a,db1b/app?target_session_attrs=read-write",
+    ///         "eu-2=postgres://cache@db2a,db2b/app?target_session_attrs=read-write",
+    ///     ])
+    ///     .build_lazy()?;
     /// # Ok(()) }
     /// ```
     pub fn shards<S: Into<String>>(mut self, urls: impl IntoIterator<Item = S>) -> Self {
@@ -310,9 +339,11 @@ impl PgCacheBuilder {
         }
         let named = self.source.servers()?;
         self.check_replicas(named.len())?;
+        warn_unnamed_host_lists(&named);
         let mut servers = Vec::new();
-        for (name, candidates) in named {
-            let hosts = Hosts::new(candidates.into_iter().map(|o| with_statement_timeout(&self.config, o)).collect());
+        for spec in named {
+            let name = spec.name;
+            let hosts = Hosts::new(spec.hosts.into_iter().map(|o| with_statement_timeout(&self.config, o)).collect());
             // With several hosts, start on the one that accepts writes (or the first, if none answers yet).
             let start = match hosts.find_primary(self.config.op_timeout.max(Duration::from_secs(2))).await {
                 Some(primary) => primary.clone(),
@@ -352,9 +383,9 @@ impl PgCacheBuilder {
         let replicas = Source::Shards(self.replicas.clone()).servers()?;
         Ok(replicas
             .into_iter()
-            .map(|(name, hosts)| {
-                let options = with_statement_timeout(&self.config, hosts[0].clone());
-                (name, own_pool(&self.config, self.max_connections).connect_lazy_with(options))
+            .map(|spec| {
+                let options = with_statement_timeout(&self.config, spec.hosts[0].clone());
+                (spec.name, own_pool(&self.config, self.max_connections).connect_lazy_with(options))
             })
             .collect())
     }
@@ -371,7 +402,7 @@ impl PgCacheBuilder {
         self.check()?;
         if let Source::Pool(pool) = &self.source {
             let options = (*pool.connect_options()).clone();
-            let name = server_name(std::slice::from_ref(&options));
+            let name = identity(std::slice::from_ref(&options));
             let replicas = self.replica_pools(1)?;
             return Ok(PgCache::from_parts(
                 vec![(name, pool.clone(), Hosts::new(vec![options]))],
@@ -379,15 +410,15 @@ impl PgCacheBuilder {
                 self.config,
             ));
         }
-        let servers = self
-            .source
-            .servers()?
+        let named = self.source.servers()?;
+        warn_unnamed_host_lists(&named);
+        let servers = named
             .into_iter()
-            .map(|(name, candidates)| {
+            .map(|spec| {
                 let hosts =
-                    Hosts::new(candidates.into_iter().map(|o| with_statement_timeout(&self.config, o)).collect());
+                    Hosts::new(spec.hosts.into_iter().map(|o| with_statement_timeout(&self.config, o)).collect());
                 let pool = own_pool(&self.config, self.max_connections).connect_lazy_with(hosts.first().clone());
-                (name, pool, hosts)
+                (spec.name, pool, hosts)
             })
             .collect::<Vec<_>>();
         let replicas = self.replica_pools(servers.len())?;

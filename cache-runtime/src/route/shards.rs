@@ -5,8 +5,9 @@
 //! `stats`, health, migrations) go to every shard, in parallel, and their results are merged.
 //!
 //! **Which shard.** Rendezvous (highest-random-weight) hashing, from the `rendezvous_hash` crate: each shard
-//! gets a score per key and the highest wins. A shard is named by its server and database
-//! (`host:port/database`, never credentials), so the list may be reordered freely; adding an (N+1)th shard
+//! gets a score per key and the highest wins. A shard is scored by its identity (`source.rs`): the name the
+//! operator gave it, or else its database and the set of its hosts (`host:port,host:port/database`, sorted,
+//! never credentials), so neither the list nor a URL's hosts depend on their order; adding an (N+1)th shard
 //! moves about 1/(N+1) of the keys (all of them to the new shard) and removing one moves only its own keys.
 //! Jump consistent hashing is faster but names shards by position, so removing any shard but the last
 //! reshuffles everything; Maglev needs a lookup table rebuilt on every change. With a handful of shards,
