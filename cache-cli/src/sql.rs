@@ -133,7 +133,8 @@ pub const HAS_MIGRATIONS_TABLE: &str = "SELECT to_regclass('_sqlx_migrations') I
 pub const INDEXES: &str = "SELECT t.relname::text, i.relname::text, x.indisvalid FROM pg_index AS x \
      JOIN pg_class AS i ON i.oid = x.indexrelid JOIN pg_class AS t ON t.oid = x.indrelid \
      WHERE t.oid IN (to_regclass('cache_entries'), to_regclass('cache_leases'), to_regclass('cache_invalidations'), \
-     to_regclass('cache_tag_invalidations'))";
+     to_regclass('cache_tag_invalidations'), to_regclass('cache_pending_invalidations'), \
+     to_regclass('cache_semantic'))";
 
 /// Autovacuum settings: the global switch and scale factor, and `cache_entries`' own options (`key=value`),
 /// NULL when the table has none or does not exist.

@@ -57,6 +57,21 @@ pub const EXPECTED_INDEXES: &[ExpectedIndex] = &[
         name: "cache_tag_invalidations_pkey",
         create: "ALTER TABLE cache_tag_invalidations ADD PRIMARY KEY (tag)",
     },
+    ExpectedIndex {
+        table: "cache_pending_invalidations",
+        name: "cache_pending_invalidations_xact_idx",
+        create: "CREATE INDEX IF NOT EXISTS cache_pending_invalidations_xact_idx ON cache_pending_invalidations (xact)",
+    },
+    ExpectedIndex {
+        table: "cache_semantic",
+        name: "cache_semantic_pkey",
+        create: "ALTER TABLE cache_semantic ADD PRIMARY KEY (cache_key)",
+    },
+    ExpectedIndex {
+        table: "cache_semantic",
+        name: "cache_semantic_scope_idx",
+        create: "CREATE INDEX IF NOT EXISTS cache_semantic_scope_idx ON cache_semantic (scope_hash, xact)",
+    },
 ];
 
 /// Indexes that an early migration created and a later one dropped: left behind, they only slow writes.
