@@ -217,7 +217,14 @@ pub async fn prepare(admin_url: &str, database: &str, rows: Rows) -> Result<Db, 
         cache.migrate().await.map_err(|e| format!("migrate {}: {e}", table.schema()))?;
         pool.close().await;
     }
-    if let Err(error) = conn.execute("ALTER TABLE bench_unlogged.cache_entries SET UNLOGGED").await {
+    // cache_semantic references cache_entries, and PostgreSQL links the two tables' persistence: its foreign
+    // key goes while both change, then comes back.
+    let unlogged = "ALTER TABLE bench_unlogged.cache_semantic DROP CONSTRAINT IF EXISTS cache_semantic_cache_key_fkey; \
+         ALTER TABLE bench_unlogged.cache_semantic SET UNLOGGED; \
+         ALTER TABLE bench_unlogged.cache_entries SET UNLOGGED; \
+         ALTER TABLE bench_unlogged.cache_semantic ADD CONSTRAINT cache_semantic_cache_key_fkey FOREIGN KEY (cache_key) \
+         REFERENCES bench_unlogged.cache_entries (cache_key) ON DELETE CASCADE";
+    if let Err(error) = sqlx::raw_sql(unlogged).execute(&mut conn).await {
         log(format!("UNLOGGED rows will be skipped: {error}"));
         db.unlogged = Err(format!("ALTER TABLE ... SET UNLOGGED failed: {error}"));
     }
