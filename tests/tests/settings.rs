@@ -100,6 +100,7 @@ async fn every_pool_size_is_refused_or_works_and_nothing_panics(pool: PgPool) ->
 /// that did neither refuse nor work, or panicked.
 async fn run_cases(pool: &PgPool, cases: &'static [Case]) -> TestResult {
     watch_panics();
+    migrate(pool).await?;
     let url = url_of(pool, None);
     let mut failures = Vec::new();
     for (index, (setting, expect, change)) in cases.iter().enumerate() {
@@ -194,6 +195,7 @@ const PASSWORD: &str = "Pw1-made-up-Xy9";
 async fn no_cache_built_from_a_url_shows_its_password(pool: PgPool) -> TestResult {
     capture_logs();
     watch_panics();
+    migrate(&pool).await?;
     let options = pool.connect_options();
     let (port, database) = (options.get_port(), options.get_database().unwrap_or("postgres"));
     let user = options.get_username();
@@ -227,6 +229,12 @@ async fn no_cache_built_from_a_url_shows_its_password(pool: PgPool) -> TestResul
     assert!(!logs.is_empty(), "the log capture works");
     assert!(!logs.contains(PASSWORD), "a log line shows the password:\n{logs}");
     assert!(PANICS.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
+    Ok(())
+}
+
+/// Applies the cache's SQL functions to the test's database: `sqlx::test` runs only the table migrations.
+async fn migrate(pool: &PgPool) -> TestResult {
+    PgCache::builder().pool(pool.clone()).sweep_interval(None).build().await?.migrate().await?;
     Ok(())
 }
 
