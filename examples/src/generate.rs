@@ -25,6 +25,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::retrieval::Document;
 use crate::text::{self, TermAnalyzer};
+use futures_util::stream::BoxStream;
+
+mod stream;
+pub use stream::AnswerChunk;
 
 /// A boxed, `Send` future borrowing for `'a` (what trait-object methods return).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -157,6 +161,15 @@ pub trait AnswerGenerator: fmt::Debug + Send + Sync {
         question: &'a str,
         context: &'a [Document],
     ) -> BoxFuture<'a, Result<Answer, GenerateError>>;
+
+    /// The answer of [`generate`](Self::generate) as it is produced: text chunks, then one
+    /// [`AnswerChunk::End`]; an error ends the stream. The stream owns what it needs (`'static`), so that a
+    /// memoized stream can hold it.
+    fn generate_stream(
+        &self,
+        question: &str,
+        context: &[Document],
+    ) -> BoxStream<'static, Result<AnswerChunk, GenerateError>>;
 }
 
 // ---------------------------------------------------------------------------
@@ -358,6 +371,14 @@ impl AnswerGenerator for LocalGenerator {
             }
             Ok(answer)
         })
+    }
+
+    fn generate_stream(
+        &self,
+        question: &str,
+        context: &[Document],
+    ) -> BoxStream<'static, Result<AnswerChunk, GenerateError>> {
+        self.stream(question, context)
     }
 }
 
@@ -573,6 +594,14 @@ impl AnswerGenerator for OpenAiCompatibleGenerator {
     ) -> BoxFuture<'a, Result<Answer, GenerateError>> {
         Box::pin(self.call(question, context))
     }
+
+    fn generate_stream(
+        &self,
+        question: &str,
+        context: &[Document],
+    ) -> BoxStream<'static, Result<AnswerChunk, GenerateError>> {
+        self.stream(question, context)
+    }
 }
 
 const SYSTEM_PROMPT: &str = "You answer questions using only the context passages provided. \
@@ -679,7 +708,7 @@ mod tests {
         ENGINE.get_or_init(RetrievalEngine::from_bundled_corpus)
     }
 
-    fn context_for(question: &str) -> Vec<Document> {
+    pub(super) fn context_for(question: &str) -> Vec<Document> {
         engine().documents_for(&engine().search(question, 3).unwrap())
     }
 
@@ -793,7 +822,7 @@ mod tests {
     /// Serves exactly one HTTP/1.1 exchange on 127.0.0.1 and returns the raw
     /// request it received. With `status == None` it reads the request and
     /// then never answers (for timeout tests).
-    async fn one_shot_server(status: Option<&'static str>, body: String) -> (String, JoinHandle<String>) {
+    pub(super) async fn one_shot_server(status: Option<&'static str>, body: String) -> (String, JoinHandle<String>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let handle = tokio::spawn(async move {
@@ -835,7 +864,7 @@ mod tests {
         (format!("http://{addr}/v1"), handle)
     }
 
-    fn client(base_url: &str, timeout: Duration) -> OpenAiCompatibleGenerator {
+    pub(super) fn client(base_url: &str, timeout: Duration) -> OpenAiCompatibleGenerator {
         let mut config = OpenAiConfig::new(base_url);
         config.api_key = Some("sk-test-123".into());
         config.model = "test-model".into();

@@ -15,8 +15,8 @@ pub mod semantic;
 mod text;
 
 pub use generate::{
-    generator_from_env, generator_from_lookup, Answer, AnswerGenerator, BoxFuture, GenerateError, LocalGenerator,
-    OpenAiCompatibleGenerator, OpenAiConfig,
+    generator_from_env, generator_from_lookup, Answer, AnswerChunk, AnswerGenerator, BoxFuture, GenerateError,
+    LocalGenerator, OpenAiCompatibleGenerator, OpenAiConfig,
 };
 pub use pipeline::{CounterSnapshot, Lookup, Orchestrator, PipelineError, Retriever};
 pub use retrieval::{Document, RetrievalEngine, RetrievalError, RetrievalResult, ScoredDocument};

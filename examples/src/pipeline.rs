@@ -15,6 +15,10 @@
 //! inherits those tags: [`PgCache::invalidate_tag`] or a trigger on the `documents` table (see
 //! [`crate::documents`]) removes exactly the entries that cited a document.
 //!
+//! [`Orchestrator::stream_answer`] is the streamed form: `#[pg_cached(stream)]` in the `answer_stream`
+//! namespace hands the generator's chunks to the caller as they come and records them; a later call replays
+//! them from PostgreSQL.
+//!
 //! Only `Ok` results are stored: a failed search or a failed generation is returned to the caller and runs
 //! again on the next call. [`CounterSnapshot`] and [`Lookup`] tell, from the cache's own counters, whether a
 //! call was served from the cache or computed.
@@ -28,14 +32,18 @@ use cache_runtime::{pg_cached, CacheError, PgCache, ProcessCounts, Usage};
 use sqlx::PgPool;
 
 use crate::documents::{self, document_tag};
-use crate::generate::{Answer, AnswerGenerator, GenerateError, MAX_CONTEXT_DOCUMENTS};
+use crate::generate::{Answer, AnswerChunk, AnswerGenerator, GenerateError, MAX_CONTEXT_DOCUMENTS};
 use crate::retrieval::{RetrievalEngine, RetrievalError, RetrievalResult};
+use futures_util::stream::{self, BoxStream, StreamExt};
 
 /// The namespace of [`Retriever::retrieve`]'s entries.
 pub const RETRIEVAL_NAMESPACE: &str = "retrieval";
 
 /// The namespace of [`Orchestrator::process_query`]'s entries.
 pub const ANSWER_NAMESPACE: &str = "answer";
+
+/// The namespace of [`Orchestrator::stream_answer`]'s entries.
+pub const ANSWER_STREAM_NAMESPACE: &str = "answer_stream";
 
 /// How many documents the orchestrator retrieves and hands to the generator.
 pub const CONTEXT_DOCUMENTS: usize = MAX_CONTEXT_DOCUMENTS;
@@ -93,6 +101,9 @@ pub enum PipelineError {
     /// Reading the documents' text from the `documents` table failed.
     #[error("reading the documents failed: {0}")]
     Documents(String),
+    /// A streamed answer this call was following (another caller's, in this process) ended early.
+    #[error("{0}")]
+    Interrupted(#[from] cache_runtime::StreamInterrupted),
 }
 
 /// Answers questions: retrieves context with a [`Retriever`], then asks an [`AnswerGenerator`].
@@ -174,20 +185,67 @@ impl Orchestrator {
         self.answer_with_refresh(query, self.generator.model()).await
     }
 
+    /// Answers `query` as a stream of chunks, memoized in PostgreSQL:
+    /// `#[pg_cached(namespace = "answer_stream", ttl = "2h", stream)]`, keyed like
+    /// [`process_query`](Self::process_query) by the query and the generator's model.
+    ///
+    /// On a miss the generator's chunks reach the caller as they are produced (the stand-in lets its words
+    /// out over its simulated latency; an endpoint streams its completion) and are recorded; when the stream
+    /// ends with its [`AnswerChunk::End`], the chunks are stored, tagged with the documents retrieved, with
+    /// the answer's usage. On a hit they are replayed from the cache. A stream that fails, or that the caller
+    /// drops before its end, stores nothing.
+    pub fn stream_answer(&self, query: &str) -> BoxStream<'_, Result<AnswerChunk, PipelineError>> {
+        self.answer_stream_with(query, self.generator.model()).boxed()
+    }
+
+    /// The memoized body of [`Orchestrator::stream_answer`]: retrieval (memoized on its own), the
+    /// documents, then the generator's stream, whose end chunk records the answer's usage.
+    #[pg_cached(namespace = "answer_stream", ttl = "2h", cache = self.cache, stream, cache_if = ends)]
+    fn answer_stream_with(&self, query: &str, model: &str) -> BoxStream<'_, Result<AnswerChunk, PipelineError>> {
+        debug_assert_eq!(model, self.generator.model());
+        let query = query.to_owned();
+        stream::once(async move {
+            let context = self.context_for(&query).await?;
+            Ok::<_, PipelineError>(self.generator.generate_stream(&query, &context))
+        })
+        .flat_map(move |generated| match generated {
+            Ok(chunks) => chunks
+                .map(move |chunk| {
+                    if let Ok(AnswerChunk::End { model, usage: Some(tokens), .. }) = &chunk {
+                        cache_runtime::usage(Usage {
+                            input_tokens: tokens.input_tokens,
+                            output_tokens: tokens.output_tokens,
+                            cost_micros_usd: self.prices.cost(model, tokens).unwrap_or(0),
+                        });
+                    }
+                    chunk.map_err(PipelineError::from)
+                })
+                .boxed(),
+            Err(error) => stream::once(async move { Err(error) }).boxed(),
+        })
+        .boxed()
+    }
+
+    /// The documents an answer to `query` is built from: retrieved (memoized), then read from the
+    /// `documents` table or the search engine's copy.
+    async fn context_for(&self, query: &str) -> Result<Vec<crate::retrieval::Document>, PipelineError> {
+        let retrieved = self.retriever.retrieve(query, CONTEXT_DOCUMENTS).await?;
+        match &self.documents {
+            Some(pool) => {
+                let ids: Vec<&str> = retrieved.results.iter().map(|hit| hit.id.as_str()).collect();
+                documents::fetch(pool, &ids).await.map_err(|e| PipelineError::Documents(e.to_string()))
+            }
+            None => Ok(self.retriever.engine().documents_for(&retrieved)),
+        }
+    }
+
     /// The memoized body of [`Orchestrator::process_query`]. `model` is `self.generator.model()`: it is here
     /// only to be part of the key.
     #[pg_cached(namespace = "answer", ttl = "2h", cache = self.cache)]
     async fn answer_with(&self, query: &str, model: &str) -> Result<Answer, PipelineError> {
         debug_assert_eq!(model, self.generator.model());
         // The retrieval's tags (`doc:<id>` of each document) become this answer's: no code needed here.
-        let retrieved = self.retriever.retrieve(query, CONTEXT_DOCUMENTS).await?;
-        let context = match &self.documents {
-            Some(pool) => {
-                let ids: Vec<&str> = retrieved.results.iter().map(|hit| hit.id.as_str()).collect();
-                documents::fetch(pool, &ids).await.map_err(|e| PipelineError::Documents(e.to_string()))?
-            }
-            None => self.retriever.engine().documents_for(&retrieved),
-        };
+        let context = self.context_for(query).await?;
         let answer = self.generator.generate(query, &context).await?;
         // What generating it consumed, stored with the entry: each hit counts it as saved.
         if let Some(tokens) = answer.usage {
@@ -199,6 +257,12 @@ impl Orchestrator {
         }
         Ok(answer)
     }
+}
+
+/// Whether recorded chunks make a whole answer (they end with [`AnswerChunk::End`]): the `cache_if` of
+/// [`Orchestrator::stream_answer`], so that a stream cut short by its generator is never stored.
+fn ends(chunks: &[AnswerChunk]) -> bool {
+    matches!(chunks.last(), Some(AnswerChunk::End { .. }))
 }
 
 /// What the cache did for one namespace during one call, read from the cache's counters.

@@ -9,11 +9,12 @@ use std::sync::{Arc, OnceLock};
 use cache_runtime::{PgCache, ProcessCounts};
 use examples::demo::{self, DemoOptions};
 use examples::generate::LOCAL_MODEL;
-use examples::pipeline::{ANSWER_NAMESPACE, CONTEXT_DOCUMENTS, RETRIEVAL_NAMESPACE};
+use examples::pipeline::{ANSWER_NAMESPACE, ANSWER_STREAM_NAMESPACE, CONTEXT_DOCUMENTS, RETRIEVAL_NAMESPACE};
 use examples::{
-    Answer, AnswerGenerator, BoxFuture, CounterSnapshot, Document, GenerateError, LocalGenerator, Lookup, Orchestrator,
+    Answer, AnswerChunk, AnswerGenerator, BoxFuture, CounterSnapshot, Document, GenerateError, LocalGenerator, Lookup, Orchestrator,
     PipelineError, RetrievalEngine, RetrievalError, RetrievalResult, Retriever,
 };
+use futures_util::stream::{self, BoxStream, StreamExt};
 use integration_tests::cache_on;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -75,6 +76,23 @@ impl AnswerGenerator for TestGenerator {
             answer.model = self.model.clone();
             Ok(answer)
         })
+    }
+
+    /// The stand-in's chunks under this model's name; while `fail` is set, two words and then a 503.
+    fn generate_stream(&self, question: &str, context: &[Document]) -> BoxStream<'static, Result<AnswerChunk, GenerateError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let model = self.model.clone();
+        let chunks = self.inner.generate_stream(question, context).map(move |chunk| match chunk {
+            Ok(AnswerChunk::End { sources, generated_by_stand_in, usage, .. }) => {
+                Ok(AnswerChunk::End { model: model.clone(), sources, generated_by_stand_in, usage })
+            }
+            other => other,
+        });
+        if self.fail.load(Ordering::SeqCst) {
+            let overloaded = GenerateError::Status { status: 503, body: "overloaded".into() };
+            return chunks.take(2).chain(stream::once(async move { Err(overloaded) })).boxed();
+        }
+        chunks.boxed()
     }
 }
 
@@ -373,5 +391,58 @@ async fn the_demo_turns_misses_into_hits(pool: PgPool) -> TestResult {
     ] {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
+    Ok(())
+}
+
+/// A streamed answer: the first call streams the generator's chunks and stores them (tagged with its
+/// documents, with its usage), the second replays the same chunks without calling the generator, and the
+/// chunks make up the same answer as `process_query`'s.
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn streamed_answers_are_recorded_then_replayed(pool: PgPool) -> TestResult {
+    let cache = cache_on(pool.clone()).await;
+    let generator = TestGenerator::new("test-model");
+    let rag = pipeline(&cache, generator.clone());
+    let streamed: Vec<AnswerChunk> = rag.stream_answer(QUESTION).map(Result::unwrap).collect().await;
+    assert_eq!(generator.calls(), 1);
+    assert!(streamed.len() > 2 && matches!(streamed.last(), Some(AnswerChunk::End { .. })), "{streamed:?}");
+    let stored = rows(&pool, ANSWER_STREAM_NAMESPACE).await;
+    assert_eq!(stored.len(), 1, "one entry for the whole stream");
+
+    let replayed: Vec<AnswerChunk> = rag.stream_answer(QUESTION).map(Result::unwrap).collect().await;
+    assert_eq!(replayed, streamed, "chunk for chunk");
+    assert_eq!(generator.calls(), 1, "a replay does not call the generator");
+    let counted = counts(&cache, ANSWER_STREAM_NAMESPACE).await;
+    assert_eq!((counted.hits, counted.executions), (1, 1));
+    assert!(counted.tokens_saved > 0, "the replay counts the answer's tokens as saved: {counted:?}");
+
+    let whole = rag.process_query(QUESTION).await?;
+    let assembled = AnswerChunk::assemble(QUESTION, &streamed, whole.generation_ms).expect("an end chunk");
+    assert_eq!(assembled, whole, "the stream and the whole answer agree");
+
+    // The retrieval's document tags reach the stream's entry: invalidating a cited document removes it.
+    let cited = whole.sources.first().expect("a cited document");
+    cache.invalidate_tag(&format!("doc:{cited}")).await?;
+    assert!(rows(&pool, ANSWER_STREAM_NAMESPACE).await.is_empty());
+    Ok(())
+}
+
+/// A generator stream that fails after two chunks stores nothing: the caller sees the chunks and the
+/// error, and the next call generates again.
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn a_failed_stream_is_not_stored(pool: PgPool) -> TestResult {
+    let cache = cache_on(pool.clone()).await;
+    let generator = TestGenerator::new("test-model");
+    let rag = pipeline(&cache, generator.clone());
+    generator.fail.store(true, Ordering::SeqCst);
+    let items: Vec<Result<AnswerChunk, PipelineError>> = rag.stream_answer(QUESTION).collect().await;
+    assert_eq!(items.len(), 3, "two chunks, then the error");
+    assert!(matches!(items.last(), Some(Err(PipelineError::Generate(GenerateError::Status { status: 503, .. })))));
+    assert!(rows(&pool, ANSWER_STREAM_NAMESPACE).await.is_empty());
+
+    generator.fail.store(false, Ordering::SeqCst);
+    let chunks: Vec<AnswerChunk> = rag.stream_answer(QUESTION).map(Result::unwrap).collect().await;
+    assert!(matches!(chunks.last(), Some(AnswerChunk::End { .. })));
+    assert_eq!(generator.calls(), 2, "the failed stream left nothing to replay");
+    assert_eq!(rows(&pool, ANSWER_STREAM_NAMESPACE).await.len(), 1);
     Ok(())
 }
