@@ -8,6 +8,9 @@
 //! it, so the third pass recomputes exactly those. Then it invalidates one answer and purges the `retrieval`
 //! namespace, reads two rows back with SQL, and prints the cache's stats with the compute time hits saved.
 //!
+//! The first query's answer is also streamed ([`Orchestrator::stream_answer`], `#[pg_cached(stream)]`): in
+//! pass 1 its words appear as the generator produces them, in pass 2 they are replayed from the cache.
+//!
 //! Everything printed is measured: hit or miss comes from the cache's counters before and after each call
 //! ([`CounterSnapshot`]), latencies from a clock around each call, entries and TTLs from the table. The
 //! structured [`DemoReport`] returned by [`run`] is what the integration tests check.
@@ -25,10 +28,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::documents::{self, DOCUMENTS_TABLE, DOCUMENT_TAG_PREFIX};
 use crate::generate::{Answer, AnswerGenerator};
 use crate::pipeline::{
-    CounterSnapshot, Lookup, Orchestrator, Retriever, ANSWER_NAMESPACE, CONTEXT_DOCUMENTS, RETRIEVAL_NAMESPACE,
+    CounterSnapshot, Lookup, Orchestrator, Retriever, ANSWER_NAMESPACE, ANSWER_STREAM_NAMESPACE, CONTEXT_DOCUMENTS,
+    RETRIEVAL_NAMESPACE,
 };
 use crate::prices::PriceTable;
 use crate::retrieval::RetrievalEngine;
+
+mod stream;
+pub use stream::StreamRecord;
 
 /// The queries the demo asks when none are given on the command line.
 pub const DEFAULT_QUERIES: &[&str] = &[
@@ -191,11 +198,13 @@ pub struct DemoReport {
     pub cleared: (u64, u64),
     /// The three passes: cold, warm, after the restart.
     pub passes: Vec<PassReport>,
+    /// The first query's streamed answer in pass 1 (generated) and pass 2 (replayed).
+    pub streams: Vec<StreamRecord>,
     /// The document changed before pass 3; `None` when the first query had no result to edit.
     pub source_change: Option<SourceChangeReport>,
     /// The invalidation steps.
     pub invalidation: InvalidationReport,
-    /// The final stats, `retrieval` then `answer`.
+    /// The final stats: `retrieval`, `answer`, then `answer_stream`.
     pub namespaces: Vec<NamespaceSummary>,
 }
 
@@ -234,9 +243,11 @@ where
 
     // A clean slate, so that the first pass misses whatever earlier runs stored.
     let cleared = (cache.delete_namespace(RETRIEVAL_NAMESPACE).await?, cache.delete_namespace(ANSWER_NAMESPACE).await?);
+    let streams_cleared = cache.delete_namespace(ANSWER_STREAM_NAMESPACE).await?;
     writeln!(
         out,
-        "  {:<12}deleted {} retrieval and {} answer entries left by earlier runs, so pass 1 starts cold",
+        "  {:<12}deleted {} retrieval, {} answer and {streams_cleared} streamed-answer entries left by earlier runs, \
+         so pass 1 starts cold",
         "clean start", cleared.0, cleared.1
     )?;
 
@@ -265,10 +276,12 @@ where
     if let Some(Some(Ok(answer))) = cold.calls.first().map(|c| c.outcome.clone()) {
         write_sample(out, &paint, answer)?;
     }
+    let generated = stream::run_stream(out, &paint, &pipeline, &queries[0], None).await?;
     let baseline: Vec<Duration> = cold.calls.iter().map(|c| c.latency).collect();
     let warm =
         run_pass(out, &paint, &pipeline, "Pass 2 of 3: same process, same queries", queries, Some(&baseline), false)
             .await?;
+    let replayed = stream::run_stream(out, &paint, &pipeline, &queries[0], Some(&generated)).await?;
 
     let source_change = run_source_change(out, &paint, &pipeline, queries).await?;
 
@@ -309,7 +322,7 @@ where
     write_stored_rows(out, &paint, &pipeline, peek_query).await?;
 
     let stats = cache.stats().await?;
-    let namespaces: Vec<NamespaceSummary> = [RETRIEVAL_NAMESPACE, ANSWER_NAMESPACE]
+    let namespaces: Vec<NamespaceSummary> = [RETRIEVAL_NAMESPACE, ANSWER_NAMESPACE, ANSWER_STREAM_NAMESPACE]
         .iter()
         .map(|&ns| {
             let mut counts = before_restart.namespace(ns);
@@ -327,7 +340,14 @@ where
         SavingsBasis { estimated_tokens: options.generator.is_stand_in(), example_prices: options.example_prices };
     write_stats(out, &paint, &namespaces, &basis)?;
 
-    Ok(DemoReport { cleared, passes: vec![cold, warm, restarted], source_change, invalidation, namespaces })
+    Ok(DemoReport {
+        cleared,
+        passes: vec![cold, warm, restarted],
+        streams: vec![generated, replayed],
+        source_change,
+        invalidation,
+        namespaces,
+    })
 }
 
 fn orchestrator(options: &DemoOptions, cache: &PgCache) -> Result<Orchestrator, DemoError> {
@@ -784,7 +804,7 @@ fn write_stats(
     writeln!(out, "{}", paint.heading.apply_to("Cache stats"))?;
     writeln!(
         out,
-        "  {:<10}  {:>5}  {:>6}  {:>9}  {:>10}  {:>12}  {:>10}  {:>14}",
+        "  {:<13}  {:>5}  {:>6}  {:>9}  {:>10}  {:>12}  {:>10}  {:>14}",
         "namespace", "hits", "misses", "hit ratio", "time saved", "tokens saved", "$ saved", "active entries"
     )?;
     let mut total = ProcessCounts::default();
@@ -792,7 +812,7 @@ fn write_stats(
     let line = |name: &str, counts: &ProcessCounts, active: u64| {
         let ratio = counts.hit_ratio().map_or_else(|| "-".to_string(), |r| format!("{:.1} %", r * 100.0));
         format!(
-            "  {:<10}  {:>5}  {:>6}  {:>9}  {:>10}  {:>12}  {:>10}  {:>14}",
+            "  {:<13}  {:>5}  {:>6}  {:>9}  {:>10}  {:>12}  {:>10}  {:>14}",
             name,
             counts.hits + counts.local_hits + counts.coalesced + counts.stale_served,
             counts.misses,

@@ -11,8 +11,8 @@ use examples::demo::{self, DemoOptions};
 use examples::generate::LOCAL_MODEL;
 use examples::pipeline::{ANSWER_NAMESPACE, ANSWER_STREAM_NAMESPACE, CONTEXT_DOCUMENTS, RETRIEVAL_NAMESPACE};
 use examples::{
-    Answer, AnswerChunk, AnswerGenerator, BoxFuture, CounterSnapshot, Document, GenerateError, LocalGenerator, Lookup, Orchestrator,
-    PipelineError, RetrievalEngine, RetrievalError, RetrievalResult, Retriever,
+    Answer, AnswerChunk, AnswerGenerator, BoxFuture, CounterSnapshot, Document, GenerateError, LocalGenerator, Lookup,
+    Orchestrator, PipelineError, RetrievalEngine, RetrievalError, RetrievalResult, Retriever,
 };
 use futures_util::stream::{self, BoxStream, StreamExt};
 use integration_tests::cache_on;
@@ -79,7 +79,11 @@ impl AnswerGenerator for TestGenerator {
     }
 
     /// The stand-in's chunks under this model's name; while `fail` is set, two words and then a 503.
-    fn generate_stream(&self, question: &str, context: &[Document]) -> BoxStream<'static, Result<AnswerChunk, GenerateError>> {
+    fn generate_stream(
+        &self,
+        question: &str,
+        context: &[Document],
+    ) -> BoxStream<'static, Result<AnswerChunk, GenerateError>> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         let model = self.model.clone();
         let chunks = self.inner.generate_stream(question, context).map(move |chunk| match chunk {
@@ -341,7 +345,13 @@ async fn the_demo_turns_misses_into_hits(pool: PgPool) -> TestResult {
     let change = report.source_change.as_ref().expect("a document was edited");
     let cited = change.citing.len();
     assert!((1..3).contains(&cited), "cited by some queries but not all: {change:?}\n{text}");
-    assert_eq!((change.removed_on_rollback, change.removed_on_commit), (0, 2 * cited as u64), "{text}");
+    // Each citing query's retrieval and answer, and the first query's streamed answer if it cites it.
+    let streamed_cites = u64::from(change.citing.contains(&0));
+    assert_eq!(
+        (change.removed_on_rollback, change.removed_on_commit),
+        (0, 2 * cited as u64 + streamed_cites),
+        "{text}"
+    );
     let expected: Vec<(Lookup, Lookup)> = (0..3)
         .map(|i| {
             if change.citing.contains(&i) {
@@ -366,10 +376,26 @@ async fn the_demo_turns_misses_into_hits(pool: PgPool) -> TestResult {
     );
     assert_eq!((inv.answer_after_purge.retrieval, inv.answer_after_purge.answer), (Lookup::NotConsulted, Lookup::Hit));
 
-    let [retrieval, answer] = report.namespaces.as_slice() else { panic!("two namespaces: {:?}", report.namespaces) };
+    // The first query's answer streamed in pass 1 (generated, recorded), replayed in pass 2, chunk for chunk.
+    let [generated, replayed] = report.streams.as_slice() else { panic!("two streams: {:?}", report.streams) };
+    assert_eq!((generated.lookup, replayed.lookup), (Lookup::Miss, Lookup::Hit), "{text}");
+    assert!(generated.error.is_none() && generated.chunks.len() > 2, "{generated:?}");
+    assert_eq!(replayed.chunks, generated.chunks);
+    let streamed = AnswerChunk::assemble(queries[0], &generated.chunks, 0).expect("a whole answer");
+    let Some(Ok(whole)) = &report.passes[0].calls[0].outcome else { panic!("pass 1 answered") };
+    assert_eq!(streamed.text, whole.text, "the stream and the answer agree");
+    assert!(text.contains("miss: generated while you read it") && text.contains("hit: replayed from the cache"));
+
+    let [retrieval, answer, streams] = report.namespaces.as_slice() else {
+        panic!("three namespaces: {:?}", report.namespaces)
+    };
+    assert_eq!(streams.namespace, ANSWER_STREAM_NAMESPACE);
+    assert_eq!((streams.counts.hits, streams.counts.misses), (1, 1));
+    assert!(streams.counts.tokens_saved > 0, "the replay saved the stream's tokens: {:?}", streams.counts);
     assert_eq!(retrieval.namespace, RETRIEVAL_NAMESPACE);
     let cited = cited as u64;
-    assert_eq!((retrieval.counts.hits, retrieval.counts.misses, retrieval.active_entries), (1, 4 + cited, 1));
+    // Retrieval hits: the first query's stream in pass 1, and its answer recomputed after its invalidation.
+    assert_eq!((retrieval.counts.hits, retrieval.counts.misses, retrieval.active_entries), (2, 4 + cited, 1));
     assert_eq!(answer.namespace, ANSWER_NAMESPACE);
     assert_eq!((answer.counts.hits, answer.counts.misses, answer.active_entries), (7 - cited, 4 + cited, 3));
     assert!(answer.counts.compute_saved_us > 0, "answer hits saved the generator's time");
