@@ -219,7 +219,7 @@ async fn health_check_reports_without_failing(pool: PgPool) -> TestResult {
     assert!(report.latency_ms.is_some() && report.error.is_none());
     assert_eq!(serde_json::to_value(&report)?["status"], "healthy");
 
-    sqlx::query("DROP TABLE cache_entries").execute(&pool).await?;
+    sqlx::query("DROP TABLE cache_entries CASCADE").execute(&pool).await?;
     let report = cache.health_check().await;
     assert_eq!(report.status, HealthStatus::Degraded);
     assert!(report.error.is_some());
