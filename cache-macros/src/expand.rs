@@ -82,7 +82,7 @@ impl Plan<'_> {
     }
 
     /// [`key`](Self::key) without the argument `left_out`: with `similar(arg)`, the key of the call's scope.
-    fn key_without(&self, borrowed: &[bool], left_out: Option<&Ident>) -> TokenStream {
+    pub(crate) fn key_without(&self, borrowed: &[bool], left_out: Option<&Ident>) -> TokenStream {
         let rt = rt(Span::call_site());
         let mut feed = TokenStream::new();
         if self.shape.self_type {

@@ -40,7 +40,7 @@ impl<'a> Plan<'a> {
         let stream_span = args.stream;
         let similar_arg = args.similar.take();
         let shape = FnShape::new(function, &skip, stream_span.is_some(), errors);
-        let similar = similar_arg.and_then(|arg| crate::similar::check(arg, &shape, stream_span, errors));
+        let similar = similar_arg.and_then(|arg| crate::similar::check(arg, &shape, errors));
         let options = Options::new(args, &function.sig.ident, errors);
         let stream = stream_span.and_then(|span| crate::stream::check(&function.sig, span, errors));
         // A refresh in the background needs the stale window or refresh-ahead that start one, the sibling

@@ -12,9 +12,8 @@ use syn::{parenthesized, GenericArgument, Ident, Lit, PathArguments, Token, Type
 use crate::attr::Errors;
 use crate::signature::FnShape;
 
-/// `similar(...)` as written: where its key is, the argument it names and the threshold, if given.
+/// `similar(...)` as written: the argument it names and the threshold, if given.
 pub(crate) struct SimilarArg {
-    pub(crate) key: Span,
     pub(crate) arg: Ident,
     pub(crate) threshold: Option<Lit>,
 }
@@ -53,21 +52,12 @@ pub(crate) fn parse(input: ParseStream<'_>, key: Span) -> syn::Result<SimilarArg
             return Err(syn::Error::new(name.span(), "duplicate option `threshold`"));
         }
     }
-    Ok(SimilarArg { key, arg, threshold })
+    Ok(SimilarArg { arg, threshold })
 }
 
-/// Checks `similar` against the function; `stream`: where the `stream` key was written, if it was.
-pub(crate) fn check(
-    similar: SimilarArg,
-    shape: &FnShape<'_>,
-    stream: Option<Span>,
-    errors: &mut Errors,
-) -> Option<SimilarPlan> {
+/// Checks `similar` against the function (a plain or a `stream` function alike).
+pub(crate) fn check(similar: SimilarArg, shape: &FnShape<'_>, errors: &mut Errors) -> Option<SimilarPlan> {
     let threshold = similar.threshold.as_ref().and_then(|lit| checked_threshold(lit, errors));
-    if stream.is_some() {
-        errors.push(syn::Error::new(similar.key, "`similar` does not apply to a `stream` function yet"));
-        return None;
-    }
     let name = &similar.arg;
     let Some(param) = shape.params.iter().find(|param| param.plain_ident() == Some(name)) else {
         let message = format!(

@@ -169,6 +169,17 @@ impl Plan<'_> {
             let rt = crate::expand::rt(chunk.span());
             quote_spanned!(chunk.span()=> #rt::memoize_stream::<#chunk, _, _>)
         };
+        // `similar(arg)`: the scope's key and the text, taken before the body's closure moves the arguments.
+        let similar = match &self.similar {
+            Some(similar) => {
+                let scope = self.key_without(&vec![false; self.shape.params.len()], Some(&similar.arg));
+                let arg = &similar.arg;
+                let arg_rt = crate::expand::rt(arg.span());
+                let text = quote_spanned!(arg.span()=> #arg_rt::SimilarText::similar_text(&#arg));
+                quote!(::core::option::Option::Some(#rt::Similar::new(#scope, #text)))
+            }
+            None => quote!(::core::option::Option::None),
+        };
         let call = quote! {
             #memoize_stream(
                 &__PG_CACHED_SITE,
@@ -176,6 +187,7 @@ impl Plan<'_> {
                 __pg_cached_key,
                 __pg_cached_keep,
                 __pg_cached_live,
+                __pg_cached_similar,
                 (move || #ret #block)(),
             )
         };
@@ -186,6 +198,7 @@ impl Plan<'_> {
             let __pg_cached_cache = #cache;
             let __pg_cached_keep: ::core::option::Option<fn(&[#chunk]) -> bool> = #keep;
             let __pg_cached_live = #live;
+            let __pg_cached_similar = #similar;
             #call
         }
     }

@@ -204,3 +204,46 @@ async fn five_hundred_callers_one_computation_then_five_hundred_paraphrase_hits(
     assert_eq!(rag.calls(), 1, "and none computed");
     Ok(())
 }
+
+/// A memoized stream with `similar(question)`: one call streams and records, a paraphrase replays the same
+/// chunks without running the body, and an unrelated question streams anew.
+struct Streamer {
+    cache: PgCache,
+    calls: AtomicUsize,
+}
+
+impl Streamer {
+    #[pg_cached(namespace = "streamed", ttl = "2h", stream, similar(question), cache = self.cache)]
+    fn answer(&self, question: &str) -> impl futures_util::Stream<Item = Result<String, String>> + Send + '_ {
+        use futures_util::StreamExt;
+        // Counted when the stream is read (the body itself runs on every call, to build the stream).
+        let question = question.to_owned();
+        futures_util::stream::once(async move { self.calls.fetch_add(1, Ordering::SeqCst) + 1 }).flat_map(move |n| {
+            let words: Vec<Result<String, String>> =
+                format!("answer #{n} to {question}").split(' ').map(|w| Ok(w.to_owned())).collect();
+            futures_util::stream::iter(words)
+        })
+    }
+}
+
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn a_paraphrase_replays_the_stored_stream(pool: PgPool) -> TestResult {
+    use futures_util::StreamExt;
+    let Some(model) = model("a_paraphrase_replays_the_stored_stream") else { return Ok(()) };
+    let cache = PgCache::builder().pool(pool.clone()).sweep_interval(None).embedder(model).build().await?;
+    let streamer = Streamer { cache, calls: AtomicUsize::new(0) };
+    let read = |question: &'static str| streamer.answer(question).map(Result::unwrap).collect::<Vec<String>>();
+    let first = read(STORED).await;
+    assert_eq!(first.first().map(String::as_str), Some("answer"));
+    assert_eq!(streamer.calls.load(Ordering::SeqCst), 1);
+    let vectors: i64 = sqlx::query_scalar("SELECT count(*) FROM cache_semantic").fetch_one(&pool).await?;
+    assert_eq!(vectors, 1, "the recording keeps its question's vector");
+
+    assert_eq!(read(PARAPHRASE).await, first, "the paraphrase replays the recording, chunk for chunk");
+    assert_eq!(streamer.calls.load(Ordering::SeqCst), 1);
+    let unrelated = read("What is the capital of France?").await;
+    assert!(unrelated.join(" ").starts_with("answer #2"), "{unrelated:?}");
+    let streamed = streamer.cache.process_stats();
+    assert_eq!((streamed.hits, streamed.executions), (1, 2), "{streamed:?}");
+    Ok(())
+}

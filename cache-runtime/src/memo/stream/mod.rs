@@ -13,6 +13,9 @@
 //!   chunk and then live when the error type can report an interruption (`interrupt.rs`), or once it is
 //!   whole otherwise. Across processes, `single_flight = "cluster"` makes followers wait for the stored
 //!   entry through a lease.
+//! - **`similar(arg)`**: after the exact key misses, the nearest stored text of the call's scope is looked
+//!   for (`memo/similar.rs`); its recording is replayed as a hit. A recording that is stored keeps the
+//!   call's text and vector beside it, so that paraphrases find it.
 //!
 //! `record.rs` holds the stored form and the recorder; this file the stream that ties them together.
 
@@ -25,6 +28,7 @@ pub use interrupt::{Interrupt, InterruptInto, Interruption, NoInterrupt, StreamI
 
 use super::lease::Lease;
 use super::scope::{gather_step, TagScope};
+use super::similar::{self, Query, Similar};
 use super::site::{CacheRef, SingleFlight, Site};
 use crate::cache::{MemoHandle, PgCache};
 use crate::entry::{EntryMeta, ReadFrom, Start};
@@ -106,6 +110,8 @@ struct Plan {
     lead: Option<StreamLead>,
     /// The cluster-wide lease, with `single_flight = "cluster"`.
     lease: Option<Lease>,
+    /// With `similar(arg)`: the text and vector to store beside the recording.
+    similar: Option<Query>,
 }
 
 struct Live<S> {
@@ -117,7 +123,8 @@ struct Live<S> {
 }
 
 /// A memoized stream call: looks `key` up in `cache`, replays it on a hit, and on a miss reads `source`, the
-/// function's own stream, recording it. `keep` is the `cache_if` predicate over the whole stream's chunks.
+/// function's own stream, recording it. `keep` is the `cache_if` predicate over the whole stream's chunks;
+/// `similar`, with `similar(arg)`, the call's scope and text.
 ///
 /// The function's body has run already, to build `source` (a stream does its work when it is polled, and
 /// the returned stream may not borrow the arguments longer than the function's signature says); on a hit
@@ -128,6 +135,7 @@ pub fn memoize_stream<C, E, S>(
     key: Result<String, CacheError>,
     keep: Option<fn(&[C]) -> bool>,
     live: Interruption<E>,
+    similar: Option<Similar>,
     source: S,
 ) -> MemoStream<C, E, S>
 where
@@ -136,7 +144,7 @@ where
 {
     let outer = super::scope::current();
     let decision: BoxFuture<Decision> = match (cache.resolve(), key) {
-        (Some(cache), Ok(key)) => Box::pin(decide(cache, site, key)),
+        (Some(cache), Ok(key)) => Box::pin(decide(cache, site, key, similar)),
         (Some(cache), Err(error)) => {
             cache.memo().record_error(site.namespace, &error);
             tracing::warn!(namespace = site.namespace, %error, "cannot build the cache key; streaming uncached");
@@ -147,11 +155,12 @@ where
     MemoStream { site, keep, live, outer, state: State::Looking { source: Some(source), decision } }
 }
 
-/// Looks the key up; on a miss, joins the key's flight (following its leader when there is one), and with
-/// `single_flight = "cluster"` the key's lease.
-async fn decide(cache: PgCache, site: &'static Site, key: String) -> Decision {
+/// Looks the key up (then, with `similar`, the nearest text of its scope); on a miss, joins the key's flight
+/// (following its leader when there is one), and with `single_flight = "cluster"` the key's lease.
+async fn decide(cache: PgCache, site: &'static Site, key: String, mut similar: Option<Similar>) -> Decision {
     let store = cache.memo();
     let mut from = ReadFrom::AnyCopy;
+    let mut query = None;
     loop {
         let seen = store.streams_ended();
         let lookup = match store.lookup(&key, None, from).await {
@@ -163,10 +172,20 @@ async fn decide(cache: PgCache, site: &'static Site, key: String) -> Decision {
         if let Some(stored) = lookup.json.as_deref().filter(|_| lookup.fresh).and_then(Stored::parse) {
             return Decision::Hit(stored, lookup.meta, event, cache);
         }
+        // Once, after the first exact miss: a stored paraphrase is served like a hit.
+        if let Some(similar) = similar.take() {
+            query = similar::prepare(site, &cache, similar).await;
+            if let Some((stored, meta)) = match &query {
+                Some(query) => nearest(&cache, site, &key, query).await,
+                None => None,
+            } {
+                return Decision::Hit(stored, meta, Event::Hit, cache);
+            }
+        }
         let start = lookup.start();
         if site.single_flight == SingleFlight::Off {
             store.record(site.namespace, Event::Miss);
-            return Decision::Compute(Some(Plan { cache, key, start, lead: None, lease: None }));
+            return Decision::Compute(Some(Plan { cache, key, start, lead: None, lease: None, similar: query }));
         }
         let lead = match store.join_stream(&key, seen) {
             StreamTicket::Lead(lead) => lead,
@@ -191,7 +210,35 @@ async fn decide(cache: PgCache, site: &'static Site, key: String) -> Decision {
             _ => None,
         };
         store.record(site.namespace, Event::Miss);
-        return Decision::Compute(Some(Plan { cache, key, start, lead: Some(lead), lease }));
+        return Decision::Compute(Some(Plan { cache, key, start, lead: Some(lead), lease, similar: query }));
+    }
+}
+
+/// The recording of the nearest stored text of `query`'s scope, if one is near enough (see
+/// `PgCache::read_nearest`); `None` on a miss and when the store fails (logged).
+async fn nearest(cache: &PgCache, site: &Site, key: &str, query: &Query) -> Option<(Stored, EntryMeta)> {
+    let found = cache
+        .read_nearest(&query.scope, &query.text, &query.vector, query.threshold, |found| async move {
+            let entry = cache.memo().get_live(&found, ReadFrom::AnyCopy).await?;
+            Ok(entry.and_then(|entry| Some((Stored::parse(&entry.json)?, entry.meta))))
+        })
+        .await;
+    match found {
+        Ok(Some((hit, candidate))) => {
+            tracing::debug!(
+                namespace = site.namespace,
+                key,
+                matched = &*candidate.key,
+                score = candidate.score,
+                "memoized stream: semantic hit"
+            );
+            Some(hit)
+        }
+        Ok(None) => None,
+        Err(error) => {
+            tracing::warn!(namespace = site.namespace, %error, "semantic lookup failed; computing");
+            None
+        }
     }
 }
 
@@ -324,7 +371,8 @@ where
                 coalesced(tags.as_ref());
                 State::Replaying(Replay::whole(chunks))
             }
-            Step::Retry => State::Looking { source, decision: Box::pin(decide(cache.clone(), self.site, key)) },
+            // Without the text: a paraphrase was looked for before this call followed the flight.
+            Step::Retry => State::Looking { source, decision: Box::pin(decide(cache.clone(), self.site, key, None)) },
             Step::Alone => self.start_live(source, None),
         }
     }

@@ -60,12 +60,12 @@ pub(super) async fn store(
     compute_us: i64,
     usage: Usage,
 ) {
-    let Plan { cache, key, start, lead, lease } = plan;
+    let Plan { cache, key, start, lead, lease, similar } = plan;
     let store = cache.memo();
     let written = match (site.ttl.resolve(store.config().default_ttl), tags) {
         (Ok(ttl), Ok(tags)) => {
             let meta = EntryMeta { tags, compute_us: Some(compute_us), usage };
-            let write = Write { key, json: json.into(), ttl, keep: None, started: Some(start), meta };
+            let write = Write { key: key.clone(), json: json.into(), ttl, keep: None, started: Some(start), meta };
             store.write(write, None).await.unwrap_or(false)
         }
         (Err(error), _) | (_, Err(error)) => {
@@ -79,6 +79,12 @@ pub(super) async fn store(
             namespace = site.namespace,
             "stream not stored (an invalidation came first, or the store failed)"
         );
+    } else if let Some(query) = &similar {
+        // Before the flight ends, so that a caller arriving next finds the paraphrase too.
+        if let Err(error) = cache.store_vector(&key, &query.scope, &query.text, &query.vector).await {
+            store.record_error(site.namespace, &error);
+            tracing::warn!(namespace = site.namespace, key, %error, "the stream's vector was not stored");
+        }
     }
     // The flight (complete since the stream ended) stays joinable until now, so that callers arriving while
     // it was written replayed it from memory; from here on they read the entry.

@@ -1,5 +1,5 @@
 //! `similar(arg)` on every text type it takes, with and without its own threshold, on free functions and
-//! methods, next to other options. Without a cache the bodies simply run.
+//! methods, on a stream, next to other options. Without a cache the bodies simply run.
 use cache_runtime::pg_cached;
 use std::borrow::Cow;
 
@@ -23,6 +23,12 @@ async fn by_cow(question: Cow<'_, str>) -> String {
     question.into_owned()
 }
 
+/// A memoized stream matched by meaning too.
+#[pg_cached(namespace = "answer_stream", stream, similar(question))]
+fn streamed(question: &str) -> impl futures_util::Stream<Item = Result<String, String>> + Send {
+    futures_util::stream::iter(vec![Ok(question.to_owned())])
+}
+
 struct Orchestrator;
 
 impl Orchestrator {
@@ -39,4 +45,6 @@ async fn main() {
     assert_eq!(by_string_ref(&"q".to_string()).await, "q");
     assert_eq!(by_cow(Cow::Borrowed("q")).await, "q");
     assert_eq!(Orchestrator.answer("q", 7).await.as_deref(), Some("q 7"));
+    use futures_util::StreamExt;
+    assert_eq!(streamed("q").collect::<Vec<_>>().await, vec![Ok("q".to_string())]);
 }
