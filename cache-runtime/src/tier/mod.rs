@@ -5,4 +5,5 @@
 pub(crate) mod events;
 pub(crate) mod flight;
 pub(crate) mod local;
+mod quant;
 pub(crate) mod vectors;
