@@ -176,6 +176,7 @@ mod tier;
 pub mod channel;
 mod codec;
 mod config;
+mod crypt;
 mod entry;
 mod error;
 mod key;
@@ -193,6 +194,7 @@ mod usage;
 pub mod __private;
 
 pub use cache::{global, set_global, PgCache, PgCacheBuilder, SimilarHit, SweepReport};
+pub use crypt::{Keyring, KEYS_ENV};
 pub use config::{Durability, DEFAULT_SIMILARITY_THRESHOLD};
 pub use error::{CacheError, Result};
 pub use key::{validate_key, validate_namespace, MAX_KEY_CHARS, MAX_NAMESPACE_LEN};
@@ -200,7 +202,9 @@ pub use memo::scope::{tag, tags, usage};
 pub use memo::stream::StreamInterrupted;
 pub use observe::{ProcessCounts, MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES};
 pub use redact::redact_url;
-pub use report::{CacheStats, HealthReport, HealthStatus, NamespaceStats, ReplicaHealth, ShardHealth};
+pub use report::{
+    CacheStats, HealthReport, HealthStatus, KeyIdCount, NamespaceStats, RekeyReport, ReplicaHealth, ShardHealth,
+};
 pub use server::schema::FUNCTIONS_VERSION;
 pub use server::sql::MIGRATOR;
 pub use tags::{validate_tag, MAX_TAGS_PER_ENTRY, MAX_TAG_CHARS};

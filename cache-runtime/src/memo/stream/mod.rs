@@ -150,7 +150,7 @@ where
 /// Looks the key up; on a miss, joins the key's flight (following its leader when there is one), and with
 /// `single_flight = "cluster"` the key's lease.
 async fn decide(cache: PgCache, site: &'static Site, key: String) -> Decision {
-    let store = cache.memo();
+    let store = cache.memo().sealed(site.encrypt);
     let mut from = ReadFrom::AnyCopy;
     loop {
         let seen = store.streams_ended();
