@@ -58,11 +58,6 @@ impl std::fmt::Display for Refusal {
 }
 
 impl Sealing {
-    /// Whether encryption plays no part at all (no keyring, nothing to encrypt): reads skip every check.
-    pub(crate) fn is_off(&self) -> bool {
-        self.keyring.is_none() && !self.all && self.namespaces.is_empty()
-    }
-
     /// Whether values of `namespace` are encrypted; `forced`: the function asked for it (`#[pg_cached(encrypt)]`).
     pub(crate) fn seals(&self, namespace: &str, forced: bool) -> bool {
         forced || self.all || (!self.namespaces.is_empty() && self.namespaces.contains(namespace))
