@@ -194,8 +194,8 @@ mod usage;
 pub mod __private;
 
 pub use cache::{global, set_global, PgCache, PgCacheBuilder, SimilarHit, SweepReport};
-pub use crypt::{Keyring, KEYS_ENV};
 pub use config::{Durability, DEFAULT_SIMILARITY_THRESHOLD};
+pub use crypt::{Keyring, KEYS_ENV};
 pub use error::{CacheError, Result};
 pub use key::{validate_key, validate_namespace, MAX_KEY_CHARS, MAX_NAMESPACE_LEN};
 pub use memo::scope::{tag, tags, usage};

@@ -168,7 +168,8 @@ impl Service {
     fn dictate(&self, patient: &str) -> impl Stream<Item = Result<String, String>> + Send + '_ {
         // Counted when polled: building a stream is not running it.
         let words = vec![Ok(patient.to_owned()), Ok(SECRET.to_owned())];
-        stream::once(async move { self.runs.fetch_add(1, Ordering::SeqCst) }).flat_map(move |_| stream::iter(words.clone()))
+        stream::once(async move { self.runs.fetch_add(1, Ordering::SeqCst) })
+            .flat_map(move |_| stream::iter(words.clone()))
     }
 }
 

@@ -98,9 +98,9 @@ impl Keyring {
             let Some((id, encoded)) = entry.split_once(':') else {
                 return Err(CacheError::Config(format!("key entry {place} is not of the form id:base64key")));
             };
-            let bytes = STANDARD.decode(encoded.trim()).map_err(|_| {
-                CacheError::Config(format!("key {id:?} (entry {place}) is not valid standard base64"))
-            })?;
+            let bytes = STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| CacheError::Config(format!("key {id:?} (entry {place}) is not valid standard base64")))?;
             keyring = keyring.with_key(id.trim(), exactly_32(id, &bytes)?)?;
         }
         Ok(keyring)

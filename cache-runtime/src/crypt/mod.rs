@@ -89,5 +89,7 @@ impl Sealing {
 }
 
 fn no_keyring() -> CacheError {
-    CacheError::Config("encryption is on for this namespace but the cache has no keyring: see PgCacheBuilder::encryption".into())
+    CacheError::Config(
+        "encryption is on for this namespace but the cache has no keyring: see PgCacheBuilder::encryption".into(),
+    )
 }
