@@ -64,6 +64,11 @@ pub(crate) fn looks_sealed(json: &str) -> bool {
     json.starts_with('{') && json.contains("\"pg_cached_enc\"")
 }
 
+/// Whether `json` is an envelope in form (without opening it).
+pub(crate) fn is_envelope(json: &str) -> bool {
+    serde_json::from_str::<Envelope>(json).is_ok()
+}
+
 /// Encrypts `json`, stored under `key`, with the keyring's current key; compressed first when `compress` and
 /// it is long enough to gain.
 pub(crate) fn seal(keyring: &Keyring, key: &str, json: &str, compress: bool) -> String {

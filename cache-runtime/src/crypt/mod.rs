@@ -78,7 +78,13 @@ impl Sealing {
         if !envelope::looks_sealed(json) {
             return if sealed { Opened::Refused(Refusal::Plain) } else { Opened::AsStored };
         }
-        let Some(keyring) = &self.keyring else { return Opened::Refused(Refusal::NoKeyring) };
+        let Some(keyring) = &self.keyring else {
+            // A plain value that only mentions the mark is served where plain values are allowed.
+            return match sealed || envelope::is_envelope(json) {
+                true => Opened::Refused(Refusal::NoKeyring),
+                false => Opened::AsStored,
+            };
+        };
         match envelope::open(keyring, key, json, limit) {
             Ok(plain) => Opened::Decrypted(plain),
             // A plain value that only mentions the mark, where plain values are allowed.
@@ -92,4 +98,32 @@ fn no_keyring() -> CacheError {
     CacheError::Config(
         "encryption is on for this namespace but the cache has no keyring: see PgCacheBuilder::encryption".into(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sealing(keyring: Option<Keyring>) -> Sealing {
+        Sealing { keyring, namespaces: ["secret".to_owned()].into(), ..Sealing::default() }
+    }
+
+    #[test]
+    fn what_a_read_serves() {
+        let with = sealing(Some(Keyring::new("k1", [1; 32]).unwrap()));
+        let without = sealing(None);
+        let sealed = with.seal("secret:a", "\"v\"").unwrap();
+        assert!(matches!(with.open("secret:a", &sealed, true, 1024), Opened::Decrypted(v) if v == "\"v\""));
+        assert!(matches!(with.open("secret:b", &sealed, true, 1024), Opened::Refused(Refusal::Open(_))));
+        assert!(matches!(with.open("secret:a", "\"plain\"", true, 1024), Opened::Refused(Refusal::Plain)));
+        assert!(matches!(without.open("other:a", &sealed, false, 1024), Opened::Refused(Refusal::NoKeyring)));
+        assert!(without.seal("secret:a", "1").is_err());
+        // A plain value that only mentions the mark stays a plain value outside encrypted namespaces.
+        let mention = r#"{"note": "the field \"pg_cached_enc\" marks an envelope"}"#;
+        for cache in [&with, &without] {
+            assert!(matches!(cache.open("other:a", mention, false, 1024), Opened::AsStored));
+            assert!(matches!(cache.open("other:a", "[1]", false, 1024), Opened::AsStored));
+        }
+        assert!(with.seals("secret", false) && !with.seals("other", false) && with.seals("other", true));
+    }
 }
