@@ -245,7 +245,7 @@ async fn rotation_while_services_read_and_write(pool: PgPool) -> TestResult {
                 match task % 4 {
                     // Writers: a new version of the key's value, or a delete.
                     0 => cache.set(&k, &value_of(&k, reads + 1), HOUR).await.map(drop)?,
-                    1 if reads % 5 == 0 => cache.delete(&k).await.map(drop)?,
+                    1 if reads.is_multiple_of(5) => cache.delete(&k).await.map(drop)?,
                     // Readers: the right value, or a miss (deleted); never another key's value.
                     _ => {
                         if let Some(value) = cache.get::<String>(&k).await? {
