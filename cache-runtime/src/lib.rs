@@ -34,7 +34,9 @@
 //!
 //! The table is `cache_entries (cache_key VARCHAR(500) PRIMARY KEY, data JSONB NOT NULL, created_at, expires_at)`,
 //! created by [`PgCache::migrate`] (or with `psql`: the numbered files of `migrations/`, then
-//! `migrations/functions.sql`). Values are plain JSONB, so they can be read and queried with SQL.
+//! `migrations/functions.sql`). Values are plain JSONB, so they can be read and queried with SQL, except in
+//! namespaces encrypted at rest ([`PgCacheBuilder::encryption`] with a [`Keyring`]; docs/SECURITY.md), whose
+//! values are ciphertext inside a JSONB object.
 //!
 //! # Database roles
 //! Only the role that ran [`PgCache::migrate`] (the cache's owner) may use the cache's tables and SQL
