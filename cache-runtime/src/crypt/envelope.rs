@@ -16,14 +16,23 @@ use base64::Engine as _;
 use chacha20poly1305::aead::{Aead, AeadCore, OsRng, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::Deserialize;
+use std::cell::RefCell;
 
 /// The format version written.
 const VERSION: u32 = 1;
 
 /// Plaintexts shorter than this are not compressed: zstd's frame costs more than it saves on them.
 const COMPRESS_FROM: usize = 512;
-/// zstd level 1: the fastest. On JSON answers it keeps most of what level 3 gains (docs/BENCHMARKS.md).
+/// zstd level 1: the fastest.
 const ZSTD_LEVEL: i32 = 1;
+
+thread_local! {
+    // zstd's contexts are allocated once per thread: making one per value costs more than compressing 1 KB.
+    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok());
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        RefCell::new(zstd::bulk::Decompressor::new().ok());
+}
 
 /// Why a stored value could not be opened. Each is a miss to the caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,10 +82,10 @@ pub(crate) fn is_envelope(json: &str) -> bool {
 /// it is long enough to gain.
 pub(crate) fn seal(keyring: &Keyring, key: &str, json: &str, compress: bool) -> String {
     let compressed = (compress && json.len() >= COMPRESS_FROM)
-        .then(|| zstd::bulk::compress(json.as_bytes(), ZSTD_LEVEL).ok())
+        .then(|| COMPRESSOR.with_borrow_mut(|zstd| zstd.as_mut()?.compress(json.as_bytes()).ok()))
         .flatten()
-        // Kept only when it gains at least a tenth: below that the decompression is not worth it.
-        .filter(|packed| packed.len() * 10 <= json.len() * 9);
+        // Kept only where it pays: 30 % or more (docs/BENCHMARKS.md, "Encryption at rest").
+        .filter(|packed| packed.len() * 10 <= json.len() * 7);
     let zipped = compressed.is_some();
     let plaintext = compressed.as_deref().unwrap_or(json.as_bytes());
     let (id, cipher) = keyring.current();
@@ -117,7 +126,13 @@ pub(crate) fn open(keyring: &Keyring, key: &str, json: &str, limit: usize) -> Re
     let plain = cipher
         .decrypt(XNonce::from_slice(&nonce), Payload { msg: &sealed, aad: &aad })
         .map_err(|_| OpenError::Rejected)?;
-    let plain = if zipped { zstd::bulk::decompress(&plain, limit).map_err(|_| OpenError::Malformed)? } else { plain };
+    let plain = if zipped {
+        DECOMPRESSOR
+            .with_borrow_mut(|zstd| zstd.as_mut()?.decompress(&plain, limit).ok())
+            .ok_or(OpenError::Malformed)?
+    } else {
+        plain
+    };
     String::from_utf8(plain).map_err(|_| OpenError::Malformed)
 }
 

@@ -42,7 +42,7 @@ impl PgCacheBuilder {
         self
     }
 
-    /// Whether encrypted values are compressed with zstd first, when that shrinks them by a tenth or more
+    /// Whether encrypted values are compressed with zstd first, when that shrinks them by 30 % or more
     /// (default `true`: ciphertext does not compress, so PostgreSQL's own TOAST compression no longer helps;
     /// docs/BENCHMARKS.md has the measurements). Plain values are never compressed by the cache.
     pub fn compress_encrypted(mut self, enabled: bool) -> Self {
