@@ -36,8 +36,9 @@ impl PgCache {
         Ok(())
     }
 
-    /// The plaintext of `json`, stored under `key`; `None` when it must not be served (counted as
-    /// undecryptable and logged; the caller counts the miss).
+    /// What to serve of `json`, stored under `key`: `Some(None)` the stored JSON as it is (a plain value),
+    /// `Some(Some(plaintext))` its decryption, `None` nothing (counted as undecryptable and logged; the caller
+    /// counts the miss).
     pub(super) fn opened(&self, key: &str, json: &str, forced: bool) -> Option<Option<String>> {
         let sealing = self.sealing();
         let namespace = namespace_of(key);
