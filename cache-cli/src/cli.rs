@@ -62,6 +62,8 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// A live view: operations per second, entries per namespace, invalidation events.
     Watch(WatchArgs),
+    /// Re-encrypt entries under the first key of PG_CACHED_KEYS, in batches, while services run.
+    Rekey(RekeyArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
 }
@@ -159,6 +161,13 @@ pub struct WatchArgs {
     /// Stop after this many refreshes (the first one is shown at once) instead of at Ctrl-C.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    /// Entries per batch: each batch is one read and one update, short enough to run beside the services.
+    #[arg(long, default_value_t = 500, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_size: u32,
 }
 
 #[derive(Debug, Args)]

@@ -103,6 +103,11 @@ pub const ENTRY: &str = concat!(
     ", (expires_at IS NULL OR expires_at > now()), tags, compute_us FROM cache_entries WHERE cache_key = $1"
 );
 
+/// Encrypted entries per key id (an envelope of cache-runtime's encryption at rest: an object with the
+/// `pg_cached_enc` field), expired ones included.
+pub const ENTRIES_BY_KEY_ID: &str = "SELECT data->>'kid', count(*) FROM cache_entries \
+     WHERE jsonb_typeof(data) = 'object' AND data ? 'pg_cached_enc' GROUP BY 1 ORDER BY 1";
+
 /// Entries in namespace $1 (what `purge --namespace` would delete).
 pub const COUNT_NAMESPACE: &str = "SELECT count(*) FROM cache_entries WHERE starts_with(cache_key, $1 || ':')";
 

@@ -52,10 +52,12 @@ pub struct Target {
 }
 
 /// Settings a command may need beyond the connection.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Tuning {
     /// The row limit a sweep enforces; `None` for none.
     pub max_entries: Option<u64>,
+    /// The keys of encryption at rest (`rekey`), from `PG_CACHED_KEYS`.
+    pub keyring: Option<cache_runtime::Keyring>,
 }
 
 impl Target {
@@ -71,7 +73,7 @@ impl Target {
             true => PgCache::builder().shards([url]),
             false => PgCache::builder().database_url(url),
         };
-        let builder = |url: &str| configure(one(url), args.timeout, tuning);
+        let builder = |url: &str| configure(one(url), args.timeout, &tuning);
         let connecting = urls.iter().map(|url| connect_one(builder(url), url, args.timeout));
         let caches: Vec<PgCache> = join_all(connecting).await.into_iter().collect::<Result<_, _>>()?;
         // Each of these caches runs on the one server of its URL.
@@ -83,7 +85,7 @@ impl Target {
         let cache = match <[PgCache; 1]>::try_from(caches) {
             Ok([only]) => only,
             // Every shard answered above: the sharded cache may open its own connections lazily.
-            Err(_) => configure(PgCache::builder().shards(urls), args.timeout, tuning).build_lazy()?,
+            Err(_) => configure(PgCache::builder().shards(urls), args.timeout, &tuning).build_lazy()?,
         };
         Ok(Target { cache, shards })
     }
@@ -137,8 +139,13 @@ fn urls(args: &ConnectionArgs) -> Result<Vec<String>, CliError> {
 
 /// The settings every cache of this tool gets: the operation timeout (which also bounds connecting), no
 /// background sweeper, a small pool.
-fn configure(builder: PgCacheBuilder, timeout: Duration, tuning: Tuning) -> PgCacheBuilder {
-    builder.op_timeout(timeout).sweep_interval(None).max_connections(POOL_SIZE).max_entries(tuning.max_entries)
+fn configure(builder: PgCacheBuilder, timeout: Duration, tuning: &Tuning) -> PgCacheBuilder {
+    let builder =
+        builder.op_timeout(timeout).sweep_interval(None).max_connections(POOL_SIZE).max_entries(tuning.max_entries);
+    match &tuning.keyring {
+        Some(keyring) => builder.encryption(keyring.clone()),
+        None => builder,
+    }
 }
 
 /// Builds a one-server cache, which connects. The builder bounds each attempt by `timeout` (probing for

@@ -62,6 +62,9 @@ impl Plan<'_> {
         if self.options.replay_as_recorded {
             site.extend(quote!(.replay_as_recorded()));
         }
+        if self.options.encrypt {
+            site.extend(quote!(.encrypt()));
+        }
         if let Some(similar) = &self.similar {
             let threshold = match similar.threshold {
                 Some(t) => quote!(::core::option::Option::Some(#t)),

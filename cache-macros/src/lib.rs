@@ -74,6 +74,7 @@ use crate::signature::parse_function;
 /// | `stream` | the function returns a stream of `Result`s: record it, store it when it ends, replay it; see [Streams](#streams) | not a stream |
 /// | `similar(arg)`, `similar(arg, threshold = 0.9)` | the name of one text argument (`&str`, `String`, `&String` or `Cow<str>`) matched by meaning, and optionally the lowest cosine similarity that counts as a match, in (0, 1]; see [Semantic hits](#semantic-hits) | exact keys only; the cache's `similarity_threshold` |
 /// | `replay = "..."` | with `stream`: `"immediate"` (replay as fast as the caller reads) or `"as_recorded"` (with the recorded gaps between chunks) | `"immediate"` |
+/// | `encrypt` | encrypt the function's values at rest with the cache's keyring ([`PgCacheBuilder::encryption`](../cache_runtime/struct.PgCacheBuilder.html#method.encryption)), streams included; not with `similar(...)`, whose text and vector are stored in plain form. Without a keyring the values are not cached (logged). See docs/SECURITY.md | the cache's `encrypt_namespaces` / `encrypt_all` |
 ///
 /// An option given twice, or an unknown option, is an error at that option. All errors in one attribute
 /// are reported together.

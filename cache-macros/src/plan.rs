@@ -39,6 +39,12 @@ impl<'a> Plan<'a> {
         let skip = args.skip.take().unwrap_or_default();
         let stream_span = args.stream;
         let similar_arg = args.similar.take();
+        if let (Some(encrypt), Some(_)) = (args.encrypt, &similar_arg) {
+            // The semantic tier stores the matched text and its vector beside the entry, in plain form.
+            let message = "`encrypt` cannot be combined with `similar(...)`: the text matched by meaning and its \
+                           vector are stored unencrypted; see docs/SECURITY.md";
+            errors.push(syn::Error::new(encrypt, message));
+        }
         let shape = FnShape::new(function, &skip, stream_span.is_some(), errors);
         let similar = similar_arg.and_then(|arg| crate::similar::check(arg, &shape, errors));
         let options = Options::new(args, &function.sig.ident, errors);
@@ -82,6 +88,8 @@ pub(crate) struct Options {
     pub(crate) background_refresh: bool,
     /// `replay = "as_recorded"` (streams): replay with the recorded gaps.
     pub(crate) replay_as_recorded: bool,
+    /// `encrypt`: the function's values are encrypted at rest.
+    pub(crate) encrypt: bool,
 }
 
 impl Options {
@@ -105,6 +113,7 @@ impl Options {
             background_refresh,
             stream,
             replay,
+            encrypt,
             ..
         } = args;
         if stream.is_some() {
@@ -150,6 +159,7 @@ impl Options {
             refresh_ahead,
             background_refresh: background_refresh.is_none_or(|(_, value)| value.value),
             replay_as_recorded,
+            encrypt: encrypt.is_some(),
         }
     }
 }

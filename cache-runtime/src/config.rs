@@ -9,6 +9,7 @@
 //! timeout of 0.3 ms counts as 1 ms), and the in-process tier's max age is capped (see
 //! [`PgCacheBuilder::local_tier`](crate::PgCacheBuilder::local_tier)).
 
+use crate::crypt::Sealing;
 use crate::error::CacheError;
 use crate::semantic::Embedder;
 use crate::ttl::Ttl;
@@ -67,6 +68,8 @@ pub(crate) struct Config {
     pub(crate) embedder: Option<Arc<dyn Embedder>>,
     /// The lowest cosine at which a stored text answers an asked one.
     pub(crate) similarity_threshold: f32,
+    /// Encryption at rest: the keys and which namespaces (see `crypt/`).
+    pub(crate) sealing: Sealing,
 }
 
 /// The default [`PgCacheBuilder::similarity_threshold`](crate::PgCacheBuilder::similarity_threshold): the
@@ -95,6 +98,7 @@ impl Default for Config {
             listener_heartbeat: Duration::from_secs(5),
             embedder: None,
             similarity_threshold: DEFAULT_SIMILARITY_THRESHOLD,
+            sealing: Sealing { compress: true, ..Sealing::default() },
         }
     }
 }
@@ -136,6 +140,12 @@ impl Config {
         nonzero("coalesce_max_bytes", self.coalesce_max_bytes, "")?;
         nonzero("coalesce_in_flight", self.coalesce_in_flight, " (coalesce(false) turns coalescing off)")?;
         check_threshold(self.similarity_threshold)?;
+        let sealing = &self.sealing;
+        if (sealing.all || !sealing.namespaces.is_empty()) && sealing.keyring.is_none() {
+            return Err(CacheError::Config(
+                "encrypt_all() or encrypt_namespaces() needs a keyring: add .encryption(Keyring)".into(),
+            ));
+        }
         Ok(self)
     }
 }

@@ -34,7 +34,9 @@
 //!
 //! The table is `cache_entries (cache_key VARCHAR(500) PRIMARY KEY, data JSONB NOT NULL, created_at, expires_at)`,
 //! created by [`PgCache::migrate`] (or with `psql`: the numbered files of `migrations/`, then
-//! `migrations/functions.sql`). Values are plain JSONB, so they can be read and queried with SQL.
+//! `migrations/functions.sql`). Values are plain JSONB, so they can be read and queried with SQL, except in
+//! namespaces encrypted at rest ([`PgCacheBuilder::encryption`] with a [`Keyring`]; docs/SECURITY.md), whose
+//! values are ciphertext inside a JSONB object.
 //!
 //! # Database roles
 //! Only the role that ran [`PgCache::migrate`] (the cache's owner) may use the cache's tables and SQL
@@ -176,6 +178,7 @@ mod tier;
 pub mod channel;
 mod codec;
 mod config;
+mod crypt;
 mod entry;
 mod error;
 mod key;
@@ -194,13 +197,16 @@ pub mod __private;
 
 pub use cache::{global, set_global, PgCache, PgCacheBuilder, SimilarHit, SweepReport};
 pub use config::{Durability, DEFAULT_SIMILARITY_THRESHOLD};
+pub use crypt::{Keyring, KEYS_ENV};
 pub use error::{CacheError, Result};
 pub use key::{validate_key, validate_namespace, MAX_KEY_CHARS, MAX_NAMESPACE_LEN};
 pub use memo::scope::{tag, tags, usage};
 pub use memo::stream::StreamInterrupted;
 pub use observe::{ProcessCounts, MAX_COUNTED_NAMESPACES, OTHER_NAMESPACES};
 pub use redact::redact_url;
-pub use report::{CacheStats, HealthReport, HealthStatus, NamespaceStats, ReplicaHealth, ShardHealth};
+pub use report::{
+    CacheStats, HealthReport, HealthStatus, KeyIdCount, NamespaceStats, RekeyReport, ReplicaHealth, ShardHealth,
+};
 pub use server::schema::FUNCTIONS_VERSION;
 pub use server::sql::MIGRATOR;
 pub use tags::{validate_tag, MAX_TAGS_PER_ENTRY, MAX_TAG_CHARS};

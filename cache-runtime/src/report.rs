@@ -204,3 +204,36 @@ impl HealthReport {
         HealthReport { status, total_entries, latency_ms, error, shards, replicas: Vec::new() }
     }
 }
+
+/// What [`PgCache::rekey`](crate::PgCache::rekey) did, so far (its progress callback sees it after each batch)
+/// or in all. Entries it could not move stay as they are, and are misses for readers that cannot open them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RekeyReport {
+    /// Encrypted entries found under a key other than the current one.
+    pub examined: u64,
+    /// Those re-encrypted under the current key.
+    pub rekeyed: u64,
+    /// Those rewritten or removed by a concurrent write or delete between the read and the update: left as
+    /// that write made them (a newer value is never overwritten).
+    pub changed_meanwhile: u64,
+    /// Those under a key id the keyring does not hold: left as they are (give the keyring that key, or let
+    /// them expire).
+    pub unknown_key: u64,
+    /// Those that did not authenticate under their key (copied from another cache key, or tampered with):
+    /// left as they are; every read of them is a miss.
+    pub undecryptable: u64,
+    /// Batches run.
+    pub batches: u64,
+}
+
+/// Encrypted entries under one key id, as [`PgCache::entries_by_key_id`](crate::PgCache::entries_by_key_id)
+/// counts them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct KeyIdCount {
+    /// The key id (`None`: an envelope without one, which no keyring can open).
+    pub key_id: Option<String>,
+    /// Entries encrypted under it, expired or not, over every shard.
+    pub entries: u64,
+}

@@ -83,7 +83,7 @@ pub struct SweepReport {
 pub async fn sweep(connection: &ConnectionArgs, args: &SweepArgs, output: Output) -> Result<(), CliError> {
     // 0 means no limit, as CACHE_MAX_ENTRIES does for the services.
     let max_entries = args.max_entries.filter(|n| *n > 0);
-    let target = Target::connect(connection, Tuning { max_entries }).await?;
+    let target = Target::connect(connection, Tuning { max_entries, ..Tuning::default() }).await?;
     let report = target.cache.sweep().await?;
     output.emit(&SweepReport { expired: report.expired, evicted: report.evicted, max_entries })
 }

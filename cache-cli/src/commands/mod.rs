@@ -10,6 +10,7 @@ mod grant;
 mod keys;
 mod maintain;
 mod purge;
+mod rekey;
 mod schema;
 mod stats;
 mod watch;
@@ -36,6 +37,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Grant(args) => grant::run(connection, args, output).await,
         Command::Doctor(args) => doctor::run(connection, args, output).await,
         Command::Watch(args) => watch::run(connection, args, output).await,
+        Command::Rekey(args) => rekey::run(connection, args, output).await,
         Command::Completions(args) => completions::run(args),
     }
 }

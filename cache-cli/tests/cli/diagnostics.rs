@@ -190,3 +190,35 @@ fn shards_are_read_and_merged() {
     let purged = json_of(&mut sharded(&["purge", "--namespace", "s", "--yes", "--json"]));
     assert_eq!(purged["removed"], 20);
 }
+
+#[test]
+fn rekey_moves_entries_to_the_current_key_and_doctor_reports_key_ids() {
+    let db = TestDb::migrated();
+    let (k1, k2) = ("AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=", "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=");
+    let old = cache_runtime::Keyring::parse(&format!("k1:{k1}")).expect("a keyring");
+    let writer = db
+        .block_on(cache_runtime::PgCache::builder().database_url(&db.url).encryption(old).encrypt_all().build())
+        .expect("a cache");
+    for i in 0..5 {
+        db.block_on(writer.set(&format!("answer:{i}"), &format!("secret {i}"), None)).expect("a write");
+    }
+    let keys = format!("k2:{k2},k1:{k1}");
+
+    let report = json_of(db.pg_cached().env("PG_CACHED_KEYS", &keys).args(["doctor", "--pool-size", "1", "--json"]));
+    let encryption = check(&report, "encryption");
+    assert_eq!((&encryption["status"], &encryption["fix"]), (&Value::from("warn"), &Value::from("pg-cached rekey")));
+
+    let assert = db.pg_cached().env("PG_CACHED_KEYS", &keys).args(["rekey", "--batch-size", "2", "--json"]).assert();
+    let output = assert.success().get_output().clone();
+    let report: Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!((&report["rekeyed"], &report["examined"], &report["batches"]), (&5.into(), &5.into(), &3.into()));
+    assert_eq!(report["by_key_id"], serde_json::json!([{"key_id": "k2", "entries": 5}]), "{report:#}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("batch 3: 5 rekeyed"), "progress on stderr");
+
+    let report = json_of(db.pg_cached().env("PG_CACHED_KEYS", &keys).args(["doctor", "--pool-size", "1", "--json"]));
+    assert_eq!(check(&report, "encryption")["status"], "ok", "{report:#}");
+    // No key material anywhere in what the tool printed, and none without the keys: a usage error.
+    let text = text_of(db.pg_cached().env("PG_CACHED_KEYS", &keys).args(["rekey"]));
+    assert!(text.contains("rekeyed 0 of 0") && !text.contains(k1) && !text.contains(k2), "{text}");
+    db.pg_cached().args(["rekey"]).assert().code(2);
+}

@@ -142,6 +142,7 @@ pub fn pg_cached_at(url: &str) -> Command {
         .env("DATABASE_URL", url)
         .env("NO_COLOR", "1")
         .env_remove("CACHE_MAX_ENTRIES")
+        .env_remove("PG_CACHED_KEYS")
         .env_remove("RUST_LOG")
         .timeout(Duration::from_secs(60));
     command

@@ -456,5 +456,6 @@ fn own_pool(config: &Config, max_connections: Option<u32>) -> PgPoolOptions {
         .test_before_acquire(false)
 }
 
+mod encryption;
 #[cfg(test)]
 mod tests;

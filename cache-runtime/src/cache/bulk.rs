@@ -90,7 +90,7 @@ impl PgCache {
             self.note_failure(key, "get", result);
         }
         for (&i, entry) in to_fetch.iter().zip(first_error(fetched)?) {
-            if let Some(entry) = entry {
+            if let Some(entry) = entry.and_then(|entry| self.opened_entry(unique[i], entry, false)) {
                 let json = Arc::clone(&entry.json);
                 if let Some(fill) = &fill {
                     fill.put(unique[i], entry, None);
@@ -141,10 +141,12 @@ impl PgCache {
             .filter(|(i, ((key, _), _))| last.get(key.as_ref()) == Some(i))
             .map(|(_, ((key, _), json))| Write::plain(key.as_ref(), json.into(), ttl))
             .collect();
+        // Encrypted where their namespaces are; `writes` keeps the plaintext for this process's tier.
+        let stored = writes.iter().map(|write| self.sealed(write.clone(), false)).collect::<Result<Vec<_>>>()?;
         let fill = self.inner.local.get().map(LocalTier::fill);
         let results = scatter(
             self.shards(),
-            writes.clone(),
+            stored,
             |write| &write.key,
             |node, writes| async move { node.primary().write_many(writes).await },
         )

@@ -18,16 +18,23 @@ use tokio::sync::Notify;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct MemoHandle<'a> {
     cache: &'a PgCache,
+    /// `#[pg_cached(encrypt)]`: the function's values are encrypted whatever the cache says of its namespace.
+    sealed: bool,
 }
 
 impl PgCache {
     /// The handle of the memoization engine.
     pub(crate) fn memo(&self) -> MemoHandle<'_> {
-        MemoHandle { cache: self }
+        MemoHandle { cache: self, sealed: false }
     }
 }
 
 impl<'a> MemoHandle<'a> {
+    /// This handle for a function that encrypts its values (`#[pg_cached(encrypt)]`) or not.
+    pub(crate) fn sealed(self, sealed: bool) -> MemoHandle<'a> {
+        MemoHandle { sealed, ..self }
+    }
+
     pub(crate) fn cache(&self) -> &'a PgCache {
         self.cache
     }
@@ -44,18 +51,18 @@ impl<'a> MemoHandle<'a> {
         let result = self.cache.node_for(key).lookup(key, stale_window_ms, from).await;
         self.cache.timed("lookup", key, started);
         self.cache.note_failure(key, "get", &result);
-        result
+        Ok(self.cache.opened_lookup(key, result?, self.sealed))
     }
 
     /// A live entry of `key`, as [`PgCache::get`] reads it.
     pub(crate) async fn get_live(&self, key: &str, from: ReadFrom) -> Result<Option<LiveEntry>> {
-        self.cache.get_live(key, from).await
+        self.cache.get_live(key, from, self.sealed).await
     }
 
     /// Writes a memoized result (a guarded write, see [`Write::started`]); whether it was written.
     /// `local_max_age`: the function's own in-process max age (`local = "..."`), if any.
     pub(crate) async fn write(&self, write: Write, local_max_age: Option<Duration>) -> Result<bool> {
-        self.cache.write(write, local_max_age).await
+        self.cache.write(write, local_max_age, self.sealed).await
     }
 
     pub(crate) fn record(&self, namespace: &str, event: Event) {

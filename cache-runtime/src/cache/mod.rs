@@ -21,6 +21,8 @@ mod grant;
 mod maintenance;
 mod memo;
 mod ops;
+mod rekey;
+mod sealing;
 mod similar;
 mod tags;
 
@@ -221,11 +223,15 @@ impl PgCache {
     /// Every write: one statement that also tells every process (see `sql::WRITE`), then this process's tier.
     /// A guarded write (`write.started`) may be refused: returns whether the row was written. `local_max_age`:
     /// the function's own in-process max age (`local = "..."`), if any.
-    async fn write(&self, write: Write, local_max_age: Option<Duration>) -> Result<bool> {
+    /// `sealed`: encrypt the value whatever its namespace (`#[pg_cached(encrypt)]`); the tier keeps plaintext.
+    async fn write(&self, write: Write, local_max_age: Option<Duration>, sealed: bool) -> Result<bool> {
         let fill = self.inner.local.get().map(LocalTier::fill);
         let (key, json, ttl, meta) = (write.key.clone(), Arc::clone(&write.json), write.ttl, write.meta.clone());
         let started = crate::observe::metrics::clock();
-        let result = self.server_for(&key).write(write).await;
+        let result = match self.sealed(write, sealed) {
+            Ok(write) => self.server_for(&key).write(write).await,
+            Err(error) => Err(error),
+        };
         self.timed("set", &key, started);
         self.note_failure(&key, "set", &result);
         let written = result?;
@@ -280,14 +286,15 @@ impl PgCache {
     }
 
     /// The JSON of a live entry and the milliseconds it has left, straight from PostgreSQL: the statement of
-    /// [`get`](Self::get), also the fast path of a memoized hit.
-    async fn get_live(&self, key: &str, from: ReadFrom) -> Result<Option<LiveEntry>> {
+    /// [`get`](Self::get), also the fast path of a memoized hit. Decrypted; an entry that cannot be is
+    /// `None` (`sealed`: the value must be encrypted, whatever its namespace).
+    async fn get_live(&self, key: &str, from: ReadFrom, sealed: bool) -> Result<Option<LiveEntry>> {
         check_key(key)?;
         let started = crate::observe::metrics::clock();
         let result = self.node_for(key).get_live(key, from).await;
         self.timed("get", key, started);
         self.note_failure(key, "get", &result);
-        result
+        Ok(result?.and_then(|entry| self.opened_entry(key, entry, sealed)))
     }
 
     /// Decodes a stored value, counting it as `hit`, or as a miss when it has the wrong shape.

@@ -53,7 +53,7 @@ impl PgCache {
         let json = codec::encode(value, self.config().max_value_bytes)?;
         let mut write = Write::plain(key, json.into(), ttl);
         write.meta = EntryMeta { tags, ..EntryMeta::default() };
-        self.write(write, None).await.map(drop)
+        self.write(write, None, false).await.map(drop)
     }
 
     /// Reads `key`. `None` when it is missing, expired, or stored in a shape that no longer deserializes
@@ -74,7 +74,7 @@ impl PgCache {
             self.record(namespace_of(key), Event::LocalMiss);
         }
         let fill = tier.map(|tier| tier.fill());
-        let Some(entry) = self.get_live(key, ReadFrom::AnyCopy).await? else {
+        let Some(entry) = self.get_live(key, ReadFrom::AnyCopy, false).await? else {
             self.record(namespace_of(key), Event::Miss);
             tracing::debug!(namespace = namespace_of(key), key, "cache miss");
             return Ok(None);

@@ -107,6 +107,7 @@ impl PgCache {
         ttl: Option<Ttl>,
     ) -> Result<()> {
         validate_namespace(namespace)?;
+        self.refuse_if_sealed(namespace)?;
         let embedder = self.embedder()?;
         let vector = self.embed(text).await?;
         let key = similar_key(namespace, scope, text);
@@ -169,6 +170,7 @@ impl PgCache {
     /// Stores the text and vector of the entry `key` beside it, and in this process's vectors of the scope
     /// (so that its next lookup here finds it without reading it back). `false`: the entry is gone.
     pub(crate) async fn store_vector(&self, key: &str, scope: &Scope, text: &str, vector: &[f32]) -> Result<bool> {
+        self.refuse_if_sealed(crate::key::namespace_of(key))?;
         let write = SemanticWrite {
             key: key.to_owned(),
             scope_hash: scope.hash,

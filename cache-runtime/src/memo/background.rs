@@ -44,7 +44,7 @@ async fn refresh(cache: PgCache, site: &'static Site, key: String, task: Task) {
     };
     // Another process may have refreshed it since this one decided to (or taken the lease, refreshed and
     // released it): then there is nothing left to do.
-    if still_needed(cache.memo(), site, &key).await {
+    if still_needed(cache.memo().sealed(site.encrypt), site, &key).await {
         tracing::debug!(key, "refreshing in the background");
         super::refresh_scope(key, task).await;
     }

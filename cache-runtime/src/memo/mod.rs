@@ -81,7 +81,7 @@ where
         outcome = tracing::field::Empty,
         tier = tracing::field::Empty,
     );
-    let store = cache.as_ref().map(PgCache::memo);
+    let store = cache.as_ref().map(|cache| cache.memo().sealed(site.encrypt));
     let hit = span.in_scope(|| local_hit(site, store, key.as_deref().ok(), &policy, values, outer.as_deref()));
     if let (Some((value, remaining_ms)), Some(store), Ok(key)) = (hit, store, &key) {
         span.record("outcome", "hit").record("tier", "local");
@@ -101,7 +101,7 @@ pub(crate) fn record_outcome(event: Event) {
         Event::Miss => ("miss", None),
         Event::StaleServed | Event::StaleIfError => ("stale", None),
         Event::Error => ("error", None),
-        Event::Execution | Event::LocalMiss => return,
+        Event::Execution | Event::LocalMiss | Event::Undecryptable => return,
     };
     let span = tracing::Span::current();
     span.record("outcome", outcome);
@@ -249,7 +249,7 @@ where
         }
         return outcome;
     };
-    let store = cache.memo();
+    let store = cache.memo().sealed(site.encrypt);
     let key = match key {
         Ok(key) => key,
         Err(error) => {

@@ -42,6 +42,8 @@ pub struct Site {
     /// `similar(arg)`: calls are also matched by the meaning of one text argument; `Some(threshold)` when
     /// the function sets its own (`similar(arg, threshold = 0.9)`).
     pub(crate) similar: Option<Option<f32>>,
+    /// `encrypt`: the function's values are encrypted at rest, whatever the cache says of its namespace.
+    pub(crate) encrypt: bool,
     /// Whether this function has said, once, that it runs by its exact key alone for want of an embedder.
     pub(crate) similar_warned: std::sync::atomic::AtomicBool,
     /// The hash state after the function's fixed part (format, namespace, path, version), computed once:
@@ -64,6 +66,7 @@ impl Site {
             refresh_ahead: None,
             replay_as_recorded: false,
             similar: None,
+            encrypt: false,
             similar_warned: std::sync::atomic::AtomicBool::new(false),
             prefix: std::sync::OnceLock::new(),
         }
@@ -101,6 +104,11 @@ impl Site {
     /// `similar(arg)` (`threshold`: `None` for the cache's, else checked by the macro: in (0, 1]).
     pub const fn similar(mut self, threshold: Option<f32>) -> Site {
         self.similar = Some(threshold);
+        self
+    }
+    /// `encrypt` (the macro refuses it with `similar(...)`).
+    pub const fn encrypt(mut self) -> Site {
+        self.encrypt = true;
         self
     }
     /// Static tags (checked by the macro, at compile time).

@@ -19,6 +19,7 @@ pub(crate) struct NamespaceCounters {
     pub(crate) local_hits: AtomicU64,
     pub(crate) local_misses: AtomicU64,
     pub(crate) stale_if_error: AtomicU64,
+    pub(crate) undecryptable: AtomicU64,
     /// Microseconds of computation that hits avoided (each hit adds its entry's compute time).
     pub(crate) compute_saved_us: AtomicU64,
     /// Tokens (in and out) and micro-USD that hits avoided (each hit adds its entry's usage).
@@ -38,6 +39,7 @@ impl NamespaceCounters {
             Event::LocalHit => &self.local_hits,
             Event::LocalMiss => &self.local_misses,
             Event::StaleIfError => &self.stale_if_error,
+            Event::Undecryptable => &self.undecryptable,
         }
     }
 }
@@ -146,6 +148,10 @@ pub struct ProcessCounts {
     /// Calls whose body failed (an `Err`, a `None`) and that were served an entry expired less than
     /// `stale_if_error` ago instead.
     pub stale_if_error: u64,
+    /// Encrypted entries that could not be decrypted and were treated as misses (each also counts in
+    /// [`misses`](Self::misses)): a key id this keyring lacks, a failed authentication (a ciphertext copied
+    /// under another key, a wrong key), or a plain value in an encrypted namespace. See docs/SECURITY.md.
+    pub undecryptable: u64,
     /// Microseconds of computation that hits (in PostgreSQL, in the in-process tier, or by joining another
     /// caller's computation) did not have to redo: the sum of the compute times recorded with the entries
     /// they were served. See [`compute_saved`](Self::compute_saved).
@@ -177,6 +183,7 @@ impl From<&NamespaceCounters> for ProcessCounts {
             local_hits: get(&c.local_hits),
             local_misses: get(&c.local_misses),
             stale_if_error: get(&c.stale_if_error),
+            undecryptable: get(&c.undecryptable),
             compute_saved_us: get(&c.compute_saved_us),
             forged_events: 0,
             tokens_saved: get(&c.tokens_saved),
@@ -217,6 +224,7 @@ impl std::ops::AddAssign<&ProcessCounts> for ProcessCounts {
         self.local_hits += other.local_hits;
         self.local_misses += other.local_misses;
         self.stale_if_error += other.stale_if_error;
+        self.undecryptable += other.undecryptable;
         self.compute_saved_us += other.compute_saved_us;
         self.forged_events += other.forged_events;
         self.tokens_saved = self.tokens_saved.saturating_add(other.tokens_saved);
@@ -268,6 +276,7 @@ mod tests {
             local_hits: 7,
             local_misses: 8,
             stale_if_error: 9,
+            undecryptable: 14,
             compute_saved_us: 10,
             forged_events: 11,
             tokens_saved: 12,
@@ -287,6 +296,7 @@ mod tests {
                 local_hits: 14,
                 local_misses: 16,
                 stale_if_error: 18,
+                undecryptable: 28,
                 compute_saved_us: 20,
                 forged_events: 22,
                 tokens_saved: 24,

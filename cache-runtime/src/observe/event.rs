@@ -22,6 +22,9 @@ pub(crate) enum Event {
     LocalMiss,
     /// The body failed and an entry expired less than `stale_if_error` ago was served instead.
     StaleIfError,
+    /// An encrypted entry that could not be decrypted (unknown key id, failed authentication), or a plain one
+    /// in an encrypted namespace: counted besides the miss it is.
+    Undecryptable,
 }
 
 impl Event {
@@ -32,7 +35,7 @@ impl Event {
             Event::Hit | Event::Coalesced => Some(HitKind::Exact),
             Event::LocalHit => Some(HitKind::Local),
             Event::StaleServed | Event::StaleIfError => Some(HitKind::Stale),
-            Event::Miss | Event::Error | Event::Execution | Event::LocalMiss => None,
+            Event::Miss | Event::Error | Event::Execution | Event::LocalMiss | Event::Undecryptable => None,
         }
     }
 }

@@ -8,6 +8,7 @@
 //! | `pg_cached_misses_total` | counter | `namespace` |
 //! | `pg_cached_stale_served_total` | counter | `namespace` |
 //! | `pg_cached_stale_if_error_total` | counter | `namespace` (an expired entry replaced a failed body) |
+//! | `pg_cached_undecryptable_total` | counter | `namespace` (an encrypted entry that could not be decrypted: a miss) |
 //! | `pg_cached_executions_total` | counter | `namespace` (a memoized body ran) |
 //! | `pg_cached_errors_total` | counter | `namespace`, `kind` (see [`CacheError::kind`](crate::CacheError::kind)) |
 //! | `pg_cached_invalidations_total` | counter | `namespace`, `scope` (`key`, `namespace`, `tag`) |
@@ -57,6 +58,9 @@ pub(crate) fn event(namespace: &str, event: Event) {
                 metrics::counter!("pg_cached_stale_if_error_total", "namespace" => ns).increment(1);
             }
             Event::Execution => metrics::counter!("pg_cached_executions_total", "namespace" => ns).increment(1),
+            Event::Undecryptable => {
+                metrics::counter!("pg_cached_undecryptable_total", "namespace" => ns).increment(1);
+            }
             // Errors are counted with their kind by `error`; a local-tier miss goes on to PostgreSQL, whose
             // outcome is what counts.
             Event::Error | Event::LocalMiss => {}

@@ -18,6 +18,7 @@ pub(crate) mod exec;
 #[cfg(feature = "test-support")]
 pub(crate) mod lost;
 pub(crate) mod reads;
+mod rekey;
 pub(crate) mod schema;
 pub(crate) mod semantic;
 pub(crate) mod sql;

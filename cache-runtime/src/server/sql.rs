@@ -110,6 +110,22 @@ pub(crate) const INVALIDATE_ON_CHANGE: &str =
 pub(crate) const REMOVE_INVALIDATE_ON_CHANGE: &str =
     "SELECT pg_cached_remove_invalidate_on_change(p_table => $1::regclass)::bigint";
 
+/// Encryption at rest: a batch of encrypted entries not under key id $2, after key $1 in key order, at most
+/// $3 (an envelope is an object with the `pg_cached_enc` field, see `crypt/envelope.rs`).
+pub(crate) const ENCRYPTED_NOT_UNDER: &str = "SELECT cache_key, data::text FROM cache_entries \
+    WHERE cache_key > $1 AND jsonb_typeof(data) = 'object' AND data ? 'pg_cached_enc' \
+    AND data->>'kid' IS DISTINCT FROM $2 ORDER BY cache_key LIMIT $3";
+
+/// Replaces each key's ($1) data by its new form ($3) only if it still holds the old one ($2): a value that a
+/// concurrent write replaced is left as that write made it. Returns the rows replaced.
+pub(crate) const REPLACE_UNCHANGED: &str = "UPDATE cache_entries e SET data = u.new::jsonb \
+    FROM unnest($1::text[], $2::text[], $3::text[]) AS u(key, old, new) \
+    WHERE e.cache_key = u.key AND e.data = u.old::jsonb";
+
+/// Encrypted entries per key id.
+pub(crate) const ENTRIES_BY_KEY_ID: &str = "SELECT data->>'kid', count(*) FROM cache_entries \
+    WHERE jsonb_typeof(data) = 'object' AND data ? 'pg_cached_enc' GROUP BY 1 ORDER BY 1";
+
 /// Sends the body $1 on the events channel, signed.
 pub(crate) const NOTIFY: &str = concat!("SELECT ", notify!("$1"));
 

@@ -8,7 +8,9 @@
 //!
 //! A check that cannot run (a permission, a statement error) is a WARN saying so: doctor reports every
 //! check it can instead of stopping at the first problem. With shards, every check runs on every server.
+//! The `encryption` check reads `PG_CACHED_KEYS` when it is set, to judge the key ids of encrypted entries.
 
+mod encryption;
 mod server;
 mod tables;
 
@@ -119,6 +121,7 @@ async fn shard_checks(shard: &Shard, health: Option<HealthReport>, pool_size: u3
         server::synchronous_commit(shard).await.unwrap_or_else(|e| Check::could_not_run("synchronous_commit", &e)),
         server::headroom(shard, pool_size).await.unwrap_or_else(|e| Check::could_not_run("connections", &e)),
         server::clock(probe.as_ref()),
+        encryption::key_ids(shard).await.unwrap_or_else(|e| Check::could_not_run("encryption", &e)),
     ];
     for check in &mut checks {
         check.shard.clone_from(&shard.name);

@@ -158,7 +158,7 @@ where
 /// Looks the key up (then, with `similar`, the nearest text of its scope); on a miss, joins the key's flight
 /// (following its leader when there is one), and with `single_flight = "cluster"` the key's lease.
 async fn decide(cache: PgCache, site: &'static Site, key: String, mut similar: Option<Similar>) -> Decision {
-    let store = cache.memo();
+    let store = cache.memo().sealed(site.encrypt);
     let mut from = ReadFrom::AnyCopy;
     let mut query = None;
     loop {

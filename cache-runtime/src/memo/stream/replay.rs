@@ -61,7 +61,7 @@ pub(super) async fn store(
     usage: Usage,
 ) {
     let Plan { cache, key, start, lead, lease, similar } = plan;
-    let store = cache.memo();
+    let store = cache.memo().sealed(site.encrypt);
     let written = match (site.ttl.resolve(store.config().default_ttl), tags) {
         (Ok(ttl), Ok(tags)) => {
             let meta = EntryMeta { tags, compute_us: Some(compute_us), usage };

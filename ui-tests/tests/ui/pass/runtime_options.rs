@@ -1,4 +1,5 @@
-//! The options passed on to the runtime: `single_flight`, `stale` and `local` (whose return type is `Clone`).
+//! The options passed on to the runtime: `single_flight`, `stale`, `local` (whose return type is `Clone`) and
+//! `encrypt`.
 use cache_runtime::pg_cached;
 
 #[pg_cached(ttl = "10m", single_flight = "cluster", stale = "1h", local = "30s")]
@@ -11,8 +12,14 @@ async fn local_result(x: u32) -> Result<String, String> {
     Ok(x.to_string())
 }
 
+#[pg_cached(namespace = "secret", encrypt, local = "1m")]
+async fn encrypted(x: u32) -> String {
+    x.to_string()
+}
+
 #[tokio::main]
 async fn main() {
     assert_eq!(everything(1).await, [1]);
     assert_eq!(local_result(2).await.as_deref(), Ok("2"));
+    assert_eq!(encrypted(3).await, "3");
 }
