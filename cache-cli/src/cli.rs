@@ -119,6 +119,11 @@ pub struct PurgeScopeArgs {
     /// Every entry past its expiry (and past any stale-while-revalidate window).
     #[arg(long)]
     pub expired: bool,
+
+    /// Every entry of this tenant (written inside `cache_runtime::tenant(ID, ...)` or by a function with
+    /// `#[pg_cached(tenant = ...)]`), in every service too (PgCache::delete_tenant).
+    #[arg(long, value_name = "ID")]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Args)]

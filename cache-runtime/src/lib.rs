@@ -165,7 +165,7 @@
 //   tier     this process's own state: the in-process tier, flights in progress, the event listener
 //   route    which server: shards, read replicas, failover, connection sources
 //   server   one PostgreSQL server: pools, coalesced statements, execution, the SQL text
-//   leaves   entry, key, tags, channel, codec, ttl, usage, error, observe, latest, redact: used by all, using none
+//   leaves   entry, key, tags, tenant, channel, codec, ttl, usage, error, observe, latest, redact: used by all, using none
 mod cache;
 mod memo;
 mod route;
@@ -184,6 +184,7 @@ mod observe;
 mod redact;
 mod report;
 mod tags;
+mod tenant;
 mod ttl;
 mod usage;
 
@@ -192,7 +193,7 @@ mod usage;
 #[path = "memo/private.rs"]
 pub mod __private;
 
-pub use cache::{global, set_global, PgCache, PgCacheBuilder, SimilarHit, SweepReport};
+pub use cache::{global, set_global, PgCache, PgCacheBuilder, SimilarHit, SweepReport, TenantStats};
 pub use config::{Durability, DEFAULT_SIMILARITY_THRESHOLD};
 pub use error::{CacheError, Result};
 pub use key::{validate_key, validate_namespace, MAX_KEY_CHARS, MAX_NAMESPACE_LEN};
@@ -204,6 +205,7 @@ pub use report::{CacheStats, HealthReport, HealthStatus, NamespaceStats, Replica
 pub use server::schema::FUNCTIONS_VERSION;
 pub use server::sql::MIGRATOR;
 pub use tags::{validate_tag, MAX_TAGS_PER_ENTRY, MAX_TAG_CHARS};
+pub use tenant::{current_tenant, tenant, validate_tenant, MAX_COUNTED_TENANTS, MAX_TENANT_CHARS};
 pub use ttl::Ttl;
 pub use usage::Usage;
 

@@ -7,6 +7,7 @@
 //! - `maintenance.rs`: namespace purges, sweeps, eviction, `keys`, `stats`, `health_check`;
 //! - `builder.rs`, `env.rs`: [`PgCacheBuilder`], `connect`, `from_env`;
 //! - `similar.rs`: semantic entries, `set_similar` and `get_similar`;
+//! - `tenants.rs`: per-tenant purges, stats and quotas, and row-level security by tenant;
 //! - `memo.rs`: the narrow handle through which the memoization engine uses a cache;
 //! - `global.rs`: the process-wide instance.
 //!
@@ -23,6 +24,7 @@ mod memo;
 mod ops;
 mod similar;
 mod tags;
+mod tenants;
 
 pub use builder::PgCacheBuilder;
 pub use global::{global, set_global};
@@ -32,6 +34,7 @@ pub(crate) use memo::MemoHandle;
 pub(crate) use similar::similar_key;
 pub(crate) use similar::Scope;
 pub use similar::SimilarHit;
+pub use tenants::TenantStats;
 
 use crate::codec;
 use crate::config::Config;
@@ -121,6 +124,8 @@ struct Inner {
     /// The vectors of the semantic scopes this process searched (see `similar.rs`).
     vectors: Vectors,
     sweeper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Hits per tenant in this process (see `tenants.rs`).
+    tenant_hits: crate::tenant::TenantHits,
 }
 
 impl Drop for Inner {
@@ -160,6 +165,7 @@ impl PgCache {
             events,
             vectors: Vectors::default(),
             sweeper: std::sync::Mutex::new(None),
+            tenant_hits: crate::tenant::TenantHits::default(),
         };
         let cache = PgCache { inner: Arc::new(inner) };
         if cache.inner.local.get().is_some() {
@@ -333,6 +339,9 @@ impl PgCache {
 
     fn record(&self, namespace: &str, event: Event) {
         self.inner.counters.record(namespace, event);
+        if event.hit_kind().is_some() {
+            self.inner.tenant_hits.hit_here();
+        }
     }
 
     /// Counts a failed cache operation (the caller ran, or runs, without the cache).

@@ -70,6 +70,12 @@ where
     L: LocalValues<R>,
 {
     let cache = cache.resolve();
+    // Inside a tenant scope the key is qualified by the tenant (see `tenant.rs`): every step below, the
+    // in-process tier included, sees only the qualified key. A refused scope is a key error: uncached.
+    let (key, tenant) = match key.and_then(|key| crate::tenant::scoped_key(&key)) {
+        Ok((key, tenant)) => (Ok(key), tenant),
+        Err(error) => (Err(error), None),
+    };
     // The computation this call is part of, if any: it inherits this call's tags, hit or miss.
     let outer = crate::memo::scope::current();
     // Each call is a span, so that tracing and OpenTelemetry users see cache hits in their traces; `outcome`
@@ -88,7 +94,8 @@ where
         background::refresh_ahead(store, site, key, remaining_ms, Work::new(make));
         return Memoized::ready(value);
     }
-    Memoized::pending(memoize_slow(site, cache, key, policy, Work::new(make), outer, similar).instrument(span))
+    let similar = similar.map(Similar::in_tenant_scope);
+    Memoized::pending(memoize_slow(site, cache, key, tenant, policy, Work::new(make), outer, similar).instrument(span))
 }
 
 /// Notes what `event` says about the current memoized call on its span: `outcome` is `hit`, `miss`,
@@ -226,10 +233,12 @@ pub(crate) fn served(cache: MemoHandle<'_>, site: &Site, event: Event, meta: &En
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; each argument is one fact about the call
 async fn memoize_slow<R, P, M, F>(
     site: &'static Site,
     cache: Option<PgCache>,
     key: Result<String, CacheError>,
+    tenant: Option<Arc<str>>,
     policy: P,
     mut work: Work<M, F>,
     outer: Option<Arc<TagScope>>,
@@ -261,7 +270,7 @@ where
     };
     let local = store.tier(site.local);
     let mut call =
-        Call { cache: store, site, key: &key, policy: &policy, local, outer: outer.as_deref(), similar: None };
+        Call { cache: store, site, key: &key, tenant, policy: &policy, local, outer: outer.as_deref(), similar: None };
     if refresh_requested(&key) {
         // A refresh stores the text and vector again too (the entry is rewritten under the same key).
         let query = match similar {

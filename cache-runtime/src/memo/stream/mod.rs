@@ -86,7 +86,7 @@ enum Decision {
     /// Run the function's stream, recording it under `plan` if there is one (none: no cache, or it failed).
     Compute(Option<Plan>),
     /// Another caller in this process computes it: read its feed.
-    Follow(watch::Receiver<Feed>, PgCache, String),
+    Follow(watch::Receiver<Feed>, PgCache, String, Option<Arc<str>>),
 }
 
 struct Following<C, E, S> {
@@ -95,12 +95,15 @@ struct Following<C, E, S> {
     source: Option<S>,
     cache: PgCache,
     key: String,
+    tenant: Option<Arc<str>>,
 }
 
 /// Where and how a computed stream is stored.
 struct Plan {
     cache: PgCache,
     key: String,
+    /// The tenant whose scope qualified the key, for the row's column.
+    tenant: Option<Arc<str>>,
     start: Start,
     /// This process's flight, which the followers watch.
     lead: Option<StreamLead>,
@@ -135,8 +138,10 @@ where
     S: Stream<Item = Result<C, E>>,
 {
     let outer = super::scope::current();
+    // Inside a tenant scope the key is qualified by the tenant (see `tenant.rs`).
+    let key = key.and_then(|key| crate::tenant::scoped_key(&key));
     let decision: BoxFuture<Decision> = match (cache.resolve(), key) {
-        (Some(cache), Ok(key)) => Box::pin(decide(cache, site, key)),
+        (Some(cache), Ok((key, tenant))) => Box::pin(decide(cache, site, key, tenant)),
         (Some(cache), Err(error)) => {
             cache.memo().record_error(site.namespace, &error);
             tracing::warn!(namespace = site.namespace, %error, "cannot build the cache key; streaming uncached");
@@ -149,7 +154,7 @@ where
 
 /// Looks the key up; on a miss, joins the key's flight (following its leader when there is one), and with
 /// `single_flight = "cluster"` the key's lease.
-async fn decide(cache: PgCache, site: &'static Site, key: String) -> Decision {
+async fn decide(cache: PgCache, site: &'static Site, key: String, tenant: Option<Arc<str>>) -> Decision {
     let store = cache.memo();
     let mut from = ReadFrom::AnyCopy;
     loop {
@@ -166,11 +171,11 @@ async fn decide(cache: PgCache, site: &'static Site, key: String) -> Decision {
         let start = lookup.start();
         if site.single_flight == SingleFlight::Off {
             store.record(site.namespace, Event::Miss);
-            return Decision::Compute(Some(Plan { cache, key, start, lead: None, lease: None }));
+            return Decision::Compute(Some(Plan { cache, key, tenant, start, lead: None, lease: None }));
         }
         let lead = match store.join_stream(&key, seen) {
             StreamTicket::Lead(lead) => lead,
-            StreamTicket::Follow(feed) => return Decision::Follow(feed, cache, key),
+            StreamTicket::Follow(feed) => return Decision::Follow(feed, cache, key, tenant),
             StreamTicket::Recheck => {
                 // A flight ended after this lookup: its entry may be there now.
                 from = ReadFrom::Primary;
@@ -191,7 +196,7 @@ async fn decide(cache: PgCache, site: &'static Site, key: String) -> Decision {
             _ => None,
         };
         store.record(site.namespace, Event::Miss);
-        return Decision::Compute(Some(Plan { cache, key, start, lead: Some(lead), lease }));
+        return Decision::Compute(Some(Plan { cache, key, tenant, start, lead: Some(lead), lease }));
     }
 }
 
@@ -297,16 +302,16 @@ where
                 None => self.start_live(source, None),
             },
             Decision::Compute(plan) => self.start_live(source, plan),
-            Decision::Follow(feed, cache, key) => {
+            Decision::Follow(feed, cache, key, tenant) => {
                 let follower = Follower::new(feed, self.live);
-                State::Following(Box::new(Following { follower, source, cache, key }))
+                State::Following(Box::new(Following { follower, source, cache, key, tenant }))
             }
         }
     }
 
     /// What a follower does once it no longer reads its leader's feed.
     fn after_following(&self, following: Following<C, E, S>, step: Step<C, E>) -> State<C, E, S> {
-        let Following { source, cache, key, .. } = following;
+        let Following { source, cache, key, tenant, .. } = following;
         let coalesced = |tags: Option<&crate::tags::Tags>| {
             cache.memo().record(self.site.namespace, Event::Coalesced);
             super::record_outcome(Event::Coalesced);
@@ -324,7 +329,7 @@ where
                 coalesced(tags.as_ref());
                 State::Replaying(Replay::whole(chunks))
             }
-            Step::Retry => State::Looking { source, decision: Box::pin(decide(cache.clone(), self.site, key)) },
+            Step::Retry => State::Looking { source, decision: Box::pin(decide(cache.clone(), self.site, key, tenant)) },
             Step::Alone => self.start_live(source, None),
         }
     }
