@@ -42,6 +42,8 @@ pub(crate) struct Args {
     pub(crate) replay: Option<LitStr>,
     /// `similar(arg)` or `similar(arg, threshold = ...)`.
     pub(crate) similar: Option<SimilarArg>,
+    /// `tenant = <expr>`: the tenant whose scope the call runs in.
+    pub(crate) tenant: Option<Expr>,
     /// Errors found while parsing that did not stop the parse.
     pub(crate) errors: Errors,
 }
@@ -117,6 +119,7 @@ const OPTIONS: &[OptionSpec] = &[
         value: Value::Str(|args| &mut args.replay, "a string literal: \"as_recorded\" or \"immediate\""),
     },
     OptionSpec { name: "similar", value: Value::Similar(|args| &mut args.similar) },
+    OptionSpec { name: "tenant", value: Value::Expr(|args| &mut args.tenant) },
 ];
 
 /// "`namespace`, `ttl`, ... or `companions`": every option in [`OPTIONS`], for error messages.
@@ -407,16 +410,16 @@ mod tests {
             messages(args),
             [
                 "unknown option `ttll`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay` or `similar`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar` or `tenant`",
                 "duplicate option `ttl`",
                 "expected an integer literal, e.g. `version = 2`",
                 "expected a string literal, e.g. `namespace = \"retrieval\"`",
                 "expected `true` or `false`",
                 "duplicate option `cache`",
                 "unknown option `frobnicate`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay` or `similar`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar` or `tenant`",
                 "unknown option `flag`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay` or `similar`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar` or `tenant`",
                 "expected a string literal, e.g. `stale = \"5m\"`",
             ]
         );
@@ -443,7 +446,7 @@ mod tests {
             err.as_deref(),
             Some(
                 "expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, `cache_none`, `single_flight`, \
-                 `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay` or `similar`"
+                 `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar` or `tenant`"
             )
         );
     }

@@ -178,7 +178,7 @@ fn every_error_at_once() {
         messages,
         [
             "unknown option `bogus`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, `cache_none`, \
-             `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay` or `similar`",
+             `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar` or `tenant`",
             "duplicate option `ttl`",
             "`#[pg_cached]` applies only to `async fn`: a memoized call waits on the database; write `async fn f`",
             "`#[pg_cached]` cannot cache an `impl Trait` return type: a cached value is read back as a concrete \

@@ -115,6 +115,12 @@ pub async fn in_tenant<T: TenantArg + ?Sized, F: Future>(tenant: &T, make: impl 
     crate::tenant::enter(tenant.tenant_id(), make).await
 }
 
+/// `{fn}_cache_key` of a function with `tenant = ...`: the key qualified by the tenant, as the call uses it.
+pub fn tenant_key(tenant: &str, key: Result<String, CacheError>) -> Result<String, CacheError> {
+    crate::tenant::validate_tenant(tenant)?;
+    Ok(crate::tenant::qualify(tenant, &key?))
+}
+
 /// Deletes the entry of one call.
 pub async fn invalidate(
     _site: &'static Site,
