@@ -670,13 +670,12 @@ CREATE OR REPLACE FUNCTION pg_cached_enable_tenant_isolation()
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     v_table text;
+    v_rule text := $rule$tenant IS NOT DISTINCT FROM nullif(current_setting('pg_cached.tenant', true), '')$rule$;
 BEGIN
     FOREACH v_table IN ARRAY ARRAY['cache_entries', 'cache_semantic'] LOOP
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', v_table);
         EXECUTE format('DROP POLICY IF EXISTS pg_cached_tenant ON %I', v_table);
-        EXECUTE format('CREATE POLICY pg_cached_tenant ON %I USING '
-                       '(tenant IS NOT DISTINCT FROM nullif(current_setting(''pg_cached.tenant'', true), )) WITH CHECK (tenant IS NOT DISTINCT FROM nullif(current_setting(pg_cached.tenant, true), ))',
-                       v_table);
+        EXECUTE format('CREATE POLICY pg_cached_tenant ON %I USING (%s) WITH CHECK (%s)', v_table, v_rule, v_rule);
     END LOOP;
 END $$;
 

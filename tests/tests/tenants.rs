@@ -301,3 +301,32 @@ async fn semantic_hits_never_cross_tenants(pool: PgPool) -> TestResult {
     assert_eq!(answers.calls.get(), 3, "neither another tenant nor no tenant got acme's entry");
     Ok(())
 }
+
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn the_previous_release_calls_still_write_rows_of_no_tenant(pool: PgPool) -> TestResult {
+    // Functions version 2's statements, as its sql.rs sent them (named, without p_tenant / p_tenants).
+    let one: Option<bool> = sqlx::query_scalar(
+        "SELECT pg_cached_write_entry(p_key => 'v2:1', p_data => '1'::jsonb, p_ttl_ms => 60000, p_keep_ms => 0, \
+         p_started_us => NULL, p_namespace => 'v2', p_notify => '0000000000000000|k|1', p_lock_timeout => '1000', \
+         p_async_commit => true, p_tags => NULL, p_compute_us => NULL, p_started_snapshot => NULL, \
+         p_input_tokens => NULL, p_output_tokens => NULL, p_cost_micros => NULL, p_try_locks => false)",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(one, Some(true));
+    let many: Vec<Option<bool>> = sqlx::query_scalar(
+        "SELECT pg_cached_write_entries(p_keys => ARRAY['v2:2', 'v2:3'], p_data => ARRAY['2', '3']::jsonb[], \
+         p_ttl_ms => ARRAY[60000, 60000]::bigint[], p_keep_ms => ARRAY[0, 0]::bigint[], \
+         p_started_us => ARRAY[NULL, NULL]::bigint[], p_namespaces => ARRAY['v2', 'v2'], \
+         p_notify => '0000000000000000|k|1', p_lock_timeout => '1000', p_async_commit => true, \
+         p_tags => ARRAY[NULL, NULL]::text[], p_compute_us => ARRAY[NULL, NULL]::bigint[], \
+         p_started_snapshots => ARRAY[NULL, NULL]::text[], p_input_tokens => NULL, p_output_tokens => NULL, \
+         p_cost_micros => NULL, p_try_locks => false)",
+    )
+    .fetch_one(&pool)
+    .await?;
+    assert_eq!(many, [Some(true), Some(true)]);
+    assert_eq!(rows_by_tenant(&pool).await, [("".into(), 3)]);
+    assert_eq!(cache_on(pool).await.get::<i32>("v2:3").await?, Some(3));
+    Ok(())
+}
