@@ -194,6 +194,12 @@ impl Args {
                 seen.set_once(self, key, name, field, value.map(|value| (key, value)));
             }
             Value::Expr(field) => {
+                if !input.peek(Token![=]) {
+                    // Reported at the key, and the options after it are still checked.
+                    let message = format!("`{name}` needs a value: write `{name} = <expression>`");
+                    self.errors.push(syn::Error::new(key, message));
+                    return Ok(());
+                }
                 input.parse::<Token![=]>()?;
                 let value = input.parse::<Expr>()?;
                 seen.set_once(self, key, name, field, Some(value));
@@ -383,6 +389,20 @@ mod tests {
         let cache_if = args.cache_if.as_ref().map(|p| p.to_token_stream().to_string());
         assert_eq!(cache_if.as_deref(), Some("crate :: worth_caching"));
         assert!(args.errors.into_error().is_none());
+    }
+
+    #[test]
+    fn an_expression_option_without_a_value_is_reported_at_its_key() {
+        let args = parse(quote::quote!(tenant, namespace = "answer", cache));
+        assert_eq!(
+            messages(args),
+            [
+                "`tenant` needs a value: write `tenant = <expression>`",
+                "`cache` needs a value: write `cache = <expression>`"
+            ]
+        );
+        let args = parse(quote::quote!(tenant = user.org.as_str()));
+        assert!(args.tenant.is_some());
     }
 
     #[test]

@@ -89,6 +89,10 @@ use std::time::{Duration, Instant};
 /// - **Look at it**: [`keys`](Self::keys), [`stats`](Self::stats), [`process_stats`](Self::process_stats),
 ///   [`health_check`](Self::health_check), [`shard_for`](Self::shard_for),
 ///   [`single_pool`](Self::single_pool), [`shard_pools`](Self::shard_pools).
+/// - **Tenants** (inside [`tenant`](crate::tenant), every key is the tenant's):
+///   [`delete_tenant`](Self::delete_tenant), [`tenant_stats`](Self::tenant_stats),
+///   [`enforce_tenant_quotas`](Self::enforce_tenant_quotas),
+///   [`enable_tenant_isolation`](Self::enable_tenant_isolation).
 /// - **Match by meaning**: [`set_similar`](Self::set_similar), [`get_similar`](Self::get_similar) (with an
 ///   [`embedder`](crate::PgCacheBuilder::embedder)).
 /// - **Memoize**: `#[pg_cached]` functions use it (see [`macro@crate::pg_cached`]).

@@ -16,6 +16,11 @@ impl PgCache {
     ///
     /// Concurrent writers of one key never fail: the last write wins, whole.
     ///
+    /// Inside a [`tenant`](crate::tenant) scope, `key` is the tenant's own (qualified by the tenant, as in
+    /// every operation of a `PgCache`): a `get` of the same key for another tenant, or outside any scope,
+    /// does not find it. In a scope whose tenant id was refused, every operation fails with
+    /// [`CacheError::InvalidTenant`](crate::CacheError::InvalidTenant) before any I/O.
+    ///
     /// # Errors
     /// Refused before any I/O, with a typed error: keys that are empty, hold NUL or exceed 500 characters
     /// ([`CacheError::InvalidKey`](crate::CacheError::InvalidKey),
