@@ -330,3 +330,33 @@ async fn the_previous_release_calls_still_write_rows_of_no_tenant(pool: PgPool) 
     assert_eq!(cache_on(pool).await.get::<i32>("v2:3").await?, Some(3));
     Ok(())
 }
+
+/// A memoized stream: its chunks say which tenant's scope it was made in.
+struct Streams {
+    cache: PgCache,
+}
+
+impl Streams {
+    #[pg_cached(cache = self.cache, namespace = "words", ttl = "1h", stream)]
+    fn words(&self, question: String) -> impl futures_util::Stream<Item = Result<String, String>> {
+        let who = current_tenant().unwrap_or_default();
+        futures_util::stream::iter([Ok(question), Ok(who)])
+    }
+}
+
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn memoized_streams_never_cross_tenants(pool: PgPool) -> TestResult {
+    use futures_util::StreamExt;
+    let streams = Streams { cache: cache_on(pool.clone()).await };
+    for round in 0..2 {
+        for id in ["acme", "globex"] {
+            let chunks: Vec<_> = tenant(id, async { streams.words("q".into()).collect::<Vec<_>>().await }).await;
+            assert_eq!(chunks, [Ok("q".to_owned()), Ok(id.to_owned())], "round {round}");
+        }
+        let plain: Vec<_> = streams.words("q".into()).collect().await;
+        assert_eq!(plain, [Ok("q".to_owned()), Ok(String::new())]);
+    }
+    // A replay of another tenant's recording would say that tenant's name: each replays its own.
+    assert_eq!(rows_by_tenant(&pool).await, [("".into(), 1), ("acme".into(), 1), ("globex".into(), 1)]);
+    Ok(())
+}
