@@ -3,8 +3,10 @@
 //! lookup made for one tenant can ever find another tenant's entry, whatever the arguments.
 //!
 //! A qualified key keeps its namespace (purges and counters by namespace still work) and replaces the rest
-//! with the SHA-256 of the tenant and the whole key: `answer:<64 hex digits>`. The tenant itself is written
-//! to the row's `tenant` column, which per-tenant purges, stats, quotas and row-level security read.
+//! with `~` and the SHA-256 of the tenant and the whole key: `answer:~<64 hex digits>`. That form is
+//! reserved: outside any tenant scope a write of a key of that form is refused, so that no write made for
+//! no tenant can plant an entry where a tenant's lookup would find it. The tenant itself is written to the
+//! row's `tenant` column, which per-tenant purges, stats, quotas and row-level security read.
 //!
 //! A leaf module: the scope, the id rules, the qualification of keys, and the per-tenant hit counters.
 
@@ -175,7 +177,7 @@ pub(crate) async fn enter<F: Future>(id: &str, make: impl FnOnce() -> F) -> F::O
     TENANT.scope(scope, async move { make().await }).await
 }
 
-/// `key` qualified by `tenant`: its namespace, a colon, and the SHA-256 of the tenant and the whole key.
+/// `key` qualified by `tenant`: its namespace, `:~`, and the SHA-256 of the tenant and the whole key.
 pub(crate) fn qualify(tenant: &str, key: &str) -> String {
     let mut hasher = Sha256::new();
     for part in [TENANT_KEY_FORMAT, tenant, key] {
@@ -183,9 +185,9 @@ pub(crate) fn qualify(tenant: &str, key: &str) -> String {
         hasher.update(part.as_bytes());
     }
     let namespace = namespace_of(key);
-    let mut qualified = String::with_capacity(namespace.len() + 65);
+    let mut qualified = String::with_capacity(namespace.len() + 66);
     qualified.push_str(namespace);
-    qualified.push(':');
+    qualified.push_str(":~");
     for byte in hasher.finalize() {
         qualified.push_str(&format!("{byte:02x}"));
     }
@@ -201,6 +203,27 @@ pub(crate) fn scoped_key(key: &str) -> Result<(String, Option<Arc<str>>), CacheE
     })
 }
 
+/// Whether `key` has the form of a tenant's qualified key, `<namespace>:~<64 hex digits>`.
+fn is_reserved(key: &str) -> bool {
+    let Some((_, rest)) = key.split_once(':') else { return false };
+    rest.strip_prefix('~').is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// [`scoped_key`] for a write: outside any tenant scope, a key of the reserved form is refused (it could be
+/// a tenant's, which that tenant's lookups would then find).
+pub(crate) fn scoped_write_key(key: &str) -> Result<(String, Option<Arc<str>>), CacheError> {
+    let scoped = scoped_key(key)?;
+    if scoped.1.is_none() && is_reserved(key) {
+        return Err(reserved());
+    }
+    Ok(scoped)
+}
+
+fn reserved() -> CacheError {
+    let reason = "keys of the form `<namespace>:~<64 hex digits>` are tenants' keys: write them inside the tenant's scope (cache_runtime::tenant)";
+    CacheError::InvalidKey { reason: reason.into() }
+}
+
 /// [`scoped_key`] for each of `keys`, and the tenant.
 pub(crate) fn scoped_keys<'k>(
     keys: impl Iterator<Item = &'k str>,
@@ -208,6 +231,17 @@ pub(crate) fn scoped_keys<'k>(
     let tenant = current_id()?;
     let keys = keys.map(|key| tenant.as_deref().map_or_else(|| key.to_owned(), |tenant| qualify(tenant, key)));
     Ok((keys.collect(), tenant))
+}
+
+/// [`scoped_keys`] for writes (see [`scoped_write_key`]).
+pub(crate) fn scoped_write_keys<'k>(
+    keys: impl Iterator<Item = &'k str> + Clone,
+) -> Result<(Vec<String>, Option<Arc<str>>), CacheError> {
+    let scoped = scoped_keys(keys.clone())?;
+    if scoped.1.is_none() && keys.into_iter().any(is_reserved) {
+        return Err(reserved());
+    }
+    Ok(scoped)
 }
 
 /// Hits counted per tenant in this process (bounded by [`MAX_COUNTED_TENANTS`]).
@@ -260,12 +294,13 @@ mod tests {
     #[test]
     fn qualified_keys_keep_the_namespace_and_differ_by_tenant() {
         let a = qualify("acme", "answer:q1");
-        assert!(a.starts_with("answer:") && a.len() == "answer:".len() + 64);
+        assert!(a.starts_with("answer:~") && a.len() == "answer:~".len() + 64);
+        assert!(is_reserved(&a) && !is_reserved("answer:q1") && !is_reserved(&format!("answer:{}", &a[8..])));
         assert_ne!(a, qualify("globex", "answer:q1"));
         assert_ne!(a, qualify("acme", "answer:q2"));
         // Length-prefixed: moving a character from the tenant to the key changes the key.
         assert_ne!(qualify("ab", "c:d"), qualify("a", "bc:d"));
-        assert!(qualify("acme", "plain").starts_with(':'));
+        assert!(qualify("acme", "plain").starts_with(":~"));
         crate::key::check_key(&qualify(&"t".repeat(128), &"k".repeat(500))).unwrap();
     }
 
@@ -278,6 +313,16 @@ mod tests {
         assert!(matches!(other, Err(CacheError::InvalidTenant { .. })));
         let inner_of_bad = tenant("", tenant("a", async { current_tenant() })).await;
         assert_eq!(inner_of_bad, None, "a refused scope stays refused inside");
+        let reserved = qualify("a", "k:1");
+        assert!(
+            matches!(scoped_write_key(&reserved), Err(CacheError::InvalidKey { .. })),
+            "no tenant may not write it"
+        );
+        assert!(scoped_key(&reserved).is_ok(), "but may read it (the owner's tools)");
+        assert!(
+            tenant("b", async { scoped_write_key(&reserved) }).await.is_ok(),
+            "a tenant's own key is qualified again"
+        );
         let entered = tenant("a", enter("a", || async { current_tenant() })).await;
         assert_eq!(entered.as_deref(), Some("a"));
     }

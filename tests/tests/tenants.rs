@@ -40,6 +40,18 @@ async fn the_api_never_crosses_tenants(pool: PgPool) -> TestResult {
     assert_eq!(get(Some("initech")).await?, None, "a tenant with no entry finds none, not another's");
     assert_eq!(rows_by_tenant(&pool).await, [("".into(), 1), ("acme".into(), 1), ("globex".into(), 1)]);
 
+    // acme's stored key can be read outside any scope (the owner's tools), but no write outside a tenant's
+    // scope may plant a value under it, where acme's lookups would find it.
+    let stored: String =
+        sqlx::query_scalar("SELECT cache_key FROM cache_entries WHERE tenant = 'acme'").fetch_one(&pool).await?;
+    assert!(stored.starts_with("answer:~"), "{stored}");
+    assert_eq!(cache.get::<String>(&stored).await?.as_deref(), Some("acme's"));
+    let planted = cache.set(&stored, &"planted", Ttl::Default).await;
+    assert!(matches!(planted, Err(CacheError::InvalidKey { .. })), "{planted:?}");
+    let planted = cache.set_many(&[(stored.as_str(), "planted")], Ttl::Default).await;
+    assert!(matches!(planted, Err(CacheError::InvalidKey { .. })), "{planted:?}");
+    assert_eq!(get(Some("acme")).await?.as_deref(), Some("acme's"));
+
     // Bulk operations are scoped the same way.
     tenant("acme", cache.set_many(&[("k:1", 1), ("k:2", 2)], Ttl::Default)).await?;
     let theirs: Vec<Option<i32>> = tenant("globex", cache.get_many(&["k:1", "k:2"])).await?;

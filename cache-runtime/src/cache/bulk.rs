@@ -134,7 +134,7 @@ impl PgCache {
             check_key(key.as_ref())?;
             jsons.push(codec::encode(value, self.config().max_value_bytes)?);
         }
-        let (keys, tenant) = crate::tenant::scoped_keys(entries.iter().map(|(key, _)| key.as_ref()))?;
+        let (keys, tenant) = crate::tenant::scoped_write_keys(entries.iter().map(|(key, _)| key.as_ref()))?;
         // Last write wins: keep each key's last place only.
         let mut last = HashMap::new();
         for (i, key) in keys.iter().enumerate() {

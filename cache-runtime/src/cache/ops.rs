@@ -54,7 +54,7 @@ impl PgCache {
         tags: &[impl AsRef<str>],
     ) -> Result<()> {
         check_key(key)?;
-        let (key, tenant) = crate::tenant::scoped_key(key)?;
+        let (key, tenant) = crate::tenant::scoped_write_key(key)?;
         self.set_scoped(&key, tenant, value, ttl, tags).await
     }
 
