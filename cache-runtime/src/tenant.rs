@@ -224,6 +224,15 @@ fn reserved() -> CacheError {
     CacheError::InvalidKey { reason: reason.into() }
 }
 
+/// [`scoped_key`] of an owned key: outside any scope, the key itself, with no copy (a memoized call's hot
+/// path allocates nothing here).
+pub(crate) fn scoped_owned(key: String) -> Result<(String, Option<Arc<str>>), CacheError> {
+    Ok(match current_id()? {
+        Some(tenant) => (qualify(&tenant, &key), Some(tenant)),
+        None => (key, None),
+    })
+}
+
 /// [`scoped_key`] for each of `keys`, and the tenant.
 pub(crate) fn scoped_keys<'k>(
     keys: impl Iterator<Item = &'k str>,

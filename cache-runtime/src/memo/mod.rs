@@ -72,7 +72,7 @@ where
     let cache = cache.resolve();
     // Inside a tenant scope the key is qualified by the tenant (see `tenant.rs`): every step below, the
     // in-process tier included, sees only the qualified key. A refused scope is a key error: uncached.
-    let (key, tenant) = match key.and_then(|key| crate::tenant::scoped_key(&key)) {
+    let (key, tenant) = match key.and_then(crate::tenant::scoped_owned) {
         Ok((key, tenant)) => (Ok(key), tenant),
         Err(error) => (Err(error), None),
     };

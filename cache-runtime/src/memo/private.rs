@@ -86,7 +86,7 @@ pub fn explicit<S: CacheSource + ?Sized>(source: &S) -> CacheRef {
 /// lookup and the single-flight, runs its body, and overwrites the entry.
 pub async fn refresh<R, F: Future<Output = R>>(key: Result<String, CacheError>, call: F) -> R {
     // The memoized call qualifies its key by the tenant of the scope it runs in: so does the refresh mark.
-    match key.and_then(|key| crate::tenant::scoped_key(&key)) {
+    match key.and_then(crate::tenant::scoped_owned) {
         Ok((key, _)) => memo::refresh_scope(key, call).await,
         // The memoized call meets the same key error, logs it and runs uncached.
         Err(_) => call.await,

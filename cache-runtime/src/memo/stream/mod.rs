@@ -139,7 +139,7 @@ where
 {
     let outer = super::scope::current();
     // Inside a tenant scope the key is qualified by the tenant (see `tenant.rs`).
-    let key = key.and_then(|key| crate::tenant::scoped_key(&key));
+    let key = key.and_then(crate::tenant::scoped_owned);
     let decision: BoxFuture<Decision> = match (cache.resolve(), key) {
         (Some(cache), Ok((key, tenant))) => Box::pin(decide(cache, site, key, tenant)),
         (Some(cache), Err(error)) => {
