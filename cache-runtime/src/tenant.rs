@@ -188,8 +188,10 @@ pub(crate) fn qualify(tenant: &str, key: &str) -> String {
     let mut qualified = String::with_capacity(namespace.len() + 66);
     qualified.push_str(namespace);
     qualified.push_str(":~");
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     for byte in hasher.finalize() {
-        qualified.push_str(&format!("{byte:02x}"));
+        qualified.push(char::from(HEX[usize::from(byte >> 4)]));
+        qualified.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     qualified
 }
