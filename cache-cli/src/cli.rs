@@ -42,8 +42,9 @@ pub struct ConnectionArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Entries, bytes and expiry per namespace; the table's size, dead tuples and vacuums.
-    Stats,
+    /// Entries, bytes and expiry per namespace; the table's size, dead tuples and vacuums. With
+    /// `--tenant ID`, one tenant's entries and bytes instead.
+    Stats(StatsArgs),
     /// Live keys, newest first, with the time they have left and their size.
     Keys(KeysArgs),
     /// One entry: its JSON, when it was written, when it expires, and its size.
@@ -74,6 +75,13 @@ pub struct KeysArgs {
     /// At most this many keys.
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// One tenant's entries, live entries and bytes (PgCache::tenant_stats) instead of the whole table.
+    #[arg(long, value_name = "ID")]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -70,6 +70,18 @@ fn purge_tenant_deletes_only_that_tenants_entries() {
             cache_runtime::tenant(id, set).await.expect("set");
         }
     });
+    let stats = json_of(db.pg_cached().args(["stats", "--tenant", "acme", "--json"]));
+    assert_eq!(
+        (stats["tenant"].as_str(), stats["entries"].as_u64(), stats["live"].as_u64()),
+        (Some("acme"), Some(3), Some(3))
+    );
+    assert!(stats["bytes"].as_u64().is_some_and(|b| b > 0), "{stats}");
+    db.pg_cached()
+        .args(["stats", "--tenant", "acme"])
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("tenant acme: 3 entries (3 live), "));
+    db.pg_cached().args(["stats", "--tenant", ""]).assert().code(2);
     let report = json_of(db.pg_cached().args(["purge", "--tenant", "acme", "--yes", "--json"]));
     assert_eq!(
         report,
