@@ -72,10 +72,7 @@ where
     let cache = cache.resolve();
     // Inside a tenant scope the key is qualified by the tenant (see `tenant.rs`): every step below, the
     // in-process tier included, sees only the qualified key. A refused scope is a key error: uncached.
-    let (key, tenant) = match key.and_then(crate::tenant::scoped_owned) {
-        Ok((key, tenant)) => (Ok(key), tenant),
-        Err(error) => (Err(error), None),
-    };
+    let key = key.and_then(crate::tenant::scoped_owned);
     // The computation this call is part of, if any: it inherits this call's tags, hit or miss.
     let outer = crate::memo::scope::current();
     // Each call is a span, so that tracing and OpenTelemetry users see cache hits in their traces; `outcome`
@@ -88,14 +85,15 @@ where
         tier = tracing::field::Empty,
     );
     let store = cache.as_ref().map(PgCache::memo);
-    let hit = span.in_scope(|| local_hit(site, store, key.as_deref().ok(), &policy, values, outer.as_deref()));
-    if let (Some((value, remaining_ms)), Some(store), Ok(key)) = (hit, store, &key) {
+    let key_str = key.as_ref().ok().map(|(key, _)| key.as_str());
+    let hit = span.in_scope(|| local_hit(site, store, key_str, &policy, values, outer.as_deref()));
+    if let (Some((value, remaining_ms)), Some(store), Ok((key, _))) = (hit, store, &key) {
         span.record("outcome", "hit").record("tier", "local");
         background::refresh_ahead(store, site, key, remaining_ms, Work::new(make));
         return Memoized::ready(value);
     }
     let similar = similar.map(Similar::in_tenant_scope);
-    Memoized::pending(memoize_slow(site, cache, key, tenant, policy, Work::new(make), outer, similar).instrument(span))
+    Memoized::pending(memoize_slow(site, cache, key, policy, Work::new(make), outer, similar).instrument(span))
 }
 
 /// Notes what `event` says about the current memoized call on its span: `outcome` is `hit`, `miss`,
@@ -233,12 +231,11 @@ pub(crate) fn served(cache: MemoHandle<'_>, site: &Site, event: Event, meta: &En
     }
 }
 
-#[allow(clippy::too_many_arguments)] // one call site; each argument is one fact about the call
+/// `key`: the call's key and the tenant whose scope qualified it, or why there is none.
 async fn memoize_slow<R, P, M, F>(
     site: &'static Site,
     cache: Option<PgCache>,
-    key: Result<String, CacheError>,
-    tenant: Option<Arc<str>>,
+    key: Result<(String, Option<Arc<str>>), CacheError>,
     policy: P,
     mut work: Work<M, F>,
     outer: Option<Arc<TagScope>>,
@@ -259,7 +256,7 @@ where
         return outcome;
     };
     let store = cache.memo();
-    let key = match key {
+    let (key, tenant) = match key {
         Ok(key) => key,
         Err(error) => {
             store.record_error(site.namespace, &error);
