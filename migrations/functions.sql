@@ -1,4 +1,4 @@
--- Every SQL function of pg_cached, defined once. Functions version 2.
+-- Every SQL function of pg_cached, defined once. Functions version 3.
 --
 -- How it is applied. The tables come from the numbered migrations beside this file; the functions from here
 -- only. PgCache::migrate (and `pg-cached migrate`) runs the migrations, then this file, in one transaction
@@ -31,6 +31,11 @@
 -- Their old signatures are dropped: a call would otherwise match both. Writers granted earlier get EXECUTE on
 -- the new ones at the end of this file.
 --
+-- Version 3: tenants (migration 0011). pg_cached_write_entry takes p_tenant and pg_cached_write_entries
+-- p_tenants (one per key), defaulted to NULL (no tenant) and last, so the calls of version 2's processes,
+-- named or positional, still resolve and write rows of no tenant; the version 2 signatures are dropped. New:
+-- pg_cached_enable_tenant_isolation (row-level security by tenant, see "Tenants").
+--
 -- Privileges. PostgreSQL lets PUBLIC execute a new function; the end of this file takes that back from every
 -- function of the cache. The owner (the role that applies this file) keeps every right. pg_cached_grant gives
 -- an application role what it needs. Every function runs with its caller's rights except
@@ -47,8 +52,8 @@ BEGIN
         RAISE EXCEPTION 'apply functions.sql in the schema of cache_entries (the search_path the migrations ran with)'
             USING ERRCODE = 'invalid_schema_name';
     END IF;
-    IF (SELECT functions_version FROM cache_schema) > 2 THEN
-        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (2)',
+    IF (SELECT functions_version FROM cache_schema) > 3 THEN
+        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (3)',
             (SELECT functions_version FROM cache_schema)
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'keep them: they serve older processes too';
     END IF;
@@ -64,6 +69,12 @@ DROP FUNCTION IF EXISTS pg_cached_write_entry(text, jsonb, bigint, bigint, bigin
                                               bigint, text);
 DROP FUNCTION IF EXISTS pg_cached_write_entries(text[], jsonb[], bigint[], bigint[], bigint[], text[], text, text,
                                                 boolean, text[], bigint[], text[]);
+-- Version 3 adds p_tenant (p_tenants) to the writes: their version 2 signatures go, for the same reason.
+DROP FUNCTION IF EXISTS pg_cached_write_entry(text, jsonb, bigint, bigint, bigint, text, text, text, boolean, text[],
+                                              bigint, text, bigint, bigint, bigint, boolean);
+DROP FUNCTION IF EXISTS pg_cached_write_entries(text[], jsonb[], bigint[], bigint[], bigint[], text[], text, text,
+                                                boolean, text[], bigint[], text[], bigint[], bigint[], bigint[],
+                                                boolean);
 DROP FUNCTION IF EXISTS pg_cached_delete(text, text, text);
 DROP FUNCTION IF EXISTS pg_cached_delete_many(text[], text, text);
 DROP FUNCTION IF EXISTS pg_cached_delete(text, text, text, boolean);
@@ -249,14 +260,14 @@ BEGIN
 END $$;
 
 -- Stores p_data under p_key for p_ttl_ms (NULL: forever), kept p_keep_ms more for stale serving, with its
--- tags, compute time (µs) and usage (tokens in and out, cost in micro-USD; NULL: none reported); guarded as
--- above; sends p_notify. Returns whether it wrote. With p_try_locks, it waits for no lock
+-- tags, compute time (µs), usage (tokens in and out, cost in micro-USD; NULL: none reported) and tenant
+-- (NULL: none); guarded as above; sends p_notify. Returns whether it wrote. With p_try_locks, it waits for no lock
 -- (pg_cached_try_lock_write), and returns NULL, having done nothing, if one is held.
 CREATE OR REPLACE FUNCTION pg_cached_write_entry(
     p_key text, p_data jsonb, p_ttl_ms bigint, p_keep_ms bigint, p_started_us bigint, p_namespace text,
     p_notify text, p_lock_timeout text, p_async_commit boolean, p_tags text[], p_compute_us bigint,
     p_started_snapshot text, p_input_tokens bigint DEFAULT NULL, p_output_tokens bigint DEFAULT NULL,
-    p_cost_micros bigint DEFAULT NULL, p_try_locks boolean DEFAULT false
+    p_cost_micros bigint DEFAULT NULL, p_try_locks boolean DEFAULT false, p_tenant text DEFAULT NULL
 ) RETURNS boolean LANGUAGE plpgsql AS $$
 DECLARE
     v_expires timestamptz := now() + p_ttl_ms * interval '1 millisecond';
@@ -277,29 +288,30 @@ BEGIN
         RETURN false;
     END IF;
     INSERT INTO cache_entries (cache_key, data, created_at, expires_at, sweep_at, tags, compute_us, input_tokens,
-                               output_tokens, cost_micros)
+                               output_tokens, cost_micros, tenant)
     VALUES (p_key, p_data, now(), v_expires, v_expires + coalesce(p_keep_ms, 0) * interval '1 millisecond',
-            p_tags, p_compute_us, p_input_tokens, p_output_tokens, p_cost_micros)
+            p_tags, p_compute_us, p_input_tokens, p_output_tokens, p_cost_micros, p_tenant)
     ON CONFLICT (cache_key) DO UPDATE
         SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at,
             sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us,
             input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
-            cost_micros = EXCLUDED.cost_micros;
+            cost_micros = EXCLUDED.cost_micros, tenant = EXCLUDED.tenant;
     PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
     RETURN true;
 END $$;
 
 -- pg_cached_write_entry for many distinct keys in one statement, each under its own guard; one notification
 -- p_notify for all. p_tags[i] holds key i's tags joined by the unit separator (U+001F, which tags never
--- contain), or NULL: SQL arrays of arrays must be rectangular. The usage arrays, when given, have one element
--- per key. Returns, per key in order, whether it wrote. With p_try_locks, each key's locks are tried
+-- contain), or NULL: SQL arrays of arrays must be rectangular. The usage and tenant arrays, when given, have
+-- one element per key. Returns, per key in order, whether it wrote. With p_try_locks, each key's locks are tried
 -- (pg_cached_try_lock_write): a key that did not get them all is not written, and answered NULL; the others
 -- are written as usual.
 CREATE OR REPLACE FUNCTION pg_cached_write_entries(
     p_keys text[], p_data jsonb[], p_ttl_ms bigint[], p_keep_ms bigint[], p_started_us bigint[],
     p_namespaces text[], p_notify text, p_lock_timeout text, p_async_commit boolean, p_tags text[],
     p_compute_us bigint[], p_started_snapshots text[], p_input_tokens bigint[] DEFAULT NULL,
-    p_output_tokens bigint[] DEFAULT NULL, p_cost_micros bigint[] DEFAULT NULL, p_try_locks boolean DEFAULT false
+    p_output_tokens bigint[] DEFAULT NULL, p_cost_micros bigint[] DEFAULT NULL, p_try_locks boolean DEFAULT false,
+    p_tenants text[] DEFAULT NULL
 ) RETURNS boolean[] LANGUAGE plpgsql AS $$
 DECLARE
     v_locked boolean[];
@@ -329,10 +341,10 @@ BEGIN
     FROM unnest(p_keys, p_namespaces, p_started_us, p_tags, p_started_snapshots)
         WITH ORDINALITY AS w(k, ns, started_us, tags, snap, i);
     INSERT INTO cache_entries (cache_key, data, created_at, expires_at, sweep_at, tags, compute_us, input_tokens,
-                               output_tokens, cost_micros)
+                               output_tokens, cost_micros, tenant)
     SELECT w.k, w.d, now(), e.expires, e.expires + coalesce(w.keep_ms, 0) * interval '1 millisecond',
            string_to_array(w.tags, E'\x1f'), w.compute_us, p_input_tokens[w.i], p_output_tokens[w.i],
-           p_cost_micros[w.i]
+           p_cost_micros[w.i], p_tenants[w.i]
     FROM unnest(p_keys, p_data, p_ttl_ms, p_keep_ms, p_tags, p_compute_us)
         WITH ORDINALITY AS w(k, d, ttl_ms, keep_ms, tags, compute_us, i)
     CROSS JOIN LATERAL (SELECT now() + w.ttl_ms * interval '1 millisecond' AS expires) AS e
@@ -341,7 +353,7 @@ BEGIN
         SET data = EXCLUDED.data, created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at,
             sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us,
             input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
-            cost_micros = EXCLUDED.cost_micros;
+            cost_micros = EXCLUDED.cost_micros, tenant = EXCLUDED.tenant;
     PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
     RETURN v_written;
 END $$;
@@ -644,6 +656,29 @@ BEGIN
     RETURN v_removed;
 END $$;
 
+-- ## Tenants
+--
+-- Row-level security by tenant, for services that give each tenant a database role of its own. Once enabled,
+-- a role other than the tables' owner reads, writes and deletes only the rows of cache_entries and
+-- cache_semantic whose tenant is its setting pg_cached.tenant (set it for the role: ALTER ROLE r SET
+-- pg_cached.tenant = 'acme'); a role that has not set it sees only rows of no tenant. The owner (the role that
+-- migrates, and that runs sweeps and purges) is not subject to the policies. The write functions run with
+-- their caller's rights, so the policies hold for writes through them too. pg_cached.tenant is a setting the
+-- role may change itself (SET pg_cached.tenant = ...): the isolation holds against a service that sends the
+-- wrong key, not against one that runs SQL of an attacker's choosing. Idempotent; returns nothing.
+CREATE OR REPLACE FUNCTION pg_cached_enable_tenant_isolation()
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_table text;
+    v_rule text := $rule$tenant IS NOT DISTINCT FROM nullif(current_setting('pg_cached.tenant', true), '')$rule$;
+BEGIN
+    FOREACH v_table IN ARRAY ARRAY['cache_entries', 'cache_semantic'] LOOP
+        EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', v_table);
+        EXECUTE format('DROP POLICY IF EXISTS pg_cached_tenant ON %I', v_table);
+        EXECUTE format('CREATE POLICY pg_cached_tenant ON %I USING (%s) WITH CHECK (%s)', v_table, v_rule, v_rule);
+    END LOOP;
+END $$;
+
 -- ## Roles
 
 -- Every function of the cache: the pg_cached_* functions in its schema (the one of cache_entries).
@@ -741,5 +776,5 @@ BEGIN
                    current_schema());
 END $$;
 
-INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 2)
+INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 3)
 ON CONFLICT (singleton) DO UPDATE SET functions_version = EXCLUDED.functions_version, applied_at = now();

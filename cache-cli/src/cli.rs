@@ -42,8 +42,9 @@ pub struct ConnectionArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Entries, bytes and expiry per namespace; the table's size, dead tuples and vacuums.
-    Stats,
+    /// Entries, bytes and expiry per namespace; the table's size, dead tuples and vacuums. With
+    /// `--tenant ID`, one tenant's entries and bytes instead.
+    Stats(StatsArgs),
     /// Live keys, newest first, with the time they have left and their size.
     Keys(KeysArgs),
     /// One entry: its JSON, when it was written, when it expires, and its size.
@@ -76,6 +77,13 @@ pub struct KeysArgs {
     /// At most this many keys.
     #[arg(long, default_value_t = 100, value_name = "N")]
     pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// One tenant's entries, live entries and bytes (PgCache::tenant_stats) instead of the whole table.
+    #[arg(long, value_name = "ID")]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +129,11 @@ pub struct PurgeScopeArgs {
     /// Every entry past its expiry (and past any stale-while-revalidate window).
     #[arg(long)]
     pub expired: bool,
+
+    /// Every entry of this tenant (written inside `cache_runtime::tenant(ID, ...)` or by a function with
+    /// `#[pg_cached(tenant = ...)]`), in every service too (PgCache::delete_tenant).
+    #[arg(long, value_name = "ID")]
+    pub tenant: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -138,6 +138,7 @@ fn is_bad_input(error: &CacheError) -> bool {
             | CacheError::KeyTooLong { .. }
             | CacheError::InvalidNamespace { .. }
             | CacheError::InvalidTag { .. }
+            | CacheError::InvalidTenant { .. }
             | CacheError::InvalidIdentifier { .. }
             | CacheError::InvalidTtl(_)
             | CacheError::Config(_)

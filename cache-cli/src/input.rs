@@ -27,6 +27,14 @@ pub fn check_tag(tag: &str) -> Result<(), CliError> {
     Ok(cache_runtime::validate_tag(tag)?)
 }
 
+/// Checks a tenant id as the library does (`cache_runtime::validate_tenant`).
+///
+/// # Errors
+/// [`CliError::Cache`] with the library's reason; it exits 2 as bad input.
+pub fn check_tenant(tenant: &str) -> Result<(), CliError> {
+    Ok(cache_runtime::validate_tenant(tenant)?)
+}
+
 /// Checks a key prefix: anything but a NUL.
 ///
 /// # Errors

@@ -115,6 +115,13 @@ pub const COUNT_NAMESPACE: &str = "SELECT count(*) FROM cache_entries WHERE star
 /// `cache_entries_tags_idx` serves, and what `pg_cached_invalidate_tags` deletes by).
 pub const COUNT_TAGGED: &str = "SELECT count(*) FROM cache_entries WHERE tags && $1::text[]";
 
+/// Entries of tenant $1 (what `purge --tenant` deletes; the partial index `cache_entries_tenant_idx` serves it).
+pub const COUNT_TENANT: &str = "SELECT count(*) FROM cache_entries WHERE tenant = $1";
+
+/// Whether the server has migration 11's `tenant` column, which `PgCache::delete_tenant` reads.
+pub const HAS_TENANTS: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute \
+     WHERE attrelid = 'cache_entries'::regclass AND attname = 'tenant' AND NOT attisdropped)";
+
 /// Whether the server has migration 5's `pg_cached_invalidate_tags`, which `PgCache::invalidate_tags` calls.
 pub const HAS_TAGS: &str = "SELECT to_regprocedure('pg_cached_invalidate_tags(text[], text, text)') IS NOT NULL";
 

@@ -44,6 +44,8 @@ pub(crate) struct Args {
     pub(crate) similar: Option<SimilarArg>,
     /// Where the bare `encrypt` key was written.
     pub(crate) encrypt: Option<Span>,
+    /// `tenant = <expr>`: the tenant whose scope the call runs in.
+    pub(crate) tenant: Option<Expr>,
     /// Errors found while parsing that did not stop the parse.
     pub(crate) errors: Errors,
 }
@@ -120,6 +122,7 @@ const OPTIONS: &[OptionSpec] = &[
     },
     OptionSpec { name: "similar", value: Value::Similar(|args| &mut args.similar) },
     OptionSpec { name: "encrypt", value: Value::Bare(|args| &mut args.encrypt) },
+    OptionSpec { name: "tenant", value: Value::Expr(|args| &mut args.tenant) },
 ];
 
 /// "`namespace`, `ttl`, ... or `companions`": every option in [`OPTIONS`], for error messages.
@@ -194,9 +197,8 @@ impl Args {
                 seen.set_once(self, key, name, field, value.map(|value| (key, value)));
             }
             Value::Expr(field) => {
-                input.parse::<Token![=]>()?;
-                let value = input.parse::<Expr>()?;
-                seen.set_once(self, key, name, field, Some(value));
+                let value = self.expression(input, name, key)?;
+                seen.set_once(self, key, name, field, value);
             }
             Value::Names(field) => {
                 let content;
@@ -236,20 +238,29 @@ impl Args {
             }
             Value::Similar(field) => seen.set_once(self, key, name, field, Some(crate::similar::parse(input, key)?)),
             Value::Path(field) => {
-                input.parse::<Token![=]>()?;
-                let value = input.parse::<Expr>()?;
-                let path = match value {
-                    Expr::Path(syn::ExprPath { path, qself: None, .. }) => Some(path),
-                    other => {
+                let path = match self.expression(input, name, key)? {
+                    Some(Expr::Path(syn::ExprPath { path, qself: None, .. })) => Some(path),
+                    Some(other) => {
                         let message = format!("expected a path to a function, e.g. `{name} = is_worth_caching`");
                         self.errors.push(syn::Error::new(other.span(), message));
                         None
                     }
+                    None => None,
                 };
                 seen.set_once(self, key, name, field, path);
             }
         }
         Ok(())
+    }
+
+    /// `= <expression>`; without the `=`, an error at the key (the options after it are still checked).
+    fn expression(&mut self, input: ParseStream<'_>, name: &str, key: Span) -> syn::Result<Option<Expr>> {
+        if !input.peek(Token![=]) {
+            self.errors.push(syn::Error::new(key, format!("`{name}` needs a value: write `{name} = <expression>`")));
+            return Ok(None);
+        }
+        input.parse::<Token![=]>()?;
+        input.parse::<Expr>().map(Some)
     }
 }
 
@@ -410,16 +421,16 @@ mod tests {
             messages(args),
             [
                 "unknown option `ttll`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar` or `encrypt`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar`, `encrypt` or `tenant`",
                 "duplicate option `ttl`",
                 "expected an integer literal, e.g. `version = 2`",
                 "expected a string literal, e.g. `namespace = \"retrieval\"`",
                 "expected `true` or `false`",
                 "duplicate option `cache`",
                 "unknown option `frobnicate`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar` or `encrypt`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar`, `encrypt` or `tenant`",
                 "unknown option `flag`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, \
-                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar` or `encrypt`",
+                 `cache_none`, `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar`, `encrypt` or `tenant`",
                 "expected a string literal, e.g. `stale = \"5m\"`",
             ]
         );
@@ -446,7 +457,7 @@ mod tests {
             err.as_deref(),
             Some(
                 "expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, `cache_none`, `single_flight`, \
-                 `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar` or `encrypt`"
+                 `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar`, `encrypt` or `tenant`"
             )
         );
     }

@@ -45,9 +45,15 @@ impl Plan<'_> {
         let generics = &self.function.sig.generics;
         let where_clause = &generics.where_clause;
         let by_ref = self.receiver_by_ref();
-        let params: Vec<&PatType> = self.shape.params.iter().filter(|p| p.in_key()).map(|p| p.arg).collect();
+        let used_by_tenant = names_in(&[self.options.tenant.as_ref()]);
+        let params: Vec<&PatType> = self.key_params_and(&used_by_tenant);
         let site = self.site();
         let key = self.key(&vec![false; self.shape.params.len()]);
+        // With `tenant = ...`, the key the function uses is qualified by the tenant.
+        let key = match self.tenant() {
+            Some((tenant, _)) => quote!({ #tenant #rt::tenant_key(&__pg_cached_tenant, #key) }),
+            None => key,
+        };
         quote_spanned! {span=>
             #attrs
             #vis fn #name #generics (#by_ref #(#params),*)
@@ -70,23 +76,17 @@ impl Plan<'_> {
         let generics = &self.function.sig.generics;
         let where_clause = &generics.where_clause;
         let by_ref = self.receiver_by_ref();
-        let used_by_cache = {
-            let mut finder = NameFinder::default();
-            if let Some(expr) = &self.options.cache {
-                finder.visit_expr(expr);
-            }
-            finder.names
-        };
-        let params: Vec<&PatType> = self
-            .shape
-            .params
-            .iter()
-            .filter(|p| p.in_key() || p.bindings.iter().any(|(i, _)| used_by_cache.contains(&i.unraw())))
-            .map(|p| p.arg)
-            .collect();
+        let used = names_in(&[self.options.cache.as_ref(), self.options.tenant.as_ref()]);
+        let params: Vec<&PatType> = self.key_params_and(&used);
         let site = self.site();
         let key = self.key(&vec![false; self.shape.params.len()]);
         let cache = self.cache_ref();
+        let invalidate = quote!(#rt::invalidate(&__PG_CACHED_SITE, __pg_cached_cache, __pg_cached_key));
+        // With `tenant = ...`, the delete runs in the tenant's scope, which qualifies the key as the call did.
+        let invalidate = match self.tenant() {
+            Some((tenant, in_tenant)) => quote!(#tenant #in_tenant(&__pg_cached_tenant, move || #invalidate).await),
+            None => quote!(#invalidate.await),
+        };
         quote_spanned! {span=>
             #attrs
             #vis async fn #name #generics (#by_ref #(#params),*)
@@ -96,7 +96,7 @@ impl Plan<'_> {
                 #site
                 let __pg_cached_key = #key;
                 let __pg_cached_cache = #cache;
-                #rt::invalidate(&__PG_CACHED_SITE, __pg_cached_cache, __pg_cached_key).await
+                #invalidate
             }
         }
     }
@@ -116,6 +116,16 @@ impl Plan<'_> {
         let site = self.site();
         let key = self.key(&borrowed);
         let call = self.call_function(&args);
+        let refresh = quote!(#rt::refresh(__pg_cached_key, #call));
+        // With `tenant = ...`, the refresh mark is set in the tenant's scope, which qualifies the key as the
+        // call does. The tenant is computed before the arguments move into the call.
+        let refresh = match self.tenant() {
+            Some((tenant, in_tenant)) => quote! {
+                let __pg_cached_tenant = { #(#rebind)* #tenant __pg_cached_tenant };
+                #in_tenant(&__pg_cached_tenant, move || #refresh).await
+            },
+            None => quote!(#refresh.await),
+        };
         quote_spanned! {span=>
             #attrs
             #vis async #unsafety fn #name #generics (#receiver #(#params),*) #output
@@ -126,9 +136,18 @@ impl Plan<'_> {
                     #(#rebind)*
                     #key
                 };
-                #rt::refresh(__pg_cached_key, #call).await
+                #refresh
             }
         }
+    }
+
+    /// The arguments in the key, and those that bind one of `names` (used by an option's expression).
+    fn key_params_and(&self, names: &[Ident]) -> Vec<&PatType> {
+        let params = self.shape.params.iter();
+        params
+            .filter(|p| p.in_key() || p.bindings.iter().any(|(i, _)| names.contains(&i.unraw())))
+            .map(|p| p.arg)
+            .collect()
     }
 
     /// `{fn}_{suffix}`, spanned on the function's name.
@@ -276,6 +295,15 @@ impl Plan<'_> {
             )),
         ]
     }
+}
+
+/// The variable names the expressions use.
+fn names_in(exprs: &[Option<&syn::Expr>]) -> Vec<Ident> {
+    let mut finder = NameFinder::default();
+    for expr in exprs.iter().flatten() {
+        finder.visit_expr(expr);
+    }
+    finder.names
 }
 
 /// Collects the single-segment paths (variable names) of an expression.

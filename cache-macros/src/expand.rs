@@ -241,8 +241,7 @@ impl Plan<'_> {
             )
             .await
         };
-        quote! {
-            #site
+        let call = quote! {
             let __pg_cached_key = #key;
             let __pg_cached_cache = #cache;
             #assert_option
@@ -250,7 +249,28 @@ impl Plan<'_> {
             use #rt::{OptionKind as _, PlainKind as _, ResultKind as _};
             let __pg_cached_policy = #policy;
             #memoize
+        };
+        match self.tenant() {
+            // `tenant = ...`: the whole call, its key included, is made inside the tenant's scope.
+            Some((tenant, in_tenant)) => {
+                quote!(#site #tenant #in_tenant(&__pg_cached_tenant, move || async move { #call }).await)
+            }
+            None => quote!(#site #call),
         }
+    }
+
+    /// With `tenant = <expr>`: `let __pg_cached_tenant: String = <expr as text>;` (owned, so that the
+    /// arguments it borrows can move into the call), and the path of `in_tenant`, both spanned on the
+    /// expression so that a value that is not text is reported there.
+    pub(crate) fn tenant(&self) -> Option<(TokenStream, TokenStream)> {
+        let expr = self.options.tenant.as_ref()?;
+        let span = expr.to_token_stream().into_iter().next().map_or_else(Span::call_site, |t| t.span());
+        let rt = rt(span);
+        let tenant = quote_spanned! {span=>
+            let __pg_cached_tenant: ::std::string::String =
+                ::std::borrow::ToOwned::to_owned(#rt::TenantArg::tenant_id(&(#expr)));
+        };
+        Some((tenant, quote_spanned!(span=> #rt::in_tenant)))
     }
 
     /// Tracing's "fake return edge": the async block's type is inferred from the declared return type, so `?`

@@ -73,6 +73,7 @@ use crate::signature::parse_function;
 /// | `background_refresh = false` | refresh stale entries in the caller that finds them, as if the function could not be called in the background; see [Background refreshes](#background-refreshes) | `true` where possible |
 /// | `stream` | the function returns a stream of `Result`s: record it, store it when it ends, replay it; see [Streams](#streams) | not a stream |
 /// | `similar(arg)`, `similar(arg, threshold = 0.9)` | the name of one text argument (`&str`, `String`, `&String` or `Cow<str>`) matched by meaning, and optionally the lowest cosine similarity that counts as a match, in (0, 1]; see [Semantic hits](#semantic-hits) | exact keys only; the cache's `similarity_threshold` |
+/// | `tenant = <expr>` | the tenant the call works for, an expression evaluated on each call in the function's scope (text: `&str`, `String`, ...), e.g. `tenant = user.org_id.as_str()`; not a literal; see [Tenants](#tenants) | the scope of `cache_runtime::tenant`, if any |
 /// | `replay = "..."` | with `stream`: `"immediate"` (replay as fast as the caller reads) or `"as_recorded"` (with the recorded gaps between chunks) | `"immediate"` |
 /// | `encrypt` | encrypt the function's values at rest with the cache's keyring ([`PgCacheBuilder::encryption`](../cache_runtime/struct.PgCacheBuilder.html#method.encryption)), streams included; not with `similar(...)`, whose text and vector are stored in plain form. Without a keyring the values are not cached (logged). See docs/SECURITY.md | the cache's `encrypt_namespaces` / `encrypt_all` |
 ///
@@ -281,6 +282,26 @@ use crate::signature::parse_function;
 /// A stream takes `namespace`, `ttl`, `version`, `skip`, `cache`, `single_flight`, `tags`, `cache_if`,
 /// `companions` and `replay`; `local`, `cache_none`, `stale`, `stale_if_error`, `refresh_ahead` and
 /// `background_refresh` are compile errors. Its companions are `{fn}_cache_key` and `{fn}_invalidate`.
+/// `tenant` is a compile error too: call a stream function inside `cache_runtime::tenant(id, ...)` instead.
+///
+/// # Tenants
+///
+/// With `tenant = expr`, each call runs in the scope of that tenant, as if wrapped in
+/// `cache_runtime::tenant(expr, ...)`: its key is qualified by the tenant (no call for another tenant can
+/// ever find its entry, whatever the arguments), its entry is stored with the tenant in its `tenant`
+/// column, and the memoized calls its body makes work for the same tenant. A function without the option
+/// works for the tenant of the `cache_runtime::tenant` scope it is called in, if any.
+///
+/// The two must agree: called inside the scope of another tenant, a call with `tenant = ...` is refused
+/// (a scope never changes tenant); it then runs its body uncached, as for an invalid tenant id (empty,
+/// longer than 128 characters, or holding a control character), and the error is logged and counted.
+/// The companions follow the option: `{fn}_cache_key` returns the qualified key and takes the arguments
+/// the expression uses; `{fn}_invalidate` and `{fn}_refresh` work in the tenant's scope.
+///
+/// ```ignore
+/// #[pg_cached(namespace = "answer", ttl = "2h", tenant = user.org.as_str(), skip(user))]
+/// async fn answer(user: &User, question: &str) -> Result<Answer, LlmError> { ... }
+/// ```
 ///
 /// # Semantic hits
 ///

@@ -90,6 +90,8 @@ pub(crate) struct Options {
     pub(crate) replay_as_recorded: bool,
     /// `encrypt`: the function's values are encrypted at rest.
     pub(crate) encrypt: bool,
+    /// `tenant = <expr>`: the call runs in the scope of this tenant (`cache_runtime::tenant`).
+    pub(crate) tenant: Option<Expr>,
 }
 
 impl Options {
@@ -114,6 +116,7 @@ impl Options {
             stream,
             replay,
             encrypt,
+            tenant,
             ..
         } = args;
         if stream.is_some() {
@@ -132,6 +135,7 @@ impl Options {
             );
         }
         let replay_as_recorded = replay.as_ref().is_some_and(|lit| checked_replay(lit, stream.is_some(), errors));
+        let tenant = tenant.and_then(|expr| checked_tenant(expr, stream.is_some(), errors));
         let namespace = checked_namespace(namespace, function, errors);
         let version = checked_version(version, errors);
         let ttl = checked_duration(ttl, Never::Allowed, errors);
@@ -160,8 +164,31 @@ impl Options {
             background_refresh: background_refresh.is_none_or(|(_, value)| value.value),
             replay_as_recorded,
             encrypt: encrypt.is_some(),
+            tenant,
         }
     }
+}
+
+/// `tenant = <expr>`: an expression evaluated per call. A string literal is refused (it would name one
+/// tenant for every call, which a namespace does better), and so is `stream` (a stream's call runs when it is
+/// read, outside any scope the function could set: call it inside `cache_runtime::tenant(...)` instead).
+fn checked_tenant(expr: Expr, stream: bool, errors: &mut Errors) -> Option<Expr> {
+    if let Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(lit), .. }) = &expr {
+        errors.push(syn::Error::new(
+            lit.span(),
+            "`tenant` takes an expression naming the caller's tenant (e.g. `tenant = user.org_id`), not a \
+             literal: a fixed tenant is the same for every call, which `namespace` expresses",
+        ));
+        return None;
+    }
+    if stream {
+        errors.push(syn::Error::new(
+            syn::spanned::Spanned::span(&expr),
+            "`tenant` does not apply to a `stream` function; call it inside `cache_runtime::tenant(id, ...)`",
+        ));
+        return None;
+    }
+    Some(expr)
 }
 
 /// Options a memoized stream does not take, each reported where it was written.

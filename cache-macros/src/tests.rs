@@ -178,7 +178,7 @@ fn every_error_at_once() {
         messages,
         [
             "unknown option `bogus`; expected one of `namespace`, `ttl`, `version`, `skip`, `cache`, `cache_none`, \
-             `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar` or `encrypt`",
+             `single_flight`, `stale`, `local`, `companions`, `tags`, `stale_if_error`, `cache_if`, `refresh_ahead`, `background_refresh`, `stream`, `replay`, `similar`, `encrypt` or `tenant`",
             "duplicate option `ttl`",
             "`#[pg_cached]` applies only to `async fn`: a memoized call waits on the database; write `async fn f`",
             "`#[pg_cached]` cannot cache an `impl Trait` return type: a cached value is read back as a concrete \
@@ -320,4 +320,28 @@ fn rule_diagnostics() {
             "duration is too long: the maximum is 10,000 years",
         ]
     );
+}
+
+#[test]
+fn tenant_takes_an_expression_and_is_checked() {
+    let item = quote!(
+        async fn f(org: &str, q: &str) -> String {
+            q.to_owned()
+        }
+    );
+    let file = expand(quote!(tenant = org, skip(org)), item.clone());
+    let body = text(&functions(&file)[0].block);
+    assert!(body.contains("in_tenant") && body.contains("TenantArg"), "{body}");
+    // The key companion takes the argument the expression uses, though it is skipped from the key.
+    assert!(text(&functions(&file)[1].sig).contains("org"), "{}", text(&functions(&file)[1].sig));
+    let missing = errors(quote!(tenant, namespace = "answer", cache), item.clone());
+    assert_eq!(
+        missing,
+        [
+            "`tenant` needs a value: write `tenant = <expression>`",
+            "`cache` needs a value: write `cache = <expression>`"
+        ]
+    );
+    let literal = errors(quote!(tenant = "acme"), item);
+    assert!(literal[0].contains("not a literal"), "{literal:?}");
 }

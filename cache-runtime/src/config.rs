@@ -46,6 +46,8 @@ pub enum Durability {
 pub(crate) struct Config {
     pub(crate) default_ttl: Ttl,
     pub(crate) max_entries: Option<u64>,
+    /// Each tenant's quota: at most this many rows, and this many bytes of values (`None`: no such limit).
+    pub(crate) tenant_quota: (Option<u64>, Option<u64>),
     pub(crate) max_value_bytes: usize,
     pub(crate) op_timeout: Duration,
     pub(crate) maintenance_timeout: Duration,
@@ -81,6 +83,7 @@ impl Default for Config {
         Config {
             default_ttl: Ttl::After(Duration::from_secs(60 * 60)),
             max_entries: Some(10_000),
+            tenant_quota: (None, None),
             max_value_bytes: 1024 * 1024,
             op_timeout: Duration::from_millis(250),
             maintenance_timeout: Duration::from_secs(30),
@@ -133,6 +136,12 @@ impl Config {
         }
         if let Some(max_entries) = self.max_entries {
             nonzero("max_entries", max_entries, " (None means no limit)")?;
+        }
+        if let Some(max) = self.tenant_quota.0 {
+            nonzero("tenant_quota's max_entries", max, " (None means no limit)")?;
+        }
+        if let Some(max) = self.tenant_quota.1 {
+            nonzero("tenant_quota's max_bytes", max, " (None means no limit)")?;
         }
         nonzero("max_value_bytes", self.max_value_bytes, "")?;
         nonzero("batch_size", self.batch_size, "")?;

@@ -123,11 +123,13 @@ pub(crate) struct Write {
     pub(crate) started: Option<Start>,
     /// Its tags and compute time.
     pub(crate) meta: EntryMeta,
+    /// The tenant whose scope computed the key (see `tenant.rs`), for the row's `tenant` column.
+    pub(crate) tenant: Option<Arc<str>>,
 }
 
 impl Write {
     /// A plain write (no guard, no tags), as `set` makes.
     pub(crate) fn plain(key: impl Into<String>, json: Arc<str>, ttl: Option<Duration>) -> Write {
-        Write { key: key.into(), json, ttl, keep: None, started: None, meta: EntryMeta::default() }
+        Write { key: key.into(), json, ttl, keep: None, started: None, meta: EntryMeta::default(), tenant: None }
     }
 }

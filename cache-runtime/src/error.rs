@@ -91,6 +91,18 @@ pub enum CacheError {
         reason: String,
     },
 
+    /// A tenant id given to [`tenant`](crate::tenant) or `#[pg_cached(tenant = ...)]` is empty, longer than
+    /// [`MAX_TENANT_CHARS`](crate::MAX_TENANT_CHARS) characters or holds a control character; or a scope
+    /// names a tenant other than the one of the scope around it. Inside such a scope, operations of a
+    /// [`PgCache`](crate::PgCache) fail with it and memoized calls run uncached.
+    #[error("invalid tenant {tenant:?}: {reason}")]
+    InvalidTenant {
+        /// The tenant id as given (its first 64 characters).
+        tenant: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The database did not answer within the operation timeout.
     #[error("cache operation `{operation}` timed out after {after:?}")]
     Timeout {
@@ -138,7 +150,7 @@ pub enum CacheError {
 impl CacheError {
     /// A short, stable name of the variant, as metrics label errors: `invalid_namespace`, `invalid_key`,
     /// `key_too_long`, `unsupported_value`, `value_too_large`, `serialize`, `invalid_ttl`, `invalid_tag`,
-    /// `invalid_identifier`, `timeout`, `database`, `migrate`, `config`, `internal`, `embedding`.
+    /// `invalid_identifier`, `invalid_tenant`, `timeout`, `database`, `migrate`, `config`, `internal`, `embedding`.
     pub fn kind(&self) -> &'static str {
         match self {
             CacheError::InvalidNamespace { .. } => "invalid_namespace",
@@ -151,6 +163,7 @@ impl CacheError {
             CacheError::InvalidTag { .. } => "invalid_tag",
             CacheError::TooManyTags { .. } => "too_many_tags",
             CacheError::InvalidIdentifier { .. } => "invalid_identifier",
+            CacheError::InvalidTenant { .. } => "invalid_tenant",
             CacheError::Timeout { .. } => "timeout",
             CacheError::Database { .. } => "database",
             CacheError::Migrate(_) => "migrate",

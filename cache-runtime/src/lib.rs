@@ -167,7 +167,7 @@
 //   tier     this process's own state: the in-process tier, flights in progress, the event listener
 //   route    which server: shards, read replicas, failover, connection sources
 //   server   one PostgreSQL server: pools, coalesced statements, execution, the SQL text
-//   leaves   entry, key, tags, channel, codec, ttl, usage, error, observe, latest, redact: used by all, using none
+//   leaves   entry, key, tags, tenant, channel, codec, ttl, usage, error, observe, latest, redact: used by all, using none
 mod cache;
 mod memo;
 mod route;
@@ -187,6 +187,7 @@ mod observe;
 mod redact;
 mod report;
 mod tags;
+mod tenant;
 mod ttl;
 mod usage;
 
@@ -195,7 +196,7 @@ mod usage;
 #[path = "memo/private.rs"]
 pub mod __private;
 
-pub use cache::{global, set_global, PgCache, PgCacheBuilder, SimilarHit, SweepReport};
+pub use cache::{global, set_global, PgCache, PgCacheBuilder, SimilarHit, SweepReport, TenantStats};
 pub use config::{Durability, DEFAULT_SIMILARITY_THRESHOLD};
 pub use crypt::{Keyring, KEYS_ENV};
 pub use error::{CacheError, Result};
@@ -210,6 +211,7 @@ pub use report::{
 pub use server::schema::FUNCTIONS_VERSION;
 pub use server::sql::MIGRATOR;
 pub use tags::{validate_tag, MAX_TAGS_PER_ENTRY, MAX_TAG_CHARS};
+pub use tenant::{current_tenant, tenant, validate_tenant, MAX_COUNTED_TENANTS, MAX_TENANT_CHARS};
 pub use ttl::Ttl;
 pub use usage::Usage;
 

@@ -240,8 +240,14 @@ async fn migrate_is_idempotent_and_gin_is_opt_in(pool: PgPool) -> TestResult {
             .await?;
     assert_eq!(
         indexes,
-        vec!["cache_entries_pkey", "cache_entries_sweep_at_idx", "cache_entries_tags_idx", "cache_entries_unswept_idx"],
-        "no duplicate key index, no GIN on data (the tags index is partial: untagged rows are not in it)"
+        vec![
+            "cache_entries_pkey",
+            "cache_entries_sweep_at_idx",
+            "cache_entries_tags_idx",
+            "cache_entries_tenant_idx",
+            "cache_entries_unswept_idx"
+        ],
+        "no duplicate key index, no GIN on data (the tags and tenant indexes are partial: rows without are not in them)"
     );
     let with_gin = PgCache::builder().pool(pool.clone()).gin_index(true).sweep_interval(None).build().await?;
     with_gin.migrate().await?;

@@ -13,6 +13,7 @@ mod purge;
 mod rekey;
 mod schema;
 mod stats;
+mod tenant_stats;
 mod watch;
 
 use crate::cli::{Cli, Command};
@@ -27,7 +28,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let output = Output::detect(cli.json);
     let connection = &cli.connection;
     match &cli.command {
-        Command::Stats => stats::run(connection, output).await,
+        Command::Stats(args) => match &args.tenant {
+            Some(tenant) => tenant_stats::run(connection, tenant, output).await,
+            None => stats::run(connection, output).await,
+        },
         Command::Keys(args) => keys::run(connection, args, output).await,
         Command::Get(args) => get::run(connection, args, output).await,
         Command::Delete(args) => delete::run(connection, args, output).await,

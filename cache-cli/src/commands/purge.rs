@@ -1,9 +1,12 @@
-//! `pg-cached purge --namespace NS | --tag TAG... | --expired`: deletes many entries, after a confirmation.
+//! `pg-cached purge --namespace NS | --tag TAG... | --expired | --tenant ID`: deletes many entries, after a
+//! confirmation.
 //!
 //! A namespace purge goes through `PgCache::delete_namespace`, so it is also an invalidation of the
 //! namespace in every running service; a tag purge goes through `PgCache::invalidate_tags`, which records
 //! the tags' invalidation (a computation already running does not store its result) and tells every
-//! service; an expired purge goes through `PgCache::clear_expired`, the sweeper's own deletion. The count
+//! service; an expired purge goes through `PgCache::clear_expired`, the sweeper's own deletion; a tenant
+//! purge goes through `PgCache::delete_tenant`, which deletes the tenant's entries by key (each an
+//! invalidation every service hears of). The count
 //! asked about is taken just before; entries written meanwhile may be purged too, and the report says how
 //! many went.
 
@@ -25,11 +28,20 @@ enum Scope {
     Tags(Vec<String>),
     /// Every entry past its expiry and stale window.
     Expired,
+    /// Every entry of this tenant.
+    Tenant(String),
 }
 
 impl Scope {
     /// The scope of the command line, its input checked before any I/O.
     fn from_args(args: &PurgeScopeArgs) -> Result<Scope, CliError> {
+        if let Some(tenant) = &args.tenant {
+            if args.namespace.is_some() || !args.tags.is_empty() || args.expired {
+                return Err(CliError::Usage("give exactly one of --namespace, --tag, --expired and --tenant".into()));
+            }
+            input::check_tenant(tenant)?;
+            return Ok(Scope::Tenant(tenant.clone()));
+        }
         match (&args.namespace, args.tags.as_slice(), args.expired) {
             (Some(namespace), [], false) => {
                 input::check_namespace(namespace)?;
@@ -47,7 +59,9 @@ impl Scope {
             }
             (None, [], true) => Ok(Scope::Expired),
             // clap's group already enforces exactly one; this keeps the function total.
-            _ => Err(CliError::Usage("give exactly one of --namespace NS, --tag TAG and --expired".into())),
+            _ => {
+                Err(CliError::Usage("give exactly one of --namespace NS, --tag TAG, --expired and --tenant ID".into()))
+            }
         }
     }
 
@@ -57,13 +71,14 @@ impl Scope {
     /// # Errors
     /// [`CliError::SchemaBehind`] naming the first such server; a database error.
     async fn check_schema(&self, target: &Target) -> Result<(), CliError> {
-        if !matches!(self, Scope::Tags(_)) {
-            return Ok(());
-        }
+        let check = match self {
+            Scope::Tags(_) => sql::HAS_TAGS,
+            Scope::Tenant(_) => sql::HAS_TENANTS,
+            Scope::Namespace(_) | Scope::Expired => return Ok(()),
+        };
         let ready = target
             .on_every_shard("checking the schema", |shard| async move {
-                let has_tags: bool =
-                    sqlx::query_scalar(sql::HAS_TAGS).fetch_one(&shard.pool).await.map_err(shard.error())?;
+                let has_tags: bool = sqlx::query_scalar(check).fetch_one(&shard.pool).await.map_err(shard.error())?;
                 Ok((shard, has_tags))
             })
             .await?;
@@ -81,6 +96,7 @@ impl Scope {
                     Scope::Namespace(namespace) => sqlx::query_scalar(sql::COUNT_NAMESPACE).bind(namespace.as_str()),
                     Scope::Tags(tags) => sqlx::query_scalar(sql::COUNT_TAGGED).bind(tags.as_slice()),
                     Scope::Expired => sqlx::query_scalar(sql::COUNT_SWEEPABLE),
+                    Scope::Tenant(tenant) => sqlx::query_scalar(sql::COUNT_TENANT).bind(tenant.as_str()),
                 };
                 let count: i64 = query.fetch_one(&shard.pool).await.map_err(shard.error())?;
                 Ok(count.unsigned_abs())
@@ -94,6 +110,7 @@ impl Scope {
             Scope::Namespace(namespace) => format!("Delete {} entries in namespace {namespace}?", units::count(count)),
             Scope::Tags(tags) => format!("Delete {} entries {}?", units::count(count), tagged(tags)),
             Scope::Expired => format!("Delete {} expired entries?", units::count(count)),
+            Scope::Tenant(tenant) => format!("Delete {} entries of tenant {tenant}?", units::count(count)),
         }
     }
 
@@ -102,6 +119,7 @@ impl Scope {
             Scope::Namespace(namespace) => target.cache.delete_namespace(namespace).await?,
             Scope::Tags(tags) => target.cache.invalidate_tags(tags).await?,
             Scope::Expired => target.cache.clear_expired().await?,
+            Scope::Tenant(tenant) => target.cache.delete_tenant(tenant).await?,
         })
     }
 }
@@ -117,12 +135,14 @@ fn tagged(tags: &[String]) -> String {
 /// The `purge` report; its JSON shape is documented in README.md.
 #[derive(Debug, Serialize)]
 pub struct PurgeReport {
-    /// `"namespace"`, `"tag"` or `"expired"`.
+    /// `"namespace"`, `"tag"`, `"expired"` or `"tenant"`.
     scope: &'static str,
     /// The namespace purged; `null` for the other scopes.
     namespace: Option<String>,
     /// The tags purged (distinct, in the order given); `null` for the other scopes.
     tags: Option<Vec<String>>,
+    /// The tenant purged; `null` for the other scopes.
+    tenant: Option<String>,
     /// How many entries were deleted.
     removed: u64,
 }
@@ -143,21 +163,23 @@ pub async fn run(connection: &ConnectionArgs, args: &PurgeArgs, output: Output) 
         input::ask(scope.question(count)).await?;
     }
     let removed = scope.purge(&target).await?;
-    let (scope, namespace, tags) = match scope {
-        Scope::Namespace(namespace) => ("namespace", Some(namespace), None),
-        Scope::Tags(tags) => ("tag", None, Some(tags)),
-        Scope::Expired => ("expired", None, None),
+    let (scope, namespace, tags, tenant) = match scope {
+        Scope::Namespace(namespace) => ("namespace", Some(namespace), None, None),
+        Scope::Tags(tags) => ("tag", None, Some(tags), None),
+        Scope::Expired => ("expired", None, None, None),
+        Scope::Tenant(tenant) => ("tenant", None, None, Some(tenant)),
     };
-    output.emit(&PurgeReport { scope, namespace, tags, removed })
+    output.emit(&PurgeReport { scope, namespace, tags, tenant, removed })
 }
 
 impl Render for PurgeReport {
     fn render(&self, out: &mut Styled<'_>) -> std::io::Result<()> {
         let removed = units::count(self.removed);
-        match (&self.namespace, &self.tags) {
-            (Some(namespace), _) => out.line(&format!("deleted {removed} entries in namespace {namespace}")),
-            (None, Some(tags)) => out.line(&format!("deleted {removed} entries {}", tagged(tags))),
-            (None, None) => out.line(&format!("deleted {removed} expired entries")),
+        match (&self.namespace, &self.tags, &self.tenant) {
+            (Some(namespace), _, _) => out.line(&format!("deleted {removed} entries in namespace {namespace}")),
+            (None, Some(tags), _) => out.line(&format!("deleted {removed} entries {}", tagged(tags))),
+            (None, None, Some(tenant)) => out.line(&format!("deleted {removed} entries of tenant {tenant}")),
+            (None, None, None) => out.line(&format!("deleted {removed} expired entries")),
         }
     }
 }
@@ -171,6 +193,20 @@ mod tests {
             namespace: namespace.map(str::to_owned),
             tags: tags.iter().map(|t| (*t).to_owned()).collect(),
             expired,
+            tenant: None,
+        }
+    }
+
+    #[test]
+    fn a_tenant_is_checked_before_any_io() {
+        let tenant = |id: &str| PurgeScopeArgs { tenant: Some(id.to_owned()), ..args(None, &[], false) };
+        let good = Scope::from_args(&tenant("acme"));
+        assert_eq!(good.ok().map(|s| s.question(3)).as_deref(), Some("Delete 3 entries of tenant acme?"));
+        for bad in [
+            "", "a
+b",
+        ] {
+            assert_eq!(Scope::from_args(&tenant(bad)).map_err(|e| e.exit_code()), Err(2), "{bad:?}");
         }
     }
 

@@ -43,6 +43,11 @@ pub const EXPECTED_INDEXES: &[ExpectedIndex] = &[
             "CREATE INDEX IF NOT EXISTS cache_entries_tags_idx ON cache_entries USING gin (tags) WHERE tags IS NOT NULL",
     },
     ExpectedIndex {
+        table: "cache_entries",
+        name: "cache_entries_tenant_idx",
+        create: "CREATE INDEX IF NOT EXISTS cache_entries_tenant_idx ON cache_entries (tenant, created_at) WHERE tenant IS NOT NULL",
+    },
+    ExpectedIndex {
         table: "cache_leases",
         name: "cache_leases_pkey",
         create: "ALTER TABLE cache_leases ADD PRIMARY KEY (cache_key)",

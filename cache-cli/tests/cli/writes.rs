@@ -53,8 +53,45 @@ fn delete_removes_keys_and_counts_them() {
 fn purge_namespace_with_yes_deletes_only_that_namespace() {
     let db = with_entries(&["gone", "kept"], 4);
     let report = json_of(db.pg_cached().args(["purge", "--namespace", "gone", "--yes", "--json"]));
-    assert_eq!(report, serde_json::json!({"scope": "namespace", "namespace": "gone", "tags": null, "removed": 4}));
+    assert_eq!(
+        report,
+        serde_json::json!({"scope": "namespace", "namespace": "gone", "tags": null, "tenant": null, "removed": 4})
+    );
     assert_eq!((db.count("cache_key LIKE 'gone:%'"), db.count("cache_key LIKE 'kept:%'")), (0, 4));
+}
+
+#[test]
+fn purge_tenant_deletes_only_that_tenants_entries() {
+    let db = with_entries(&["answer"], 2);
+    let cache = db.cache();
+    db.block_on(async {
+        for id in ["acme", "globex"] {
+            let set = cache.set_many(&[("answer:0", 0), ("answer:1", 1), ("answer:2", 2)], None);
+            cache_runtime::tenant(id, set).await.expect("set");
+        }
+    });
+    let stats = json_of(db.pg_cached().args(["stats", "--tenant", "acme", "--json"]));
+    assert_eq!(
+        (stats["tenant"].as_str(), stats["entries"].as_u64(), stats["live"].as_u64()),
+        (Some("acme"), Some(3), Some(3))
+    );
+    assert!(stats["bytes"].as_u64().is_some_and(|b| b > 0), "{stats}");
+    db.pg_cached()
+        .args(["stats", "--tenant", "acme"])
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with("tenant acme: 3 entries (3 live), "));
+    db.pg_cached().args(["stats", "--tenant", ""]).assert().code(2);
+    let report = json_of(db.pg_cached().args(["purge", "--tenant", "acme", "--yes", "--json"]));
+    assert_eq!(
+        report,
+        serde_json::json!({"scope": "tenant", "namespace": null, "tags": null, "tenant": "acme", "removed": 3})
+    );
+    let left = (db.count("tenant = 'acme'"), db.count("tenant = 'globex'"), db.count("tenant IS NULL"));
+    assert_eq!(left, (0, 3, 2), "only acme's entries went");
+    db.pg_cached().args(["purge", "--tenant", "bad\tid", "--yes"]).assert().code(2);
+    db.pg_cached().args(["purge", "--tenant", "", "--yes"]).assert().code(2);
+    db.pg_cached().args(["purge", "--tenant", "acme", "--namespace", "answer", "--yes"]).assert().code(2);
 }
 
 #[test]
@@ -90,7 +127,10 @@ fn purge_tag_deletes_the_tagged_entries_records_and_announces_it() {
         };
         (report, tokio::time::timeout(Duration::from_secs(30), tag_event).await.expect("a tag event within 30 s"))
     });
-    assert_eq!(report, serde_json::json!({"scope": "tag", "namespace": null, "tags": ["doc:1"], "removed": 2}));
+    assert_eq!(
+        report,
+        serde_json::json!({"scope": "tag", "namespace": null, "tags": ["doc:1"], "tenant": null, "removed": 2})
+    );
     // Signed, and naming the tag by hash only.
     let tag = format!("|t|{:016x}", cache_runtime::channel::name_hash("doc:1"));
     assert!(heard.ends_with(&tag), "every process is told: {heard}");
@@ -116,7 +156,7 @@ fn purge_several_tags_deletes_entries_carrying_any_of_them() {
     let report = json_of(db.pg_cached().args(["purge", "--tag", "doc:404", "--tag", "doc:1", "--yes", "--json"]));
     assert_eq!(
         report,
-        serde_json::json!({"scope": "tag", "namespace": null, "tags": ["doc:404", "doc:1"], "removed": 1})
+        serde_json::json!({"scope": "tag", "namespace": null, "tags": ["doc:404", "doc:1"], "tenant": null, "removed": 1})
     );
     assert_eq!(db.count("true"), 1, "the untagged entry stays");
 }
@@ -126,7 +166,10 @@ fn purge_expired_deletes_only_expired_entries() {
     let db = with_entries(&["live"], 2);
     add_expired(&db, "dead", 3);
     let report = json_of(db.pg_cached().args(["purge", "--expired", "--yes", "--json"]));
-    assert_eq!(report, serde_json::json!({"scope": "expired", "namespace": null, "tags": null, "removed": 3}));
+    assert_eq!(
+        report,
+        serde_json::json!({"scope": "expired", "namespace": null, "tags": null, "tenant": null, "removed": 3})
+    );
     assert_eq!((db.count("cache_key LIKE 'dead:%'"), db.count("cache_key LIKE 'live:%'")), (0, 2));
 }
 

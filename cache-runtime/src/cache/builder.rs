@@ -182,6 +182,20 @@ impl PgCacheBuilder {
         self
     }
 
+    /// Each tenant's quota (see [`tenant`](crate::tenant)): at most `max_entries` rows and `max_bytes` bytes
+    /// of values as stored (`None`: no such limit; zero is refused). Default: none. The sweeper enforces it
+    /// ([`PgCache::sweep`]), evicting each tenant's oldest entries first: between sweeps a tenant may hold
+    /// more, so the quota is approximate, as `max_entries` is. With shards, each shard holds at most its
+    /// share of each tenant's quota.
+    ///
+    /// ```
+    /// let builder = cache_runtime::PgCache::builder().tenant_quota(1_000, Some(10 << 20));
+    /// ```
+    pub fn tenant_quota(mut self, max_entries: impl Into<Option<u64>>, max_bytes: impl Into<Option<u64>>) -> Self {
+        self.config.tenant_quota = (max_entries.into(), max_bytes.into());
+        self
+    }
+
     /// The largest serialized value accepted, in bytes (default 1 MiB; at least 1). Larger values are refused
     /// with [`CacheError::ValueTooLarge`] before anything is sent. There is no upper bound here, but PostgreSQL
     /// refuses a `jsonb` value over 255 MiB: such a write fails with [`CacheError::Database`].

@@ -61,6 +61,8 @@ impl PgCache {
     /// [`CacheError::Database`](crate::CacheError::Database) when some key could not be read.
     pub async fn get_many<T: DeserializeOwned>(&self, keys: &[impl AsRef<str>]) -> Result<Vec<Option<T>>> {
         check_keys(keys)?;
+        // Inside a tenant scope, every key is qualified by the tenant (see `tenant.rs`).
+        let (keys, _) = crate::tenant::scoped_keys(keys.iter().map(AsRef::as_ref))?;
         let (slots, unique) = distinct(keys.iter().map(AsRef::as_ref));
         let tier = self.tier_for_all_keys();
         let fill = tier.map(|tier| tier.fill());
@@ -132,14 +134,15 @@ impl PgCache {
             check_key(key.as_ref())?;
             jsons.push(codec::encode(value, self.config().max_value_bytes)?);
         }
+        let (keys, tenant) = crate::tenant::scoped_write_keys(entries.iter().map(|(key, _)| key.as_ref()))?;
         // Last write wins: keep each key's last place only.
         let mut last = HashMap::new();
-        for (i, (key, _)) in entries.iter().enumerate() {
-            last.insert(key.as_ref(), i);
+        for (i, key) in keys.iter().enumerate() {
+            last.insert(key.as_str(), i);
         }
-        let writes: Vec<Write> = (entries.iter().zip(jsons).enumerate())
-            .filter(|(i, ((key, _), _))| last.get(key.as_ref()) == Some(i))
-            .map(|(_, ((key, _), json))| Write::plain(key.as_ref(), json.into(), ttl))
+        let writes: Vec<Write> = (keys.iter().zip(jsons).enumerate())
+            .filter(|(i, (key, _))| last.get(key.as_str()) == Some(i))
+            .map(|(_, (key, json))| Write { tenant: tenant.clone(), ..Write::plain(key.as_str(), json.into(), ttl) })
             .collect();
         // Encrypted where their namespaces are; `writes` keeps the plaintext for this process's tier.
         let stored = writes.iter().map(|write| self.sealed(write.clone(), false)).collect::<Result<Vec<_>>>()?;
@@ -169,6 +172,12 @@ impl PgCache {
     /// [`CacheError::Database`](crate::CacheError::Database) when some key was not deleted.
     pub async fn delete_many(&self, keys: &[impl AsRef<str>]) -> Result<u64> {
         check_keys(keys)?;
+        let (keys, _) = crate::tenant::scoped_keys(keys.iter().map(AsRef::as_ref))?;
+        self.delete_scoped(&keys).await
+    }
+
+    /// [`delete_many`](Self::delete_many) of keys already qualified by their tenant (see `tenant.rs`).
+    pub(super) async fn delete_scoped(&self, keys: &[String]) -> Result<u64> {
         let (_, unique) = distinct(keys.iter().map(AsRef::as_ref));
         for key in &unique {
             self.forget_locally(key);

@@ -19,6 +19,9 @@ pub struct SweepReport {
     pub expired: u64,
     /// Live rows evicted to bring the table back to `max_entries`.
     pub evicted: u64,
+    /// Rows evicted to bring tenants back under their
+    /// [quota](crate::PgCacheBuilder::tenant_quota), oldest first.
+    pub tenant_evicted: u64,
 }
 
 /// Escapes `%`, `_` and `\` for a `LIKE` pattern.
@@ -116,6 +119,7 @@ impl PgCache {
     }
 
     /// One sweep: [`clear_expired`](Self::clear_expired), then
+    /// [`enforce_tenant_quotas`](Self::enforce_tenant_quotas), then
     /// [`enforce_max_entries`](Self::enforce_max_entries), then old bookkeeping rows (invalidation marks
     /// older than a day, leases long past their deadline).
     ///
@@ -123,9 +127,10 @@ impl PgCache {
     /// The first step that fails.
     pub async fn sweep(&self) -> Result<SweepReport> {
         let expired = self.clear_expired().await?;
+        let tenant_evicted = self.enforce_tenant_quotas().await?;
         let evicted = self.enforce_max_entries().await?;
         on_every_shard(self.shards(), Server::sweep_bookkeeping).await.into_iter().collect::<Result<()>>()?;
-        Ok(SweepReport { expired, evicted })
+        Ok(SweepReport { expired, evicted, tenant_evicted })
     }
 
     /// Starts the background sweeper, unless it is turned off or there is no tokio runtime.
@@ -235,7 +240,9 @@ async fn sweep_loop(inner: Weak<Inner>, interval: Duration) {
         let Some(inner) = inner.upgrade() else { return };
         let cache = PgCache { inner };
         match cache.sweep().await {
-            Ok(SweepReport { expired, evicted }) => tracing::debug!(expired, evicted, "cache sweep done"),
+            Ok(SweepReport { expired, evicted, tenant_evicted }) => {
+                tracing::debug!(expired, evicted, tenant_evicted, "cache sweep done");
+            }
             Err(error) => tracing::warn!(%error, "cache sweep failed; retrying at the next interval"),
         }
     }

@@ -7,6 +7,7 @@
 //! - `maintenance.rs`: namespace purges, sweeps, eviction, `keys`, `stats`, `health_check`;
 //! - `builder.rs`, `env.rs`: [`PgCacheBuilder`], `connect`, `from_env`;
 //! - `similar.rs`: semantic entries, `set_similar` and `get_similar`;
+//! - `tenants.rs`: per-tenant purges, stats and quotas, and row-level security by tenant;
 //! - `memo.rs`: the narrow handle through which the memoization engine uses a cache;
 //! - `global.rs`: the process-wide instance.
 //!
@@ -25,6 +26,7 @@ mod rekey;
 mod sealing;
 mod similar;
 mod tags;
+mod tenants;
 
 pub use builder::PgCacheBuilder;
 pub use global::{global, set_global};
@@ -34,6 +36,7 @@ pub(crate) use memo::MemoHandle;
 pub(crate) use similar::similar_key;
 pub(crate) use similar::Scope;
 pub use similar::SimilarHit;
+pub use tenants::TenantStats;
 
 use crate::codec;
 use crate::config::Config;
@@ -88,6 +91,10 @@ use std::time::{Duration, Instant};
 /// - **Look at it**: [`keys`](Self::keys), [`stats`](Self::stats), [`process_stats`](Self::process_stats),
 ///   [`health_check`](Self::health_check), [`shard_for`](Self::shard_for),
 ///   [`single_pool`](Self::single_pool), [`shard_pools`](Self::shard_pools).
+/// - **Tenants** (inside [`tenant`](crate::tenant), every key is the tenant's):
+///   [`delete_tenant`](Self::delete_tenant), [`tenant_stats`](Self::tenant_stats),
+///   [`enforce_tenant_quotas`](Self::enforce_tenant_quotas),
+///   [`enable_tenant_isolation`](Self::enable_tenant_isolation).
 /// - **Match by meaning**: [`set_similar`](Self::set_similar), [`get_similar`](Self::get_similar) (with an
 ///   [`embedder`](crate::PgCacheBuilder::embedder)).
 /// - **Memoize**: `#[pg_cached]` functions use it (see [`macro@crate::pg_cached`]).
@@ -123,6 +130,8 @@ struct Inner {
     /// The vectors of the semantic scopes this process searched (see `similar.rs`).
     vectors: Vectors,
     sweeper: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Hits per tenant in this process (see `tenants.rs`).
+    tenant_hits: crate::tenant::TenantHits,
 }
 
 impl Drop for Inner {
@@ -162,6 +171,7 @@ impl PgCache {
             events,
             vectors: Vectors::default(),
             sweeper: std::sync::Mutex::new(None),
+            tenant_hits: crate::tenant::TenantHits::default(),
         };
         let cache = PgCache { inner: Arc::new(inner) };
         if cache.inner.local.get().is_some() {
@@ -340,6 +350,9 @@ impl PgCache {
 
     fn record(&self, namespace: &str, event: Event) {
         self.inner.counters.record(namespace, event);
+        if event.hit_kind().is_some() {
+            self.inner.tenant_hits.hit_here();
+        }
     }
 
     /// Counts a failed cache operation (the caller ran, or runs, without the cache).

@@ -9,11 +9,17 @@ use crate::observe::Event;
 use crate::ttl::Ttl;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::Arc;
 
 impl PgCache {
     /// Stores `value` under `key`. `ttl`: `None` for the default, `Some(duration)`, or [`Ttl::Never`].
     ///
     /// Concurrent writers of one key never fail: the last write wins, whole.
+    ///
+    /// Inside a [`tenant`](crate::tenant) scope, `key` is the tenant's own (qualified by the tenant, as in
+    /// every operation of a `PgCache`): a `get` of the same key for another tenant, or outside any scope,
+    /// does not find it. In a scope whose tenant id was refused, every operation fails with
+    /// [`CacheError::InvalidTenant`](crate::CacheError::InvalidTenant) before any I/O.
     ///
     /// # Errors
     /// Refused before any I/O, with a typed error: keys that are empty, hold NUL or exceed 500 characters
@@ -48,11 +54,25 @@ impl PgCache {
         tags: &[impl AsRef<str>],
     ) -> Result<()> {
         check_key(key)?;
+        let (key, tenant) = crate::tenant::scoped_write_key(key)?;
+        self.set_scoped(&key, tenant, value, ttl, tags).await
+    }
+
+    /// [`set_tagged`](Self::set_tagged) of a key already qualified by its tenant (see `tenant.rs`).
+    pub(super) async fn set_scoped<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        tenant: Option<Arc<str>>,
+        value: &T,
+        ttl: impl Into<Ttl>,
+        tags: &[impl AsRef<str>],
+    ) -> Result<()> {
         let tags = crate::tags::entry_form(tags)?;
         let ttl = ttl.into().resolve(self.config().default_ttl)?;
         let json = codec::encode(value, self.config().max_value_bytes)?;
         let mut write = Write::plain(key, json.into(), ttl);
         write.meta = EntryMeta { tags, ..EntryMeta::default() };
+        write.tenant = tenant;
         self.write(write, None, false).await.map(drop)
     }
 
@@ -66,6 +86,12 @@ impl PgCache {
     /// [`CacheError::Database`](crate::CacheError::Database) when the database cannot answer.
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         check_key(key)?;
+        let (key, _) = crate::tenant::scoped_key(key)?;
+        self.get_scoped(&key).await
+    }
+
+    /// [`get`](Self::get) of a key already qualified by its tenant (see `tenant.rs`).
+    pub(super) async fn get_scoped<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let tier = self.tier_for_all_keys();
         if let Some(entry) = tier.and_then(|tier| tier.get(key)) {
             return Ok(self.decode_counted(key, &entry.json, Event::LocalHit));
@@ -102,6 +128,8 @@ impl PgCache {
     /// [`CacheError::Database`](crate::CacheError::Database) when the database cannot answer.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         check_key(key)?;
+        let (key, _) = crate::tenant::scoped_key(key)?;
+        let key = key.as_str();
         self.forget_locally(key);
         let started = crate::observe::metrics::clock();
         let result = self.server_for(key).delete(key).await;

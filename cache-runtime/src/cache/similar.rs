@@ -76,6 +76,18 @@ pub(crate) fn similar_key(namespace: &str, scope: &str, text: &str) -> String {
     format!("{namespace}:similar:{hex}")
 }
 
+/// The key of `text` in `scope` of `namespace`, the tenant, and the scope, as the tenant scope this task runs
+/// in has them (see `tenant.rs`): inside a tenant's scope both the key and the scope are qualified by the
+/// tenant, so that its vectors are never compared with another tenant's.
+fn tenant_scoped(namespace: &str, scope: &str, text: &str) -> Result<(String, Option<Arc<str>>, String)> {
+    let (key, tenant) = crate::tenant::scoped_key(&similar_key(namespace, scope, text))?;
+    let scope = match &tenant {
+        Some(tenant) => crate::tenant::qualify(tenant, scope),
+        None => scope.to_owned(),
+    };
+    Ok((key, tenant, scope))
+}
+
 impl PgCache {
     /// Stores `value` for `text` in `scope` of `namespace`, so that [`get_similar`](Self::get_similar) of
     /// the same text or of one that means the same (in the same namespace and scope) finds it. `scope` is
@@ -109,10 +121,10 @@ impl PgCache {
         validate_namespace(namespace)?;
         self.refuse_if_sealed(namespace)?;
         let embedder = self.embedder()?;
+        let (key, tenant, scope) = tenant_scoped(namespace, scope, text)?;
         let vector = self.embed(text).await?;
-        let key = similar_key(namespace, scope, text);
-        self.set(&key, value, ttl.unwrap_or_default()).await?;
-        let scope = Scope::new(namespace, scope, embedder.model_id());
+        self.set_scoped(&key, tenant, value, ttl.unwrap_or_default(), &[] as &[&str]).await?;
+        let scope = Scope::new(namespace, &scope, embedder.model_id());
         self.store_vector(&key, &scope, text, &vector).await.map(drop)
     }
 
@@ -134,14 +146,15 @@ impl PgCache {
     ) -> Result<Option<SimilarHit<T>>> {
         validate_namespace(namespace)?;
         let embedder = self.embedder()?;
-        let key = similar_key(namespace, scope, text);
-        if let Some(value) = self.get::<T>(&key).await? {
+        let (key, _, scope) = tenant_scoped(namespace, scope, text)?;
+        if let Some(value) = self.get_scoped::<T>(&key).await? {
             return Ok(Some(SimilarHit { value, score: 1.0, text: text.to_owned() }));
         }
         let vector = self.embed(text).await?;
-        let scope = Scope::new(namespace, scope, embedder.model_id());
+        let scope = Scope::new(namespace, &scope, embedder.model_id());
         let threshold = self.config().similarity_threshold;
-        let found = self.read_nearest(&scope, text, &vector, threshold, |key| async move { self.get::<T>(&key).await });
+        let found =
+            self.read_nearest(&scope, text, &vector, threshold, |key| async move { self.get_scoped::<T>(&key).await });
         Ok(found.await?.map(|(value, hit)| SimilarHit { value, score: hit.score, text: hit.text.to_string() }))
     }
 

@@ -23,10 +23,13 @@ pub(crate) fn spawn_refresh(store: MemoHandle<'_>, site: &'static Site, key: &st
     let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
     let Some(refreshing) = store.start_refresh(key) else { return };
     let (cache, key) = (store.cache().clone(), key.to_owned());
-    runtime.spawn(async move {
+    // The task runs the call again: in the tenant scope of the call that started it, so that it computes the
+    // same qualified key (and the body sees the same tenant).
+    let tenant = crate::tenant::current();
+    runtime.spawn(crate::tenant::within(tenant, async move {
         let _refreshing = refreshing;
         refresh(cache, site, key, task).await;
-    });
+    }));
 }
 
 async fn refresh(cache: PgCache, site: &'static Site, key: String, task: Task) {

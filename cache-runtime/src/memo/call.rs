@@ -22,6 +22,8 @@ pub(super) struct Call<'a, P> {
     pub(super) cache: MemoHandle<'a>,
     pub(super) site: &'static Site,
     pub(super) key: &'a str,
+    /// The tenant whose scope qualified the key, for the row's `tenant` column.
+    pub(super) tenant: Option<Arc<str>>,
     pub(super) policy: &'a P,
     pub(super) local: Option<&'a LocalTier>,
     /// The computation this call is part of (an outer memoized body), which inherits its tags.
@@ -216,6 +218,7 @@ impl<P> Call<'_, P> {
             keep: self.site.keep(),
             started: Some(start),
             meta: EntryMeta { tags, compute_us: Some(computed.compute_us), usage: computed.usage },
+            tenant: self.tenant.clone(),
         };
         let written = self.cache.write(write, self.site.local).await.map_err(drop)?;
         if let (true, Some(query)) = (written, self.similar) {

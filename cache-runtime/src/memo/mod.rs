@@ -70,6 +70,9 @@ where
     L: LocalValues<R>,
 {
     let cache = cache.resolve();
+    // Inside a tenant scope the key is qualified by the tenant (see `tenant.rs`): every step below, the
+    // in-process tier included, sees only the qualified key. A refused scope is a key error: uncached.
+    let key = key.and_then(crate::tenant::scoped_owned);
     // The computation this call is part of, if any: it inherits this call's tags, hit or miss.
     let outer = crate::memo::scope::current();
     // Each call is a span, so that tracing and OpenTelemetry users see cache hits in their traces; `outcome`
@@ -82,12 +85,14 @@ where
         tier = tracing::field::Empty,
     );
     let store = cache.as_ref().map(|cache| cache.memo().sealed(site.encrypt));
-    let hit = span.in_scope(|| local_hit(site, store, key.as_deref().ok(), &policy, values, outer.as_deref()));
-    if let (Some((value, remaining_ms)), Some(store), Ok(key)) = (hit, store, &key) {
+    let key_str = key.as_ref().ok().map(|(key, _)| key.as_str());
+    let hit = span.in_scope(|| local_hit(site, store, key_str, &policy, values, outer.as_deref()));
+    if let (Some((value, remaining_ms)), Some(store), Ok((key, _))) = (hit, store, &key) {
         span.record("outcome", "hit").record("tier", "local");
         background::refresh_ahead(store, site, key, remaining_ms, Work::new(make));
         return Memoized::ready(value);
     }
+    let similar = similar.map(Similar::in_tenant_scope);
     Memoized::pending(memoize_slow(site, cache, key, policy, Work::new(make), outer, similar).instrument(span))
 }
 
@@ -226,10 +231,11 @@ pub(crate) fn served(cache: MemoHandle<'_>, site: &Site, event: Event, meta: &En
     }
 }
 
+/// `key`: the call's key and the tenant whose scope qualified it, or why there is none.
 async fn memoize_slow<R, P, M, F>(
     site: &'static Site,
     cache: Option<PgCache>,
-    key: Result<String, CacheError>,
+    key: Result<(String, Option<Arc<str>>), CacheError>,
     policy: P,
     mut work: Work<M, F>,
     outer: Option<Arc<TagScope>>,
@@ -250,7 +256,7 @@ where
         return outcome;
     };
     let store = cache.memo().sealed(site.encrypt);
-    let key = match key {
+    let (key, tenant) = match key {
         Ok(key) => key,
         Err(error) => {
             store.record_error(site.namespace, &error);
@@ -261,7 +267,7 @@ where
     };
     let local = store.tier(site.local);
     let mut call =
-        Call { cache: store, site, key: &key, policy: &policy, local, outer: outer.as_deref(), similar: None };
+        Call { cache: store, site, key: &key, tenant, policy: &policy, local, outer: outer.as_deref(), similar: None };
     if refresh_requested(&key) {
         // A refresh stores the text and vector again too (the entry is rewritten under the same key).
         let query = match similar {

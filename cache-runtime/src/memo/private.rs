@@ -85,11 +85,40 @@ pub fn explicit<S: CacheSource + ?Sized>(source: &S) -> CacheRef {
 /// Runs `call` (a call of the memoized function) so that the memoized call with exactly this key skips the
 /// lookup and the single-flight, runs its body, and overwrites the entry.
 pub async fn refresh<R, F: Future<Output = R>>(key: Result<String, CacheError>, call: F) -> R {
-    match key {
-        Ok(key) => memo::refresh_scope(key, call).await,
+    // The memoized call qualifies its key by the tenant of the scope it runs in: so does the refresh mark.
+    match key.and_then(crate::tenant::scoped_owned) {
+        Ok((key, _)) => memo::refresh_scope(key, call).await,
         // The memoized call meets the same key error, logs it and runs uncached.
         Err(_) => call.await,
     }
+}
+
+/// What a `tenant = ...` expression may evaluate to: text.
+#[diagnostic::on_unimplemented(
+    message = "`tenant = ...` must be text (`&str`, `String`, `Arc<str>`, ...); found `{Self}`",
+    label = "this expression names the tenant",
+    note = "format a numeric id first, e.g. `tenant = org_id.to_string()`"
+)]
+pub trait TenantArg {
+    fn tenant_id(&self) -> &str;
+}
+
+impl<T: AsRef<str> + ?Sized> TenantArg for T {
+    fn tenant_id(&self) -> &str {
+        self.as_ref()
+    }
+}
+
+/// `#[pg_cached(tenant = ...)]`: runs the memoized call that `make` builds in the scope of `tenant` (see
+/// [`crate::tenant`]), built inside the scope so that its key is qualified by the tenant.
+pub async fn in_tenant<T: TenantArg + ?Sized, F: Future>(tenant: &T, make: impl FnOnce() -> F) -> F::Output {
+    crate::tenant::enter(tenant.tenant_id(), make).await
+}
+
+/// `{fn}_cache_key` of a function with `tenant = ...`: the key qualified by the tenant, as the call uses it.
+pub fn tenant_key(tenant: &str, key: Result<String, CacheError>) -> Result<String, CacheError> {
+    crate::tenant::validate_tenant(tenant)?;
+    Ok(crate::tenant::qualify(tenant, &key?))
 }
 
 /// Deletes the entry of one call.

@@ -28,6 +28,13 @@ impl Similar {
     pub fn new(scope: Result<String, CacheError>, text: String) -> Similar {
         Similar { scope, text }
     }
+
+    /// This call's scope qualified by the tenant of the scope it runs in (see `tenant.rs`), so that its
+    /// vectors are only ever compared with its own tenant's.
+    pub(crate) fn in_tenant_scope(self) -> Similar {
+        let scope = self.scope.and_then(|scope| crate::tenant::scoped_owned(scope).map(|(scope, _)| scope));
+        Similar { scope, text: self.text }
+    }
 }
 
 /// The text of a `similar(arg)` argument: `&str`, `String`, `&String` and `Cow<str>` all give one.

@@ -23,6 +23,7 @@ pub(crate) mod schema;
 pub(crate) mod semantic;
 pub(crate) mod sql;
 mod statements;
+mod tenants;
 pub(crate) mod writes;
 
 use crate::config::{Config, Durability};

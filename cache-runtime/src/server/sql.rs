@@ -77,7 +77,7 @@ pub(crate) const WRITE_MANY: &str = "SELECT pg_cached_write_entries(p_keys => $1
      p_started_us => $5::bigint[], p_namespaces => $6::text[], p_notify => $7, p_lock_timeout => $8, \
      p_async_commit => $9, p_tags => $10::text[], p_compute_us => $11::bigint[], p_started_snapshots => $12::text[], \
      p_input_tokens => $13::bigint[], p_output_tokens => $14::bigint[], p_cost_micros => $15::bigint[], \
-     p_try_locks => $16)";
+     p_try_locks => $16, p_tenants => $17::text[])";
 
 /// Coalesced deletes: [`DELETE`] for each key of $1 (distinct), one notification $2 for all; $3 is the lock
 /// timeout in ms. Returns the rows deleted per key.
@@ -95,7 +95,7 @@ pub(crate) const DELETE_MANY: &str =
 pub(crate) const WRITE: &str = "SELECT pg_cached_write_entry(p_key => $1, p_data => $2::jsonb, p_ttl_ms => $3, \
      p_keep_ms => $4, p_started_us => $5, p_namespace => $6, p_notify => $7, p_lock_timeout => $8, \
      p_async_commit => $9, p_tags => $10::text[], p_compute_us => $11, p_started_snapshot => $12, \
-     p_input_tokens => $13, p_output_tokens => $14, p_cost_micros => $15, p_try_locks => $16)";
+     p_input_tokens => $13, p_output_tokens => $14, p_cost_micros => $15, p_try_locks => $16, p_tenant => $17)";
 
 /// Deletes every entry carrying one of the tags $1, records their invalidation and tells every process
 /// (sender $2); $3 is the lock timeout in ms. Returns the entries deleted.
@@ -220,15 +220,17 @@ pub(crate) const LEASE_IS_LIVE: &str =
 
 pub(crate) const GIN_INDEX: &str = include_str!("../../../migrations/optional/gin_index.sql");
 
-/// Stores the semantic row of entry $1 (scope hash $2, model id $3, text $4, embedding $5) if the entry is
+/// Stores the semantic row of entry $1 (scope hash $2, model id $3, text $4, embedding $5, and the entry's
+/// tenant) if the entry is
 /// there; a row already there is replaced, with this transaction as its writer. Returns whether it wrote. The
 /// foreign key makes an entry deleted meanwhile fail the insert (23503), which the caller treats as "not
 /// stored", as the guarded write of the entry itself would have been.
 pub(crate) const WRITE_SEMANTIC: &str = "WITH ins AS (\
-     INSERT INTO cache_semantic (cache_key, scope_hash, model_id, text, embedding) \
-     SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM cache_entries WHERE cache_key = $1) \
+     INSERT INTO cache_semantic (cache_key, scope_hash, model_id, text, embedding, tenant) \
+     SELECT $1, $2, $3, $4, $5, e.tenant FROM cache_entries AS e WHERE e.cache_key = $1 \
      ON CONFLICT (cache_key) DO UPDATE SET scope_hash = EXCLUDED.scope_hash, model_id = EXCLUDED.model_id, \
-         text = EXCLUDED.text, embedding = EXCLUDED.embedding, xact = pg_current_xact_id() \
+         text = EXCLUDED.text, embedding = EXCLUDED.embedding, xact = pg_current_xact_id(), \
+         tenant = EXCLUDED.tenant \
      RETURNING 1) SELECT count(*) FROM ins";
 
 /// The semantic rows of scope $1 and model $2 written by transactions at or after xid $3 (text; `0` for
@@ -238,6 +240,34 @@ pub(crate) const SEMANTIC_SINCE: &str = "SELECT pg_snapshot_xmin(pg_current_snap
          s.cache_key::text, s.text, s.embedding \
      FROM (SELECT 1) AS one \
      LEFT JOIN cache_semantic AS s ON s.scope_hash = $1 AND s.model_id = $2 AND s.xact >= $3::xid8";
+
+/// Up to $2 keys of tenant $1 (the partial index on `tenant` serves it).
+pub(crate) const TENANT_KEYS: &str = "SELECT cache_key FROM cache_entries WHERE tenant = $1 LIMIT $2";
+
+/// Of tenant $1: rows, live rows, and the bytes their values take as stored (`pg_column_size`, after any
+/// compression).
+pub(crate) const TENANT_COUNTS: &str = "SELECT count(*), \
+     count(*) FILTER (WHERE expires_at IS NULL OR expires_at > now()), \
+     coalesce(sum(pg_column_size(data)), 0)::bigint \
+     FROM cache_entries WHERE tenant = $1";
+
+/// The tenants holding more than $1 rows or $2 bytes of values (NULL: no such limit).
+pub(crate) const TENANTS_OVER_QUOTA: &str = "SELECT tenant FROM cache_entries WHERE tenant IS NOT NULL \
+     GROUP BY tenant \
+     HAVING count(*) > coalesce($1, 'Infinity'::float8) OR sum(pg_column_size(data)) > coalesce($2, 'Infinity'::float8)";
+
+/// Up to $4 keys of tenant $1 beyond its quota, oldest first: the newest rows are kept while they number at
+/// most $2 and their values take at most $3 bytes (NULL: no such limit).
+pub(crate) const TENANT_EXCESS: &str = "SELECT cache_key FROM \
+     (SELECT cache_key, created_at, \
+             row_number() OVER newest AS n, sum(pg_column_size(data)) OVER newest AS bytes \
+      FROM cache_entries WHERE tenant = $1 \
+      WINDOW newest AS (ORDER BY created_at DESC, cache_key DESC)) AS ranked \
+     WHERE n > coalesce($2, 'Infinity'::float8) OR bytes > coalesce($3, 'Infinity'::float8) \
+     ORDER BY created_at, cache_key LIMIT $4";
+
+/// Installs row-level security by tenant (see `pg_cached_enable_tenant_isolation` in `functions.sql`).
+pub(crate) const ENABLE_TENANT_ISOLATION: &str = "SELECT pg_cached_enable_tenant_isolation()";
 
 #[cfg(test)]
 mod tests {

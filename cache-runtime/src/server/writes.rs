@@ -111,6 +111,7 @@ async fn write_one(conn: &mut PgConnection, w: &Write, p: &WriteParams) -> sqlx:
         .bind(usage[1])
         .bind(usage[2])
         .bind(p.try_locks)
+        .bind(w.tenant.as_deref())
         .fetch_one(conn)
         .await
 }
@@ -140,6 +141,13 @@ async fn write_many(conn: &mut PgConnection, writes: &[Write], p: &WriteParams) 
         .bind(usage(1))
         .bind(usage(2))
         .bind(p.try_locks)
+        // NULL when no write of the batch has a tenant (a cache without tenants).
+        .bind(
+            writes
+                .iter()
+                .any(|w| w.tenant.is_some())
+                .then(|| writes.iter().map(|w| w.tenant.as_deref()).collect::<Vec<_>>()),
+        )
         .fetch_one(conn)
         .await
 }

@@ -90,7 +90,7 @@ enum Decision {
     /// Run the function's stream, recording it under `plan` if there is one (none: no cache, or it failed).
     Compute(Option<Plan>),
     /// Another caller in this process computes it: read its feed.
-    Follow(watch::Receiver<Feed>, PgCache, String),
+    Follow(watch::Receiver<Feed>, PgCache, String, Option<Arc<str>>),
 }
 
 struct Following<C, E, S> {
@@ -99,12 +99,15 @@ struct Following<C, E, S> {
     source: Option<S>,
     cache: PgCache,
     key: String,
+    tenant: Option<Arc<str>>,
 }
 
 /// Where and how a computed stream is stored.
 struct Plan {
     cache: PgCache,
     key: String,
+    /// The tenant whose scope qualified the key, for the row's column.
+    tenant: Option<Arc<str>>,
     start: Start,
     /// This process's flight, which the followers watch.
     lead: Option<StreamLead>,
@@ -143,8 +146,12 @@ where
     S: Stream<Item = Result<C, E>>,
 {
     let outer = super::scope::current();
+    // Inside a tenant scope the key is qualified by the tenant (see `tenant.rs`).
+    let key = key.and_then(crate::tenant::scoped_owned);
+    // So is the scope of `similar(arg)`: vectors are only compared with the same tenant's.
+    let similar = similar.map(Similar::in_tenant_scope);
     let decision: BoxFuture<Decision> = match (cache.resolve(), key) {
-        (Some(cache), Ok(key)) => Box::pin(decide(cache, site, key, similar)),
+        (Some(cache), Ok((key, tenant))) => Box::pin(decide(cache, site, key, tenant, similar)),
         (Some(cache), Err(error)) => {
             cache.memo().record_error(site.namespace, &error);
             tracing::warn!(namespace = site.namespace, %error, "cannot build the cache key; streaming uncached");
@@ -157,7 +164,13 @@ where
 
 /// Looks the key up (then, with `similar`, the nearest text of its scope); on a miss, joins the key's flight
 /// (following its leader when there is one), and with `single_flight = "cluster"` the key's lease.
-async fn decide(cache: PgCache, site: &'static Site, key: String, mut similar: Option<Similar>) -> Decision {
+async fn decide(
+    cache: PgCache,
+    site: &'static Site,
+    key: String,
+    tenant: Option<Arc<str>>,
+    mut similar: Option<Similar>,
+) -> Decision {
     let store = cache.memo().sealed(site.encrypt);
     let mut from = ReadFrom::AnyCopy;
     let mut query = None;
@@ -185,11 +198,19 @@ async fn decide(cache: PgCache, site: &'static Site, key: String, mut similar: O
         let start = lookup.start();
         if site.single_flight == SingleFlight::Off {
             store.record(site.namespace, Event::Miss);
-            return Decision::Compute(Some(Plan { cache, key, start, lead: None, lease: None, similar: query }));
+            return Decision::Compute(Some(Plan {
+                cache,
+                key,
+                tenant,
+                start,
+                lead: None,
+                lease: None,
+                similar: query,
+            }));
         }
         let lead = match store.join_stream(&key, seen) {
             StreamTicket::Lead(lead) => lead,
-            StreamTicket::Follow(feed) => return Decision::Follow(feed, cache, key),
+            StreamTicket::Follow(feed) => return Decision::Follow(feed, cache, key, tenant),
             StreamTicket::Recheck => {
                 // A flight ended after this lookup: its entry may be there now.
                 from = ReadFrom::Primary;
@@ -210,7 +231,7 @@ async fn decide(cache: PgCache, site: &'static Site, key: String, mut similar: O
             _ => None,
         };
         store.record(site.namespace, Event::Miss);
-        return Decision::Compute(Some(Plan { cache, key, start, lead: Some(lead), lease, similar: query }));
+        return Decision::Compute(Some(Plan { cache, key, tenant, start, lead: Some(lead), lease, similar: query }));
     }
 }
 
@@ -344,16 +365,16 @@ where
                 None => self.start_live(source, None),
             },
             Decision::Compute(plan) => self.start_live(source, plan),
-            Decision::Follow(feed, cache, key) => {
+            Decision::Follow(feed, cache, key, tenant) => {
                 let follower = Follower::new(feed, self.live);
-                State::Following(Box::new(Following { follower, source, cache, key }))
+                State::Following(Box::new(Following { follower, source, cache, key, tenant }))
             }
         }
     }
 
     /// What a follower does once it no longer reads its leader's feed.
     fn after_following(&self, following: Following<C, E, S>, step: Step<C, E>) -> State<C, E, S> {
-        let Following { source, cache, key, .. } = following;
+        let Following { source, cache, key, tenant, .. } = following;
         let coalesced = |tags: Option<&crate::tags::Tags>| {
             cache.memo().record(self.site.namespace, Event::Coalesced);
             super::record_outcome(Event::Coalesced);
@@ -372,7 +393,9 @@ where
                 State::Replaying(Replay::whole(chunks))
             }
             // Without the text: a paraphrase was looked for before this call followed the flight.
-            Step::Retry => State::Looking { source, decision: Box::pin(decide(cache.clone(), self.site, key, None)) },
+            Step::Retry => {
+                State::Looking { source, decision: Box::pin(decide(cache.clone(), self.site, key, tenant, None)) }
+            }
             Step::Alone => self.start_live(source, None),
         }
     }

@@ -60,12 +60,13 @@ pub(super) async fn store(
     compute_us: i64,
     usage: Usage,
 ) {
-    let Plan { cache, key, start, lead, lease, similar } = plan;
+    let Plan { cache, key, tenant, start, lead, lease, similar } = plan;
     let store = cache.memo().sealed(site.encrypt);
     let written = match (site.ttl.resolve(store.config().default_ttl), tags) {
         (Ok(ttl), Ok(tags)) => {
             let meta = EntryMeta { tags, compute_us: Some(compute_us), usage };
-            let write = Write { key: key.clone(), json: json.into(), ttl, keep: None, started: Some(start), meta };
+            let write =
+                Write { key: key.clone(), json: json.into(), ttl, keep: None, started: Some(start), meta, tenant };
             store.write(write, None).await.unwrap_or(false)
         }
         (Err(error), _) | (_, Err(error)) => {
