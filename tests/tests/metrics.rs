@@ -8,7 +8,7 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use metrics_util::MetricKind;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -23,32 +23,40 @@ fn snapshotter() -> &'static Snapshotter {
     })
 }
 
-type Metrics = std::collections::HashMap<
-    metrics_util::CompositeKey,
-    (Option<metrics::Unit>, Option<metrics::SharedString>, DebugValue),
->;
+/// Per metric (name and labels): a counter's total, or a histogram's number of samples.
+type Metrics = std::collections::HashMap<metrics_util::CompositeKey, u64>;
 
-/// Everything recorded so far. Taking it drains the histograms' samples, so take it once per check.
+/// Everything recorded so far by every test of this binary. The recorder's own snapshot drains what it
+/// returns (counters are swapped to zero), and the tests run at once: each snapshot's values are added to
+/// these totals, so that no test loses what another's snapshot took. Tests use namespaces of their own.
 fn snapshot() -> Metrics {
-    snapshotter().snapshot().into_hashmap()
+    static TOTALS: Mutex<Option<Metrics>> = Mutex::new(None);
+    let mut totals = TOTALS.lock().unwrap_or_else(|e| e.into_inner());
+    let totals = totals.get_or_insert_with(Metrics::new);
+    for (key, _, _, value) in snapshotter().snapshot().into_vec() {
+        let added = match value {
+            DebugValue::Counter(n) => n,
+            DebugValue::Histogram(samples) => samples.len() as u64,
+            DebugValue::Gauge(_) => 0,
+        };
+        *totals.entry(key).or_default() += added;
+    }
+    totals.clone()
 }
 
-/// The value of counter `name` with exactly these labels (0 if never incremented), or the number of samples
-/// of histogram `name` in `snapshot`.
+/// The total of counter `name` with exactly these labels (0 if never incremented), or the number of samples
+/// of histogram `name`, in `snapshot`.
 fn read(snapshot: &Metrics, name: &str, labels: &[(&str, &str)]) -> u64 {
     let found = snapshot.iter().find(|(key, _)| {
+        let kind_matches = matches!(key.kind(), MetricKind::Counter | MetricKind::Histogram);
         let key = key.key();
         let mut have: Vec<(&str, &str)> = key.labels().map(|l| (l.key(), l.value())).collect();
         let mut want = labels.to_vec();
         have.sort_unstable();
         want.sort_unstable();
-        key.name() == name && have == want
+        kind_matches && key.name() == name && have == want
     });
-    match found.map(|(key, (_, _, value))| (key.kind(), value)) {
-        Some((MetricKind::Counter, DebugValue::Counter(n))) => *n,
-        Some((MetricKind::Histogram, DebugValue::Histogram(samples))) => samples.len() as u64,
-        _ => 0,
-    }
+    found.map_or(0, |(_, n)| *n)
 }
 
 static RUNS: AtomicUsize = AtomicUsize::new(0);
