@@ -1,4 +1,4 @@
--- Every SQL function of pg_cached, defined once. Functions version 3.
+-- Every SQL function of pg_cached, defined once. Functions version 4.
 --
 -- How it is applied. The tables come from the numbered migrations beside this file; the functions from here
 -- only. PgCache::migrate (and `pg-cached migrate`) runs the migrations, then this file, in one transaction
@@ -36,6 +36,9 @@
 -- named or positional, still resolve and write rows of no tenant; the version 2 signatures are dropped. New:
 -- pg_cached_enable_tenant_isolation (row-level security by tenant, see "Tenants").
 --
+-- Version 4: pg_cached_sign and pg_cached_try_lock_write, called by every write, are PL/pgSQL (same
+-- signatures and results): as SQL functions that cannot be inlined they were planned again on every call.
+--
 -- Privileges. PostgreSQL lets PUBLIC execute a new function; the end of this file takes that back from every
 -- function of the cache. The owner (the role that applies this file) keeps every right. pg_cached_grant gives
 -- an application role what it needs. Every function runs with its caller's rights except
@@ -52,8 +55,8 @@ BEGIN
         RAISE EXCEPTION 'apply functions.sql in the schema of cache_entries (the search_path the migrations ran with)'
             USING ERRCODE = 'invalid_schema_name';
     END IF;
-    IF (SELECT functions_version FROM cache_schema) > 3 THEN
-        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (3)',
+    IF (SELECT functions_version FROM cache_schema) > 4 THEN
+        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (4)',
             (SELECT functions_version FROM cache_schema)
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'keep them: they serve older processes too';
     END IF;
@@ -141,16 +144,21 @@ $$;
 -- callers' deadlines. Locks a job got before one it did not stay held until the batch commits (a
 -- transaction-scoped advisory lock cannot be given back early); never waiting, a batch never deadlocks.
 CREATE OR REPLACE FUNCTION pg_cached_try_lock_write(p_namespace text, p_key text, p_tags text[])
-RETURNS boolean LANGUAGE sql AS $$
-    SELECT (p_namespace IS NULL
-            OR pg_try_advisory_xact_lock_shared(pg_cached_lock_class('namespace'), hashtext(p_namespace)))
-       AND pg_try_advisory_xact_lock(pg_cached_lock_class('key'), hashtext(p_key))
-       AND coalesce((SELECT bool_and(
+RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_namespace IS NOT NULL
+       AND NOT pg_try_advisory_xact_lock_shared(pg_cached_lock_class('namespace'), hashtext(p_namespace)) THEN
+        RETURN false;
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(pg_cached_lock_class('key'), hashtext(p_key)) THEN
+        RETURN false;
+    END IF;
+    RETURN coalesce((SELECT bool_and(
                          pg_try_advisory_xact_lock_shared(pg_cached_lock_class('tag_bucket'),
                                                           hashtext(pg_cached_tag_bucket(t)))
                          AND pg_try_advisory_xact_lock_shared(pg_cached_lock_class('tag'), hashtext(t)))
-                     FROM unnest(p_tags) AS t WHERE t IS NOT NULL), true)
-$$;
+                     FROM unnest(p_tags) AS t WHERE t IS NOT NULL), true);
+END $$;
 
 -- Takes the locks on tags p_tags (NULLs skipped): shared for a write of entries carrying them, exclusive for
 -- their invalidation. The locks one statement takes are bounded: a write takes, shared, each tag's bucket
@@ -219,11 +227,15 @@ $$;
 -- p_payload signed for the events channel: `<mac>|<p_payload>`, the mac as described above. Reads the secret
 -- with the caller's rights (the trigger's are the owner's); a role that may not read it gets an error.
 CREATE OR REPLACE FUNCTION pg_cached_sign(p_payload text) RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT encode(substr(sha256(s.outer_pad || sha256(s.inner_pad || convert_to(p_payload, 'UTF8'))), 1, 16), 'hex')
-           || '|' || p_payload
-    FROM cache_events_secret AS s
-$$;
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    v_inner bytea;
+    v_outer bytea;
+BEGIN
+    SELECT s.inner_pad, s.outer_pad INTO v_inner, v_outer FROM cache_events_secret AS s;
+    RETURN encode(substr(sha256(v_outer || sha256(v_inner || convert_to(p_payload, 'UTF8'))), 1, 16), 'hex')
+           || '|' || p_payload;
+END $$;
 
 -- ## Writes
 --
@@ -776,5 +788,5 @@ BEGIN
                    current_schema());
 END $$;
 
-INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 3)
+INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 4)
 ON CONFLICT (singleton) DO UPDATE SET functions_version = EXCLUDED.functions_version, applied_at = now();
