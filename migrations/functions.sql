@@ -1,4 +1,4 @@
--- Every SQL function of pg_cached, defined once. Functions version 4.
+-- Every SQL function of pg_cached, defined once. Functions version 5.
 --
 -- How it is applied. The tables come from the numbered migrations beside this file; the functions from here
 -- only. PgCache::migrate (and `pg-cached migrate`) runs the migrations, then this file, in one transaction
@@ -39,6 +39,11 @@
 -- Version 4: pg_cached_sign and pg_cached_try_lock_write, called by every write, are PL/pgSQL (same
 -- signatures and results): as SQL functions that cannot be inlined they were planned again on every call.
 --
+-- Version 5: an application transaction under REPEATABLE READ or SERIALIZABLE queues its trigger's tag
+-- invalidations (cache_deferred_invalidations, migration 0012) instead of deleting under its snapshot;
+-- pg_cached_write_refused refuses a guarded write carrying a queued tag; pg_cached_drain_invalidations runs
+-- the queue. The cache's reads check the queue, so roles granted earlier get SELECT on it (end of file).
+--
 -- Privileges. PostgreSQL lets PUBLIC execute a new function; the end of this file takes that back from every
 -- function of the cache. The owner (the role that applies this file) keeps every right. pg_cached_grant gives
 -- an application role what it needs. Every function runs with its caller's rights except
@@ -55,8 +60,8 @@ BEGIN
         RAISE EXCEPTION 'apply functions.sql in the schema of cache_entries (the search_path the migrations ran with)'
             USING ERRCODE = 'invalid_schema_name';
     END IF;
-    IF (SELECT functions_version FROM cache_schema) > 4 THEN
-        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (4)',
+    IF (SELECT functions_version FROM cache_schema) > 5 THEN
+        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (5)',
             (SELECT functions_version FROM cache_schema)
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'keep them: they serve older processes too';
     END IF;
@@ -268,6 +273,10 @@ BEGIN
             WHERE inv.tag = ANY (p_tags)
               AND ((extract(epoch FROM inv.invalidated_at) * 1000000)::bigint >= p_started_us
                    OR (p_snapshot IS NOT NULL AND NOT pg_visible_in_snapshot(inv.xact, p_snapshot::pg_snapshot)))
+        ))
+        -- A tag whose invalidation is queued (see pg_cached_drain_invalidations): the drain would delete it.
+        OR (p_tags IS NOT NULL AND EXISTS (
+            SELECT 1 FROM cache_deferred_invalidations AS d WHERE d.tags && p_tags
         ));
 END $$;
 
@@ -614,6 +623,10 @@ END $$;
 -- invalidates them all at once (pg_cached_invalidate_tags: locks in one order and bounded in number, marks,
 -- deletes, notifications), and removes the notes. Runs as the cache's owner, like the trigger above, and
 -- evaluates nothing but the cache's own functions over the noted text.
+--
+-- Under REPEATABLE READ or SERIALIZABLE the deletion would run under the application's snapshot: an entry
+-- rewritten since would fail the application's COMMIT (40001), one written since would be invisible and
+-- survive. There the tags are queued instead (pg_cached_queue_invalidation), which conflicts with nothing.
 CREATE OR REPLACE FUNCTION pg_cached_flush_invalidations() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -623,8 +636,61 @@ BEGIN
     DELETE FROM cache_pending_flushes WHERE xact = v_xact;
     WITH noted AS (DELETE FROM cache_pending_invalidations WHERE xact = v_xact RETURNING tag)
     SELECT array_agg(DISTINCT tag) INTO v_tags FROM noted;
-    PERFORM pg_cached_invalidate_tags(v_tags);
+    IF current_setting('transaction_isolation') = 'read committed' THEN
+        PERFORM pg_cached_invalidate_tags(v_tags);
+    ELSE
+        PERFORM pg_cached_queue_invalidation(v_tags);
+    END IF;
     RETURN NULL;
+END $$;
+
+-- Queues the invalidation of p_tags (cache_deferred_invalidations, migration 0012), for a transaction whose
+-- snapshot must not decide which entries it deletes. From its COMMIT on, reads treat the entries carrying
+-- them as absent and guarded writes of them are refused; it notifies every process's tier (one `t` event per
+-- tag, as pg_cached_invalidate_tags does) and asks listeners to drain the queue (a `q` event with the row's
+-- id). Takes no lock: a write of such an entry that commits first, or after, is deleted by the drain, which
+-- waits for it.
+CREATE OR REPLACE FUNCTION pg_cached_queue_invalidation(p_tags text[]) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_tags text[];
+    v_id bigint;
+BEGIN
+    SELECT array_agg(DISTINCT t ORDER BY t) INTO v_tags FROM unnest(p_tags) AS t WHERE t IS NOT NULL;
+    IF v_tags IS NULL THEN
+        RETURN;
+    END IF;
+    INSERT INTO cache_deferred_invalidations (tags) VALUES (v_tags) RETURNING id INTO v_id;
+    PERFORM pg_notify('pg_cached_events', pg_cached_sign('0000000000000000|t|' || pg_cached_name_hash(t)))
+    FROM unnest(v_tags) AS t;
+    PERFORM pg_notify('pg_cached_events', pg_cached_sign('0000000000000000|q|' || lpad(to_hex(v_id), 16, '0')));
+END $$;
+
+-- Runs queued tag invalidations (pg_cached_queue_invalidation): up to p_limit rows, oldest first, skipping
+-- rows another drain holds; invalidates their tags as pg_cached_invalidate_tags does and deletes the rows, in
+-- this transaction, so the entries stay hidden until they are gone. Must run under READ COMMITTED (the
+-- point is a snapshot newer than the queuing transaction's). Returns the rows drained: p_limit means more
+-- may be waiting.
+CREATE OR REPLACE FUNCTION pg_cached_drain_invalidations(p_lock_timeout text DEFAULT NULL,
+                                                         p_limit integer DEFAULT 100)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_rows integer;
+    v_tags text[];
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION 'pg_cached_drain_invalidations must run under READ COMMITTED, not %',
+            current_setting('transaction_isolation') USING ERRCODE = 'invalid_transaction_state';
+    END IF;
+    WITH drained AS (
+        DELETE FROM cache_deferred_invalidations
+        WHERE id IN (SELECT d.id FROM cache_deferred_invalidations AS d ORDER BY d.id LIMIT p_limit
+                     FOR UPDATE SKIP LOCKED)
+        RETURNING tags
+    )
+    SELECT count(*), (SELECT array_agg(DISTINCT t) FROM drained AS r, unnest(r.tags) AS t)
+    INTO v_rows, v_tags FROM drained;
+    PERFORM pg_cached_invalidate_tags(v_tags, '0000000000000000', p_lock_timeout);
+    RETURN v_rows;
 END $$;
 
 DROP TRIGGER IF EXISTS pg_cached_flush ON cache_pending_flushes;
@@ -723,10 +789,11 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I',
                    (SELECT n.nspname FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n
                     ON n.oid = c.relnamespace WHERE c.oid = 'cache_entries'::regclass), p_role);
-    EXECUTE format('GRANT SELECT ON cache_entries, cache_semantic, cache_events_secret TO %I', p_role);
+    EXECUTE format('GRANT SELECT ON cache_entries, cache_semantic, cache_events_secret, '
+                   'cache_deferred_invalidations TO %I', p_role);
     IF p_writer THEN
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON cache_entries, cache_leases, cache_invalidations, '
-                       'cache_tag_invalidations, cache_semantic TO %I', p_role);
+                       'cache_tag_invalidations, cache_semantic, cache_deferred_invalidations TO %I', p_role);
         FOR v_function IN
             SELECT f FROM pg_cached_functions() AS f
             WHERE f NOT IN ('pg_cached_grant(text, boolean)'::regprocedure, 'pg_cached_revoke(text)'::regprocedure)
@@ -747,7 +814,7 @@ BEGIN
         RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = 'undefined_object';
     END IF;
     EXECUTE format('REVOKE ALL ON cache_entries, cache_leases, cache_invalidations, cache_tag_invalidations, '
-                   'cache_semantic, cache_events_secret FROM %I', p_role);
+                   'cache_semantic, cache_events_secret, cache_deferred_invalidations FROM %I', p_role);
     FOR v_function IN SELECT f FROM pg_cached_functions() AS f LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %I', v_function, p_role);
     END LOOP;
@@ -773,13 +840,14 @@ BEGIN
     LOOP
         PERFORM pg_cached_grant(v_writer, true);
     END LOOP;
-    -- Readers granted under version 1 may read the events channel's secret too (version 2 added it).
+    -- Readers granted under version 1 may read the events channel's secret too (version 2 added it), and those
+    -- of versions 1-4 the queue of deferred invalidations, which reads check (version 5).
     FOR v_writer IN
         SELECT DISTINCT r.rolname FROM pg_catalog.pg_class AS c, aclexplode(c.relacl) AS a
         JOIN pg_catalog.pg_roles AS r ON r.oid = a.grantee
         WHERE c.oid = 'cache_entries'::regclass AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
     LOOP
-        EXECUTE format('GRANT SELECT ON cache_events_secret TO %I', v_writer);
+        EXECUTE format('GRANT SELECT ON cache_events_secret, cache_deferred_invalidations TO %I', v_writer);
     END LOOP;
     -- The trigger's search_path names the cache's schema, which only this file's caller knows.
     EXECUTE format('ALTER FUNCTION pg_cached_invalidation_trigger() SET search_path = pg_catalog, %I, pg_temp',
@@ -788,5 +856,5 @@ BEGIN
                    current_schema());
 END $$;
 
-INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 4)
+INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 5)
 ON CONFLICT (singleton) DO UPDATE SET functions_version = EXCLUDED.functions_version, applied_at = now();

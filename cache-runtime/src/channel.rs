@@ -7,13 +7,14 @@
 //! - sender: a random id per `PgCache` (16 hex digits), so a process can ignore its own news;
 //! - kind and data: `k` (comma-separated key hashes), `n` (a namespace's hash), `t` (a tag's hash, sent by
 //!   `pg_cached_invalidate_tags` in SQL, also from triggers, with sender `0000000000000000`), `d` (a finished
-//!   key's hash), `p` (a listener's heartbeat to itself, a sequence number); every hash and number is 16
-//!   lowercase hex digits.
+//!   key's hash), `p` (a listener's heartbeat to itself, a sequence number), `q` (a tag invalidation was
+//!   queued, the queue row's id: sent by a trigger's transaction under REPEATABLE READ or SERIALIZABLE, see
+//!   migration 0012); every hash and number is 16 lowercase hex digits.
 //!
 //! **What a listener learns.** PostgreSQL has no privilege for LISTEN: any role that can connect hears the
-//! channel. So no payload carries a key, namespace or tag: keys travel as [their 64-bit
-//! hash](crate::key), namespaces and tags as [`name_hash`] (SHA-256). A role that can guess a tag's text can
-//! check its guess against a hash; it reads nothing it could not guess.
+//! channel. So no payload carries a key, namespace or tag: keys travel as their 64-bit hash (FNV-1a, the
+//! same in every process: `key_hash` in `key/mod.rs`), namespaces and tags as [`name_hash`] (SHA-256). A role
+//! that can guess a tag's text can check its guess against a hash; it reads nothing it could not guess.
 //!
 //! **Who may send.** Nor is there a privilege for NOTIFY. The mac is HMAC-SHA256 (RFC 2104) of the body under
 //! the database's secret (table `cache_events_secret`, which only the cache's owner and the roles it granted
@@ -59,6 +60,9 @@ pub enum Notice {
     Done(u64),
     /// A listener's heartbeat to itself (see `tier/events.rs`); others ignore it.
     Ping(u64),
+    /// A transaction under REPEATABLE READ or SERIALIZABLE queued the invalidation of tags it could not make
+    /// under its snapshot (the queue row's id); listeners run the queue (`pg_cached_drain_invalidations`).
+    Queued(u64),
 }
 
 /// A decoded payload: who sent it, and what it says.
@@ -173,6 +177,7 @@ fn decode_body(body: &str) -> Option<Message> {
         "t" => Notice::Tag(word(data)?),
         "d" => Notice::Done(word(data)?),
         "p" => Notice::Ping(word(data)?),
+        "q" => Notice::Queued(word(data)?),
         _ => return None,
     };
     Some(Message { sender, notice })

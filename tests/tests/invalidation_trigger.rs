@@ -106,30 +106,123 @@ async fn a_rolled_back_change_invalidates_nothing(pool: PgPool) -> TestResult {
     Ok(())
 }
 
-/// The application's transaction under REPEATABLE READ: its snapshot predates writes that commit before its
-/// own COMMIT, which must neither fail the application's COMMIT nor survive the invalidation.
-///
-/// KNOWN FAILURE, not fixed yet: the invalidation's DELETE runs under the application's snapshot, so the
-/// rewritten entry fails the application's COMMIT with 40001 ("could not serialize access due to concurrent
-/// update"), and an entry inserted after the snapshot would be invisible to it and survive. A fix needs the
-/// deletion out of that snapshot (e.g. lookups that treat an entry older than one of its tags' marks as
-/// gone); run with `--ignored` to reproduce.
-#[ignore = "issue 22: trigger invalidation under REPEATABLE READ is not fixed yet (see the doc comment)"]
+/// Opens `app`'s transaction at `level` and takes its snapshot (a first query).
+async fn begin_with_snapshot(app: &mut PgConnection, level: &str) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(&format!("BEGIN ISOLATION LEVEL {level}; SELECT count(*) FROM docs;")).execute(app).await.map(drop)
+}
+
+async fn queued(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM cache_deferred_invalidations").fetch_one(pool).await
+}
+
+async fn rows(pool: &PgPool, key: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT count(*) FROM cache_entries WHERE cache_key = $1").bind(key).fetch_one(pool).await
+}
+
+/// The application's transaction under REPEATABLE READ or SERIALIZABLE: its snapshot predates writes that
+/// commit before its own COMMIT, which must neither fail the application's COMMIT nor survive the
+/// invalidation. Before the queue (migration 0012), the rewritten entry failed the COMMIT with 40001 and the
+/// new one survived.
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
-async fn a_repeatable_read_change_invalidates_writes_its_snapshot_missed(pool: PgPool) -> TestResult {
+async fn a_snapshot_transactions_change_invalidates_writes_its_snapshot_missed(pool: PgPool) -> TestResult {
     sqlx::raw_sql("CREATE TABLE docs (id int PRIMARY KEY, body text); INSERT INTO docs VALUES (1, 'x');")
         .execute(&pool)
         .await?;
     let cache = cache_on(pool.clone()).await;
     cache.invalidate_on_change("docs", "id", "doc:").await?;
-    tagged(&cache, &[("e:updated", &["doc:1"])]).await?;
+    for level in ["REPEATABLE READ", "SERIALIZABLE"] {
+        tagged(&cache, &[("e:updated", &["doc:1"]), ("e:other", &["doc:2"])]).await?;
+        let mut app = connect(&pool).await?;
+        begin_with_snapshot(&mut app, level).await?;
+        // Committed after the application's snapshot, before its change: one entry rewritten, one new.
+        tagged(&cache, &[("e:updated", &["doc:1"]), ("e:new", &["doc:1"])]).await?;
+        sqlx::raw_sql("UPDATE docs SET body = body || '.' WHERE id = 1").execute(&mut app).await?;
+        sqlx::raw_sql("COMMIT").execute(&mut app).await.map_err(|e| format!("{level}: the COMMIT failed: {e}"))?;
+
+        // At once, before anything drains the queue: both are gone for every reader.
+        assert_eq!(queued(&pool).await?, 1, "{level}: the invalidation is queued");
+        assert!(!present(&cache, "e:updated").await?, "{level}: an entry rewritten after the snapshot survived");
+        assert!(!present(&cache, "e:new").await?, "{level}: an entry written after the snapshot survived");
+        let many = cache.get_many::<String>(&["e:updated", "e:new", "e:other"]).await?;
+        assert_eq!(many, vec![None, None, Some("v".to_owned())], "{level}: coalesced reads hide them too");
+        assert!(present(&cache, "e:other").await?, "{level}: an entry of another tag stays");
+
+        // The drain deletes them, and empties the queue; an entry written afterwards stays.
+        let report = cache.sweep().await?;
+        assert_eq!(report.invalidations_drained, 1, "{level}");
+        assert_eq!(queued(&pool).await?, 0, "{level}");
+        assert_eq!(rows(&pool, "e:updated").await? + rows(&pool, "e:new").await?, 0, "{level}: deleted");
+        assert_eq!(rows(&pool, "e:other").await?, 1, "{level}");
+        tagged(&cache, &[("e:after", &["doc:1"])]).await?;
+        assert!(present(&cache, "e:after").await?, "{level}: an entry written after the drain is served");
+        cache.delete("e:after").await?;
+    }
+    Ok(())
+}
+
+/// A memoized write whose computation began before such a COMMIT is refused while the invalidation is queued,
+/// as it is refused after an invalidation under READ COMMITTED; a rolled-back snapshot transaction queues
+/// nothing.
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn a_queued_invalidation_refuses_older_computations(pool: PgPool) -> TestResult {
+    sqlx::raw_sql("CREATE TABLE docs (id int PRIMARY KEY, body text); INSERT INTO docs VALUES (1, 'x');")
+        .execute(&pool)
+        .await?;
+    let cache = cache_on(pool.clone()).await;
+    cache.invalidate_on_change("docs", "id", "doc:").await?;
     let mut app = connect(&pool).await?;
-    sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM docs;").execute(&mut app).await?;
-    // Committed after the application's snapshot, before its change: one entry rewritten, one new.
-    tagged(&cache, &[("e:updated", &["doc:1"]), ("e:new", &["doc:1"])]).await?;
+    begin_with_snapshot(&mut app, "REPEATABLE READ").await?;
+    sqlx::raw_sql("UPDATE docs SET body = 'y' WHERE id = 1").execute(&mut app).await?;
+    sqlx::raw_sql("ROLLBACK").execute(&mut app).await?;
+    assert_eq!(queued(&pool).await?, 0, "a rolled-back transaction queues nothing");
+
+    // The guard SQL functions apply to memoized writes: started before the COMMIT, written after it.
+    let (started_us, snapshot): (i64, String) =
+        sqlx::query_as("SELECT (extract(epoch FROM now()) * 1000000)::bigint, pg_current_snapshot()::text")
+            .fetch_one(&pool)
+            .await?;
+    begin_with_snapshot(&mut app, "REPEATABLE READ").await?;
+    sqlx::raw_sql("UPDATE docs SET body = 'z' WHERE id = 1").execute(&mut app).await?;
+    sqlx::raw_sql("COMMIT").execute(&mut app).await?;
+    let write = "SELECT pg_cached_write_entry(p_key => 'm:1', p_data => '\"v\"', p_ttl_ms => 60000, p_keep_ms => 0,                  p_started_us => $1, p_namespace => 'm', p_notify => '0000000000000000|k|', p_lock_timeout => '1000',                  p_async_commit => false, p_tags => ARRAY['doc:1'], p_compute_us => 1, p_started_snapshot => $2)";
+    let written: bool = sqlx::query_scalar(write).bind(started_us).bind(&snapshot).fetch_one(&pool).await?;
+    assert!(!written, "a computation that began before the change is refused while its invalidation is queued");
+    assert_eq!(cache.sweep().await?.invalidations_drained, 1);
+    let written: bool = sqlx::query_scalar(write).bind(started_us).bind(&snapshot).fetch_one(&pool).await?;
+    assert!(!written, "and after the drain, by the drain's own mark");
+    Ok(())
+}
+
+/// A process that listens for events (here: one with an in-process tier) drains the queue by itself, so
+/// the keys come back without waiting for a sweep.
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn a_listening_process_drains_the_queue_by_itself(pool: PgPool) -> TestResult {
+    sqlx::raw_sql("CREATE TABLE docs (id int PRIMARY KEY, body text); INSERT INTO docs VALUES (1, 'x');")
+        .execute(&pool)
+        .await?;
+    let cache = PgCache::builder()
+        .pool(pool.clone())
+        .sweep_interval(None)
+        .local_tier(100, std::time::Duration::from_secs(60))
+        .build()
+        .await?;
+    cache.invalidate_on_change("docs", "id", "doc:").await?;
+    tagged(&cache, &[("e:1", &["doc:1"])]).await?;
+    // The first read starts the listener; wait until it is connected (its tier serves a hit).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while cache.process_stats().local_hits == 0 {
+        assert!(present(&cache, "e:1").await?);
+        assert!(std::time::Instant::now() < deadline, "the listener never connected");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let mut app = connect(&pool).await?;
+    begin_with_snapshot(&mut app, "REPEATABLE READ").await?;
     sqlx::raw_sql("UPDATE docs SET body = 'y' WHERE id = 1").execute(&mut app).await?;
     sqlx::raw_sql("COMMIT").execute(&mut app).await?;
-    assert!(!present(&cache, "e:updated").await?, "an entry rewritten after the snapshot survived");
-    assert!(!present(&cache, "e:new").await?, "an entry written after the snapshot survived");
+    while queued(&pool).await? > 0 || rows(&pool, "e:1").await? > 0 {
+        assert!(std::time::Instant::now() < deadline, "the listener did not drain the queue");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!present(&cache, "e:1").await?);
     Ok(())
 }

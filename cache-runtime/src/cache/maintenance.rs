@@ -22,6 +22,9 @@ pub struct SweepReport {
     /// Rows evicted to bring tenants back under their
     /// [quota](crate::PgCacheBuilder::tenant_quota), oldest first.
     pub tenant_evicted: u64,
+    /// Tag invalidations run that transactions under REPEATABLE READ or SERIALIZABLE had queued (see
+    /// [`PgCache::invalidate_on_change`]).
+    pub invalidations_drained: u64,
 }
 
 /// Escapes `%`, `_` and `\` for a `LIKE` pattern.
@@ -118,7 +121,8 @@ impl PgCache {
         Ok(evicted)
     }
 
-    /// One sweep: [`clear_expired`](Self::clear_expired), then
+    /// One sweep: the queued tag invalidations (see [`invalidate_on_change`](Self::invalidate_on_change)),
+    /// then [`clear_expired`](Self::clear_expired), then
     /// [`enforce_tenant_quotas`](Self::enforce_tenant_quotas), then
     /// [`enforce_max_entries`](Self::enforce_max_entries), then old bookkeeping rows (invalidation marks
     /// older than a day, leases long past their deadline).
@@ -126,11 +130,12 @@ impl PgCache {
     /// # Errors
     /// The first step that fails.
     pub async fn sweep(&self) -> Result<SweepReport> {
+        let invalidations_drained = sum(on_every_shard(self.shards(), Server::drain_invalidations).await)?;
         let expired = self.clear_expired().await?;
         let tenant_evicted = self.enforce_tenant_quotas().await?;
         let evicted = self.enforce_max_entries().await?;
         on_every_shard(self.shards(), Server::sweep_bookkeeping).await.into_iter().collect::<Result<()>>()?;
-        Ok(SweepReport { expired, evicted, tenant_evicted })
+        Ok(SweepReport { expired, evicted, tenant_evicted, invalidations_drained })
     }
 
     /// Starts the background sweeper, unless it is turned off or there is no tokio runtime.
@@ -240,8 +245,8 @@ async fn sweep_loop(inner: Weak<Inner>, interval: Duration) {
         let Some(inner) = inner.upgrade() else { return };
         let cache = PgCache { inner };
         match cache.sweep().await {
-            Ok(SweepReport { expired, evicted, tenant_evicted }) => {
-                tracing::debug!(expired, evicted, tenant_evicted, "cache sweep done");
+            Ok(SweepReport { expired, evicted, tenant_evicted, invalidations_drained }) => {
+                tracing::debug!(expired, evicted, tenant_evicted, invalidations_drained, "cache sweep done");
             }
             Err(error) => tracing::warn!(%error, "cache sweep failed; retrying at the next interval"),
         }

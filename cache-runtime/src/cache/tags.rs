@@ -87,6 +87,15 @@ impl PgCache {
     /// any order never deadlock on the cache. A memoized write of an entry carrying a noted tag is refused
     /// or deleted, as if the invalidation had run row by row.
     ///
+    /// **Under REPEATABLE READ or SERIALIZABLE** the `COMMIT` cannot delete entries: it would do so under the
+    /// transaction's snapshot, failing on an entry rewritten since (40001) and missing one written since. It
+    /// queues the invalidation instead (table `cache_deferred_invalidations`), which never fails the
+    /// `COMMIT`. From that `COMMIT` on, the cache's reads treat every entry carrying a queued tag as absent
+    /// and refuse memoized writes of such entries, so no caller gets a value the change made stale; the
+    /// queue is then run under READ COMMITTED by every process that listens for events (within the
+    /// notification delay) and by every [`sweep`](Self::sweep). Until it runs, calls whose entries carry the
+    /// tag are misses, and an entry written with the tag meanwhile (by `set` too) is deleted with the rest.
+    ///
     /// ```no_run
     /// # async fn demo(cache: cache_runtime::PgCache) -> Result<(), cache_runtime::CacheError> {
     /// cache.invalidate_on_change("documents", "id", "doc:").await?;

@@ -32,6 +32,8 @@ fn what_is_signed_opens_into_what_was_encoded() {
     assert_eq!(notice(&ping_payload(sender, 3)), Some(Notice::Ping(3)));
     assert_eq!(notice(&keys_payload(sender, [])), Some(Notice::Keys(vec![])));
     assert_eq!(notice("0000000000000000|t|aa818245c677a1df"), Some(Notice::Tag(name_hash("doc:7"))));
+    // What pg_cached_queue_invalidation sends (lpad(to_hex(id), 16, '0')).
+    assert_eq!(notice("0000000000000000|q|000000000000002a"), Some(Notice::Queued(42)));
     // Signed, but not something this version understands: a newer release's event.
     for newer in ["0000000000000000|z|0000000000000001", "0000000000000000|k|01,02", "0000000000000000|n|"] {
         assert_eq!(open(newer), Ok(None), "{newer:?}");

@@ -231,3 +231,30 @@ impl Server {
 fn no_answer<K: Kind>(queue: &Queue<K>) -> CacheError {
     CacheError::Internal(format!("a coalesced operation got no answer from {queue:?}"))
 }
+
+/// [`drain_invalidations`] on a connection of `pool`, within `timeout` (which bounds its lock waits too).
+pub(crate) async fn drain_invalidations_on(pool: &PgPool, timeout: Duration) -> Result<u64> {
+    let lock_timeout = timeout.as_millis().max(1).to_string();
+    exec::run(pool, "drain_invalidations", timeout, move |conn| {
+        Box::pin(drain_invalidations(conn, lock_timeout.clone()))
+    })
+    .await
+}
+
+/// Drains the queue of tag invalidations that transactions under REPEATABLE READ or SERIALIZABLE left
+/// (migration 0012) on `conn`, batch after batch until one comes back short; returns the rows drained. The
+/// connection must not be inside a transaction of a snapshot isolation level (the function refuses).
+pub(crate) async fn drain_invalidations(conn: &mut PgConnection, lock_timeout_ms: String) -> sqlx::Result<u64> {
+    let mut drained = 0;
+    loop {
+        let rows: i64 = sqlx::query_scalar(sql::DRAIN_INVALIDATIONS)
+            .bind(&lock_timeout_ms)
+            .bind(sql::DRAIN_BATCH)
+            .fetch_one(&mut *conn)
+            .await?;
+        drained += rows.unsigned_abs();
+        if rows < i64::from(sql::DRAIN_BATCH) {
+            return Ok(drained);
+        }
+    }
+}

@@ -34,6 +34,16 @@ macro_rules! notify {
     };
 }
 
+/// The join condition that hides entry `e` while an invalidation of one of its tags is queued (an
+/// application transaction under REPEATABLE READ or SERIALIZABLE changed a row under `invalidate_on_change`:
+/// see migration 0012 and `pg_cached_drain_invalidations`). The queue is empty but for the moment between
+/// such a commit and its drain, so this costs an empty scan per tagged row, nothing for an untagged one.
+macro_rules! not_queued_for_invalidation {
+    () => {
+        "(e.tags IS NULL OR NOT EXISTS (SELECT 1 FROM cache_deferred_invalidations AS d WHERE d.tags && e.tags))"
+    };
+}
+
 /// A memoized call's lookup of $1: a live entry or one expired less than $2 ms ago, its tags, compute time and
 /// usage, and the database's clock and snapshot (see `pg_cached_write_refused` in `migrations/functions.sql`: a
 /// write is refused for a tag invalidated by a transaction this snapshot did not see). Always one row, so that
@@ -45,7 +55,8 @@ pub(crate) const LOOKUP: &str = concat!(
      (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us, \
      e.input_tokens, e.output_tokens, e.cost_micros, pg_current_snapshot()::text AS snapshot \
      FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
-     AND (e.expires_at IS NULL OR e.expires_at > now() - $2::bigint * interval '1 millisecond')"
+     AND (e.expires_at IS NULL OR e.expires_at > now() - $2::bigint * interval '1 millisecond') AND ",
+    not_queued_for_invalidation!()
 );
 
 /// Coalesced reads: for each key $1[i], with stale window $2[i] ms, what [`LOOKUP`] returns, as rows
@@ -66,7 +77,9 @@ pub(crate) const READ_MANY: &str = concat!(
       e.input_tokens, e.output_tokens, e.cost_micros \
       FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS k(key, stale_ms, cap, i) \
       LEFT JOIN cache_entries AS e ON e.cache_key = k.key \
-      AND (e.expires_at IS NULL OR e.expires_at > now() - k.stale_ms * interval '1 millisecond') OFFSET 0) AS s"
+      AND (e.expires_at IS NULL OR e.expires_at > now() - k.stale_ms * interval '1 millisecond') AND ",
+    not_queued_for_invalidation!(),
+    " OFFSET 0) AS s"
 );
 
 /// Coalesced writes: [`WRITE`] for each key of $1 (distinct), with arrays for the per-key arguments (tags as
@@ -101,6 +114,14 @@ pub(crate) const WRITE: &str = "SELECT pg_cached_write_entry(p_key => $1, p_data
 /// (sender $2); $3 is the lock timeout in ms. Returns the entries deleted.
 pub(crate) const INVALIDATE_TAGS: &str =
     "SELECT pg_cached_invalidate_tags(p_tags => $1::text[], p_sender => $2, p_lock_timeout => $3)";
+
+/// Runs up to $2 queued tag invalidations (see migration 0012), with lock timeout $1 ms; returns the queue rows
+/// drained ($2 means more may wait).
+pub(crate) const DRAIN_INVALIDATIONS: &str =
+    "SELECT pg_cached_drain_invalidations(p_lock_timeout => $1, p_limit => $2)::bigint";
+
+/// Queue rows drained per statement.
+pub(crate) const DRAIN_BATCH: i32 = 100;
 
 /// Installs the trigger that invalidates tag `$3 || <column $2>` on changes to table $1 (a regclass).
 pub(crate) const INVALIDATE_ON_CHANGE: &str =
@@ -276,9 +297,10 @@ mod tests {
     #[test]
     fn notifications_use_the_events_channel() {
         assert!(NOTIFY.contains(&format!("'{}'", crate::channel::CHANNEL)));
-        // Two writes, two deletes, the namespace mark and the tag invalidation.
+        // Two writes, two deletes, the namespace mark, the tag invalidation, and the queued invalidation's two
+        // (its tags, and the request to drain).
         let functions = super::super::schema::FUNCTIONS_SQL;
-        assert_eq!(functions.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 6);
-        assert_eq!(functions.matches("pg_notify(").count(), 6);
+        assert_eq!(functions.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 8);
+        assert_eq!(functions.matches("pg_notify(").count(), 8);
     }
 }

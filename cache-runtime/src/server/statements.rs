@@ -94,6 +94,11 @@ impl Server {
         Ok(total)
     }
 
+    /// Runs the queued tag invalidations (migration 0012) until the queue is empty; returns the rows drained.
+    pub(crate) async fn drain_invalidations(&self) -> Result<u64> {
+        super::drain_invalidations_on(&self.pool, self.maintenance_timeout).await
+    }
+
     /// Deletes old invalidation marks and long-dead leases.
     pub(crate) async fn sweep_bookkeeping(&self) -> Result<()> {
         self.maintenance("sweep", |conn| {

@@ -1,9 +1,11 @@
 //! Cross-process events over PostgreSQL's LISTEN/NOTIFY, on the channel `pg_cached_events` (format:
 //! `channel.rs`).
 //!
-//! Two kinds of news travel here: invalidations (keys, a namespace or a tag changed, so every process drops
-//! them from its in-process tier and detaches its computations of them in flight) and lease releases (a
-//! cluster-wide computation finished, so waiting processes read the value now instead of at their next poll).
+//! Three kinds of news travel here: invalidations (keys, a namespace or a tag changed, so every process drops
+//! them from its in-process tier and detaches its computations of them in flight), lease releases (a
+//! cluster-wide computation finished, so waiting processes read the value now instead of at their next poll)
+//! and queued invalidations (a trigger's transaction under REPEATABLE READ or SERIALIZABLE left its tags to
+//! be invalidated under READ COMMITTED: the listener runs the queue, see [`request_drain`]).
 //!
 //! **Only a live listener counts.** Notifications are lost while a listener is not connected, so the tier
 //! serves nothing until every shard's listener has connected, and is cleared whenever one (re)connects. A
@@ -48,6 +50,9 @@ const BACKLOG: usize = 1024;
 /// Tags or namespaces in one batch beyond which the tier is cleared instead of scanned.
 const SCAN_AT_MOST: usize = 64;
 
+/// How long a listener's drain of queued invalidations may take, and wait for a lock.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What one `PgCache` shares with its listener tasks.
 #[derive(Debug)]
 pub(crate) struct Events {
@@ -68,6 +73,10 @@ pub(crate) struct Events {
     heartbeat: Duration,
     /// The listener task of each shard, if one was started.
     listeners: Mutex<Vec<Option<Listener>>>,
+    /// Queued tag invalidations heard of (`Notice::Queued`), and whether a drain task is running: see
+    /// [`request_drain`].
+    drain_requests: AtomicU64,
+    draining: AtomicBool,
 }
 
 /// A running listener task.
@@ -118,6 +127,8 @@ impl Events {
             shards,
             heartbeat,
             listeners: Mutex::new((0..shards).map(|_| None).collect()),
+            drain_requests: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -330,8 +341,12 @@ async fn session(
                     return Ended::Lost;
                 }
                 let Some(events) = running.events.upgrade() else { return Ended::CacheGone };
-                if apply(&events, &running.targets, batch.drain(..), &mut awaited) {
+                let applied = apply(&events, &running.targets, batch.drain(..), &mut awaited);
+                if applied.answered {
                     tracing::trace!("cache event listener heartbeat answered");
+                }
+                if applied.queued {
+                    request_drain(&events, cache_pool);
                 }
             }
             _ = ticker.tick() => {
@@ -350,19 +365,28 @@ async fn session(
     }
 }
 
-/// Applies a batch of verified messages; returns whether it held the ping `awaited` waits for (then cleared).
+/// What a batch of messages asked of the listener beyond invalidating.
+struct Applied {
+    /// It held the ping the listener awaited (then cleared).
+    answered: bool,
+    /// A tag invalidation was queued: drain the queue.
+    queued: bool,
+}
+
+/// Applies a batch of verified messages.
 fn apply(
     events: &Events,
     targets: &Targets,
     messages: impl Iterator<Item = Message>,
     awaited: &mut Option<u64>,
-) -> bool {
-    let (mut keys, mut namespaces, mut tags, mut answered) = (HashSet::new(), HashSet::new(), HashSet::new(), false);
+) -> Applied {
+    let (mut keys, mut namespaces, mut tags) = (HashSet::new(), HashSet::new(), HashSet::new());
+    let mut applied = Applied { answered: false, queued: false };
     for Message { sender, notice } in messages {
         match notice {
             Notice::Ping(sequence) if sender == events.sender && Some(sequence) == *awaited => {
                 *awaited = None;
-                answered = true;
+                applied.answered = true;
             }
             _ if sender == events.sender => {}
             Notice::Keys(hashes) => keys.extend(hashes),
@@ -373,11 +397,43 @@ fn apply(
                 tags.insert(tag);
             }
             Notice::Done(hash) => events.wake(hash),
+            Notice::Queued(_) => applied.queued = true,
             Notice::Ping(_) => {}
         }
     }
     invalidate(targets, &keys, &namespaces, &tags);
-    answered
+    applied
+}
+
+/// Runs the queue of deferred tag invalidations on `pool` (see migration 0012): until then their entries
+/// are hidden from reads and refused to writes, so this only gives their keys back to the cache sooner than
+/// the next sweep would. One drain task per cache at a time; a request that arrives while it runs makes it
+/// run once more. Every listening process drains: they share the work (the SQL skips rows another holds).
+fn request_drain(events: &Arc<Events>, pool: &PgPool) {
+    events.drain_requests.fetch_add(1, Ordering::AcqRel);
+    if events.draining.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let (events, pool) = (Arc::downgrade(events), pool.clone());
+    tokio::spawn(async move {
+        loop {
+            let Some(seen) = events.upgrade().map(|e| e.drain_requests.load(Ordering::Acquire)) else { return };
+            match crate::server::drain_invalidations_on(&pool, DRAIN_TIMEOUT).await {
+                Ok(drained) => tracing::debug!(drained, "queued tag invalidations drained"),
+                Err(error) => tracing::warn!(%error, "queued tag invalidations not drained; the next sweep retries"),
+            }
+            let Some(events) = events.upgrade() else { return };
+            if events.drain_requests.load(Ordering::Acquire) != seen {
+                continue;
+            }
+            events.draining.store(false, Ordering::Release);
+            // A request that came between the check and the store found the flag still up: take it back
+            // and run again, unless that request's sender started a drain itself.
+            if events.drain_requests.load(Ordering::Acquire) == seen || events.draining.swap(true, Ordering::AcqRel) {
+                return;
+            }
+        }
+    });
 }
 
 /// Drops what other processes invalidated from the tier, and detaches this process's computations of it.

@@ -35,6 +35,9 @@ pub enum Event {
     TagInvalidated(String),
     /// A cluster-wide single-flight lease was released (its value is stored, or its computation gave up).
     LeaseReleased,
+    /// A transaction under REPEATABLE READ or SERIALIZABLE queued a tag invalidation (its tags are announced
+    /// as [`Event::TagInvalidated`] too); a listening cache or the next sweep runs it.
+    InvalidationQueued,
     /// Signed by the cache, but of a kind this version does not know (a newer library's event).
     Unrecognized,
     /// Not sent by the cache: malformed, not UTF-8, or not signed with the server's events secret.
@@ -48,6 +51,7 @@ pub fn decode(secret: &Secret, payload: &str) -> Event {
         Ok(Some(Notice::Namespace(hash))) => Event::NamespacePurged(format!("{hash:016x}")),
         Ok(Some(Notice::Tag(hash))) => Event::TagInvalidated(format!("{hash:016x}")),
         Ok(Some(Notice::Done(_))) => Event::LeaseReleased,
+        Ok(Some(Notice::Queued(_))) => Event::InvalidationQueued,
         Ok(_) => Event::Unrecognized,
         Err(_) => Event::Forged,
     }
@@ -70,6 +74,8 @@ pub struct EventCounts {
     pub more_tags_invalidated: u64,
     /// Cluster-wide single-flight leases released.
     pub leases_released: u64,
+    /// Tag invalidations queued by transactions under REPEATABLE READ or SERIALIZABLE.
+    pub invalidations_queued: u64,
     /// Payloads signed by the cache but not understood.
     pub unrecognized: u64,
     /// Payloads the cache did not send (any role may NOTIFY): dropped, as the cache's listeners drop them.
@@ -96,6 +102,7 @@ impl EventCounts {
                 }
             }
             Event::LeaseReleased => self.leases_released += 1,
+            Event::InvalidationQueued => self.invalidations_queued += 1,
             Event::Unrecognized => self.unrecognized += 1,
             Event::Forged => self.forged += 1,
         }
@@ -121,6 +128,9 @@ impl EventCounts {
             0 => {}
             1 => phrases.push("lease released".to_owned()),
             n => phrases.push(format!("leases released: {n}")),
+        }
+        if self.invalidations_queued > 0 {
+            phrases.push(format!("tag invalidations queued: {}", self.invalidations_queued));
         }
         if self.unrecognized > 0 {
             phrases.push(format!("unrecognized events: {}", self.unrecognized));
