@@ -340,7 +340,12 @@ DECLARE
 BEGIN
     PERFORM pg_cached_begin(p_lock_timeout, p_async_commit);
     IF p_try_locks THEN
-        SELECT array_agg(pg_cached_try_lock_write(w.ns, w.k, string_to_array(w.tags, E'\x1f')) ORDER BY w.i)
+        -- An untagged key's two locks inline, without a PL/pgSQL call per key (see docs/BENCHMARKS.md).
+        SELECT array_agg(CASE WHEN w.tags IS NULL
+                              THEN pg_try_advisory_xact_lock_shared(pg_cached_lock_class('namespace'), hashtext(w.ns))
+                                   AND pg_try_advisory_xact_lock(pg_cached_lock_class('key'), hashtext(w.k))
+                              ELSE pg_cached_try_lock_write(w.ns, w.k, string_to_array(w.tags, E'\x1f')) END
+                         ORDER BY w.i)
         INTO v_locked
         FROM unnest(p_keys, p_namespaces, p_tags) WITH ORDINALITY AS w(k, ns, tags, i);
     ELSE
@@ -356,6 +361,7 @@ BEGIN
     -- does, and pg_cached_write_refused, STABLE, reads with its caller's).
     SELECT array_agg(
         CASE WHEN p_try_locks AND NOT v_locked[w.i] THEN NULL
+             WHEN w.started_us IS NULL THEN true -- unguarded (a plain set): no call
              ELSE NOT pg_cached_write_refused(w.k, w.ns, string_to_array(w.tags, E'\x1f'), w.started_us, w.snap)
         END ORDER BY w.i)
     INTO v_written
