@@ -1,5 +1,5 @@
-//! `get_load`: N tasks calling `PgCache::get` on the bench data set for a few seconds, with how the calls were
-//! coalesced. A small, steady load to profile (`perf record`, `strace -c -f`) and to compare two builds of
+//! `get_load`: N tasks calling `PgCache::get` (or `set`, with `--op set`) on the bench data set for a few
+//! seconds, with how the calls were coalesced. A small, steady load to profile (`perf record`, `strace -c -f`) and to compare two builds of
 //! the runtime by alternating their binaries; the suite (`scripts/bench`) is the report.
 //!
 //! Needs the data set `scripts/bench` loads (database `pg_cached_bench`, schema `bench_logged`):
@@ -41,6 +41,9 @@ struct Cli {
     /// Entries of ~1 KB in the data set (keys are drawn from them).
     #[arg(long, default_value_t = 100_000)]
     rows: u64,
+    /// What each task calls: `get`, or `set` (the value it read first, written back under its key).
+    #[arg(long, default_value = "get")]
+    op: String,
 }
 
 #[tokio::main]
@@ -75,13 +78,19 @@ async fn run(cli: &Cli, clients: usize) -> Result<String, String> {
     for client in 0..clients {
         let (cache, gets, misses, errors) = (cache.clone(), gets.clone(), misses.clone(), errors.clone());
         let rows = cli.rows;
+        let set = cli.op == "set";
         tasks.push(tokio::spawn(async move {
             let mut rng = Rng::new(0x10AD_0000 + client as u64 * 7919);
+            let value = cache.get::<Retrieval>(&Size::K1.key(1 + rng.below(rows))).await.ok().flatten();
             while Instant::now() < end {
                 let key = Size::K1.key(1 + rng.below(rows));
-                match cache.get::<Retrieval>(&key).await {
-                    Ok(Some(_)) => gets.fetch_add(1, Ordering::Relaxed),
-                    Ok(None) => misses.fetch_add(1, Ordering::Relaxed),
+                let outcome = match (&value, set) {
+                    (Some(value), true) => cache.set(&key, value, Duration::from_secs(3600)).await.map(|()| true),
+                    _ => cache.get::<Retrieval>(&key).await.map(|v| v.is_some()),
+                };
+                match outcome {
+                    Ok(true) => gets.fetch_add(1, Ordering::Relaxed),
+                    Ok(false) => misses.fetch_add(1, Ordering::Relaxed),
                     Err(_) => errors.fetch_add(1, Ordering::Relaxed),
                 };
             }
@@ -90,12 +99,14 @@ async fn run(cli: &Cli, clients: usize) -> Result<String, String> {
     for task in tasks {
         task.await.map_err(|e| e.to_string())?;
     }
-    let [(statements, operations), _, _] = shared_statements(&cache);
+    let [reads, writes, _] = shared_statements(&cache);
+    let (statements, operations) = if cli.op == "set" { writes } else { reads };
     let hits = gets.load(Ordering::Relaxed);
     let all = hits + misses.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed);
+    let op = &cli.op;
     Ok(format!(
-        "{clients} clients: {} gets/s ({hits} hits, {} misses, {} errors); {statements} shared statements carrying \
-         {operations} gets ({:.1} each), {} gets on their own",
+        "{clients} clients: {} {op}s/s ({hits} done, {} misses, {} errors); {statements} shared statements carrying \
+         {operations} ({:.1} each), {} on their own",
         all / cli.seconds.max(1),
         misses.load(Ordering::Relaxed),
         errors.load(Ordering::Relaxed),
