@@ -1,0 +1,2 @@
+\set k random(1, 100000)
+SELECT pg_cached_write_entry(p_key => 'one:' || :k, p_data => jsonb_build_object('v', repeat('x', 1000)), p_ttl_ms => 3600000, p_keep_ms => 0, p_started_us => NULL, p_namespace => 'one', p_notify => '0000000000000001|k|0000000000000001', p_lock_timeout => '250', p_async_commit => true, p_tags => NULL, p_compute_us => NULL, p_started_snapshot => NULL, p_try_locks => false);
