@@ -92,10 +92,16 @@ pub async fn listening(cache: &PgCache) {
         .expect("the event listener connects within 10 s");
 }
 
+/// The operation timeout of the tests' caches that are not about timeouts.
+pub const GENEROUS_OP_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A cache over a test's own database, with the background sweeper off so tests control sweeps.
 pub async fn cache_on(pool: PgPool) -> PgCache {
     PgCache::builder()
         .pool(pool)
+        // Generous: these tests check what the cache does, not how fast, and must pass on a loaded machine
+        // (the default 250 ms timed a first connection out under CI load). Tests of timeouts set their own.
+        .op_timeout(GENEROUS_OP_TIMEOUT)
         .sweep_interval(None)
         .build()
         .await

@@ -294,6 +294,7 @@ async fn a_granted_role_can_do_everything_the_cache_does(pool: PgPool) -> TestRe
     let role = TestRole::create(&pool, "app").await?;
     let cache = PgCache::builder()
         .connect_options(role.options())
+        .op_timeout(integration_tests::GENEROUS_OP_TIMEOUT)
         .sweep_interval(None)
         .local_tier(1_000, Duration::from_secs(60))
         .build()
@@ -351,7 +352,12 @@ async fn a_reader_reads_and_writes_nothing(pool: PgPool) -> TestResult {
     let role = TestRole::create(&pool, "reader").await?;
     owner.grant(&role.name).await?;
     owner.grant_reader(&role.name).await?; // a writer made a reader
-    let cache = PgCache::builder().connect_options(role.options()).sweep_interval(None).build().await?;
+    let cache = PgCache::builder()
+        .connect_options(role.options())
+        .op_timeout(integration_tests::GENEROUS_OP_TIMEOUT)
+        .sweep_interval(None)
+        .build()
+        .await?;
     assert_eq!(cache.get::<i32>("plain:1").await?, Some(1));
     assert_eq!(cache.keys(Some("plain:"), 10).await?, ["plain:1"]);
     assert_eq!(sqlstate(cache.set("plain:2", &2, TTL).await), "42501");
@@ -398,7 +404,12 @@ async fn writers_keep_their_rights_over_a_new_functions_version(pool: PgPool) ->
     .execute(&pool)
     .await?;
     owner.migrate().await?;
-    let cache = PgCache::builder().connect_options(writer.options()).sweep_interval(None).build().await?;
+    let cache = PgCache::builder()
+        .connect_options(writer.options())
+        .op_timeout(integration_tests::GENEROUS_OP_TIMEOUT)
+        .sweep_interval(None)
+        .build()
+        .await?;
     cache.set("plain:1", &1, TTL).await?;
     assert_eq!(cache.get::<i32>("plain:1").await?, Some(1));
     drop(cache);
