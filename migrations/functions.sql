@@ -491,6 +491,16 @@ BEGIN
     PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
 END $$;
 
+-- Tells every process's in-process tier that the entries carrying p_tags were invalidated: one signed
+-- notification per tag, `<p_sender>|t|<hash of the tag>` (sender 0000000000000000 when NULL).
+CREATE OR REPLACE FUNCTION pg_cached_notify_tags(p_tags text[], p_sender text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pg_cached_events',
+                      pg_cached_sign(coalesce(p_sender, '0000000000000000') || '|t|' || pg_cached_name_hash(t)))
+    FROM unnest(p_tags) AS t;
+END $$;
+
 -- Deletes every entry carrying any of p_tags, records the tags' invalidation, and tells every process's
 -- in-process tier, one signed notification per tag (`<sender>|t|<hash of the tag>`). Returns the number of
 -- entries deleted.
@@ -518,9 +528,7 @@ BEGIN
     ON CONFLICT (tag) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at, xact = EXCLUDED.xact;
     DELETE FROM cache_entries WHERE tags && v_tags;
     GET DIAGNOSTICS v_deleted = ROW_COUNT;
-    PERFORM pg_notify('pg_cached_events',
-                      pg_cached_sign(coalesce(p_sender, '0000000000000000') || '|t|' || pg_cached_name_hash(t)))
-    FROM unnest(v_tags) AS t;
+    PERFORM pg_cached_notify_tags(v_tags, p_sender);
     RETURN v_deleted;
 END $$;
 
@@ -652,8 +660,8 @@ END $$;
 
 -- Queues the invalidation of p_tags (cache_deferred_invalidations, migration 0012), for a transaction whose
 -- snapshot must not decide which entries it deletes. From its COMMIT on, reads treat the entries carrying
--- them as absent and guarded writes of them are refused; it notifies every process's tier (one `t` event per
--- tag, as pg_cached_invalidate_tags does) and asks listeners to drain the queue (a `q` event with the row's
+-- them as absent and guarded writes of them are refused; it notifies every process's tier
+-- (pg_cached_notify_tags, as pg_cached_invalidate_tags does) and asks listeners to drain the queue (a `q` event with the row's
 -- id). Takes no lock: a write of such an entry that commits first, or after, is deleted by the drain, which
 -- waits for it.
 CREATE OR REPLACE FUNCTION pg_cached_queue_invalidation(p_tags text[]) RETURNS void LANGUAGE plpgsql AS $$
@@ -666,8 +674,7 @@ BEGIN
         RETURN;
     END IF;
     INSERT INTO cache_deferred_invalidations (tags) VALUES (v_tags) RETURNING id INTO v_id;
-    PERFORM pg_notify('pg_cached_events', pg_cached_sign('0000000000000000|t|' || pg_cached_name_hash(t)))
-    FROM unnest(v_tags) AS t;
+    PERFORM pg_cached_notify_tags(v_tags, NULL);
     PERFORM pg_notify('pg_cached_events', pg_cached_sign('0000000000000000|q|' || lpad(to_hex(v_id), 16, '0')));
 END $$;
 

@@ -297,10 +297,10 @@ mod tests {
     #[test]
     fn notifications_use_the_events_channel() {
         assert!(NOTIFY.contains(&format!("'{}'", crate::channel::CHANNEL)));
-        // Two writes, two deletes, the namespace mark, the tag invalidation, and the queued invalidation's two
-        // (its tags, and the request to drain).
+        // Two writes, two deletes, the namespace mark, the tags' invalidation (pg_cached_notify_tags) and the
+        // queued invalidation's request to drain.
         let functions = super::super::schema::FUNCTIONS_SQL;
-        assert_eq!(functions.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 8);
-        assert_eq!(functions.matches("pg_notify(").count(), 8);
+        assert_eq!(functions.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 7);
+        assert_eq!(functions.matches("pg_notify(").count(), 7);
     }
 }
