@@ -3,9 +3,10 @@
 //! under REPEATABLE READ. Each test gets a fresh database.
 
 use cache_runtime::{CacheError, PgCache};
-use integration_tests::cache_on;
+use integration_tests::{cache_on, listening, within, GENEROUS_OP_TIMEOUT};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Barrier;
 
 type TestResult = Result<(), Box<dyn std::error::Error + Send + Sync>>;
@@ -85,11 +86,8 @@ async fn opposite_order_updates_of_matching_values_never_deadlock(pool: PgPool) 
 
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_rolled_back_change_invalidates_nothing(pool: PgPool) -> TestResult {
-    sqlx::raw_sql("CREATE TABLE docs (id int PRIMARY KEY, body text); INSERT INTO docs VALUES (1, 'x');")
-        .execute(&pool)
-        .await?;
     let cache = cache_on(pool.clone()).await;
-    cache.invalidate_on_change("docs", "id", "doc:").await?;
+    one_doc_under_trigger(&pool, &cache).await?;
     tagged(&cache, &[("e:1", &["doc:1"])]).await?;
     let mut conn = connect(&pool).await?;
     sqlx::raw_sql("BEGIN; UPDATE docs SET body = 'y' WHERE id = 1; ROLLBACK;").execute(&mut conn).await?;
@@ -119,17 +117,23 @@ async fn rows(pool: &PgPool, key: &str) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM cache_entries WHERE cache_key = $1").bind(key).fetch_one(pool).await
 }
 
+/// Table `docs` with row 1, whose changes invalidate tag `doc:<id>`.
+async fn one_doc_under_trigger(pool: &PgPool, cache: &PgCache) -> TestResult {
+    sqlx::raw_sql("CREATE TABLE docs (id int PRIMARY KEY, body text); INSERT INTO docs VALUES (1, 'x');")
+        .execute(pool)
+        .await?;
+    cache.invalidate_on_change("docs", "id", "doc:").await?;
+    Ok(())
+}
+
 /// The application's transaction under REPEATABLE READ or SERIALIZABLE: its snapshot predates writes that
 /// commit before its own COMMIT, which must neither fail the application's COMMIT nor survive the
 /// invalidation. Before the queue (migration 0012), the rewritten entry failed the COMMIT with 40001 and the
 /// new one survived.
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_snapshot_transactions_change_invalidates_writes_its_snapshot_missed(pool: PgPool) -> TestResult {
-    sqlx::raw_sql("CREATE TABLE docs (id int PRIMARY KEY, body text); INSERT INTO docs VALUES (1, 'x');")
-        .execute(&pool)
-        .await?;
     let cache = cache_on(pool.clone()).await;
-    cache.invalidate_on_change("docs", "id", "doc:").await?;
+    one_doc_under_trigger(&pool, &cache).await?;
     for level in ["REPEATABLE READ", "SERIALIZABLE"] {
         tagged(&cache, &[("e:updated", &["doc:1"]), ("e:other", &["doc:2"])]).await?;
         let mut app = connect(&pool).await?;
@@ -165,11 +169,8 @@ async fn a_snapshot_transactions_change_invalidates_writes_its_snapshot_missed(p
 /// nothing.
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_queued_invalidation_refuses_older_computations(pool: PgPool) -> TestResult {
-    sqlx::raw_sql("CREATE TABLE docs (id int PRIMARY KEY, body text); INSERT INTO docs VALUES (1, 'x');")
-        .execute(&pool)
-        .await?;
     let cache = cache_on(pool.clone()).await;
-    cache.invalidate_on_change("docs", "id", "doc:").await?;
+    one_doc_under_trigger(&pool, &cache).await?;
     let mut app = connect(&pool).await?;
     begin_with_snapshot(&mut app, "REPEATABLE READ").await?;
     sqlx::raw_sql("UPDATE docs SET body = 'y' WHERE id = 1").execute(&mut app).await?;
@@ -184,7 +185,9 @@ async fn a_queued_invalidation_refuses_older_computations(pool: PgPool) -> TestR
     begin_with_snapshot(&mut app, "REPEATABLE READ").await?;
     sqlx::raw_sql("UPDATE docs SET body = 'z' WHERE id = 1").execute(&mut app).await?;
     sqlx::raw_sql("COMMIT").execute(&mut app).await?;
-    let write = "SELECT pg_cached_write_entry(p_key => 'm:1', p_data => '\"v\"', p_ttl_ms => 60000, p_keep_ms => 0,                  p_started_us => $1, p_namespace => 'm', p_notify => '0000000000000000|k|', p_lock_timeout => '1000',                  p_async_commit => false, p_tags => ARRAY['doc:1'], p_compute_us => 1, p_started_snapshot => $2)";
+    let write = "SELECT pg_cached_write_entry(p_key => 'm:1', p_data => '\"v\"', p_ttl_ms => 60000, p_keep_ms => 0, \
+                 p_started_us => $1, p_namespace => 'm', p_notify => '0000000000000000|k|', p_lock_timeout => '1000', \
+                 p_async_commit => false, p_tags => ARRAY['doc:1'], p_compute_us => 1, p_started_snapshot => $2)";
     let written: bool = sqlx::query_scalar(write).bind(started_us).bind(&snapshot).fetch_one(&pool).await?;
     assert!(!written, "a computation that began before the change is refused while its invalidation is queued");
     assert_eq!(cache.sweep().await?.invalidations_drained, 1);
@@ -197,32 +200,26 @@ async fn a_queued_invalidation_refuses_older_computations(pool: PgPool) -> TestR
 /// the keys come back without waiting for a sweep.
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_listening_process_drains_the_queue_by_itself(pool: PgPool) -> TestResult {
-    sqlx::raw_sql("CREATE TABLE docs (id int PRIMARY KEY, body text); INSERT INTO docs VALUES (1, 'x');")
-        .execute(&pool)
-        .await?;
     let cache = PgCache::builder()
         .pool(pool.clone())
+        .op_timeout(GENEROUS_OP_TIMEOUT)
         .sweep_interval(None)
-        .local_tier(100, std::time::Duration::from_secs(60))
+        .local_tier(100, Duration::from_secs(60))
         .build()
         .await?;
-    cache.invalidate_on_change("docs", "id", "doc:").await?;
+    one_doc_under_trigger(&pool, &cache).await?;
     tagged(&cache, &[("e:1", &["doc:1"])]).await?;
-    // The first read starts the listener; wait until it is connected (its tier serves a hit).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while cache.process_stats().local_hits == 0 {
-        assert!(present(&cache, "e:1").await?);
-        assert!(std::time::Instant::now() < deadline, "the listener never connected");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    assert!(present(&cache, "e:1").await?); // the first read starts the listener
+    listening(&cache).await;
     let mut app = connect(&pool).await?;
     begin_with_snapshot(&mut app, "REPEATABLE READ").await?;
     sqlx::raw_sql("UPDATE docs SET body = 'y' WHERE id = 1").execute(&mut app).await?;
     sqlx::raw_sql("COMMIT").execute(&mut app).await?;
-    while queued(&pool).await? > 0 || rows(&pool, "e:1").await? > 0 {
-        assert!(std::time::Instant::now() < deadline, "the listener did not drain the queue");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let drained = within(Duration::from_secs(30), async || {
+        matches!((queued(&pool).await, rows(&pool, "e:1").await), (Ok(0), Ok(0)))
+    })
+    .await;
+    assert!(drained.is_some(), "the listener did not drain the queue");
     assert!(!present(&cache, "e:1").await?);
     Ok(())
 }

@@ -3,9 +3,9 @@
 //! (a reader, only read); the invalidation trigger evaluates nothing the table's owner could choose, and
 //! makes the same tags in every session. Each test gets a fresh database and creates its own roles.
 
-use cache_runtime::{pg_cached, CacheError, HealthStatus, PgCache};
+use cache_runtime::{pg_cached, CacheError, HealthStatus, PgCache, PgCacheBuilder};
 use integration_tests::roles::TestRole;
-use integration_tests::{cache_on, listening, within, Calls};
+use integration_tests::{cache_on, listening, within, Calls, GENEROUS_OP_TIMEOUT};
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
 
@@ -27,6 +27,11 @@ fn sqlstate(result: Result<impl std::fmt::Debug, CacheError>) -> String {
         Err(error) if error.sqlstate().is_some() => error.sqlstate().unwrap_or_default().to_owned(),
         other => panic!("expected a database error, got {other:?}"),
     }
+}
+
+/// A cache connected as `role`, without a sweeper, patient with a loaded machine.
+fn connected_as(role: &TestRole) -> PgCacheBuilder {
+    PgCache::builder().connect_options(role.options()).op_timeout(GENEROUS_OP_TIMEOUT).sweep_interval(None)
 }
 
 async fn run(connection: &mut PgConnection, statements: &str) -> Result<(), sqlx::Error> {
@@ -292,13 +297,7 @@ async fn a_granted_role_can_do_everything_the_cache_does(pool: PgPool) -> TestRe
     let owner = cache_on(pool.clone()).await;
     owner.migrate().await?;
     let role = TestRole::create(&pool, "app").await?;
-    let cache = PgCache::builder()
-        .connect_options(role.options())
-        .op_timeout(integration_tests::GENEROUS_OP_TIMEOUT)
-        .sweep_interval(None)
-        .local_tier(1_000, Duration::from_secs(60))
-        .build()
-        .await?;
+    let cache = connected_as(&role).local_tier(1_000, Duration::from_secs(60)).build().await?;
     assert_eq!(sqlstate(cache.set("plain:1", &1, TTL).await), "42501", "nothing before the grant");
     owner.grant(&role.name).await?;
 
@@ -352,12 +351,7 @@ async fn a_reader_reads_and_writes_nothing(pool: PgPool) -> TestResult {
     let role = TestRole::create(&pool, "reader").await?;
     owner.grant(&role.name).await?;
     owner.grant_reader(&role.name).await?; // a writer made a reader
-    let cache = PgCache::builder()
-        .connect_options(role.options())
-        .op_timeout(integration_tests::GENEROUS_OP_TIMEOUT)
-        .sweep_interval(None)
-        .build()
-        .await?;
+    let cache = connected_as(&role).build().await?;
     assert_eq!(cache.get::<i32>("plain:1").await?, Some(1));
     assert_eq!(cache.keys(Some("plain:"), 10).await?, ["plain:1"]);
     assert_eq!(sqlstate(cache.set("plain:2", &2, TTL).await), "42501");
@@ -404,12 +398,7 @@ async fn writers_keep_their_rights_over_a_new_functions_version(pool: PgPool) ->
     .execute(&pool)
     .await?;
     owner.migrate().await?;
-    let cache = PgCache::builder()
-        .connect_options(writer.options())
-        .op_timeout(integration_tests::GENEROUS_OP_TIMEOUT)
-        .sweep_interval(None)
-        .build()
-        .await?;
+    let cache = connected_as(&writer).build().await?;
     cache.set("plain:1", &1, TTL).await?;
     assert_eq!(cache.get::<i32>("plain:1").await?, Some(1));
     drop(cache);
