@@ -93,6 +93,18 @@ async fn a_role_that_may_only_connect_can_run_no_cache_function(pool: PgPool) ->
     assert!(denied(run(&mut conn, "SELECT pg_cached_mark_namespace('other', 'x', '100')").await));
     assert!(denied(run(&mut conn, "DELETE FROM cache_entries").await));
     assert!(denied(run(&mut conn, "SELECT count(*) FROM cache_entries").await));
+    // The snapshot-isolation queue (migration 0012, functions v5): neither its functions nor its table, nor
+    // the notes the trigger's deferred flush reads (which would let it queue or flush tags of its choosing).
+    assert!(denied(run(&mut conn, "SELECT pg_cached_queue_invalidation(ARRAY['doc:7'])").await));
+    assert!(denied(run(&mut conn, "SELECT pg_cached_drain_invalidations()").await));
+    assert!(denied(run(&mut conn, "SELECT pg_cached_notify_tags(ARRAY['doc:7'], NULL)").await));
+    assert!(denied(run(&mut conn, "INSERT INTO cache_deferred_invalidations (tags) VALUES ('{doc:7}')").await));
+    assert!(denied(run(&mut conn, "SELECT count(*) FROM cache_deferred_invalidations").await));
+    assert!(denied(
+        run(&mut conn, "INSERT INTO cache_pending_invalidations (xact, tag) VALUES (pg_current_xact_id(), 'doc:7')")
+            .await
+    ));
+    assert!(denied(run(&mut conn, "INSERT INTO cache_pending_flushes (xact) VALUES (pg_current_xact_id())").await));
     run(&mut conn, "CREATE TEMP TABLE t (id int, k text); INSERT INTO t VALUES (1, '7')").await?;
     assert!(denied(run(&mut conn, "SELECT pg_cached_invalidate_on_change('pg_temp.t', 'k', 'doc:')").await));
     assert!(denied(
