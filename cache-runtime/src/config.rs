@@ -59,7 +59,6 @@ pub(crate) struct Config {
     pub(crate) local_tier: Option<(u64, Duration)>,
     pub(crate) coalesce: bool,
     pub(crate) coalesce_max_keys: usize,
-    pub(crate) coalesce_max_bytes: usize,
     pub(crate) coalesce_in_flight: usize,
     /// With read replicas: how old a standby's answers may be.
     pub(crate) max_replica_lag: Duration,
@@ -95,7 +94,6 @@ impl Default for Config {
             local_tier: None,
             coalesce: true,
             coalesce_max_keys: 128,
-            coalesce_max_bytes: 4 * 1024 * 1024,
             coalesce_in_flight: 4,
             max_replica_lag: Duration::from_secs(1),
             listener_heartbeat: Duration::from_secs(5),
@@ -146,7 +144,6 @@ impl Config {
         nonzero("max_value_bytes", self.max_value_bytes, "")?;
         nonzero("batch_size", self.batch_size, "")?;
         nonzero("coalesce_max_keys", self.coalesce_max_keys, "")?;
-        nonzero("coalesce_max_bytes", self.coalesce_max_bytes, "")?;
         nonzero("coalesce_in_flight", self.coalesce_in_flight, " (coalesce(false) turns coalescing off)")?;
         check_threshold(self.similarity_threshold)?;
         let sealing = &self.sealing;

@@ -71,8 +71,6 @@ const CASES: &[Case] = &[
     ("batch_size", Works, |b, _| b.batch_size(u32::MAX)),
     ("coalesce_max_keys", Refused, |b, _| b.coalesce_max_keys(0)),
     ("coalesce_max_keys", Works, |b, _| b.coalesce_max_keys(usize::MAX)),
-    ("coalesce_max_bytes", Refused, |b, _| b.coalesce_max_bytes(0)),
-    ("coalesce_max_bytes", Works, |b, _| b.coalesce_max_bytes(usize::MAX)),
     ("coalesce_in_flight", Refused, |b, _| b.coalesce_in_flight(0)),
     ("coalesce_in_flight", Works, |b, _| b.coalesce_in_flight(usize::MAX)),
 ];

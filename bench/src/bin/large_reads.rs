@@ -1,6 +1,6 @@
-//! `large_reads` (issue 26 item 10): reads of values larger than a
-//! coalesced read's per-key share (coalesce_max_bytes / keys in the batch), where the byte-budget deferral
-//! actually fires. One case per invocation, so the peak RSS (VmHWM) printed is that case's.
+//! `large_reads` (issue 26 item 10): reads of large values, where the read byte budget that coalesced reads
+//! had until issue 26 (a per-key share of 4 MiB) deferred rows and sent them again. One case per invocation,
+//! so the peak RSS (VmHWM) printed is that case's.
 //!
 //! --load: (re)creates schema bench_large and stores --entries values of --kb KB under keys large:<kb>:<i>.
 use cache_runtime::PgCache;

@@ -294,14 +294,6 @@ impl PgCacheBuilder {
         self
     }
 
-    /// The most bytes of JSON one coalesced read brings back (default 4 MiB). Each key of a statement may bring
-    /// its share; a longer value waits for a later statement that has room for it, and a value longer than
-    /// the whole budget comes back alone. At least 1.
-    pub fn coalesce_max_bytes(mut self, bytes: usize) -> Self {
-        self.config.coalesce_max_bytes = bytes;
-        self
-    }
-
     /// How many coalesced statements of one kind (reads, writes, deletes) may be in flight at once, each on a
     /// pooled connection (default 4, and never more than the pool). Operations that arrive while that many
     /// are running wait and share the next statement. Fewer in flight means larger batches and fewer

@@ -35,7 +35,6 @@ const REFUSED: &[(Change, &[&str])] = &[
     (|c| c.max_value_bytes = 0, &["max_value_bytes", "got 0"]),
     (|c| c.batch_size = 0, &["batch_size", "got 0"]),
     (|c| c.coalesce_max_keys = 0, &["coalesce_max_keys", "got 0"]),
-    (|c| c.coalesce_max_bytes = 0, &["coalesce_max_bytes", "got 0"]),
     (|c| c.coalesce_in_flight = 0, &["coalesce_in_flight", "got 0"]),
 ];
 
@@ -67,7 +66,6 @@ fn settings_at_their_bounds_are_kept() {
         c.max_value_bytes = usize::MAX;
         c.batch_size = i64::from(u32::MAX);
         c.coalesce_max_keys = usize::MAX;
-        c.coalesce_max_bytes = usize::MAX;
         c.coalesce_in_flight = usize::MAX;
     })
     .expect("every value at its bound is accepted");

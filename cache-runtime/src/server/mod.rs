@@ -83,7 +83,7 @@ impl Server {
         let writes = Writes { sender, lock_timeout: lock_timeout.clone(), async_commit };
         let deletes = Deletes { sender, lock_timeout: lock_timeout.clone(), statements: AtomicU64::new(0) };
         Server {
-            reads: Queue::new(Reads::new(config.coalesce_max_bytes, limits.max_keys), pool.clone(), limits, "get"),
+            reads: Queue::new(Reads, pool.clone(), limits, "get"),
             writes: Queue::new(writes, pool.clone(), write_limits, "set"),
             deletes: Queue::new(deletes, pool.clone(), write_limits, "delete"),
             pool,

@@ -60,26 +60,21 @@ pub(crate) const LOOKUP: &str = concat!(
 );
 
 /// Coalesced reads: for each key $1[i], with stale window $2[i] ms, what [`LOOKUP`] returns, as rows
-/// `(i, json, deferred bytes, remaining ms, fresh, database clock µs, tags, compute µs, usage, snapshot)` in no
-/// particular order; the snapshot, the statement's, only in row `i = 1`. A row whose JSON is longer than its
-/// cap $3[i] comes back deferred: without its JSON, with its length. (The caps replace a running total over
-/// the rows: a window over the response costs a sort, and measured a fifth of a 16-key statement's server
-/// time; `OFFSET 0` keeps the JSON text from being computed once per use.)
+/// `(i, json, remaining ms, fresh, database clock µs, tags, compute µs, usage, snapshot)` in no particular
+/// order; the snapshot, the statement's, only in row `i = 1`. A response holds at most `coalesce_max_keys`
+/// values of at most `max_value_bytes` each (it had a byte budget of its own until issue 26 measured it:
+/// docs/BENCHMARKS.md, "The restructure, and the read byte budget").
 pub(crate) const READ_MANY: &str = concat!(
-    "SELECT i, CASE WHEN octet_length(t) <= cap THEN t END AS json, \
-     CASE WHEN octet_length(t) > cap THEN octet_length(t) END AS deferred_bytes, \
-     remaining_ms, fresh, now_us, tags, compute_us, input_tokens, output_tokens, cost_micros, \
-     CASE WHEN i = 1 THEN pg_current_snapshot()::text END AS snapshot \
-     FROM (SELECT k.i, k.cap, e.data::text AS t, ",
+    "SELECT k.i, e.data::text AS json, ",
     remaining_ms!("e.expires_at"),
     " AS remaining_ms, (e.expires_at IS NULL OR e.expires_at > now()) AS fresh, \
-      (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us, \
-      e.input_tokens, e.output_tokens, e.cost_micros \
-      FROM unnest($1::text[], $2::bigint[], $3::bigint[]) WITH ORDINALITY AS k(key, stale_ms, cap, i) \
-      LEFT JOIN cache_entries AS e ON e.cache_key = k.key \
-      AND (e.expires_at IS NULL OR e.expires_at > now() - k.stale_ms * interval '1 millisecond') AND ",
-    not_queued_for_invalidation!(),
-    " OFFSET 0) AS s"
+     (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us, \
+     e.input_tokens, e.output_tokens, e.cost_micros, \
+     CASE WHEN k.i = 1 THEN pg_current_snapshot()::text END AS snapshot \
+     FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(key, stale_ms, i) \
+     LEFT JOIN cache_entries AS e ON e.cache_key = k.key \
+     AND (e.expires_at IS NULL OR e.expires_at > now() - k.stale_ms * interval '1 millisecond') AND ",
+    not_queued_for_invalidation!()
 );
 
 /// Coalesced writes: [`WRITE`] for each key of $1 (distinct), with arrays for the per-key arguments (tags as

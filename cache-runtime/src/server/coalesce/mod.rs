@@ -22,10 +22,8 @@
 //! - A caller that left before its batch was formed is not sent at all.
 //!
 //! **Bounds.** A batch holds at most `max_keys` operations, and no more of a kind's budget than it allows (the
-//! bytes a read may bring back, see `batch.rs`): a job the statement defers because its row would not fit goes
-//! back to the front of the queue knowing its size, so the next batch makes room for it or sends it alone.
-//! The first job of a batch is always taken, so every job makes progress; a caller waits at most its own
-//! operation timeout, queued or not.
+//! tag locks a batch of writes may take, see `writes.rs`). The first job of a batch is always taken, so every
+//! job makes progress; a caller waits at most its own operation timeout, queued or not.
 //!
 //! **Locks.** A batch of writes or deletes waits for no lock (see [`Locking`]): a job whose key, tag or
 //! namespace lock someone else holds comes back [`Outcome::Blocked`] and is sent again alone, in a task of its
@@ -65,10 +63,6 @@ pub(crate) type Answer<O> = std::result::Result<O, Failure>;
 #[derive(Debug, Clone)]
 pub(crate) enum Outcome<O> {
     Done(O),
-    /// Not sent back, because its row (`bytes` long) would have taken the response past the batch's budget.
-    Deferred {
-        bytes: usize,
-    },
     /// Not done, because a lock it needs was held by someone else (the batch tried its locks, see
     /// [`Locking::Try`]): to be sent again alone.
     Blocked,
@@ -112,12 +106,7 @@ pub(crate) trait Kind: Send + Sync + 'static {
         usize::MAX
     }
 
-    /// Notes on a job the statement deferred how large its row turned out to be, for the next batch to make
-    /// room.
-    fn deferred(_job: &mut Self::Job, _bytes: usize) {}
-
-    /// Runs one batch; one outcome per job in order. A batch of one job sends the one-key statement, which
-    /// never defers.
+    /// Runs one batch; one outcome per job in order. A batch of one job sends the one-key statement.
     fn run<'c>(
         conn: &'c mut PgConnection,
         params: &'c Self::Params,
@@ -385,23 +374,18 @@ impl<K: Kind> Queue<K> {
         }
     }
 
-    /// Sends each caller its output; jobs the batch deferred go back to the front of the queue.
+    /// Sends each caller its output; a job that found its lock held is sent again alone.
     fn answer(
         self: &Arc<Self>,
         jobs: Vec<K::Job>,
         replies: Vec<(oneshot::Sender<Answer<K::Output>>, Instant)>,
         outputs: Vec<Outcome<K::Output>>,
     ) {
-        let mut deferred = Vec::new();
         let mut outputs = outputs.into_iter();
-        for (mut job, (reply, deadline)) in jobs.into_iter().zip(replies) {
+        for (job, (reply, deadline)) in jobs.into_iter().zip(replies) {
             match outputs.next() {
                 Some(Outcome::Done(output)) => {
                     let _ = reply.send(Ok(output));
-                }
-                Some(Outcome::Deferred { bytes }) => {
-                    K::deferred(&mut job, bytes);
-                    deferred.push(Pending { job, reply, deadline });
                 }
                 Some(Outcome::Blocked) => self.send_alone(Pending { job, reply, deadline }),
                 None => {
@@ -409,13 +393,6 @@ impl<K: Kind> Queue<K> {
                     let _ = reply.send(Err(Failure::Db(Arc::new(missing))));
                 }
             }
-        }
-        if !deferred.is_empty() {
-            let mut state = self.state();
-            for pending in deferred.into_iter().rev() {
-                state.pending.push_front(pending);
-            }
-            // This dispatcher is still running and will take them next.
         }
     }
 

@@ -4,56 +4,67 @@ use super::*;
 use crate::server::reads::{ReadJob, Reads};
 
 /// A read queue over a pool that never connects: enough to form batches.
-fn read_queue(max_bytes: usize, max_keys: usize) -> Arc<Queue<Reads>> {
+fn read_queue(max_keys: usize) -> Arc<Queue<Reads>> {
     let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:9/none").unwrap();
     let limits = Limits { max_keys, max_batches: 1, op_timeout: Duration::from_secs(1) };
-    Queue::new(Reads::new(max_bytes, max_keys), pool, limits, "get")
+    Queue::new(Reads, pool, limits, "get")
 }
 
-fn queued(
-    queue: &Arc<Queue<Reads>>,
-    jobs: &[(&str, Option<usize>)],
-) -> (Permit<Reads>, Vec<oneshot::Receiver<Answer<crate::entry::Lookup>>>) {
+/// What each queued caller will be answered.
+type Answers<K> = Vec<oneshot::Receiver<Answer<<K as Kind>::Output>>>;
+
+fn queued<K: Kind>(queue: &Arc<Queue<K>>, jobs: impl IntoIterator<Item = K::Job>) -> (Permit<K>, Answers<K>) {
     let mut state = queue.state();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut answers = Vec::new();
-    for &(key, bytes) in jobs {
+    for job in jobs {
         let (reply, answer) = oneshot::channel();
-        state.pending.push_back(Pending { job: ReadJob { bytes, ..ReadJob::new(key, 0) }, reply, deadline });
+        state.pending.push_back(Pending { job, reply, deadline });
         answers.push(answer);
     }
     (state.take_slot(queue, false), answers)
 }
 
-fn next_keys(queue: &Queue<Reads>, permit: &mut Permit<Reads>) -> Vec<String> {
+fn reads(keys: &[&str]) -> Vec<ReadJob> {
+    keys.iter().map(|key| ReadJob::new(*key, 0)).collect()
+}
+
+fn next_keys<K: Kind>(queue: &Queue<K>, permit: &mut Permit<K>) -> Vec<String> {
     let batch = queue.take_batch(permit).unwrap_or_default();
     permit.unload(&mut queue.state());
-    batch.into_iter().map(|p| p.job.key).collect()
+    batch.iter().map(|p| K::key(&p.job).to_owned()).collect()
+}
+
+/// A write of `key` carrying `tags` tags.
+fn tagged(key: &str, tags: usize) -> crate::entry::Write {
+    let mut write = crate::entry::Write::plain(key, "1".into(), None);
+    write.meta.tags = (tags > 0).then(|| (0..tags).map(|i| format!("t{i}")).collect());
+    write
 }
 
 #[tokio::test]
-async fn a_batch_stops_before_the_read_that_would_pass_its_byte_budget() {
-    let queue = read_queue(3_000, 100);
-    let (mut permit, _answers) = queued(&queue, &[("a", Some(2_000)), ("b", Some(900)), ("c", Some(200)), ("d", None)]);
+async fn a_batch_of_writes_stops_before_the_write_that_would_pass_its_tag_locks() {
+    let queue = write_queue(100);
+    let jobs = [tagged("a", 600), tagged("b", 400), tagged("c", 100), tagged("d", 0)];
+    let (mut permit, _answers) = queued(&queue, jobs);
     assert_eq!(next_keys(&queue, &mut permit), ["a", "b"]);
-    // A key of unknown length weighs the budget's share of a full batch (30 bytes here).
     assert_eq!(next_keys(&queue, &mut permit), ["c", "d"]);
     assert!(queue.take_batch(&mut permit).is_none());
 }
 
 #[tokio::test]
-async fn a_read_longer_than_the_whole_budget_goes_alone() {
-    let queue = read_queue(3_000, 100);
-    let (mut permit, _answers) = queued(&queue, &[("big", Some(5_000)), ("small", None), ("other", None)]);
+async fn the_first_job_of_a_batch_is_taken_whatever_its_weight() {
+    let queue = write_queue(100);
+    let (mut permit, _answers) = queued(&queue, [tagged("big", 1_000), tagged("small", 100), tagged("other", 0)]);
     assert_eq!(next_keys(&queue, &mut permit), ["big"]);
     assert_eq!(next_keys(&queue, &mut permit), ["small", "other"]);
 }
 
 #[tokio::test]
-async fn unknown_lengths_fill_a_batch_up_to_its_key_cap() {
-    let queue = read_queue(4 << 20, 128);
-    let jobs: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
-    let (mut permit, _answers) = queued(&queue, &jobs.iter().map(|k| (k.as_str(), None)).collect::<Vec<_>>());
+async fn reads_fill_a_batch_up_to_its_key_cap() {
+    let queue = read_queue(128);
+    let keys: Vec<String> = (0..300).map(|i| format!("k{i}")).collect();
+    let (mut permit, _answers) = queued(&queue, reads(&keys.iter().map(String::as_str).collect::<Vec<_>>()));
     assert_eq!(next_keys(&queue, &mut permit).len(), 128);
     assert_eq!(next_keys(&queue, &mut permit).len(), 128);
     assert_eq!(next_keys(&queue, &mut permit).len(), 44);
@@ -67,8 +78,8 @@ fn counts(queue: &Queue<Reads>) -> (usize, usize) {
 
 #[tokio::test]
 async fn permits_give_back_their_counts_however_they_end() {
-    let queue = read_queue(1 << 20, 8);
-    let (mut permit, _answers) = queued(&queue, &[("a", None), ("b", None)]);
+    let queue = read_queue(8);
+    let (mut permit, _answers) = queued(&queue, reads(&["a", "b"]));
     assert!(queue.take_batch(&mut permit).is_some());
     assert_eq!(counts(&queue), (1, 2));
     drop(permit); // a dispatcher dropped mid-batch (its task cancelled, its runtime gone)
@@ -86,7 +97,7 @@ fn a_permit_dropped_outside_any_runtime_gives_back_its_slot() {
     // The queue is built inside a runtime that is then shut down, with a dispatcher's permit still held.
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let (queue, permit) = runtime.block_on(async {
-        let queue = read_queue(1 << 20, 8);
+        let queue = read_queue(8);
         let permit = queue.state().take_slot(&queue, true);
         (queue, permit)
     });

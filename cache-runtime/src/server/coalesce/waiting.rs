@@ -52,19 +52,6 @@ impl<K: Kind> Waiting<K> {
         self.len += 1;
     }
 
-    /// Queues `pending` first, for an operation that has waited already (one a batch had to defer).
-    pub(super) fn push_front(&mut self, pending: Pending<K>) {
-        let key = K::key(&pending.job);
-        match self.by_key.get_mut(key) {
-            Some(jobs) => jobs.push_front(pending),
-            None => {
-                self.order.push_front(key.to_owned());
-                self.by_key.insert(key.to_owned(), VecDeque::from([pending]));
-            }
-        }
-        self.len += 1;
-    }
-
     /// The next batch: at most `max` operations, and no more of `budget` than their `weight`s allow (the
     /// first is taken whatever its weight). Operations whose callers left are dropped on the way.
     pub(super) fn take(&mut self, max: usize, budget: usize, weight: impl Fn(&K::Job) -> usize) -> Vec<Pending<K>> {
