@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 /// A future that is polled in place and, if dropped unfinished, completes in a task of its own.
 pub(crate) struct FinishOnDrop<T: Send + 'static> {
     operation: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
-    /// Set when the caller gave up: the operation may skip work nobody wants (see `exec::attempt`).
+    /// Set when the caller gave up: the operation may skip work nobody wants (see `exec::attempt_holding`).
     abandoned: Arc<AtomicBool>,
 }
 

@@ -83,34 +83,20 @@ where
     let classify = |failure: Failure| failure.into_error(operation, timeout);
     if tokio::runtime::Handle::try_current().is_err() {
         // Not inside tokio: sqlx cannot run either, and will say so.
-        return attempt(pool, deadline, timeout, &work, None).await.map_err(classify);
+        return attempt_holding(pool, &mut None, deadline, timeout, &work, None).await.map_err(classify);
     }
     let pool = pool.clone();
-    let operation_future =
-        FinishOnDrop::new(
-            move |abandoned| async move { attempt(&pool, deadline, timeout, &work, Some(&abandoned)).await },
-        );
+    let operation_future = FinishOnDrop::new(move |abandoned| async move {
+        attempt_holding(&pool, &mut None, deadline, timeout, &work, Some(&abandoned)).await
+    });
     match timeout_at(deadline, operation_future).await {
         Ok(outcome) => outcome.map_err(classify),
         Err(_) => Err(CacheError::Timeout { operation, after: timeout }),
     }
 }
 
-/// One attempt (and the retry) of [`run`], in the current task: for callers that are tasks of their own.
-pub(crate) async fn attempt<T, W>(
-    pool: &PgPool,
-    deadline: Instant,
-    timeout: Duration,
-    work: &W,
-    abandoned: Option<&AtomicBool>,
-) -> std::result::Result<T, Failure>
-where
-    W: for<'c> Fn(&'c mut PgConnection) -> DbFuture<'c, T> + Sync,
-{
-    attempt_holding(pool, &mut None, deadline, timeout, work, abandoned).await
-}
-
-/// [`attempt`] on `held` if it holds a connection, else on one from `pool`; after a success the connection is
+/// One attempt (and the retry) of [`run`], in the current task (for callers that are tasks of their own), on
+/// `held` if it holds a connection, else on one from `pool`; after a success the connection is
 /// left in `held`, for the caller to run its next statement on or to give back (after a failure, `held` is
 /// empty: the connection went back to the pool, which checks it, or was closed).
 ///
