@@ -239,6 +239,12 @@ pub mod test_support {
         cache.shared_statements()
     }
 
+    /// For the primaries' connections left warm from one caller's statement to the next: how many callers
+    /// took one, how many were kept, and how many are warm now.
+    pub fn warm_connections(cache: &PgCache) -> [u64; 3] {
+        cache.warm_connections()
+    }
+
     /// Loses the answer of the next delete statement carrying `key`, after it committed: it fails as if its
     /// connection had died, and runs once more on a fresh connection.
     pub fn lose_next_delete_answer(key: &str) {

@@ -414,6 +414,17 @@ impl PgCache {
     }
 
     /// See [`crate::test_support`].
+    pub(crate) fn warm_connections(&self) -> [u64; 3] {
+        let mut total = [0; 3];
+        for node in self.shards().all() {
+            for (sum, count) in total.iter_mut().zip(node.primary().warm_counts()) {
+                *sum += count;
+            }
+        }
+        total
+    }
+
+    /// See [`crate::test_support`].
     pub(crate) fn listener_connects(&self) -> u64 {
         self.inner.events.connects.load(std::sync::atomic::Ordering::Relaxed)
     }

@@ -24,6 +24,7 @@ pub(crate) mod semantic;
 pub(crate) mod sql;
 mod statements;
 mod tenants;
+pub(crate) mod warm;
 pub(crate) mod writes;
 
 use crate::config::{Config, Durability};
@@ -36,6 +37,7 @@ use sqlx::postgres::{PgConnection, PgPool};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
+use warm::Warm;
 use writes::{Deletes, Writes};
 
 /// The most keys one write or delete statement carries: its notification names each in 17 bytes, and must
@@ -64,6 +66,8 @@ pub(crate) struct Server {
     reads: Arc<Queue<Reads>>,
     writes: Arc<Queue<Writes>>,
     deletes: Arc<Queue<Deletes>>,
+    /// The connections its queues leave warm (see `warm.rs`).
+    warm: Arc<Warm>,
     op_timeout: Duration,
     /// The operation timeout in milliseconds, as `set_config('lock_timeout', ...)` takes it.
     lock_timeout: String,
@@ -82,10 +86,12 @@ impl Server {
         let async_commit = config.durability == Durability::AsyncCommit;
         let writes = Writes { sender, lock_timeout: lock_timeout.clone(), async_commit };
         let deletes = Deletes { sender, lock_timeout: lock_timeout.clone(), statements: AtomicU64::new(0) };
+        let warm = Warm::new(pool.clone(), limits.max_batches);
         Server {
-            reads: Queue::new(Reads, pool.clone(), limits, "get"),
-            writes: Queue::new(writes, pool.clone(), write_limits, "set"),
-            deletes: Queue::new(deletes, pool.clone(), write_limits, "delete"),
+            reads: Queue::new(Reads, pool.clone(), Arc::clone(&warm), limits, "get"),
+            writes: Queue::new(writes, pool.clone(), Arc::clone(&warm), write_limits, "set"),
+            deletes: Queue::new(deletes, pool.clone(), Arc::clone(&warm), write_limits, "delete"),
+            warm,
             pool,
             on_error,
             coalesce: config.coalesce,
@@ -98,7 +104,8 @@ impl Server {
 
     /// A read queue like this server's own, for a standby reached through `pool`.
     pub(crate) fn standby_reads(&self, pool: PgPool) -> Arc<Queue<Reads>> {
-        Queue::new(self.reads.kind().clone(), pool, self.reads.limits(), "get")
+        let warm = Warm::new(pool.clone(), self.reads.limits().max_batches);
+        Queue::new(self.reads.kind().clone(), pool, warm, self.reads.limits(), "get")
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
@@ -186,6 +193,12 @@ impl Server {
     #[cfg(feature = "test-support")]
     pub(crate) fn shared_statements(&self) -> [(u64, u64); 3] {
         [self.reads.shared(), self.writes.shared(), self.deletes.shared()]
+    }
+
+    /// Connections taken warm, kept warm, and warm now (see `warm.rs`).
+    #[cfg(feature = "test-support")]
+    pub(crate) fn warm_counts(&self) -> [u64; 3] {
+        self.warm.counts()
     }
 
     /// One per-key operation: coalesced with others in flight, or on its own when coalescing is off (or no

@@ -18,7 +18,8 @@
 //!   statement instead of each taking a slot for one key.
 //! - A dispatcher keeps its connection from one batch to the next (for up to a second, and only while the
 //!   pool has connections to spare): sqlx checks every connection it gets back with a round trip of its own,
-//!   which would otherwise double the round trips under load.
+//!   which would otherwise double the round trips under load. For the same reason a lone caller, and a
+//!   dispatcher that ends, leave their connection warm for the next one (`warm.rs`).
 //! - A caller that left before its batch was formed is not sent at all.
 //!
 //! **Bounds.** A batch holds at most `max_keys` operations, and no more of a kind's budget than it allows (the
@@ -40,9 +41,9 @@
 
 use super::detach::FinishOnDrop;
 use super::exec::{self, DbFuture, Failure};
+use super::warm::{Held, Warm};
 use permit::{Permit, State};
-use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnection, PgPool, Postgres};
+use sqlx::postgres::{PgConnection, PgPool};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -52,9 +53,6 @@ use tokio::time::Instant;
 mod alone;
 mod permit;
 mod waiting;
-
-/// The longest a dispatcher keeps one connection for batch after batch.
-const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 
 /// What one caller gets back: its output, or why its batch gave it none.
 pub(crate) type Answer<O> = std::result::Result<O, Failure>;
@@ -133,6 +131,8 @@ pub(super) struct Pending<K: Kind> {
 pub(crate) struct Queue<K: Kind> {
     kind: K,
     pool: PgPool,
+    /// Connections left by the last batches, for the next (see `warm.rs`); shared by the pool's queues.
+    warm: Arc<Warm>,
     limits: Limits,
     operation: &'static str,
     state: Mutex<State<K>>,
@@ -151,10 +151,17 @@ impl<K: Kind> std::fmt::Debug for Queue<K> {
 }
 
 impl<K: Kind> Queue<K> {
-    pub(crate) fn new(kind: K, pool: PgPool, limits: Limits, operation: &'static str) -> Arc<Queue<K>> {
+    pub(crate) fn new(
+        kind: K,
+        pool: PgPool,
+        warm: Arc<Warm>,
+        limits: Limits,
+        operation: &'static str,
+    ) -> Arc<Queue<K>> {
         Arc::new(Queue {
             kind,
             pool,
+            warm,
             limits,
             operation,
             state: Mutex::new(State::new()),
@@ -231,8 +238,13 @@ impl<K: Kind> Queue<K> {
         if let Some((permit, batch)) = own_batch {
             let queue = Arc::clone(self);
             let own = FinishOnDrop::new(move |_| async move {
-                // The caller's own statement: it waits for its locks, within its deadline.
-                queue.run_batch(batch, &mut None, Locking::Wait(queue.limits.op_timeout)).await;
+                // The caller's own statement: it waits for its locks, within its deadline. On a warm connection
+                // if one is idle, left warm for the next caller (before the permit goes, so that a dispatcher it
+                // starts can take it).
+                let mut held = queue.warm.take();
+                held.starting();
+                queue.run_batch(batch, &mut held, Locking::Wait(queue.limits.op_timeout)).await;
+                queue.warm.keep(held);
                 drop(permit);
             });
             // Past the deadline the caller stops waiting (its answer below is a timeout); the batch finishes
@@ -288,8 +300,8 @@ impl<K: Kind> Queue<K> {
         // Callers woken together (by the batch that just answered them) are ready to run on this worker: let
         // them queue their operations before taking the batch.
         tokio::task::yield_now().await;
-        // The connection of the last batch, kept for the next one (see `exec::attempt_holding`), and since when.
-        let (mut held, mut held_since) = (None, Instant::now());
+        // The connection of the last batch, kept for the next one (see `exec::attempt_holding`).
+        let mut held = self.warm.take();
         loop {
             let batch = match self.take_batch(&mut permit) {
                 Some(batch) => batch,
@@ -305,6 +317,8 @@ impl<K: Kind> Queue<K> {
                             // queued between the last look and the end and find no dispatcher.
                             if state.pending.is_empty() {
                                 permit.retire(&mut state);
+                                drop(state);
+                                self.warm.keep(held);
                                 return;
                             }
                             continue;
@@ -312,16 +326,13 @@ impl<K: Kind> Queue<K> {
                     }
                 }
             };
-            if held.is_none() {
-                held_since = Instant::now();
-            }
+            held.starting();
             self.run_batch(batch, &mut held, Locking::Try).await;
             permit.unload(&mut self.state());
             // Give the connection back between batches when someone else may be waiting for one, and now and
-            // then anyway, so that the pool's own rules (lifetime, the host it connects to after a failover)
-            // reach it under unbroken load too.
-            if self.pool_is_taken() || held_since.elapsed() >= HOLD_AT_MOST {
-                held = None;
+            // then anyway (see `warm.rs`).
+            if self.warm.pool_is_taken() || held.due_back() {
+                held = Held::empty();
             }
         }
     }
@@ -339,19 +350,9 @@ impl<K: Kind> Queue<K> {
         Some(batch)
     }
 
-    /// Whether every connection of the pool is out.
-    fn pool_is_taken(&self) -> bool {
-        self.pool.num_idle() == 0 && self.pool.size() >= self.pool.options().get_max_connections()
-    }
-
     /// Runs one batch, on `held` if it holds a connection (and leaves it there after a success), taking its
     /// locks as `locking` says.
-    async fn run_batch(
-        self: &Arc<Self>,
-        batch: Vec<Pending<K>>,
-        held: &mut Option<PoolConnection<Postgres>>,
-        locking: Locking,
-    ) {
+    async fn run_batch(self: &Arc<Self>, batch: Vec<Pending<K>>, held: &mut Held, locking: Locking) {
         let deadline = batch.iter().map(|p| p.deadline).max().unwrap_or_else(Instant::now);
         let (jobs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.job, (p.reply, p.deadline))).unzip();
         match self.execute(&jobs, deadline, held, locking).await {
@@ -400,7 +401,7 @@ impl<K: Kind> Queue<K> {
         &self,
         jobs: &[K::Job],
         deadline: Instant,
-        held: &mut Option<PoolConnection<Postgres>>,
+        held: &mut Held,
         locking: Locking,
     ) -> Answer<Vec<Outcome<K::Output>>> {
         if jobs.len() > 1 {
@@ -413,7 +414,7 @@ impl<K: Kind> Queue<K> {
             crate::observe::metrics::coalesced(self.operation, jobs.len());
         }
         let work = statement::<K>(self.kind.params(jobs, locking));
-        exec::attempt_holding(&self.pool, held, deadline, self.limits.op_timeout, &work, None).await
+        exec::attempt_holding(&self.pool, &mut held.conn, deadline, self.limits.op_timeout, &work, None).await
     }
 }
 
