@@ -109,3 +109,52 @@ async fn a_connection_killed_while_warm_costs_no_operation(pool: PgPool) -> Test
     }
     Ok(())
 }
+
+/// A cache dropped outside any runtime context, with a connection warm, gives it back without a panic: while
+/// its runtime still runs (after `block_on` returned, as a command-line tool does), and after the runtime
+/// itself was dropped. (sqlx gives a connection back to its pool in a task it spawns, which needs a runtime.)
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn a_cache_dropped_outside_its_runtime_gives_back_its_warm_connections(pool: PgPool) -> TestResult {
+    for runtime_first in [false, true] {
+        let options = (*pool.connect_options()).clone();
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let cache = runtime
+                .block_on(async {
+                    let cache = PgCache::builder()
+                        .connect_options(options)
+                        .max_connections(4)
+                        .sweep_interval(None)
+                        .build()
+                        .await?;
+                    cache.set("dropped:k", &1, Ttl::Never).await?;
+                    assert_eq!(cache.get::<i32>("dropped:k").await?, Some(1));
+                    Ok::<_, cache_runtime::CacheError>(cache)
+                })
+                .map_err(|e| e.to_string())?;
+            if warm_connections(&cache)[2] == 0 {
+                return Err("no connection was warm when the cache was dropped".into());
+            }
+            if runtime_first {
+                drop(runtime);
+                drop(cache);
+            } else {
+                drop(cache);
+                drop(runtime);
+            }
+            Ok(())
+        })
+        .join();
+        match dropped {
+            Ok(outcome) => outcome?,
+            Err(_) => {
+                panic!("dropping the cache outside its runtime panicked (runtime dropped first: {runtime_first})")
+            }
+        }
+    }
+    Ok(())
+}

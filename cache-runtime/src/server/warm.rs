@@ -69,6 +69,9 @@ struct State {
     /// In the order they were kept: the last is the most recently used.
     idle: Vec<Out>,
     sweeper: Option<JoinHandle<()>>,
+    /// The runtime of the last connection kept: sqlx gives a connection back to its pool in a task, so one
+    /// dropped outside any runtime (a cache dropped after `block_on` returned) is given back through it.
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for Warm {
@@ -85,7 +88,7 @@ impl Warm {
         Arc::new(Warm {
             pool,
             cap: cap.min(half),
-            state: Mutex::new(State { idle: Vec::new(), sweeper: None }),
+            state: Mutex::new(State { idle: Vec::new(), sweeper: None, runtime: None }),
             #[cfg(feature = "test-support")]
             counts: Default::default(),
         })
@@ -126,6 +129,7 @@ impl Warm {
             return;
         }
         state.idle.push(Out { conn, since });
+        state.runtime = Some(runtime.clone());
         #[cfg(feature = "test-support")]
         self.counts[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if state.sweeper.as_ref().is_none_or(JoinHandle::is_finished) {
@@ -143,6 +147,27 @@ impl Warm {
     pub(crate) fn counts(&self) -> [u64; 3] {
         use std::sync::atomic::Ordering::Relaxed;
         [self.counts[0].load(Relaxed), self.counts[1].load(Relaxed), self.lock().idle.len() as u64]
+    }
+}
+
+/// A cache dropped outside any runtime context would otherwise panic here: each connection's own drop spawns
+/// the task that gives it back. Within the runtime that kept them, the spawn works (and if that runtime has
+/// shut down, the task is dropped with it and the connection closed).
+impl Drop for Warm {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        let idle = std::mem::take(&mut state.idle);
+        if idle.is_empty() || tokio::runtime::Handle::try_current().is_ok() {
+            return;
+        }
+        match &state.runtime {
+            Some(runtime) => {
+                let _entered = runtime.enter();
+                drop(idle);
+            }
+            // Never: a connection is only kept inside a runtime. Forgotten rather than a panic in a drop.
+            None => std::mem::forget(idle),
+        }
     }
 }
 
