@@ -24,6 +24,12 @@ async fn cache_with(pool: &PgPool, connections: u32) -> Result<PgCache, cache_ru
 /// How long the last warm connection may take to go back (it is kept at most a second): ten times that.
 const BACK_WITHIN: Duration = Duration::from_secs(10);
 
+/// Waits for every warm connection of `cache` to go back to its pool, within [`BACK_WITHIN`].
+async fn all_go_back(cache: &PgCache) {
+    let empty = integration_tests::within(BACK_WITHIN, async || warm_connections(cache)[2] == 0).await;
+    assert!(empty.is_some(), "warm connections still held: {:?}", warm_connections(cache));
+}
+
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_lone_callers_connection_serves_the_next_caller(pool: PgPool) -> TestResult {
     let cache = cache_with(&pool, 10).await?;
@@ -37,8 +43,7 @@ async fn a_lone_callers_connection_serves_the_next_caller(pool: PgPool) -> TestR
     // Each operation of one caller follows the last within far less than the second a connection stays warm.
     assert!(taken > 0, "no operation ran on a warm connection (kept {kept})");
     assert!(kept >= taken, "{taken} taken warm, only {kept} kept");
-    let empty = integration_tests::within(BACK_WITHIN, async || warm_connections(&cache)[2] == 0).await;
-    assert!(empty.is_some(), "warm connections still held: {:?}", warm_connections(&cache));
+    all_go_back(&cache).await;
     Ok(())
 }
 
@@ -68,8 +73,7 @@ async fn callers_sharing_warm_connections_each_get_their_own_answers(pool: PgPoo
         joined??;
     }
     assert!(warm_connections(&cache)[0] > 0, "nothing ran warm: {:?}", warm_connections(&cache));
-    let empty = integration_tests::within(BACK_WITHIN, async || warm_connections(&cache)[2] == 0).await;
-    assert!(empty.is_some(), "warm connections still held: {:?}", warm_connections(&cache));
+    all_go_back(&cache).await;
     Ok(())
 }
 

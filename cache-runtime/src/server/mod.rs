@@ -66,8 +66,6 @@ pub(crate) struct Server {
     reads: Arc<Queue<Reads>>,
     writes: Arc<Queue<Writes>>,
     deletes: Arc<Queue<Deletes>>,
-    /// The connections its queues leave warm (see `warm.rs`).
-    warm: Arc<Warm>,
     op_timeout: Duration,
     /// The operation timeout in milliseconds, as `set_config('lock_timeout', ...)` takes it.
     lock_timeout: String,
@@ -86,12 +84,12 @@ impl Server {
         let async_commit = config.durability == Durability::AsyncCommit;
         let writes = Writes { sender, lock_timeout: lock_timeout.clone(), async_commit };
         let deletes = Deletes { sender, lock_timeout: lock_timeout.clone(), statements: AtomicU64::new(0) };
+        // One stash of warm connections for the pool, shared by its three queues.
         let warm = Warm::new(pool.clone(), limits.max_batches);
         Server {
-            reads: Queue::new(Reads, pool.clone(), Arc::clone(&warm), limits, "get"),
-            writes: Queue::new(writes, pool.clone(), Arc::clone(&warm), write_limits, "set"),
-            deletes: Queue::new(deletes, pool.clone(), Arc::clone(&warm), write_limits, "delete"),
-            warm,
+            reads: Queue::new(Reads, Arc::clone(&warm), limits, "get"),
+            writes: Queue::new(writes, Arc::clone(&warm), write_limits, "set"),
+            deletes: Queue::new(deletes, warm, write_limits, "delete"),
             pool,
             on_error,
             coalesce: config.coalesce,
@@ -104,8 +102,8 @@ impl Server {
 
     /// A read queue like this server's own, for a standby reached through `pool`.
     pub(crate) fn standby_reads(&self, pool: PgPool) -> Arc<Queue<Reads>> {
-        let warm = Warm::new(pool.clone(), self.reads.limits().max_batches);
-        Queue::new(self.reads.kind().clone(), pool, warm, self.reads.limits(), "get")
+        let warm = Warm::new(pool, self.reads.limits().max_batches);
+        Queue::new(self.reads.kind().clone(), warm, self.reads.limits(), "get")
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
@@ -198,7 +196,7 @@ impl Server {
     /// Connections taken warm, kept warm, and warm now (see `warm.rs`).
     #[cfg(feature = "test-support")]
     pub(crate) fn warm_counts(&self) -> [u64; 3] {
-        self.warm.counts()
+        self.reads.warm_counts()
     }
 
     /// One per-key operation: coalesced with others in flight, or on its own when coalescing is off (or no

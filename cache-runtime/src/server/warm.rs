@@ -20,10 +20,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// The longest a connection serves statements without going back to the pool.
-pub(crate) const HOLD_AT_MOST: Duration = Duration::from_secs(1);
+const HOLD_AT_MOST: Duration = Duration::from_secs(1);
 
 /// A connection out of the pool, and since when.
-pub(crate) struct Out {
+struct Out {
     conn: PoolConnection<Postgres>,
     since: Instant,
 }
@@ -42,7 +42,8 @@ impl Held {
         Held { conn: None, since: None }
     }
 
-    /// Notes the start of a statement: a connection it takes from the pool is out since now.
+    /// Notes the start of a statement (called just before each): a connection it takes from the pool is out
+    /// since now.
     pub(crate) fn starting(&mut self) {
         if self.conn.is_none() {
             self.since = Some(Instant::now());
@@ -94,6 +95,11 @@ impl Warm {
         })
     }
 
+    /// The pool these connections come from.
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -129,12 +135,12 @@ impl Warm {
             return;
         }
         state.idle.push(Out { conn, since });
-        state.runtime = Some(runtime.clone());
         #[cfg(feature = "test-support")]
         self.counts[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if state.sweeper.as_ref().is_none_or(JoinHandle::is_finished) {
             state.sweeper = Some(runtime.spawn(sweep(Arc::downgrade(self))));
         }
+        state.runtime = Some(runtime);
     }
 
     /// Whether every connection of the pool is out.
@@ -171,9 +177,13 @@ impl Drop for Warm {
     }
 }
 
-/// Removes the connections of `idle` that are due back.
+/// Removes the connections of `idle` that are due back. Allocates nothing when none is (every `take`).
 fn due_back(idle: &mut Vec<Out>) -> Vec<Out> {
-    let (due, kept) = std::mem::take(idle).into_iter().partition(|out| out.since.elapsed() >= HOLD_AT_MOST);
+    let is_due = |out: &Out| out.since.elapsed() >= HOLD_AT_MOST;
+    if !idle.iter().any(is_due) {
+        return Vec::new();
+    }
+    let (due, kept) = std::mem::take(idle).into_iter().partition(is_due);
     *idle = kept;
     due
 }

@@ -43,7 +43,7 @@ impl<K: Kind> Queue<K> {
             return Err(Failure::Deadline);
         }
         let work = statement::<K>(self.kind.params(std::slice::from_ref(job), Locking::Wait(left)));
-        let outputs = exec::attempt_holding(&self.pool, &mut None, deadline, left, &work, None).await?;
+        let outputs = exec::attempt_holding(self.pool(), &mut None, deadline, left, &work, None).await?;
         match outputs.into_iter().next() {
             Some(Outcome::Done(output)) => Ok(output),
             _ => {

@@ -130,8 +130,8 @@ pub(super) struct Pending<K: Kind> {
 
 pub(crate) struct Queue<K: Kind> {
     kind: K,
-    pool: PgPool,
-    /// Connections left by the last batches, for the next (see `warm.rs`); shared by the pool's queues.
+    /// The pool's connections, and those left by the last batches for the next (see `warm.rs`); shared by
+    /// the pool's queues.
     warm: Arc<Warm>,
     limits: Limits,
     operation: &'static str,
@@ -151,16 +151,9 @@ impl<K: Kind> std::fmt::Debug for Queue<K> {
 }
 
 impl<K: Kind> Queue<K> {
-    pub(crate) fn new(
-        kind: K,
-        pool: PgPool,
-        warm: Arc<Warm>,
-        limits: Limits,
-        operation: &'static str,
-    ) -> Arc<Queue<K>> {
+    pub(crate) fn new(kind: K, warm: Arc<Warm>, limits: Limits, operation: &'static str) -> Arc<Queue<K>> {
         Arc::new(Queue {
             kind,
-            pool,
             warm,
             limits,
             operation,
@@ -179,6 +172,16 @@ impl<K: Kind> Queue<K> {
         self.limits
     }
 
+    fn pool(&self) -> &PgPool {
+        self.warm.pool()
+    }
+
+    /// See `Warm::counts`.
+    #[cfg(feature = "test-support")]
+    pub(crate) fn warm_counts(&self) -> [u64; 3] {
+        self.warm.counts()
+    }
+
     /// Statements that carried more than one operation so far, and how many operations they carried.
     #[cfg(feature = "test-support")]
     pub(crate) fn shared(&self) -> (u64, u64) {
@@ -194,7 +197,7 @@ impl<K: Kind> Queue<K> {
     pub(crate) async fn run_alone(&self, job: K::Job) -> crate::Result<K::Output> {
         let locking = Locking::Wait(self.limits.op_timeout);
         let work = statement::<K>(self.kind.params(std::slice::from_ref(&job), locking));
-        let outputs = exec::run(&self.pool, self.operation, self.limits.op_timeout, work).await?;
+        let outputs = exec::run(self.pool(), self.operation, self.limits.op_timeout, work).await?;
         match outputs.into_iter().next() {
             Some(Outcome::Done(output)) => Ok(output),
             _ => Err(no_row(self.operation)),
@@ -242,7 +245,6 @@ impl<K: Kind> Queue<K> {
                 // if one is idle, left warm for the next caller (before the permit goes, so that a dispatcher it
                 // starts can take it).
                 let mut held = queue.warm.take();
-                held.starting();
                 queue.run_batch(batch, &mut held, Locking::Wait(queue.limits.op_timeout)).await;
                 queue.warm.keep(held);
                 drop(permit);
@@ -326,7 +328,6 @@ impl<K: Kind> Queue<K> {
                     }
                 }
             };
-            held.starting();
             self.run_batch(batch, &mut held, Locking::Try).await;
             permit.unload(&mut self.state());
             // Give the connection back between batches when someone else may be waiting for one, and now and
@@ -414,7 +415,8 @@ impl<K: Kind> Queue<K> {
             crate::observe::metrics::coalesced(self.operation, jobs.len());
         }
         let work = statement::<K>(self.kind.params(jobs, locking));
-        exec::attempt_holding(&self.pool, &mut held.conn, deadline, self.limits.op_timeout, &work, None).await
+        held.starting();
+        exec::attempt_holding(self.pool(), &mut held.conn, deadline, self.limits.op_timeout, &work, None).await
     }
 }
 

@@ -7,7 +7,7 @@ use crate::server::reads::{ReadJob, Reads};
 fn read_queue(max_keys: usize) -> Arc<Queue<Reads>> {
     let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:9/none").unwrap();
     let limits = Limits { max_keys, max_batches: 1, op_timeout: Duration::from_secs(1) };
-    Queue::new(Reads, pool.clone(), crate::server::warm::Warm::new(pool, 1), limits, "get")
+    Queue::new(Reads, crate::server::warm::Warm::new(pool, 1), limits, "get")
 }
 
 /// What each queued caller will be answered.
@@ -111,7 +111,7 @@ fn write_queue(max_keys: usize) -> Arc<Queue<crate::server::writes::Writes>> {
     let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:9/none").unwrap();
     let limits = Limits { max_keys, max_batches: 1, op_timeout: Duration::from_secs(1) };
     let writes = crate::server::writes::Writes { sender: 1, lock_timeout: "100".into(), async_commit: true };
-    Queue::new(writes, pool.clone(), crate::server::warm::Warm::new(pool, 1), limits, "set")
+    Queue::new(writes, crate::server::warm::Warm::new(pool, 1), limits, "set")
 }
 
 /// Audit finding 10: writes queued on one hot key cost O(1) each to batch (they were skipped and put back
