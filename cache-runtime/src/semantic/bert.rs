@@ -4,7 +4,8 @@
 //! Written by hand rather than taken from an ML framework because the whole model is six kinds of
 //! operation (embedding lookup, matrix product, layer norm, softmax, GELU, mean) and a framework costs
 //! minutes of compile time for every build of the workspace (docs/SEMANTIC.md has the numbers). The
-//! matrix products go to `matrixmultiply` (through ndarray), which picks AVX2/FMA kernels at run time.
+//! dense layers' products and GELU run in the `cache-kernels` crate, over weights laid out for the product
+//! at load time; the small products inside attention go to `matrixmultiply` (through ndarray).
 //!
 //! Sequences are packed, not padded: the tokens of every sequence in a batch are rows of one matrix, so
 //! the dense layers run once for the whole batch, while attention runs per sequence over its own rows.
@@ -13,6 +14,8 @@
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut1, Axis, Slice};
 use safetensors::{Dtype, SafeTensors};
+
+use cache_kernels::PanelMatrix;
 use serde::Deserialize;
 
 /// The fields of a Hugging Face `config.json` that the forward pass needs.
@@ -74,20 +77,34 @@ impl BertConfig {
     }
 }
 
-/// `y = x Wᵀ + b`. `W` is stored as `Wᵀ`, `[in, out]` in row-major order: the matrix product copies its
-/// right operand into blocks on every call, and copying from rows is several times faster than from the
-/// columns of the `[out, in]` layout the file has (that copy was 40 % of the time of a short text).
+/// A dense layer, `y = x·Wᵀ + b`, its weights laid out for the product once, at load time
+/// (`cache_kernels`: the product was a third slower when a general matrix product re-laid them every call).
 #[derive(Debug)]
-struct Linear {
-    weight_t: Array2<f32>,
-    bias: Array1<f32>,
+struct Dense {
+    weight: PanelMatrix,
+    bias: Vec<f32>,
 }
 
-impl Linear {
-    fn forward(&self, x: &Array2<f32>) -> Array2<f32> {
-        let mut y = x.dot(&self.weight_t);
-        y += &self.bias;
-        y
+impl Dense {
+    /// `weight` is `[outputs, inputs]`, as the model file stores it.
+    fn new(weight: ArrayView2<'_, f32>, bias: Array1<f32>) -> Result<Dense, String> {
+        let (outputs, inputs) = weight.dim();
+        let rows = weight.as_standard_layout();
+        let rows = rows.as_slice().ok_or("a standard-layout array is contiguous")?;
+        let weight = PanelMatrix::from_rows(rows, outputs, inputs).map_err(|e| e.to_string())?;
+        if bias.len() != outputs {
+            return Err(format!("a bias of {} for {outputs} outputs", bias.len()));
+        }
+        Ok(Dense { weight, bias: bias.to_vec() })
+    }
+
+    fn forward(&self, x: &Array2<f32>) -> Result<Array2<f32>, String> {
+        let x = x.as_standard_layout();
+        let mut out = Array2::zeros((x.nrows(), self.weight.outputs()));
+        let input = x.as_slice().ok_or("a standard-layout array is contiguous")?;
+        let output = out.as_slice_mut().ok_or("a new array is contiguous")?;
+        self.weight.product(input, &self.bias, output).map_err(|e| e.to_string())?;
+        Ok(out)
     }
 }
 
@@ -115,12 +132,12 @@ impl LayerNorm {
 
 #[derive(Debug)]
 struct Layer {
-    /// Query, key and value projections fused into one `[hidden, 3·hidden]` matrix: one product, not three.
-    qkv: Linear,
-    attention_out: Linear,
+    /// Query, key and value projections fused into one layer of `3·hidden` outputs: one product, not three.
+    qkv: Dense,
+    attention_out: Dense,
     attention_norm: LayerNorm,
-    intermediate: Linear,
-    output: Linear,
+    intermediate: Dense,
+    output: Dense,
     output_norm: LayerNorm,
 }
 
@@ -162,12 +179,9 @@ impl Tensors<'_> {
         Ok(Array1::from_vec(self.get(name, &[len])?))
     }
 
-    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Linear, String> {
+    fn dense(&self, name: &str, out: usize, inp: usize) -> Result<Dense, String> {
         let weight = self.matrix(&format!("{name}.weight"), out, inp)?;
-        Ok(Linear {
-            weight_t: weight.t().as_standard_layout().into_owned(),
-            bias: self.vector(&format!("{name}.bias"), out)?,
-        })
+        Dense::new(weight.view(), self.vector(&format!("{name}.bias"), out)?)
     }
 
     fn norm(&self, name: &str, len: usize, eps: f64) -> Result<LayerNorm, String> {
@@ -203,22 +217,27 @@ impl Bert {
 
     fn load_layer(t: &Tensors<'_>, config: &BertConfig, name: &str) -> Result<Layer, String> {
         let (h, i, eps) = (config.hidden_size, config.intermediate_size, config.layer_norm_eps);
-        let parts = ["query", "key", "value"]
-            .map(|p| t.linear(&format!("{name}.attention.self.{p}"), h, h))
+        // The three `[h, h]` weights stacked as one `[3h, h]`, their biases likewise: one product.
+        let weights = ["query", "key", "value"]
+            .map(|p| t.matrix(&format!("{name}.attention.self.{p}.weight"), h, h))
             .into_iter()
             .collect::<Result<Vec<_>, String>>()?;
-        let weights: Vec<ArrayView2<'_, f32>> = parts.iter().map(|l| l.weight_t.view()).collect();
-        let biases: Vec<_> = parts.iter().map(|l| l.bias.view()).collect();
-        let qkv = Linear {
-            weight_t: ndarray::concatenate(Axis(1), &weights).map_err(|e| e.to_string())?,
-            bias: ndarray::concatenate(Axis(0), &biases).map_err(|e| e.to_string())?,
-        };
+        let biases = ["query", "key", "value"]
+            .map(|p| t.vector(&format!("{name}.attention.self.{p}.bias"), h))
+            .into_iter()
+            .collect::<Result<Vec<_>, String>>()?;
+        let views: Vec<ArrayView2<'_, f32>> = weights.iter().map(|w| w.view()).collect();
+        let bias_views: Vec<_> = biases.iter().map(|b| b.view()).collect();
+        let qkv = Dense::new(
+            ndarray::concatenate(Axis(0), &views).map_err(|e| e.to_string())?.view(),
+            ndarray::concatenate(Axis(0), &bias_views).map_err(|e| e.to_string())?,
+        )?;
         Ok(Layer {
             qkv,
-            attention_out: t.linear(&format!("{name}.attention.output.dense"), h, h)?,
+            attention_out: t.dense(&format!("{name}.attention.output.dense"), h, h)?,
             attention_norm: t.norm(&format!("{name}.attention.output.LayerNorm"), h, eps)?,
-            intermediate: t.linear(&format!("{name}.intermediate.dense"), i, h)?,
-            output: t.linear(&format!("{name}.output.dense"), h, i)?,
+            intermediate: t.dense(&format!("{name}.intermediate.dense"), i, h)?,
+            output: t.dense(&format!("{name}.output.dense"), h, i)?,
             output_norm: t.norm(&format!("{name}.output.LayerNorm"), h, eps)?,
         })
     }
@@ -252,7 +271,7 @@ impl Bert {
         }
         let mut x = self.embeddings(sequences, start);
         for layer in &self.layers {
-            x = self.layer(layer, x, &spans);
+            x = self.layer(layer, x, &spans)?;
         }
         Ok(spans
             .iter()
@@ -272,12 +291,12 @@ impl Bert {
         x
     }
 
-    fn layer(&self, layer: &Layer, x: Array2<f32>, spans: &[(usize, usize)]) -> Array2<f32> {
+    fn layer(&self, layer: &Layer, x: Array2<f32>, spans: &[(usize, usize)]) -> Result<Array2<f32>, String> {
         let h = self.config.hidden_size;
         let heads = self.config.num_attention_heads;
         let d = h / heads;
         let scale = 1.0 / (d as f32).sqrt();
-        let qkv = layer.qkv.forward(&x);
+        let qkv = layer.qkv.forward(&x)?;
         let mut context = Array2::<f32>::zeros(x.raw_dim());
         for &(start, len) in spans {
             let rows = start..start + len;
@@ -293,15 +312,15 @@ impl Bert {
                 general_mat_mul(1.0, &scores, &v, 0.0, &mut out);
             }
         }
-        let mut attended = layer.attention_out.forward(&context);
+        let mut attended = layer.attention_out.forward(&context)?;
         attended += &x;
         layer.attention_norm.apply(&mut attended);
-        let mut inner = layer.intermediate.forward(&attended);
-        inner.mapv_inplace(gelu);
-        let mut out = layer.output.forward(&inner);
+        let mut inner = layer.intermediate.forward(&attended)?;
+        cache_kernels::gelu_in_place(inner.as_slice_mut().ok_or("a new array is contiguous")?);
+        let mut out = layer.output.forward(&inner)?;
         out += &attended;
         layer.output_norm.apply(&mut out);
-        out
+        Ok(out)
     }
 }
 
@@ -321,28 +340,6 @@ fn softmax(mut row: ArrayViewMut1<'_, f32>, scale: f32) {
     row.mapv_inplace(|v| v / sum);
 }
 
-/// BERT's GELU, the exact one (not the tanh approximation): `x·(1 + erf(x/√2))/2`, which is
-/// `x·erfc(−x/√2)/2`.
-fn gelu(x: f32) -> f32 {
-    let y = -x * std::f32::consts::FRAC_1_SQRT_2;
-    0.5 * x * if y >= 0.0 { erfc_positive(y) } else { 2.0 - erfc_positive(-y) }
-}
-
-/// `erfc(z)` for `z ≥ 0` by the Chebyshev fit of Numerical Recipes (§6.2), relative error below 1.2e-7
-/// everywhere, so as exact as `f32` arithmetic; one `exp`, where a general-purpose `erff` takes two (GELU
-/// was a tenth of the time of a short text).
-fn erfc_positive(z: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -1.265_512_2
-        + t * (1.000_023_7
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_204 + t * (1.488_515_9 + t * (-0.822_152_2 + t * 0.170_872_77))))))));
-    t * (-z * z + poly).exp()
-}
-
 /// The mean of the rows, scaled to unit length (left as is if it is all zeros, which a trained model
 /// does not produce).
 fn mean_normalized(rows: ArrayView2<'_, f32>) -> Vec<f32> {
@@ -355,26 +352,6 @@ fn mean_normalized(rows: ArrayView2<'_, f32>) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gelu_matches_the_erf_definition() {
-        // erf values from the definition, to 10 digits.
-        for (x, erf) in
-            [(0.0f64, 0.0f64), (0.5, 0.5204998778), (1.0, 0.8427007929), (2.0, 0.9953222650), (3.0, 0.9999779095)]
-        {
-            for x in [x, -x] {
-                let erf = erf.copysign(x);
-                let expected = 0.5 * (x * std::f64::consts::SQRT_2) * (1.0 + erf);
-                let got = f64::from(gelu((x * std::f64::consts::SQRT_2) as f32));
-                assert!(
-                    (got - expected).abs() <= 1e-6 * expected.abs().max(1.0),
-                    "gelu({x}·√2) = {got}, expected {expected}"
-                );
-            }
-        }
-        assert_eq!(gelu(-20.0), 0.0);
-        assert_eq!(gelu(20.0), 20.0);
-    }
 
     #[test]
     fn softmax_is_a_distribution() {
