@@ -1,6 +1,8 @@
 //! The numeric inner loops of pg-cached's embedding model: a dense layer's product `y = x·Wᵀ + b`, over
 //! weights laid out once, when the model is loaded, in the order the product reads them
-//! ([`PanelMatrix`]), and the GELU activation over a whole layer at once ([`gelu_in_place`]).
+//! ([`PanelMatrix`]), and the GELU activation over a whole layer at once ([`gelu_in_place`]); and the
+//! first pass of the semantic search, int8 dot products of one query with many stored vectors
+//! ([`dot_i8_rows`]).
 //!
 //! A general matrix product (`matrixmultiply`) copies its right operand into blocks on every call. For a
 //! sentence-embedding model's shape (a short question is a dozen rows against 384-1536 columns of weights)
@@ -241,6 +243,40 @@ fn exp(x: f32) -> f32 {
     }
 }
 
+/// The dot product of `query` with each row of `rows` (rows of `query.len()` values, one after another),
+/// exactly, into `out`, one per row. The sums are i32: exact below 133,000 dimensions.
+///
+/// # Errors
+/// When `rows` is not `out.len()` rows of `query.len()` values.
+pub fn dot_i8_rows(query: &[i8], rows: &[i8], out: &mut [i32]) -> Result<(), ShapeError> {
+    if Some(rows.len()) != query.len().checked_mul(out.len()) || (query.is_empty() && !out.is_empty()) {
+        return Err(ShapeError(format!("{} values are not {} rows of {}", rows.len(), out.len(), query.len())));
+    }
+    if query.is_empty() {
+        return Ok(());
+    }
+    Arch::new().dispatch(|| {
+        for (row, sum) in rows.chunks_exact(query.len()).zip(out.iter_mut()) {
+            *sum = dot_i8(query, row);
+        }
+    });
+    Ok(())
+}
+
+/// Sixteen partial sums, so that the compiler keeps them in vector registers.
+#[inline(always)]
+fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    let mut sums = [0i32; 16];
+    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: i32 = a16.remainder().iter().zip(b16.remainder()).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum();
+    for (x, y) in a16.zip(b16) {
+        for i in 0..16 {
+            sums[i] += i32::from(x[i]) * i32::from(y[i]);
+        }
+    }
+    sums.iter().sum::<i32>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +377,30 @@ mod tests {
         let alone: Vec<f32> = values.iter().map(|&v| gelu_of(v)).collect();
         gelu_in_place(&mut values);
         assert_eq!(values, alone);
+    }
+
+    /// Int8 dot products against the plain definition, at the extremes of the range and odd lengths.
+    #[test]
+    fn int8_dot_products_are_exact() {
+        for dims in [1, 15, 16, 17, 384, 385] {
+            let query: Vec<i8> =
+                (0..dims).map(|i| if i % 3 == 0 { -127 } else { (i * 37 % 255) as u8 as i8 }).collect();
+            let rows: Vec<i8> = (0..dims * 5).map(|i| (i * 91 % 255) as u8 as i8).collect();
+            let mut out = vec![0; 5];
+            dot_i8_rows(&query, &rows, &mut out).unwrap();
+            for (r, &got) in out.iter().enumerate() {
+                let row = &rows[r * dims..(r + 1) * dims];
+                let expected: i32 = query.iter().zip(row).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+                assert_eq!(got, expected, "{dims} dimensions, row {r}");
+            }
+        }
+        let all_min = vec![-128i8; 384];
+        let mut out = [0];
+        dot_i8_rows(&all_min, &all_min, &mut out).unwrap();
+        assert_eq!(out[0], 384 * 128 * 128);
+        assert!(dot_i8_rows(&[1, 2], &[1, 2, 3], &mut [0; 2]).is_err());
+        assert!(dot_i8_rows(&[], &[], &mut [0]).is_err());
+        assert!(dot_i8_rows(&[], &[], &mut []).is_ok());
     }
 
     #[test]

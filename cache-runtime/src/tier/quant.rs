@@ -27,33 +27,14 @@ pub(crate) fn quantize(x: &[f32]) -> Quantized {
     Quantized { values, scale, l1 }
 }
 
-/// The dot product of two int8 vectors, exactly (an i32 cannot overflow below 133,000 dimensions).
-pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    // Sixteen partial sums, so that the compiler keeps them in vector registers.
-    let mut sums = [0i32; 16];
-    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: i32 = a16.remainder().iter().zip(b16.remainder()).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum();
-    for (x, y) in a16.zip(b16) {
-        for i in 0..16 {
-            sums[i] += i32::from(x[i]) * i32::from(y[i]);
-        }
-    }
-    sums.iter().sum::<i32>() + tail
-}
-
-/// The score of the int8 copies of a query and a stored vector, and how far the exact dot product of the
-/// originals can be from it.
+/// The score of the int8 copies of a query and a stored vector, given the dot product of their values
+/// (`cache_kernels::dot_i8_rows`), and how far the exact dot product of the originals can be from it.
 ///
 /// With `x = s·q + e` (each `|e_i| <= s/2`) for both sides, `x·y - s_x s_y (q·r)` is
 /// `e_x·y + s_x q·e_y`, at most `s_x/2 · |y|₁ + s_y/2 · |s_x q|₁` in absolute value; `|s_x q|₁` is at
 /// most `|x|₁ + n · s_x/2`. A small relative term covers the rounding of the f32 arithmetic itself.
-pub(crate) fn score_and_bound(
-    query: &Quantized,
-    stored_values: &[i8],
-    stored_scale: f32,
-    stored_l1: f32,
-) -> (f32, f32) {
-    let approx = query.scale * stored_scale * dot_i8(&query.values, stored_values) as f32;
+pub(crate) fn score_and_bound(query: &Quantized, values_dot: i32, stored_scale: f32, stored_l1: f32) -> (f32, f32) {
+    let approx = query.scale * stored_scale * values_dot as f32;
     let query_l1 = query.l1 + query.values.len() as f32 * query.scale / 2.0;
     let bound = query.scale / 2.0 * stored_l1 + stored_scale / 2.0 * query_l1;
     (approx, bound + 1e-5 + approx.abs() * 1e-5)
@@ -76,6 +57,12 @@ mod tests {
         v.iter().map(|x| x / norm).collect()
     }
 
+    fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+        let mut out = [0];
+        cache_kernels::dot_i8_rows(a, b, &mut out).expect("one row of the query's length");
+        out[0]
+    }
+
     #[test]
     fn the_bound_always_holds() {
         for seed in 0..500 {
@@ -86,7 +73,7 @@ mod tests {
             for other in [&y, &near] {
                 let exact: f64 = x.iter().zip(other.iter()).map(|(a, b)| f64::from(*a) * f64::from(*b)).sum();
                 let (q, r) = (quantize(&x), quantize(other));
-                let (approx, bound) = score_and_bound(&q, &r.values, r.scale, r.l1);
+                let (approx, bound) = score_and_bound(&q, dot_i8(&q.values, &r.values), r.scale, r.l1);
                 assert!((exact - f64::from(approx)).abs() <= f64::from(bound), "seed {seed}: {exact} {approx} {bound}");
                 assert!(bound < 0.05, "a bound this loose would prune nothing: {bound}");
             }
