@@ -255,12 +255,64 @@ pub fn dot_i8_rows(query: &[i8], rows: &[i8], out: &mut [i32]) -> Result<(), Sha
     if query.is_empty() {
         return Ok(());
     }
+    #[cfg(target_arch = "x86_64")]
+    if let Some(simd) = pulp::x86::V3::try_new() {
+        // The byte-pair instructions need a query without -128 (see `avx2`): symmetric quantization, the
+        // semantic search's, never makes one.
+        if !query.contains(&i8::MIN) {
+            simd.vectorize(|| avx2::dot_rows(simd, query, rows, out));
+            return Ok(());
+        }
+    }
     Arch::new().dispatch(|| {
         for (row, sum) in rows.chunks_exact(query.len()).zip(out.iter_mut()) {
             *sum = dot_i8(query, row);
         }
     });
     Ok(())
+}
+
+/// [`dot_i8_rows`] in AVX2's byte-pair instructions: 32 products per instruction where the compiler's own
+/// vectorization of [`dot_i8`] widens each byte to 32 bits first (8 per instruction). At 100,000 rows of
+/// 384 values this took the scan from 6.1 to 3.7-4.5 ms on one core (docs/SEMANTIC.md).
+///
+/// `vpmaddubsw` multiplies unsigned bytes by signed bytes and adds adjacent pairs into i16 with
+/// saturation. With `|r|` as the unsigned side and the query value carrying `r`'s sign as the signed side,
+/// `|r|·(sign(r)·q) = r·q`; `|r| ≤ 128` and `|q| ≤ 127` (the caller rules out -128 in the query, whose
+/// negation overflows), so a pair's sum is at most 32,512 and never saturates. `vpmaddwd` by ones then adds
+/// pairs of those into i32: exact, as the definition.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use pulp::x86::V3;
+    use std::arch::x86_64::__m256i;
+
+    /// Inlined into `V3::vectorize`'s closure, where AVX2 is enabled.
+    #[inline(always)]
+    pub(super) fn dot_rows(simd: V3, query: &[i8], rows: &[i8], out: &mut [i32]) {
+        let ones = simd.avx._mm256_set1_epi16(1);
+        let q32 = query.chunks_exact(32);
+        let q_tail = q32.remainder();
+        for (row, sum) in rows.chunks_exact(query.len()).zip(out.iter_mut()) {
+            let r32 = row.chunks_exact(32);
+            let tail: i32 = q_tail.iter().zip(r32.remainder()).map(|(&q, &r)| i32::from(q) * i32::from(r)).sum();
+            let mut acc = simd.avx._mm256_setzero_si256();
+            for (q, r) in q32.clone().zip(r32) {
+                let (q, r) = (load(q), load(r));
+                let pairs =
+                    simd.avx2._mm256_maddubs_epi16(simd.avx2._mm256_abs_epi8(r), simd.avx2._mm256_sign_epi8(q, r));
+                acc = simd.avx2._mm256_add_epi32(acc, simd.avx2._mm256_madd_epi16(pairs, ones));
+            }
+            let lanes: [i32; 8] = pulp::cast(acc);
+            *sum = lanes.iter().sum::<i32>() + tail;
+        }
+    }
+
+    /// 32 bytes as one vector (an unaligned load).
+    #[inline(always)]
+    fn load(bytes: &[i8]) -> __m256i {
+        let array: [i8; 32] = bytes.try_into().unwrap_or([0; 32]);
+        pulp::cast(array)
+    }
 }
 
 /// Sixteen partial sums, so that the compiler keeps them in vector registers.
@@ -398,6 +450,23 @@ mod tests {
         let mut out = [0];
         dot_i8_rows(&all_min, &all_min, &mut out).unwrap();
         assert_eq!(out[0], 384 * 128 * 128);
+        // The extremes the byte-pair path takes: rows of -128 against a query of ±127 (pairs at their
+        // largest), and the query's -128 (which takes the other path).
+        for dims in [32, 64, 384, 390] {
+            let query: Vec<i8> = (0..dims).map(|i| if i % 2 == 0 { 127 } else { -127 }).collect();
+            let rows: Vec<i8> = (0..dims * 3).map(|i| if i % 5 == 4 { 127 } else { -128 }).collect();
+            let mut out = vec![0; 3];
+            dot_i8_rows(&query, &rows, &mut out).unwrap();
+            for (r, &got) in out.iter().enumerate() {
+                let row = &rows[r * dims..(r + 1) * dims];
+                let expected: i32 = query.iter().zip(row).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+                assert_eq!(got, expected, "{dims} dimensions, row {r}");
+            }
+            let same_sign: Vec<i8> = vec![-127; dims];
+            dot_i8_rows(&same_sign, &rows[..dims], &mut out[..1]).unwrap();
+            let expected: i32 = rows[..dims].iter().map(|&b| -127 * i32::from(b)).sum();
+            assert_eq!(out[0], expected, "{dims} dimensions, every pair at its largest");
+        }
         assert!(dot_i8_rows(&[1, 2], &[1, 2, 3], &mut [0; 2]).is_err());
         assert!(dot_i8_rows(&[], &[], &mut [0]).is_err());
         assert!(dot_i8_rows(&[], &[], &mut []).is_ok());
