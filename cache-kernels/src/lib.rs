@@ -431,6 +431,18 @@ mod tests {
         assert_eq!(values, alone);
     }
 
+    /// `dot_i8_rows` of `query` with each row of `rows` is the plain definition.
+    fn assert_exact_dots(query: &[i8], rows: &[i8]) {
+        let dims = query.len();
+        let mut out = vec![0; rows.len() / dims];
+        dot_i8_rows(query, rows, &mut out).unwrap();
+        for (r, &got) in out.iter().enumerate() {
+            let row = &rows[r * dims..(r + 1) * dims];
+            let expected: i32 = query.iter().zip(row).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+            assert_eq!(got, expected, "{dims} dimensions, row {r}");
+        }
+    }
+
     /// Int8 dot products against the plain definition, at the extremes of the range and odd lengths.
     #[test]
     fn int8_dot_products_are_exact() {
@@ -438,13 +450,7 @@ mod tests {
             let query: Vec<i8> =
                 (0..dims).map(|i| if i % 3 == 0 { -127 } else { (i * 37 % 255) as u8 as i8 }).collect();
             let rows: Vec<i8> = (0..dims * 5).map(|i| (i * 91 % 255) as u8 as i8).collect();
-            let mut out = vec![0; 5];
-            dot_i8_rows(&query, &rows, &mut out).unwrap();
-            for (r, &got) in out.iter().enumerate() {
-                let row = &rows[r * dims..(r + 1) * dims];
-                let expected: i32 = query.iter().zip(row).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
-                assert_eq!(got, expected, "{dims} dimensions, row {r}");
-            }
+            assert_exact_dots(&query, &rows);
         }
         let all_min = vec![-128i8; 384];
         let mut out = [0];
@@ -455,17 +461,9 @@ mod tests {
         for dims in [32, 64, 384, 390] {
             let query: Vec<i8> = (0..dims).map(|i| if i % 2 == 0 { 127 } else { -127 }).collect();
             let rows: Vec<i8> = (0..dims * 3).map(|i| if i % 5 == 4 { 127 } else { -128 }).collect();
-            let mut out = vec![0; 3];
-            dot_i8_rows(&query, &rows, &mut out).unwrap();
-            for (r, &got) in out.iter().enumerate() {
-                let row = &rows[r * dims..(r + 1) * dims];
-                let expected: i32 = query.iter().zip(row).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
-                assert_eq!(got, expected, "{dims} dimensions, row {r}");
-            }
-            let same_sign: Vec<i8> = vec![-127; dims];
-            dot_i8_rows(&same_sign, &rows[..dims], &mut out[..1]).unwrap();
-            let expected: i32 = rows[..dims].iter().map(|&b| -127 * i32::from(b)).sum();
-            assert_eq!(out[0], expected, "{dims} dimensions, every pair at its largest");
+            assert_exact_dots(&query, &rows);
+            // Every pair at its largest.
+            assert_exact_dots(&vec![-127; dims], &rows);
         }
         assert!(dot_i8_rows(&[1, 2], &[1, 2, 3], &mut [0; 2]).is_err());
         assert!(dot_i8_rows(&[], &[], &mut [0]).is_err());

@@ -182,24 +182,25 @@ impl ScopeVectors {
     /// The (at most) `n` stored texts most like `query` scoring at least `threshold`, best first: the same
     /// as scoring every vector exactly, in two passes (see the module docs).
     pub(crate) fn nearest(&self, query: &[f32], threshold: f32, n: usize) -> Vec<Candidate> {
-        let count = self.rows.read().unwrap_or_else(|e| e.into_inner()).keys.len();
-        self.nearest_in(scan_threads(count), query, threshold, n)
-    }
-
-    /// [`Self::nearest`], the first pass split into (at most) `parts` parts scanned at once.
-    fn nearest_in(&self, parts: usize, query: &[f32], threshold: f32, n: usize) -> Vec<Candidate> {
         let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
-        if rows.dims == 0 || query.len() != rows.dims || n == 0 {
+        rows.nearest(scan_threads(rows.keys.len()), query, threshold, n)
+    }
+}
+
+impl Rows {
+    /// [`ScopeVectors::nearest`], the first pass split into (at most) `parts` parts scanned at once.
+    fn nearest(&self, parts: usize, query: &[f32], threshold: f32, n: usize) -> Vec<Candidate> {
+        if self.dims == 0 || query.len() != self.dims || n == 0 {
             return Vec::new();
         }
-        let dims = rows.dims;
+        let dims = self.dims;
         let quantized = quantize(query);
         // First pass, int8, over contiguous parts of the scope at once (see `scan_threads`).
-        let count = rows.keys.len();
+        let count = self.keys.len();
         let per_part = count.div_ceil(parts.max(1)).max(1);
         let passes = in_parallel(count.div_ceil(per_part), &|part| {
             let slots = part * per_part..((part + 1) * per_part).min(count);
-            first_pass(&quantized, &rows, slots, threshold, n)
+            first_pass(&quantized, self, slots, threshold, n)
         });
         // The n best lower bounds of all parts give the floor; each part kept at least what it lets through.
         let mut lows: Vec<f32> = passes.iter().flat_map(|pass| pass.lows.iter().copied()).collect();
@@ -211,7 +212,7 @@ impl ScopeVectors {
             if high < floor {
                 continue;
             }
-            let score = dot(query, &rows.data[slot * dims..(slot + 1) * dims]);
+            let score = dot(query, &self.data[slot * dims..(slot + 1) * dims]);
             if score < threshold || (best.len() == n && score <= best[n - 1].0) {
                 continue;
             }
@@ -221,8 +222,8 @@ impl ScopeVectors {
         }
         best.into_iter()
             .map(|(score, slot)| Candidate {
-                key: Arc::clone(&rows.keys[slot]),
-                text: Arc::clone(&rows.texts[slot]),
+                key: Arc::clone(&self.keys[slot]),
+                text: Arc::clone(&self.texts[slot]),
                 score,
             })
             .collect()
@@ -353,6 +354,16 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Vec<f32>> {
 mod tests {
     use super::*;
 
+    /// A deterministic generator (xorshift) of values in [-0.5, 0.5).
+    fn values(mut state: u64) -> impl FnMut() -> f32 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        }
+    }
+
     fn unit(v: &[f32]) -> Vec<f32> {
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
         v.iter().map(|x| x / norm).collect()
@@ -400,13 +411,7 @@ mod tests {
     /// near-duplicates (where the int8 bounds overlap most).
     #[test]
     fn the_two_passes_find_exactly_the_exact_nearest() {
-        let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut next = values(0x9E37_79B9_7F4A_7C15_u64);
         for round in 0..20 {
             let dims = if round % 2 == 0 { 384 } else { 24 };
             let scope = ScopeVectors::new(1);
@@ -451,13 +456,7 @@ mod tests {
         // Near-duplicates of one vector in every part, so that each part's floor differs from the scope's.
         let dims = 24;
         let scope = ScopeVectors::new(1);
-        let mut state = 0x2545_F491_4F6C_DD1D_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
+        let mut next = values(0x2545_F491_4F6C_DD1D_u64);
         let base: Vec<f32> = (0..dims).map(|_| next()).collect();
         let count = 10_007;
         let mut all = Vec::with_capacity(count);
@@ -477,11 +476,8 @@ mod tests {
             exact.truncate(n);
             let want: Vec<(f32, String)> = exact.into_iter().map(|(s, i)| (s, format!("k{i}"))).collect();
             for parts in [1, 2, 3, 4] {
-                let found: Vec<(f32, String)> = scope
-                    .nearest_in(parts, &query, threshold, n)
-                    .into_iter()
-                    .map(|c| (c.score, c.key.to_string()))
-                    .collect();
+                let found = scope.rows.read().unwrap().nearest(parts, &query, threshold, n);
+                let found: Vec<(f32, String)> = found.into_iter().map(|c| (c.score, c.key.to_string())).collect();
                 assert_eq!(found, want, "{parts} parts, threshold {threshold}, n {n}");
             }
         }
