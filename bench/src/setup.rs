@@ -73,6 +73,8 @@ pub struct Db {
     pub unlogged: Result<(), String>,
     /// Why the GIN table is unavailable, if it is.
     pub gin: Result<(), String>,
+    /// The caches' operation timeout; `None` keeps the runtime's default, as an application gets it.
+    pub op_timeout: Option<Duration>,
 }
 
 impl Db {
@@ -101,7 +103,8 @@ impl Db {
     pub async fn cache(&self, table: Table, durability: Durability, coalesce: bool) -> Result<PgCache, String> {
         let mut attempts = 0;
         loop {
-            let built = tuned(PgCache::builder().database_url(self.url_for(table)).coalesce(coalesce), durability)
+            let built = self
+                .tuned(PgCache::builder().database_url(self.url_for(table)).coalesce(coalesce), durability)
                 .build()
                 .await;
             match built {
@@ -118,12 +121,20 @@ impl Db {
 
     /// A `PgCache` over a pool given with `.pool()`.
     pub async fn cache_over(&self, pool: PgPool, durability: Durability) -> Result<PgCache, String> {
-        tuned(PgCache::builder().pool(pool), durability).build().await.map_err(|e| format!("PgCache::build: {e}"))
+        self.tuned(PgCache::builder().pool(pool), durability).build().await.map_err(|e| format!("PgCache::build: {e}"))
     }
-}
 
-fn tuned(builder: cache_runtime::PgCacheBuilder, durability: Durability) -> cache_runtime::PgCacheBuilder {
-    builder.durability(durability).sweep_interval(None).max_entries(None).default_ttl(Duration::from_secs(3600))
+    fn tuned(&self, builder: cache_runtime::PgCacheBuilder, durability: Durability) -> cache_runtime::PgCacheBuilder {
+        let builder = builder
+            .durability(durability)
+            .sweep_interval(None)
+            .max_entries(None)
+            .default_ttl(Duration::from_secs(3600));
+        match self.op_timeout {
+            Some(timeout) => builder.op_timeout(timeout),
+            None => builder,
+        }
+    }
 }
 
 /// Sizes of the data set.
@@ -172,7 +183,7 @@ pub async fn lock(admin_url: &str, database: &str) -> Result<PgConnection, Strin
 }
 
 /// Creates (if needed) and loads the bench database `database` on the server of `admin_url`.
-pub async fn prepare(admin_url: &str, database: &str, rows: Rows) -> Result<Db, String> {
+pub async fn prepare(admin_url: &str, database: &str, rows: Rows, op_timeout: Option<Duration>) -> Result<Db, String> {
     let started = Instant::now();
     let mut admin =
         PgConnection::connect(admin_url).await.map_err(|e| format!("cannot connect to DATABASE_URL: {e}"))?;
@@ -208,7 +219,7 @@ pub async fn prepare(admin_url: &str, database: &str, rows: Rows) -> Result<Db, 
     let max_connections: String =
         sqlx::query_scalar("SHOW max_connections").fetch_one(&mut conn).await.map_err(|e| e.to_string())?;
     let max_connections = max_connections.parse().unwrap_or(100);
-    let mut db = Db { url, server_version, max_connections, unlogged: Ok(()), gin: Ok(()) };
+    let mut db = Db { url, server_version, max_connections, unlogged: Ok(()), gin: Ok(()), op_timeout };
 
     // The tables, through the runtime's own migrations.
     for table in [Table::Logged, Table::Gin, Table::Unlogged] {
@@ -281,7 +292,7 @@ pub async fn prepare(admin_url: &str, database: &str, rows: Rows) -> Result<Db, 
     let began = Instant::now();
     let gin_pool = db.lean_pool(Table::Gin, 1).await?;
     let gin_cache =
-        tuned(PgCache::builder().pool(gin_pool.clone()).gin_index(true), Durability::AsyncCommit).build().await;
+        db.tuned(PgCache::builder().pool(gin_pool.clone()).gin_index(true), Durability::AsyncCommit).build().await;
     match gin_cache {
         Ok(cache) => match cache.migrate().await {
             Ok(()) => log(format!("built the GIN index in {:.1} s", began.elapsed().as_secs_f64())),

@@ -297,6 +297,8 @@ pub struct Options {
     pub fingerprint_budget: Duration,
     /// Run pgbench for this many transactions per client instead of for a duration.
     pub pgbench_transactions: Option<u32>,
+    /// The caches' operation timeout; `None` measures the runtime's default (250 ms), as applications get it.
+    pub op_timeout: Option<Duration>,
     /// Where `BENCHMARKS.md` and `bench/` go; `None` writes nothing.
     pub out: Option<PathBuf>,
     /// The command, as the report prints it.
@@ -321,6 +323,7 @@ impl Options {
             variants: None,
             fingerprint_budget: Duration::from_secs(1),
             pgbench_transactions: None,
+            op_timeout: None,
             out: None,
             command: String::new(),
         }
@@ -350,6 +353,10 @@ impl Options {
             clients: vec![1, 4],
             fingerprint_budget: Duration::from_millis(20),
             pgbench_transactions: Some(20),
+            // The self-check asks whether every row works, not how fast: on a slow or busy machine one fsync
+            // can outlast the default 250 ms, and in a 100 ms window a single timeout is over the 1% a row
+            // may have. Five seconds still catches a row that hangs.
+            op_timeout: Some(Duration::from_secs(5)),
             ..Options::full(database_url)
         }
     }
@@ -827,7 +834,7 @@ pub async fn run(opts: Options) -> Result<Outcome, String> {
         if opts.fingerprint_budget.is_zero() { Vec::new() } else { fingerprint::measure(opts.fingerprint_budget) };
 
     let lock = setup::lock(&opts.database_url, &opts.database).await?;
-    let db = setup::prepare(&opts.database_url, &opts.database, opts.rows).await?;
+    let db = setup::prepare(&opts.database_url, &opts.database, opts.rows, opts.op_timeout).await?;
     let statements = setup::reference_statements();
     log(format!("[setup] GET statement: {}", statements.get));
     log(format!("[setup] SET statement (Full): {}", statements.set_full));
