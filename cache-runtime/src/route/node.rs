@@ -7,6 +7,7 @@
 use super::replicas::{Replica, Replicas};
 use crate::entry::{LiveEntry, Lookup, ReadFrom};
 use crate::error::{CacheError, Result};
+use crate::server::reads::ReadJob;
 use crate::server::Server;
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,10 +35,19 @@ impl Node {
 
     /// A memoized call's lookup: a live entry, or one expired less than `stale_window_ms` ago.
     pub(crate) async fn lookup(&self, key: &str, stale_window_ms: i64, from: ReadFrom) -> Result<Lookup> {
+        self.read(ReadJob::lookup(key, stale_window_ms), from).await
+    }
+
+    /// A live entry.
+    pub(crate) async fn get_live(&self, key: &str, from: ReadFrom) -> Result<Option<LiveEntry>> {
+        Ok(self.read(ReadJob::live(key), from).await?.live())
+    }
+
+    async fn read(&self, job: ReadJob, from: ReadFrom) -> Result<Lookup> {
         if from == ReadFrom::AnyCopy {
             if let Some((replicas, replica, as_of)) = self.standby() {
                 replica.sent(1);
-                match self.primary.read_on(&replica.reads, key, stale_window_ms).await {
+                match self.primary.read_on(&replica.reads, job.clone()).await {
                     Ok(lookup) => return Ok(lookup.answered_by_standby(as_of, replicas.max_lag())),
                     Err(error) => {
                         tracing::debug!(replica = %replica.name, %error, "read replica failed; reading the primary");
@@ -46,12 +56,7 @@ impl Node {
                 }
             }
         }
-        self.primary.read(key, stale_window_ms).await
-    }
-
-    /// A live entry.
-    pub(crate) async fn get_live(&self, key: &str, from: ReadFrom) -> Result<Option<LiveEntry>> {
-        Ok(self.lookup(key, 0, from).await?.live())
+        self.primary.read(job).await
     }
 
     /// Live entries of `keys`, in order (in as few statements as the limits allow).

@@ -145,25 +145,25 @@ impl Server {
         Ok(())
     }
 
-    /// A lookup of `key`: a live entry, or one expired less than `stale_window_ms` ago.
-    pub(crate) async fn read(&self, key: &str, stale_window_ms: i64) -> Result<Lookup> {
-        self.one(&self.reads, ReadJob::new(key, stale_window_ms)).await
+    /// A read of one key (see [`ReadJob`]).
+    pub(crate) async fn read(&self, job: ReadJob) -> Result<Lookup> {
+        self.one(&self.reads, job).await
     }
 
-    /// Lookups of live entries of `keys`, in order (in as few statements as the limits allow).
+    /// Reads of live entries of `keys`, in order (in as few statements as the limits allow).
     pub(crate) async fn read_many(&self, keys: &[&str]) -> Vec<Result<Lookup>> {
-        self.many(&self.reads, keys.iter().map(|key| ReadJob::new(*key, 0)).collect()).await
+        self.many(&self.reads, keys.iter().map(|key| ReadJob::live(*key)).collect()).await
     }
 
     /// [`read`](Self::read) through a standby's queue: a failure is the caller's to handle, and says
     /// nothing about this server.
-    pub(crate) async fn read_on(&self, standby: &Arc<Queue<Reads>>, key: &str, stale_window_ms: i64) -> Result<Lookup> {
-        self.one_unobserved(standby, ReadJob::new(key, stale_window_ms)).await
+    pub(crate) async fn read_on(&self, standby: &Arc<Queue<Reads>>, job: ReadJob) -> Result<Lookup> {
+        self.one_unobserved(standby, job).await
     }
 
     /// [`read_many`](Self::read_many) through a standby's queue, unobserved as [`read_on`](Self::read_on).
     pub(crate) async fn read_many_on(&self, standby: &Arc<Queue<Reads>>, keys: &[&str]) -> Vec<Result<Lookup>> {
-        self.many_unobserved(standby, keys.iter().map(|key| ReadJob::new(*key, 0)).collect()).await
+        self.many_unobserved(standby, keys.iter().map(|key| ReadJob::live(*key)).collect()).await
     }
 
     /// Writes an entry and tells every process (see [`sql::WRITE`]). Whether it wrote: a guarded write

@@ -1,5 +1,5 @@
 //! Coalesced reads (see `coalesce/`): many keys' lookups as one statement ([`sql::READ_MANY`]), and the
-//! one-key statement ([`sql::LOOKUP`]) for a batch of one.
+//! one-key statements ([`sql::LOOKUP`], [`sql::LOOKUP_LIVE`] for plain gets) for a batch of one.
 
 use super::coalesce::{Kind, Locking, Outcome};
 use super::sql;
@@ -14,11 +14,19 @@ use std::sync::Arc;
 pub(crate) struct ReadJob {
     pub(crate) key: String,
     pub(crate) stale_ms: i64,
+    /// Whether the answer's snapshot is needed: only a memoized call's lookup guards a later write with it.
+    needs_snapshot: bool,
 }
 
 impl ReadJob {
-    pub(crate) fn new(key: impl Into<String>, stale_ms: i64) -> ReadJob {
-        ReadJob { key: key.into(), stale_ms }
+    /// A memoized call's lookup: the entry (or a stale one within `stale_ms`), the clock and the snapshot.
+    pub(crate) fn lookup(key: impl Into<String>, stale_ms: i64) -> ReadJob {
+        ReadJob { key: key.into(), stale_ms, needs_snapshot: true }
+    }
+
+    /// A plain get: the live entry only. Its [`Lookup`] has no snapshot.
+    pub(crate) fn live(key: impl Into<String>) -> ReadJob {
+        ReadJob { key: key.into(), stale_ms: 0, needs_snapshot: false }
     }
 }
 
@@ -33,6 +41,8 @@ pub(crate) struct ReadParams {
     stale_ms: Vec<i64>,
     /// For each job, its pair's index.
     slots: Vec<usize>,
+    /// Whether some job needs the snapshot.
+    needs_snapshot: bool,
 }
 
 /// A row of [`sql::LOOKUP`].
@@ -47,6 +57,8 @@ struct LookupRow {
     input_tokens: Option<i64>,
     output_tokens: Option<i64>,
     cost_micros: Option<i64>,
+    /// Absent from [`sql::LOOKUP_LIVE`].
+    #[sqlx(default)]
     snapshot: Option<String>,
 }
 
@@ -91,7 +103,12 @@ impl Kind for Reads {
     fn params(&self, jobs: &[ReadJob], _locking: Locking) -> ReadParams {
         if let [job] = jobs {
             // The common case, a lone get: nothing to share.
-            return ReadParams { keys: vec![job.key.clone()], stale_ms: vec![job.stale_ms], slots: vec![0] };
+            return ReadParams {
+                keys: vec![job.key.clone()],
+                stale_ms: vec![job.stale_ms],
+                slots: vec![0],
+                needs_snapshot: job.needs_snapshot,
+            };
         }
         let mut index = HashMap::with_capacity(jobs.len());
         let (mut keys, mut stale_ms) = (Vec::new(), Vec::new());
@@ -105,12 +122,13 @@ impl Kind for Reads {
                 })
             })
             .collect();
-        ReadParams { keys, stale_ms, slots }
+        ReadParams { keys, stale_ms, slots, needs_snapshot: jobs.iter().any(|job| job.needs_snapshot) }
     }
 
     async fn run<'c>(conn: &'c mut PgConnection, params: &'c ReadParams) -> sqlx::Result<Vec<Outcome<Lookup>>> {
         let found: Vec<Outcome<Lookup>> = if params.keys.len() == 1 {
-            let row = sqlx::query_as::<_, LookupRow>(sql::LOOKUP)
+            let statement = if params.needs_snapshot { sql::LOOKUP } else { sql::LOOKUP_LIVE };
+            let row = sqlx::query_as::<_, LookupRow>(statement)
                 .bind(&params.keys[0])
                 .bind(params.stale_ms[0])
                 .fetch_one(conn)
@@ -145,10 +163,18 @@ mod tests {
 
     #[test]
     fn callers_of_one_key_and_stale_window_share_a_row() {
-        let jobs = [ReadJob::new("a", 0), ReadJob::new("b", 0), ReadJob::new("a", 0), ReadJob::new("a", 5)];
+        let jobs = [ReadJob::live("a"), ReadJob::live("b"), ReadJob::lookup("a", 0), ReadJob::lookup("a", 5)];
         let params = Reads.params(&jobs, Locking::Try);
         assert_eq!(params.keys, ["a", "b", "a"]);
         assert_eq!(params.stale_ms, [0, 0, 5]);
         assert_eq!(params.slots, [0, 1, 0, 2]);
+        assert!(params.needs_snapshot, "a lookup among plain gets still gets its snapshot");
+    }
+
+    #[test]
+    fn plain_gets_alone_leave_the_snapshot_out() {
+        assert!(!Reads.params(&[ReadJob::live("a")], Locking::Try).needs_snapshot);
+        assert!(!Reads.params(&[ReadJob::live("a"), ReadJob::live("a")], Locking::Try).needs_snapshot);
+        assert!(Reads.params(&[ReadJob::lookup("a", 0)], Locking::Try).needs_snapshot);
     }
 }

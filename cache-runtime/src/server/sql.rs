@@ -59,6 +59,20 @@ pub(crate) const LOOKUP: &str = concat!(
     not_queued_for_invalidation!()
 );
 
+/// A plain get's read of $1: [`LOOKUP`] of a live entry without the snapshot, which only a memoized call's
+/// write guard needs. A lone get is a statement of its own, so what it leaves out is server time saved on
+/// every call (docs/BENCHMARKS.md, "A plain get's own statement").
+pub(crate) const LOOKUP_LIVE: &str = concat!(
+    "SELECT e.data::text AS json, ",
+    remaining_ms!("e.expires_at"),
+    " AS remaining_ms, (e.cache_key IS NOT NULL) AS fresh, \
+     (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us, \
+     e.input_tokens, e.output_tokens, e.cost_micros \
+     FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
+     AND (e.expires_at IS NULL OR e.expires_at > now()) AND ",
+    not_queued_for_invalidation!()
+);
+
 /// Coalesced reads: for each key $1[i], with stale window $2[i] ms, what [`LOOKUP`] returns, as rows
 /// `(i, json, remaining ms, fresh, database clock µs, tags, compute µs, usage, snapshot)` in no particular
 /// order; the snapshot, the statement's, only in row `i = 1`. A response holds at most `coalesce_max_keys`

@@ -26,7 +26,7 @@ fn queued<K: Kind>(queue: &Arc<Queue<K>>, jobs: impl IntoIterator<Item = K::Job>
 }
 
 fn reads(keys: &[&str]) -> Vec<ReadJob> {
-    keys.iter().map(|key| ReadJob::new(*key, 0)).collect()
+    keys.iter().map(|key| ReadJob::live(*key)).collect()
 }
 
 fn next_keys<K: Kind>(queue: &Queue<K>, permit: &mut Permit<K>) -> Vec<String> {
