@@ -1,0 +1,2 @@
+\set k random(1, 10000)
+SELECT e.data::text AS json, CASE WHEN isfinite(e.expires_at) THEN (extract(epoch FROM e.expires_at - now()) * 1000)::bigint END AS remaining_ms, (e.cache_key IS NOT NULL) AS fresh, (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us, e.input_tokens, e.output_tokens, e.cost_micros FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = 'bench:' || :k AND (e.expires_at IS NULL OR e.expires_at > now()) AND (e.tags IS NULL OR NOT EXISTS (SELECT 1 FROM cache_deferred_invalidations AS d WHERE d.tags && e.tags));
