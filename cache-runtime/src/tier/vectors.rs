@@ -21,6 +21,7 @@
 use super::quant::{quantize, score_and_bound, Quantized};
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -188,25 +189,42 @@ impl ScopeVectors {
 }
 
 impl Rows {
-    /// [`ScopeVectors::nearest`], the first pass split into (at most) `parts` parts scanned at once.
-    fn nearest(&self, parts: usize, query: &[f32], threshold: f32, n: usize) -> Vec<Candidate> {
+    /// [`ScopeVectors::nearest`], the first pass on (at most) `threads` threads at once.
+    fn nearest(&self, threads: usize, query: &[f32], threshold: f32, n: usize) -> Vec<Candidate> {
         if self.dims == 0 || query.len() != self.dims || n == 0 {
             return Vec::new();
         }
-        let dims = self.dims;
         let quantized = quantize(query);
-        // First pass, int8, over contiguous parts of the scope at once (see `scan_threads`).
+        // First pass, int8, a block at a time, on `threads` threads (see `scan_threads`). Each thread claims
+        // the next block not yet taken rather than a fixed share: a thread that starts late, or loses its core
+        // to the server for a while, leaves its blocks to the others instead of holding the lookup back.
         let count = self.keys.len();
-        let per_part = count.div_ceil(parts.max(1)).max(1);
-        let passes = in_parallel(count.div_ceil(per_part), &|part| {
-            let slots = part * per_part..((part + 1) * per_part).min(count);
-            first_pass(&quantized, self, slots, threshold, n)
+        let blocks = count.div_ceil(SCAN_BLOCK);
+        let next = AtomicUsize::new(0);
+        let passes = in_parallel(threads.min(blocks), &|_| {
+            let mut pass = FirstPass::new(threshold, n);
+            loop {
+                let block = next.fetch_add(1, Ordering::Relaxed);
+                if block >= blocks {
+                    return pass;
+                }
+                let slots = block * SCAN_BLOCK..((block + 1) * SCAN_BLOCK).min(count);
+                if pass.scan(&quantized, self, slots, threshold, n).is_err() {
+                    // Rows of `dims` values by construction: a mismatch is a bug, and no match is the safe answer.
+                    return FirstPass::new(threshold, n);
+                }
+            }
         });
-        // The n best lower bounds of all parts give the floor; each part kept at least what it lets through.
+        self.exact_pass(&passes, query, threshold, n)
+    }
+
+    /// The second pass, exact, over what the first passes kept: the n best at or above `threshold`.
+    fn exact_pass(&self, passes: &[FirstPass], query: &[f32], threshold: f32, n: usize) -> Vec<Candidate> {
+        let dims = self.dims;
+        // The n best lower bounds of all passes give the floor; each pass kept at least what it lets through.
         let mut lows: Vec<f32> = passes.iter().flat_map(|pass| pass.lows.iter().copied()).collect();
         lows.sort_unstable_by(|a, b| b.total_cmp(a));
         let floor = if lows.len() >= n { threshold.max(lows[n - 1]) } else { threshold };
-        // Second pass, exact, over the vectors that may still make it.
         let mut best: Vec<(f32, usize)> = Vec::with_capacity(n + 1);
         for &(high, slot) in passes.iter().flat_map(|pass| pass.maybe.iter()) {
             if high < floor {
@@ -230,54 +248,63 @@ impl Rows {
     }
 }
 
-/// What the int8 pass over some of a scope's vectors leaves for the exact pass.
-#[derive(Debug, Default)]
+/// What the int8 pass over some of a scope's vectors (one thread's blocks) leaves for the exact pass.
+#[derive(Debug)]
 struct FirstPass {
     /// The vectors whose exact score may reach the threshold and the n best: (upper bound, slot).
     maybe: Vec<(f32, usize)>,
     /// The n largest lower bounds of exact scores seen, largest first.
     lows: Vec<f32>,
+    /// The threshold, or the n-th largest lower bound once there are n.
+    floor: f32,
+    /// The kernel's dot products of one block: 16 KiB, kept in the L1 cache (a buffer for the whole scope,
+    /// 400 KB at 100k, cost page faults on every lookup).
+    dots: Vec<i32>,
 }
 
-/// The int8 pass over the vectors at `slots`: keeps each vector whose exact score may reach both the
-/// threshold and the n-th largest lower bound seen so far (`floor`). A part sees fewer vectors than the
-/// whole scope, so its floor is at most the scope's: what it keeps is a superset of what the scope needs.
-fn first_pass(query: &Quantized, rows: &Rows, slots: Range<usize>, threshold: f32, n: usize) -> FirstPass {
-    let dims = rows.dims;
-    let mut pass = FirstPass { maybe: Vec::new(), lows: Vec::with_capacity(n + 1) };
-    let mut floor = threshold;
-    // The dot products come a block at a time, one call of the SIMD kernel per block, into a buffer that
-    // stays in the L1 cache (a buffer for the whole scope, 400 KB at 100k, cost page faults on every lookup).
-    let mut dots = vec![0i32; SCAN_BLOCK.min(slots.len())];
-    for block_start in slots.clone().step_by(SCAN_BLOCK) {
-        let block = block_start..(block_start + SCAN_BLOCK).min(slots.end);
-        let dots = &mut dots[..block.len()];
-        if cache_kernels::dot_i8_rows(&query.values, &rows.quant[block.start * dims..block.end * dims], dots).is_err() {
-            // Rows of `dims` values by construction: a mismatch is a bug, and no match is the safe answer.
-            return FirstPass::default();
-        }
-        for (slot, &values_dot) in block.zip(dots.iter()) {
+impl FirstPass {
+    fn new(threshold: f32, n: usize) -> FirstPass {
+        FirstPass { maybe: Vec::new(), lows: Vec::with_capacity(n + 1), floor: threshold, dots: Vec::new() }
+    }
+
+    /// Scans the vectors at `slots` (at most [`SCAN_BLOCK`]): keeps each vector whose exact score may reach
+    /// both the threshold and the n-th largest lower bound seen so far. One thread sees fewer vectors than
+    /// the whole scope, so its floor is at most the scope's: what it keeps is a superset of what the scope
+    /// needs. `Err` when the rows and the query disagree on the dimensions.
+    fn scan(
+        &mut self,
+        query: &Quantized,
+        rows: &Rows,
+        slots: Range<usize>,
+        threshold: f32,
+        n: usize,
+    ) -> Result<(), ()> {
+        let dims = rows.dims;
+        self.dots.resize(slots.len(), 0);
+        let quant = &rows.quant[slots.start * dims..slots.end * dims];
+        cache_kernels::dot_i8_rows(&query.values, quant, &mut self.dots).map_err(drop)?;
+        for (slot, &values_dot) in slots.zip(self.dots.iter()) {
             let (approx, bound) = score_and_bound(query, values_dot, rows.scales[slot], rows.l1s[slot]);
             let high = approx + bound;
-            if high < floor {
+            if high < self.floor {
                 continue;
             }
-            pass.maybe.push((high, slot));
+            self.maybe.push((high, slot));
             let low = approx - bound;
-            if low > floor || pass.lows.len() < n {
-                let at = pass.lows.partition_point(|&l| l >= low);
-                pass.lows.insert(at, low);
-                pass.lows.truncate(n);
-                if pass.lows.len() == n {
-                    floor = floor.max(pass.lows[n - 1]);
+            if low > self.floor || self.lows.len() < n {
+                let at = self.lows.partition_point(|&l| l >= low);
+                self.lows.insert(at, low);
+                self.lows.truncate(n);
+                if self.lows.len() == n {
+                    self.floor = threshold.max(self.lows[n - 1]);
                 }
             }
         }
+        Ok(())
     }
-    pass
 }
 
-/// Vectors per call of the int8 kernel in the first pass: their dot products (16 KiB) stay in the L1 cache.
+/// Vectors per call of the int8 kernel, and per block a scanning thread claims.
 const SCAN_BLOCK: usize = 4096;
 
 /// Vectors per scanning thread at least: below twice this the calling thread scans alone, since starting a
@@ -351,146 +378,4 @@ pub(crate) fn decode(bytes: &[u8]) -> Option<Vec<f32>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A deterministic generator (xorshift) of values in [-0.5, 0.5).
-    fn values(mut state: u64) -> impl FnMut() -> f32 {
-        move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        }
-    }
-
-    fn unit(v: &[f32]) -> Vec<f32> {
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        v.iter().map(|x| x / norm).collect()
-    }
-
-    #[test]
-    fn nearest_ranks_by_score_and_respects_the_threshold() {
-        let scope = ScopeVectors::new(1);
-        scope.upsert("a", "A", &unit(&[1.0, 0.0, 0.0]));
-        scope.upsert("b", "B", &unit(&[1.0, 1.0, 0.0]));
-        scope.upsert("c", "C", &unit(&[0.0, 0.0, 1.0]));
-        let found = scope.nearest(&unit(&[1.0, 0.2, 0.0]), 0.5, 4);
-        let keys: Vec<&str> = found.iter().map(|c| &*c.key).collect();
-        assert_eq!(keys, ["a", "b"]);
-        assert!(found[0].score > found[1].score);
-        assert_eq!(scope.nearest(&unit(&[1.0, 0.2, 0.0]), 0.5, 1).len(), 1);
-        assert!(scope.nearest(&unit(&[0.0, 1.0, -1.0]), 0.99, 4).is_empty());
-    }
-
-    #[test]
-    fn upsert_replaces_and_remove_keeps_the_others_intact() {
-        let scope = ScopeVectors::new(1);
-        for (i, key) in ["a", "b", "c", "d"].iter().enumerate() {
-            let mut v = vec![0.0; 4];
-            v[i] = 1.0;
-            scope.upsert(key, key, &v);
-        }
-        scope.upsert("a", "A2", &[0.0, 0.0, 0.0, 1.0]);
-        assert_eq!(scope.len(), 4);
-        scope.remove("b");
-        scope.remove("missing");
-        assert_eq!(scope.len(), 3);
-        // "d" moved into b's slot: its vector and text moved with it.
-        let found = scope.nearest(&[0.0, 0.0, 0.0, 1.0], 0.9, 4);
-        let keys: Vec<(&str, &str)> = found.iter().map(|c| (&*c.key, &*c.text)).collect();
-        assert_eq!(keys.len(), 2);
-        assert!(keys.contains(&("a", "A2")) && keys.contains(&("d", "d")));
-        assert_eq!(&*scope.nearest(&[0.0, 0.0, 1.0, 0.0], 0.9, 4)[0].key, "c");
-        // Another length than the scope's is ignored.
-        scope.upsert("e", "e", &[1.0, 0.0]);
-        assert_eq!(scope.len(), 3);
-    }
-
-    /// The two-pass search finds exactly what scoring every vector gives, on many random scopes with
-    /// near-duplicates (where the int8 bounds overlap most).
-    #[test]
-    fn the_two_passes_find_exactly_the_exact_nearest() {
-        let mut next = values(0x9E37_79B9_7F4A_7C15_u64);
-        for round in 0..20 {
-            let dims = if round % 2 == 0 { 384 } else { 24 };
-            let scope = ScopeVectors::new(1);
-            let base: Vec<f32> = (0..dims).map(|_| next()).collect();
-            let mut all = Vec::new();
-            for i in 0..400 {
-                // Half near `base`, half anywhere.
-                let spread = if i % 2 == 0 { 0.05 } else { 5.0 };
-                let v = unit(&base.iter().map(|b| b + spread * next()).collect::<Vec<f32>>());
-                scope.upsert(&format!("k{i}"), "t", &v);
-                all.push((format!("k{i}"), v));
-            }
-            let query = unit(&base.iter().map(|b| b + 0.05 * next()).collect::<Vec<f32>>());
-            for (threshold, n) in [(0.5, 1), (0.9, 5), (-1.0, 10), (0.99, 3)] {
-                let mut exact: Vec<(f32, &str)> =
-                    all.iter().map(|(k, v)| (dot(&query, v), k.as_str())).filter(|(s, _)| *s >= threshold).collect();
-                exact.sort_by(|a, b| b.0.total_cmp(&a.0));
-                exact.truncate(n);
-                let found: Vec<(f32, String)> =
-                    scope.nearest(&query, threshold, n).into_iter().map(|c| (c.score, c.key.to_string())).collect();
-                let want: Vec<(f32, String)> = exact.into_iter().map(|(s, k)| (s, k.to_owned())).collect();
-                assert_eq!(found, want, "round {round}, threshold {threshold}, n {n}");
-            }
-        }
-    }
-
-    /// Whatever the number of parts the scope is scanned in, the search finds what one part finds, and
-    /// every part runs once, in order.
-    #[test]
-    fn a_scope_scanned_in_parts_finds_what_one_part_finds() {
-        for parts in [0, 1, 2, 3, 7] {
-            let ran = std::sync::Mutex::new(Vec::new());
-            let results = in_parallel(parts, &|part| {
-                ran.lock().unwrap().push(part);
-                part * 10
-            });
-            assert_eq!(results, (0..parts).map(|p| p * 10).collect::<Vec<_>>());
-            let mut ran = ran.into_inner().unwrap();
-            ran.sort_unstable();
-            assert_eq!(ran, (0..parts).collect::<Vec<_>>());
-        }
-        // Near-duplicates of one vector in every part, so that each part's floor differs from the scope's.
-        let dims = 24;
-        let scope = ScopeVectors::new(1);
-        let mut next = values(0x2545_F491_4F6C_DD1D_u64);
-        let base: Vec<f32> = (0..dims).map(|_| next()).collect();
-        let count = 10_007;
-        let mut all = Vec::with_capacity(count);
-        for i in 0..count {
-            // Every thousandth a little further from `base` than the one before: scores spread wider than
-            // the int8 bounds, so that a floor set too high would drop some of the n best.
-            let spread = if i % 1000 == 0 { 0.03 * (1 + i / 1000) as f32 } else { 5.0 };
-            let v = unit(&base.iter().map(|b| b + spread * next()).collect::<Vec<f32>>());
-            scope.upsert(&format!("k{i}"), "t", &v);
-            all.push(v);
-        }
-        let query = unit(&base.iter().map(|b| b + 0.05 * next()).collect::<Vec<f32>>());
-        for (threshold, n) in [(0.5, 1), (0.9, 5), (-1.0, 10)] {
-            let mut exact: Vec<(f32, usize)> =
-                all.iter().enumerate().map(|(i, v)| (dot(&query, v), i)).filter(|(s, _)| *s >= threshold).collect();
-            exact.sort_by(|a, b| b.0.total_cmp(&a.0));
-            exact.truncate(n);
-            let want: Vec<(f32, String)> = exact.into_iter().map(|(s, i)| (s, format!("k{i}"))).collect();
-            for parts in [1, 2, 3, 4] {
-                let found = scope.rows.read().unwrap().nearest(parts, &query, threshold, n);
-                let found: Vec<(f32, String)> = found.into_iter().map(|c| (c.score, c.key.to_string())).collect();
-                assert_eq!(found, want, "{parts} parts, threshold {threshold}, n {n}");
-            }
-        }
-    }
-
-    #[test]
-    fn dot_matches_the_plain_sum_and_bytes_round_trip() {
-        let a: Vec<f32> = (0..21).map(|i| i as f32 * 0.1).collect();
-        let b: Vec<f32> = (0..21).map(|i| 1.0 - i as f32 * 0.05).collect();
-        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - plain).abs() < 1e-4);
-        assert_eq!(decode(&encode(&a)), Some(a));
-        assert_eq!(decode(&[0, 0, 0]), None);
-        assert_eq!(decode(&f32::NAN.to_le_bytes()), None);
-    }
-}
+mod tests;
