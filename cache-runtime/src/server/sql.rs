@@ -44,34 +44,44 @@ macro_rules! not_queued_for_invalidation {
     };
 }
 
-/// A memoized call's lookup of $1: a live entry or one expired less than $2 ms ago, its tags, compute time and
-/// usage, and the database's clock and snapshot (see `pg_cached_write_refused` in `migrations/functions.sql`: a
-/// write is refused for a tag invalidated by a transaction this snapshot did not see). Always one row, so that
-/// the clock comes back on a miss too.
-pub(crate) const LOOKUP: &str = concat!(
-    "SELECT e.data::text AS json, ",
-    remaining_ms!("e.expires_at"),
-    " AS remaining_ms, (e.expires_at IS NULL OR e.expires_at > now()) AS fresh, \
-     (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us, \
-     e.input_tokens, e.output_tokens, e.cost_micros, pg_current_snapshot()::text AS snapshot \
-     FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
-     AND (e.expires_at IS NULL OR e.expires_at > now() - $2::bigint * interval '1 millisecond') AND ",
-    not_queued_for_invalidation!()
-);
+/// What every read of an entry returns (see `LookupRow` in `reads.rs`): the entry `e`'s JSON, the
+/// milliseconds left, whether it is fresh, the database's clock, its tags, compute time and usage.
+macro_rules! entry_columns {
+    () => {
+        concat!(
+            "e.data::text AS json, ",
+            remaining_ms!("e.expires_at"),
+            " AS remaining_ms, (e.expires_at IS NULL OR e.expires_at > now()) AS fresh, \
+             (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us, \
+             e.input_tokens, e.output_tokens, e.cost_micros"
+        )
+    };
+}
 
-/// A plain get's read of $1: [`LOOKUP`] of a live entry without the snapshot, which only a memoized call's
-/// write guard needs. A lone get is a statement of its own, so what it leaves out is server time saved on
-/// every call (docs/BENCHMARKS.md, "A plain get's own statement").
-pub(crate) const LOOKUP_LIVE: &str = concat!(
-    "SELECT e.data::text AS json, ",
-    remaining_ms!("e.expires_at"),
-    " AS remaining_ms, (e.cache_key IS NOT NULL) AS fresh, \
-     (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us, \
-     e.input_tokens, e.output_tokens, e.cost_micros \
-     FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
-     AND (e.expires_at IS NULL OR e.expires_at > now()) AND ",
-    not_queued_for_invalidation!()
-);
+/// The read of one key $1: a live entry or one expired less than $2 ms ago, its `entry_columns!` and the
+/// columns `$more`. Always one row, so that the clock comes back on a miss too.
+macro_rules! lookup_of_one {
+    ($more:literal) => {
+        concat!(
+            "SELECT ",
+            entry_columns!(),
+            $more,
+            " FROM (SELECT 1) AS one LEFT JOIN cache_entries AS e ON e.cache_key = $1 \
+             AND (e.expires_at IS NULL OR e.expires_at > now() - $2::bigint * interval '1 millisecond') AND ",
+            not_queued_for_invalidation!()
+        )
+    };
+}
+
+/// A memoized call's lookup (`lookup_of_one!`) with the statement's snapshot (see `pg_cached_write_refused`
+/// in `migrations/functions.sql`: a write is refused for a tag invalidated by a transaction this snapshot did
+/// not see).
+pub(crate) const LOOKUP: &str = lookup_of_one!(", pg_current_snapshot()::text AS snapshot");
+
+/// A plain get's read (`lookup_of_one!`, $2 = 0): [`LOOKUP`] without the snapshot, which only a memoized
+/// call's write guard needs. A lone get is a statement of its own, so what it leaves out is server time saved
+/// on every call (docs/BENCHMARKS.md, "A plain get's own statement").
+pub(crate) const LOOKUP_LIVE: &str = lookup_of_one!("");
 
 /// Coalesced reads: for each key $1[i], with stale window $2[i] ms, what [`LOOKUP`] returns, as rows
 /// `(i, json, remaining ms, fresh, database clock µs, tags, compute µs, usage, snapshot)` in no particular
@@ -79,12 +89,9 @@ pub(crate) const LOOKUP_LIVE: &str = concat!(
 /// values of at most `max_value_bytes` each (it had a byte budget of its own until issue 26 measured it:
 /// docs/BENCHMARKS.md, "The restructure, and the read byte budget").
 pub(crate) const READ_MANY: &str = concat!(
-    "SELECT k.i, e.data::text AS json, ",
-    remaining_ms!("e.expires_at"),
-    " AS remaining_ms, (e.expires_at IS NULL OR e.expires_at > now()) AS fresh, \
-     (extract(epoch FROM now()) * 1000000)::bigint AS now_us, e.tags, e.compute_us, \
-     e.input_tokens, e.output_tokens, e.cost_micros, \
-     CASE WHEN k.i = 1 THEN pg_current_snapshot()::text END AS snapshot \
+    "SELECT k.i, ",
+    entry_columns!(),
+    ", CASE WHEN k.i = 1 THEN pg_current_snapshot()::text END AS snapshot \
      FROM unnest($1::text[], $2::bigint[]) WITH ORDINALITY AS k(key, stale_ms, i) \
      LEFT JOIN cache_entries AS e ON e.cache_key = k.key \
      AND (e.expires_at IS NULL OR e.expires_at > now() - k.stale_ms * interval '1 millisecond') AND ",

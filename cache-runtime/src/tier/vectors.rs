@@ -209,7 +209,7 @@ impl Rows {
                     return pass;
                 }
                 let slots = block * SCAN_BLOCK..((block + 1) * SCAN_BLOCK).min(count);
-                if pass.scan(&quantized, self, slots, threshold, n).is_err() {
+                if pass.scan(&quantized, self, slots).is_err() {
                     // Rows of `dims` values by construction: a mismatch is a bug, and no match is the safe answer.
                     return FirstPass::new(threshold, n);
                 }
@@ -257,6 +257,9 @@ struct FirstPass {
     lows: Vec<f32>,
     /// The threshold, or the n-th largest lower bound once there are n.
     floor: f32,
+    threshold: f32,
+    /// How many candidates the search wants.
+    n: usize,
     /// The kernel's dot products of one block: 16 KiB, kept in the L1 cache (a buffer for the whole scope,
     /// 400 KB at 100k, cost page faults on every lookup).
     dots: Vec<i32>,
@@ -264,22 +267,22 @@ struct FirstPass {
 
 impl FirstPass {
     fn new(threshold: f32, n: usize) -> FirstPass {
-        FirstPass { maybe: Vec::new(), lows: Vec::with_capacity(n + 1), floor: threshold, dots: Vec::new() }
+        FirstPass {
+            maybe: Vec::new(),
+            lows: Vec::with_capacity(n + 1),
+            floor: threshold,
+            threshold,
+            n,
+            dots: Vec::new(),
+        }
     }
 
     /// Scans the vectors at `slots` (at most [`SCAN_BLOCK`]): keeps each vector whose exact score may reach
     /// both the threshold and the n-th largest lower bound seen so far. One thread sees fewer vectors than
     /// the whole scope, so its floor is at most the scope's: what it keeps is a superset of what the scope
     /// needs. `Err` when the rows and the query disagree on the dimensions.
-    fn scan(
-        &mut self,
-        query: &Quantized,
-        rows: &Rows,
-        slots: Range<usize>,
-        threshold: f32,
-        n: usize,
-    ) -> Result<(), ()> {
-        let dims = rows.dims;
+    fn scan(&mut self, query: &Quantized, rows: &Rows, slots: Range<usize>) -> Result<(), ()> {
+        let (dims, n) = (rows.dims, self.n);
         self.dots.resize(slots.len(), 0);
         let quant = &rows.quant[slots.start * dims..slots.end * dims];
         cache_kernels::dot_i8_rows(&query.values, quant, &mut self.dots).map_err(drop)?;
@@ -296,7 +299,7 @@ impl FirstPass {
                 self.lows.insert(at, low);
                 self.lows.truncate(n);
                 if self.lows.len() == n {
-                    self.floor = threshold.max(self.lows[n - 1]);
+                    self.floor = self.threshold.max(self.lows[n - 1]);
                 }
             }
         }

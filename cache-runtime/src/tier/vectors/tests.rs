@@ -138,7 +138,7 @@ fn a_scope_scanned_on_many_threads_finds_what_the_exact_scan_finds() {
             .map(|block| {
                 let mut pass = FirstPass::new(threshold, n);
                 let slots = block * SCAN_BLOCK..((block + 1) * SCAN_BLOCK).min(count);
-                pass.scan(&quantized, &rows, slots, threshold, n).unwrap();
+                pass.scan(&quantized, &rows, slots).unwrap();
                 pass
             })
             .collect();
