@@ -1,8 +1,8 @@
 //! The numeric inner loops of pg-cached's embedding model: a dense layer's product `y = x·Wᵀ + b`, over
 //! weights laid out once, when the model is loaded, in the order the product reads them
 //! ([`PanelMatrix`]), and the GELU activation over a whole layer at once ([`gelu_in_place`]); and the
-//! first pass of the semantic search, int8 dot products of one query with many stored vectors
-//! ([`dot_i8_rows`]).
+//! first pass of the semantic search, dot products of one int8 query with many stored vectors packed in
+//! int4 ([`dot_i8_i4_rows`]).
 //!
 //! A general matrix product (`matrixmultiply`) copies its right operand into blocks on every call. For a
 //! sentence-embedding model's shape (a short question is a dozen rows against 384-1536 columns of weights)
@@ -31,6 +31,9 @@
 //! ```
 
 use pulp::{Arch, Simd, WithSimd};
+
+mod int4;
+pub use int4::{dot_i8_i4_rows, pack_i4, packed_i4_len};
 
 /// Output columns per panel: two AVX2 vectors, four SSE or NEON vectors, sixteen scalars.
 const PANEL: usize = 16;
@@ -243,92 +246,6 @@ fn exp(x: f32) -> f32 {
     }
 }
 
-/// The dot product of `query` with each row of `rows` (rows of `query.len()` values, one after another),
-/// exactly, into `out`, one per row. The sums are i32: exact below 133,000 dimensions.
-///
-/// # Errors
-/// When `rows` is not `out.len()` rows of `query.len()` values.
-pub fn dot_i8_rows(query: &[i8], rows: &[i8], out: &mut [i32]) -> Result<(), ShapeError> {
-    if Some(rows.len()) != query.len().checked_mul(out.len()) || (query.is_empty() && !out.is_empty()) {
-        return Err(ShapeError(format!("{} values are not {} rows of {}", rows.len(), out.len(), query.len())));
-    }
-    if query.is_empty() {
-        return Ok(());
-    }
-    #[cfg(target_arch = "x86_64")]
-    if let Some(simd) = pulp::x86::V3::try_new() {
-        // The byte-pair instructions need a query without -128 (see `avx2`): symmetric quantization, the
-        // semantic search's, never makes one.
-        if !query.contains(&i8::MIN) {
-            simd.vectorize(|| avx2::dot_rows(simd, query, rows, out));
-            return Ok(());
-        }
-    }
-    Arch::new().dispatch(|| {
-        for (row, sum) in rows.chunks_exact(query.len()).zip(out.iter_mut()) {
-            *sum = dot_i8(query, row);
-        }
-    });
-    Ok(())
-}
-
-/// [`dot_i8_rows`] in AVX2's byte-pair instructions: 32 products per instruction where the compiler's own
-/// vectorization of [`dot_i8`] widens each byte to 32 bits first (8 per instruction). At 100,000 rows of
-/// 384 values this took the scan from 6.1 to 3.7-4.5 ms on one core (docs/SEMANTIC.md).
-///
-/// `vpmaddubsw` multiplies unsigned bytes by signed bytes and adds adjacent pairs into i16 with
-/// saturation. With `|r|` as the unsigned side and the query value carrying `r`'s sign as the signed side,
-/// `|r|·(sign(r)·q) = r·q`; `|r| ≤ 128` and `|q| ≤ 127` (the caller rules out -128 in the query, whose
-/// negation overflows), so a pair's sum is at most 32,512 and never saturates. `vpmaddwd` by ones then adds
-/// pairs of those into i32: exact, as the definition.
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use pulp::x86::V3;
-    use std::arch::x86_64::__m256i;
-
-    /// Inlined into `V3::vectorize`'s closure, where AVX2 is enabled.
-    #[inline(always)]
-    pub(super) fn dot_rows(simd: V3, query: &[i8], rows: &[i8], out: &mut [i32]) {
-        let ones = simd.avx._mm256_set1_epi16(1);
-        let q32 = query.chunks_exact(32);
-        let q_tail = q32.remainder();
-        for (row, sum) in rows.chunks_exact(query.len()).zip(out.iter_mut()) {
-            let r32 = row.chunks_exact(32);
-            let tail: i32 = q_tail.iter().zip(r32.remainder()).map(|(&q, &r)| i32::from(q) * i32::from(r)).sum();
-            let mut acc = simd.avx._mm256_setzero_si256();
-            for (q, r) in q32.clone().zip(r32) {
-                let (q, r) = (load(q), load(r));
-                let pairs =
-                    simd.avx2._mm256_maddubs_epi16(simd.avx2._mm256_abs_epi8(r), simd.avx2._mm256_sign_epi8(q, r));
-                acc = simd.avx2._mm256_add_epi32(acc, simd.avx2._mm256_madd_epi16(pairs, ones));
-            }
-            let lanes: [i32; 8] = pulp::cast(acc);
-            *sum = lanes.iter().sum::<i32>() + tail;
-        }
-    }
-
-    /// 32 bytes as one vector (an unaligned load).
-    #[inline(always)]
-    fn load(bytes: &[i8]) -> __m256i {
-        let array: [i8; 32] = bytes.try_into().unwrap_or([0; 32]);
-        pulp::cast(array)
-    }
-}
-
-/// Sixteen partial sums, so that the compiler keeps them in vector registers.
-#[inline(always)]
-fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    let mut sums = [0i32; 16];
-    let (a16, b16) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: i32 = a16.remainder().iter().zip(b16.remainder()).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum();
-    for (x, y) in a16.zip(b16) {
-        for i in 0..16 {
-            sums[i] += i32::from(x[i]) * i32::from(y[i]);
-        }
-    }
-    sums.iter().sum::<i32>() + tail
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -429,45 +346,6 @@ mod tests {
         let alone: Vec<f32> = values.iter().map(|&v| gelu_of(v)).collect();
         gelu_in_place(&mut values);
         assert_eq!(values, alone);
-    }
-
-    /// `dot_i8_rows` of `query` with each row of `rows` is the plain definition.
-    fn assert_exact_dots(query: &[i8], rows: &[i8]) {
-        let dims = query.len();
-        let mut out = vec![0; rows.len() / dims];
-        dot_i8_rows(query, rows, &mut out).unwrap();
-        for (r, &got) in out.iter().enumerate() {
-            let row = &rows[r * dims..(r + 1) * dims];
-            let expected: i32 = query.iter().zip(row).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
-            assert_eq!(got, expected, "{dims} dimensions, row {r}");
-        }
-    }
-
-    /// Int8 dot products against the plain definition, at the extremes of the range and odd lengths.
-    #[test]
-    fn int8_dot_products_are_exact() {
-        for dims in [1, 15, 16, 17, 384, 385] {
-            let query: Vec<i8> =
-                (0..dims).map(|i| if i % 3 == 0 { -127 } else { (i * 37 % 255) as u8 as i8 }).collect();
-            let rows: Vec<i8> = (0..dims * 5).map(|i| (i * 91 % 255) as u8 as i8).collect();
-            assert_exact_dots(&query, &rows);
-        }
-        let all_min = vec![-128i8; 384];
-        let mut out = [0];
-        dot_i8_rows(&all_min, &all_min, &mut out).unwrap();
-        assert_eq!(out[0], 384 * 128 * 128);
-        // The extremes the byte-pair path takes: rows of -128 against a query of ±127 (pairs at their
-        // largest), and the query's -128 (which takes the other path).
-        for dims in [32, 64, 384, 390] {
-            let query: Vec<i8> = (0..dims).map(|i| if i % 2 == 0 { 127 } else { -127 }).collect();
-            let rows: Vec<i8> = (0..dims * 3).map(|i| if i % 5 == 4 { 127 } else { -128 }).collect();
-            assert_exact_dots(&query, &rows);
-            // Every pair at its largest.
-            assert_exact_dots(&vec![-127; dims], &rows);
-        }
-        assert!(dot_i8_rows(&[1, 2], &[1, 2, 3], &mut [0; 2]).is_err());
-        assert!(dot_i8_rows(&[], &[], &mut [0]).is_err());
-        assert!(dot_i8_rows(&[], &[], &mut []).is_ok());
     }
 
     #[test]

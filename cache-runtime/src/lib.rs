@@ -262,6 +262,27 @@ pub mod test_support {
         crate::cache::Scope::new(namespace, scope, model_id).hash
     }
 
+    /// A scope of semantic vectors in memory, as a cache holds one, for measuring its search.
+    #[derive(Debug)]
+    pub struct ScopeProbe(crate::tier::vectors::ScopeVectors);
+
+    impl ScopeProbe {
+        /// A scope holding `vectors` (unit vectors of one length).
+        pub fn new(vectors: &[Vec<f32>]) -> ScopeProbe {
+            let scope = crate::tier::vectors::ScopeVectors::new(1);
+            for (i, vector) in vectors.iter().enumerate() {
+                scope.upsert(&i.to_string(), "", vector);
+            }
+            ScopeProbe(scope)
+        }
+
+        /// How many of the scope's vectors the first pass leaves to be scored exactly when `query` asks for
+        /// the best one at or above `threshold`.
+        pub fn exact_pass_size(&self, query: &[f32], threshold: f32) -> usize {
+            self.0.exact_pass_size(query, threshold, 1)
+        }
+    }
+
     /// The key [`PgCache::set_similar`] stores `text` under.
     pub fn similar_key(namespace: &str, scope: &str, text: &str) -> String {
         crate::cache::similar_key(namespace, scope, text)

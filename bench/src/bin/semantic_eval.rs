@@ -20,6 +20,7 @@
 //! ```
 
 use cache_runtime::semantic::{cosine, default_model_dir, guard, Embedder, MiniLm};
+use cache_runtime::test_support::ScopeProbe;
 use clap::Parser;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -195,6 +196,7 @@ async fn search(model: &MiniLm, pairs: &[Pair]) -> Result<(Vec<String>, Vec<Quer
     if too_long > 0 {
         println!("{too_long} texts are longer than the model's window: never matched by meaning");
     }
+    report_first_pass(&stored, &asked);
     let queries = pairs
         .iter()
         .zip(&asked)
@@ -212,6 +214,22 @@ async fn search(model: &MiniLm, pairs: &[Pair]) -> Result<(Vec<String>, Vec<Quer
         })
         .collect();
     Ok((entries, queries))
+}
+
+/// How much of a scope of these texts the semantic search's int4 first pass leaves to be scored exactly, at
+/// the default threshold: the cost of its error bound on the model's own vectors.
+fn report_first_pass(stored: &[Option<Vec<f32>>], asked: &[Option<Vec<f32>>]) {
+    let stored: Vec<Vec<f32>> = stored.iter().flatten().cloned().collect();
+    let probe = ScopeProbe::new(&stored);
+    let threshold = cache_runtime::DEFAULT_SIMILARITY_THRESHOLD;
+    let kept: Vec<usize> = asked.iter().flatten().map(|query| probe.exact_pass_size(query, threshold)).collect();
+    let (total, most) = (kept.iter().sum::<usize>(), kept.iter().copied().max().unwrap_or(0));
+    let mean = total as f64 / kept.len().max(1) as f64;
+    println!(
+        "first pass at threshold {threshold}: {mean:.1} of {} stored vectors scored exactly per lookup ({:.2} %), at most {most}",
+        stored.len(),
+        pct(total, kept.len() * stored.len())
+    );
 }
 
 /// The vectors of `texts`; `None` for a text longer than the model's window, which a cache cannot match by

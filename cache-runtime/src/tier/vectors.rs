@@ -14,11 +14,11 @@
 //!
 //! The search is exact: every vector of the scope is scored (a dot product: they are unit vectors). At
 //! 100,000 vectors of 384 dimensions that is 38 M multiply-adds over 154 MB, which memory bandwidth bounds;
-//! so the scan reads each vector's int8 copy (`quant.rs`, a quarter of the bytes) with a bound on its error,
+//! so the scan reads each vector's int4 copy (`quant.rs`, an eighth of the bytes) with a bound on its error,
 //! and scores exactly only the vectors whose bound leaves them a chance. The measurements are in
 //! docs/SEMANTIC.md.
 
-use super::quant::{quantize, score_and_bound, Quantized};
+use super::quant::{pack, quantize, score_and_bound, Bounds, Quantized};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -92,22 +92,22 @@ pub(crate) struct Candidate {
     pub(crate) score: f32,
 }
 
-/// The vectors, one after the other in `data`, with their keys and texts at the same index, and their int8
-/// copies one after the other in `quant` (scale and L1 norm at the same index).
+/// The vectors, one after the other in `data`, with their keys and texts at the same index, and their int4
+/// copies one after the other in `packed` (`packed_len` bytes each; what their bound needs at the same index).
 #[derive(Debug, Default)]
 struct Rows {
     dims: usize,
     keys: Vec<Arc<str>>,
     texts: Vec<Arc<str>>,
     data: Vec<f32>,
-    quant: Vec<i8>,
-    scales: Vec<f32>,
-    l1s: Vec<f32>,
+    packed_len: usize,
+    packed: Vec<u8>,
+    bounds: Vec<Bounds>,
     slots: HashMap<Arc<str>, usize>,
 }
 
 impl ScopeVectors {
-    fn new(shards: usize) -> ScopeVectors {
+    pub(crate) fn new(shards: usize) -> ScopeVectors {
         ScopeVectors {
             catchup: tokio::sync::Mutex::new(Catchup { since: vec!["0".to_owned(); shards], began: None }),
             rows: RwLock::default(),
@@ -126,16 +126,17 @@ impl ScopeVectors {
         let mut rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
         if rows.keys.is_empty() {
             rows.dims = vector.len();
+            rows.packed_len = cache_kernels::packed_i4_len(vector.len());
         }
         if vector.len() != rows.dims || vector.is_empty() {
             return;
         }
-        let dims = rows.dims;
-        let quantized = quantize(vector);
+        let (dims, packed_len) = (rows.dims, rows.packed_len);
+        let copy = pack(vector);
         if let Some(&slot) = rows.slots.get(key) {
             rows.data[slot * dims..(slot + 1) * dims].copy_from_slice(vector);
-            rows.quant[slot * dims..(slot + 1) * dims].copy_from_slice(&quantized.values);
-            (rows.scales[slot], rows.l1s[slot]) = (quantized.scale, quantized.l1);
+            rows.packed[slot * packed_len..(slot + 1) * packed_len].copy_from_slice(&copy.bytes);
+            rows.bounds[slot] = copy.bounds;
             rows.texts[slot] = Arc::from(text);
             return;
         }
@@ -144,9 +145,8 @@ impl ScopeVectors {
         rows.keys.push(Arc::clone(&key));
         rows.texts.push(Arc::from(text));
         rows.data.extend_from_slice(vector);
-        rows.quant.extend_from_slice(&quantized.values);
-        rows.scales.push(quantized.scale);
-        rows.l1s.push(quantized.l1);
+        rows.packed.extend_from_slice(&copy.bytes);
+        rows.bounds.push(copy.bounds);
         rows.slots.insert(key, slot);
     }
 
@@ -161,23 +161,37 @@ impl ScopeVectors {
     pub(crate) fn remove(&self, key: &str) {
         let mut rows = self.rows.write().unwrap_or_else(|e| e.into_inner());
         let Some(slot) = rows.slots.remove(key) else { return };
-        let (dims, last) = (rows.dims, rows.keys.len() - 1);
+        let (dims, packed_len, last) = (rows.dims, rows.packed_len, rows.keys.len() - 1);
         if slot != last {
             let moved = Arc::clone(&rows.keys[last]);
             rows.data.copy_within(last * dims..(last + 1) * dims, slot * dims);
-            rows.quant.copy_within(last * dims..(last + 1) * dims, slot * dims);
+            rows.packed.copy_within(last * packed_len..(last + 1) * packed_len, slot * packed_len);
             rows.slots.insert(Arc::clone(&moved), slot);
             rows.keys.swap(slot, last);
             rows.texts.swap(slot, last);
-            rows.scales.swap(slot, last);
-            rows.l1s.swap(slot, last);
+            rows.bounds.swap(slot, last);
         }
         rows.keys.pop();
         rows.texts.pop();
-        rows.scales.pop();
-        rows.l1s.pop();
+        rows.bounds.pop();
         rows.data.truncate(last * dims);
-        rows.quant.truncate(last * dims);
+        rows.packed.truncate(last * packed_len);
+    }
+
+    /// How many vectors the first pass leaves to the exact pass when `query` asks for the `n` best at or
+    /// above `threshold` (for measuring the first pass on real vectors).
+    #[cfg(feature = "test-support")]
+    pub(crate) fn exact_pass_size(&self, query: &[f32], threshold: f32, n: usize) -> usize {
+        let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
+        let (quantized, count) = (quantize(query), rows.keys.len());
+        let mut pass = FirstPass::new(threshold, n);
+        for start in (0..count).step_by(SCAN_BLOCK) {
+            if n == 0 || pass.scan(&quantized, &rows, start..(start + SCAN_BLOCK).min(count)).is_err() {
+                return 0;
+            }
+        }
+        let floor = floor(std::slice::from_ref(&pass), threshold, n);
+        pass.maybe.iter().filter(|(high, _)| *high >= floor).count()
     }
 
     /// The (at most) `n` stored texts most like `query` scoring at least `threshold`, best first: the same
@@ -195,7 +209,7 @@ impl Rows {
             return Vec::new();
         }
         let quantized = quantize(query);
-        // First pass, int8, a block at a time, on `threads` threads (see `scan_threads`). Each thread claims
+        // First pass, int4 copies against the query's int8 one, a block at a time, on `threads` threads (see `scan_threads`). Each thread claims
         // the next block not yet taken rather than a fixed share: a thread that starts late, or loses its core
         // to the server for a while, leaves its blocks to the others instead of holding the lookup back.
         let count = self.keys.len();
@@ -221,10 +235,7 @@ impl Rows {
     /// The second pass, exact, over what the first passes kept: the n best at or above `threshold`.
     fn exact_pass(&self, passes: &[FirstPass], query: &[f32], threshold: f32, n: usize) -> Vec<Candidate> {
         let dims = self.dims;
-        // The n best lower bounds of all passes give the floor; each pass kept at least what it lets through.
-        let mut lows: Vec<f32> = passes.iter().flat_map(|pass| pass.lows.iter().copied()).collect();
-        lows.sort_unstable_by(|a, b| b.total_cmp(a));
-        let floor = if lows.len() >= n { threshold.max(lows[n - 1]) } else { threshold };
+        let floor = floor(passes, threshold, n);
         let mut best: Vec<(f32, usize)> = Vec::with_capacity(n + 1);
         for &(high, slot) in passes.iter().flat_map(|pass| pass.maybe.iter()) {
             if high < floor {
@@ -248,7 +259,19 @@ impl Rows {
     }
 }
 
-/// What the int8 pass over some of a scope's vectors (one thread's blocks) leaves for the exact pass.
+/// The score below which no vector can be among the n best at or above `threshold`: the n-th best lower
+/// bound of all passes (each pass kept at least what it lets through).
+fn floor(passes: &[FirstPass], threshold: f32, n: usize) -> f32 {
+    let mut lows: Vec<f32> = passes.iter().flat_map(|pass| pass.lows.iter().copied()).collect();
+    lows.sort_unstable_by(|a, b| b.total_cmp(a));
+    if lows.len() >= n {
+        threshold.max(lows[n - 1])
+    } else {
+        threshold
+    }
+}
+
+/// What the int4 pass over some of a scope's vectors (one thread's blocks) leaves for the exact pass.
 #[derive(Debug)]
 struct FirstPass {
     /// The vectors whose exact score may reach the threshold and the n best: (upper bound, slot).
@@ -282,12 +305,12 @@ impl FirstPass {
     /// the whole scope, so its floor is at most the scope's: what it keeps is a superset of what the scope
     /// needs. `Err` when the rows and the query disagree on the dimensions.
     fn scan(&mut self, query: &Quantized, rows: &Rows, slots: Range<usize>) -> Result<(), ()> {
-        let (dims, n) = (rows.dims, self.n);
+        let (packed_len, n) = (rows.packed_len, self.n);
         self.dots.resize(slots.len(), 0);
-        let quant = &rows.quant[slots.start * dims..slots.end * dims];
-        cache_kernels::dot_i8_rows(&query.values, quant, &mut self.dots).map_err(drop)?;
+        let packed = &rows.packed[slots.start * packed_len..slots.end * packed_len];
+        cache_kernels::dot_i8_i4_rows(&query.values, packed, &mut self.dots).map_err(drop)?;
         for (slot, &values_dot) in slots.zip(self.dots.iter()) {
-            let (approx, bound) = score_and_bound(query, values_dot, rows.scales[slot], rows.l1s[slot]);
+            let (approx, bound) = score_and_bound(query, values_dot, rows.bounds[slot]);
             let high = approx + bound;
             if high < self.floor {
                 continue;
@@ -307,11 +330,11 @@ impl FirstPass {
     }
 }
 
-/// Vectors per call of the int8 kernel, and per block a scanning thread claims.
+/// Vectors per call of the int4 kernel, and per block a scanning thread claims.
 const SCAN_BLOCK: usize = 4096;
 
 /// Vectors per scanning thread at least: below twice this the calling thread scans alone, since starting a
-/// thread (some 50 µs) would cost more than it saves (16,384 vectors of 384 dimensions take ~0.7 ms).
+/// thread (some 50 µs) would cost more than it saves (16,384 int4 copies of 384 dimensions take ~0.2 ms).
 const VECTORS_PER_THREAD: usize = 16 * 1024;
 /// At most this many threads scan one scope: more add no memory bandwidth on the machines measured.
 const MAX_SCAN_THREADS: usize = 4;

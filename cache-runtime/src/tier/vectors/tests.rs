@@ -102,16 +102,16 @@ fn a_scope_scanned_on_many_threads_finds_what_the_exact_scan_finds() {
         assert_eq!(ran, (0..parts).collect::<Vec<_>>());
     }
     // Near-duplicates of one vector in every block, so that each block's floor differs from the scope's.
-    let dims = 24;
+    let dims = 384;
     let scope = ScopeVectors::new(1);
     let mut next = values(0x2545_F491_4F6C_DD1D_u64);
     let base: Vec<f32> = (0..dims).map(|_| next()).collect();
     let count = 20_011;
     let mut all = Vec::with_capacity(count);
     for i in 0..count {
-        // Every thousandth a little further from `base` than the one before: scores spread wider than
-        // the int8 bounds, so that a floor set too high would drop some of the n best.
-        let spread = if i % 1000 == 0 { 0.03 * (1 + i / 1000) as f32 } else { 5.0 };
+        // Every thousandth further from `base` than the one before: the n best spread wider than the int4
+        // bounds (cosines 0.995 down to 0.7), so that a floor set too high would drop some of them.
+        let spread = if i % 1000 == 0 { 0.1 * (1 + i / 1000) as f32 } else { 5.0 };
         let v = unit(&base.iter().map(|b| b + spread * next()).collect::<Vec<f32>>());
         scope.upsert(&format!("k{i}"), "t", &v);
         all.push(v);
