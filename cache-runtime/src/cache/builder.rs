@@ -294,11 +294,12 @@ impl PgCacheBuilder {
         self
     }
 
-    /// How many coalesced statements of one kind (reads, writes, deletes) may be in flight at once, each on a
-    /// pooled connection (default 4, and never more than the pool). Operations that arrive while that many
-    /// are running wait and share the next statement. Fewer in flight means larger batches and fewer
-    /// round trips; more means more of the server's cores at work. On a 2-core server 4 served the most gets
-    /// at 16 to 256 callers (docs/BENCHMARKS.md); a server with many cores may want more. At least 1.
+    /// How many statements of one kind (reads, writes, deletes) may be in flight at once, each on a pooled
+    /// connection (default 4, and never more than the pool). A few callers use them all, each for its own
+    /// statement; under more, operations wait and share statements, of which at most half this many
+    /// (at least one) run at once. Fewer in flight means larger batches and fewer round trips; more means
+    /// more of the server's cores at work. On a 2-core server 4 served the most gets at 4 to 256 callers
+    /// (docs/BENCHMARKS.md); a server with many cores may want more. At least 1.
     pub fn coalesce_in_flight(mut self, n: usize) -> Self {
         self.config.coalesce_in_flight = n;
         self

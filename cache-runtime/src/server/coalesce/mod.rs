@@ -11,8 +11,13 @@
 //! the same one retry on a dead connection as a single operation).
 //! - A lone operation runs its batch of one in the caller's own task (no task switch; if the caller is
 //!   cancelled the batch finishes in a task of its own, see `detach.rs`). It is lone when nothing waits, a
-//!   slot is free and each statement in flight carries one operation: a few callers, each on a connection.
-//! - Otherwise operations queue, and dispatcher tasks take them in batches as slots free. A dispatcher yields
+//!   slot is free and no dispatcher is running: a few callers, each on a connection.
+//! - Otherwise operations queue, and dispatcher tasks take them in batches as slots free, at most half the
+//!   slots' worth of dispatchers (at least one). Two modes, then: a few callers use every slot, each for its
+//!   own statement; many callers are served by fewer, larger statements, and while a dispatcher runs no
+//!   caller sends a statement of its own beside it. At 16 callers on a 2-core machine, four statements of
+//!   four to five keys with a fifth of the gets sent alone beside them served 30-38k gets/s; two of seven
+//!   keys, 44-53k (docs/BENCHMARKS.md, "Half the slots for batches"). A dispatcher yields
 //!   once before it looks at the queue, and once more before it ends on an empty queue: the callers a batch
 //!   has just answered are ready to run on the same worker, and their next operations then share one
 //!   statement instead of each taking a slot for one key.
@@ -212,14 +217,13 @@ impl<K: Kind> Queue<K> {
         let (own_batch, dispatchers) = {
             let mut state = self.state();
             // A lone operation runs its batch of one itself, in the caller's task: no task switch, so a lone
-            // caller pays nothing for coalescing. It is alone when nothing waits, a slot is free, and every
-            // statement in flight carries a single operation (a few callers, each with its own connection).
-            // Past that, callers queue, so that those one finished batch wakes share the next statement rather
-            // than each taking a slot for one key.
+            // caller pays nothing for coalescing. It is alone when nothing waits, a slot is free, and no
+            // dispatcher runs (a few callers, each with its own connection). Past that, callers queue, so that
+            // those one finished batch wakes share the next statement rather than each taking a slot for one key.
             let inline = jobs.len() == 1
                 && state.pending.is_empty()
-                && state.running() < self.limits.max_batches
-                && state.carried() < self.limits.max_batches;
+                && state.dispatching() == 0
+                && state.running() < self.limits.max_batches;
             let mut own = inline.then(|| {
                 let mut permit = state.take_slot(self, true);
                 permit.carry(&mut state, 1);
@@ -279,11 +283,14 @@ impl<K: Kind> Queue<K> {
 
     /// Slots for the dispatchers the queue needs now, taken under the lock; [`launch`](Self::launch) them once
     /// it is released. A dispatcher is running a batch or about to take the next one, never idle: so jobs that
-    /// arrive while every dispatcher is busy get a new one, up to the cap, and only then wait to be coalesced.
+    /// arrive while every dispatcher is busy get a new one, up to the cap (half the slots, and no more than
+    /// are free), and only then wait to be coalesced.
     fn dispatchers_wanted(self: &Arc<Self>, state: &mut State<K>) -> Vec<Permit<K>> {
-        let wanted =
-            (state.running() + state.pending.len().div_ceil(self.limits.max_keys)).min(self.limits.max_batches);
-        (state.running()..wanted).map(|_| state.take_slot(self, false)).collect()
+        let cap = (self.limits.max_batches / 2).max(1);
+        let wanted = (state.dispatching() + state.pending.len().div_ceil(self.limits.max_keys)).min(cap);
+        let free = self.limits.max_batches.saturating_sub(state.running());
+        let new = wanted.saturating_sub(state.dispatching()).min(free);
+        (0..new).map(|_| state.take_slot(self, false)).collect()
     }
 
     /// Starts a dispatcher for each permit (which it holds until it ends); without a runtime the permits are

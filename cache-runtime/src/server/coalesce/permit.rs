@@ -1,7 +1,7 @@
 //! The capacity of a queue, and the one type that changes it.
 //!
 //! A queue lets at most `max_batches` batches run at once (dispatcher tasks, and callers running their own
-//! batch of one), and counts the operations those batches carry. Both counts change only through a
+//! batch of one), how many of them are dispatchers, and the operations they carry. The counts change only through a
 //! [`Permit`]: taken under the state lock, given back when it is dropped, whatever ends its holder (the batch
 //! finished, its caller was cancelled, a task panicked, or a runtime shut down with the task in it). A count
 //! that is never given back would leave the queue believing its batches still run: after a few such leaks
@@ -18,28 +18,44 @@ pub(super) struct State<K: Kind> {
     running: usize,
     /// Operations in the batches now running.
     carried: usize,
+    /// Dispatcher tasks alive (the rest of `running` are callers running their own batch of one).
+    dispatching: usize,
 }
 
 impl<K: Kind> State<K> {
     pub(super) fn new() -> Self {
-        State { pending: Waiting::new(), running: 0, carried: 0 }
+        State { pending: Waiting::new(), running: 0, carried: 0, dispatching: 0 }
+    }
+
+    /// Gives back a slot taken by [`take_slot`](Self::take_slot) with the same `relay`.
+    fn release_slot(&mut self, relay: bool) {
+        self.running = self.running.saturating_sub(1);
+        if !relay {
+            self.dispatching = self.dispatching.saturating_sub(1);
+        }
     }
 
     pub(super) fn running(&self) -> usize {
         self.running
     }
 
+    #[cfg(test)]
     pub(super) fn carried(&self) -> usize {
         self.carried
     }
 
-    /// Takes a batch slot. `relay`: when the permit is given back with jobs still waiting, it starts
+    pub(super) fn dispatching(&self) -> usize {
+        self.dispatching
+    }
+
+    /// Takes a batch slot: a caller's own (`relay`) or a dispatcher's. `relay`: when the permit is given back with jobs still waiting, it starts
     /// dispatchers for them (for a caller's own batch: the callers that queued behind it would otherwise wait
     /// for the next submission). A dispatcher's permit does not relay: a dispatcher only ends on an empty
     /// queue, or abnormally (a panic, its runtime shutting down), and restarting one from there could spawn
     /// into a runtime that drops it at once, forever.
     pub(super) fn take_slot(&mut self, queue: &Arc<Queue<K>>, relay: bool) -> Permit<K> {
         self.running += 1;
+        self.dispatching += usize::from(!relay);
         Permit { queue: Arc::clone(queue), slot: true, operations: 0, relay }
     }
 }
@@ -71,7 +87,7 @@ impl<K: Kind> Permit<K> {
     /// ends under the same lock that saw it empty, so no job can arrive in between and find no dispatcher.
     pub(super) fn retire(mut self, state: &mut State<K>) {
         self.unload(state);
-        state.running = state.running.saturating_sub(1);
+        state.release_slot(self.relay);
         self.slot = false;
     }
 }
@@ -86,7 +102,7 @@ impl<K: Kind> Drop for Permit<K> {
             let mut state = queue.state();
             self.unload(&mut state);
             if std::mem::take(&mut self.slot) {
-                state.running = state.running.saturating_sub(1);
+                state.release_slot(self.relay);
             }
             // Jobs that queued while this batch ran still need a dispatcher.
             let relay = self.relay && !state.pending.is_empty() && !std::thread::panicking();

@@ -5,9 +5,13 @@ use crate::server::reads::{ReadJob, Reads};
 
 /// A read queue over a pool that never connects: enough to form batches.
 fn read_queue(max_keys: usize) -> Arc<Queue<Reads>> {
+    read_queue_of(max_keys, 1)
+}
+
+fn read_queue_of(max_keys: usize, max_batches: usize) -> Arc<Queue<Reads>> {
     let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://nobody@127.0.0.1:9/none").unwrap();
-    let limits = Limits { max_keys, max_batches: 1, op_timeout: Duration::from_secs(1) };
-    Queue::new(Reads, crate::server::warm::Warm::new(pool, 1), limits, "get")
+    let limits = Limits { max_keys, max_batches, op_timeout: Duration::from_secs(1) };
+    Queue::new(Reads, crate::server::warm::Warm::new(pool, max_batches), limits, "get")
 }
 
 /// What each queued caller will be answered.
@@ -70,10 +74,10 @@ async fn reads_fill_a_batch_up_to_its_key_cap() {
     assert_eq!(next_keys(&queue, &mut permit).len(), 44);
 }
 
-/// Batches running and operations carried.
-fn counts(queue: &Queue<Reads>) -> (usize, usize) {
+/// Batches running, operations carried, and dispatchers among the batches.
+fn counts(queue: &Queue<Reads>) -> (usize, usize, usize) {
     let state = queue.state();
-    (state.running(), state.carried())
+    (state.running(), state.carried(), state.dispatching())
 }
 
 #[tokio::test]
@@ -81,15 +85,45 @@ async fn permits_give_back_their_counts_however_they_end() {
     let queue = read_queue(8);
     let (mut permit, _answers) = queued(&queue, reads(&["a", "b"]));
     assert!(queue.take_batch(&mut permit).is_some());
-    assert_eq!(counts(&queue), (1, 2));
+    assert_eq!(counts(&queue), (1, 2, 1));
     drop(permit); // a dispatcher dropped mid-batch (its task cancelled, its runtime gone)
-    assert_eq!(counts(&queue), (0, 0));
+    assert_eq!(counts(&queue), (0, 0, 0));
 
     let mut state = queue.state();
     let mut permit = state.take_slot(&queue, false);
     permit.carry(&mut state, 3);
     permit.retire(&mut state); // a dispatcher that found the queue empty
-    assert_eq!((state.running(), state.carried()), (0, 0));
+    assert_eq!((state.running(), state.carried(), state.dispatching()), (0, 0, 0));
+    drop(state);
+
+    let mut state = queue.state();
+    let mut own = state.take_slot(&queue, true); // a caller's own batch of one
+    own.carry(&mut state, 1);
+    drop(state);
+    assert_eq!(counts(&queue), (1, 1, 0));
+    drop(own);
+    assert_eq!(counts(&queue), (0, 0, 0));
+}
+
+/// Dispatchers take at most half the slots (at least one), and no slot that a caller's own batch holds.
+#[tokio::test]
+async fn dispatchers_take_half_the_slots_and_only_free_ones() {
+    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
+    for (max_batches, own_batches, expected) in [(4, 0, 2), (4, 3, 1), (4, 4, 0), (1, 0, 1), (8, 2, 4), (3, 0, 1)] {
+        let queue = read_queue_of(1, max_batches);
+        let (first, _answers) = queued(&queue, reads(&keys.iter().map(String::as_str).collect::<Vec<_>>()));
+        drop(first); // a dispatcher's permit: it starts nobody, and the jobs stay queued
+        let mut state = queue.state();
+        let own: Vec<_> = (0..own_batches).map(|_| state.take_slot(&queue, true)).collect();
+        let more = queue.dispatchers_wanted(&mut state);
+        assert_eq!(more.len(), expected, "{max_batches} slots, {own_batches} callers' own batches");
+        assert_eq!(state.dispatching(), expected);
+        // Emptied, so that the callers' permits start no dispatcher when they go.
+        let _ = state.pending.take(usize::MAX, usize::MAX, |_| 0);
+        drop(state);
+        drop((own, more));
+        assert_eq!(counts(&queue), (0, 0, 0));
+    }
 }
 
 #[test]
@@ -103,7 +137,7 @@ fn a_permit_dropped_outside_any_runtime_gives_back_its_slot() {
     });
     drop(runtime);
     drop(permit);
-    assert_eq!(counts(&queue), (0, 0));
+    assert_eq!(counts(&queue), (0, 0, 0));
 }
 
 /// A write queue over a pool that never connects.
