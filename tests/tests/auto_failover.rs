@@ -68,7 +68,17 @@ impl Formation {
             dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("pg-auto-failover"),
         };
         formation.run("down")?;
-        let out = formation.run("up")?;
+        // A formation's start can fail for reasons of the machine, not of the cache (a port taken between the
+        // probe and the bind, pg_autoctl giving up on a standby a busy machine started late): one more try,
+        // from scratch, before the test fails.
+        let out = match formation.run("up") {
+            Ok(out) => out,
+            Err(first) => {
+                say(&format!("the formation did not come up; taking it down and trying once more: {first}"));
+                formation.run("down")?;
+                formation.run("up")?
+            }
+        };
         let url = out.lines().last().unwrap_or_default().trim().to_owned();
         if !url.starts_with("postgres://") {
             return Err(format!("scripts/pg-auto-failover up printed no URL: {out:?}"));
