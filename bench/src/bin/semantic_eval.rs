@@ -226,7 +226,8 @@ fn report_first_pass(stored: &[Option<Vec<f32>>], asked: &[Option<Vec<f32>>]) {
     let (total, most) = (kept.iter().sum::<usize>(), kept.iter().copied().max().unwrap_or(0));
     let mean = total as f64 / kept.len().max(1) as f64;
     println!(
-        "first pass at threshold {threshold}: {mean:.1} of {} stored vectors scored exactly per lookup ({:.2} %), at most {most}",
+        "first pass at threshold {threshold}: {mean:.1} of {} stored vectors scored exactly per lookup ({:.2} %), \
+         at most {most}",
         stored.len(),
         pct(total, kept.len() * stored.len())
     );

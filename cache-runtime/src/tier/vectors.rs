@@ -209,9 +209,10 @@ impl Rows {
             return Vec::new();
         }
         let quantized = quantize(query);
-        // First pass, int4 copies against the query's int8 one, a block at a time, on `threads` threads (see `scan_threads`). Each thread claims
-        // the next block not yet taken rather than a fixed share: a thread that starts late, or loses its core
-        // to the server for a while, leaves its blocks to the others instead of holding the lookup back.
+        // First pass, the int4 copies against the query's int8 one, a block at a time, on `threads` threads
+        // (see `scan_threads`). Each thread claims the next block not yet taken rather than a fixed share: a
+        // thread that starts late, or loses its core to the server for a while, leaves its blocks to the
+        // others instead of holding the lookup back.
         let count = self.keys.len();
         let blocks = count.div_ceil(SCAN_BLOCK);
         let next = AtomicUsize::new(0);

@@ -1,11 +1,11 @@
 //! The capacity of a queue, and the one type that changes it.
 //!
 //! A queue lets at most `max_batches` batches run at once (dispatcher tasks, and callers running their own
-//! batch of one), how many of them are dispatchers, and the operations they carry. The counts change only through a
-//! [`Permit`]: taken under the state lock, given back when it is dropped, whatever ends its holder (the batch
-//! finished, its caller was cancelled, a task panicked, or a runtime shut down with the task in it). A count
-//! that is never given back would leave the queue believing its batches still run: after a few such leaks
-//! it would never dispatch again.
+//! batch of one), and counts how many of them are dispatchers and the operations they carry. The counts
+//! change only through a [`Permit`]: taken under the state lock, given back when it is dropped, whatever ends
+//! its holder (the batch finished, its caller was cancelled, a task panicked, or a runtime shut down with the
+//! task in it). A count that is never given back would leave the queue believing its batches still run:
+//! after a few such leaks it would never dispatch again.
 
 use super::waiting::Waiting;
 use super::{Kind, Queue};
@@ -48,11 +48,11 @@ impl<K: Kind> State<K> {
         self.dispatching
     }
 
-    /// Takes a batch slot: a caller's own (`relay`) or a dispatcher's. `relay`: when the permit is given back with jobs still waiting, it starts
-    /// dispatchers for them (for a caller's own batch: the callers that queued behind it would otherwise wait
-    /// for the next submission). A dispatcher's permit does not relay: a dispatcher only ends on an empty
-    /// queue, or abnormally (a panic, its runtime shutting down), and restarting one from there could spawn
-    /// into a runtime that drops it at once, forever.
+    /// Takes a batch slot: a caller's own (`relay`) or a dispatcher's. `relay`: when the permit is given
+    /// back with jobs still waiting, it starts dispatchers for them (for a caller's own batch: the callers
+    /// that queued behind it would otherwise wait for the next submission). A dispatcher's permit does not
+    /// relay: a dispatcher only ends on an empty queue, or abnormally (a panic, its runtime shutting down),
+    /// and restarting one from there could spawn into a runtime that drops it at once, forever.
     pub(super) fn take_slot(&mut self, queue: &Arc<Queue<K>>, relay: bool) -> Permit<K> {
         self.running += 1;
         self.dispatching += usize::from(!relay);
