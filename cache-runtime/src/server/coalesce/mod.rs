@@ -17,7 +17,9 @@
 //!   own statement; many callers are served by fewer, larger statements, and while a dispatcher runs no
 //!   caller sends a statement of its own beside it. At 16 callers on a 2-core machine, four statements of
 //!   four to five keys with a fifth of the gets sent alone beside them served 30-38k gets/s; two of seven
-//!   keys, 44-53k (docs/BENCHMARKS.md, "Half the slots for batches"). A dispatcher yields
+//!   keys, 44-53k (docs/BENCHMARKS.md, "Half the slots for batches"). When more waits than half the slots
+//!   can carry in full batches (bulk calls such as `get_many`), fewer dispatchers would not make fuller
+//!   statements, and every slot may run one. A dispatcher yields
 //!   once before it looks at the queue, and once more before it ends on an empty queue: the callers a batch
 //!   has just answered are ready to run on the same worker, and their next operations then share one
 //!   statement instead of each taking a slot for one key.
@@ -283,11 +285,12 @@ impl<K: Kind> Queue<K> {
 
     /// Slots for the dispatchers the queue needs now, taken under the lock; [`launch`](Self::launch) them once
     /// it is released. A dispatcher is running a batch or about to take the next one, never idle: so jobs that
-    /// arrive while every dispatcher is busy get a new one, up to the cap (half the slots, and no more than
-    /// are free), and only then wait to be coalesced.
+    /// arrive while every dispatcher is busy get a new one, up to the cap (see [`dispatcher_cap`], and no more
+    /// than are free), and only then wait to be coalesced.
     fn dispatchers_wanted(self: &Arc<Self>, state: &mut State<K>) -> Vec<Permit<K>> {
-        let cap = (self.limits.max_batches / 2).max(1);
-        let wanted = (state.dispatching() + state.pending.len().div_ceil(self.limits.max_keys)).min(cap);
+        let batches = state.pending.len().div_ceil(self.limits.max_keys);
+        let cap = dispatcher_cap(self.limits.max_batches, batches);
+        let wanted = (state.dispatching() + batches).min(cap);
         let free = self.limits.max_batches.saturating_sub(state.running());
         let new = wanted.saturating_sub(state.dispatching()).min(free);
         (0..new).map(|_| state.take_slot(self, false)).collect()
@@ -424,6 +427,19 @@ impl<K: Kind> Queue<K> {
         let work = statement::<K>(self.kind.params(jobs, locking));
         held.starting();
         exec::attempt_holding(self.pool(), &mut held.conn, deadline, self.limits.op_timeout, &work, None).await
+    }
+}
+
+/// How many dispatchers a queue may run when `batches` full batches' worth of jobs wait: half the slots (at
+/// least one), so that many callers' single operations gather into fewer, fuller statements; all of them
+/// while more waits than half could carry in one batch each (bulk calls such as `get_many`), since every
+/// statement is then full anyway and more of them only add parallelism.
+fn dispatcher_cap(max_batches: usize, batches: usize) -> usize {
+    let half = (max_batches / 2).max(1);
+    if batches > half {
+        max_batches
+    } else {
+        half
     }
 }
 

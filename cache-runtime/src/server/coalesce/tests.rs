@@ -105,22 +105,40 @@ async fn permits_give_back_their_counts_however_they_end() {
     assert_eq!(counts(&queue), (0, 0, 0));
 }
 
-/// Dispatchers take at most half the slots (at least one), and no slot that a caller's own batch holds.
+/// Dispatchers take at most half the slots (at least one) while that many can carry what waits in full
+/// batches, all of them past that, and never a slot that a caller's own batch holds.
 #[tokio::test]
-async fn dispatchers_take_half_the_slots_and_only_free_ones() {
-    let keys: Vec<String> = (0..100).map(|i| format!("k{i}")).collect();
-    for (max_batches, own_batches, expected) in [(4, 0, 2), (4, 3, 1), (4, 4, 0), (1, 0, 1), (8, 2, 4), (3, 0, 1)] {
-        let queue = read_queue_of(1, max_batches);
+async fn dispatchers_take_half_the_slots_unless_full_batches_wait_and_only_free_ones() {
+    // (slots, callers' own batches, operations queued, dispatchers expected), batches of at most 8: one
+    // dispatcher per batch's worth waiting, up to the cap.
+    let cases = [
+        (4, 0, 16, 2),
+        (4, 0, 17, 3),
+        (4, 0, 100, 4),
+        (4, 3, 100, 1),
+        (4, 4, 100, 0),
+        (1, 0, 100, 1),
+        (8, 2, 32, 4),
+        (8, 2, 100, 6),
+        (3, 0, 8, 1),
+        (3, 0, 9, 2),
+        (3, 0, 100, 3),
+    ];
+    for (max_batches, own_batches, queued_jobs, expected) in cases {
+        let keys: Vec<String> = (0..queued_jobs).map(|i| format!("k{i}")).collect();
+        let queue = read_queue_of(8, max_batches);
         let (first, _answers) = queued(&queue, reads(&keys.iter().map(String::as_str).collect::<Vec<_>>()));
         drop(first); // a dispatcher's permit: it starts nobody, and the jobs stay queued
         let mut state = queue.state();
         let own: Vec<_> = (0..own_batches).map(|_| state.take_slot(&queue, true)).collect();
         let more = queue.dispatchers_wanted(&mut state);
-        assert_eq!(more.len(), expected, "{max_batches} slots, {own_batches} callers' own batches");
-        assert_eq!(state.dispatching(), expected);
-        // Emptied, so that the callers' permits start no dispatcher when they go.
+        let dispatching = state.dispatching();
+        // Emptied, so that the callers' permits start no dispatcher when they go; and unlocked before any
+        // assertion, since a failing one drops the permits, which take the lock.
         let _ = state.pending.take(usize::MAX, usize::MAX, |_| 0);
         drop(state);
+        let case = format!("{max_batches} slots, {own_batches} callers' own batches, {queued_jobs} queued");
+        assert_eq!((more.len(), dispatching), (expected, expected), "{case}");
         drop((own, more));
         assert_eq!(counts(&queue), (0, 0, 0));
     }
