@@ -28,8 +28,7 @@ pub(crate) struct Quantized {
 
 /// The int8 copy of `x`: scaled so that its largest component is ±127, each rounded to the nearest.
 pub(crate) fn quantize(x: &[f32]) -> Quantized {
-    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let scale = if max == 0.0 || !max.is_finite() { 0.0 } else { max / 127.0 };
+    let scale = fitting_scale(x, 127);
     let values = round_to(x, scale, 127);
     Quantized { norm: norm_up(x.iter().map(|&v| f64::from(v))), residual: error_norm(x, &values, scale), values, scale }
 }
@@ -58,8 +57,7 @@ const SCALE_FRACTIONS: [f32; 6] = [1.0, 0.85, 0.7, 0.6, 0.5, 0.4];
 
 /// The int4 copy of `x` with the least error of the scales in [`SCALE_FRACTIONS`].
 pub(crate) fn pack(x: &[f32]) -> Packed {
-    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let fits = if max == 0.0 || !max.is_finite() { 0.0 } else { max / 7.0 };
+    let fits = fitting_scale(x, 7);
     // The scale is chosen on an f32 sum of squared errors (cheap: loading a scope packs every vector); the
     // bound's residual is then computed exactly for the chosen one.
     let squared_error = |scale: f32| -> f32 {
@@ -86,6 +84,17 @@ pub(crate) fn pack(x: &[f32]) -> Packed {
     let mut bytes = Vec::new();
     let _ = cache_kernels::pack_i4(&zero, &mut bytes);
     Packed { bytes, bounds: Bounds { scale: 0.0, norm: 0.0, residual: norm_up(x.iter().map(|&v| f64::from(v))) } }
+}
+
+/// The scale that maps `x`'s largest absolute value to `limit`; 0 for a zero vector or one with an infinite
+/// value (whose copy is then all zeros).
+fn fitting_scale(x: &[f32], limit: i8) -> f32 {
+    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    if max == 0.0 || !max.is_finite() {
+        0.0
+    } else {
+        max / f32::from(limit)
+    }
 }
 
 /// `x / scale`, each rounded to the nearest and clamped to `-limit..=limit` (zeros for a zero scale).

@@ -183,15 +183,12 @@ impl ScopeVectors {
     #[cfg(feature = "test-support")]
     pub(crate) fn exact_pass_size(&self, query: &[f32], threshold: f32, n: usize) -> usize {
         let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
-        let (quantized, count) = (quantize(query), rows.keys.len());
-        let mut pass = FirstPass::new(threshold, n);
-        for start in (0..count).step_by(SCAN_BLOCK) {
-            if n == 0 || pass.scan(&quantized, &rows, start..(start + SCAN_BLOCK).min(count)).is_err() {
-                return 0;
-            }
+        if rows.dims == 0 || query.len() != rows.dims || n == 0 {
+            return 0;
         }
-        let floor = floor(std::slice::from_ref(&pass), threshold, n);
-        pass.maybe.iter().filter(|(high, _)| *high >= floor).count()
+        let passes = rows.first_passes(1, &quantize(query), threshold, n);
+        let floor = floor(&passes, threshold, n);
+        passes.iter().flat_map(|pass| pass.maybe.iter()).filter(|(high, _)| *high >= floor).count()
     }
 
     /// The (at most) `n` stored texts most like `query` scoring at least `threshold`, best first: the same
@@ -209,14 +206,19 @@ impl Rows {
             return Vec::new();
         }
         let quantized = quantize(query);
-        // First pass, the int4 copies against the query's int8 one, a block at a time, on `threads` threads
-        // (see `scan_threads`). Each thread claims the next block not yet taken rather than a fixed share: a
-        // thread that starts late, or loses its core to the server for a while, leaves its blocks to the
-        // others instead of holding the lookup back.
+        let passes = self.first_passes(threads, &quantized, threshold, n);
+        self.exact_pass(&passes, query, threshold, n)
+    }
+
+    /// The first pass: the int4 copies against the query's int8 one, a block at a time, on (at most)
+    /// `threads` threads (see `scan_threads`). Each thread claims the next block not yet taken rather than a
+    /// fixed share: a thread that starts late, or loses its core to the server for a while, leaves its blocks
+    /// to the others instead of holding the lookup back.
+    fn first_passes(&self, threads: usize, query: &Quantized, threshold: f32, n: usize) -> Vec<FirstPass> {
         let count = self.keys.len();
         let blocks = count.div_ceil(SCAN_BLOCK);
         let next = AtomicUsize::new(0);
-        let passes = in_parallel(threads.min(blocks), &|_| {
+        in_parallel(threads.min(blocks), &|_| {
             let mut pass = FirstPass::new(threshold, n);
             loop {
                 let block = next.fetch_add(1, Ordering::Relaxed);
@@ -224,13 +226,12 @@ impl Rows {
                     return pass;
                 }
                 let slots = block * SCAN_BLOCK..((block + 1) * SCAN_BLOCK).min(count);
-                if pass.scan(&quantized, self, slots).is_err() {
+                if pass.scan(query, self, slots).is_err() {
                     // Rows of `dims` values by construction: a mismatch is a bug, and no match is the safe answer.
                     return FirstPass::new(threshold, n);
                 }
             }
-        });
-        self.exact_pass(&passes, query, threshold, n)
+        })
     }
 
     /// The second pass, exact, over what the first passes kept: the n best at or above `threshold`.
