@@ -29,7 +29,7 @@ impl EntryMeta {
 #[derive(Debug, Clone)]
 pub(crate) struct Lookup {
     /// The entry's JSON, if there is a live one or, within the stale window, an expired one.
-    pub(crate) json: Option<String>,
+    pub(crate) json: Option<Arc<str>>,
     /// Milliseconds until expiry, `None` for an entry that never expires.
     pub(crate) remaining_ms: Option<i64>,
     /// False for an expired entry served from the stale window.
@@ -49,7 +49,7 @@ impl Lookup {
     /// The entry, if it is live (not one served from the stale window).
     pub(crate) fn live(self) -> Option<LiveEntry> {
         let (remaining_ms, as_of, meta) = (self.remaining_ms, self.as_of, self.meta);
-        self.json.filter(|_| self.fresh).map(|json| LiveEntry { json: json.into(), remaining_ms, as_of, meta })
+        self.json.filter(|_| self.fresh).map(|json| LiveEntry { json, remaining_ms, as_of, meta })
     }
 
     /// When the computation that follows this lookup began, for the stale-set guard.

@@ -65,7 +65,7 @@ impl PgCache {
     pub(super) fn opened_lookup(&self, key: &str, mut lookup: Lookup, forced: bool) -> Lookup {
         let Some(json) = lookup.json.take() else { return lookup };
         lookup.json = match self.opened(key, &json, forced) {
-            Some(Some(plain)) => Some(plain),
+            Some(Some(plain)) => Some(Arc::from(plain)),
             Some(None) => Some(json),
             None => None,
         };

@@ -150,7 +150,6 @@ impl<P> Call<'_, P> {
             Ok(outcome) if lookup.fresh => {
                 self.record_served(Event::Hit, &lookup.meta);
                 tracing::debug!(namespace, key = self.key, "memoized hit");
-                let json: Arc<str> = json.into();
                 if let Some(fill) = fill {
                     let (remaining_ms, as_of, meta) = (lookup.remaining_ms, lookup.as_of, lookup.meta.clone());
                     fill.put(
@@ -163,12 +162,12 @@ impl<P> Call<'_, P> {
             }
             Ok(outcome) if within(self.site.stale) => {
                 self.record(Event::Miss);
-                Found::Stale(outcome, json.into(), lookup.meta, start)
+                Found::Stale(outcome, json, lookup.meta, start)
             }
             Ok(_) => {
                 // Expired past the stale window, within stale_if_error's: compute, and keep it in reserve.
                 self.record(Event::Miss);
-                Found::Missing(Some(start), Some(Fallback { json: json.into(), meta: lookup.meta }))
+                Found::Missing(Some(start), Some(Fallback { json, meta: lookup.meta }))
             }
             Err(error) => {
                 self.record(Event::Miss);

@@ -204,7 +204,7 @@ impl<P> Call<'_, P> {
                     if let Some(json) = lookup.json {
                         if let Ok(outcome) = self.policy.decode(&json) {
                             self.record_served(Event::Coalesced, &lookup.meta);
-                            return Some((outcome, json.into(), lookup.meta));
+                            return Some((outcome, json, lookup.meta));
                         }
                         return None;
                     }

@@ -45,10 +45,31 @@ pub(crate) struct ReadParams {
     needs_snapshot: bool,
 }
 
+/// A text column decoded straight into shared storage. A value goes on to callers, the in-process tier and
+/// the callers of a shared key as an `Arc<str>`: decoded as a `String` first, it would be allocated and
+/// copied twice.
+struct SharedText(Arc<str>);
+
+impl sqlx::Type<sqlx::Postgres> for SharedText {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for SharedText {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        <&str as sqlx::Decode<sqlx::Postgres>>::decode(value).map(|text| SharedText(Arc::from(text)))
+    }
+}
+
 /// A row of [`sql::LOOKUP`].
 #[derive(sqlx::FromRow)]
 struct LookupRow {
-    json: Option<String>,
+    json: Option<SharedText>,
     remaining_ms: Option<i64>,
     fresh: Option<bool>,
     now_us: i64,
@@ -74,7 +95,7 @@ struct ReadManyRow {
 impl LookupRow {
     fn into_lookup(self, snapshot: Option<Arc<str>>) -> Lookup {
         Lookup {
-            json: self.json,
+            json: self.json.map(|text| text.0),
             remaining_ms: self.remaining_ms,
             fresh: self.fresh.unwrap_or(false),
             db_now_us: self.now_us,
