@@ -1,4 +1,4 @@
--- Every SQL function of pg_cached, defined once. Functions version 5.
+-- Every SQL function of pg_cached, defined once. Functions version 6.
 --
 -- How it is applied. The tables come from the numbered migrations beside this file; the functions from here
 -- only. PgCache::migrate (and `pg-cached migrate`) runs the migrations, then this file, in one transaction
@@ -44,6 +44,11 @@
 -- pg_cached_write_refused refuses a guarded write carrying a queued tag; pg_cached_drain_invalidations runs
 -- the queue. The cache's reads check the queue, so roles granted earlier get SELECT on it (end of file).
 --
+-- Version 6: notifications only while some process listens (migration 0013). Every function that notified
+-- calls pg_cached_notify, which sends nothing while cache_listeners is empty; listeners register with
+-- pg_cached_register_listener, the one function a reader may run (as the owner: it only ever adds its
+-- caller's row and deletes rows of sessions that ended). Writers get every right on cache_listeners.
+--
 -- Privileges. PostgreSQL lets PUBLIC execute a new function; the end of this file takes that back from every
 -- function of the cache. The owner (the role that applies this file) keeps every right. pg_cached_grant gives
 -- an application role what it needs. Every function runs with its caller's rights except
@@ -60,8 +65,8 @@ BEGIN
         RAISE EXCEPTION 'apply functions.sql in the schema of cache_entries (the search_path the migrations ran with)'
             USING ERRCODE = 'invalid_schema_name';
     END IF;
-    IF (SELECT functions_version FROM cache_schema) > 5 THEN
-        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (5)',
+    IF (SELECT functions_version FROM cache_schema) > 6 THEN
+        RAISE EXCEPTION 'the database holds version % of the cache''s SQL functions, newer than this file (6)',
             (SELECT functions_version FROM cache_schema)
             USING ERRCODE = 'object_not_in_prerequisite_state', HINT = 'keep them: they serve older processes too';
     END IF;
@@ -107,6 +112,7 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
         WHEN 'tag' THEN 1885430595       -- writes of tagged entries shared, tag invalidations exclusive
         WHEN 'schema' THEN 1885430596    -- applying this file
         WHEN 'tag_bucket' THEN 1885430597 -- one of 1024 buckets of tags (pg_cached_lock_tags)
+        WHEN 'listener' THEN 1885430598   -- a row of cache_listeners, held by its session while it listens
         ELSE ('unknown lock class: ' || p_class)::integer -- raises
     END
 $$;
@@ -242,6 +248,58 @@ BEGIN
            || '|' || p_payload;
 END $$;
 
+-- Sends p_payload, signed, on the events channel, unless nobody can hear it: no row in cache_listeners
+-- (migration 0013 has the protocol). Called after the change it reports, so that the transaction holds an
+-- id a registering listener waits for; the table is read with this statement's snapshot, fresh under READ
+-- COMMITTED. Under REPEATABLE READ or SERIALIZABLE the snapshot may predate a registration: it always sends.
+-- Skipping spares the signature and PostgreSQL's one-notifying-commit-at-a-time lock.
+CREATE OR REPLACE FUNCTION pg_cached_notify(p_payload text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM cache_listeners) OR current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_payload));
+    END IF;
+END $$;
+
+-- Registers the calling session as a listener of the events channel (migration 0013): deletes the rows of
+-- sessions that ended, inserts the caller's row with its cache's sender id p_sender (hex, for operators) and
+-- takes the row's session-level lock, which the session holds until it ends. Returns the row's id. The
+-- caller LISTENs first, and trusts what it hears only once the transactions in progress after this one
+-- committed have ended (the listener does: tier/events.rs).
+-- Runs as the owner (SECURITY DEFINER), so that a reader's listener may register without any right on the
+-- table; it evaluates nothing of the caller's but p_sender, stored as text, and its search_path is fixed (end
+-- of this file).
+CREATE OR REPLACE FUNCTION pg_cached_register_listener(p_sender text) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v_id bigint;
+BEGIN
+    PERFORM pg_cached_forget_listeners();
+    INSERT INTO cache_listeners (backend_pid, sender) VALUES (pg_backend_pid(), left(p_sender, 32))
+    RETURNING id INTO v_id;
+    -- Nobody can hold it but a role that took it at random: then fail, and the row goes with the rollback.
+    IF NOT pg_try_advisory_lock(pg_cached_lock_class('listener'), (v_id % 2147483647)::integer) THEN
+        RAISE EXCEPTION 'the lock of listener row % is held by another session', v_id
+            USING ERRCODE = 'lock_not_available';
+    END IF;
+    RETURN v_id;
+END $$;
+
+-- Deletes the rows of cache_listeners whose session ended (their lock is free), but those standing for
+-- listeners of earlier releases (held = false). Returns how many. Run by registrations and by sweeps.
+CREATE OR REPLACE FUNCTION pg_cached_forget_listeners() RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_deleted bigint;
+BEGIN
+    -- The try takes a transaction-level lock, given back at this transaction's end; a live session's
+    -- session-level lock on the same row makes it fail.
+    DELETE FROM cache_listeners AS l
+    WHERE l.held AND pg_try_advisory_xact_lock(pg_cached_lock_class('listener'), (l.id % 2147483647)::integer);
+    GET DIAGNOSTICS v_deleted = ROW_COUNT;
+    RETURN v_deleted;
+END $$;
+
 -- ## Writes
 --
 -- A write of a memoized result carries p_started_us (µs of the database clock when its computation began)
@@ -249,8 +307,8 @@ END $$;
 -- tags was invalidated since. Tag marks are judged by transaction too: an invalidation made by a trigger
 -- inside an application's transaction takes effect at that COMMIT, which may come long after the trigger ran,
 -- so a write is also refused for a mark whose transaction its computation's snapshot did not see. Every
--- write notifies (pg_cached_events) from its own transaction, so processes with an in-process tier hear
--- about writes from processes without one.
+-- write notifies (pg_cached_events) from its own transaction while some process listens (pg_cached_notify),
+-- so processes with an in-process tier hear about writes from processes without one.
 
 -- Whether a guarded write of p_key (namespace p_namespace, tags p_tags) must be refused, per the rule above.
 -- NULL p_started_us: an unguarded write, never refused. Its callers read the marks after taking their locks.
@@ -317,7 +375,7 @@ BEGIN
             sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us,
             input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
             cost_micros = EXCLUDED.cost_micros, tenant = EXCLUDED.tenant;
-    PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
+    PERFORM pg_cached_notify(p_notify);
     RETURN true;
 END $$;
 
@@ -381,7 +439,7 @@ BEGIN
             sweep_at = EXCLUDED.sweep_at, tags = EXCLUDED.tags, compute_us = EXCLUDED.compute_us,
             input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
             cost_micros = EXCLUDED.cost_micros, tenant = EXCLUDED.tenant;
-    PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
+    PERFORM pg_cached_notify(p_notify);
     RETURN v_written;
 END $$;
 
@@ -424,7 +482,7 @@ BEGIN
     VALUES (false, p_key, clock_timestamp(), p_token, v_deleted)
     ON CONFLICT (scope, is_namespace) DO UPDATE
         SET invalidated_at = EXCLUDED.invalidated_at, token = EXCLUDED.token, deleted = EXCLUDED.deleted;
-    PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
+    PERFORM pg_cached_notify(p_notify);
     RETURN v_deleted;
 END $$;
 
@@ -474,7 +532,7 @@ BEGIN
     FROM (SELECT DISTINCT k FROM unnest(v_keys) AS k) AS d
     ON CONFLICT (scope, is_namespace) DO UPDATE
         SET invalidated_at = EXCLUDED.invalidated_at, token = EXCLUDED.token, deleted = EXCLUDED.deleted;
-    PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
+    PERFORM pg_cached_notify(p_notify);
     RETURN v_counts;
 END $$;
 
@@ -488,7 +546,7 @@ BEGIN
     PERFORM pg_cached_lock('namespace', p_namespace);
     INSERT INTO cache_invalidations (is_namespace, scope, invalidated_at) VALUES (true, p_namespace, clock_timestamp())
     ON CONFLICT (scope, is_namespace) DO UPDATE SET invalidated_at = EXCLUDED.invalidated_at;
-    PERFORM pg_notify('pg_cached_events', pg_cached_sign(p_notify));
+    PERFORM pg_cached_notify(p_notify);
 END $$;
 
 -- Tells every process's in-process tier that the entries carrying p_tags were invalidated: one signed
@@ -496,8 +554,7 @@ END $$;
 CREATE OR REPLACE FUNCTION pg_cached_notify_tags(p_tags text[], p_sender text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('pg_cached_events',
-                      pg_cached_sign(coalesce(p_sender, '0000000000000000') || '|t|' || pg_cached_name_hash(t)))
+    PERFORM pg_cached_notify(coalesce(p_sender, '0000000000000000') || '|t|' || pg_cached_name_hash(t))
     FROM unnest(p_tags) AS t;
 END $$;
 
@@ -675,7 +732,7 @@ BEGIN
     END IF;
     INSERT INTO cache_deferred_invalidations (tags) VALUES (v_tags) RETURNING id INTO v_id;
     PERFORM pg_cached_notify_tags(v_tags, NULL);
-    PERFORM pg_notify('pg_cached_events', pg_cached_sign('0000000000000000|q|' || lpad(to_hex(v_id), 16, '0')));
+    PERFORM pg_cached_notify('0000000000000000|q|' || lpad(to_hex(v_id), 16, '0'));
 END $$;
 
 -- Runs queued tag invalidations (pg_cached_queue_invalidation): up to p_limit rows, oldest first, skipping
@@ -786,7 +843,8 @@ $$;
 -- pg_cached_grant and pg_cached_revoke. A reader gets SELECT on cache_entries and cache_semantic only: get,
 -- get_similar, keys, stats; a writer made a reader loses the rest. Both may read cache_events_secret, which
 -- their listeners verify the events channel's notifications with (and which lets a writer's SQL functions sign
--- what they send). Both get USAGE on the cache's schema. Run it as the cache's owner. A role that does not
+-- what they send), and run pg_cached_register_listener, which their listeners register with. Both get USAGE on
+-- the cache's schema. Run it as the cache's owner. A role that does not
 -- exist fails with undefined_object (42704); so does PUBLIC, which is no role: granting it would undo the point.
 CREATE OR REPLACE FUNCTION pg_cached_grant(p_role text, p_writer boolean DEFAULT true)
 RETURNS void LANGUAGE plpgsql AS $$
@@ -804,9 +862,11 @@ BEGIN
                     ON n.oid = c.relnamespace WHERE c.oid = 'cache_entries'::regclass), p_role);
     EXECUTE format('GRANT SELECT ON cache_entries, cache_semantic, cache_events_secret, '
                    'cache_deferred_invalidations TO %I', p_role);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION pg_cached_register_listener(text) TO %I', p_role);
     IF p_writer THEN
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON cache_entries, cache_leases, cache_invalidations, '
-                       'cache_tag_invalidations, cache_semantic, cache_deferred_invalidations TO %I', p_role);
+                       'cache_tag_invalidations, cache_semantic, cache_deferred_invalidations, cache_listeners '
+                       'TO %I', p_role);
         FOR v_function IN
             SELECT f FROM pg_cached_functions() AS f
             WHERE f NOT IN ('pg_cached_grant(text, boolean)'::regprocedure, 'pg_cached_revoke(text)'::regprocedure)
@@ -827,7 +887,8 @@ BEGIN
         RAISE EXCEPTION 'role "%" does not exist', p_role USING ERRCODE = 'undefined_object';
     END IF;
     EXECUTE format('REVOKE ALL ON cache_entries, cache_leases, cache_invalidations, cache_tag_invalidations, '
-                   'cache_semantic, cache_events_secret, cache_deferred_invalidations FROM %I', p_role);
+                   'cache_semantic, cache_events_secret, cache_deferred_invalidations, cache_listeners FROM %I',
+                   p_role);
     FOR v_function IN SELECT f FROM pg_cached_functions() AS f LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %I', v_function, p_role);
     END LOOP;
@@ -861,13 +922,17 @@ BEGIN
         WHERE c.oid = 'cache_entries'::regclass AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner
     LOOP
         EXECUTE format('GRANT SELECT ON cache_events_secret, cache_deferred_invalidations TO %I', v_writer);
+        -- and, from version 6, register their listeners.
+        EXECUTE format('GRANT EXECUTE ON FUNCTION pg_cached_register_listener(text) TO %I', v_writer);
     END LOOP;
     -- The trigger's search_path names the cache's schema, which only this file's caller knows.
     EXECUTE format('ALTER FUNCTION pg_cached_invalidation_trigger() SET search_path = pg_catalog, %I, pg_temp',
                    current_schema());
     EXECUTE format('ALTER FUNCTION pg_cached_flush_invalidations() SET search_path = pg_catalog, %I, pg_temp',
                    current_schema());
+    EXECUTE format('ALTER FUNCTION pg_cached_register_listener(text) SET search_path = pg_catalog, %I, pg_temp',
+                   current_schema());
 END $$;
 
-INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 5)
+INSERT INTO cache_schema (singleton, functions_version) VALUES (true, 6)
 ON CONFLICT (singleton) DO UPDATE SET functions_version = EXCLUDED.functions_version, applied_at = now();

@@ -127,7 +127,10 @@
 //! **Coherence guarantee.** Every write, delete, namespace purge and `{fn}_invalidate`, from any process
 //! (with or without a tier of its own), sends a notification (LISTEN/NOTIFY on `pg_cached_events`) from the
 //! transaction that made the change, and every process drops the key or namespace from its tier, normally
-//! within milliseconds. A read that fetched a row before an invalidation reached this process never puts it
+//! within milliseconds. While no process listens (no tier, no wait for another process's computation), the
+//! notification is not sent: PostgreSQL lets one notifying transaction commit at a time, which halved writes
+//! at 16 writers. Listeners register in `cache_listeners` (migration 0013 has the protocol), and a tier
+//! serves only once the writes in progress at its registration have ended. A read that fetched a row before an invalidation reached this process never puts it
 //! in the tier afterwards (an epoch check). Notifications can be lost while a process's listener is
 //! disconnected, so the tier serves nothing until the listener is connected, and is cleared every time it
 //! connects. Whatever happens, an L1 entry is never served

@@ -99,7 +99,8 @@ async fn in_database(pool: &PgPool) -> Result<Vec<Function>, sqlx::Error> {
 }
 
 /// How the database's functions differ from the file's, one line per difference (none: they match).
-/// Privileges too: PUBLIC may execute none of them, and only the trigger function runs as its owner.
+/// Privileges too: PUBLIC may execute none of them, and only the trigger functions and the listeners'
+/// registration run as their owner.
 async fn drift(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
     let file = defined_in_file();
     let database = in_database(pool).await?;
@@ -123,7 +124,8 @@ async fn drift(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         "SELECT p.oid::regprocedure::text FROM pg_proc AS p \
          WHERE p.proname LIKE 'pg\\_cached\\_%' AND (p.proacl IS NULL OR EXISTS \
            (SELECT 1 FROM aclexplode(p.proacl) AS a WHERE a.grantee = 0) \
-           OR p.prosecdef <> (p.proname IN ('pg_cached_invalidation_trigger', 'pg_cached_flush_invalidations'))) ORDER BY 1",
+           OR p.prosecdef <> (p.proname IN ('pg_cached_invalidation_trigger', 'pg_cached_flush_invalidations', \
+                                             'pg_cached_register_listener'))) ORDER BY 1",
     )
     .fetch_all(pool)
     .await?;

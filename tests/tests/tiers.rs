@@ -73,12 +73,10 @@ async fn a_lost_listener_clears_the_tier(pool: PgPool) -> TestResult {
         a.set(&format!("k:{i}"), &i, None).await?;
     }
     assert_eq!(test_support::local_len(&a), 20);
-    let killed: i64 = sqlx::query_scalar(
-        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
-    )
-    .fetch_one(&pool)
-    .await?;
+    let killed: i64 =
+        sqlx::query_scalar("SELECT count(pg_terminate_backend(backend_pid)) FROM cache_listeners WHERE held")
+            .fetch_one(&pool)
+            .await?;
     assert_eq!(killed, 1, "one listener backend");
     let reconnected = within(Duration::from_secs(10), async || test_support::listener_connects(&a) >= 2).await;
     assert!(reconnected.is_some(), "the listener reconnects by itself");

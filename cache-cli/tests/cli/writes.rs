@@ -111,11 +111,13 @@ fn purge_tag_deletes_the_tagged_entries_records_and_announces_it() {
     let db = with_tagged_entries();
     let mut command = db.pg_cached();
     command.args(["purge", "--tag", "doc:1", "--yes", "--json"]);
-    // Services learn of the purge from the events channel: listen as one would, for the whole run. All of it
-    // inside the runtime, which the listener's connection needs even to be dropped.
+    // Services learn of the purge from the events channel: listen as one would (registered, or the cache
+    // sends nothing), for the whole run. All of it inside the runtime, which the listener's connection needs
+    // even to be dropped.
     let (report, heard) = db.block_on(async {
         let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.expect("listen");
         listener.listen(cache_runtime::EVENTS_CHANNEL).await.expect("LISTEN");
+        sqlx::query("SELECT pg_cached_register_listener('test')").execute(&mut listener).await.expect("register");
         let report = tokio::task::spawn_blocking(move || json_of(&mut command)).await.expect("pg-cached ran");
         let tag_event = async {
             loop {

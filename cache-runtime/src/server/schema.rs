@@ -18,7 +18,7 @@ pub(crate) const FUNCTIONS_SQL: &str = include_str!("../../../migrations/functio
 /// The version of the cache's SQL functions (`migrations/functions.sql`) this build applies, as
 /// [`PgCache::migrate`](crate::PgCache::migrate) records it in the `cache_schema` table. A database that
 /// holds a higher version was migrated by a newer release, and keeps its functions.
-pub const FUNCTIONS_VERSION: i32 = 5;
+pub const FUNCTIONS_VERSION: i32 = 6;
 
 /// The advisory lock class under which `functions.sql` is applied (its `'schema'` lock class).
 const SCHEMA_LOCK_CLASS: i32 = 1_885_430_596;
@@ -89,7 +89,7 @@ mod tests {
     /// SHA-256 of `functions.sql` at [`FUNCTIONS_VERSION`]. A database that holds a version skips the file, so
     /// two different files under one version would leave some databases behind: when this test fails, bump
     /// the version (here and in the file), then record the new checksum.
-    const FUNCTIONS_SHA256: &str = "4babfb3029d21e061435d0e3c1b8f720abc97e44852f81a5660f11d260254c0d";
+    const FUNCTIONS_SHA256: &str = "501f3ffbe25fd70e174a3e1de580a7e63027788d1742aaa4c9196a4166440e6a";
 
     #[test]
     fn the_file_is_pinned_to_its_version() {

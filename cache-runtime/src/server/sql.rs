@@ -26,11 +26,12 @@ macro_rules! remaining_ms {
     };
 }
 
-/// Sends the payload body $param, signed (`pg_cached_sign`, see `channel.rs`). `pg_notify` returns void: a
-/// scalar sub-query turns it into a plain integer column.
+/// Sends the payload body $param, signed (`pg_cached_sign`, see `channel.rs`), while some process listens
+/// (`pg_cached_notify`, migration 0013). It returns void: a scalar sub-query turns it into a plain integer
+/// column.
 macro_rules! notify {
     ($param:literal) => {
-        concat!("(SELECT 1 FROM (SELECT pg_notify('pg_cached_events', pg_cached_sign(", $param, "))) AS n)")
+        concat!("(SELECT 1 FROM (SELECT pg_cached_notify(", $param, ")) AS n)")
     };
 }
 
@@ -163,7 +164,7 @@ pub(crate) const REPLACE_UNCHANGED: &str = "UPDATE cache_entries e SET data = u.
 pub(crate) const ENTRIES_BY_KEY_ID: &str = "SELECT data->>'kid', count(*) FROM cache_entries \
     WHERE jsonb_typeof(data) = 'object' AND data ? 'pg_cached_enc' GROUP BY 1 ORDER BY 1";
 
-/// Sends the body $1 on the events channel, signed.
+/// Sends the body $1 on the events channel, signed, while some process listens.
 pub(crate) const NOTIFY: &str = concat!("SELECT ", notify!("$1"));
 
 /// Deletes key $1, records its invalidation and sends $2; $3 is the lock timeout in ms, $4 whether to try the
@@ -182,13 +183,15 @@ pub(crate) const GRANT: &str = "SELECT pg_cached_grant(p_role => $1, p_writer =>
 /// Takes back what [`GRANT`] gave role $1.
 pub(crate) const REVOKE: &str = "SELECT pg_cached_revoke(p_role => $1)::text";
 
-/// Invalidation marks older than a day and leases long past their deadline are no longer needed.
+/// Invalidation marks older than a day, leases long past their deadline and the listener rows of sessions
+/// that ended (migration 0013) are no longer needed.
 pub(crate) const SWEEP_BOOKKEEPING: &str = "WITH old AS (DELETE FROM cache_invalidations \
      WHERE invalidated_at < now() - interval '1 day' RETURNING 1), \
      old_tags AS (DELETE FROM cache_tag_invalidations WHERE invalidated_at < now() - interval '1 day' \
                   RETURNING 1), \
      dead AS (DELETE FROM cache_leases WHERE deadline < now() - interval '1 minute' RETURNING 1) \
-     SELECT (SELECT count(*) FROM old) + (SELECT count(*) FROM old_tags) + (SELECT count(*) FROM dead)";
+     SELECT (SELECT count(*) FROM old) + (SELECT count(*) FROM old_tags) + (SELECT count(*) FROM dead) \
+         + pg_cached_forget_listeners()";
 
 /// Deletes up to $2 rows whose key matches the `LIKE` pattern $1.
 pub(crate) const DELETE_PREFIX_BATCH: &str = "DELETE FROM cache_entries WHERE cache_key IN \
@@ -312,11 +315,12 @@ mod tests {
 
     #[test]
     fn notifications_use_the_events_channel() {
-        assert!(NOTIFY.contains(&format!("'{}'", crate::channel::CHANNEL)));
-        // Two writes, two deletes, the namespace mark, the tags' invalidation (pg_cached_notify_tags) and the
-        // queued invalidation's request to drain.
+        assert!(NOTIFY.contains("pg_cached_notify($1)") && LEASE_RELEASE.contains("pg_cached_notify($3)"));
+        // The one pg_notify is pg_cached_notify's. Every function that notifies goes through pg_cached_notify: two writes, two deletes, the namespace
+        // mark, the tags' invalidation (pg_cached_notify_tags) and the queued invalidation's request to drain.
         let functions = super::super::schema::FUNCTIONS_SQL;
-        assert_eq!(functions.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 7);
-        assert_eq!(functions.matches("pg_notify(").count(), 7);
+        assert_eq!(functions.matches(&format!("pg_notify('{}'", crate::channel::CHANNEL)).count(), 1);
+        assert_eq!(functions.matches("pg_notify(").count(), 1);
+        assert_eq!(functions.matches("PERFORM pg_cached_notify(").count(), 7);
     }
 }

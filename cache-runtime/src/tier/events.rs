@@ -8,7 +8,10 @@
 //! be invalidated under READ COMMITTED: the listener runs the queue, see [`request_drain`]).
 //!
 //! **Only a live listener counts.** Notifications are lost while a listener is not connected, so the tier
-//! serves nothing until every shard's listener has connected, and is cleared whenever one (re)connects. A
+//! serves nothing until every shard's listener has connected, and is cleared whenever one (re)connects.
+//! Writes notify only while some listener is registered (migration 0013 has the protocol), so a listener
+//! registers when it connects, and its tier starts serving only once the transactions in progress at that
+//! moment have ended: one of them may have decided, before the registration, that nobody listened. A
 //! listener is its own task; if that task ends for any reason (its connection dropped, a tokio runtime shut
 //! down with the task in it), a guard marks it disconnected, and the next use of the cache starts a new one.
 //! A connection that stays open but carries nothing any more (half-open, a proxy that froze) is found by a
@@ -34,6 +37,7 @@
 //! notification stays bounded and tier reads are not slowed by a pile of pending invalidations.
 
 use super::flight::Flights;
+use super::listening::{connect, InFlight};
 use super::local::LocalTier;
 use crate::channel::{name_hash, ping_payload, Message, Notice, Secret, CHANNEL};
 use crate::key::{key_hash, namespace_of};
@@ -251,7 +255,8 @@ async fn listen(running: Running, cache_pool: PgPool) {
     };
     let mut backoff = Duration::from_millis(100);
     loop {
-        let (listener, secret) = match connect(&listener_pool(), &cache_pool).await {
+        let Some(sender) = running.events.upgrade().map(|events| events.sender) else { return };
+        let (listener, secret, in_flight) = match connect(&listener_pool(), &cache_pool, sender).await {
             Ok(connected) => connected,
             Err(error) => {
                 tracing::warn!(%error, "cache event listener cannot listen; the in-process tier is off until it does");
@@ -261,12 +266,10 @@ async fn listen(running: Running, cache_pool: PgPool) {
             }
         };
         backoff = Duration::from_millis(100);
-        let Some(connected) = Connected::new(&running) else { return };
-        let (sender, received) = mpsc::channel(BACKLOG);
-        let receiver = tokio::spawn(receive(listener, secret.clone(), running.events.clone(), sender));
-        let ended = session(&running, received, &cache_pool, &secret).await;
+        let (forward, received) = mpsc::channel(BACKLOG);
+        let receiver = tokio::spawn(receive(listener, secret.clone(), running.events.clone(), forward));
+        let ended = session(&running, received, &cache_pool, &secret, in_flight).await;
         receiver.abort();
-        drop(connected);
         if matches!(ended, Ended::CacheGone) {
             return;
         }
@@ -277,7 +280,13 @@ async fn listen(running: Running, cache_pool: PgPool) {
 /// verify is counted and dropped here, before anything is copied or queued (see the module docs).
 async fn receive(mut listener: PgListener, secret: Secret, events: Weak<Events>, forward: mpsc::Sender<Message>) {
     loop {
-        let notification = match listener.try_recv().await {
+        // The session gone (its task aborted with the cache), the connection goes too, and with it the
+        // listener's registration: a quiet channel must not keep it open.
+        let received = tokio::select! {
+            received = listener.try_recv() => received,
+            () = forward.closed() => return,
+        };
+        let notification = match received {
             Ok(Some(notification)) => notification,
             Ok(None) => return,
             Err(error) if crate::server::exec::is_connection_error(&error) => return,
@@ -320,12 +329,14 @@ fn forged(events: &Weak<Events>) {
     crate::observe::metrics::forged_event();
 }
 
-/// Applies what arrives, and checks the connection every heartbeat, until one of them says to stop.
+/// Applies what arrives, and checks the connection every heartbeat, until one of them says to stop. The tier
+/// may serve once `in_flight` have ended, until the session ends.
 async fn session(
     running: &Running,
     mut received: mpsc::Receiver<Message>,
     cache_pool: &PgPool,
     secret: &Secret,
+    mut in_flight: InFlight,
 ) -> Ended {
     let Some(events) = running.events.upgrade() else { return Ended::CacheGone };
     let (heartbeat, sender) = (events.heartbeat, events.sender);
@@ -334,8 +345,20 @@ async fn session(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut sequence, mut awaited): (u64, Option<u64>) = (0, None);
     let mut batch = Vec::with_capacity(BACKLOG);
+    // While it is `None` the tier serves nothing; dropped when the session ends, it stops and clears the tier.
+    let mut connected = None;
+    let settle = tokio::time::sleep_until(in_flight.next_check());
+    tokio::pin!(settle);
     loop {
+        if in_flight.ended() && connected.is_none() {
+            let Some(now_connected) = Connected::new(running) else { return Ended::CacheGone };
+            connected = Some(now_connected);
+        }
         tokio::select! {
+            () = &mut settle, if !in_flight.ended() => {
+                in_flight.check(cache_pool, heartbeat).await;
+                settle.as_mut().reset(in_flight.next_check());
+            }
             count = received.recv_many(&mut batch, BACKLOG) => {
                 if count == 0 {
                     return Ended::Lost;
@@ -455,24 +478,4 @@ fn invalidate(targets: &Targets, keys: &HashSet<u64>, namespaces: &HashSet<u64>,
             flights.detach(|key| keys.contains(&key_hash(key)) || namespaces.contains(&name_hash(namespace_of(key))));
         }
     }
-}
-
-/// Listens on `pool`'s connection, and reads the events secret through `cache_pool`.
-async fn connect(pool: &PgPool, cache_pool: &PgPool) -> Result<(PgListener, Secret), sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    let encoding: String = sqlx::query_scalar("SHOW server_encoding").fetch_one(&mut listener).await?;
-    if encoding.eq_ignore_ascii_case("SQL_ASCII") {
-        // Such a server cannot convert what it sends to UTF-8: a payload that is not UTF-8 makes it end the
-        // session (FATAL) of a listener whose client_encoding is UTF8. Asked for SQL_ASCII, it sends the
-        // bytes as they are, and `payload` drops them. A build that aborts on panic cannot.
-        if cfg!(not(panic = "unwind")) {
-            return Err(sqlx::Error::Configuration(
-                "in a SQL_ASCII database the event listener needs a build that unwinds panics".into(),
-            ));
-        }
-        sqlx::query("SET client_encoding TO 'SQL_ASCII'").execute(&mut listener).await?;
-    }
-    listener.listen(CHANNEL).await?;
-    let secret: Vec<u8> = sqlx::query_scalar("SELECT secret FROM cache_events_secret").fetch_one(cache_pool).await?;
-    Ok((listener, Secret::new(&secret)))
 }

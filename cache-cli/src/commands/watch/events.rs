@@ -12,6 +12,11 @@
 //! One listener per server runs in a task of its own and forwards what it hears over a channel; each tick
 //! of `watch` drains the channel. Notifications sent while a listener is reconnecting are lost (PostgreSQL
 //! does not queue them), so the reconnections are counted and shown.
+//!
+//! The cache notifies only while some listener is registered (migration 0013), so each listener registers,
+//! as a tier's does, and again after it reconnects: while `watch` runs, writes notify.
+//! [`Listeners::start`] returns once the writes in progress at the registration have ended, so that every
+//! change committed afterwards is heard.
 
 use crate::error::CliError;
 use crate::output::escape;
@@ -175,6 +180,11 @@ impl Listeners {
                     .fetch_one(&shard.pool)
                     .await
                     .map_err(shard.error())?;
+                if let Some(in_flight) = register(&mut listener).await.map_err(shard.error())? {
+                    while !all_ended(&shard.pool, &in_flight).await.map_err(shard.error())? {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                }
                 Ok((shard.clone(), listener, Secret::new(&secret)))
             })
             .await?;
@@ -201,6 +211,28 @@ impl Listeners {
     }
 }
 
+/// Registers `listener`'s session as a listener of the events channel; returns the snapshot whose
+/// transactions in progress may not have seen the registration (`None` from a database whose functions
+/// predate the registry, which notify whatever happens).
+async fn register(listener: &mut PgListener) -> Result<Option<String>, sqlx::Error> {
+    match sqlx::query("SELECT pg_cached_register_listener('pg-cached watch')").execute(&mut *listener).await {
+        Ok(_) => sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&mut *listener).await.map(Some),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42883") => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Whether every transaction in progress in `snapshot` has ended.
+async fn all_ended(pool: &sqlx::PgPool, snapshot: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_snapshot_xip($1::pg_snapshot) AS x \
+         WHERE pg_xact_status(x) = 'in progress')",
+    )
+    .bind(snapshot)
+    .fetch_one(pool)
+    .await
+}
+
 /// Forwards one server's notifications until the receiver goes away or the listener fails for good.
 async fn forward(shard: Shard, mut listener: PgListener, secret: Secret, sender: UnboundedSender<Heard>) {
     loop {
@@ -211,8 +243,11 @@ async fn forward(shard: Shard, mut listener: PgListener, secret: Secret, sender:
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(&secret, notification.payload())))
                     .unwrap_or(Event::Forged),
             ),
-            // The connection dropped; sqlx reconnects and LISTENs again on the next call.
-            Ok(None) => Heard::Reconnected,
+            // The connection dropped. Registering runs on it: sqlx reconnects and LISTENs again first.
+            Ok(None) => match register(&mut listener).await {
+                Ok(_) => Heard::Reconnected,
+                Err(error) => Heard::Failed(CliError::database(&shard.name, error)),
+            },
             Err(error) => Heard::Failed(CliError::database(&shard.name, error)),
         };
         let failed = matches!(heard, Heard::Failed(_));
