@@ -183,7 +183,7 @@ impl ScopeVectors {
     #[cfg(feature = "test-support")]
     pub(crate) fn exact_pass_size(&self, query: &[f32], threshold: f32, n: usize) -> usize {
         let rows = self.rows.read().unwrap_or_else(|e| e.into_inner());
-        if rows.dims == 0 || query.len() != rows.dims || n == 0 {
+        if !rows.can_search(query, n) {
             return 0;
         }
         let passes = rows.first_passes(1, &quantize(query), threshold, n);
@@ -200,9 +200,16 @@ impl ScopeVectors {
 }
 
 impl Rows {
+    /// Whether a search for the `n` best of `query` can run here: something is stored, the query has its
+    /// dimensions, and it asks for something. Checked before the passes, which rely on all three
+    /// (`exact_pass` reads the `n`-th best).
+    fn can_search(&self, query: &[f32], n: usize) -> bool {
+        self.dims != 0 && query.len() == self.dims && n != 0
+    }
+
     /// [`ScopeVectors::nearest`], the first pass on (at most) `threads` threads at once.
     fn nearest(&self, threads: usize, query: &[f32], threshold: f32, n: usize) -> Vec<Candidate> {
-        if self.dims == 0 || query.len() != self.dims || n == 0 {
+        if !self.can_search(query, n) {
             return Vec::new();
         }
         let quantized = quantize(query);
