@@ -31,6 +31,7 @@ use crate::key::key_hash;
 use hmac::digest::KeyInit;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use sqlx::postgres::{PgListener, PgPool};
 use std::fmt::Write;
 
 /// The LISTEN/NOTIFY channel on which caches tell each other of invalidations and finished computations.
@@ -211,6 +212,40 @@ pub(crate) fn ping_payload(sender: u64, sequence: u64) -> String {
 /// The body of the event that the lease on `key` was released.
 pub(crate) fn done_payload(sender: u64, key: &str) -> String {
     format!("{sender:016x}|d|{:016x}", key_hash(key))
+}
+
+/// Registers the session of `listener`, which LISTENs on [`CHANNEL`], as a listener: the cache's writes
+/// notify only while some listener is registered (migration 0013 has the protocol). `name` is kept for
+/// operators (a cache's sender id, a tool's name; 32 characters at most). The row lives as long as the
+/// session. Returns the snapshot (as text) taken once the registration committed: a change made by a
+/// transaction in progress in it may not be notified, so wait for [`in_flight_ended`] before trusting that
+/// every change is heard. `None`: the database's functions predate the registry and notify whatever happens.
+///
+/// # Errors
+/// A database error, `42501` for a role the cache was not granted to.
+pub async fn register_listener(listener: &mut PgListener, name: &str) -> Result<Option<String>, sqlx::Error> {
+    match sqlx::query("SELECT pg_cached_register_listener($1)").bind(name).execute(&mut *listener).await {
+        Ok(_) => sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&mut *listener).await.map(Some),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNDEFINED_FUNCTION) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// SQLSTATE of a call to a function the database does not have.
+const UNDEFINED_FUNCTION: &str = "42883";
+
+/// Whether every transaction in progress in `snapshot` (from [`register_listener`]) has ended.
+///
+/// # Errors
+/// A database error.
+pub async fn in_flight_ended(pool: &PgPool, snapshot: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_snapshot_xip($1::pg_snapshot) AS x \
+         WHERE pg_xact_status(x) = 'in progress')",
+    )
+    .bind(snapshot)
+    .fetch_one(pool)
+    .await
 }
 
 #[cfg(test)]

@@ -108,6 +108,20 @@ pub async fn cache_on(pool: PgPool) -> PgCache {
         .expect("building a cache over an existing pool does no I/O")
 }
 
+/// A cache over `pool` with an in-process tier for every key (10,000 entries, 10 minutes) and the sweeper
+/// off, returned once its event listener is connected (its tier serves from then on).
+pub async fn tiered_on(pool: PgPool) -> PgCache {
+    let cache = PgCache::builder()
+        .pool(pool)
+        .local_tier(10_000, Duration::from_secs(600))
+        .sweep_interval(None)
+        .build()
+        .await
+        .expect("building a cache over an existing pool does no I/O");
+    listening(&cache).await;
+    cache
+}
+
 /// A cache whose database never answers: a local TCP port that accepts connections and says nothing.
 /// Every operation must then end with a timeout, never hang.
 pub async fn cache_on_silent_server(op_timeout: Duration) -> PgCache {

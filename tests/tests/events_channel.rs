@@ -6,7 +6,7 @@
 use cache_runtime::channel::{name_hash, Notice, Secret};
 use cache_runtime::{test_support, PgCache};
 use integration_tests::roles::TestRole;
-use integration_tests::{listening, within};
+use integration_tests::{listening, tiered_on, within};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use std::time::Duration;
@@ -14,18 +14,6 @@ use std::time::Duration;
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const TTL: Option<Duration> = Some(Duration::from_secs(600));
-
-async fn tiered(pool: PgPool) -> PgCache {
-    let cache = PgCache::builder()
-        .pool(pool)
-        .local_tier(10_000, Duration::from_secs(600))
-        .sweep_interval(None)
-        .build()
-        .await
-        .expect("no I/O");
-    listening(&cache).await;
-    cache
-}
 
 /// The database's events secret, read as the owner.
 async fn secret(pool: &PgPool) -> Result<Secret, sqlx::Error> {
@@ -50,7 +38,7 @@ async fn served_from_tier(cache: &PgCache, key: &str) -> bool {
 
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_connect_only_role_reads_no_text_on_the_channel(pool: PgPool) -> TestResult {
-    let owner = tiered(pool.clone()).await;
+    let owner = tiered_on(pool.clone()).await;
     let outsider = TestRole::create(&pool, "listener").await?;
     let outsider_pool = PgPoolOptions::new().max_connections(2).connect_with(outsider.options()).await?;
     let read = sqlx::query("SELECT secret FROM cache_events_secret").fetch_one(&outsider_pool).await;
@@ -96,7 +84,7 @@ async fn a_connect_only_role_reads_no_text_on_the_channel(pool: PgPool) -> TestR
 
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn forged_notifications_change_nothing(pool: PgPool) -> TestResult {
-    let owner = tiered(pool.clone()).await;
+    let owner = tiered_on(pool.clone()).await;
     owner.set_tagged("doc:1", &1, TTL, &["doc:7"]).await?;
     owner.set("ns:x", &2, TTL).await?;
     assert!(served_from_tier(&owner, "doc:1").await && served_from_tier(&owner, "ns:x").await);
@@ -189,7 +177,7 @@ async fn granted_roles_listen_and_others_get_no_tier(pool: PgPool) -> TestResult
     let (reader, stranger) = (TestRole::create(&pool, "reader").await?, TestRole::create(&pool, "stranger").await?);
     owner.grant_reader(&reader.name).await?;
     let as_role = |role: &TestRole| PgPoolOptions::new().max_connections(2).connect_lazy_with(role.options());
-    let reader_cache = tiered(as_role(&reader)).await;
+    let reader_cache = tiered_on(as_role(&reader)).await;
     owner.set("doc:1", &1, TTL).await?;
     assert!(served_from_tier(&reader_cache, "doc:1").await, "a reader's tier serves");
 
@@ -214,7 +202,7 @@ async fn granted_roles_listen_and_others_get_no_tier(pool: PgPool) -> TestResult
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_burst_of_forged_payloads_costs_nothing_kept(pool: PgPool) -> TestResult {
     const FORGED: u64 = 20_000;
-    let owner = tiered(pool.clone()).await;
+    let owner = tiered_on(pool.clone()).await;
     for i in 0..200_i64 {
         owner.set_tagged(&format!("doc:{i}"), &i, TTL, &[format!("t:{i}")]).await?;
     }

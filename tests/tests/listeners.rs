@@ -7,7 +7,7 @@
 use cache_runtime::channel::{Notice, Secret};
 use cache_runtime::PgCache;
 use integration_tests::roles::TestRole;
-use integration_tests::{cache_on, listening, within};
+use integration_tests::{cache_on, listening, tiered_on, within};
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,18 +20,6 @@ const TTL: Option<Duration> = Some(Duration::from_secs(600));
 
 /// Generous for anything a test waits for: these machines are slow and shared.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-async fn tiered(pool: PgPool) -> PgCache {
-    let cache = PgCache::builder()
-        .pool(pool)
-        .local_tier(1_000, Duration::from_secs(600))
-        .sweep_interval(None)
-        .build()
-        .await
-        .expect("no I/O");
-    listening(&cache).await;
-    cache
-}
 
 async fn registered(pool: &PgPool) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM cache_listeners").fetch_one(pool).await
@@ -86,7 +74,7 @@ async fn writes_notify_only_while_a_listener_is_registered(pool: PgPool) -> Test
     plain.delete_namespace("ns").await?;
     assert_eq!(eavesdropper.heard().await?, vec![], "nobody registered, nothing sent");
 
-    let tiered = tiered(pool.clone()).await;
+    let tiered = tiered_on(pool.clone()).await;
     assert_eq!(registered(&pool).await?, 1);
     plain.set("ns:a", &1, TTL).await?;
     plain.delete("ns:a").await?;
@@ -199,7 +187,7 @@ async fn only_the_caches_roles_touch_the_registry(pool: PgPool) -> TestResult {
     let (reader, stranger) = (TestRole::create(&pool, "lreader").await?, TestRole::create(&pool, "lstranger").await?);
     owner.grant_reader(&reader.name).await?;
     let reader_pool = PgPoolOptions::new().max_connections(3).connect_lazy_with(reader.options());
-    let reader_cache = tiered(reader_pool.clone()).await;
+    let reader_cache = tiered_on(reader_pool.clone()).await;
     assert_eq!(registered(&pool).await?, 1, "a reader's listener registers");
 
     // Neither may remove a listener's row (writes would stop notifying it), nor read the table.

@@ -3,7 +3,7 @@
 
 use cache_runtime::{pg_cached, CacheError, PgCache};
 use integration_tests::memo::second_pool;
-use integration_tests::{cache_on, listening, within, Calls};
+use integration_tests::{cache_on, tiered_on, within, Calls};
 use sqlx::{Connection, PgPool};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -393,19 +393,8 @@ async fn bad_identifiers_are_typed_errors_never_injection(pool: PgPool) -> TestR
 
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn invalidations_by_tag_and_by_trigger_reach_other_processes_tiers(pool: PgPool) -> TestResult {
-    let tiered = |pool: PgPool| async move {
-        let cache = PgCache::builder()
-            .pool(pool)
-            .local_tier(100, Duration::from_secs(600))
-            .sweep_interval(None)
-            .build()
-            .await
-            .expect("no I/O");
-        listening(&cache).await;
-        cache
-    };
-    let a = tiered(pool.clone()).await;
-    let b = tiered(second_pool(&pool).await).await;
+    let a = tiered_on(pool.clone()).await;
+    let b = tiered_on(second_pool(&pool).await).await;
     sqlx::raw_sql("CREATE TABLE documents (id int PRIMARY KEY); INSERT INTO documents VALUES (7);")
         .execute(&pool)
         .await?;

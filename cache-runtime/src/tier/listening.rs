@@ -7,7 +7,7 @@
 //! snapshot; [`InFlight`] waits for the transactions in progress in it, after which every change is either
 //! notified or was committed before the tier starts (it is cleared then).
 
-use crate::channel::{Secret, CHANNEL};
+use crate::channel::{in_flight_ended, register_listener, Secret, CHANNEL};
 use sqlx::postgres::{PgListener, PgPool};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -43,20 +43,9 @@ pub(super) async fn connect(
     let secret: Vec<u8> = sqlx::query_scalar("SELECT secret FROM cache_events_secret").fetch_one(cache_pool).await?;
     // On the listening connection: the row's lock lives as long as that session, so a row outlives its
     // listener only until a registration or a sweep finds the lock free.
-    let registered = sqlx::query_scalar::<_, i64>("SELECT pg_cached_register_listener($1)")
-        .bind(format!("{sender:016x}"))
-        .fetch_one(&mut listener)
-        .await;
-    let snapshot = match registered {
-        Ok(_) => Some(sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&mut listener).await?),
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNDEFINED_FUNCTION) => None,
-        Err(error) => return Err(error),
-    };
+    let snapshot = register_listener(&mut listener, &format!("{sender:016x}")).await?;
     Ok((listener, Secret::new(&secret), InFlight::new(snapshot)))
 }
-
-/// SQLSTATE of a call to a function the database does not have.
-const UNDEFINED_FUNCTION: &str = "42883";
 
 /// The transactions in progress just after a listener's registration committed (a `pg_snapshot`'s text):
 /// each may have read the registry before, found no listener, and will not notify. The tier may serve once
@@ -90,7 +79,7 @@ impl InFlight {
     /// Asks the server (through `pool`, within `timeout`) whether they have ended. A failure is a "not yet".
     pub(super) async fn check(&mut self, pool: &PgPool, timeout: Duration) {
         let Some(snapshot) = self.snapshot.as_deref() else { return };
-        match tokio::time::timeout(timeout, all_ended(pool, snapshot)).await {
+        match tokio::time::timeout(timeout, in_flight_ended(pool, snapshot)).await {
             Ok(Ok(true)) => {
                 self.snapshot = None;
                 return;
@@ -107,15 +96,4 @@ impl InFlight {
         }
         self.wait = (self.wait * 2).clamp(POLL_MIN, POLL_MAX);
     }
-}
-
-/// Whether every transaction in progress in `snapshot` (text of a `pg_snapshot`) has ended.
-async fn all_ended(pool: &PgPool, snapshot: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT NOT EXISTS (SELECT 1 FROM pg_snapshot_xip($1::pg_snapshot) AS x \
-         WHERE pg_xact_status(x) = 'in progress')",
-    )
-    .bind(snapshot)
-    .fetch_one(pool)
-    .await
 }

@@ -21,10 +21,13 @@
 use crate::error::CliError;
 use crate::output::escape;
 use crate::target::{Shard, Target};
-use cache_runtime::channel::{Notice, Secret};
+use cache_runtime::channel::{in_flight_ended, register_listener, Notice, Secret};
 use serde::Serialize;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+
+/// How `watch`'s listeners name themselves in the cache's registry of listeners.
+const NAME: &str = "pg-cached watch";
 
 /// The channel cache-runtime notifies on (its `events::CHANNEL`).
 pub const CHANNEL: &str = cache_runtime::EVENTS_CHANNEL;
@@ -180,8 +183,8 @@ impl Listeners {
                     .fetch_one(&shard.pool)
                     .await
                     .map_err(shard.error())?;
-                if let Some(in_flight) = register(&mut listener).await.map_err(shard.error())? {
-                    while !all_ended(&shard.pool, &in_flight).await.map_err(shard.error())? {
+                if let Some(in_flight) = register_listener(&mut listener, NAME).await.map_err(shard.error())? {
+                    while !in_flight_ended(&shard.pool, &in_flight).await.map_err(shard.error())? {
                         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                     }
                 }
@@ -211,28 +214,6 @@ impl Listeners {
     }
 }
 
-/// Registers `listener`'s session as a listener of the events channel; returns the snapshot whose
-/// transactions in progress may not have seen the registration (`None` from a database whose functions
-/// predate the registry, which notify whatever happens).
-async fn register(listener: &mut PgListener) -> Result<Option<String>, sqlx::Error> {
-    match sqlx::query("SELECT pg_cached_register_listener('pg-cached watch')").execute(&mut *listener).await {
-        Ok(_) => sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&mut *listener).await.map(Some),
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42883") => Ok(None),
-        Err(error) => Err(error),
-    }
-}
-
-/// Whether every transaction in progress in `snapshot` has ended.
-async fn all_ended(pool: &sqlx::PgPool, snapshot: &str) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT NOT EXISTS (SELECT 1 FROM pg_snapshot_xip($1::pg_snapshot) AS x \
-         WHERE pg_xact_status(x) = 'in progress')",
-    )
-    .bind(snapshot)
-    .fetch_one(pool)
-    .await
-}
-
 /// Forwards one server's notifications until the receiver goes away or the listener fails for good.
 async fn forward(shard: Shard, mut listener: PgListener, secret: Secret, sender: UnboundedSender<Heard>) {
     loop {
@@ -244,7 +225,7 @@ async fn forward(shard: Shard, mut listener: PgListener, secret: Secret, sender:
                     .unwrap_or(Event::Forged),
             ),
             // The connection dropped. Registering runs on it: sqlx reconnects and LISTENs again first.
-            Ok(None) => match register(&mut listener).await {
+            Ok(None) => match register_listener(&mut listener, NAME).await {
                 Ok(_) => Heard::Reconnected,
                 Err(error) => Heard::Failed(CliError::database(&shard.name, error)),
             },
