@@ -219,17 +219,31 @@ pub(crate) fn done_payload(sender: u64, key: &str) -> String {
 /// operators (a cache's sender id, a tool's name; 32 characters at most). The row lives as long as the
 /// session. Returns the snapshot (as text) taken once the registration committed: a change made by a
 /// transaction in progress in it may not be notified, so wait for [`in_flight_ended`] before trusting that
-/// every change is heard. `None`: the database's functions predate the registry and notify whatever happens.
+/// every change is heard. `None`: the database holds functions of an earlier version, which notify whatever
+/// happens (migrating it adds a row that keeps them notifying).
 ///
 /// # Errors
-/// A database error, `42501` for a role the cache was not granted to.
+/// A database error, `42501` for a role the cache was not granted to; `42883` (no such function) for a
+/// database whose functions are not applied yet (a migration under way): try again later.
 pub async fn register_listener(listener: &mut PgListener, name: &str) -> Result<Option<String>, sqlx::Error> {
     match sqlx::query("SELECT pg_cached_register_listener($1)").bind(name).execute(&mut *listener).await {
         Ok(_) => sqlx::query_scalar("SELECT pg_current_snapshot()::text").fetch_one(&mut *listener).await.map(Some),
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNDEFINED_FUNCTION) => Ok(None),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNDEFINED_FUNCTION) => {
+            // Functions of version 5 or older notify on every write; none at all (migrations applied, the
+            // functions not yet) will be version 6 by the time anything is written.
+            let applied: Option<i32> =
+                sqlx::query_scalar("SELECT functions_version FROM cache_schema").fetch_optional(&mut *listener).await?;
+            match applied {
+                Some(version) if version < REGISTRY_VERSION => Ok(None),
+                _ => Err(sqlx::Error::Database(db)),
+            }
+        }
         Err(error) => Err(error),
     }
 }
+
+/// The version of the SQL functions that brought the registry of listeners.
+const REGISTRY_VERSION: i32 = 6;
 
 /// SQLSTATE of a call to a function the database does not have.
 const UNDEFINED_FUNCTION: &str = "42883";

@@ -284,3 +284,37 @@ async fn a_tier_that_starts_under_load_converges(pool: PgPool) -> TestResult {
     assert!(tiered.process_stats().local_hits > 0, "the tier served");
     Ok(())
 }
+
+/// A listener that starts while its database is being migrated (tables there, functions not yet) waits for
+/// the functions and registers, rather than taking the missing function for an earlier release's database
+/// (whose writes notify whatever happens) and listening unregistered, unheard by every write to come.
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR")]
+async fn a_listener_that_starts_before_the_functions_registers_once_they_are_there(pool: PgPool) -> TestResult {
+    let tiered = PgCache::builder()
+        .pool(pool.clone())
+        .local_tier(1_000, Duration::from_secs(600))
+        .sweep_interval(None)
+        .build()
+        .await?;
+    // Time for a listener that would not wait to connect (it would in milliseconds); one that waits never
+    // does, however long this takes.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(cache_runtime::test_support::listener_connects(&tiered), 0, "no functions, no listener");
+
+    cache_on(pool.clone()).await.migrate().await?;
+    listening(&tiered).await;
+    assert_eq!(registered(&pool).await?, 1);
+    let plain = cache_on(pool.clone()).await;
+    plain.set("ns:k", &1, TTL).await?;
+    assert!(within(PATIENCE, async || {
+        tiered.get::<i64>("ns:k").await.ok().flatten() == Some(1) && tiered.process_stats().local_hits > 0
+    })
+    .await
+    .is_some());
+    plain.set("ns:k", &2, TTL).await?;
+    assert!(
+        within(PATIENCE, async || tiered.get::<i64>("ns:k").await.ok().flatten() == Some(2)).await.is_some(),
+        "the write reached the tier"
+    );
+    Ok(())
+}
