@@ -138,6 +138,14 @@ pub const APPLIED_MIGRATIONS: &str = "SELECT version, success, checksum FROM _sq
 /// never were.
 pub const FUNCTIONS_VERSION: &str = "SELECT functions_version FROM cache_schema";
 
+/// Whether the registry of listeners (migration 0013) exists.
+pub const HAS_LISTENER_REGISTRY: &str = "SELECT to_regclass('cache_listeners') IS NOT NULL";
+
+/// Rows of `cache_listeners`: sessions registered (some may have ended, until a sweep), and rows standing for
+/// an earlier release's listeners.
+pub const LISTENERS: &str =
+    "SELECT count(*) FILTER (WHERE held), count(*) FILTER (WHERE NOT held) FROM cache_listeners";
+
 /// Whether sqlx's migrations table exists.
 pub const HAS_MIGRATIONS_TABLE: &str = "SELECT to_regclass('_sqlx_migrations') IS NOT NULL";
 

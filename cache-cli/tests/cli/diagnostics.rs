@@ -18,9 +18,17 @@ fn doctor_passes_a_migrated_database() {
     // A pool of 1, so the headroom check holds however busy the shared test server is.
     let report = json_of(db.pg_cached().args(["doctor", "--pool-size", "1", "--json"]));
     assert_eq!(report["ok"], true, "{report:#}");
-    for name in
-        ["connection", "schema", "indexes", "dead_tuples", "autovacuum", "synchronous_commit", "connections", "clock"]
-    {
+    for name in [
+        "connection",
+        "schema",
+        "indexes",
+        "dead_tuples",
+        "autovacuum",
+        "synchronous_commit",
+        "connections",
+        "clock",
+        "notifications",
+    ] {
         assert_ne!(check(&report, name)["status"], "fail", "{report:#}");
     }
     assert_eq!(check(&report, "schema")["status"], "ok");
@@ -33,6 +41,23 @@ fn doctor_passes_a_migrated_database() {
     assert_eq!(check(&report, "indexes")["status"], "ok", "migration 5's GIN index is expected, not stray");
     let text = text_of(db.pg_cached().args(["doctor", "--pool-size", "1"]));
     assert!(text.lines().any(|l| l.starts_with("OK") && l.contains("schema")), "{text}");
+}
+
+#[test]
+fn doctor_warns_while_a_row_stands_for_an_earlier_releases_listeners() {
+    let db = TestDb::migrated();
+    let report = json_of(db.pg_cached().args(["doctor", "--pool-size", "1", "--json"]));
+    assert_eq!(check(&report, "notifications")["status"], "ok", "a new database has no such row: {report:#}");
+    // What migrating a database an earlier release used leaves (migration 0013).
+    db.sql("INSERT INTO cache_listeners (held) VALUES (false)");
+    let report = json_of(db.pg_cached().args(["doctor", "--pool-size", "1", "--json"]));
+    let notifications = check(&report, "notifications");
+    assert_eq!(notifications["status"], "warn", "{report:#}");
+    let fix = notifications["fix"].as_str().unwrap_or_default();
+    assert!(fix.ends_with("DELETE FROM cache_listeners WHERE NOT held"), "{fix}");
+    db.sql(fix.split_once(": ").map_or(fix, |(_, statement)| statement));
+    let report = json_of(db.pg_cached().args(["doctor", "--pool-size", "1", "--json"]));
+    assert_eq!(check(&report, "notifications")["status"], "ok", "{report:#}");
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! The `encryption` check reads `PG_CACHED_KEYS` when it is set, to judge the key ids of encrypted entries.
 
 mod encryption;
+mod listeners;
 mod server;
 mod tables;
 
@@ -122,6 +123,7 @@ async fn shard_checks(shard: &Shard, health: Option<HealthReport>, pool_size: u3
         server::headroom(shard, pool_size).await.unwrap_or_else(|e| Check::could_not_run("connections", &e)),
         server::clock(probe.as_ref()),
         encryption::key_ids(shard).await.unwrap_or_else(|e| Check::could_not_run("encryption", &e)),
+        listeners::notifications(shard).await.unwrap_or_else(|e| Check::could_not_run("notifications", &e)),
     ];
     for check in &mut checks {
         check.shard.clone_from(&shard.name);
