@@ -38,9 +38,12 @@ impl TestRole {
 
     /// Ends the role's sessions, takes back what it was granted and drops what it owns in this database,
     /// then drops the role.
+    ///
+    /// It waits (up to a minute) for each session to end: a session drops its temporary objects as it exits,
+    /// and `DROP OWNED` run before that meets them and fails on their dependents (a temporary cast, say).
     pub async fn drop_role(self) -> Result<(), sqlx::Error> {
         let name = &self.name;
-        sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1")
+        sqlx::query("SELECT pg_terminate_backend(pid, 60000) FROM pg_stat_activity WHERE usename = $1")
             .bind(name)
             .execute(&self.owner)
             .await?;
