@@ -412,6 +412,48 @@ async fn a_silent_server_gives_timeouts_not_hangs() -> TestResult {
     Ok(())
 }
 
+/// A local port in front of the test server whose first `unanswered` connections are accepted and never
+/// answered (a connection attempt lost to a busy or just-started server); later ones are passed through.
+async fn port_that_drops_the_first(pool: &PgPool, unanswered: usize) -> std::io::Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let server = pool.connect_options();
+    let target = format!("{}:{}", server.get_host(), server.get_port());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            if held.len() < unanswered {
+                held.push(client);
+                continue;
+            }
+            let target = target.clone();
+            tokio::spawn(async move {
+                if let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
+#[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
+async fn build_outlasts_a_first_connection_that_goes_unanswered(pool: PgPool) -> TestResult {
+    // The first (the probe for a primary) and the second (the pool's first attempt) go unanswered. Before,
+    // `build` gave up after one attempt within the operation timeout; it now tries again within 2 s.
+    let port = port_that_drops_the_first(&pool, 2).await?;
+    let options = (*pool.connect_options()).clone().host("127.0.0.1").port(port);
+    let cache = PgCache::builder()
+        .connect_options(options)
+        .op_timeout(Duration::from_millis(100))
+        .sweep_interval(None)
+        .build()
+        .await?;
+    cache.set("first:1", &1, None).await?;
+    assert_eq!(cache.get::<i32>("first:1").await?, Some(1));
+    Ok(())
+}
+
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_locked_table_gives_a_timeout(pool: PgPool) -> TestResult {
     let cache = PgCache::builder()

@@ -336,9 +336,13 @@ impl PgCacheBuilder {
     /// Builds the cache. With a URL this connects (and fails if the database cannot be reached); with a pool
     /// it does no I/O. Starts the background sweeper unless it was turned off.
     ///
+    /// The first connection to each server may take up to the operation timeout or 2 s, whichever is longer:
+    /// it costs more round trips (TCP, authentication) than any later operation on a warm pool, and a busy or
+    /// just-started server may be slow to accept it.
+    ///
     /// # Errors
     /// [`CacheError::Config`] when neither a pool nor a URL was given, a URL is malformed or a setting is out
-    /// of bounds; [`CacheError::Database`] when the database cannot be reached.
+    /// of bounds; [`CacheError::Database`] when the database cannot be reached within that time.
     pub async fn build(mut self) -> Result<PgCache> {
         self.check()?;
         if matches!(self.source, Source::Pool(_) | Source::Unset) {
@@ -351,19 +355,30 @@ impl PgCacheBuilder {
         for spec in named {
             let name = spec.name;
             let hosts = Hosts::new(spec.hosts.into_iter().map(|o| with_statement_timeout(&self.config, o)).collect());
+            let window = self.config.op_timeout.max(Duration::from_secs(2));
             // With several hosts, start on the one that accepts writes (or the first, if none answers yet).
-            let start = match hosts.find_primary(self.config.op_timeout.max(Duration::from_secs(2))).await {
+            let start = match hosts.find_primary(window).await {
                 Some(primary) => primary.clone(),
                 None => hosts.first().clone(),
             };
-            let pool = own_pool(&self.config, self.max_connections)
-                .connect_with(start)
-                .await
-                .map_err(CacheError::db("connect"))?;
+            let pool = self.first_connection(start, window).await?;
             servers.push((name, pool, hosts));
         }
         let replicas = self.replica_pools(servers.len())?;
         Ok(PgCache::from_parts(servers, replicas, self.config))
+    }
+
+    /// A pool of our own on `start`, with one connection open. The pool waits for a connection only as long as
+    /// an operation may (its acquire timeout), so an attempt that timed out is made again until `window` ends.
+    async fn first_connection(&self, start: PgConnectOptions, window: Duration) -> Result<PgPool> {
+        let deadline = tokio::time::Instant::now() + window;
+        loop {
+            let attempt = own_pool(&self.config, self.max_connections).connect_with(start.clone());
+            match tokio::time::timeout_at(deadline, attempt).await.unwrap_or(Err(sqlx::Error::PoolTimedOut)) {
+                Err(sqlx::Error::PoolTimedOut) if tokio::time::Instant::now() < deadline => continue,
+                connected => return connected.map_err(CacheError::db("connect")),
+            }
+        }
     }
 
     /// Checks every setting against its bounds (see the type's docs), once they are all known.
