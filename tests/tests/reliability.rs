@@ -319,7 +319,12 @@ async fn settle(pool: &PgPool, limit: Duration) -> Result<Leftovers, sqlx::Error
     }
 }
 
-/// After an incident: the cache works again. Fresh arguments miss then hit, with no new cache error.
+/// After an incident: the cache works again. Fresh arguments miss then hit.
+///
+/// The tests' operation timeouts are short (100 ms), and on a busy machine an operation of a healthy cache
+/// can pass one now and then: so a few cache errors are allowed, as long as every extra run of a body is
+/// explained by one. A cache still broken by the incident (slots or connections lost, a stuck dispatcher)
+/// fails most of its 120 operations here.
 async fn assert_cache_works(service: &Service, first: u64) -> TestResult {
     let errors = service.cache.process_stats().errors;
     let runs = service.runs.load(Ordering::Relaxed);
@@ -329,11 +334,62 @@ async fn assert_cache_works(service: &Service, first: u64) -> TestResult {
             assert_eq!(service.call(which, x).await, expected(x));
         }
     }
-    assert_eq!(service.runs.load(Ordering::Relaxed) - runs, 60, "each new key ran once, then hit");
-    assert_eq!(service.cache.process_stats().errors, errors, "no cache error once the incident is over");
-    service.cache.set("rel_plain:after", &"ok", None).await?;
-    assert_eq!(service.cache.get::<String>("rel_plain:after").await?.as_deref(), Some("ok"));
+    let runs = service.runs.load(Ordering::Relaxed) - runs;
+    let errors = service.cache.process_stats().errors - errors;
+    assert!(errors <= 6, "{errors} cache errors once the incident was over");
+    assert!((60..=60 + errors).contains(&runs), "each new key ran once, then hit: {runs} runs, {errors} cache errors");
+    for attempt in 0.. {
+        let stored = service.cache.set("rel_plain:after", &"ok", None).await;
+        let read = match stored {
+            Ok(()) => service.cache.get::<String>("rel_plain:after").await,
+            Err(e) => Err(e),
+        };
+        match read {
+            Ok(value) => {
+                assert_eq!(value.as_deref(), Some("ok"));
+                break;
+            }
+            Err(cache_runtime::CacheError::Timeout { .. }) if attempt < 2 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
+}
+
+/// The most a call may take in the tests below while the store misbehaves: three times what a call needs that
+/// gives up on the store after each of its round trips times out (a lookup, a lease, a write, a release),
+/// plus two seconds, so that a machine a few times slower and busier than ours still passes; and far less
+/// than waiting for what misbehaves would take (a 30 s pool acquire, a 30 s statement, a lock held until the
+/// test lets it go, a 60 s lease).
+fn stall_bound(op_timeout: Duration, body: Duration) -> Duration {
+    (op_timeout * 4 + body * 2) * 3 + Duration::from_secs(2)
+}
+
+/// Cancels every statement that runs in the test database, but the caller's own.
+async fn cancel_others(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "SELECT pg_cancel_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() AND state = 'active'",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Drops `trigger` on `table` while statements that it slows down still run: cancels them, and tries again
+/// while they (or the retries the cache sends alone) hold the table.
+async fn drop_slowing_trigger(pool: &PgPool, trigger: &str, table: &str) -> TestResult {
+    for _ in 0..50 {
+        cancel_others(pool).await?;
+        let mut tx = pool.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '500ms'").execute(&mut *tx).await?;
+        match sqlx::query(&format!("DROP TRIGGER {trigger} ON {table}")).execute(&mut *tx).await {
+            Ok(_) => return Ok(tx.commit().await?),
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(format!("{trigger} could not be dropped: its table stayed locked").into())
 }
 
 /// Runs `n` calls at once (fresh arguments from `first`, spread over the three functions) and returns the
@@ -376,7 +432,7 @@ async fn an_exhausted_pool_falls_back_within_the_op_timeout(pool: PgPool) -> Tes
     let held = (small.acquire().await?, small.acquire().await?);
     // A lookup that times out and nothing else (a store that cannot be read is not written to). A follower of
     // a single-flight leader that could not use the store waits for that leader, then looks up once itself.
-    let bound = (op_timeout + body) * 2 + Duration::from_millis(500);
+    let bound = stall_bound(op_timeout, body);
     let mut slowest = Duration::ZERO;
     for x in 0..6 {
         let started = Instant::now();
@@ -403,10 +459,10 @@ async fn pool_held_by_slow_queries_falls_back_within_the_op_timeout(pool: PgPool
     let mut sleepers = JoinSet::new();
     for _ in 0..3 {
         let shared = shared.clone();
-        sleepers.spawn(async move { sqlx::query("SELECT pg_sleep(2)").execute(&shared).await.map(|_| ()) });
+        sleepers.spawn(async move { sqlx::query("SELECT pg_sleep(30)").execute(&shared).await.map(|_| ()) });
     }
     while sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = 'SELECT pg_sleep(2)' AND state = 'active'",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = 'SELECT pg_sleep(30)' AND state = 'active'",
     )
     .fetch_one(&pool)
     .await?
@@ -414,12 +470,17 @@ async fn pool_held_by_slow_queries_falls_back_within_the_op_timeout(pool: PgPool
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let bound = (op_timeout + body) * 2 + Duration::from_millis(500);
+    let bound = stall_bound(op_timeout, body);
     let slowest = burst(&service, 0, 30).await?;
     println!("pool held by pg_sleep: 30 concurrent calls took at most {slowest:?}");
     assert!(slowest < bound, "{slowest:?} exceeds {bound:?}");
+    // The sleepers are cancelled rather than waited for: the test is over once every call came back.
+    cancel_others(&pool).await?;
     while let Some(done) = sleepers.join_next().await {
-        done??;
+        match done? {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("57014") => {}
+            other => panic!("a sleeper was cancelled, not {other:?}"),
+        }
     }
     assert_cache_works(&service, 1_000).await?;
     assert_eq!(settle(&pool, Duration::from_secs(2)).await?, Leftovers::default());
@@ -428,10 +489,10 @@ async fn pool_held_by_slow_queries_falls_back_within_the_op_timeout(pool: PgPool
 
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn slow_writes_fall_back_within_the_op_timeout(pool: PgPool) -> TestResult {
-    // Every write of the cache sleeps 1 s inside PostgreSQL (a trigger calling pg_sleep).
+    // Every write of the cache sleeps 30 s inside PostgreSQL (a trigger calling pg_sleep).
     sqlx::raw_sql(
         "CREATE FUNCTION rel_slow_write() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN PERFORM pg_sleep(1); RETURN NEW; END $$; \
+             BEGIN PERFORM pg_sleep(30); RETURN NEW; END $$; \
          CREATE TRIGGER rel_slow_write BEFORE INSERT OR UPDATE ON cache_entries \
              FOR EACH ROW EXECUTE FUNCTION rel_slow_write();",
     )
@@ -440,7 +501,7 @@ async fn slow_writes_fall_back_within_the_op_timeout(pool: PgPool) -> TestResult
     let (op_timeout, body) = (Duration::from_millis(100), Duration::from_millis(20));
     let service = Service::new(cache_over(user_pool(&pool, 10).await?, op_timeout).await?, body);
     // A lookup, the body, a write that times out; and under cluster single-flight a lease taken and released.
-    let bound = op_timeout * 4 + body * 2 + Duration::from_millis(500);
+    let bound = stall_bound(op_timeout, body);
     let mut slowest = Duration::ZERO;
     for x in 0..9 {
         let started = Instant::now();
@@ -449,13 +510,12 @@ async fn slow_writes_fall_back_within_the_op_timeout(pool: PgPool) -> TestResult
     }
     let concurrent = burst(&service, 100, 40).await?;
     println!(
-        "slow writes (pg_sleep(1) per row): sequential calls took at most {slowest:?}, 40 concurrent {concurrent:?}"
+        "slow writes (pg_sleep(30) per row): sequential calls took at most {slowest:?}, 40 concurrent {concurrent:?}"
     );
     assert!(slowest < bound && concurrent < bound, "{slowest:?} / {concurrent:?} exceed {bound:?}");
 
-    sqlx::raw_sql("DROP TRIGGER rel_slow_write ON cache_entries").execute(&pool).await?;
-    // The abandoned writes finish on the server within their second; then nothing is left open.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // The abandoned writes are cancelled on the server; then nothing is left open.
+    drop_slowing_trigger(&pool, "rel_slow_write", "cache_entries").await?;
     assert_cache_works(&service, 1_000).await?;
     let left = settle(&pool, Duration::from_secs(3)).await?;
     println!("slow writes: left behind {left:?}");
@@ -472,7 +532,7 @@ async fn a_locked_table_falls_back_within_the_op_timeout(pool: PgPool) -> TestRe
     for x in 0..3 {
         assert_eq!(service.call(x, x).await, expected(x)); // cached before the lock
     }
-    let bound = op_timeout * 4 + body * 2 + Duration::from_millis(500);
+    let bound = stall_bound(op_timeout, body);
     let mut first = 100;
     // ACCESS EXCLUSIVE blocks every statement on the table; EXCLUSIVE lets reads through and blocks writes.
     for mode in ["ACCESS EXCLUSIVE", "EXCLUSIVE"] {
@@ -689,20 +749,22 @@ async fn cancelled_lease_acquisitions_leave_no_lease_behind(pool: PgPool) -> Tes
 /// process that took the lease and is no longer computing.
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn a_failed_lease_release_does_not_stall_the_next_call(pool: PgPool) -> TestResult {
-    // Lease releases hang for 300 ms and then delete nothing.
+    // Lease releases hang for 3 s (past the operation timeout) and then delete nothing.
     sqlx::raw_sql(
         "CREATE FUNCTION rel_hung_release() RETURNS trigger LANGUAGE plpgsql AS $$ \
-             BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$; \
+             BEGIN PERFORM pg_sleep(3); RETURN NULL; END $$; \
          CREATE TRIGGER rel_hung_release BEFORE DELETE ON cache_leases \
              FOR EACH ROW EXECUTE FUNCTION rel_hung_release();",
     )
     .execute(&pool)
     .await?;
-    let op_timeout = Duration::from_millis(100);
+    // Long enough for the first call's lookup, lease and write on a busy machine; the lease lasts far longer
+    // than the bound below, so a call that waits for it shows.
+    let op_timeout = Duration::from_millis(500);
     let cache = PgCache::builder()
         .pool(user_pool(&pool, 10).await?)
         .op_timeout(op_timeout)
-        .lease_duration(Duration::from_secs(5))
+        .lease_duration(Duration::from_secs(60))
         .sweep_interval(None)
         .build()
         .await?;
@@ -710,7 +772,7 @@ async fn a_failed_lease_release_does_not_stall_the_next_call(pool: PgPool) -> Te
     let started = Instant::now();
     assert_eq!(service.cluster(7).await, expected(7));
     let first = started.elapsed();
-    sqlx::raw_sql("DROP TRIGGER rel_hung_release ON cache_leases").execute(&pool).await?;
+    drop_slowing_trigger(&pool, "rel_hung_release", "cache_leases").await?;
     // The entry is gone (evicted, invalidated, expired): the next call misses and wants the lease.
     assert!(service.cluster_invalidate(7).await?, "the first call stored its value");
     let leases: Vec<(String, f64)> =
@@ -720,7 +782,7 @@ async fn a_failed_lease_release_does_not_stall_the_next_call(pool: PgPool) -> Te
     let started = Instant::now();
     assert_eq!(service.cluster(7).await, expected(7));
     let second = started.elapsed();
-    let bound = op_timeout * 4 * 3 + Duration::from_secs(1);
+    let bound = stall_bound(op_timeout, Duration::ZERO);
     println!(
         "failed release: first call {first:?}; leases left {leases:?}; the next call took {second:?} (bound {bound:?})"
     );
