@@ -122,17 +122,33 @@ pub async fn tiered_on(pool: PgPool) -> PgCache {
     cache
 }
 
+/// A local TCP port whose first `unanswered` connections are accepted and never answered (a server that says
+/// nothing, or a connection attempt lost to a busy one); later ones are passed through to `upstream`
+/// (`host:port`), if one is given, else held unanswered too.
+pub async fn port_answering_after(unanswered: usize, upstream: Option<String>) -> std::io::Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut client, _)) = listener.accept().await {
+            let Some(upstream) = upstream.clone().filter(|_| held.len() >= unanswered) else {
+                held.push(client);
+                continue;
+            };
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    Ok(port)
+}
+
 /// A cache whose database never answers: a local TCP port that accepts connections and says nothing.
 /// Every operation must then end with a timeout, never hang.
 pub async fn cache_on_silent_server(op_timeout: Duration) -> PgCache {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
-    let port = listener.local_addr().expect("local address").port();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
+    let port = port_answering_after(usize::MAX, None).await.expect("bind a loopback port");
     PgCache::builder()
         .database_url(format!("postgres://postgres@127.0.0.1:{port}/silent"))
         .op_timeout(op_timeout)

@@ -1,7 +1,7 @@
 //! The store's contract, against a real PostgreSQL: one fresh database per test.
 
 use cache_runtime::{CacheError, Durability, HealthStatus, PgCache, Ttl};
-use integration_tests::{cache_on, cache_on_closed_port, cache_on_silent_server};
+use integration_tests::{cache_on, cache_on_closed_port, cache_on_silent_server, port_answering_after};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use std::time::{Duration, Instant};
@@ -412,36 +412,12 @@ async fn a_silent_server_gives_timeouts_not_hangs() -> TestResult {
     Ok(())
 }
 
-/// A local port in front of the test server whose first `unanswered` connections are accepted and never
-/// answered (a connection attempt lost to a busy or just-started server); later ones are passed through.
-async fn port_that_drops_the_first(pool: &PgPool, unanswered: usize) -> std::io::Result<u16> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let server = pool.connect_options();
-    let target = format!("{}:{}", server.get_host(), server.get_port());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((mut client, _)) = listener.accept().await {
-            if held.len() < unanswered {
-                held.push(client);
-                continue;
-            }
-            let target = target.clone();
-            tokio::spawn(async move {
-                if let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                }
-            });
-        }
-    });
-    Ok(port)
-}
-
 #[sqlx::test(migrator = "cache_runtime::MIGRATOR", fixtures("../../migrations/functions.sql"))]
 async fn build_outlasts_a_first_connection_that_goes_unanswered(pool: PgPool) -> TestResult {
     // The first (the probe for a primary) and the second (the pool's first attempt) go unanswered. Before,
     // `build` gave up after one attempt within the operation timeout; it now tries again within 2 s.
-    let port = port_that_drops_the_first(&pool, 2).await?;
+    let server = pool.connect_options();
+    let port = port_answering_after(2, Some(format!("{}:{}", server.get_host(), server.get_port()))).await?;
     let options = (*pool.connect_options()).clone().host("127.0.0.1").port(port);
     let cache = PgCache::builder()
         .connect_options(options)

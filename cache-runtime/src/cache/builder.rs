@@ -351,11 +351,12 @@ impl PgCacheBuilder {
         let named = self.source.servers()?;
         self.check_replicas(named.len())?;
         warn_unnamed_host_lists(&named);
+        // How long a server may take to accept its first connection (see above).
+        let window = self.config.op_timeout.max(Duration::from_secs(2));
         let mut servers = Vec::new();
         for spec in named {
             let name = spec.name;
             let hosts = Hosts::new(spec.hosts.into_iter().map(|o| with_statement_timeout(&self.config, o)).collect());
-            let window = self.config.op_timeout.max(Duration::from_secs(2));
             // With several hosts, start on the one that accepts writes (or the first, if none answers yet).
             let start = match hosts.find_primary(window).await {
                 Some(primary) => primary.clone(),
