@@ -455,14 +455,17 @@ async fn pool_held_by_slow_queries_falls_back_within_the_op_timeout(pool: PgPool
     let shared = user_pool(&pool, 3).await?;
     let (op_timeout, body) = (Duration::from_millis(100), Duration::from_millis(20));
     let service = Service::new(cache_over(shared.clone(), op_timeout).await?, body);
+    // The wait below finds the sleepers by this text.
+    const SLEEPER: &str = "SELECT pg_sleep(30)";
     let mut sleepers = JoinSet::new();
     for _ in 0..3 {
         let shared = shared.clone();
-        sleepers.spawn(async move { sqlx::query("SELECT pg_sleep(30)").execute(&shared).await.map(|_| ()) });
+        sleepers.spawn(async move { sqlx::query(SLEEPER).execute(&shared).await.map(|_| ()) });
     }
     while sqlx::query_scalar::<_, i64>(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = 'SELECT pg_sleep(30)' AND state = 'active'",
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query = $1 AND state = 'active'",
     )
+    .bind(SLEEPER)
     .fetch_one(&pool)
     .await?
         < 3

@@ -418,7 +418,7 @@ async fn build_outlasts_a_first_connection_that_goes_unanswered(pool: PgPool) ->
     // `build` gave up after one attempt within the operation timeout; it now tries again within 2 s.
     let server = pool.connect_options();
     let port = port_answering_after(2, Some(format!("{}:{}", server.get_host(), server.get_port()))).await?;
-    let options = (*pool.connect_options()).clone().host("127.0.0.1").port(port);
+    let options = (*server).clone().host("127.0.0.1").port(port);
     let cache = PgCache::builder()
         .connect_options(options)
         .op_timeout(Duration::from_millis(100))
